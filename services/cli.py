@@ -1,0 +1,78 @@
+"""The `streamledger` command line."""
+
+from __future__ import annotations
+
+import time
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from services.stack import Stack, StackError
+
+app = typer.Typer(help="StreamLedger: auditable, pay-per-use machine learning on live data.",
+                  pretty_exceptions_show_locals=False,
+                  no_args_is_help=True)
+stack_app = typer.Typer(help="The local stack: Kafka and FerretDB as local processes.", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+console = Console()
+
+_STATE_STYLE = {"healthy": "green", "starting": "yellow", "stopped": "dim", "died": "red", "foreign": "red"}
+
+
+def _show(statuses) -> None:
+    table = Table(title="StreamLedger local stack")
+    for column in ("part", "version", "pid", "address", "state"):
+        table.add_column(column)
+    for s in statuses:
+        style = _STATE_STYLE.get(s.state, "")
+        table.add_row(s.name, s.version, str(s.pid or "-"), f"127.0.0.1:{s.port}", f"[{style}]{s.state}[/]")
+    console.print(table)
+    for s in statuses:
+        if s.detail and s.state != "healthy":
+            console.print(f"[bold]{s.name}[/]: {s.detail}", markup=True, highlight=False)
+
+
+@stack_app.command()
+def up() -> None:
+    """Install (first run only) and start every part; return once each answers."""
+    started = time.monotonic()
+    try:
+        statuses = Stack(say=console.print).up()
+    except StackError as exc:
+        console.print(f"[red]stack up failed:[/] {exc}", highlight=False)
+        raise typer.Exit(1)
+    _show(statuses)
+    console.print(f"stack up in {time.monotonic() - started:.1f}s")
+
+
+@stack_app.command()
+def down() -> None:
+    """Stop every part this stack started; leaves data in place."""
+    stopped = Stack(say=console.print).down()
+    console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+
+
+@stack_app.command()
+def status() -> None:
+    """Each part's pid, address and health; exit 1 unless all are healthy."""
+    statuses = Stack(say=console.print).status()
+    _show(statuses)
+    if any(s.state != "healthy" for s in statuses):
+        raise typer.Exit(1)
+
+
+@stack_app.command()
+def logs(part: str, lines: int = typer.Option(50, "--lines", "-n")) -> None:
+    """The last lines of a part's log."""
+    try:
+        process = Stack().part(part).process
+    except KeyError as exc:
+        console.print(f"[red]{exc.args[0]}[/]")
+        raise typer.Exit(2)
+    console.print(f"[dim]{process.logfile}[/]")
+    print(process.tail(lines))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,1 @@
+"""Code that more than one StreamLedger service uses: settings, logging, metrics."""

@@ -1,0 +1,36 @@
+"""Where the local stack keeps its downloads, builds, data and logs, and its ports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEPLOY_DIR = REPO_ROOT / "deploy"
+
+
+class StackSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STREAMLEDGER_STACK_", extra="ignore")
+
+    home: Path = Path.home() / ".cache" / "streamledger"
+    """Cache for jars and builds, plus data/, logs/ and run/ (pid files). Outside the repo."""
+    kafka_port: int = 9092
+    kafka_controller_port: int = 9093
+    kafka_heap: str = "768m"
+    """Kafka's maximum JVM heap (-Xmx); kept under 1 GiB for small machines."""
+    mongo_port: int = 27017
+    start_timeout: float = 120.0
+    """Seconds a server has to answer its health check after it starts."""
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"

@@ -1,0 +1,109 @@
+"""`Stack`: install, start, check and stop every part of the local stack, in order."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from services.stack.ferretdb import FerretDBPart
+from services.stack.kafka import KafkaPart
+from services.stack.part import Part
+from services.stack.settings import StackSettings
+
+
+class StackError(RuntimeError):
+    """A part failed to install, start or stay up; the message includes its log tail."""
+
+
+@dataclass(frozen=True)
+class PartStatus:
+    name: str
+    version: str
+    pid: int | None
+    port: int
+    state: str  # healthy | starting | stopped | died | foreign
+    detail: str = ""
+
+
+class Stack:
+    def __init__(self, settings: StackSettings | None = None, say: Callable[[str], None] = print) -> None:
+        self.settings = settings or StackSettings()
+        self.say = say
+        self.parts: list[Part] = [KafkaPart(self.settings), FerretDBPart(self.settings)]
+
+    def part(self, name: str) -> Part:
+        for part in self.parts:
+            if part.name == name:
+                return part
+        raise KeyError(f"no part named {name!r}; the stack has {', '.join(p.name for p in self.parts)}")
+
+    def install(self) -> None:
+        """Install every missing part, in parallel (first run only; then cached)."""
+        missing = [p for p in self.parts if not p.is_installed()]
+        for part in missing:
+            self.say(f"installing {part.name} {part.version} into {self.settings.home} (first run only)")
+        with ThreadPoolExecutor(max_workers=max(1, len(missing))) as pool:
+            for part, future in [(p, pool.submit(p.install)) for p in missing]:
+                try:
+                    future.result()
+                except Exception as exc:
+                    raise StackError(f"{part.name}: {exc}") from exc
+
+    def up(self) -> list[PartStatus]:
+        self.install()
+        for part in self.parts:
+            self._start(part)
+        return self.status()
+
+    def _start(self, part: Part) -> None:
+        if part.process.pid() is None:
+            if part.port_in_use():
+                raise StackError(
+                    f"{part.name}: port {part.port} is taken by a process this stack did not start; "
+                    "stop it or set another port (see README, Configuration)"
+                )
+            if part.process.was_started():
+                self.say(f"{part.name} had died; restarting it. Its last log lines:\n{part.process.tail(10)}")
+            part.prepare()
+            argv, env = part.command()
+            part.process.start(argv, env=env, cwd=self.settings.home)
+            self.say(f"started {part.name} (pid {part.process.pid()}), waiting for it to answer")
+        self._wait_healthy(part)
+
+    def _wait_healthy(self, part: Part) -> None:
+        deadline = time.monotonic() + self.settings.start_timeout
+        while time.monotonic() < deadline:
+            if part.process.pid() is None:
+                raise StackError(f"{part.name} exited during start-up. Last log lines:\n{part.process.tail()}")
+            if part.healthy():
+                return
+            time.sleep(0.5)
+        raise StackError(
+            f"{part.name} did not answer on 127.0.0.1:{part.port} within {self.settings.start_timeout:.0f}s. "
+            f"Last log lines:\n{part.process.tail()}"
+        )
+
+    def down(self) -> list[str]:
+        """Stop what this stack started, last part first; the names of those that ran."""
+        stopped = []
+        for part in reversed(self.parts):
+            if part.process.stop():
+                stopped.append(part.name)
+        return stopped
+
+    def status(self) -> list[PartStatus]:
+        return [self._status(part) for part in self.parts]
+
+    def _status(self, part: Part) -> PartStatus:
+        pid = part.process.pid()
+        if pid is None:
+            if part.process.was_started():
+                return PartStatus(part.name, part.version, None, part.port, "died",
+                                  f"not running; last log lines:\n{part.process.tail(10)}")
+            if part.port_in_use():
+                return PartStatus(part.name, part.version, None, part.port, "foreign",
+                                  "port taken by a process this stack did not start")
+            return PartStatus(part.name, part.version, None, part.port, "stopped")
+        return PartStatus(part.name, part.version, pid, part.port, "healthy" if part.healthy() else "starting")
