@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import time
 
 import typer
@@ -72,6 +73,25 @@ def logs(part: str, lines: int = typer.Option(50, "--lines", "-n")) -> None:
         raise typer.Exit(2)
     console.print(f"[dim]{process.logfile}[/]")
     print(process.tail(lines))
+
+
+SERVICES = ("ingestion", "cleaning", "storage", "learning", "inference", "ledger", "dashboard")
+
+
+@app.command()
+def serve(service: str = typer.Argument(..., help=f"one of: {', '.join(SERVICES)}")) -> None:
+    """Run one service in the foreground until Ctrl-C (each reads STREAMLEDGER_* settings)."""
+    if service not in SERVICES:
+        console.print(f"[red]unknown service {service!r}[/]; choose one of: {', '.join(SERVICES)}")
+        raise typer.Exit(2)
+    try:
+        module = importlib.import_module(f"services.{service}.app")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"services.{service}" and exc.name != f"services.{service}.app":
+            raise
+        console.print(f"[red]service {service!r} is not built yet[/] (no services/{service}/app.py)")
+        raise typer.Exit(2)
+    module.main()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,42 @@
+# The two commands of the README:
+#   make demo   set everything up, start the stack and run the live demo stream
+#   make test   set everything up, start the stack (or reuse a healthy one), run all tests
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+CLI    := $(BIN)/streamledger
+
+.PHONY: install system-deps stack demo test unit down clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed system-deps
+
+system-deps:
+	@bash deploy/system-deps.sh
+
+stack: install
+	$(CLI) stack up
+
+demo: stack
+	$(CLI) demo
+
+unit: $(VENV)/.installed
+	$(BIN)/python -m pytest -q tests/unit
+
+# One pytest run over every suite; exit code 5 (no test collected) means the suites
+# vanished, which must fail loudly rather than pass or be mistaken for a test failure.
+test: stack
+	@$(BIN)/python -m pytest -q -p no:cacheprovider tests; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests - the test suites are missing"; exit 1; fi; \
+	exit $$rc
+
+down:
+	-$(CLI) stack down
+
+clean: down
+	rm -rf $(VENV)

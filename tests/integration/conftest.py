@@ -1,0 +1,52 @@
+"""Fixtures for tests on the real local stack (Kafka, FerretDB).
+
+The stack is brought up once per session (or a healthy one is reused); tests isolate
+themselves by unique topic, group and database names, never by stopping servers.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from pymongo import AsyncMongoClient
+
+from services.common.settings import CommonSettings
+from services.stack import Stack
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def stack() -> Stack:
+    stack = Stack(say=lambda _msg: None)
+    stack.up()
+    return stack
+
+
+@pytest.fixture(scope="session")
+def settings(stack: Stack) -> CommonSettings:
+    return CommonSettings()
+
+
+@pytest.fixture(scope="session")
+def bootstrap(settings: CommonSettings) -> str:
+    return settings.kafka_bootstrap
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short unique suffix for topic, group and database names."""
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+async def mongo_db(settings: CommonSettings, unique: str):
+    """A fresh database on the real FerretDB, dropped afterwards."""
+    client: AsyncMongoClient = AsyncMongoClient(settings.mongo_url, serverSelectionTimeoutMS=5000)
+    db = client[f"test_{unique}"]
+    try:
+        yield db
+    finally:
+        await client.drop_database(db.name)
+        await client.close()
