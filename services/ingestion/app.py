@@ -1,0 +1,97 @@
+"""The ingestion service: HTTP and gRPC in, RawEvents out to Kafka.
+
+    request --auth--> tenant --validate--> RawEvent records --Avro--> Kafka (acks=all) --> ack
+
+`streamledger serve ingestion` runs `main()`: HTTP on 127.0.0.1:8080 (`/v1/events`,
+`/healthz`, `/metrics`) and gRPC on 127.0.0.1:8081, until SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+
+import uvicorn
+
+from services.common import topics
+from services.common.avro import AvroCodec, SchemaRegistry
+from services.common.kafka import ensure_topics, reliable_producer
+from services.common.logging import configure_logging, get_logger
+from services.ingestion.auth import ApiKeys
+from services.ingestion.grpc_api import build_grpc_server
+from services.ingestion.http_api import build_http_app
+from services.ingestion.intake import Intake
+from services.ingestion.settings import IngestionSettings
+from services.ingestion.sink import PendingBudget, RawEventWriter
+
+log = get_logger("ingestion")
+
+
+class _HttpServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self):  # the service handles signals itself, for both servers
+        yield
+
+
+class IngestionService:
+    """Both servers and the producer, with an explicit `start()` / `stop()` lifecycle."""
+
+    def __init__(self, settings: IngestionSettings) -> None:
+        self.settings = settings
+        self.http_port = settings.http_port
+        self.grpc_port = settings.grpc_port
+
+    async def start(self) -> None:
+        s = self.settings
+        registry = SchemaRegistry.from_dir()
+        await ensure_topics(s.kafka_bootstrap, [s.raw_topic], partitions=s.raw_partitions)
+        await ensure_topics(s.kafka_bootstrap, [topics.SCHEMAS])
+        self.producer = reliable_producer(s.kafka_bootstrap)
+        await self.producer.start()
+        await registry.publish(self.producer, ["RawEvent"])  # readers can always resolve our writer schema
+
+        writer = RawEventWriter(self.producer, AvroCodec(registry), s.raw_topic,
+                                PendingBudget(s.max_pending_events), s.ack_timeout_s)
+        intake = Intake(ApiKeys(s.api_keys), writer)
+        self.grpc_server, self.grpc_port = build_grpc_server(intake, s)
+        await self.grpc_server.start()
+        config = uvicorn.Config(build_http_app(intake, s), host=s.http_host, port=s.http_port,
+                                log_config=None, access_log=False, lifespan="off")
+        self.http_server = _HttpServer(config)
+        self.http_task = asyncio.create_task(self.http_server.serve())
+        async with asyncio.timeout(10):
+            while not self.http_server.started:
+                if self.http_task.done():
+                    await self.http_task  # re-raises why it could not start (e.g. port in use)
+                    raise RuntimeError(f"HTTP server did not start on {s.http_host}:{s.http_port}")
+                await asyncio.sleep(0.02)
+        self.http_port = self.http_server.servers[0].sockets[0].getsockname()[1]
+        log.info("started", extra={"http": f"{s.http_host}:{self.http_port}", "grpc": f"{s.http_host}:{self.grpc_port}",
+                                   "topic": s.raw_topic, "tenants": len(s.api_keys)})
+
+    async def stop(self) -> None:
+        self.http_server.should_exit = True
+        await self.http_task
+        await self.grpc_server.stop(grace=5)
+        await self.producer.stop()  # flushes what is still in flight
+        log.info("stopped")
+
+
+async def run(settings: IngestionSettings) -> None:
+    service = IngestionService(settings)
+    await service.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await service.stop()
+
+
+def main() -> None:
+    settings = IngestionSettings()
+    configure_logging(settings.log_level)
+    asyncio.run(run(settings))

@@ -1,0 +1,31 @@
+"""Ingestion settings: `STREAMLEDGER_*` environment variables, local-stack defaults."""
+
+from __future__ import annotations
+
+from services.common import topics
+from services.common.settings import CommonSettings
+
+
+class IngestionSettings(CommonSettings):
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    grpc_port: int = 8081
+    """gRPC `streamledger.ingest.v1.Ingestion/Ingest` listens here, on `http_host`."""
+    raw_topic: str = topics.RAW
+    """Topic the accepted RawEvents go to (tests point it at a unique topic)."""
+    raw_partitions: int = 3
+    """Partitions to create `raw_topic` with when it does not exist yet."""
+    api_keys: dict[str, list[str]] = {}
+    """Tenant -> hex SHA-256 digests of its API keys, as JSON:
+    STREAMLEDGER_API_KEYS='{"acme": ["<sha256 of key>"]}'. Empty = every request gets 401."""
+    max_body_bytes: int = 10 * 1024 * 1024
+    """Largest accepted HTTP body, before and after gzip decompression (413 beyond)."""
+    max_events_per_request: int = 10_000
+    """Most events one HTTP request or gRPC stream may carry."""
+    max_pending_events: int = 50_000
+    """Events written to the producer but not yet acknowledged by Kafka; a request that would
+    exceed this gets 503 / UNAVAILABLE at once, so memory stays bounded when Kafka is slow."""
+    ack_timeout_s: float = 10.0
+    """How long a request waits for Kafka's acknowledgements before answering 503 / UNAVAILABLE."""
+    retry_after_s: int = 5
+    """Retry-After sent with 503 answers."""
