@@ -1,0 +1,229 @@
+// Package contract exposes the StreamLedger rules (package ledger) as a
+// Fabric contract: each transaction is a thin adapter that reads who calls
+// and when from the transaction context, then applies one rule.
+package contract
+
+import (
+	"fmt"
+
+	"github.com/hyperledger/fabric-contract-api-go/v2/contractapi"
+
+	"github.com/streamledger/streamledger/chaincode/ledger"
+)
+
+// Name is the contract name; it is also the chaincode's default contract, so
+// clients may call "Mint" as well as "StreamLedger:Mint".
+const Name = "StreamLedger"
+
+type Contract struct {
+	contractapi.Contract
+	Policy ledger.RolePolicy
+}
+
+func New(policy ledger.RolePolicy) *Contract {
+	c := &Contract{Policy: policy}
+	c.Name = Name
+	c.Info.Title = "StreamLedger credit, holds, anchors and model registry"
+	c.Info.Version = "1.0.0"
+	return c
+}
+
+// GetEvaluateTransactions marks read-only transactions in the metadata, so
+// gateway clients know to evaluate rather than submit them.
+func (c *Contract) GetEvaluateTransactions() []string {
+	return []string{"Balance", "GetHold", "GetAnchor", "GetModel", "History", "WhoAmI"}
+}
+
+// GetIgnoredFunctions keeps the adapter's own helpers out of the chaincode API.
+func (c *Contract) GetIgnoredFunctions() []string { return []string{"GetEvaluateTransactions"} }
+
+// ledgerFor binds the rules to this transaction's state, caller and timestamp.
+func (c *Contract) ledgerFor(ctx contractapi.TransactionContextInterface) (*ledger.Ledger, error) {
+	ci := ctx.GetClientIdentity()
+	if ci == nil {
+		return nil, fmt.Errorf("%s: %q: the transaction has no readable client identity", ledger.CodeForbidden, "creator")
+	}
+	mspID, err := ci.GetMSPID()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %q: reading the client MSP id: %w", ledger.CodeForbidden, "creator", err)
+	}
+	cert, err := ci.GetX509Certificate()
+	if err != nil || cert == nil {
+		return nil, fmt.Errorf("%s: %q: the client identity is not an X.509 certificate (%v)", ledger.CodeForbidden, "creator", err)
+	}
+	role, _, err := ci.GetAttributeValue(c.Policy.RoleAttribute)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %q: reading attribute %s: %w", ledger.CodeForbidden, "creator", c.Policy.RoleAttribute, err)
+	}
+	caller, err := c.Policy.Classify(ledger.IdentityFacts{
+		MSPID: mspID, Subject: cert.Subject.String(), OUs: cert.Subject.OrganizationalUnit, Role: role,
+	})
+	if err != nil {
+		return nil, err
+	}
+	stub := ctx.GetStub()
+	ts, err := stub.GetTxTimestamp()
+	if err != nil {
+		return nil, fmt.Errorf("reading the transaction timestamp: %w", err)
+	}
+	return ledger.New(stubState{stub}, caller, ts.AsTime(), stub.GetTxID()), nil
+}
+
+// Mint creates amount of credit in account (admin only).
+func (c *Contract) Mint(ctx contractapi.TransactionContextInterface, account string, amount int64) (*ledger.Account, error) {
+	l, err := c.ledgerFor(ctx)
+	if err != nil {
+		return nil, err
+	}
+	a, err := l.Mint(account, amount)
+	return ptr(a, err)
+}
+
+// Transfer moves amount from the caller's account to account to.
+func (c *Contract) Transfer(ctx contractapi.TransactionContextInterface, to string, amount int64) (*ledger.TransferResult, error) {
+	l, err := c.ledgerFor(ctx)
+	if err != nil {
+		return nil, err
+	}
+	r, err := l.Transfer(to, amount)
+	return ptr(r, err)
+}
+
+// Balance reads an account.
+func (c *Contract) Balance(ctx contractapi.TransactionContextInterface, account string) (*ledger.Account, error) {
+	l, err := c.ledgerFor(ctx)
+	if err != nil {
+		return nil, err
+	}
+	a, err := l.Balance(account)
+	return ptr(a, err)
+}
+
+// WhoAmI returns the caller's account id and roles as the contract sees them.
+func (c *Contract) WhoAmI(ctx contractapi.TransactionContextInterface) (*ledger.Caller, error) {
+	l, err := c.ledgerFor(ctx)
+	if err != nil {
+		return nil, err
+	}
+	caller := l.WhoAmI()
+	return &caller, nil
+}
+
+// Freeze moves amount of the caller's credit into hold holdID for provider
+// until expiresAt (unix seconds).
+func (c *Contract) Freeze(ctx contractapi.TransactionContextInterface, holdID, client, provider string, amount, expiresAt int64) (*ledger.Hold, error) {
+	l, err := c.ledgerFor(ctx)
+	if err != nil {
+		return nil, err
+	}
+	h, err := l.Freeze(holdID, client, provider, amount, expiresAt)
+	return ptr(h, err)
+}
+
+// Authorize reserves amount of a live hold before serving (provider only).
+func (c *Contract) Authorize(ctx contractapi.TransactionContextInterface, holdID string, amount int64) (*ledger.Hold, error) {
+	l, err := c.ledgerFor(ctx)
+	if err != nil {
+		return nil, err
+	}
+	h, err := l.Authorize(holdID, amount)
+	return ptr(h, err)
+}
+
+// Settle pays units*price to the provider and refunds the rest, once.
+func (c *Contract) Settle(ctx contractapi.TransactionContextInterface, holdID string, units, price int64) (*ledger.Settlement, error) {
+	l, err := c.ledgerFor(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s, err := l.Settle(holdID, units, price)
+	return ptr(s, err)
+}
+
+// Release returns a whole open hold to its client.
+func (c *Contract) Release(ctx contractapi.TransactionContextInterface, holdID string) (*ledger.Hold, error) {
+	l, err := c.ledgerFor(ctx)
+	if err != nil {
+		return nil, err
+	}
+	h, err := l.Release(holdID)
+	return ptr(h, err)
+}
+
+// GetHold reads a hold.
+func (c *Contract) GetHold(ctx contractapi.TransactionContextInterface, holdID string) (*ledger.Hold, error) {
+	l, err := c.ledgerFor(ctx)
+	if err != nil {
+		return nil, err
+	}
+	h, err := l.GetHold(holdID)
+	return ptr(h, err)
+}
+
+// AnchorBatch records the Merkle root of a batch of records (operator or admin).
+func (c *Contract) AnchorBatch(ctx contractapi.TransactionContextInterface, batchID, merkleRoot string, count, firstOffset, lastOffset int64) (*ledger.Anchor, error) {
+	l, err := c.ledgerFor(ctx)
+	if err != nil {
+		return nil, err
+	}
+	a, err := l.AnchorBatch(batchID, merkleRoot, count, firstOffset, lastOffset)
+	return ptr(a, err)
+}
+
+// GetAnchor reads an anchored batch.
+func (c *Contract) GetAnchor(ctx contractapi.TransactionContextInterface, batchID string) (*ledger.Anchor, error) {
+	l, err := c.ledgerFor(ctx)
+	if err != nil {
+		return nil, err
+	}
+	a, err := l.GetAnchor(batchID)
+	return ptr(a, err)
+}
+
+// RegisterModel records a model version's snapshot hash (operator or admin).
+func (c *Contract) RegisterModel(ctx contractapi.TransactionContextInterface, modelID string, version int64, sha256 string) (*ledger.Model, error) {
+	l, err := c.ledgerFor(ctx)
+	if err != nil {
+		return nil, err
+	}
+	m, err := l.RegisterModel(modelID, version, sha256)
+	return ptr(m, err)
+}
+
+// GetModel reads a model version; version 0 is the latest.
+func (c *Contract) GetModel(ctx contractapi.TransactionContextInterface, modelID string, version int64) (*ledger.Model, error) {
+	l, err := c.ledgerFor(ctx)
+	if err != nil {
+		return nil, err
+	}
+	m, err := l.GetModel(modelID, version)
+	return ptr(m, err)
+}
+
+// History lists every committed value of a contract key.
+func (c *Contract) History(ctx contractapi.TransactionContextInterface, key string) ([]ledger.HistoryEntry, error) {
+	l, err := c.ledgerFor(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return l.History(key)
+}
+
+func ptr[T any](v T, err error) (*T, error) {
+	if err != nil {
+		return nil, err
+	}
+	return &v, nil
+}
+
+// NewChaincode builds the chaincode with this contract as the default.
+func NewChaincode(policy ledger.RolePolicy) (*contractapi.ContractChaincode, error) {
+	cc, err := contractapi.NewChaincode(New(policy))
+	if err != nil {
+		return nil, fmt.Errorf("building the StreamLedger chaincode: %w", err)
+	}
+	cc.DefaultContract = Name
+	cc.Info.Title = "streamledger"
+	cc.Info.Version = "1.0.0"
+	return cc, nil
+}

@@ -1,0 +1,122 @@
+package ledger
+
+import (
+	"fmt"
+	"testing"
+	"time"
+)
+
+// mapState is an in-memory State for unit tests of the rules. Writes are
+// buffered per transaction and applied only when the rule succeeds, like a
+// Fabric transaction that is endorsed and committed, so a rejected call must
+// leave no trace.
+type mapState struct {
+	values  map[string][]byte
+	history map[string][]HistoryEntry
+	pending map[string][]byte
+	events  []event
+	txEvent *event
+	tx      int
+}
+
+type event struct {
+	Name    string
+	Payload []byte
+}
+
+func newMapState() *mapState {
+	return &mapState{values: map[string][]byte{}, history: map[string][]HistoryEntry{}}
+}
+
+func (s *mapState) Get(key string) ([]byte, error) {
+	if v, ok := s.pending[key]; ok {
+		return v, nil
+	}
+	return s.values[key], nil
+}
+
+func (s *mapState) Put(key string, value []byte) error {
+	s.pending[key] = value
+	return nil
+}
+
+func (s *mapState) History(key string) ([]HistoryEntry, error) { return s.history[key], nil }
+
+func (s *mapState) Emit(name string, payload []byte) error {
+	s.txEvent = &event{name, payload}
+	return nil
+}
+
+// harness runs each rule call as one transaction at a controllable time.
+type harness struct {
+	t      *testing.T
+	state  *mapState
+	now    time.Time
+	policy RolePolicy
+}
+
+func newHarness(t *testing.T) *harness {
+	return &harness{t: t, state: newMapState(), now: time.Unix(1_800_000_000, 0), policy: DefaultRolePolicy}
+}
+
+var (
+	admin    = IdentityFacts{MSPID: "Org1MSP", Subject: "CN=Admin@org1.example.com,OU=admin", OUs: []string{"admin"}}
+	operator = IdentityFacts{MSPID: "Org1MSP", Subject: "CN=ledger-service,OU=client", OUs: []string{"client"}, Role: RoleOperator}
+	alice    = IdentityFacts{MSPID: "Org1MSP", Subject: "CN=alice,OU=client", OUs: []string{"client"}}
+	bob      = IdentityFacts{MSPID: "Org1MSP", Subject: "CN=bob,OU=client", OUs: []string{"client"}}
+	carol    = IdentityFacts{MSPID: "Org2MSP", Subject: "CN=carol,OU=client", OUs: []string{"client"}}
+	// An admin of another organisation is not the StreamLedger admin.
+	org2Admin = IdentityFacts{MSPID: "Org2MSP", Subject: "CN=Admin@org2.example.com,OU=admin", OUs: []string{"admin"}}
+)
+
+func acct(f IdentityFacts) string { return AccountID(f.MSPID, f.Subject) }
+
+// as runs fn as one transaction by identity f and commits its writes only on success.
+func (h *harness) as(f IdentityFacts, fn func(l *Ledger) error) error {
+	h.t.Helper()
+	caller, err := h.policy.Classify(f)
+	if err != nil {
+		h.t.Fatalf("classify %v: %v", f, err)
+	}
+	h.state.tx++
+	txID := fmt.Sprintf("tx%d", h.state.tx)
+	h.state.pending, h.state.txEvent = map[string][]byte{}, nil
+	err = fn(New(h.state, caller, h.now, txID))
+	if err == nil {
+		for k, v := range h.state.pending {
+			h.state.values[k] = v
+			h.state.history[k] = append(h.state.history[k], HistoryEntry{TxID: txID, Timestamp: h.now.UTC().Format(time.RFC3339Nano), Value: string(v)})
+		}
+		if h.state.txEvent != nil {
+			h.state.events = append(h.state.events, *h.state.txEvent)
+		}
+	}
+	h.state.pending = nil
+	return err
+}
+
+func (h *harness) must(f IdentityFacts, fn func(l *Ledger) error) {
+	h.t.Helper()
+	if err := h.as(f, fn); err != nil {
+		h.t.Fatalf("unexpected error: %v", err)
+	}
+}
+
+func (h *harness) balance(f IdentityFacts) int64 {
+	h.t.Helper()
+	var got int64
+	h.must(alice, func(l *Ledger) error {
+		a, err := l.Balance(acct(f))
+		got = a.Balance
+		return err
+	})
+	return got
+}
+
+func (h *harness) lastEvent() event {
+	h.t.Helper()
+	if len(h.state.events) == 0 {
+		h.t.Fatal("no chaincode event was emitted")
+	}
+	return h.state.events[len(h.state.events)-1]
+}

@@ -1,0 +1,231 @@
+package ledger
+
+// Hold states: a hold is OPEN until it is settled or released, exactly once.
+const (
+	HoldOpen     = "OPEN"
+	HoldSettled  = "SETTLED"
+	HoldReleased = "RELEASED"
+)
+
+// Hold is credit moved out of the client's balance into escrow for a provider.
+type Hold struct {
+	ID         string `json:"hold_id"`
+	Client     string `json:"client"`
+	Provider   string `json:"provider"`
+	Amount     int64  `json:"amount"`     // frozen credit
+	Authorized int64  `json:"authorized"` // reserved so far by Authorize
+	Charged    int64  `json:"charged"`    // paid to the provider at settlement
+	Refunded   int64  `json:"refunded"`   // returned to the client when closed
+	Status     string `json:"status"`
+	ExpiresAt  int64  `json:"expires_at"` // unix seconds
+	CreatedAt  string `json:"created_at"`
+	ClosedAt   string `json:"closed_at"`
+	FreezeTxID string `json:"freeze_tx_id"`
+	CloseTxID  string `json:"close_tx_id"`
+}
+
+// Settlement is the outcome of Settle, also the payload of its event.
+type Settlement struct {
+	HoldID   string `json:"hold_id"`
+	Client   string `json:"client"`
+	Provider string `json:"provider"`
+	Units    int64  `json:"units"`
+	Price    int64  `json:"price"`
+	Charged  int64  `json:"charged"`
+	Refunded int64  `json:"refunded"`
+	TxID     string `json:"tx_id"`
+}
+
+// Chaincode event names.
+const (
+	EventHoldFrozen      = "HoldFrozen"
+	EventHoldSettled     = "HoldSettled"
+	EventHoldReleased    = "HoldReleased"
+	EventBatchAnchored   = "BatchAnchored"
+	EventModelRegistered = "ModelRegistered"
+)
+
+func (h Hold) expired(now int64) bool { return now >= h.ExpiresAt }
+
+func (l *Ledger) hold(id string) (Hold, error) {
+	if err := checkRecordID("hold_id", id); err != nil {
+		return Hold{}, err
+	}
+	var h Hold
+	found, err := l.load(HoldKey(id), &h)
+	if err != nil {
+		return Hold{}, err
+	}
+	if !found {
+		return Hold{}, fail(CodeNotFound, "hold_id", "no hold %q", id)
+	}
+	return h, nil
+}
+
+// Freeze moves amount from the caller's (the client's) balance into a hold
+// for provider until expiresAt. Repeating an identical Freeze returns the
+// existing hold unchanged, so a retried submission never freezes twice.
+func (l *Ledger) Freeze(holdID, client, provider string, amount, expiresAt int64) (Hold, error) {
+	if err := checkRecordID("hold_id", holdID); err != nil {
+		return Hold{}, err
+	}
+	if err := checkAccountID("client", client); err != nil {
+		return Hold{}, err
+	}
+	if err := checkAccountID("provider", provider); err != nil {
+		return Hold{}, err
+	}
+	if client != l.caller.Account {
+		return Hold{}, fail(CodeForbidden, "client", "a hold can only be frozen by its client; caller is %q, client is %q", l.caller.Account, client)
+	}
+	if provider == client {
+		return Hold{}, fail(CodeInvalidArgument, "provider", "must differ from the client %q", client)
+	}
+	if err := checkPositive("amount", amount); err != nil {
+		return Hold{}, err
+	}
+	if expiresAt <= l.now.Unix() {
+		return Hold{}, fail(CodeInvalidArgument, "expires_at", "must be in the future (unix seconds > %d), got %d", l.now.Unix(), expiresAt)
+	}
+	var existing Hold
+	found, err := l.load(HoldKey(holdID), &existing)
+	if err != nil {
+		return Hold{}, err
+	}
+	if found {
+		if existing.Client == client && existing.Provider == provider && existing.Amount == amount && existing.ExpiresAt == expiresAt {
+			return existing, nil
+		}
+		return Hold{}, fail(CodeConflict, "hold_id", "hold %q already exists with different terms", holdID)
+	}
+	if _, err := l.debit("amount", client, amount); err != nil {
+		return Hold{}, err
+	}
+	h := Hold{
+		ID: holdID, Client: client, Provider: provider, Amount: amount,
+		Status: HoldOpen, ExpiresAt: expiresAt, CreatedAt: l.timestamp(), FreezeTxID: l.txID,
+	}
+	if err := l.store(HoldKey(holdID), h); err != nil {
+		return Hold{}, err
+	}
+	return h, l.emit(EventHoldFrozen, h)
+}
+
+// Authorize reserves amount of a live hold for service; the provider (or the
+// admin) calls it before serving, and it fails once the hold cannot cover it.
+func (l *Ledger) Authorize(holdID string, amount int64) (Hold, error) {
+	h, err := l.hold(holdID)
+	if err != nil {
+		return Hold{}, err
+	}
+	if l.caller.Account != h.Provider && !l.caller.IsAdmin {
+		return Hold{}, fail(CodeForbidden, "caller", "only the provider of hold %q may authorize against it", holdID)
+	}
+	if err := checkPositive("amount", amount); err != nil {
+		return Hold{}, err
+	}
+	if err := l.requireOpen(h); err != nil {
+		return Hold{}, err
+	}
+	if h.expired(l.now.Unix()) {
+		return Hold{}, fail(CodeHoldExpired, "hold_id", "hold %q expired at %d", holdID, h.ExpiresAt)
+	}
+	if amount > h.Amount-h.Authorized {
+		return Hold{}, fail(CodeExceedsHold, "amount", "hold %q has %d left of %d, asked %d", holdID, h.Amount-h.Authorized, h.Amount, amount)
+	}
+	h.Authorized += amount
+	return h, l.store(HoldKey(holdID), h)
+}
+
+// Settle pays the provider units*price from the hold and returns the rest to
+// the client. A hold settles once; settling after expiry is allowed so usage
+// served before the deadline is still paid.
+func (l *Ledger) Settle(holdID string, units, price int64) (Settlement, error) {
+	h, err := l.hold(holdID)
+	if err != nil {
+		return Settlement{}, err
+	}
+	if l.caller.Account != h.Provider && !l.caller.IsAdmin {
+		return Settlement{}, fail(CodeForbidden, "caller", "only the provider of hold %q may settle it", holdID)
+	}
+	// Zero units is a valid settlement (nothing was used: all is refunded).
+	if err := checkNonNegative("units", units); err != nil {
+		return Settlement{}, err
+	}
+	if err := checkPositive("price", price); err != nil {
+		return Settlement{}, err
+	}
+	if err := l.requireOpen(h); err != nil {
+		return Settlement{}, err
+	}
+	charge, err := mulChecked("units", units, price)
+	if err != nil {
+		return Settlement{}, err
+	}
+	if charge > h.Amount {
+		return Settlement{}, fail(CodeExceedsHold, "units", "%d units at %d is %d, more than the %d frozen in hold %q", units, price, charge, h.Amount, holdID)
+	}
+	if charge > 0 {
+		if _, err := l.credit("units", h.Provider, charge); err != nil {
+			return Settlement{}, err
+		}
+	}
+	refund := h.Amount - charge
+	if refund > 0 {
+		if _, err := l.credit("amount", h.Client, refund); err != nil {
+			return Settlement{}, err
+		}
+	}
+	h.Status, h.Charged, h.Refunded = HoldSettled, charge, refund
+	h.ClosedAt, h.CloseTxID = l.timestamp(), l.txID
+	if err := l.store(HoldKey(holdID), h); err != nil {
+		return Settlement{}, err
+	}
+	s := Settlement{HoldID: holdID, Client: h.Client, Provider: h.Provider, Units: units, Price: price, Charged: charge, Refunded: refund, TxID: l.txID}
+	return s, l.emit(EventHoldSettled, s)
+}
+
+// Release returns a whole hold to the client. The provider or the admin may
+// release at any time; the client only after expiry, so a client cannot pull
+// credit out from under a service in progress.
+func (l *Ledger) Release(holdID string) (Hold, error) {
+	h, err := l.hold(holdID)
+	if err != nil {
+		return Hold{}, err
+	}
+	switch {
+	case l.caller.Account == h.Provider || l.caller.IsAdmin:
+	case l.caller.Account == h.Client:
+		if !h.expired(l.now.Unix()) {
+			return Hold{}, fail(CodeHoldNotExpired, "hold_id", "the client may release hold %q only after it expires at %d", holdID, h.ExpiresAt)
+		}
+	default:
+		return Hold{}, fail(CodeForbidden, "caller", "only the client, the provider or the admin may release hold %q", holdID)
+	}
+	if err := l.requireOpen(h); err != nil {
+		return Hold{}, err
+	}
+	if _, err := l.credit("amount", h.Client, h.Amount); err != nil {
+		return Hold{}, err
+	}
+	h.Status, h.Refunded = HoldReleased, h.Amount
+	h.ClosedAt, h.CloseTxID = l.timestamp(), l.txID
+	if err := l.store(HoldKey(holdID), h); err != nil {
+		return Hold{}, err
+	}
+	return h, l.emit(EventHoldReleased, h)
+}
+
+// GetHold reads a hold.
+func (l *Ledger) GetHold(holdID string) (Hold, error) { return l.hold(holdID) }
+
+func (l *Ledger) requireOpen(h Hold) error {
+	switch h.Status {
+	case HoldOpen:
+		return nil
+	case HoldSettled:
+		return fail(CodeAlreadySettled, "hold_id", "hold %q was already settled in tx %s", h.ID, h.CloseTxID)
+	default:
+		return fail(CodeHoldClosed, "hold_id", "hold %q is %s (tx %s)", h.ID, h.Status, h.CloseTxID)
+	}
+}

@@ -1,0 +1,82 @@
+package ledger
+
+// Model is one registered version of a model and the hash of its snapshot.
+type Model struct {
+	ModelID      string `json:"model_id"`
+	Version      int64  `json:"version"`
+	SHA256       string `json:"sha256"`
+	TxID         string `json:"tx_id"`
+	RegisteredAt string `json:"registered_at"`
+	Submitter    string `json:"submitter"`
+}
+
+// RegisterModel records the hash of a model snapshot. Registering the same
+// version with the same hash again is a no-op; a different hash is a conflict,
+// since a version's content must never change.
+func (l *Ledger) RegisterModel(modelID string, version int64, sha256 string) (Model, error) {
+	if !l.caller.IsOperator {
+		return Model{}, fail(CodeForbidden, "caller", "only an operator or the admin may register models; %q is neither", l.caller.Account)
+	}
+	if err := checkRecordID("model_id", modelID); err != nil {
+		return Model{}, err
+	}
+	if err := checkPositive("version", version); err != nil {
+		return Model{}, err
+	}
+	if err := checkSHA256Hex("sha256", sha256); err != nil {
+		return Model{}, err
+	}
+	var existing Model
+	found, err := l.load(ModelKey(modelID, version), &existing)
+	if err != nil {
+		return Model{}, err
+	}
+	if found {
+		if existing.SHA256 == sha256 {
+			return existing, nil
+		}
+		return Model{}, fail(CodeConflict, "sha256", "model %q version %d is registered with sha256 %s", modelID, version, existing.SHA256)
+	}
+	m := Model{ModelID: modelID, Version: version, SHA256: sha256, TxID: l.txID, RegisteredAt: l.timestamp(), Submitter: l.caller.Account}
+	if err := l.store(ModelKey(modelID, version), m); err != nil {
+		return Model{}, err
+	}
+	var latest int64
+	if _, err := l.load(latestModelKey(modelID), &latest); err != nil {
+		return Model{}, err
+	}
+	if version > latest {
+		if err := l.store(latestModelKey(modelID), version); err != nil {
+			return Model{}, err
+		}
+	}
+	return m, l.emit(EventModelRegistered, m)
+}
+
+// GetModel reads one version of a model; version 0 means the highest registered.
+func (l *Ledger) GetModel(modelID string, version int64) (Model, error) {
+	if err := checkRecordID("model_id", modelID); err != nil {
+		return Model{}, err
+	}
+	if err := checkNonNegative("version", version); err != nil {
+		return Model{}, err
+	}
+	if version == 0 {
+		found, err := l.load(latestModelKey(modelID), &version)
+		if err != nil {
+			return Model{}, err
+		}
+		if !found {
+			return Model{}, fail(CodeNotFound, "model_id", "no model %q is registered", modelID)
+		}
+	}
+	var m Model
+	found, err := l.load(ModelKey(modelID, version), &m)
+	if err != nil {
+		return Model{}, err
+	}
+	if !found {
+		return Model{}, fail(CodeNotFound, "version", "model %q has no version %d", modelID, version)
+	}
+	return m, nil
+}

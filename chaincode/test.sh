@@ -1,0 +1,6 @@
+#!/bin/sh
+# Vet and unit-test the StreamLedger chaincode (no peer needed).
+set -eu
+cd "$(dirname "$0")"
+go vet ./...
+go test ./...
