@@ -1,0 +1,1 @@
+"""Ledger service: Merkle anchoring, settlement and the audit API over Fabric."""
