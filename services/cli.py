@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import time
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -92,6 +93,25 @@ def serve(service: str = typer.Argument(..., help=f"one of: {', '.join(SERVICES)
         console.print(f"[red]service {service!r} is not built yet[/] (no services/{service}/app.py)")
         raise typer.Exit(2)
     module.main()
+
+
+# -- ingest: historical backfill (issue 4) --------------------------------------------------
+
+@app.command()
+def ingest(
+    file: Path = typer.Argument(..., help="a .csv, .jsonl/.ndjson or .parquet file"),
+    api_key: str = typer.Option(None, "--api-key", envvar="STREAMLEDGER_API_KEY", help="the tenant's API key"),
+    tenant: str = typer.Option(None, help="must match the API key's tenant (default: the key's)"),
+    source: str = typer.Option(None, help="source name of the events (default: the file name)"),
+    ts_column: str = typer.Option("ts", help="column with the event time (epoch ms or ISO-8601 with zone)"),
+    id_column: str = typer.Option(None, help="column with event ids (default: stable ids from file and row)"),
+    label_column: str = typer.Option(None, help="column with the label, if any"),
+    topic: str = typer.Option(None, help="target topic (default: STREAMLEDGER_RAW_TOPIC or events.raw)"),
+) -> None:
+    """Backfill a file into Kafka as RawEvents; re-running the same file adds nothing."""
+    from services.ingestion.command import run_ingest
+
+    raise typer.Exit(run_ingest(file, api_key, tenant, source, ts_column, id_column, label_column, topic, console))
 
 
 if __name__ == "__main__":
