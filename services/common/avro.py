@@ -189,14 +189,21 @@ class SchemaRegistry:
         skipped: a reader must never trust a fingerprint it cannot recompute.
         """
         from aiokafka import AIOKafkaConsumer, TopicPartition  # only this method needs Kafka
+        from aiokafka.admin import AIOKafkaAdminClient
 
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            (described,) = await admin.describe_topics([topic])
+        finally:
+            await admin.close()
+        ids = [p["partition"] for p in described["partitions"]]
+        if described["error_code"] or not ids:
+            return 0  # no schemas published yet
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
         await consumer.start()
         learned = 0
         try:
-            if topic not in await consumer.topics():  # also refreshes the cluster metadata
-                return 0
-            ids = consumer.partitions_for_topic(topic) or set()
             tps = [TopicPartition(topic, p) for p in ids]
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)

@@ -51,7 +51,7 @@ class IngestionService:
         await self.producer.start()
         await registry.publish(self.producer, ["RawEvent"])  # readers can always resolve our writer schema
 
-        writer = RawEventWriter(self.producer, AvroCodec(registry), s.raw_topic,
+        self.writer = writer = RawEventWriter(self.producer, AvroCodec(registry), s.raw_topic,
                                 PendingBudget(s.max_pending_events), s.ack_timeout_s)
         intake = Intake(ApiKeys(s.api_keys), writer)
         self.grpc_server, self.grpc_port = build_grpc_server(intake, s)
