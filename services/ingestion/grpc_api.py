@@ -7,10 +7,12 @@ carries Kafka's back-pressure to the client.
 
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from services.common.logging import get_logger
 from services.common.protos import load
@@ -69,7 +71,18 @@ class IngestionServicer(ingest_pb2_grpc.IngestionServicer):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
         total = IngestResult()
         seen = 0
-        async for request in request_iterator:
+        frames = aiter(request_iterator)
+        for frame in itertools.count():
+            try:
+                request = await anext(frames)
+            except StopAsyncIteration:
+                break
+            except DecodeError as exc:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"frame {frame} is not a streamledger.ingest.v1.IngestRequest ({exc}); "
+                    f"the {len(total.event_ids)} events of the frames before it were acknowledged",
+                )
             events = [event_from_proto(e) for e in request.events]
             if seen + len(events) > self.settings.max_events_per_request:
                 await context.abort(
