@@ -25,10 +25,12 @@ import (
 
 // fakeStub implements the few stub calls the contract makes; any other call
 // panics through the nil embedded interface, which would show up as a test
-// failure. World state is shared across calls, like a channel's ledger.
+// failure. Like a peer, it reads committed state only and commits a
+// transaction's writes only when the transaction succeeds.
 type fakeStub struct {
 	shim.ChaincodeStubInterface
 	world   map[string][]byte
+	pending map[string][]byte
 	history map[string][]*queryresult.KeyModification
 	creator []byte
 	args    []string
@@ -46,9 +48,15 @@ func (s *fakeStub) GetTxTimestamp() (*timestamppb.Timestamp, error) {
 }
 func (s *fakeStub) GetState(key string) ([]byte, error) { return s.world[key], nil }
 func (s *fakeStub) PutState(key string, value []byte) error {
-	s.world[key] = value
-	s.history[key] = append(s.history[key], &queryresult.KeyModification{TxId: s.txID, Value: value, Timestamp: timestamppb.New(s.now)})
+	s.pending[key] = value
 	return nil
+}
+
+func (s *fakeStub) commit() {
+	for key, value := range s.pending {
+		s.world[key] = value
+		s.history[key] = append(s.history[key], &queryresult.KeyModification{TxId: s.txID, Value: value, Timestamp: timestamppb.New(s.now)})
+	}
 }
 func (s *fakeStub) SetEvent(name string, payload []byte) error {
 	s.event, s.payload = name, payload
@@ -115,8 +123,12 @@ func newNetwork(t *testing.T) *network {
 func (n *network) invoke(creator []byte, args ...string) (int32, []byte, string) {
 	n.txNum++
 	n.stub.creator, n.stub.args, n.stub.event = creator, args, ""
-	n.stub.txID = "tx" + string(rune('a'+n.txNum))
+	n.stub.txID = "tx" + itoa(int64(n.txNum))
+	n.stub.pending = map[string][]byte{}
 	resp := n.cc.Invoke(n.stub)
+	if resp.Status == shim.OK {
+		n.stub.commit()
+	}
 	return resp.Status, resp.Payload, resp.Message
 }
 

@@ -122,3 +122,16 @@ func TestClassify(t *testing.T) {
 		t.Errorf("with STREAMLEDGER_ADMIN_MSPID=Org2MSP the Org2 admin is admin: %+v", c)
 	}
 }
+
+func TestRejectedTransferChangesNeitherSide(t *testing.T) {
+	h := newHarness(t)
+	h.must(admin, func(l *Ledger) error { _, err := l.Mint(acct(alice), 10); return err })
+	h.must(admin, func(l *Ledger) error { _, err := l.Mint(acct(bob), math.MaxInt64); return err })
+	// The debit succeeds inside the rule, the credit overflows: the whole
+	// transaction is rejected, so alice keeps her 10.
+	err := h.as(alice, func(l *Ledger) error { _, err := l.Transfer(acct(bob), 5); return err })
+	wantErr(t, err, ErrInvalidArgument, "amount")
+	if got := h.balance(alice); got != 10 {
+		t.Errorf("alice %d after a rejected transfer, want 10", got)
+	}
+}

@@ -6,10 +6,10 @@ import (
 	"time"
 )
 
-// mapState is an in-memory State for unit tests of the rules. Writes are
-// buffered per transaction and applied only when the rule succeeds, like a
-// Fabric transaction that is endorsed and committed, so a rejected call must
-// leave no trace.
+// mapState is an in-memory State for unit tests of the rules. It behaves like
+// Fabric's simulation: writes are buffered per transaction and applied only
+// when the rule succeeds (a rejected call leaves no trace), and reads see only
+// committed values, never the transaction's own writes.
 type mapState struct {
 	values  map[string][]byte
 	history map[string][]HistoryEntry
@@ -28,12 +28,7 @@ func newMapState() *mapState {
 	return &mapState{values: map[string][]byte{}, history: map[string][]HistoryEntry{}}
 }
 
-func (s *mapState) Get(key string) ([]byte, error) {
-	if v, ok := s.pending[key]; ok {
-		return v, nil
-	}
-	return s.values[key], nil
-}
+func (s *mapState) Get(key string) ([]byte, error) { return s.values[key], nil }
 
 func (s *mapState) Put(key string, value []byte) error {
 	s.pending[key] = value
