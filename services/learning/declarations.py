@@ -1,0 +1,285 @@
+"""Model declarations: a TOML file parsed into River objects through an allow-list.
+
+A declaration names the model, the events it takes, its task, its River pipeline, its
+metrics and its drift detector. Components are named by `module.Class` and looked up in
+`ALLOWED`; nothing in the file is ever evaluated as code.
+
+    [[model]]
+    id = "phishing-logreg"
+    task = "binary"                      # binary | multiclass | regression | anomaly
+    source = "phishing"                  # glob on CleanEvent.source; tenant works the same
+    metrics = ["Accuracy", "ROCAUC"]
+    pipeline = [
+      { class = "preprocessing.StandardScaler" },
+      { class = "linear_model.LogisticRegression",
+        params = { optimizer = { class = "optim.SGD", params = { lr = 0.1 } } } },
+    ]
+    [model.drift]
+    detector = { class = "drift.ADWIN", params = { delta = 0.002 } }
+    response = "log"                     # log | reset | background
+
+A parameter whose value is a table with a `class` key is itself built from the
+allow-list, so optimizers and nested estimators can be declared too.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import inspect
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from river import (
+    anomaly,
+    base,
+    compose,
+    drift,
+    feature_extraction,
+    forest,
+    linear_model,
+    metrics,
+    naive_bayes,
+    optim,
+    preprocessing,
+    tree,
+)
+from river.drift import binary as binary_drift
+
+TASKS = ("binary", "multiclass", "regression", "anomaly")
+DRIFT_RESPONSES = ("log", "reset", "background")
+
+ALLOWED: dict[str, type] = {
+    f"{module.__name__.removeprefix('river.')}.{cls.__name__}": cls
+    for module, classes in [
+        (preprocessing, ["StandardScaler", "MinMaxScaler", "MaxAbsScaler", "OneHotEncoder", "Normalizer"]),
+        (feature_extraction, ["PolynomialExtender"]),
+        (linear_model, ["LogisticRegression", "LinearRegression", "PAClassifier", "PARegressor",
+                        "Perceptron", "SoftmaxRegression"]),
+        (tree, ["HoeffdingTreeClassifier", "HoeffdingAdaptiveTreeClassifier",
+                "HoeffdingTreeRegressor", "HoeffdingAdaptiveTreeRegressor"]),
+        (forest, ["ARFClassifier", "ARFRegressor"]),
+        (naive_bayes, ["GaussianNB"]),
+        (anomaly, ["HalfSpaceTrees", "OneClassSVM"]),
+        (optim, ["SGD", "Adam", "AdaGrad", "RMSProp", "FTRLProximal"]),
+        (drift, ["ADWIN", "PageHinkley", "KSWIN"]),
+        (binary_drift, ["DDM", "EDDM"]),
+    ]
+    for cls in (getattr(module, name) for name in classes)
+}
+"""Every River class a declaration may name, by `module.Class` (module relative to `river`)."""
+
+TAKES_STRINGS = frozenset({
+    "preprocessing.OneHotEncoder", "tree.HoeffdingTreeClassifier", "tree.HoeffdingAdaptiveTreeClassifier",
+    "tree.HoeffdingTreeRegressor", "tree.HoeffdingAdaptiveTreeRegressor", "forest.ARFClassifier",
+    "forest.ARFRegressor",
+})
+"""First steps that handle string (categorical) features; any other pipeline takes numbers only."""
+
+METRICS: dict[str, type] = {
+    name: getattr(metrics, name)
+    for name in ["Accuracy", "BalancedAccuracy", "F1", "Precision", "Recall", "MacroF1", "MicroF1",
+                 "ROCAUC", "LogLoss", "CrossEntropy", "MAE", "MSE", "RMSE", "R2", "SMAPE"]
+}
+"""Metrics a declaration may list, by River class name."""
+
+_TASK_BASE: dict[str, type] = {
+    "binary": base.Classifier,
+    "multiclass": base.Classifier,
+    "regression": base.Regressor,
+    "anomaly": base.AnomalyDetector,
+}
+_SCALARS = (bool, int, float, str)
+
+
+class DeclarationError(ValueError):
+    """A model declaration that cannot be built; the message names the model and the key."""
+
+
+@dataclass(frozen=True)
+class DriftPolicy:
+    detector: dict[str, Any] = field(default_factory=lambda: {"class": "drift.ADWIN"})
+    response: str = "log"
+    background_events: int = 500
+    """With response "background": events the background model learns before it is swapped in."""
+
+
+@dataclass(frozen=True)
+class ModelDeclaration:
+    """One model as declared; `build_*` make fresh River objects from it."""
+
+    model_id: str
+    task: str
+    pipeline: tuple[dict[str, Any], ...]
+    metrics: tuple[str, ...]
+    tenant: str = "*"
+    source: str = "*"
+    drift: DriftPolicy = field(default_factory=DriftPolicy)
+
+    @property
+    def takes_strings(self) -> bool:
+        return self.pipeline[0]["class"] in TAKES_STRINGS
+
+    def takes(self, tenant: str, source: str) -> bool:
+        """Whether an event of this tenant and source is for this model (glob patterns)."""
+        return fnmatch.fnmatchcase(tenant, self.tenant) and fnmatch.fnmatchcase(source, self.source)
+
+    def build_model(self) -> base.Estimator:
+        where = f"model {self.model_id!r}: pipeline"
+        steps = [_build(step, f"{where}[{i}]") for i, step in enumerate(self.pipeline)]
+        return steps[0] if len(steps) == 1 else compose.Pipeline(*steps)
+
+    def build_metrics(self) -> list[metrics.base.Metric]:
+        return [METRICS[name]() for name in self.metrics]
+
+    def build_detector(self) -> base.DriftDetector | base.BinaryDriftDetector:
+        return _build(self.drift.detector, f"model {self.model_id!r}: drift.detector")
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the declaration's canonical JSON: a snapshot is only resumed under the same one."""
+        canonical = json.dumps(
+            {"task": self.task, "pipeline": self.pipeline, "metrics": self.metrics,
+             "drift": [self.drift.detector, self.drift.response, self.drift.background_events]},
+            sort_keys=True, separators=(",", ":"),
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def load_declarations(path: Path | str) -> list[ModelDeclaration]:
+    """Read and check every `[[model]]` of a TOML file."""
+    path = Path(path)
+    try:
+        document = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise DeclarationError(f"model declarations file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise DeclarationError(f"{path}: not valid TOML: {exc}") from None
+    return parse_declarations(document, where=str(path))
+
+
+def parse_declarations(document: dict[str, Any], where: str = "declarations") -> list[ModelDeclaration]:
+    unknown = set(document) - {"model"}
+    if unknown:
+        raise DeclarationError(f"{where}: unknown top-level keys {sorted(unknown)}; only [[model]] tables")
+    tables = document.get("model")
+    if not isinstance(tables, list) or not tables:
+        raise DeclarationError(f"{where}: declares no model; add at least one [[model]] table")
+    declarations = [parse_declaration(table, f"{where}: model[{i}]") for i, table in enumerate(tables)]
+    ids = [d.model_id for d in declarations]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise DeclarationError(f"{where}: model ids declared twice: {duplicates}")
+    return declarations
+
+
+def parse_declaration(table: dict[str, Any], where: str = "model") -> ModelDeclaration:
+    known = {"id", "task", "pipeline", "metrics", "tenant", "source", "drift"}
+    _no_unknown_keys(table, known, where)
+    model_id = table.get("id")
+    if not isinstance(model_id, str) or not model_id:
+        raise DeclarationError(f"{where}: 'id' must be a non-empty string")
+    where = f"model {model_id!r}"
+    task = table.get("task")
+    if task not in TASKS:
+        raise DeclarationError(f"{where}: 'task' must be one of {', '.join(TASKS)}; got {task!r}")
+    pipeline = table.get("pipeline")
+    if not isinstance(pipeline, list) or not pipeline:
+        raise DeclarationError(f"{where}: 'pipeline' must be a non-empty list of {{ class = ... }} tables")
+    names = table.get("metrics", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise DeclarationError(f"{where}: 'metrics' must be a list of metric names")
+    for name in names:
+        if name not in METRICS:
+            raise DeclarationError(f"{where}: metric {name!r} is not allowed; choose from {', '.join(METRICS)}")
+    for key in ("tenant", "source"):
+        if not isinstance(table.get(key, "*"), str):
+            raise DeclarationError(f"{where}: {key!r} must be a string (a glob pattern)")
+    declaration = ModelDeclaration(
+        model_id=model_id,
+        task=task,
+        pipeline=tuple(pipeline),
+        metrics=tuple(names),
+        tenant=table.get("tenant", "*"),
+        source=table.get("source", "*"),
+        drift=_parse_drift(table.get("drift", {}), f"{where}: drift"),
+    )
+    _check_buildable(declaration, where)
+    return declaration
+
+
+def _parse_drift(table: Any, where: str) -> DriftPolicy:
+    if not isinstance(table, dict):
+        raise DeclarationError(f"{where}: must be a table")
+    _no_unknown_keys(table, {"detector", "response", "background_events"}, where)
+    policy = DriftPolicy(**table)
+    if policy.response not in DRIFT_RESPONSES:
+        raise DeclarationError(f"{where}: 'response' must be one of {', '.join(DRIFT_RESPONSES)}; got {policy.response!r}")
+    if not isinstance(policy.background_events, int) or policy.background_events < 1:
+        raise DeclarationError(f"{where}: 'background_events' must be a positive integer")
+    return policy
+
+
+def _check_buildable(declaration: ModelDeclaration, where: str) -> None:
+    """Build everything once so a bad declaration fails at start-up, not on the first event."""
+    model = declaration.build_model()
+    final = model[-1] if isinstance(model, compose.Pipeline) else model
+    if not isinstance(final, _TASK_BASE[declaration.task]):
+        raise DeclarationError(
+            f"{where}: task {declaration.task!r} needs a final step that is a "
+            f"{_TASK_BASE[declaration.task].__name__}; {type(final).__name__} is not"
+        )
+    for metric in declaration.build_metrics():
+        if declaration.task == "anomaly":
+            if metric.requires_labels or not isinstance(metric, metrics.base.BinaryMetric):
+                raise DeclarationError(f"{where}: metric {type(metric).__name__} cannot score an anomaly model; use ROCAUC")
+        elif not metric.works_with(model):
+            raise DeclarationError(f"{where}: metric {type(metric).__name__} does not work with a {declaration.task} model")
+    detector = declaration.build_detector()
+    if not isinstance(detector, (base.DriftDetector, base.BinaryDriftDetector)):
+        raise DeclarationError(f"{where}: drift.detector {type(detector).__name__} is not a drift detector")
+
+
+def _build(spec: Any, where: str) -> Any:
+    if not isinstance(spec, dict) or "class" not in spec:
+        raise DeclarationError(f"{where}: must be a table with a 'class' key, e.g. {{ class = \"drift.ADWIN\" }}")
+    _no_unknown_keys(spec, {"class", "params"}, where)
+    name = spec["class"]
+    cls = ALLOWED.get(name)
+    if cls is None:
+        raise DeclarationError(f"{where}: class {name!r} is not in the allow-list; allowed: {', '.join(sorted(ALLOWED))}")
+    params = spec.get("params", {})
+    if not isinstance(params, dict):
+        raise DeclarationError(f"{where}: 'params' of {name} must be a table")
+    accepted = inspect.signature(cls).parameters
+    kwargs = {}
+    for key, value in params.items():
+        if key not in accepted:
+            raise DeclarationError(f"{where}: {name} has no parameter {key!r}; it takes {', '.join(accepted)}")
+        kwargs[key] = _value(value, f"{where}.{key}")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise DeclarationError(f"{where}: {name}({_show(kwargs)}) was refused by River: {exc}") from None
+
+
+def _value(value: Any, where: str) -> Any:
+    if isinstance(value, dict):
+        return _build(value, where)
+    if isinstance(value, list):
+        return [_value(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, _SCALARS):
+        return value
+    raise DeclarationError(f"{where}: {type(value).__name__} values are not allowed; use numbers, strings, booleans, lists or {{ class = ... }}")
+
+
+def _no_unknown_keys(table: dict[str, Any], known: set[str], where: str) -> None:
+    unknown = set(table) - known
+    if unknown:
+        raise DeclarationError(f"{where}: unknown keys {sorted(unknown)}; expected some of {sorted(known)}")
+
+
+def _show(kwargs: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())

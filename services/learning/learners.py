@@ -1,0 +1,235 @@
+"""The learner's core: routes consumed events to the declared models and tracks what each reflects.
+
+Each model keeps, for every input partition, the next offset it has not yet processed.
+A snapshot records those offsets with the model's state, so on restart the consumer seeks
+every partition to the smallest recorded offset and each model skips the events it
+already reflects: no event is learned twice or skipped, whatever the crash point.
+
+Ordering. Within one partition, events reach a model in offset order, so with one input
+partition the model sees exactly the stream order (that is what makes its metrics equal
+`river.evaluate.progressive_val_score` and a restarted run's final hash equal an
+uninterrupted run's). With several partitions each event is still learned exactly once,
+but the interleaving across partitions follows fetch timing and is not reproducible, so
+two runs may end with different (equally valid) models. Put the events of a model whose
+result must be reproducible on one partition (e.g. key by tenant/source upstream).
+
+`LearnerSet` does no I/O: `handle` takes a consumed record and returns the records to
+publish, as `Output(record_name, key, record)`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from services.learning.declarations import ModelDeclaration
+from services.learning.prequential import Drift, OnlineModel, RejectedEvent
+from services.learning.snapshots import FORMAT, SnapshotError, seal, unseal
+
+SERVICE = "learning"
+Partition = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class Consumed:
+    """One Kafka record as consumed, before decoding."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(frozen=True)
+class Output:
+    record_name: str  # Avro record: DeadLetter, ModelMetrics or ModelSnapshot
+    key: str | None
+    record: dict[str, Any]
+
+
+@dataclass
+class TrackedModel:
+    online: OnlineModel
+    version: int = 0
+    offsets: dict[Partition, int] = field(default_factory=dict)
+    """Per input partition, the next offset this model has not processed."""
+    unsnapshotted: int = 0
+    """Input records this model has moved past since its last snapshot."""
+    last_snapshot_at: float = 0.0
+    snapshot_offsets: dict[Partition, int] = field(default_factory=dict)
+    """The offsets the latest durable snapshot reflects."""
+    retry_at: float = 0.0
+    """After a failed snapshot write, no new attempt before this time."""
+
+    @property
+    def model_id(self) -> str:
+        return self.online.declaration.model_id
+
+
+@dataclass(frozen=True)
+class Refusal:
+    model_id: str
+    version: int
+    error: SnapshotError | ValueError
+
+
+class LearnerSet:
+    """All declared models of one service instance."""
+
+    def __init__(self, declarations: list[ModelDeclaration], clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.models: dict[str, TrackedModel] = {
+            d.model_id: TrackedModel(OnlineModel(d), last_snapshot_at=clock()) for d in declarations
+        }
+
+    # -- restart ---------------------------------------------------------------------------
+
+    def resume(self, model_id: str, snapshots: list[dict[str, Any]]) -> tuple[int | None, list[Refusal]]:
+        """Load the newest snapshot of `model_id` that verifies; returns its version and the refused ones.
+
+        A snapshot is refused (never unpickled) if its bytes do not hash to its sha256; the
+        next older one is tried. With none left, the model starts fresh from the beginning.
+        """
+        tracked = self.models[model_id]
+        refusals: list[Refusal] = []
+        for snapshot in sorted(snapshots, key=lambda s: s["version"], reverse=True):
+            try:
+                state = unseal(snapshot["model"], snapshot["sha256"], snapshot["format"])
+                online = OnlineModel.restore(tracked.online.declaration, state)
+            except (SnapshotError, ValueError, KeyError) as exc:
+                refusals.append(Refusal(model_id, snapshot["version"], exc))
+                continue
+            tracked.online = online
+            tracked.offsets = {(o["topic"], o["partition"]): o["offset"] for o in snapshot["offsets"]}
+            tracked.snapshot_offsets = dict(tracked.offsets)
+            # Versions keep rising past refused ones, so a newer snapshot is never shadowed.
+            tracked.version = max(s["version"] for s in snapshots)
+            return snapshot["version"], refusals
+        if snapshots:
+            tracked.version = max(s["version"] for s in snapshots)
+        return None, refusals
+
+    def start_offsets(self, partitions: list[Partition]) -> dict[Partition, int | None]:
+        """Where to seek each partition: the smallest next offset over the models (None: the beginning)."""
+        start: dict[Partition, int | None] = {}
+        for tp in partitions:
+            offsets = [m.offsets.get(tp) for m in self.models.values()]
+            start[tp] = None if any(o is None for o in offsets) else min(offsets)
+        return start
+
+    # -- the stream ------------------------------------------------------------------------
+
+    def handle(self, consumed: Consumed, event: dict[str, Any] | Exception) -> list[Output]:
+        """Feed one consumed record (decoded, or the decode error) to every model still behind it."""
+        tp = (consumed.topic, consumed.partition)
+        behind = [m for m in self.models.values() if m.offsets.get(tp, 0) <= consumed.offset]
+        outputs: list[Output] = []
+        if behind and isinstance(event, Exception):
+            outputs.append(self._dead_letter(consumed, getattr(event, "reason", "undecodable"), str(event)))
+        elif behind:
+            for tracked in behind:
+                outputs.extend(self._feed(tracked, consumed, event))
+        for tracked in behind:
+            tracked.offsets[tp] = consumed.offset + 1
+            tracked.unsnapshotted += 1
+        return outputs
+
+    def _feed(self, tracked: TrackedModel, consumed: Consumed, event: dict[str, Any]) -> list[Output]:
+        declaration = tracked.online.declaration
+        if not declaration.takes(event["tenant"], event["source"]):
+            return []
+        try:
+            step = tracked.online.process(event["features"], event["label"])
+        except RejectedEvent as exc:
+            return [self._dead_letter(consumed, exc.reason, f"model {tracked.model_id!r}: {exc}", event["event_id"])]
+        except Exception as exc:  # River failed while learning: report it, keep serving the other events
+            return [self._dead_letter(consumed, "model_error",
+                                      f"model {tracked.model_id!r}: {type(exc).__name__}: {exc}", event["event_id"])]
+        if step.drift is None:
+            return []
+        return [self._metrics(tracked, step.drift)]
+
+    # -- what to publish -------------------------------------------------------------------
+
+    def due_snapshots(self, every_events: int, every_seconds: float) -> list[TrackedModel]:
+        now = self.clock()
+        return [
+            m for m in self.models.values()
+            if m.unsnapshotted and now >= m.retry_at
+            and (m.unsnapshotted >= every_events or now - m.last_snapshot_at >= every_seconds)
+        ]
+
+    def snapshot(self, tracked: TrackedModel) -> Output:
+        """The next ModelSnapshot of a model; call `snapshot_written` once it is durable."""
+        sealed = seal(tracked.online.state())
+        record = {
+            "model_id": tracked.model_id,
+            "version": tracked.version + 1,
+            "sha256": sealed.sha256,
+            "format": FORMAT,
+            "offsets": [{"topic": t, "partition": p, "offset": o} for (t, p), o in sorted(tracked.offsets.items())],
+            "events_seen": tracked.online.learned,
+            "metrics": tracked.online.metric_values(),
+            "model": sealed.data,
+            "created": _now_ms(),
+        }
+        return Output("ModelSnapshot", tracked.model_id, record)
+
+    def snapshot_written(self, tracked: TrackedModel, record: dict[str, Any]) -> None:
+        tracked.version = record["version"]
+        tracked.unsnapshotted = 0
+        tracked.last_snapshot_at = self.clock()
+        tracked.snapshot_offsets = {(o["topic"], o["partition"]): o["offset"] for o in record["offsets"]}
+
+    def snapshot_failed(self, tracked: TrackedModel, backoff_seconds: float) -> None:
+        tracked.retry_at = self.clock() + backoff_seconds
+
+    def committed_offsets(self) -> dict[Partition, int]:
+        """Per partition, the offset every model's latest durable snapshot reflects (safe to commit)."""
+        partitions = {tp for m in self.models.values() for tp in m.snapshot_offsets}
+        committed = {}
+        for tp in partitions:
+            offsets = [m.snapshot_offsets.get(tp) for m in self.models.values()]
+            if all(o is not None for o in offsets):
+                committed[tp] = min(offsets)
+        return committed
+
+    def metrics_records(self) -> list[Output]:
+        return [self._metrics(m, None) for m in self.models.values()]
+
+    def _metrics(self, tracked: TrackedModel, drift: Drift | None) -> Output:
+        record = {
+            "model_id": tracked.model_id,
+            "version": tracked.version,
+            "position": tracked.online.learned,
+            "metrics": tracked.online.metric_values(),
+            "drift": None if drift is None else {
+                "detector": drift.detector, "position": drift.position,
+                "metric_before": drift.metric_before, "metric_after": drift.metric_after,
+            },
+            "ts": _now_ms(),
+        }
+        return Output("ModelMetrics", tracked.model_id, record)
+
+    @staticmethod
+    def _dead_letter(consumed: Consumed, reason: str, error: str, key: str | None = None) -> Output:
+        if key is None and consumed.key is not None:
+            key = consumed.key.decode("utf-8", "replace")
+        record = {
+            "key": key,
+            "source_topic": consumed.topic,
+            "source_partition": consumed.partition,
+            "source_offset": consumed.offset,
+            "service": SERVICE,
+            "reason": reason,
+            "error": error,
+            "original": consumed.value or b"",
+            "ts": _now_ms(),
+        }
+        return Output("DeadLetter", key, record)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

@@ -1,0 +1,276 @@
+"""Prequential (test-then-train) evaluation of one declared model, one event at a time.
+
+For a labelled event the model first predicts, the metrics are updated with that
+prediction, and only then does the model learn; an unlabelled event is only predicted
+(anomaly models, being unsupervised, also learn from it). This is the loop of
+`river.evaluate.progressive_val_score`, step for step, so on the same events in the same
+order the metrics come out identical to the last digit.
+
+    model = OnlineModel(declaration)
+    step = model.process({"x": 1.0}, True)
+    model.metric_values()   # {"Accuracy": ...}
+
+Nothing here does I/O; the whole state a restart needs is `state()` / `OnlineModel.restore`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from river import base, stats, utils
+
+from services.learning.declarations import ModelDeclaration
+
+Features = dict[str, Any]
+Label = bool | float | str | None
+
+
+class RejectedEvent(ValueError):
+    """An event this model cannot take; `reason` is the dead-letter code, the message names the field."""
+
+    reason = "rejected"
+
+
+class InvalidLabel(RejectedEvent):
+    reason = "invalid_label"
+
+
+class InvalidFeature(RejectedEvent):
+    reason = "invalid_feature"
+
+
+class ModelRefusedEvent(RejectedEvent):
+    """River raised while predicting: the features do not fit the model (nothing was learned)."""
+
+    reason = "model_refused"
+
+
+@dataclass(frozen=True)
+class Drift:
+    detector: str
+    position: int
+    metric_before: float
+    metric_after: float
+    """Mean error of the model since the previous drift, and over the most recent events."""
+
+
+@dataclass(frozen=True)
+class Step:
+    prediction: Any
+    learned: bool
+    drift: Drift | None = None
+
+
+def check_label(task: str, label: Any) -> Label:
+    """The label if its type fits the task, else `InvalidLabel` saying what was expected."""
+    if label is None:
+        return None
+    kind = _avro_kind(label)
+    if task == "binary" and not isinstance(label, bool):
+        raise InvalidLabel(f"label: a binary model needs a boolean label, got {kind} {label!r}")
+    if task == "multiclass" and not isinstance(label, (str, bool)):
+        raise InvalidLabel(f"label: a multiclass model needs a class name (string or boolean), got {kind} {label!r}")
+    if task == "regression":
+        if isinstance(label, bool) or not isinstance(label, (int, float)):
+            raise InvalidLabel(f"label: a regression model needs a numeric (double) label, got {kind} {label!r}")
+        if not math.isfinite(label):
+            raise InvalidLabel(f"label: a regression label must be finite, got {label!r}")
+    if task == "anomaly" and not isinstance(label, bool):
+        raise InvalidLabel(f"label: an anomaly model takes an optional boolean label (is it an anomaly?), got {kind} {label!r}")
+    return label
+
+
+def _avro_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "double"
+    if isinstance(value, str):
+        return "string"
+    return type(value).__name__
+
+
+class OnlineModel:
+    """A declared River model with its metrics, drift detector and drift response."""
+
+    RECENT_ERRORS = 50  # window of the "metric_after" of a drift
+
+    def __init__(self, declaration: ModelDeclaration) -> None:
+        self.declaration = declaration
+        self.model = declaration.build_model()
+        self.metrics = declaration.build_metrics()
+        self.detector = declaration.build_detector()
+        self.background: base.Estimator | None = None
+        self.background_learned = 0
+        self.feature_kinds: dict[str, str] = {}
+        self.learned = 0
+        self.predicted = 0
+        self.drifts = 0
+        self._errors_since_drift = stats.Mean()
+        self._recent_errors = utils.Rolling(stats.Mean, window_size=self.RECENT_ERRORS)
+        self._configure()
+
+    def _configure(self) -> None:
+        """Derived, non-persisted attributes: how to predict and what the metrics need."""
+        task = self.declaration.task
+        self._anomaly = task == "anomaly"
+        self._takes_strings = self.declaration.takes_strings
+        self._classifier = task in ("binary", "multiclass")
+        # Like river.metrics.Metrics: probability metrics get predict_proba_one, label
+        # metrics its arg-max; without any probability metric, plain predict_one.
+        wants_proba = [self._classifier and not getattr(m, "requires_labels", True) for m in self.metrics]
+        self._needs_proba = any(wants_proba)
+        self._feeds = [(m, self._needs_proba and not proba) for m, proba in zip(self.metrics, wants_proba)]
+        """Each metric, and whether it gets the arg-max label instead of the prediction."""
+
+    # -- the prequential step --------------------------------------------------------------
+
+    def process(self, x: Features, label: Any) -> Step:
+        """Predict, update metrics, learn. Raises a `RejectedEvent` and changes nothing if the event is unfit."""
+        y = check_label(self.declaration.task, label)
+        self._check_features(x)
+        try:
+            prediction, label_prediction = self._predict(x)
+        except (TypeError, ValueError, KeyError, ArithmeticError) as exc:
+            raise ModelRefusedEvent(f"features do not fit model {self.declaration.model_id!r}: {type(exc).__name__}: {exc}") from None
+        self._remember_kinds(x)
+        if y is None and not self._anomaly:
+            self.predicted += 1
+            return Step(prediction=prediction, learned=False)
+
+        drift = None
+        if y is not None and prediction is not None and prediction != {}:
+            for metric, gets_label in self._feeds:
+                metric.update(y, label_prediction if gets_label else prediction)
+            if not self._anomaly:
+                drift = self._watch(y, label_prediction)
+        try:
+            self._learn(x, y)
+        except (TypeError, ValueError, KeyError, ArithmeticError) as exc:
+            # Checks above catch the known misfits; River failing mid-learn may leave part of an update.
+            raise ModelRefusedEvent(
+                f"model {self.declaration.model_id!r} failed to learn (its metrics counted the prediction): "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
+        return Step(prediction=prediction, learned=True, drift=drift)
+
+    def _predict(self, x: Features) -> tuple[Any, Any]:
+        if self._anomaly:
+            score = self.model.score_one(x)
+            return score, score
+        if self._needs_proba:
+            proba = self.model.predict_proba_one(x)
+            return proba, (max(proba, key=proba.get) if proba else None)
+        prediction = self.model.predict_one(x)
+        return prediction, prediction
+
+    def _learn(self, x: Features, y: Label) -> None:
+        if self._anomaly:
+            self.model.learn_one(x)
+        else:
+            self.model.learn_one(x, y)
+            if self.background is not None:
+                self.background.learn_one(x, y)
+                self.background_learned += 1
+                if self.background_learned >= self.declaration.drift.background_events:
+                    self.model, self.background = self.background, None
+        self.learned += 1
+
+    def _watch(self, y: Label, y_pred: Any) -> Drift | None:
+        """Feed the model's error to the drift detector; respond as declared when it fires."""
+        if self.declaration.task == "regression":
+            error = abs(y - y_pred) if y_pred is not None else 0.0
+        else:
+            error = float(y_pred != y)
+        self.detector.update(error)
+        self._errors_since_drift.update(error)
+        self._recent_errors.update(error)
+        if not self.detector.drift_detected:
+            return None
+        drift = Drift(
+            detector=type(self.detector).__name__,
+            position=self.learned,
+            metric_before=self._errors_since_drift.get(),
+            metric_after=self._recent_errors.get(),
+        )
+        self.drifts += 1
+        self._errors_since_drift = stats.Mean()
+        response = self.declaration.drift.response
+        if response == "reset":
+            self.model = self.declaration.build_model()
+        elif response == "background" and self.background is None:
+            self.background = self.declaration.build_model()
+            self.background_learned = 0
+        return drift
+
+    # -- features --------------------------------------------------------------------------
+
+    def _check_features(self, x: Features) -> None:
+        for name, value in x.items():
+            kind = "string" if isinstance(value, str) else "number"
+            if kind == "number":
+                if not isinstance(value, (bool, int, float)):
+                    raise InvalidFeature(f"features[{name!r}]: {type(value).__name__} is not a number, string or boolean")
+                if not math.isfinite(value):
+                    raise InvalidFeature(f"features[{name!r}]: {value!r} is not a finite number")
+            elif not self._takes_strings:
+                raise InvalidFeature(
+                    f"features[{name!r}]: model {self.declaration.model_id!r} takes numbers only, got string "
+                    f"{value!r} (its first step, {self.declaration.pipeline[0]['class']}, does not encode strings)"
+                )
+            seen = self.feature_kinds.get(name)
+            if seen is not None and seen != kind:
+                raise InvalidFeature(f"features[{name!r}]: is a {kind} here but was a {seen} in earlier events")
+
+    def _remember_kinds(self, x: Features) -> None:
+        for name, value in x.items():
+            if name not in self.feature_kinds:
+                self.feature_kinds[name] = "string" if isinstance(value, str) else "number"
+
+    # -- results and state -----------------------------------------------------------------
+
+    def metric_values(self) -> dict[str, float]:
+        return {type(m).__name__: float(m.get()) for m in self.metrics}
+
+    def served_model(self) -> base.Estimator:
+        """The River estimator that predicts (what inference serves)."""
+        return self.model
+
+    def state(self) -> dict[str, Any]:
+        """Everything a restart needs to continue exactly where this model is, as plain data."""
+        return {
+            "model": self.model,
+            "metrics": self.metrics,
+            "detector": self.detector,
+            "background": self.background,
+            "background_learned": self.background_learned,
+            "feature_kinds": self.feature_kinds,
+            "learned": self.learned,
+            "predicted": self.predicted,
+            "drifts": self.drifts,
+            "errors_since_drift": self._errors_since_drift,
+            "recent_errors": self._recent_errors,
+            "declaration": self.declaration.fingerprint(),
+        }
+
+    @classmethod
+    def restore(cls, declaration: ModelDeclaration, state: dict[str, Any]) -> OnlineModel:
+        if state.get("declaration") != declaration.fingerprint():
+            raise ValueError(f"snapshot of {declaration.model_id!r} was taken under another declaration")
+        online = cls.__new__(cls)
+        online.declaration = declaration
+        online.model = state["model"]
+        online.metrics = state["metrics"]
+        online.detector = state["detector"]
+        online.background = state["background"]
+        online.background_learned = state["background_learned"]
+        online.feature_kinds = state["feature_kinds"]
+        online.learned = state["learned"]
+        online.predicted = state["predicted"]
+        online.drifts = state["drifts"]
+        online._errors_since_drift = state["errors_since_drift"]
+        online._recent_errors = state["recent_errors"]
+        online._configure()
+        return online

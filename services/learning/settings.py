@@ -1,0 +1,28 @@
+"""Settings of the learning service: `STREAMLEDGER_LEARNING_*` on top of the common `STREAMLEDGER_*`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from services.common import topics
+from services.common.settings import CommonSettings
+
+DEFAULT_MODELS_FILE = Path(__file__).resolve().parents[2] / "deploy" / "models.toml"
+
+
+class LearningSettings(CommonSettings):
+    # Field names carry the service name so the common prefix gives STREAMLEDGER_LEARNING_*.
+    learning_models_file: Path = DEFAULT_MODELS_FILE
+    """TOML file of `[[model]]` declarations."""
+    learning_input_topics: list[str] = [topics.CLEAN]
+    """Topics of CleanEvents to learn from (a JSON list in the environment)."""
+    learning_group_id: str = "streamledger-learning"
+    """Consumer group the snapshot offsets are committed under (for lag monitoring only)."""
+    learning_snapshot_topic: str = topics.SNAPSHOTS
+    learning_metrics_topic: str = topics.MODEL_METRICS
+    learning_deadletter_topic: str = topics.DEADLETTER
+    learning_snapshot_every_events: int = 10_000
+    learning_snapshot_every_seconds: float = 30.0
+    learning_metrics_every_seconds: float = 5.0
+    learning_fetch_max_records: int = 2_000
+    """Upper bound of one fetched batch, so snapshot and metrics cadences are checked often."""
