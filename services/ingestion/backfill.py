@@ -267,10 +267,11 @@ async def backfill(path: Path, options: BackfillOptions, settings: IngestionSett
                 records, rejected = validate_batch(events, options.tenant)
                 report.rows += len(rows)
                 report.rejected += [Rejection(r.index + first, r.field, r.error) for r in rejected]
-                while len(in_flight) >= IN_FLIGHT_BATCHES:
-                    done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-                    report.accepted += sum(len(task.result()) for task in done)
-                in_flight.add(asyncio.create_task(writer.write(records)))
+                for start in range(0, len(records), BATCH_ROWS):  # CSV blocks vary in rows
+                    while len(in_flight) >= IN_FLIGHT_BATCHES:
+                        done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                        report.accepted += sum(len(task.result()) for task in done)
+                    in_flight.add(asyncio.create_task(writer.write(records[start:start + BATCH_ROWS])))
                 on_progress(Progress(report.rows, fraction))
             for task in asyncio.as_completed(in_flight):
                 report.accepted += len(await task)
