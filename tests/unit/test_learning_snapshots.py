@@ -1,0 +1,106 @@
+"""Snapshots: the hash is checked before unpickling, and a restored model hashes like an uninterrupted one."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import pytest
+from river import datasets
+
+from services.learning.declarations import parse_declaration
+from services.learning.prequential import OnlineModel
+from services.learning.snapshots import (
+    FORMAT, ForbiddenGlobal, SnapshotFormatError, SnapshotHashMismatch, seal, unseal,
+)
+import hashlib
+
+SIDE_EFFECTS: list[str] = []
+
+
+class Explodes:
+    """Unpickling this records a side effect: proof of whether bytes were unpickled."""
+
+    def __reduce__(self):
+        return (SIDE_EFFECTS.append, ("unpickled",))
+
+
+def declare(pipeline, task="binary", response="log"):
+    return parse_declaration({"id": "m", "task": task, "pipeline": pipeline, "metrics": ["Accuracy"],
+                              "drift": {"response": response}})
+
+
+def test_a_sealed_state_round_trips():
+    online = OnlineModel(declare([{"class": "linear_model.LogisticRegression"}]))
+    online.process({"a": 1.0}, True)
+    sealed = seal(online.state())
+    assert sealed.sha256 == hashlib.sha256(sealed.data).hexdigest()
+    state = unseal(sealed.data, sealed.sha256)
+    assert state["learned"] == 1 and state["model"].predict_one({"a": 1.0}) is not None
+
+
+def test_a_hash_mismatch_is_refused_before_unpickling():
+    SIDE_EFFECTS.clear()
+    data = pickle.dumps({"model": Explodes()})
+    recorded = hashlib.sha256(data).hexdigest()
+    tampered = data.replace(b"model", b"mode1")
+    with pytest.raises(SnapshotHashMismatch, match=f"sha256: snapshot bytes hash to .* the record says {recorded}") as error:
+        unseal(tampered, recorded)
+    assert error.value.reason == "snapshot_hash_mismatch"
+    assert SIDE_EFFECTS == []  # refused without running a single opcode
+
+
+def test_a_pickle_naming_code_outside_river_is_refused_even_with_a_matching_hash():
+    SIDE_EFFECTS.clear()
+    data = pickle.dumps({"model": Explodes()})
+    with pytest.raises(ForbiddenGlobal, match="builtins.getattr|builtins.list|tests"):
+        unseal(data, hashlib.sha256(data).hexdigest())
+    evil = pickle.dumps({"model": os.system})
+    with pytest.raises(ForbiddenGlobal, match=r"posix.system|os.system"):
+        unseal(evil, hashlib.sha256(evil).hexdigest())
+    assert SIDE_EFFECTS == []
+
+
+def test_a_format_other_than_ours_or_garbage_is_refused():
+    sealed = seal({"model": 1})
+    with pytest.raises(SnapshotFormatError, match="format: 'onnx'"):
+        unseal(sealed.data, sealed.sha256, format="onnx")
+    garbage = b"\x80\x05not a pickle"
+    with pytest.raises(SnapshotFormatError, match="model: bytes do not unpickle"):
+        unseal(garbage, hashlib.sha256(garbage).hexdigest())
+    assert FORMAT == "pickle/learner-state-v1"
+
+
+@pytest.mark.parametrize("task, dataset, pipeline, response", [
+    ("binary", datasets.Phishing, [{"class": "preprocessing.StandardScaler"},
+                                   {"class": "linear_model.LogisticRegression"}], "log"),
+    ("binary", datasets.Phishing, [{"class": "tree.HoeffdingAdaptiveTreeClassifier", "params": {"seed": 1}}],
+     "background"),
+    ("binary", datasets.Phishing, [{"class": "forest.ARFClassifier", "params": {"n_models": 2, "seed": 1}}], "reset"),
+    ("multiclass", datasets.ImageSegments, [{"class": "tree.HoeffdingTreeClassifier"}], "log"),
+])
+def test_a_model_restored_mid_stream_hashes_like_an_uninterrupted_one(task, dataset, pipeline, response):
+    declaration = declare(pipeline, task, response)
+    data = list(dataset())[:1000]
+    uninterrupted = OnlineModel(declaration)
+    for x, y in data:
+        uninterrupted.process(dict(x), y)
+
+    restarted = OnlineModel(declaration)
+    for i, (x, y) in enumerate(data):
+        if i in (300, 301, 700):  # two restarts in a row, and one later
+            sealed = seal(restarted.state())
+            restarted = OnlineModel.restore(declaration, unseal(sealed.data, sealed.sha256))
+        restarted.process(dict(x), y)
+
+    assert seal(restarted.state()).sha256 == seal(uninterrupted.state()).sha256
+    assert restarted.metric_values() == uninterrupted.metric_values()
+
+
+def test_equal_sets_in_any_order_seal_to_the_same_bytes():
+    a = {"sky", "grass", "path", "window"}
+    b = set()
+    for item in ["window", "path", "x", "grass", "sky"]:
+        b.add(item)
+    b.discard("x")
+    assert seal({"model": a}).data == seal({"model": b}).data
