@@ -31,7 +31,7 @@ func New(policy ledger.RolePolicy) *Contract {
 // GetEvaluateTransactions marks read-only transactions in the metadata, so
 // gateway clients know to evaluate rather than submit them.
 func (c *Contract) GetEvaluateTransactions() []string {
-	return []string{"Balance", "GetHold", "GetAnchor", "GetModel", "History", "WhoAmI"}
+	return []string{"Balance", "GetHold", "HoldsOf", "GetAnchor", "GetModel", "History", "WhoAmI"}
 }
 
 // GetIgnoredFunctions keeps the adapter's own helpers out of the chaincode API.
@@ -158,6 +158,15 @@ func (c *Contract) GetHold(ctx contractapi.TransactionContextInterface, holdID s
 	}
 	h, err := l.GetHold(holdID)
 	return ptr(h, err)
+}
+
+// HoldsOf lists the holds an account is the client or provider of.
+func (c *Contract) HoldsOf(ctx contractapi.TransactionContextInterface, account string) ([]ledger.Hold, error) {
+	l, err := c.ledgerFor(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return l.HoldsOf(account)
 }
 
 // AnchorBatch records the Merkle root of a batch of records (operator or admin).

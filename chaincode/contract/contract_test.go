@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"math/big"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -62,6 +63,45 @@ func (s *fakeStub) SetEvent(name string, payload []byte) error {
 	s.event, s.payload = name, payload
 	return nil
 }
+
+// Composite keys as Fabric builds them: NUL, type, NUL, then each attribute and NUL.
+func (s *fakeStub) CreateCompositeKey(objectType string, attrs []string) (string, error) {
+	return "\x00" + objectType + "\x00" + strings.Join(attrs, "\x00") + "\x00", nil
+}
+
+func (s *fakeStub) SplitCompositeKey(key string) (string, []string, error) {
+	parts := strings.Split(strings.Trim(key, "\x00"), "\x00")
+	return parts[0], parts[1:], nil
+}
+
+func (s *fakeStub) GetStateByPartialCompositeKey(objectType string, attrs []string) (shim.StateQueryIteratorInterface, error) {
+	prefix, _ := s.CreateCompositeKey(objectType, attrs)
+	var keys []string
+	for k := range s.world {
+		if strings.HasPrefix(k, prefix) {
+			keys = append(keys, k)
+		}
+	}
+	slices.Sort(keys)
+	it := &rangeIterator{}
+	for _, k := range keys {
+		it.kvs = append(it.kvs, &queryresult.KV{Key: k, Value: s.world[k]})
+	}
+	return it, nil
+}
+
+type rangeIterator struct {
+	kvs  []*queryresult.KV
+	next int
+}
+
+func (it *rangeIterator) HasNext() bool { return it.next < len(it.kvs) }
+func (it *rangeIterator) Close() error  { return nil }
+func (it *rangeIterator) Next() (*queryresult.KV, error) {
+	it.next++
+	return it.kvs[it.next-1], nil
+}
+
 func (s *fakeStub) GetHistoryForKey(key string) (shim.HistoryQueryIteratorInterface, error) {
 	return &historyIterator{entries: s.history[key]}, nil
 }
@@ -193,6 +233,17 @@ func TestContractEndToEndThroughContractAPI(t *testing.T) {
 		t.Fatalf("settlement %+v, event %q", s, n.stub.event)
 	}
 	n.rejected(bob, "ALREADY_SETTLED", "Settle", "h1", "1", "1")
+	n.ok(alice, &hold, "Freeze", "h2", me.Account, bobMe.Account, "50", itoa(expires))
+	var holds []ledger.Hold
+	n.ok(bob, &holds, "HoldsOf", bobMe.Account)
+	if len(holds) != 2 || holds[0].ID != "h1" || holds[0].Status != ledger.HoldSettled || holds[1].ID != "h2" || holds[1].Status != ledger.HoldOpen {
+		t.Fatalf("bob's holds: %+v", holds)
+	}
+	n.ok(bob, &holds, "HoldsOf", "Org9MSP::CN=nobody")
+	if len(holds) != 0 {
+		t.Fatalf("holds of an account without any: %+v", holds)
+	}
+	n.ok(bob, &hold, "Release", "h2")
 	n.rejected(bob, "NOT_FOUND", "Settle", "nope", "1", "1")
 
 	n.ok(alice, &acct, "Balance", me.Account)
@@ -221,7 +272,7 @@ func TestContractEndToEndThroughContractAPI(t *testing.T) {
 
 	var history []ledger.HistoryEntry
 	n.ok(bob, &history, "History", ledger.AccountKey(me.Account))
-	if len(history) != 3 { // mint, freeze, refund at settlement
+	if len(history) != 5 { // mint, freeze h1, refund at settlement, freeze h2, release h2
 		t.Fatalf("history of alice's account: %+v", history)
 	}
 	n.ok(bob, &history, "History", ledger.HoldKey("never"))
@@ -251,7 +302,7 @@ func TestMetadataMarksReadsAsEvaluate(t *testing.T) {
 	for _, tx := range meta.Contracts[Name].Transactions {
 		tags[tx.Name] = tx.Tags
 	}
-	for _, name := range []string{"Mint", "Transfer", "Balance", "Freeze", "Authorize", "Settle", "Release", "AnchorBatch", "GetAnchor", "RegisterModel", "GetModel", "History", "WhoAmI", "GetHold"} {
+	for _, name := range []string{"Mint", "Transfer", "Balance", "Freeze", "Authorize", "Settle", "Release", "AnchorBatch", "GetAnchor", "RegisterModel", "GetModel", "History", "WhoAmI", "GetHold", "HoldsOf"} {
 		if _, ok := tags[name]; !ok {
 			t.Errorf("transaction %s missing from the metadata (have %v)", name, tags)
 		}

@@ -2,6 +2,7 @@ package ledger
 
 import (
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 )
@@ -11,12 +12,14 @@ import (
 // when the rule succeeds (a rejected call leaves no trace), and reads see only
 // committed values, never the transaction's own writes.
 type mapState struct {
-	values  map[string][]byte
-	history map[string][]HistoryEntry
-	pending map[string][]byte
-	events  []event
-	txEvent *event
-	tx      int
+	index        map[string][]string // index+"/"+owner -> sorted ids, committed
+	pendingIndex map[string][]string
+	values       map[string][]byte
+	history      map[string][]HistoryEntry
+	pending      map[string][]byte
+	events       []event
+	txEvent      *event
+	tx           int
 }
 
 type event struct {
@@ -25,7 +28,7 @@ type event struct {
 }
 
 func newMapState() *mapState {
-	return &mapState{values: map[string][]byte{}, history: map[string][]HistoryEntry{}}
+	return &mapState{values: map[string][]byte{}, history: map[string][]HistoryEntry{}, index: map[string][]string{}}
 }
 
 func (s *mapState) Get(key string) ([]byte, error) { return s.values[key], nil }
@@ -36,6 +39,16 @@ func (s *mapState) Put(key string, value []byte) error {
 }
 
 func (s *mapState) History(key string) ([]HistoryEntry, error) { return s.history[key], nil }
+
+func (s *mapState) IndexAdd(index, owner, id string) error {
+	key := index + "/" + owner
+	s.pendingIndex[key] = append(s.pendingIndex[key], id)
+	return nil
+}
+
+func (s *mapState) IndexList(index, owner string) ([]string, error) {
+	return slices.Clone(s.index[index+"/"+owner]), nil
+}
 
 func (s *mapState) Emit(name string, payload []byte) error {
 	s.txEvent = &event{name, payload}
@@ -75,12 +88,20 @@ func (h *harness) as(f IdentityFacts, fn func(l *Ledger) error) error {
 	}
 	h.state.tx++
 	txID := fmt.Sprintf("tx%d", h.state.tx)
-	h.state.pending, h.state.txEvent = map[string][]byte{}, nil
+	h.state.pending, h.state.pendingIndex, h.state.txEvent = map[string][]byte{}, map[string][]string{}, nil
 	err = fn(New(h.state, caller, h.now, txID))
 	if err == nil {
 		for k, v := range h.state.pending {
 			h.state.values[k] = v
 			h.state.history[k] = append(h.state.history[k], HistoryEntry{TxID: txID, Timestamp: h.now.UTC().Format(time.RFC3339Nano), Value: string(v)})
+		}
+		for k, ids := range h.state.pendingIndex {
+			for _, id := range ids {
+				if !slices.Contains(h.state.index[k], id) {
+					h.state.index[k] = append(h.state.index[k], id)
+				}
+			}
+			slices.Sort(h.state.index[k])
 		}
 		if h.state.txEvent != nil {
 			h.state.events = append(h.state.events, *h.state.txEvent)

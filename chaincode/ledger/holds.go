@@ -108,6 +108,11 @@ func (l *Ledger) Freeze(holdID, client, provider string, amount, expiresAt int64
 	if err := l.store(HoldKey(holdID), h); err != nil {
 		return Hold{}, err
 	}
+	for _, owner := range []string{client, provider} {
+		if err := l.state.IndexAdd(holdsByAccount, owner, holdID); err != nil {
+			return Hold{}, &StateError{Op: "index", Key: holdsByAccount + "/" + owner, Err: err}
+		}
+	}
 	return h, l.emit(EventHoldFrozen, h)
 }
 
@@ -218,6 +223,27 @@ func (l *Ledger) Release(holdID string) (Hold, error) {
 
 // GetHold reads a hold.
 func (l *Ledger) GetHold(holdID string) (Hold, error) { return l.hold(holdID) }
+
+// HoldsOf lists the holds an account is the client or the provider of, by id,
+// for account statements.
+func (l *Ledger) HoldsOf(account string) ([]Hold, error) {
+	if err := checkAccountID("account", account); err != nil {
+		return nil, err
+	}
+	ids, err := l.state.IndexList(holdsByAccount, account)
+	if err != nil {
+		return nil, &StateError{Op: "index list", Key: holdsByAccount + "/" + account, Err: err}
+	}
+	holds := make([]Hold, 0, len(ids))
+	for _, id := range ids {
+		h, err := l.hold(id)
+		if err != nil {
+			return nil, err
+		}
+		holds = append(holds, h)
+	}
+	return holds, nil
+}
 
 func (l *Ledger) requireOpen(h Hold) error {
 	switch h.Status {

@@ -208,3 +208,32 @@ func TestCreditConservedAcrossManyHolds(t *testing.T) {
 		}
 	}
 }
+
+func TestHoldsOfListsBothSides(t *testing.T) {
+	h := fundedHarness(t)
+	h.must(alice, func(l *Ledger) error {
+		_, err := l.Freeze("h0", acct(alice), acct(carol), 10, h.now.Unix()+60)
+		return err
+	})
+	// A rejected freeze must not leave an index entry behind.
+	_ = h.as(alice, func(l *Ledger) error { _, err := l.Freeze("h9", acct(alice), acct(bob), 1_000_000, h.now.Unix()+60); return err })
+	ids := func(f IdentityFacts) []string {
+		var out []string
+		h.must(carol, func(l *Ledger) error {
+			holds, err := l.HoldsOf(acct(f))
+			for _, hold := range holds {
+				out = append(out, hold.ID)
+			}
+			return err
+		})
+		return out
+	}
+	if got := ids(alice); len(got) != 2 || got[0] != "h0" || got[1] != "h1" {
+		t.Errorf("alice's holds %v, want [h0 h1]", got)
+	}
+	if got := ids(bob); len(got) != 1 || got[0] != "h1" {
+		t.Errorf("bob's holds %v, want [h1]", got)
+	}
+	err := h.as(carol, func(l *Ledger) error { _, err := l.HoldsOf("x\U0010FFFF"); return err })
+	wantErr(t, err, ErrInvalidArgument, "account")
+}

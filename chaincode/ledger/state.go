@@ -16,6 +16,11 @@ type State interface {
 	// Emit sets the transaction's chaincode event. Fabric keeps one event per
 	// transaction, so every rule emits at most one.
 	Emit(name string, payload []byte) error
+	// IndexAdd records that record id belongs to owner in index (a Fabric
+	// composite key), so IndexList(index, owner) can find it without a scan.
+	IndexAdd(index, owner, id string) error
+	// IndexList returns the ids recorded under owner, in key order.
+	IndexList(index, owner string) ([]string, error)
 }
 
 // HistoryEntry is one committed write of a key.
@@ -34,6 +39,8 @@ const (
 	anchorPrefix  = "anchor:"
 	modelPrefix   = "model:"
 	latestPrefix  = "model-latest:"
+	// holdsByAccount indexes every hold under its client and its provider.
+	holdsByAccount = "holdOf"
 )
 
 func AccountKey(id string) string { return accountPrefix + id }

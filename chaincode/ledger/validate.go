@@ -35,8 +35,9 @@ func checkAccountID(field, value string) error {
 		return fail(CodeInvalidArgument, field, "must be valid UTF-8")
 	}
 	for _, r := range value {
-		if unicode.IsControl(r) {
-			return fail(CodeInvalidArgument, field, "must not contain control characters, got %q", value)
+		// U+10FFFF is excluded too: Fabric reserves it (and NUL) in composite keys.
+		if unicode.IsControl(r) || r == utf8.MaxRune {
+			return fail(CodeInvalidArgument, field, "must not contain control characters or U+10FFFF, got %q", value)
 		}
 	}
 	return nil
