@@ -216,7 +216,10 @@ func TestHoldsOfListsBothSides(t *testing.T) {
 		return err
 	})
 	// A rejected freeze must not leave an index entry behind.
-	_ = h.as(alice, func(l *Ledger) error { _, err := l.Freeze("h9", acct(alice), acct(bob), 1_000_000, h.now.Unix()+60); return err })
+	_ = h.as(alice, func(l *Ledger) error {
+		_, err := l.Freeze("h9", acct(alice), acct(bob), 1_000_000, h.now.Unix()+60)
+		return err
+	})
 	ids := func(f IdentityFacts) []string {
 		var out []string
 		h.must(carol, func(l *Ledger) error {
