@@ -1,0 +1,1 @@
+"""The cleaning service: events.raw -> events.clean | events.deadletter (see app.py)."""
