@@ -273,7 +273,7 @@ class AvroCodec:
 
     @staticmethod
     def _write(buffer: io.BytesIO, name: str, schema: dict, record: Mapping[str, Any]) -> None:
-        if not isinstance(record, Mapping):
+        if type(record) is not dict and not isinstance(record, Mapping):
             raise InvalidRecordError(f"{name}: expected a mapping of fields, got {type(record).__name__}")
         try:
             # strict: an unknown field is an error rather than silently dropped data.

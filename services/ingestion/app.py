@@ -51,9 +51,8 @@ class IngestionService:
         await self.producer.start()
         await registry.publish(self.producer, ["RawEvent"])  # readers can always resolve our writer schema
 
-        self.writer = writer = RawEventWriter(self.producer, AvroCodec(registry), s.raw_topic,
-                                PendingBudget(s.max_pending_events), s.ack_timeout_s)
-        intake = Intake(ApiKeys(s.api_keys), writer)
+        self.writer = RawEventWriter(self.producer, s.raw_topic, PendingBudget(s.max_pending_events), s.ack_timeout_s)
+        intake = Intake(ApiKeys(s.api_keys), AvroCodec(registry), self.writer, s.max_event_bytes)
         self.grpc_server, self.grpc_port = build_grpc_server(intake, s)
         await self.grpc_server.start()
         config = uvicorn.Config(build_http_app(intake, s), host=s.http_host, port=s.http_port,

@@ -12,10 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.common.avro import AvroCodec
 from services.ingestion.auth import ApiKeys
 from services.ingestion.metrics import EVENTS_ACCEPTED, EVENTS_REJECTED
 from services.ingestion.sink import RawEventWriter
-from services.ingestion.validation import Rejection, validate_batch
+from services.ingestion.encoding import encode_batch
+from services.ingestion.validation import Rejection
 
 
 @dataclass
@@ -29,9 +31,11 @@ class IngestResult:
 
 
 class Intake:
-    def __init__(self, keys: ApiKeys, writer: RawEventWriter) -> None:
+    def __init__(self, keys: ApiKeys, codec: AvroCodec, writer: RawEventWriter, max_event_bytes: int) -> None:
         self.keys = keys
+        self.codec = codec
         self.writer = writer
+        self.max_event_bytes = max_event_bytes
 
     def authenticate(self, key: str | None) -> str:
         """The tenant of an API key, or `AuthenticationError`."""
@@ -42,10 +46,8 @@ class Intake:
 
         Raises `KafkaUnavailableError` when Kafka does not acknowledge in time.
         """
-        records, rejected = validate_batch(events, tenant)
-        if first_index:
-            rejected = [Rejection(r.index + first_index, r.field, r.error) for r in rejected]
-        EVENTS_REJECTED.labels(interface).inc(len(rejected))
-        event_ids = await self.writer.write(records)
+        batch = encode_batch(events, tenant, self.codec, self.max_event_bytes, first_index)
+        EVENTS_REJECTED.labels(interface).inc(len(batch.rejected))
+        event_ids = await self.writer.write(batch.event_ids, batch.values)
         EVENTS_ACCEPTED.labels(interface).inc(len(event_ids))
-        return IngestResult(event_ids, rejected)
+        return IngestResult(event_ids, batch.rejected)

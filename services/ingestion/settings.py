@@ -20,6 +20,8 @@ class IngestionSettings(CommonSettings):
     STREAMLEDGER_API_KEYS='{"acme": ["<sha256 of key>"]}'. Empty = every request gets 401."""
     max_body_bytes: int = 10 * 1024 * 1024
     """Largest accepted HTTP body, before and after gzip decompression (413 beyond)."""
+    max_event_bytes: int = 900_000
+    """Largest encoded event; Kafka's default message.max.bytes is about 1 MB."""
     max_events_per_request: int = 10_000
     """Most events one HTTP request or gRPC stream may carry."""
     max_pending_events: int = 50_000

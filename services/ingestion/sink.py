@@ -1,21 +1,24 @@
-"""Writes validated RawEvents to Kafka and returns only once Kafka has acknowledged them.
+"""Writes encoded RawEvents to Kafka and returns only once Kafka has acknowledged them.
 
-Back-pressure is explicit: at most `max_pending` events may wait for acknowledgement at
+Back-pressure is explicit: at most `budget.limit` events may wait for acknowledgement at
 any time, and a write that cannot get its acknowledgements within `ack_timeout_s` fails
 with `KafkaUnavailableError`. Callers turn that into HTTP 503 + Retry-After or gRPC
 UNAVAILABLE, so a slow or absent Kafka never grows memory without bound.
+
+Records go out as whole batches per partition (`create_batch` / `send_batch`): one future
+per batch instead of one per record. Partitions are chosen by the producer's own default
+partitioner (murmur2 of the key), exactly where `producer.send(key=...)` would put them.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
 
-from services.common.avro import AvroCodec
 from services.ingestion.metrics import PENDING_EVENTS
 
 
@@ -45,69 +48,82 @@ class PendingBudget:
         PENDING_EVENTS.set(self.pending)
         return True
 
-    def give_back(self, count: int = 1) -> None:
+    def give_back(self, count: int) -> None:
         self.pending -= count
         PENDING_EVENTS.set(self.pending)
 
 
 class RawEventWriter:
-    """`await writer.write(records)` -> the event_ids, once Kafka (acks=all) has them all."""
+    """`await writer.write(event_ids, values)` -> the event_ids, once Kafka (acks=all) has them all."""
 
-    def __init__(self, producer: AIOKafkaProducer, codec: AvroCodec, topic: str,
-                 budget: PendingBudget, ack_timeout_s: float) -> None:
+    def __init__(self, producer: AIOKafkaProducer, topic: str, budget: PendingBudget, ack_timeout_s: float) -> None:
         self.producer = producer
-        self.codec = codec
         self.topic = topic
         self.budget = budget
         self.ack_timeout_s = ack_timeout_s
+        self._partitioner = DefaultPartitioner()
 
-    async def write(self, records: Sequence[dict[str, Any]]) -> list[str]:
-        if not records:
+    async def write(self, event_ids: Sequence[str], values: Sequence[bytes]) -> list[str]:
+        if not event_ids:
             return []
-        if not self.budget.try_take(len(records)):
+        if not self.budget.try_take(len(event_ids)):
             raise KafkaUnavailableError(
                 f"{self.budget.pending} events are already waiting for Kafka (limit {self.budget.limit}); retry later"
             )
-        values = self.codec.encode_many("RawEvent", records)
         deadline = asyncio.get_running_loop().time() + self.ack_timeout_s
-        futures: list[asyncio.Future] = []
+        sent: list[tuple[asyncio.Future, list[int]]] = []  # (batch future, positions of its records)
         send_failure: Exception | None = None
         try:
             async with asyncio.timeout_at(deadline):
-                for record, value in zip(records, values):
-                    future = await self.producer.send(self.topic, value=value, key=record["event_id"].encode())
-                    future.add_done_callback(self._acknowledged)
-                    futures.append(future)
+                await self._send(event_ids, values, sent)
         except (TimeoutError, KafkaError) as exc:
             send_failure = exc
         finally:
-            self.budget.give_back(len(records) - len(futures))  # never handed to the producer
-        await _settle(futures, deadline)
-        acked = _acked_ids(records, futures)
-        if len(acked) < len(records):
-            failed = send_failure or next(
-                (f.exception() for f in futures if f.done() and not f.cancelled() and f.exception()), None)
-            why = type(failed).__name__ if failed else f"no acknowledgement within {self.ack_timeout_s:g}s"
-            raise KafkaUnavailableError(
-                f"Kafka acknowledged {len(acked)} of {len(records)} events ({why}); retry later", acked
-            )
-        return acked
+            handed_over = sum(len(members) for _, members in sent)
+            self.budget.give_back(len(event_ids) - handed_over)  # never reached the producer
+        await _settle([future for future, _ in sent], deadline)
 
-    def _acknowledged(self, _future: asyncio.Future) -> None:
-        self.budget.give_back(1)
+        acked: list[int] = []
+        failure = send_failure
+        for future, members in sent:
+            if future.done():
+                self.budget.give_back(len(members))
+                if not future.cancelled() and future.exception() is None:
+                    acked += members
+                else:
+                    failure = failure or future.exception()
+            else:  # the producer still owns these; their budget returns when Kafka answers
+                future.add_done_callback(lambda _f, n=len(members): self.budget.give_back(n))
+        acked.sort()
+        acked_ids = [event_ids[i] for i in acked]
+        if len(acked_ids) < len(event_ids):
+            why = type(failure).__name__ if failure else f"no acknowledgement within {self.ack_timeout_s:g}s"
+            raise KafkaUnavailableError(
+                f"Kafka acknowledged {len(acked_ids)} of {len(event_ids)} events ({why}); retry later", acked_ids
+            )
+        return acked_ids
+
+    async def _send(self, event_ids: Sequence[str], values: Sequence[bytes],
+                    sent: list[tuple[asyncio.Future, list[int]]]) -> None:
+        partitions = sorted(await self.producer.partitions_for(self.topic))
+        by_partition: dict[int, list[int]] = {}
+        keys = [event_id.encode() for event_id in event_ids]
+        for position, key in enumerate(keys):
+            by_partition.setdefault(self._partitioner(key, partitions, partitions), []).append(position)
+        for partition, positions in by_partition.items():
+            batch, members = self.producer.create_batch(), []
+            for position in positions:
+                if batch.append(key=keys[position], value=values[position], timestamp=None) is None:
+                    sent.append((await self.producer.send_batch(batch, self.topic, partition=partition), members))
+                    batch, members = self.producer.create_batch(), []
+                    batch.append(key=keys[position], value=values[position], timestamp=None)  # an empty batch takes any record
+                members.append(position)
+            sent.append((await self.producer.send_batch(batch, self.topic, partition=partition), members))
 
 
 async def _settle(futures: list[asyncio.Future], deadline: float) -> None:
     """Wait until every future is done or the deadline passes (never cancels them: the
-    producer still owns those messages, and their budget returns when they finish)."""
+    producer still owns those messages)."""
     remaining = deadline - asyncio.get_running_loop().time()
     if futures and remaining > 0:
         await asyncio.wait(futures, timeout=remaining)
-
-
-def _acked_ids(records: Sequence[dict[str, Any]], futures: list[asyncio.Future]) -> list[str]:
-    return [
-        record["event_id"]
-        for record, future in zip(records, futures)
-        if future.done() and not future.cancelled() and future.exception() is None
-    ]

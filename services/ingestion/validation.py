@@ -91,21 +91,6 @@ def validate_event(event: Any, tenant: str) -> dict[str, Any]:
     }
 
 
-def validate_batch(events: list[Any], tenant: str) -> tuple[list[dict[str, Any]], list[Rejection]]:
-    """Split a batch into valid records and rejections that keep each event's index."""
-    accepted: list[dict[str, Any]] = []
-    rejected: list[Rejection] = []
-    for index, event in enumerate(events):
-        if isinstance(event, UnparseableLine):
-            rejected.append(Rejection(index, "", event.error))
-            continue
-        try:
-            accepted.append(validate_event(event, tenant))
-        except InvalidEventError as exc:
-            rejected.append(Rejection(index, exc.field, exc.why))
-    return accepted, rejected
-
-
 def parse_timestamp(field: str, value: Any) -> int:
     """Milliseconds since the epoch from an int/float of ms or an ISO-8601 string with a zone."""
     return _timestamp(field, value)
@@ -162,10 +147,17 @@ def _features(value: Any) -> dict[str, Any]:
         raise InvalidEventError("features", f"has {len(value)} entries, more than the limit of {MAX_FEATURES}")
     out: dict[str, Any] = {}
     for name, item in value.items():
-        if not isinstance(name, str) or not name:
-            raise InvalidEventError("features", f"feature names must be non-empty strings, got {name!r}")
-        _unicode("features", name)
-        out[name] = _scalar(f"features.{name}", item)
+        # Fast paths for the common cases; anything else gets the full check and its message.
+        if type(name) is not str or not name.isascii() or not name:
+            if not isinstance(name, str) or not name:
+                raise InvalidEventError("features", f"feature names must be non-empty strings, got {name!r}")
+            _unicode("features", name)
+        kind = type(item)
+        if (kind is float and item - item == 0.0) or item is None or kind is bool or (
+                kind is str and item.isascii() and len(item) <= MAX_TEXT_LENGTH):
+            out[name] = item  # a finite double (inf - inf is nan), null, boolean or plain text
+        else:
+            out[name] = _scalar(f"features.{name}", item)
     return out
 
 

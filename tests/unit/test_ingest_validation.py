@@ -20,7 +20,8 @@ from services.ingestion.auth import ApiKeys, AuthenticationError, hash_key, key_
 from services.ingestion.backfill import BackfillError, BackfillOptions, derived_event_id, read_rows, row_to_event
 from services.ingestion.payload import BodyError, BodyTooLargeError, UnsupportedEncodingError, decode_content, parse_events
 from services.ingestion.sink import PendingBudget
-from services.ingestion.validation import InvalidEventError, UnparseableLine, validate_batch, validate_event
+from services.ingestion.encoding import encode_batch
+from services.ingestion.validation import InvalidEventError, UnparseableLine, validate_event
 
 CODEC = AvroCodec(SchemaRegistry.from_dir())
 
@@ -90,9 +91,19 @@ def test_nan_literals_from_json_are_named() -> None:
 
 
 def test_batch_keeps_indexes_and_turns_unparseable_lines_into_rejections() -> None:
-    accepted, rejected = validate_batch([event(), UnparseableLine("line 2 is not valid JSON"), event(ts=None), event(event_id="e4")], "t")
-    assert [r["event_id"] for r in accepted] == ["e1", "e4"]
-    assert [(r.index, r.field) for r in rejected] == [(1, ""), (2, "ts")]
+    events = [event(), UnparseableLine("line 2 is not valid JSON"), event(ts=None), event(event_id="e4")]
+    batch = encode_batch(events, "t", CODEC, max_event_bytes=10_000, first_index=100)
+    assert batch.event_ids == ["e1", "e4"]
+    assert [CODEC.decode(v)["event_id"] for v in batch.values] == ["e1", "e4"]
+    assert [(r.index, r.field) for r in batch.rejected] == [(101, ""), (102, "ts")]
+
+
+def test_events_too_big_for_kafka_are_rejected_by_index() -> None:
+    events = [event(event_id="big", features={"blob": "x" * 2000}), event(ts="x"), event()]
+    batch = encode_batch(events, "t", CODEC, max_event_bytes=1000)
+    assert batch.event_ids == ["e1"]
+    assert [(r.index, r.field) for r in batch.rejected] == [(0, ""), (1, "ts")]
+    assert "more than the limit of 1000 bytes" in batch.rejected[0].error
 
 
 json_scalars = st.none() | st.booleans() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=10)
