@@ -66,6 +66,7 @@ async def test_stopping_kafka_mid_request_gives_503_and_loses_no_acknowledged_ev
         await asyncio.to_thread(Stack(say=lambda _m: None).up)
         await service.stop()
 
+    print(f"fault: {statuses.count(200)} x 200, {statuses.count(503)} x 503, {len(acknowledged)} events acknowledged")
     assert statuses.count(503) >= 3
     landed = {r.key.decode() for r in await read_topic(bootstrap, service.settings.raw_topic, timeout=120)}
     lost = acknowledged - landed
