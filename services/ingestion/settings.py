@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pydantic import model_validator
+
 from services.common import topics
 from services.common.settings import CommonSettings
 
@@ -31,3 +33,10 @@ class IngestionSettings(CommonSettings):
     """How long a request waits for Kafka's acknowledgements before answering 503 / UNAVAILABLE."""
     retry_after_s: int = 5
     """Retry-After sent with 503 answers."""
+
+    @model_validator(mode="after")
+    def _a_full_request_fits_the_pending_budget(self) -> IngestionSettings:
+        if self.max_events_per_request > self.max_pending_events:
+            raise ValueError(f"max_events_per_request ({self.max_events_per_request}) must not exceed "
+                             f"max_pending_events ({self.max_pending_events}): such a request could never be accepted")
+        return self

@@ -233,3 +233,11 @@ def test_unknown_format_and_missing_file() -> None:
         list(read_rows(Path("data.xlsx"), OPTIONS))
     with pytest.raises(BackfillError, match="no such file"):
         list(read_rows(Path("/nonexistent/data.csv"), OPTIONS))
+
+
+def test_settings_refuse_a_request_limit_the_pending_budget_could_never_hold() -> None:
+    from services.ingestion.settings import IngestionSettings
+
+    with pytest.raises(ValueError, match="max_events_per_request"):
+        IngestionSettings(max_events_per_request=100, max_pending_events=10)
+    assert IngestionSettings(api_keys={"acme": [hash_key("k")]}).http_port == 8080
