@@ -1,0 +1,1 @@
+"""The storage service: every durable topic -> MongoDB, idempotent by key (see app.py)."""

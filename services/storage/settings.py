@@ -1,0 +1,24 @@
+"""Settings of the storage service (`STREAMLEDGER_*` environment variables)."""
+
+from __future__ import annotations
+
+from services.common import topics
+from services.common.settings import CommonSettings
+
+
+class StorageSettings(CommonSettings):
+    clean_topic: str = topics.CLEAN
+    predictions_topic: str = topics.PREDICTIONS
+    anchors_topic: str = topics.ANCHORS
+    snapshots_topic: str = topics.SNAPSHOTS
+    deadletter_topic: str = topics.DEADLETTER
+    storage_group: str = "streamledger-storage"
+    storage_batch_size: int = 2000
+    """Most messages per poll, and so per bulk write."""
+    storage_batch_wait_ms: int = 200
+    """Longest wait for a poll to fill up."""
+    backoff_initial_seconds: float = 0.2
+    backoff_max_seconds: float = 5.0
+    """Cap on one wait between MongoDB retries (the retries themselves go on until it is back)."""
+    max_poll_interval_ms: int = 600_000
+    """How long the sink may stop polling (MongoDB down) before Kafka moves its partitions."""
