@@ -76,6 +76,18 @@ def logs(part: str, lines: int = typer.Option(50, "--lines", "-n")) -> None:
     print(process.tail(lines))
 
 
+@app.command()
+def demo() -> None:
+    """Bring the stack up and run a visible round trip through it."""
+    import asyncio
+
+    from services.common.settings import CommonSettings
+    from services.demo import smoke_round_trip
+
+    up()
+    asyncio.run(smoke_round_trip(CommonSettings(), console))
+
+
 SERVICES = ("ingestion", "cleaning", "storage", "learning", "inference", "ledger", "dashboard")
 
 
