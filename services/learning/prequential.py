@@ -15,6 +15,7 @@ Nothing here does I/O; the whole state a restart needs is `state()` / `OnlineMod
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -232,7 +233,9 @@ class OnlineModel:
     # -- results and state -----------------------------------------------------------------
 
     def metric_values(self) -> dict[str, float]:
-        return {type(m).__name__: float(m.get()) for m in self.metrics}
+        # Reading some River metrics inserts zero entries into their defaultdicts; read a
+        # copy, so when metrics are read (a wall-clock cadence) never changes the hashed state.
+        return {type(m).__name__: float(m.get()) for m in copy.deepcopy(self.metrics)}
 
     def served_model(self) -> base.Estimator:
         """The River estimator that predicts (what inference serves)."""

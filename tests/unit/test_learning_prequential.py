@@ -195,3 +195,12 @@ def test_restore_refuses_a_state_taken_under_another_declaration():
     state = OnlineModel(declare()).state()
     with pytest.raises(ValueError, match="another declaration"):
         OnlineModel.restore(declare(metrics=["Accuracy", "ROCAUC"]), state)
+
+
+def test_reading_the_metrics_does_not_change_the_state():
+    online = OnlineModel(declare(metrics=("Accuracy", "ROCAUC", "F1")))
+    for x, y in list(datasets.Phishing())[:30]:
+        online.process(x, y)
+    before = seal(online.state()).sha256
+    online.metric_values()
+    assert seal(online.state()).sha256 == before

@@ -1,0 +1,175 @@
+"""`streamledger serve learning`: River models learning online from events.clean.
+
+    events.clean --> decode --> LearnerSet.handle (predict, metrics, learn) --> dead letters, drifts
+                                         |  every N events or T seconds
+                                         +--> models.snapshots (then commit offsets)
+                                         +--> models.metrics (fixed cadence)
+
+At start the latest verified snapshot of each model is loaded from the compacted
+snapshots topic and every input partition is sought to the offsets it records
+(see `learners.py` for the ordering semantics and the exactly-once argument).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from services.common import metrics
+from services.common.avro import AvroCodec, SchemaRegistry
+from services.common.kafka import ensure_topics, reliable_producer
+from services.common.logging import configure_logging, get_logger
+from services.learning.declarations import load_declarations
+from services.learning.learners import Consumed, LearnerSet, Output, TrackedModel
+from services.learning.ledger_seam import ModelRegistry
+from services.learning.settings import LearningSettings
+from services.learning.snapshot_topic import ensure_compacted_topic, partitions_of, read_snapshots
+
+log = get_logger("learning")
+EVENTS = metrics.counter("learning", "events", "Input records consumed")
+DEAD_LETTERS = metrics.counter("learning", "deadletters", "Records sent to the dead letters", ("reason",))
+SNAPSHOTS = metrics.counter("learning", "snapshots", "Model snapshots written", ("model_id",))
+REFUSED = metrics.counter("learning", "snapshots_refused", "Snapshots refused at start-up", ("reason",))
+DRIFTS = metrics.counter("learning", "drifts", "Concept drifts detected", ("model_id",))
+BATCH = metrics.seconds("learning", "batch", "Time to process one fetched batch")
+MAX_SNAPSHOT_BYTES = 64 * 1024 * 1024  # forests and trees outgrow Kafka's 1 MB default
+
+
+async def run(settings: LearningSettings, stop: asyncio.Event, registry: ModelRegistry | None = None) -> None:
+    """Learn until `stop` is set, then write a last snapshot of every model that moved."""
+    learners = LearnerSet(load_declarations(settings.learning_models_file))
+    codec = AvroCodec(SchemaRegistry.from_dir())
+    bootstrap = settings.kafka_bootstrap
+    out_topics = {"DeadLetter": settings.learning_deadletter_topic, "ModelMetrics": settings.learning_metrics_topic,
+                  "ModelSnapshot": settings.learning_snapshot_topic}
+    await ensure_topics(bootstrap, [*settings.learning_input_topics, settings.learning_metrics_topic,
+                                    settings.learning_deadletter_topic])
+    await ensure_compacted_topic(bootstrap, settings.learning_snapshot_topic, MAX_SNAPSHOT_BYTES)
+    await resume(learners, bootstrap, settings.learning_snapshot_topic, codec, registry)
+    if registry is None:
+        log.warning("ledger_registration_disabled", extra={"why": "no ModelRegistry wired; see ledger_seam.py"})
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=settings.learning_group_id,
+                                enable_auto_commit=False, auto_offset_reset="earliest")
+    producer = reliable_producer(bootstrap, max_request_size=MAX_SNAPSHOT_BYTES)
+
+    async def publish(output: Output) -> asyncio.Future:
+        value = codec.encode(output.record_name, output.record)
+        key = output.key.encode() if output.key is not None else None
+        if output.record_name == "DeadLetter":
+            DEAD_LETTERS.labels(output.record["reason"]).inc()
+        elif output.record.get("drift"):
+            DRIFTS.labels(output.key).inc()
+            log.info("drift_detected", extra={"model_id": output.key, **output.record["drift"]})
+        return await producer.send(out_topics[output.record_name], value=value, key=key)
+
+    async def write_snapshot(tracked: TrackedModel) -> None:
+        snapshot = learners.snapshot(tracked)
+        await producer.flush()  # dead letters and drifts it moved past are durable first
+        try:
+            await (await publish(snapshot))
+        except KafkaError as exc:
+            learners.snapshot_failed(tracked, settings.learning_snapshot_every_seconds)
+            log.error("snapshot_failed", extra={"model_id": tracked.model_id, "error": repr(exc)})
+            return
+        learners.snapshot_written(tracked, snapshot.record)
+        SNAPSHOTS.labels(tracked.model_id).inc()
+        log.info("snapshot_written", extra={k: snapshot.record[k] for k in ("model_id", "version", "sha256", "events_seen")})
+        if registry is not None:
+            await registry.register(tracked.model_id, snapshot.record["version"], snapshot.record["sha256"])
+
+    async with producer:
+        await consumer.start()
+        try:
+            partitions = await partitions_of(bootstrap, settings.learning_input_topics)
+            consumer.assign([TopicPartition(t, p) for t, p in partitions])
+            for (t, p), offset in learners.start_offsets(partitions).items():
+                if offset is None:
+                    await consumer.seek_to_beginning(TopicPartition(t, p))
+                else:
+                    consumer.seek(TopicPartition(t, p), offset)
+            log.info("learning_started", extra={"models": list(learners.models), "partitions": partitions})
+            next_metrics = time.monotonic() + settings.learning_metrics_every_seconds
+            while not stop.is_set():
+                batches = await consumer.getmany(timeout_ms=200, max_records=settings.learning_fetch_max_records)
+                with BATCH.time():
+                    for tp, messages in batches.items():
+                        events = codec.decode_many([m.value for m in messages], reader="CleanEvent")
+                        for message, event in zip(messages, events):
+                            consumed = Consumed(tp.topic, tp.partition, message.offset, message.key, message.value)
+                            for output in learners.handle(consumed, event):
+                                await publish(output)
+                        EVENTS.inc(len(messages))
+                due = learners.due_snapshots(settings.learning_snapshot_every_events, settings.learning_snapshot_every_seconds)
+                for tracked in due:
+                    await write_snapshot(tracked)
+                if due:
+                    await commit(consumer, learners)
+                if time.monotonic() >= next_metrics:
+                    next_metrics = time.monotonic() + settings.learning_metrics_every_seconds
+                    for output in learners.metrics_records():
+                        await publish(output)
+            for tracked in learners.due_snapshots(every_events=1, every_seconds=0):
+                await write_snapshot(tracked)
+            await commit(consumer, learners)
+        finally:
+            await consumer.stop()
+    log.info("learning_stopped", extra={"positions": {m: t.online.learned for m, t in learners.models.items()}})
+
+
+async def resume(learners: LearnerSet, bootstrap: str, topic: str, codec: AvroCodec,
+                 registry: ModelRegistry | None) -> None:
+    """Load each model's newest snapshot that verifies; log every refused one."""
+    found, undecodable = await read_snapshots(bootstrap, topic, codec)
+    for error in undecodable:
+        REFUSED.labels(error.reason).inc()
+        log.error("snapshot_refused", extra={"reason": error.reason, "error": str(error)})
+    for model_id in learners.models:
+        candidates = found.get(model_id, [])
+        if registry is not None:
+            registered = [s for s in candidates if await registry.is_registered(model_id, s["version"], s["sha256"])]
+            for s in candidates:
+                if s not in registered:
+                    REFUSED.labels("not_registered").inc()
+                    log.error("snapshot_refused", extra={"model_id": model_id, "version": s["version"],
+                                                         "reason": "not_registered"})
+            candidates = registered
+        version, refusals = learners.resume(model_id, candidates)
+        for refusal in refusals:
+            reason = getattr(refusal.error, "reason", "declaration_changed")
+            REFUSED.labels(reason).inc()
+            log.error("snapshot_refused", extra={"model_id": model_id, "version": refusal.version,
+                                                 "reason": reason, "error": str(refusal.error)})
+        tracked = learners.models[model_id]
+        log.info("model_resumed" if version is not None else "model_fresh",
+                 extra={"model_id": model_id, "version": version, "events_seen": tracked.online.learned,
+                        "offsets": {f"{t}/{p}": o for (t, p), o in tracked.offsets.items()}})
+
+
+async def commit(consumer: AIOKafkaConsumer, learners: LearnerSet) -> None:
+    """Commit what every model's snapshot reflects, so the group's lag shows the learner's real position."""
+    offsets = {TopicPartition(t, p): o for (t, p), o in learners.committed_offsets().items()}
+    if offsets:
+        try:
+            await consumer.commit(offsets)
+        except KafkaError as exc:  # only monitoring depends on it: the snapshots hold the truth
+            log.warning("commit_failed", extra={"error": repr(exc)})
+
+
+def main() -> None:
+    settings = LearningSettings()
+    configure_logging(settings.log_level)
+    metrics.serve_metrics(settings.metrics_port)
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run(settings, stop)
+
+    asyncio.run(serve())

@@ -1,0 +1,85 @@
+"""Reading the compacted snapshots topic back at start-up (the Kafka adapter of a restart)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from services.common.avro import AvroCodec, CodecError
+
+
+async def ensure_compacted_topic(bootstrap: str, name: str, max_message_bytes: int) -> None:
+    """Create `name` as a compacted topic if missing: each model keeps its latest snapshot forever."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        if name not in set(await admin.list_topics()):
+            try:
+                config = {"cleanup.policy": "compact", "max.message.bytes": str(max_message_bytes)}
+                await admin.create_topics([NewTopic(name, 1, 1, topic_configs=config)])
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        await admin.close()
+
+
+async def read_snapshots(
+    bootstrap: str, topic: str, codec: AvroCodec, timeout_s: float = 30.0
+) -> tuple[dict[str, list[dict[str, Any]]], list[CodecError]]:
+    """Every ModelSnapshot in `topic` up to its current end, by model_id, and the undecodable ones.
+
+    All versions still in the log are returned (compaction may not have run yet), so a
+    newest snapshot that is refused can fall back to an older one.
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=64 * 1024 * 1024)
+    await consumer.start()
+    found: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    errors: list[CodecError] = []
+    try:
+        partitions = await partitions_of(bootstrap, [topic], timeout_s)
+        tps = [TopicPartition(t, p) for t, p in partitions]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        pending = {tp for tp in tps if end[tp] > 0}
+        async with asyncio.timeout(timeout_s):
+            while pending:
+                batches = await consumer.getmany(timeout_ms=500)
+                for messages in batches.values():
+                    values = [m.value for m in messages if m.value is not None]  # None: a deleted model
+                    for snapshot in codec.decode_many(values, reader="ModelSnapshot"):
+                        if isinstance(snapshot, CodecError):
+                            errors.append(snapshot)
+                        else:
+                            found[snapshot["model_id"]].append(snapshot)
+                pending = {tp for tp in pending if await consumer.position(tp) < end[tp]}
+    finally:
+        await consumer.stop()
+    return dict(found), errors
+
+
+async def partitions_of(bootstrap: str, topics: list[str], timeout_s: float = 30.0) -> list[tuple[str, int]]:
+    """Every partition of `topics`, once the cluster describes each with at least one partition.
+
+    A topic created a moment ago can be described before its partitions are ready, so this
+    asks again until each has partitions or the timeout passes (then `TimeoutError`).
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                described = await admin.describe_topics(list(topics))
+                found = {d["topic"]: sorted(p["partition"] for p in d["partitions"]) for d in described
+                         if d["error_code"] == 0}
+                if all(found.get(t) for t in topics):
+                    return [(t, p) for t in topics for p in found[t]]
+                await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
