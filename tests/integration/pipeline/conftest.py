@@ -1,0 +1,129 @@
+"""Fixtures for the cleaning and storage services run as real subprocesses.
+
+Each test gets its own topics, consumer groups, faust data dir and MongoDB database
+(`pipeline_env`), so tests never see each other's data, and `services` starts
+`streamledger serve NAME` with that environment and kills whatever is left at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+REPO = Path(__file__).resolve().parents[3]
+CLI = Path(sys.executable).parent / "streamledger"
+
+
+class ServiceProcess:
+    """One `streamledger serve NAME` subprocess with its log file."""
+
+    def __init__(self, name: str, env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.env = env
+        self.log_dir = log_dir
+        self.process: subprocess.Popen | None = None
+        self.starts = 0
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_dir / f"{self.name}.{self.starts}.log"
+
+    def start(self) -> ServiceProcess:
+        self.starts += 1
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen([str(CLI), "serve", self.name], env=self.env, cwd=REPO,
+                                            stdout=log, stderr=subprocess.STDOUT)
+        return self
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill9(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM and wait for a clean exit; returns the exit code."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                return self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+                raise AssertionError(f"{self.name} did not stop within {timeout}s of SIGTERM:\n{self.tail()}")
+        return self.process.returncode
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+@pytest.fixture
+def pipeline_env(unique: str, tmp_path: Path, settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMLEDGER_")}
+    env.update({
+        "STREAMLEDGER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "STREAMLEDGER_MONGO_URL": settings.mongo_url,
+        "STREAMLEDGER_MONGO_DB": f"test_{unique}",
+        "STREAMLEDGER_RAW_TOPIC": f"raw-{unique}",
+        "STREAMLEDGER_CLEAN_TOPIC": f"clean-{unique}",
+        "STREAMLEDGER_DEADLETTER_TOPIC": f"deadletter-{unique}",
+        "STREAMLEDGER_PREDICTIONS_TOPIC": f"predictions-{unique}",
+        "STREAMLEDGER_ANCHORS_TOPIC": f"anchors-{unique}",
+        "STREAMLEDGER_SNAPSHOTS_TOPIC": f"snapshots-{unique}",
+        "STREAMLEDGER_CLEANING_GROUP": f"cleaning-{unique}",
+        "STREAMLEDGER_STORAGE_GROUP": f"storage-{unique}",
+        "STREAMLEDGER_CLEANING_DATA_DIR": str(tmp_path / "faust"),
+        "STREAMLEDGER_LOG_LEVEL": "INFO",
+    })
+    return env
+
+
+@pytest.fixture
+def services(pipeline_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[[str], ServiceProcess]]:
+    started: list[ServiceProcess] = []
+
+    def start(name: str) -> ServiceProcess:
+        service = ServiceProcess(name, pipeline_env, tmp_path).start()
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        if service.alive():
+            service.process.kill()
+            service.process.wait(timeout=10)
+
+
+async def create_topics(bootstrap: str, names: list[str], config: dict[str, str] | None = None) -> None:
+    """Create topics up front (with `config`, e.g. a larger max.message.bytes)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(n, 1, 1, topic_configs=config or {}) for n in names])
+    finally:
+        await admin.close()
+
+
+async def wait_until(condition: Callable[[], Awaitable[bool]], timeout: float, what: str,
+                     on_timeout: Callable[[], str] = lambda: "") -> None:
+    """Poll `condition` every 0.5 s until it holds; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{on_timeout()}")
+        await asyncio.sleep(0.5)
