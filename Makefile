@@ -31,6 +31,7 @@ unit: $(VENV)/.installed
 # One pytest run over every suite; exit code 5 (no test collected) means the suites
 # vanished, which must fail loudly rather than pass or be mistaken for a test failure.
 test: stack
+	bash chaincode/test.sh
 	@$(BIN)/python -m pytest -q -p no:cacheprovider tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests - the test suites are missing"; exit 1; fi; \
 	exit $$rc

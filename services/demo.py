@@ -12,10 +12,11 @@ import random
 import time
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from pymongo import AsyncMongoClient, ReplaceOne
+from pymongo import ReplaceOne
 from rich.console import Console
 
 from services.common.kafka import ensure_topics, reliable_producer
+from services.common.mongo import bulk_write_chunked, mongo_client
 from services.common.settings import CommonSettings
 
 SMOKE_TOPIC = "demo.smoke"
@@ -53,12 +54,12 @@ async def smoke_round_trip(settings: CommonSettings, console: Console, count: in
     assert [e["event_id"] for e in received[:count]] == [e["event_id"] for e in events]
     console.print(f"Kafka    consumed them back, same order and content")
 
-    client: AsyncMongoClient = AsyncMongoClient(settings.mongo_url)
+    client = mongo_client(settings.mongo_url)
     try:
         collection = client[settings.mongo_db]["demo_smoke"]
         writes = [ReplaceOne({"_id": e["event_id"]}, e, upsert=True) for e in received[:count]]
-        await collection.bulk_write(writes, ordered=False)
-        await collection.bulk_write(writes, ordered=False)  # a replay changes nothing
+        await bulk_write_chunked(collection, writes)
+        await bulk_write_chunked(collection, writes)  # a replay changes nothing
         stored = await collection.count_documents({"_id": {"$regex": f"^smoke-{run}-"}})
     finally:
         await client.close()
