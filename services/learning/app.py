@@ -99,10 +99,9 @@ async def run(settings: LearningSettings, stop: asyncio.Event, registry: ModelRe
                 with BATCH.time():
                     for tp, messages in batches.items():
                         events = codec.decode_many([m.value for m in messages], reader="CleanEvent")
-                        for message, event in zip(messages, events):
-                            consumed = Consumed(tp.topic, tp.partition, message.offset, message.key, message.value)
-                            for output in learners.handle(consumed, event):
-                                await publish(output)
+                        consumed = [Consumed(tp.topic, tp.partition, m.offset, m.key, m.value) for m in messages]
+                        for output in learners.handle_batch(list(zip(consumed, events))):
+                            await publish(output)
                         EVENTS.inc(len(messages))
                 due = learners.due_snapshots(settings.learning_snapshot_every_events, settings.learning_snapshot_every_seconds)
                 for tracked in due:

@@ -25,6 +25,7 @@ allow-list, so optimizers and nested estimators can be declared too.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import inspect
 import json
@@ -118,6 +119,8 @@ class ModelDeclaration:
     tenant: str = "*"
     source: str = "*"
     drift: DriftPolicy = field(default_factory=DriftPolicy)
+    batch_size: int = 1
+    """Above 1: learn mini-batches with River's `learn_many` (see `OnlineModel.process_many`)."""
 
     @property
     def takes_strings(self) -> bool:
@@ -125,7 +128,7 @@ class ModelDeclaration:
 
     def takes(self, tenant: str, source: str) -> bool:
         """Whether an event of this tenant and source is for this model (glob patterns)."""
-        return fnmatch.fnmatchcase(tenant, self.tenant) and fnmatch.fnmatchcase(source, self.source)
+        return _matches(tenant, self.tenant) and _matches(source, self.source)
 
     def build_model(self) -> base.Estimator:
         where = f"model {self.model_id!r}: pipeline"
@@ -141,11 +144,16 @@ class ModelDeclaration:
     def fingerprint(self) -> str:
         """SHA-256 of the declaration's canonical JSON: a snapshot is only resumed under the same one."""
         canonical = json.dumps(
-            {"task": self.task, "pipeline": self.pipeline, "metrics": self.metrics,
+            {"task": self.task, "pipeline": self.pipeline, "metrics": self.metrics, "batch_size": self.batch_size,
              "drift": [self.drift.detector, self.drift.response, self.drift.background_events]},
             sort_keys=True, separators=(",", ":"),
         )
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=4096)
+def _matches(value: str, pattern: str) -> bool:
+    return fnmatch.fnmatchcase(value, pattern)  # cached: a stream repeats few tenants and sources
 
 
 def load_declarations(path: Path | str) -> list[ModelDeclaration]:
@@ -176,7 +184,7 @@ def parse_declarations(document: dict[str, Any], where: str = "declarations") ->
 
 
 def parse_declaration(table: dict[str, Any], where: str = "model") -> ModelDeclaration:
-    known = {"id", "task", "pipeline", "metrics", "tenant", "source", "drift"}
+    known = {"id", "task", "pipeline", "metrics", "tenant", "source", "drift", "batch_size"}
     _no_unknown_keys(table, known, where)
     model_id = table.get("id")
     if not isinstance(model_id, str) or not model_id:
@@ -205,7 +213,10 @@ def parse_declaration(table: dict[str, Any], where: str = "model") -> ModelDecla
         tenant=table.get("tenant", "*"),
         source=table.get("source", "*"),
         drift=_parse_drift(table.get("drift", {}), f"{where}: drift"),
+        batch_size=table.get("batch_size", 1),
     )
+    if isinstance(declaration.batch_size, bool) or not isinstance(declaration.batch_size, int) or declaration.batch_size < 1:
+        raise DeclarationError(f"{where}: 'batch_size' must be a positive integer; got {declaration.batch_size!r}")
     _check_buildable(declaration, where)
     return declaration
 
@@ -237,9 +248,24 @@ def _check_buildable(declaration: ModelDeclaration, where: str) -> None:
                 raise DeclarationError(f"{where}: metric {type(metric).__name__} cannot score an anomaly model; use ROCAUC")
         elif not metric.works_with(model):
             raise DeclarationError(f"{where}: metric {type(metric).__name__} does not work with a {declaration.task} model")
+    if declaration.batch_size > 1:
+        _check_batchable(declaration, model, where)
     detector = declaration.build_detector()
     if not isinstance(detector, (base.DriftDetector, base.BinaryDriftDetector)):
         raise DeclarationError(f"{where}: drift.detector {type(detector).__name__} is not a drift detector")
+
+
+def _check_batchable(declaration: ModelDeclaration, model: base.Estimator, where: str) -> None:
+    steps = list(model.steps.values()) if isinstance(model, compose.Pipeline) else [model]
+    for step in steps[:-1]:
+        if not hasattr(step, "learn_many") or not hasattr(step, "transform_many"):
+            raise DeclarationError(f"{where}: batch_size > 1 needs learn_many/transform_many; {type(step).__name__} has none")
+    if declaration.task == "anomaly" or not hasattr(steps[-1], "learn_many") or not hasattr(steps[-1], "predict_many"):
+        raise DeclarationError(f"{where}: batch_size > 1 needs learn_many/predict_many; {type(steps[-1]).__name__} has none")
+    for metric in declaration.build_metrics():
+        if not getattr(metric, "requires_labels", True):
+            raise DeclarationError(f"{where}: batch_size > 1 scores predicted labels only; "
+                                   f"metric {type(metric).__name__} needs probabilities")
 
 
 def _build(spec: Any, where: str) -> Any:

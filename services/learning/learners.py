@@ -123,17 +123,54 @@ class LearnerSet:
 
     def handle(self, consumed: Consumed, event: dict[str, Any] | Exception) -> list[Output]:
         """Feed one consumed record (decoded, or the decode error) to every model still behind it."""
-        tp = (consumed.topic, consumed.partition)
-        behind = [m for m in self.models.values() if m.offsets.get(tp, 0) <= consumed.offset]
+        return self.handle_batch([(consumed, event)])
+
+    def handle_batch(self, records: list[tuple[Consumed, dict[str, Any] | Exception]]) -> list[Output]:
+        """Feed fetched records, in offset order, to every model still behind each one.
+
+        One-at-a-time models take each event as it comes; mini-batch models (`batch_size`
+        above 1) collect theirs and learn them after the loop, within this same call, so a
+        snapshot always sees every model exactly at the offsets it records.
+        """
         outputs: list[Output] = []
-        if behind and isinstance(event, Exception):
-            outputs.append(self._dead_letter(consumed, getattr(event, "reason", "undecodable"), str(event)))
-        elif behind:
+        collected: dict[str, list[tuple[Consumed, dict[str, Any]]]] = {}
+        for consumed, event in records:
+            tp = (consumed.topic, consumed.partition)
+            behind = [m for m in self.models.values() if m.offsets.get(tp, 0) <= consumed.offset]
+            if behind and isinstance(event, Exception):
+                outputs.append(self._dead_letter(consumed, getattr(event, "reason", "undecodable"), str(event)))
+            elif behind:
+                for tracked in behind:
+                    if tracked.online.declaration.batch_size > 1:
+                        collected.setdefault(tracked.model_id, []).append((consumed, event))
+                    else:
+                        outputs.extend(self._feed(tracked, consumed, event))
             for tracked in behind:
-                outputs.extend(self._feed(tracked, consumed, event))
-        for tracked in behind:
-            tracked.offsets[tp] = consumed.offset + 1
-            tracked.unsnapshotted += 1
+                tracked.offsets[tp] = consumed.offset + 1
+                tracked.unsnapshotted += 1
+        for model_id, events in collected.items():
+            outputs.extend(self._feed_many(self.models[model_id], events))
+        return outputs
+
+    def _feed_many(self, tracked: TrackedModel, records: list[tuple[Consumed, dict[str, Any]]]) -> list[Output]:
+        declaration = tracked.online.declaration
+        taken = [(c, e) for c, e in records if declaration.takes(e["tenant"], e["source"])]
+        # The ref lets a batch learned later (after more fetches) dead-letter by source position.
+        events = [(e["features"], e["label"], (c.topic, c.partition, c.offset, e["event_id"])) for c, e in taken]
+        try:
+            outcome = tracked.online.process_many(events)
+        except Exception as exc:  # River failed while learning a batch: report each event, keep going
+            return [self._dead_letter(c, "model_error", f"model {tracked.model_id!r}: {type(exc).__name__}: {exc}",
+                                      e["event_id"]) for c, e in taken]
+        outputs = [
+            self._dead_letter(consumed, rejection.reason, f"model {tracked.model_id!r}: {rejection}", event["event_id"])
+            for (consumed, event), rejection in zip(taken, outcome.rejected) if rejection is not None
+        ]
+        for (topic, partition, offset, event_id), error in outcome.refused:
+            # Learned in an earlier fetch: the original bytes are no longer at hand, its position is.
+            outputs.append(self._dead_letter(Consumed(topic, partition, offset, None, None), error.reason,
+                                             f"model {tracked.model_id!r}: {error}", event_id))
+        outputs.extend(self._metrics(tracked, drift) for drift in outcome.drifts)
         return outputs
 
     def _feed(self, tracked: TrackedModel, consumed: Consumed, event: dict[str, Any]) -> list[Output]:

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import copy
 import math
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from river import base, stats, utils
+from river import base
 
 from services.learning.declarations import ModelDeclaration
 
@@ -55,6 +56,15 @@ class Drift:
     metric_before: float
     metric_after: float
     """Mean error of the model since the previous drift, and over the most recent events."""
+
+
+@dataclass(frozen=True)
+class Batched:
+    """What `process_many` did: per event its rejection (or None), drifts, and events River refused."""
+
+    rejected: list[RejectedEvent | None]
+    drifts: list[Drift]
+    refused: list[tuple[Any, RejectedEvent]]
 
 
 @dataclass(frozen=True)
@@ -106,11 +116,13 @@ class OnlineModel:
         self.background: base.Estimator | None = None
         self.background_learned = 0
         self.feature_kinds: dict[str, str] = {}
+        self.pending: list[tuple[Features, Label, Any]] = []
+        """Mini-batch models: valid events waiting for their batch to fill (part of the state)."""
         self.learned = 0
         self.predicted = 0
         self.drifts = 0
-        self._errors_since_drift = stats.Mean()
-        self._recent_errors = utils.Rolling(stats.Mean, window_size=self.RECENT_ERRORS)
+        self._errors_since_drift = [0.0, 0]  # sum, count: the "metric_before" of a drift
+        self._recent_errors: deque[float] = deque(maxlen=self.RECENT_ERRORS)
         self._configure()
 
     def _configure(self) -> None:
@@ -131,12 +143,13 @@ class OnlineModel:
     def process(self, x: Features, label: Any) -> Step:
         """Predict, update metrics, learn. Raises a `RejectedEvent` and changes nothing if the event is unfit."""
         y = check_label(self.declaration.task, label)
-        self._check_features(x)
+        new_features = self._check_features(x)
         try:
             prediction, label_prediction = self._predict(x)
         except (TypeError, ValueError, KeyError, ArithmeticError) as exc:
             raise ModelRefusedEvent(f"features do not fit model {self.declaration.model_id!r}: {type(exc).__name__}: {exc}") from None
-        self._remember_kinds(x)
+        if new_features:
+            self._remember_kinds(x, new_features)
         if y is None and not self._anomaly:
             self.predicted += 1
             return Step(prediction=prediction, learned=False)
@@ -156,6 +169,68 @@ class OnlineModel:
                 f"{type(exc).__name__}: {exc}"
             ) from None
         return Step(prediction=prediction, learned=True, drift=drift)
+
+    def process_many(self, events: list[tuple[Features, Any, Any]]) -> Batched:
+        """Mini-batch prequential learning with River's `predict_many` / `learn_many` (declared `batch_size`).
+
+        `events` are (features, label, ref) in stream order; `ref` identifies the event to
+        the caller (for dead letters). Valid labelled events join a pending batch; a batch
+        is learned when it holds `batch_size` events or the next event has other feature
+        names: the whole batch is predicted, the metrics updated row by row, then the batch
+        learned at once. Batches are cut by counting events, never by how they were
+        fetched, and the pending events are part of `state()`, so a restarted run forms
+        the same batches and ends with the same model. Within a batch no event benefits
+        from the ones before it, so metrics differ a little from `progressive_val_score`.
+        Unlabelled events are counted as predicted.
+        """
+        outcome = Batched(rejected=[None] * len(events), drifts=[], refused=[])
+        size = self.declaration.batch_size
+        for index, (x, label, ref) in enumerate(events):
+            try:
+                y = check_label(self.declaration.task, label)
+                new_features = self._check_features(x)
+            except RejectedEvent as exc:
+                outcome.rejected[index] = exc
+                continue
+            if new_features:
+                self._remember_kinds(x, new_features)
+            if y is None:
+                self.predicted += 1
+                continue
+            if self.pending and tuple(x) != tuple(self.pending[0][0]):
+                self._learn_pending(outcome)
+            self.pending.append((x, y, ref))
+            if len(self.pending) >= size:
+                self._learn_pending(outcome)
+        return outcome
+
+    def _learn_pending(self, outcome: Batched) -> None:
+        import pyarrow as pa  # only mini-batch models need columnar input
+
+        batch, self.pending = self.pending, []
+        X = pa.Table.from_pylist([x for x, _, _ in batch])
+        ys = [y for _, y, _ in batch]
+        try:
+            predictions = self.model.predict_many(X).to_pylist()
+        except (TypeError, ValueError, KeyError, ArithmeticError, pa.ArrowException) as exc:
+            error = ModelRefusedEvent(f"features do not fit model {self.declaration.model_id!r}: {type(exc).__name__}: {exc}")
+            outcome.refused.extend((ref, error) for _, _, ref in batch)
+            return
+        for y, y_pred in zip(ys, predictions):
+            if y_pred is not None:
+                for metric in self.metrics:
+                    metric.update(y, y_pred)
+                drift = self._watch(y, y_pred)
+                if drift is not None:
+                    outcome.drifts.append(drift)
+        y_column = pa.chunked_array([ys])
+        self.model.learn_many(X, y_column)
+        if self.background is not None:
+            self.background.learn_many(X, y_column)
+            self.background_learned += len(batch)
+            if self.background_learned >= self.declaration.drift.background_events:
+                self.model, self.background = self.background, None
+        self.learned += len(batch)
 
     def _predict(self, x: Features) -> tuple[Any, Any]:
         if self._anomaly:
@@ -186,18 +261,20 @@ class OnlineModel:
         else:
             error = float(y_pred != y)
         self.detector.update(error)
-        self._errors_since_drift.update(error)
-        self._recent_errors.update(error)
+        since = self._errors_since_drift
+        since[0] += error
+        since[1] += 1
+        self._recent_errors.append(error)
         if not self.detector.drift_detected:
             return None
         drift = Drift(
             detector=type(self.detector).__name__,
             position=self.learned,
-            metric_before=self._errors_since_drift.get(),
-            metric_after=self._recent_errors.get(),
+            metric_before=since[0] / since[1],
+            metric_after=sum(self._recent_errors) / len(self._recent_errors),
         )
         self.drifts += 1
-        self._errors_since_drift = stats.Mean()
+        self._errors_since_drift = [0.0, 0]
         response = self.declaration.drift.response
         if response == "reset":
             self.model = self.declaration.build_model()
@@ -208,8 +285,15 @@ class OnlineModel:
 
     # -- features --------------------------------------------------------------------------
 
-    def _check_features(self, x: Features) -> None:
+    def _check_features(self, x: Features) -> list[str]:
+        """Raise `InvalidFeature` for a value the model cannot take; returns the features never seen before."""
+        kinds = self.feature_kinds
+        new: list[str] = []
         for name, value in x.items():
+            seen = kinds.get(name)
+            # The common case first: a finite float for a feature known to be a number.
+            if seen == "number" and type(value) is float and value - value == 0.0:
+                continue
             kind = "string" if isinstance(value, str) else "number"
             if kind == "number":
                 if not isinstance(value, (bool, int, float)):
@@ -221,14 +305,15 @@ class OnlineModel:
                     f"features[{name!r}]: model {self.declaration.model_id!r} takes numbers only, got string "
                     f"{value!r} (its first step, {self.declaration.pipeline[0]['class']}, does not encode strings)"
                 )
-            seen = self.feature_kinds.get(name)
-            if seen is not None and seen != kind:
+            if seen is None:
+                new.append(name)
+            elif seen != kind:
                 raise InvalidFeature(f"features[{name!r}]: is a {kind} here but was a {seen} in earlier events")
+        return new
 
-    def _remember_kinds(self, x: Features) -> None:
-        for name, value in x.items():
-            if name not in self.feature_kinds:
-                self.feature_kinds[name] = "string" if isinstance(value, str) else "number"
+    def _remember_kinds(self, x: Features, new: list[str]) -> None:
+        for name in new:
+            self.feature_kinds[name] = "string" if isinstance(x[name], str) else "number"
 
     # -- results and state -----------------------------------------------------------------
 
@@ -250,6 +335,7 @@ class OnlineModel:
             "background": self.background,
             "background_learned": self.background_learned,
             "feature_kinds": self.feature_kinds,
+            "pending": self.pending,
             "learned": self.learned,
             "predicted": self.predicted,
             "drifts": self.drifts,
@@ -270,6 +356,7 @@ class OnlineModel:
         online.background = state["background"]
         online.background_learned = state["background_learned"]
         online.feature_kinds = state["feature_kinds"]
+        online.pending = state["pending"]
         online.learned = state["learned"]
         online.predicted = state["predicted"]
         online.drifts = state["drifts"]

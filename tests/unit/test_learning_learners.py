@@ -164,3 +164,20 @@ def test_snapshot_cadence_by_events_or_seconds(every_events, every_seconds, elap
     run(learners, consumed_stream(PHISHING[:5]))
     now[0] += elapsed
     assert bool(learners.due_snapshots(every_events, every_seconds)) is due
+
+
+def test_mini_batch_and_single_models_side_by_side_and_dead_letters_from_both():
+    batched = parse_declaration({"id": "batched", "task": "binary", "batch_size": 64, "metrics": ["Accuracy"],
+                                 "pipeline": [{"class": "preprocessing.StandardScaler"},
+                                              {"class": "linear_model.LogisticRegression"}]})
+    learners = LearnerSet([declare("single"), batched])
+    bad = dict(PHISHING[5], event_id="bad", label="no")
+    stream = consumed_stream(PHISHING[:5] + [bad] + PHISHING[6:300])
+    outputs = []
+    for start in range(0, 300, 37):  # fetches of an arbitrary size
+        outputs.extend(learners.handle_batch(stream[start:start + 37]))
+    letters = sorted(o.record["error"].split(":")[0] for o in outputs if o.record_name == "DeadLetter")
+    assert letters == ["model 'batched'", "model 'single'"]
+    assert learners.models["single"].online.learned == 299
+    assert learners.models["batched"].online.learned == 256 and len(learners.models["batched"].online.pending) == 43
+    assert learners.models["batched"].offsets == learners.models["single"].offsets == {(TOPIC, 0): 300}

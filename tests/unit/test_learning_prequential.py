@@ -11,7 +11,7 @@ from river.metrics.base import Metrics
 
 from services.learning.declarations import parse_declaration
 from services.learning.prequential import InvalidFeature, InvalidLabel, ModelRefusedEvent, OnlineModel, check_label
-from services.learning.snapshots import seal
+from services.learning.snapshots import seal, unseal
 
 LOGREG = [{"class": "preprocessing.StandardScaler"}, {"class": "linear_model.LogisticRegression"}]
 
@@ -204,3 +204,46 @@ def test_reading_the_metrics_does_not_change_the_state():
     before = seal(online.state()).sha256
     online.metric_values()
     assert seal(online.state()).sha256 == before
+
+
+def test_mini_batches_learn_with_learn_many_and_keep_the_partial_batch_pending():
+    online = OnlineModel(declare(batch_size=100))
+    data = list(datasets.Phishing())
+    events = [({k: float(v) for k, v in x.items()}, y, i) for i, (x, y) in enumerate(data)]
+    outcome = online.process_many(events[:250])
+    assert outcome.rejected == [None] * 250 and outcome.refused == []
+    assert online.learned == 200 and len(online.pending) == 50  # the last 50 wait for their batch
+    online.process_many(events[250:])
+    assert online.learned == 1200 and len(online.pending) == 50
+    assert 0.8 < online.metric_values()["Accuracy"] < 1.0
+
+
+def test_mini_batches_are_cut_by_count_not_by_how_events_arrive():
+    events = [({k: float(v) for k, v in x.items()}, y, i) for i, (x, y) in enumerate(datasets.Phishing())][:700]
+    whole = OnlineModel(declare(batch_size=64))
+    whole.process_many(events)
+    pieces = OnlineModel(declare(batch_size=64))
+    for start, stop in [(0, 3), (3, 130), (130, 131), (131, 700)]:
+        sealed = seal(pieces.state())  # a restart between any two fetches
+        pieces = OnlineModel.restore(pieces.declaration, unseal(sealed.data, sealed.sha256))
+        pieces.process_many(events[start:stop])
+    assert seal(pieces.state()).sha256 == seal(whole.state()).sha256
+
+
+def test_mini_batch_rejections_are_reported_in_place_and_other_feature_names_cut_the_batch():
+    online = OnlineModel(declare(batch_size=10))
+    events = [({"a": 1.0}, True, 0), ({"a": 2.0}, 0.5, 1), ({"a": 3.0}, None, 2), ({"a": 1.0, "b": 2.0}, False, 3)]
+    outcome = online.process_many(events)
+    assert [type(r).__name__ if r else None for r in outcome.rejected] == [None, "InvalidLabel", None, None]
+    assert online.learned == 1 and online.predicted == 1 and len(online.pending) == 1
+
+
+@pytest.mark.parametrize("pipeline, metrics, message", [
+    ([{"class": "tree.HoeffdingTreeClassifier"}], ("Accuracy",), "HoeffdingTreeClassifier has none"),
+    ([{"class": "preprocessing.MinMaxScaler"}, {"class": "linear_model.LogisticRegression"}], ("Accuracy",),
+     "MinMaxScaler has none"),
+    (LOGREG, ("ROCAUC",), "metric ROCAUC needs probabilities"),
+])
+def test_batch_size_needs_a_model_with_learn_many(pipeline, metrics, message):
+    with pytest.raises(Exception, match=message):
+        declare(pipeline=pipeline, metrics=metrics, batch_size=10)

@@ -1,0 +1,145 @@
+"""Events/s of the learning service next to the same River model learning in-process.
+
+    .venv/bin/python bench/learning.py [--events 20000] [--repeat 2]
+
+For each model below, the same CleanEvents (River's Phishing dataset, cycled) are:
+  - learned in-process by River alone: `evaluate.progressive_val_score` over Python dicts
+    already in memory (the baseline: no Kafka, no Avro);
+  - learned by the service (`services.learning.app.run`, in this process) from a one-partition
+    Kafka topic the events were written to beforehand: from its `learning_started` log line
+    to the `snapshot_written` line of a snapshot covering every event, so Avro decoding,
+    dead-letter checks, offsets and the snapshot itself are all inside the measured time.
+Prints both rates and their ratio per model. Asserts nothing.
+
+Goal (issue 6): ratio >= 0.8 for logistic regression one event at a time; > 1.0 for a
+model declared with `batch_size` (River's `learn_many`) against in-process `learn_one`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from river import datasets, evaluate
+from river.metrics.base import Metrics
+
+from services.common.avro import AvroCodec, SchemaRegistry
+from services.common.kafka import ensure_topics, reliable_producer
+from services.common.settings import CommonSettings
+from services.learning import app
+from services.learning.declarations import load_declarations
+from services.learning.settings import LearningSettings
+
+MODELS = {
+    "logreg": """
+[[model]]
+id = "logreg"
+task = "binary"
+metrics = ["Accuracy"]
+pipeline = [ { class = "preprocessing.StandardScaler" }, { class = "linear_model.LogisticRegression" } ]
+""",
+    "logreg-batch500": """
+[[model]]
+id = "logreg-batch500"
+task = "binary"
+metrics = ["Accuracy"]
+batch_size = 500
+pipeline = [ { class = "preprocessing.StandardScaler" }, { class = "linear_model.LogisticRegression" } ]
+""",
+}
+
+
+def clean_events(count: int) -> list[dict]:
+    rows = list(datasets.Phishing())
+    return [
+        {"event_id": f"bench-{i}", "tenant": "bench", "source": "phishing", "ts": 1_700_000_000_000 + i,
+         "features": {k: float(v) for k, v in rows[i % len(rows)][0].items()}, "label": rows[i % len(rows)][1],
+         "content_hash": "0" * 64, "raw_partition": 0, "raw_offset": i}
+        for i in range(count)
+    ]
+
+
+def in_process_rate(models_file: Path, events: list[dict]) -> float:
+    declaration = load_declarations(models_file)[0]
+    stream = [(e["features"], e["label"]) for e in events]
+    model, metrics = declaration.build_model(), Metrics(declaration.build_metrics())
+    start = time.perf_counter()
+    evaluate.progressive_val_score(stream, model, metrics)
+    return len(stream) / (time.perf_counter() - start)
+
+
+class Timestamps(logging.Handler):
+    def __init__(self, events: int) -> None:
+        super().__init__()
+        self.events = events
+        self.started: float | None = None
+        self.done = asyncio.Event()
+        self.finished: float | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage() == "learning_started":
+            self.started = record.created
+        elif record.getMessage() == "snapshot_written" and getattr(record, "events_seen", 0) >= self.events:
+            self.finished = record.created
+            self.done.set()
+
+
+async def service_rate(bootstrap: str, models_file: Path, topic: str, events: int) -> float:
+    run_id = uuid.uuid4().hex[:8]
+    settings = LearningSettings(
+        kafka_bootstrap=bootstrap, learning_models_file=models_file, learning_input_topics=[topic],
+        learning_snapshot_topic=f"bench-snapshots-{run_id}", learning_metrics_topic=f"bench-metrics-{run_id}",
+        learning_deadletter_topic=f"bench-deadletter-{run_id}", learning_group_id=f"bench-{run_id}",
+        learning_snapshot_every_events=events, learning_snapshot_every_seconds=3600,
+        learning_metrics_every_seconds=3600,
+    )
+    timestamps = Timestamps(events)
+    logger = logging.getLogger("streamledger.learning")
+    logger.addHandler(timestamps)
+    logger.setLevel(logging.INFO)
+    stop = asyncio.Event()
+    task = asyncio.create_task(app.run(settings, stop))
+    try:
+        await asyncio.wait_for(timestamps.done.wait(), timeout=300)
+    finally:
+        stop.set()
+        await task
+        logger.removeHandler(timestamps)
+    return events / (timestamps.finished - timestamps.started)
+
+
+async def main(events_count: int, repeat: int) -> None:
+    bootstrap = CommonSettings().kafka_bootstrap
+    codec = AvroCodec(SchemaRegistry.from_dir())
+    events = clean_events(events_count)
+    topic = f"bench-learning-{uuid.uuid4().hex[:8]}"
+    await ensure_topics(bootstrap, [topic], partitions=1)
+    async with reliable_producer(bootstrap, linger_ms=20) as producer:
+        for event, value in zip(events, codec.encode_many("CleanEvent", events)):
+            await producer.send(topic, key=event["event_id"].encode(), value=value)
+        await producer.flush()
+    print(f"{events_count} CleanEvents (Phishing, cycled) on {topic}; best of {repeat} runs each")
+    print(f"{'model':<18} {'in-process River':>18} {'service':>14} {'ratio':>7}")
+    with tempfile.TemporaryDirectory() as tmp:
+        baseline_file = Path(tmp) / "logreg.toml"
+        baseline_file.write_text(MODELS["logreg"])
+        baseline = max(in_process_rate(baseline_file, events) for _ in range(repeat))
+        for name, toml in MODELS.items():
+            models_file = Path(tmp) / f"{name}.toml"
+            models_file.write_text(toml)
+            service = max([await service_rate(bootstrap, models_file, topic, events_count) for _ in range(repeat)])
+            print(f"{name:<18} {baseline:>14,.0f} ev/s {service:>10,.0f} ev/s {service / baseline:>7.2f}")
+    print("baseline for both rows: River learn_one in-process (progressive_val_score) on the same events")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--repeat", type=int, default=2)
+    args = parser.parse_args()
+    asyncio.run(main(args.events, args.repeat))
