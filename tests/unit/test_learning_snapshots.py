@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 
@@ -13,7 +14,6 @@ from services.learning.prequential import OnlineModel
 from services.learning.snapshots import (
     FORMAT, ForbiddenGlobal, SnapshotFormatError, SnapshotHashMismatch, seal, unseal,
 )
-import hashlib
 
 SIDE_EFFECTS: list[str] = []
 
