@@ -23,7 +23,7 @@ from services.common import metrics
 from services.common.avro import AvroCodec, SchemaRegistry
 from services.common.kafka import ensure_topics, reliable_producer
 from services.common.logging import configure_logging, get_logger
-from services.learning.declarations import load_declarations
+from services.learning.declarations import DeclarationError, load_declarations
 from services.learning.learners import Consumed, LearnerSet, Output, TrackedModel
 from services.learning.ledger_seam import ModelRegistry
 from services.learning.settings import LearningSettings
@@ -162,6 +162,11 @@ async def commit(consumer: AIOKafkaConsumer, learners: LearnerSet) -> None:
 def main() -> None:
     settings = LearningSettings()
     configure_logging(settings.log_level)
+    try:
+        load_declarations(settings.learning_models_file)  # fail fast, with the key at fault
+    except DeclarationError as exc:
+        log.error("bad_model_declarations", extra={"file": str(settings.learning_models_file), "error": str(exc)})
+        raise SystemExit(2) from None
     metrics.serve_metrics(settings.metrics_port)
 
     async def serve() -> None:

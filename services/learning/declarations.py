@@ -253,6 +253,9 @@ def _check_buildable(declaration: ModelDeclaration, where: str) -> None:
     detector = declaration.build_detector()
     if not isinstance(detector, (base.DriftDetector, base.BinaryDriftDetector)):
         raise DeclarationError(f"{where}: drift.detector {type(detector).__name__} is not a drift detector")
+    if isinstance(detector, base.BinaryDriftDetector) and declaration.task not in ("binary", "multiclass"):
+        raise DeclarationError(f"{where}: drift.detector {type(detector).__name__} watches 0/1 errors; "
+                               f"a {declaration.task} model needs ADWIN, PageHinkley or KSWIN")
 
 
 def _check_batchable(declaration: ModelDeclaration, model: base.Estimator, where: str) -> None:

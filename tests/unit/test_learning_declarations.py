@@ -79,6 +79,9 @@ def test_a_metric_that_does_not_fit_the_task_is_refused():
     ({"drift": {"response": "panic"}}, "'response' must be one of log, reset, background"),
     ({"drift": {"when": "now"}}, r"unknown keys \['when'\]"),
     ({"colour": "blue"}, r"unknown keys \['colour'\]"),
+    ({"task": "regression", "metrics": ["MAE"], "drift": {"detector": {"class": "drift.binary.DDM"}},
+      "pipeline": [{"class": "linear_model.LinearRegression"}]}, "DDM watches 0/1 errors"),
+    ({"batch_size": 0}, "'batch_size' must be a positive integer"),
 ])
 def test_malformed_declarations_name_the_key(overrides, message):
     with pytest.raises(DeclarationError, match=message):
