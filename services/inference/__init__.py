@@ -1,0 +1,1 @@
+"""Inference: the KServe V2 Open Inference Protocol over gRPC, on the latest model snapshots."""

@@ -1,0 +1,154 @@
+"""`streamledger serve inference`: the Open Inference Protocol (KServe V2) over gRPC on 127.0.0.1:8001.
+
+    models.snapshots --> verify sha256, unpickle safely --> ModelShelf (latest + recent versions)
+                                                               |
+    gRPC ModelInfer --> tensors -> rows --> (paid: mTLS identity, hold) --> River --> response
+                                                               +--> predictions (sampled), usage (paid)
+
+Paid mode needs a `HoldSource` reading holds from the ledger; no Fabric gateway client
+exists yet, so `main()` refuses paid mode and tests pass their own source to `run`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import grpc
+from cryptography import x509
+
+from services.common import metrics
+from services.common.avro import AvroCodec, CodecError, SchemaRegistry
+from services.common.kafka import ensure_topics, reliable_producer
+from services.common.logging import configure_logging, get_logger
+from services.inference import protocol
+from services.inference.authorization import HoldAuthorizer, HoldSource
+from services.inference.models import ModelShelf, SnapshotRefused, UnknownModel, load_snapshot
+from services.inference.records import RecordSink
+from services.inference.servicer import InferenceServicer, Metering
+from services.inference.settings import InferenceSettings
+from services.inference.snapshot_feed import follow_snapshots
+from services.learning.declarations import load_declarations
+from services.learning.snapshot_topic import ensure_compacted_topic
+
+log = get_logger("inference")
+LOADED = metrics.counter("inference", "snapshots_loaded", "Snapshots verified and served", ("model_id",))
+REFUSED = metrics.counter("inference", "snapshots_refused", "Snapshots refused", ("reason",))
+SERVED_VERSION = metrics.gauge("inference", "model_version", "Latest version served", ("model_id",))
+
+
+async def run(settings: InferenceSettings, stop: asyncio.Event, hold_source: HoldSource | None = None,
+              on_started: Callable[[int], None] | None = None) -> None:
+    """Serve until `stop` is set; `on_started(port)` is called once the port is bound."""
+    shelf = ModelShelf(load_declarations(settings.inference_models_file), settings.inference_versions_kept)
+    codec = AvroCodec(SchemaRegistry.from_dir())
+    bootstrap = settings.kafka_bootstrap
+    metering = _metering(settings, hold_source)
+    out_topics = [settings.inference_predictions_topic] + ([settings.inference_usage_topic] if metering else [])
+    await ensure_topics(bootstrap, out_topics)
+    await ensure_compacted_topic(bootstrap, settings.inference_snapshot_topic, 64 * 1024 * 1024)
+
+    async def on_snapshot(record: dict[str, Any]) -> None:
+        try:
+            declaration = shelf.declaration(record["model_id"])
+            # Unpickling a large model takes a while: off the loop, so requests keep flowing.
+            model = await asyncio.to_thread(load_snapshot, record, declaration)
+        except UnknownModel:
+            log.info("snapshot_ignored", extra={"model_id": record["model_id"], "why": "not declared here"})
+            return
+        except SnapshotRefused as exc:
+            REFUSED.labels(exc.reason).inc()
+            log.error("snapshot_refused", extra={"reason": exc.reason, "error": str(exc)})
+            return
+        if shelf.offer(model):
+            SERVED_VERSION.labels(model.model_id).set(model.version)
+        LOADED.labels(model.model_id).inc()
+        log.info("model_loaded", extra={"model_id": model.model_id, "version": model.version, "sha256": model.sha256,
+                                        "features": len(model.features)})
+
+    def on_undecodable(error: CodecError) -> None:
+        REFUSED.labels(error.reason).inc()
+        log.error("snapshot_refused", extra={"reason": error.reason, "error": str(error)})
+
+    ready = asyncio.Event()
+    limit = settings.inference_max_request_bytes
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
+                                      ("grpc.max_send_message_length", limit)])
+    async with reliable_producer(bootstrap) as producer:
+        sink = RecordSink(producer, codec, settings.inference_queue_size)
+        protocol.add_servicer(server, InferenceServicer(
+            shelf, sink, ready, settings.inference_predictions_topic, settings.inference_predictions_sample,
+            metering, _version()))
+        address = f"{settings.inference_host}:{settings.inference_port}"
+        port = server.add_secure_port(address, _server_credentials(settings)) if metering else server.add_insecure_port(address)
+        sending = asyncio.create_task(sink.run())
+        following = asyncio.create_task(follow_snapshots(bootstrap, settings.inference_snapshot_topic, codec,
+                                                         on_snapshot, on_undecodable, ready, stop))
+        await server.start()
+        log.info("inference_started", extra={"port": port, "mode": settings.inference_mode,
+                                             "models": list(shelf.declarations)})
+        if on_started is not None:
+            on_started(port)
+        try:
+            await _until(stop, following)
+        finally:
+            await server.stop(grace=5.0)  # requests in flight finish
+            following.cancel()
+            await asyncio.gather(following, return_exceptions=True)
+            await sink.drain()  # every queued usage and prediction record is sent before the producer closes
+            sending.cancel()
+            await asyncio.gather(sending, return_exceptions=True)
+    log.info("inference_stopped")
+
+
+async def _until(stop: asyncio.Event, following: asyncio.Task) -> None:
+    """Wait for `stop`; if the snapshot follower dies first, raise its error (the server must not go stale silently)."""
+    stopping = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({stopping, following}, return_when=asyncio.FIRST_COMPLETED)
+    if following in done and not stop.is_set():
+        stopping.cancel()
+        following.result()
+        raise RuntimeError("the snapshot follower stopped unexpectedly")
+
+
+def _metering(settings: InferenceSettings, hold_source: HoldSource | None) -> Metering | None:
+    if settings.inference_mode == "free":
+        return None
+    if hold_source is None:
+        raise RuntimeError("paid mode needs a HoldSource reading holds from the ledger, and no Fabric gateway "
+                           "client exists yet; set STREAMLEDGER_INFERENCE_MODE=free for local use")
+    cas = {msp: x509.load_pem_x509_certificate(path.read_bytes()) for msp, path in settings.inference_client_cas.items()}
+    return Metering(HoldAuthorizer(hold_source, settings.inference_hold_cache_seconds), cas,
+                    settings.inference_price_per_row, settings.inference_usage_topic)
+
+
+def _server_credentials(settings: InferenceSettings) -> grpc.ServerCredentials:
+    roots = b"".join(path.read_bytes() for path in settings.inference_client_cas.values())
+    return grpc.ssl_server_credentials(
+        [(settings.inference_tls_key.read_bytes(), settings.inference_tls_cert.read_bytes())],
+        root_certificates=roots, require_client_auth=True)
+
+
+def _version() -> str:
+    try:
+        return version("streamledger")
+    except PackageNotFoundError:
+        return "dev"
+
+
+def main() -> None:
+    settings = InferenceSettings()
+    configure_logging(settings.log_level)
+    metrics.serve_metrics(settings.metrics_port)
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run(settings, stop)
+
+    asyncio.run(serve())

@@ -1,0 +1,198 @@
+"""The models being served: verified snapshots, the recent versions of each, and prediction.
+
+    shelf = ModelShelf(load_declarations("deploy/models.toml"), versions_kept=3)
+    shelf.offer(load_snapshot(record, shelf.declaration(record["model_id"])))
+    model = shelf.get("phishing-logreg", "")      # latest; "7" pins version 7
+    outputs = model.predict([{"x": 1.0}])
+
+A snapshot becomes servable only through `load_snapshot`, which verifies its SHA-256
+before unpickling (the learning service's `unseal`). Swapping is a reference swap: a
+request takes its `ServedModel` once and finishes on it, whatever arrives meanwhile.
+
+Tensors (see ModelMetadata): one input per feature the model has learned from, named as
+the feature, FP64 for numbers (booleans as 0/1) and BYTES for strings, shape [-1] (or
+[N, 1]). Outputs by task:
+- binary, multiclass: "label" BYTES [N] (the most probable class, "" if the model has no
+  opinion yet) and "probabilities" FP64 [N, K]; the K class names, in column order, are
+  the response parameter "classes" (a JSON list of strings).
+- regression: "value" FP64 [N].
+- anomaly: "score" FP64 [N] (higher is more anomalous).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from services.learning.declarations import ModelDeclaration
+from services.learning.snapshots import SnapshotError, unseal
+
+NUMBER, STRING = "FP64", "BYTES"
+
+
+class ModelLookupError(LookupError):
+    """A request names a model or version this server cannot serve; the message says which."""
+
+
+class UnknownModel(ModelLookupError):
+    pass
+
+
+class UnknownVersion(ModelLookupError):
+    pass
+
+
+class InvalidVersion(ValueError):
+    pass
+
+
+class NoSnapshotYet(ModelLookupError):
+    """The model is declared but no verified snapshot of it has arrived yet."""
+
+
+class SnapshotRefused(ValueError):
+    """A snapshot that will not be served; `reason` is a short code for logs and metrics."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Output:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    values: np.ndarray | list[bytes]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    outputs: list[Output]
+    parameters: dict[str, str]
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    model_id: str
+    version: int
+    sha256: str
+    task: str
+    estimator: Any
+    features: tuple[tuple[str, str], ...]
+    """(name, datatype) of every input tensor, sorted by name."""
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return OUTPUTS[self.task]
+
+    def output_metadata(self) -> list[tuple[str, str, tuple[int, ...]]]:
+        if self.task in ("binary", "multiclass"):
+            return [("label", STRING, (-1,)), ("probabilities", NUMBER, (-1, -1))]
+        return [(self.output_names[0], NUMBER, (-1,))]
+
+    def predict(self, rows: list[dict[str, Any]]) -> Prediction:
+        """River's answer for each row, as output tensors; raises what River raises for unfit rows."""
+        model = self.estimator
+        if self.task == "regression":
+            return Prediction([Output("value", NUMBER, (len(rows),), _floats([model.predict_one(x) for x in rows]))], {})
+        if self.task == "anomaly":
+            return Prediction([Output("score", NUMBER, (len(rows),), _floats([model.score_one(x) for x in rows]))], {})
+        probas = [model.predict_proba_one(x) for x in rows]
+        classes = sorted({c for p in probas for c in p}, key=str)
+        matrix = np.array([[p.get(c, 0.0) for c in classes] for p in probas], dtype=np.float64).reshape(len(rows), len(classes))
+        labels = [str(max(p, key=p.get)).encode() if p else b"" for p in probas]
+        return Prediction(
+            [Output("label", STRING, (len(rows),), labels), Output("probabilities", NUMBER, matrix.shape, matrix)],
+            {"classes": json.dumps([str(c) for c in classes])},
+        )
+
+
+OUTPUTS = {"binary": ("label", "probabilities"), "multiclass": ("label", "probabilities"),
+           "regression": ("value",), "anomaly": ("score",)}
+
+
+def _floats(values: list[Any]) -> np.ndarray:
+    # River answers None before it has learned anything; NaN says "no prediction" in FP64.
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+
+def load_snapshot(record: dict[str, Any], declaration: ModelDeclaration) -> ServedModel:
+    """A servable model from a ModelSnapshot record; raises `SnapshotRefused` (hash checked before unpickling)."""
+    try:
+        state = unseal(record["model"], record["sha256"], record["format"])
+    except SnapshotError as exc:
+        raise SnapshotRefused(exc.reason, f"model {record['model_id']!r} version {record['version']}: {exc}") from None
+    if state.get("declaration") != declaration.fingerprint():
+        # The same rule as the learner's: a snapshot taken under another declaration may
+        # answer with another task's outputs.
+        raise SnapshotRefused("declaration_changed", f"model {record['model_id']!r} version {record['version']}: "
+                              "snapshot was taken under another declaration than the models file's")
+    kinds = state.get("feature_kinds", {})
+    return ServedModel(
+        model_id=record["model_id"], version=record["version"], sha256=record["sha256"], task=declaration.task,
+        estimator=state["model"],
+        features=tuple((name, STRING if kind == "string" else NUMBER) for name, kind in sorted(kinds.items())),
+    )
+
+
+class ModelShelf:
+    """The declared models and, for each, its most recent verified versions."""
+
+    def __init__(self, declarations: list[ModelDeclaration], versions_kept: int = 3) -> None:
+        if versions_kept < 1:
+            raise ValueError(f"versions_kept must be at least 1; got {versions_kept}")
+        self.declarations = {d.model_id: d for d in declarations}
+        self.versions_kept = versions_kept
+        self._versions: dict[str, dict[int, ServedModel]] = {}
+        self._latest: dict[str, ServedModel] = {}
+
+    def declaration(self, model_id: str) -> ModelDeclaration:
+        try:
+            return self.declarations[model_id]
+        except KeyError:
+            raise UnknownModel(f"model {model_id!r} is not declared; served models: {', '.join(self.declarations)}") from None
+
+    def offer(self, model: ServedModel) -> bool:
+        """Keep `model` among its model's recent versions; True if it became the latest."""
+        self.declaration(model.model_id)
+        versions = dict(self._versions.get(model.model_id, {}))
+        versions[model.version] = model
+        kept = dict(sorted(versions.items())[-self.versions_kept:])
+        # Readers take these dicts by reference, so build new ones and swap them in whole.
+        self._versions[model.model_id] = kept
+        latest = kept[max(kept)]
+        became_latest = self._latest.get(model.model_id) is not latest and latest is model
+        self._latest[model.model_id] = latest
+        return became_latest
+
+    def get(self, model_id: str, version: str = "") -> ServedModel:
+        self.declaration(model_id)
+        if version:
+            try:
+                number = int(version)
+            except ValueError:
+                raise InvalidVersion(f"model_version {version!r} of model {model_id!r} is not an integer") from None
+            found = self._versions.get(model_id, {}).get(number)
+            if found is None:
+                kept = sorted(self._versions.get(model_id, {}))
+                raise UnknownVersion(f"model {model_id!r} has no version {number} here; kept versions: {kept}")
+            return found
+        latest = self._latest.get(model_id)
+        if latest is None:
+            raise NoSnapshotYet(f"model {model_id!r} is declared but has no verified snapshot yet")
+        return latest
+
+    def versions(self, model_id: str) -> list[int]:
+        self.declaration(model_id)
+        return sorted(self._versions.get(model_id, {}))
+
+    def ready(self, model_id: str, version: str = "") -> bool:
+        try:
+            self.get(model_id, version)
+        except (ModelLookupError, InvalidVersion):
+            return False
+        return True

@@ -1,0 +1,82 @@
+"""The Open Inference Protocol (KServe V2) messages and service, from `proto/grpc_predict_v2.proto`.
+
+    from services.inference.protocol import pb, add_servicer, InferenceStub
+    request = pb.ModelInferRequest(model_name="phishing-logreg")
+    stub = InferenceStub(channel)              # grpc.Channel or grpc.aio.Channel
+    response = await stub.ModelInfer(request)
+
+Why not `services.common.protos.load`: that registers the messages in protobuf's default
+descriptor pool, where Triton's own client (`tritonclient.grpc`) registers the very same
+`inference.*` names from its copy of the protocol. Two definitions of one name in a pool
+fail at import, so a process holding both (our tests, a gateway using Triton's client)
+could not start. Here the file is compiled by grpcio-tools into a descriptor set and built
+in a private pool; on the wire the messages are the same.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from grpc_tools import protoc
+
+from services.common.protos import PROTO_DIR
+
+PROTO_FILE = "grpc_predict_v2.proto"
+SERVICE = "inference.GRPCInferenceService"
+# RPC name -> (request, response) message names; the handlers of the servicer carry these names.
+RPCS: dict[str, tuple[str, str]] = {
+    name: (f"{name}Request", f"{name}Response")
+    for name in ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer")
+}
+
+
+def _compile(proto_file: str = PROTO_FILE) -> SimpleNamespace:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "set.pb"
+        status = protoc.main(["protoc", f"-I{PROTO_DIR}", f"--descriptor_set_out={out}", proto_file])
+        if status != 0:
+            raise RuntimeError(f"protoc could not compile {PROTO_DIR / proto_file} (exit {status})")
+        files = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
+    pool = descriptor_pool.DescriptorPool()
+    for file in files.file:
+        pool.Add(file)
+    package = files.file[0].package
+    messages = {m.name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{package}.{m.name}"))
+                for m in files.file[0].message_type}
+    return SimpleNamespace(**messages)
+
+
+pb = _compile()
+"""Message classes by name: `pb.ModelInferRequest`, `pb.InferTensorContents`, ..."""
+
+
+def add_servicer(server: grpc.aio.Server | grpc.Server, servicer: Any) -> None:
+    """Register `servicer`, which has one method per RPC (`async def ModelInfer(request, context)`)."""
+    handlers = {
+        rpc: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, rpc),
+            request_deserializer=getattr(pb, request).FromString,
+            response_serializer=getattr(pb, response).SerializeToString,
+        )
+        for rpc, (request, response) in RPCS.items()
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+
+
+class InferenceStub:
+    """Client calls, one attribute per RPC, on a sync or asyncio channel."""
+
+    def __init__(self, channel: grpc.Channel | grpc.aio.Channel) -> None:
+        for rpc, (request, response) in RPCS.items():
+            call: Callable = channel.unary_unary(
+                f"/{SERVICE}/{rpc}",
+                request_serializer=getattr(pb, request).SerializeToString,
+                response_deserializer=getattr(pb, response).FromString,
+            )
+            setattr(self, rpc, call)

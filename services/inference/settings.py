@@ -1,0 +1,60 @@
+"""Settings of the inference service: `STREAMLEDGER_INFERENCE_*` on top of the common `STREAMLEDGER_*`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import model_validator
+
+from services.common import topics
+from services.common.settings import CommonSettings
+from services.learning.settings import DEFAULT_MODELS_FILE
+
+
+class InferenceSettings(CommonSettings):
+    # Field names carry the service name so the common prefix gives STREAMLEDGER_INFERENCE_*.
+    inference_host: str = "127.0.0.1"
+    inference_port: int = 8001
+    inference_models_file: Path = DEFAULT_MODELS_FILE
+    """The learning service's `[[model]]` declarations: the models served and their tasks."""
+    inference_snapshot_topic: str = topics.SNAPSHOTS
+    inference_versions_kept: int = 3
+    """Recent snapshot versions kept per model, so a request may pin `model_version`."""
+    inference_max_request_bytes: int = 16 * 1024 * 1024
+    """gRPC max receive size; a larger request is refused with RESOURCE_EXHAUSTED."""
+    inference_predictions_topic: str = topics.PREDICTIONS
+    inference_predictions_sample: float = 1.0
+    """Share of requests written to the predictions topic (0 = none, 1 = all)."""
+    inference_queue_size: int = 10_000
+    """Prediction/usage records waiting for Kafka; beyond it predictions are dropped (and counted),
+    usage records make the request fail with UNAVAILABLE (a paid request is never served unmetered)."""
+
+    inference_mode: Literal["free", "paid"] = "free"
+    """paid: mutual TLS + a live ledger hold per request, metered to the usage topic."""
+    inference_usage_topic: str = topics.USAGE
+    inference_price_per_row: int = 1
+    """Credit charged per predicted row in paid mode."""
+    inference_hold_cache_seconds: float = 5.0
+    """How long a hold read from the ledger is trusted before it is read again."""
+    inference_tls_cert: Path | None = None
+    inference_tls_key: Path | None = None
+    inference_client_cas: dict[str, Path] = {}
+    """Paid mode: MSP id -> that organisation's client CA certificate (PEM), as JSON in the
+    environment. A client certificate is accepted only if one of these issued it."""
+
+    @model_validator(mode="after")
+    def _paid_needs_tls(self) -> InferenceSettings:
+        if not 0.0 <= self.inference_predictions_sample <= 1.0:
+            raise ValueError(f"inference_predictions_sample must be within 0..1; got {self.inference_predictions_sample}")
+        if self.inference_mode == "paid":
+            missing = [name for name in ("inference_tls_cert", "inference_tls_key") if getattr(self, name) is None]
+            if missing or not self.inference_client_cas:
+                raise ValueError(
+                    "paid mode authenticates clients by mutual TLS: set STREAMLEDGER_INFERENCE_TLS_CERT, "
+                    "STREAMLEDGER_INFERENCE_TLS_KEY and STREAMLEDGER_INFERENCE_CLIENT_CAS "
+                    f"(missing: {', '.join(missing + ([] if self.inference_client_cas else ['inference_client_cas']))})"
+                )
+        if self.inference_price_per_row < 0:
+            raise ValueError("inference_price_per_row must not be negative")
+        return self
