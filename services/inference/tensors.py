@@ -63,8 +63,10 @@ def rows_from_request(request: Any, features: Sequence[tuple[str, str]]) -> list
     if missing:
         raise InvalidInput(f"input {missing[0]!r} is missing" + (f" (and {missing[1:]})" if missing[1:] else "")
                            + f"; model {request.model_name!r} takes {_describe(features)}")
-    names = list(columns)
-    return [dict(zip(names, values)) for values in zip(*columns.values())]
+    # Rows list features in the model's order, whatever the request's: River sums over a
+    # row's items in order, so the same order gives the same floating-point answer.
+    names = list(expected)
+    return [dict(zip(names, values)) for values in zip(*(columns[n] for n in names))]
 
 
 def _describe(features: Sequence[tuple[str, str]]) -> str:

@@ -1,0 +1,121 @@
+"""Helpers of the inference tests: models trained with the learning package's own code,
+their snapshots on a unique topic of the real Kafka, and the server run in a thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import pytest
+from river import datasets
+
+from services.common.avro import AvroCodec, SchemaRegistry
+from services.common.kafka import reliable_producer
+from services.inference import app
+from services.inference.settings import InferenceSettings
+from services.learning.declarations import load_declarations
+from services.learning.prequential import OnlineModel
+from services.learning.snapshot_topic import ensure_compacted_topic
+from services.learning.snapshots import FORMAT, seal
+
+codec = AvroCodec(SchemaRegistry.from_dir())
+
+MODELS = """
+[[model]]
+id = "phishing-logreg"
+task = "binary"
+source = "phishing"
+metrics = ["Accuracy", "ROCAUC"]
+pipeline = [
+  { class = "preprocessing.StandardScaler" },
+  { class = "linear_model.LogisticRegression", params = { optimizer = { class = "optim.SGD", params = { lr = 0.1 } } } },
+]
+
+[[model]]
+id = "trump-linreg"
+task = "regression"
+source = "trump_approval"
+metrics = ["MAE"]
+pipeline = [ { class = "preprocessing.StandardScaler" }, { class = "linear_model.LinearRegression" } ]
+"""
+
+PHISHING = [({k: float(v) for k, v in x.items()}, y) for x, y in datasets.Phishing()]
+TRUMP = [({k: float(v) for k, v in x.items()}, float(y)) for x, y in datasets.TrumpApproval()]
+
+
+@pytest.fixture(scope="module")
+def models_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("inference") / "models.toml"
+    path.write_text(MODELS)
+    return path
+
+
+def train(models_file: Path, model_id: str, events: list) -> OnlineModel:
+    """A model trained exactly as the learning service trains it (prequential `process`)."""
+    declaration = next(d for d in load_declarations(models_file) if d.model_id == model_id)
+    online = OnlineModel(declaration)
+    for x, y in events:
+        online.process(x, y)
+    return online
+
+
+def snapshot_record(model_id: str, version: int, online: OnlineModel) -> dict:
+    sealed = seal(online.state())
+    return {"model_id": model_id, "version": version, "sha256": sealed.sha256, "format": FORMAT, "offsets": [],
+            "events_seen": online.learned, "metrics": online.metric_values(), "model": sealed.data,
+            "created": 1_700_000_000_000}
+
+
+def publish(bootstrap: str, topic: str, records: list[dict]) -> None:
+    async def send() -> None:
+        await ensure_compacted_topic(bootstrap, topic, 64 * 1024 * 1024)
+        async with reliable_producer(bootstrap, max_request_size=64 * 1024 * 1024) as producer:
+            for record in records:
+                await producer.send_and_wait(topic, codec.encode("ModelSnapshot", record), key=record["model_id"].encode())
+    asyncio.run(send())
+
+
+class ServerThread:
+    """`app.run` on its own event loop in a thread, so the blocking Triton client can call it."""
+
+    def __init__(self, settings: InferenceSettings, hold_source=None) -> None:
+        self.settings = settings
+        self.hold_source = hold_source
+        self.port: int | None = None
+        self.error: BaseException | None = None
+        self._started = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._stop = asyncio.Event()
+
+        def started(port: int) -> None:
+            self.port = port
+            self._started.set()
+        try:
+            self._loop.run_until_complete(app.run(self.settings, self._stop, self.hold_source, started))
+        except BaseException as exc:  # reported to the test by start()/stop()
+            self.error = exc
+            self._started.set()
+
+    def start(self, timeout: float = 60.0) -> ServerThread:
+        self._thread.start()
+        if not self._started.wait(timeout):
+            raise TimeoutError("inference server did not start")
+        if self.error:
+            raise self.error
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "inference server did not stop"
+        if self.error:
+            raise self.error
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.port}"

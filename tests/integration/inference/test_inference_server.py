@@ -1,0 +1,242 @@
+"""The inference server on the real Kafka, called by Triton's own gRPC client (tritonclient).
+
+Models are trained in the test with the learning package's `OnlineModel`, sealed with its
+`seal` and published as ModelSnapshots to a unique topic; the server (app.run in a thread)
+follows that topic. Answers are compared with the same River model called in-process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+from aiokafka import AIOKafkaConsumer
+from tritonclient.utils import InferenceServerException
+
+from services.inference.settings import InferenceSettings
+
+from .support import PHISHING, TRUMP, ServerThread, codec, models_file, publish, snapshot_record, train  # noqa: F401
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+
+@pytest.fixture(scope="module")
+def trained(models_file):  # noqa: F811
+    return {
+        "logreg_v1": train(models_file, "phishing-logreg", PHISHING[:400]),
+        "logreg_v2": train(models_file, "phishing-logreg", PHISHING),
+        "linreg_v1": train(models_file, "trump-linreg", TRUMP),
+    }
+
+
+@pytest.fixture
+def server(stack, bootstrap, unique, models_file, trained):  # noqa: F811
+    topics = {"snapshots": f"test.snapshots.{unique}", "predictions": f"test.predictions.{unique}"}
+    publish(bootstrap, topics["snapshots"], [
+        snapshot_record("phishing-logreg", 1, trained["logreg_v1"]),
+        snapshot_record("trump-linreg", 1, trained["linreg_v1"]),
+    ])
+    settings = InferenceSettings(
+        kafka_bootstrap=bootstrap, inference_port=0, inference_models_file=models_file,
+        inference_snapshot_topic=topics["snapshots"], inference_predictions_topic=topics["predictions"],
+        inference_max_request_bytes=4 * 1024 * 1024,
+    )
+    running = ServerThread(settings).start()
+    running.topics = topics
+    client = triton.InferenceServerClient(running.url)
+    wait_for(lambda: client.is_server_ready(), "server ready")
+    running.client = client
+    yield running
+    client.close()
+    running.stop()
+
+
+def wait_for(condition, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def inputs_for(rows: list[dict], names: list[str]) -> list[triton.InferInput]:
+    tensors = []
+    for name in names:
+        tensor = triton.InferInput(name, [len(rows)], "FP64")
+        tensor.set_data_from_numpy(np.array([r[name] for r in rows], dtype=np.float64))
+        tensors.append(tensor)
+    return tensors
+
+
+def test_every_rpc_and_river_parity(server, trained):
+    client = server.client
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    assert client.is_model_ready("phishing-logreg")
+    assert client.is_model_ready("phishing-logreg", "1")
+    assert not client.is_model_ready("phishing-logreg", "9")
+    assert not client.is_model_ready("no-such-model")
+    assert client.get_server_metadata().name == "streamledger-inference"
+
+    metadata = client.get_model_metadata("phishing-logreg")
+    names = sorted(PHISHING[0][0])
+    assert [i.name for i in metadata.inputs] == names
+    assert {i.datatype for i in metadata.inputs} == {"FP64"}
+    assert [(o.name, o.datatype) for o in metadata.outputs] == [("label", "BYTES"), ("probabilities", "FP64")]
+    assert list(metadata.versions) == ["1"]
+
+    # A client sends one tensor per feature; the server forms rows in the metadata's (sorted) order.
+    rows = [{k: x[k] for k in names} for x, _ in PHISHING[1000:1064]]
+    result = client.infer("phishing-logreg", inputs_for(rows, names), request_id="parity-1")
+    response = result.get_response()
+    assert response.model_version == "1" and response.id == "parity-1"
+    classes = json.loads(response.parameters["classes"].string_param)
+    probabilities = result.as_numpy("probabilities")
+    assert probabilities.shape == (64, len(classes))
+    river = trained["logreg_v1"].model
+    expected = np.array([[river.predict_proba_one(x).get(c, 0.0) for c in (False, True)] for x in rows])
+    assert classes == ["False", "True"]
+    np.testing.assert_array_equal(probabilities, expected)  # same bytes, not just close
+    labels = [str(river.predict_one(x)).encode() for x in rows]
+    assert list(result.as_numpy("label")) == labels
+
+    trump_names = sorted(TRUMP[0][0])
+    trump_rows = [{k: x[k] for k in trump_names} for x, _ in TRUMP[:10]]
+    result = client.infer("trump-linreg", inputs_for(trump_rows, trump_names),
+                          outputs=[triton.InferRequestedOutput("value")])
+    expected = [trained["linreg_v1"].model.predict_one(x) for x in trump_rows]
+    np.testing.assert_array_equal(result.as_numpy("value"), np.array(expected))
+
+
+def test_hot_swap_under_load_fails_no_request(server, trained, bootstrap):
+    client_url = server.url
+    names = sorted(PHISHING[0][0])
+    rows = [{k: x[k] for k in names} for x, _ in PHISHING[1100:1108]]
+    seen: list[tuple[float, str, np.ndarray]] = []
+    failures: list[str] = []
+    swap_at: list[float] = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        client = triton.InferenceServerClient(client_url)
+        try:
+            while not stop.is_set():
+                try:
+                    result = client.infer("phishing-logreg", inputs_for(rows, names))
+                    seen.append((time.monotonic(), result.get_response().model_version, result.as_numpy("probabilities")))
+                except InferenceServerException as exc:
+                    failures.append(str(exc))
+        finally:
+            client.close()
+
+    clients = [threading.Thread(target=loop) for _ in range(4)]
+    for thread in clients:
+        thread.start()
+    try:
+        wait_for(lambda: len(seen) >= 50, "load before the swap")
+        swap_at.append(time.monotonic())
+        publish(bootstrap, server.topics["snapshots"], [snapshot_record("phishing-logreg", 2, trained["logreg_v2"])])
+        wait_for(lambda: any(v == "2" for _, v, _ in seen[-20:]), "requests served by version 2")
+        after = len(seen)
+        wait_for(lambda: len(seen) >= after + 50, "load after the swap")
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join(30)
+
+    assert failures == []
+    versions = [v for _, v, _ in seen]
+    first_new = versions.index("2")
+    assert set(versions[:first_new]) == {"1"}
+    assert set(versions[first_new + 20:]) == {"2"}  # a few concurrent stragglers may finish on v1
+    v2 = trained["logreg_v2"].model
+    expected = np.array([[v2.predict_proba_one(x)[c] for c in (False, True)] for x in rows])
+    np.testing.assert_array_equal(seen[-1][2], expected)
+    print(f"hot swap: {len(seen)} requests, 0 failed, {first_new} on v1 before the first v2 answer")
+    # The old version stays pinnable.
+    client = server.client
+    assert client.infer("phishing-logreg", inputs_for(rows, names), model_version="1").get_response().model_version == "1"
+    assert list(client.get_model_metadata("phishing-logreg").versions) == ["1", "2"]
+
+
+def test_predictions_land_on_the_predictions_topic(server, bootstrap):
+    names = sorted(PHISHING[0][0])
+    rows = [{k: x[k] for k in names} for x, _ in PHISHING[:3]]
+    ids = [f"req-{i}" for i in range(5)]
+    for request_id in ids:
+        server.client.infer("phishing-logreg", inputs_for(rows, names), request_id=request_id)
+
+    async def read() -> dict[str, dict]:
+        consumer = AIOKafkaConsumer(server.topics["predictions"], bootstrap_servers=bootstrap,
+                                    auto_offset_reset="earliest", enable_auto_commit=False)
+        await consumer.start()
+        found: dict[str, dict] = {}
+        try:
+            async with asyncio.timeout(30):
+                while not set(ids) <= set(found):
+                    for messages in (await consumer.getmany(timeout_ms=500)).values():
+                        for m in messages:
+                            record = codec.decode(m.value, reader="Prediction")
+                            found[m.key.decode()] = record
+        finally:
+            await consumer.stop()
+        return found
+
+    found = asyncio.run(read())
+    record = found["req-3"]
+    assert record["model_id"] == "phishing-logreg" and record["model_version"] == 1
+    assert json.loads(record["inputs"]) == rows
+    outputs = json.loads(record["outputs"])
+    assert outputs["classes"] == ["False", "True"] and len(outputs["probabilities"]) == 3
+    assert record["latency_ms"] > 0
+
+
+def expect_error(call, code: str, *fragments: str) -> str:
+    with pytest.raises(InferenceServerException) as caught:
+        call()
+    assert caught.value.status() == f"StatusCode.{code}", caught.value
+    for fragment in fragments:
+        assert fragment in caught.value.message(), caught.value.message()
+    return caught.value.message()
+
+
+def test_bad_inputs_get_clear_errors_and_the_server_keeps_serving(server):
+    client = server.client
+    names = sorted(PHISHING[0][0])
+    rows = [x for x, _ in PHISHING[:4]]
+    good = inputs_for(rows, names)
+
+    wrong_dtype = inputs_for(rows, names)
+    wrong_dtype[2] = triton.InferInput(names[2], [4], "FP32")
+    wrong_dtype[2].set_data_from_numpy(np.zeros(4, dtype=np.float32))
+    expect_error(lambda: client.infer("phishing-logreg", wrong_dtype), "INVALID_ARGUMENT", repr(names[2]), "FP32", "FP64")
+
+    wrong_shape = inputs_for(rows, names)
+    wrong_shape[0] = triton.InferInput(names[0], [2, 2], "FP64")
+    wrong_shape[0].set_data_from_numpy(np.zeros((2, 2)))
+    expect_error(lambda: client.infer("phishing-logreg", wrong_shape), "INVALID_ARGUMENT", repr(names[0]), "shape")
+
+    expect_error(lambda: client.infer("phishing-logreg", good[1:]), "INVALID_ARGUMENT", repr(names[0]), "missing")
+
+    unknown = inputs_for(rows, names) + inputs_for([{"bogus": 1.0}] * 4, ["bogus"])
+    expect_error(lambda: client.infer("phishing-logreg", unknown), "INVALID_ARGUMENT", "'bogus'", "not an input")
+
+    empty = inputs_for([], names)
+    expect_error(lambda: client.infer("phishing-logreg", empty), "INVALID_ARGUMENT", "empty batch")
+
+    expect_error(lambda: client.infer("phishing-logreg", good, outputs=[triton.InferRequestedOutput("nope")]),
+                 "INVALID_ARGUMENT", "'nope'")
+    expect_error(lambda: client.infer("no-such-model", good), "NOT_FOUND", "'no-such-model'")
+    expect_error(lambda: client.infer("phishing-logreg", good, model_version="42"), "NOT_FOUND", "version 42")
+    expect_error(lambda: client.get_model_metadata("no-such-model"), "NOT_FOUND", "'no-such-model'")
+
+    huge = triton.InferInput(names[0], [100 * 1024 * 1024 // 8], "FP64")
+    huge.set_data_from_numpy(np.zeros(100 * 1024 * 1024 // 8))
+    expect_error(lambda: client.infer("phishing-logreg", [huge] + good[1:]), "RESOURCE_EXHAUSTED")
+
+    assert client.infer("phishing-logreg", good).as_numpy("probabilities").shape == (4, 2)
