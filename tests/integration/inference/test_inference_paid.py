@@ -1,0 +1,184 @@
+"""Paid mode on a real mutual-TLS gRPC server: identity from the peer certificate, matched
+against the hold's client; credit counted down; usage records on the real Kafka.
+
+The ledger is not available on this machine, so holds come from a fake of our own
+`HoldSource` interface; everything else (TLS handshake, certificate checks, Kafka) is real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+from aiokafka import AIOKafkaConsumer
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from tritonclient.utils import InferenceServerException
+
+from services.inference.authorization import Hold
+from services.inference.settings import InferenceSettings
+
+from .support import PHISHING, ServerThread, codec, models_file, publish, snapshot_record, train  # noqa: F401
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+NAMES = sorted(PHISHING[0][0])
+
+
+class Issuer:
+    """A CA that signs certificates, written as PEM files under `folder`."""
+
+    def __init__(self, folder: Path, name: str, org: str) -> None:
+        self.folder, self.org = folder, org
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, org),
+                             x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        self.cert = (self._builder(subject, subject, self.key.public_key())
+                     .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                     .sign(self.key, hashes.SHA256()))
+        self.cert_file = self._write(f"{name}.pem", self.cert.public_bytes(serialization.Encoding.PEM))
+
+    def _builder(self, subject: x509.Name, issuer: x509.Name, public_key) -> x509.CertificateBuilder:
+        now = datetime.datetime.now(datetime.timezone.utc)
+        return (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(public_key)
+                .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+                .not_valid_after(now + datetime.timedelta(days=1)))
+
+    def issue(self, common_name: str, server: bool = False) -> tuple[Path, Path, str]:
+        """(cert file, key file, subject DN) of a new leaf certificate."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, self.org),
+                             x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "client"),
+                             x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+        builder = self._builder(subject, self.cert.subject, key.public_key())
+        if server:
+            builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        cert = builder.sign(self.key, hashes.SHA256())
+        key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+        return (self._write(f"{common_name}.crt", cert.public_bytes(serialization.Encoding.PEM)),
+                self._write(f"{common_name}.key", key_pem), subject.rfc4514_string())
+
+    def _write(self, name: str, data: bytes) -> Path:
+        path = self.folder / name
+        path.write_bytes(data)
+        return path
+
+
+class FakeHolds:
+    """Our `HoldSource` interface over a dict, counting how often the ledger would be asked."""
+
+    def __init__(self, holds: dict[str, Hold]) -> None:
+        self.holds = holds
+        self.reads = 0
+
+    async def hold(self, hold_id: str) -> Hold | None:
+        self.reads += 1
+        return self.holds.get(hold_id)
+
+
+@pytest.fixture
+def paid(stack, bootstrap, unique, models_file, tmp_path):  # noqa: F811
+    org1 = Issuer(tmp_path, "ca.org1", "Org1")
+    org2 = Issuer(tmp_path, "ca.org2", "Org2")
+    rogue = Issuer(tmp_path, "ca.rogue", "Org1")  # claims Org1 but is not Org1's CA
+    server_ca = Issuer(tmp_path, "ca.server", "Provider")
+    server_cert, server_key, _ = server_ca.issue("localhost", server=True)
+    people = {name: issuer.issue(name) for name, issuer in
+              [("alice", org1), ("bob", org1), ("carol", org2), ("mallory", rogue)]}
+    identity = {name: f"{msp}::{people[name][2]}" for name, msp in
+                [("alice", "Org1MSP"), ("bob", "Org1MSP"), ("carol", "Org2MSP")]}
+    far = time.time() + 3600
+    holds = FakeHolds({
+        "hold-alice": Hold("hold-alice", identity["alice"], remaining=100, expires_at=far),
+        "hold-carol": Hold("hold-carol", identity["carol"], remaining=1_000, expires_at=far),
+        "hold-expired": Hold("hold-expired", identity["alice"], remaining=1_000, expires_at=time.time() - 1),
+        "hold-closed": Hold("hold-closed", identity["alice"], remaining=1_000, expires_at=far, live=False),
+    })
+    topics = {"snapshots": f"test.snapshots.{unique}", "usage": f"test.usage.{unique}",
+              "predictions": f"test.predictions.{unique}"}
+    publish(bootstrap, topics["snapshots"],
+            [snapshot_record("phishing-logreg", 1, train(models_file, "phishing-logreg", PHISHING[:300]))])
+    settings = InferenceSettings(
+        kafka_bootstrap=bootstrap, inference_port=0, inference_host="localhost", inference_models_file=models_file,
+        inference_snapshot_topic=topics["snapshots"], inference_predictions_topic=topics["predictions"],
+        inference_usage_topic=topics["usage"], inference_mode="paid", inference_price_per_row=3,
+        inference_tls_cert=server_cert, inference_tls_key=server_key,
+        inference_client_cas={"Org1MSP": org1.cert_file, "Org2MSP": org2.cert_file},
+    )
+    running = ServerThread(settings, holds).start()
+
+    def client(name: str) -> triton.InferenceServerClient:
+        cert, key, _ = people[name]
+        return triton.InferenceServerClient(f"localhost:{running.port}", ssl=True,
+                                            root_certificates=str(server_ca.cert_file),
+                                            private_key=str(key), certificate_chain=str(cert))
+    yield client, holds, identity, topics
+    running.stop()
+
+
+def infer(client: triton.InferenceServerClient, rows: int, hold: str | None):
+    tensors = []
+    for name in NAMES:
+        tensor = triton.InferInput(name, [rows], "FP64")
+        tensor.set_data_from_numpy(np.array([x[name] for x, _ in PHISHING[:rows]], dtype=np.float64))
+        tensors.append(tensor)
+    headers = {"streamledger-hold-id": hold} if hold else None
+    return client.infer("phishing-logreg", tensors, headers=headers, request_id=f"{hold}-{rows}-{time.monotonic_ns()}")
+
+
+def refused(call, code: str, fragment: str) -> None:
+    with pytest.raises(InferenceServerException) as caught:
+        call()
+    assert caught.value.status() == f"StatusCode.{code}", caught.value
+    assert fragment in caught.value.message(), caught.value.message()
+
+
+def test_paid_mode_serves_only_the_holds_client_while_credit_lasts(paid, bootstrap):
+    client, holds, identity, topics = paid
+    alice, bob, carol = client("alice"), client("bob"), client("carol")
+
+    served = [infer(alice, 10, "hold-alice") for _ in range(3)]  # 3 x 10 rows x price 3 = 90 of 100
+    assert all(r.as_numpy("probabilities").shape == (10, 2) for r in served)
+    refused(lambda: infer(alice, 4, "hold-alice"), "RESOURCE_EXHAUSTED", "10 credit left")
+    assert infer(alice, 3, "hold-alice").as_numpy("label").shape == (3,)  # 9 still fits
+    assert holds.reads == 1  # one ledger read, then counted down locally within the cache time
+
+    refused(lambda: infer(bob, 1, "hold-alice"), "PERMISSION_DENIED", "belongs to another client")
+    refused(lambda: infer(carol, 1, "hold-alice"), "PERMISSION_DENIED", "belongs to another client")
+    refused(lambda: infer(alice, 1, None), "PERMISSION_DENIED", "no hold named")
+    refused(lambda: infer(alice, 1, "hold-unknown"), "PERMISSION_DENIED", "does not exist")
+    refused(lambda: infer(alice, 1, "hold-expired"), "PERMISSION_DENIED", "expired")
+    refused(lambda: infer(alice, 1, "hold-closed"), "PERMISSION_DENIED", "settled or released")
+    assert infer(carol, 2, "hold-carol").as_numpy("probabilities").shape == (2, 2)
+
+    # A certificate from a CA the server does not trust never gets past the TLS handshake.
+    refused(lambda: infer(client("mallory"), 1, "hold-alice"), "UNAVAILABLE", "")
+    for c in (alice, bob, carol):
+        c.close()
+
+    async def usage() -> list[dict]:
+        consumer = AIOKafkaConsumer(topics["usage"], bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                    enable_auto_commit=False)
+        await consumer.start()
+        records: list[dict] = []
+        try:
+            async with asyncio.timeout(30):
+                while len(records) < 5:
+                    for messages in (await consumer.getmany(timeout_ms=500)).values():
+                        records += [codec.decode(m.value, reader="UsageRecord") for m in messages]
+        finally:
+            await consumer.stop()
+        return records
+
+    records = asyncio.run(usage())
+    assert len(records) == 5  # only served requests are metered
+    assert sorted((r["hold_id"], r["units"], r["price"]) for r in records) == sorted(
+        [("hold-alice", 10, 3)] * 3 + [("hold-alice", 3, 3), ("hold-carol", 2, 3)])
+    assert {r["client"] for r in records} == {identity["alice"], identity["carol"]}
