@@ -1,0 +1,100 @@
+"""`streamledger serve dashboard`: a live web page of the whole system on http://127.0.0.1:8088.
+
+Data path: `KafkaWatch` reads end offsets, consumer-group offsets and the small feed
+topics (read-only, no consumer group) into the `Board`; every tick `/events` sends each
+browser the board's frame as a server-sent event; `static/dashboard.js` draws it as SVG.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from services.common import metrics
+from services.common.avro import AvroCodec, SchemaRegistry
+from services.common.logging import configure_logging, get_logger
+from services.dashboard.board import Board, FeedTopics
+from services.dashboard.kafka_watch import KafkaWatch
+from services.dashboard.settings import DashboardSettings
+
+log = get_logger("dashboard")
+STATIC = Path(__file__).parent / "static"
+CLIENTS = metrics.gauge("dashboard", "sse_clients", "Browsers connected to /events")
+
+
+def build_board(settings: DashboardSettings) -> Board:
+    feeds = FeedTopics(deadletter=settings.deadletter_topic, snapshots=settings.snapshots_topic,
+                       model_metrics=settings.model_metrics_topic, usage=settings.usage_topic,
+                       anchors=settings.anchors_topic, clean=settings.clean_topic)
+    return Board(settings.throughput_topics(), feeds, settings.dashboard_service_groups,
+                 settings.dashboard_stale_after_seconds, settings.dashboard_window_seconds)
+
+
+def create_app(settings: DashboardSettings, board: Board, watch: KafkaWatch | None = None) -> Starlette:
+    """The web app; with `watch`, its lifespan runs the Kafka reader beside the server."""
+
+    async def index(request: Request) -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    async def state(request: Request) -> JSONResponse:
+        return JSONResponse(board.frame(time.time()))
+
+    async def events(request: Request) -> StreamingResponse:
+        async def stream() -> AsyncIterator[str]:
+            CLIENTS.inc()
+            try:
+                yield "retry: 2000\n\n"  # how soon EventSource reconnects after a drop
+                while not await request.is_disconnected():
+                    yield f"event: frame\ndata: {json.dumps(board.frame(time.time()))}\n\n"
+                    await asyncio.sleep(settings.dashboard_tick_seconds)
+            finally:
+                CLIENTS.dec()
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if watch is None:
+            yield
+            return
+        stop = asyncio.Event()
+        task = asyncio.create_task(watch.run(stop))
+        try:
+            yield
+        finally:
+            stop.set()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(task, 10)
+
+    return Starlette(routes=[
+        Route("/", index),
+        Route("/api/state", state),
+        Route("/events", events),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ], lifespan=lifespan)
+
+
+def main() -> None:
+    settings = DashboardSettings()
+    configure_logging(settings.log_level)
+    metrics.serve_metrics(settings.metrics_port)
+    board = build_board(settings)
+    watch = KafkaWatch(settings, board, AvroCodec(SchemaRegistry.from_dir()))
+    app = create_app(settings, board, watch)
+    log.info("started", extra={"url": f"http://{settings.dashboard_host}:{settings.dashboard_port}",
+                               "topics": settings.watched_topics()})
+    # uvicorn handles SIGINT/SIGTERM: it closes the SSE streams, then the lifespan stops the reader.
+    uvicorn.run(app, host=settings.dashboard_host, port=settings.dashboard_port, log_level="warning",
+                timeout_graceful_shutdown=3)

@@ -1,0 +1,231 @@
+"""Everything the page shows, kept in bounded rolling windows and rendered as one JSON frame.
+
+The Kafka reader feeds it (`observe_offsets`, `observe_group`, `on_record`); the SSE
+endpoint sends `frame(now)`. No I/O here, so every rule is unit-tested without servers.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from services.dashboard.health import GroupProgress, topic_status
+from services.dashboard.lag import Partition, anchor_lag, group_lag
+from services.dashboard.rates import OffsetRate
+
+LEDGER_NOT_CONNECTED = "unknown: ledger not connected"
+MAX_MODELS = 12
+MAX_POINTS = 300
+FEED_LENGTH = 20
+ERROR_CHARS = 300
+
+
+class UnknownFeedTopicError(KeyError):
+    """A record came from a topic the board does not decode."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@dataclass
+class FeedTopics:
+    """The topics whose records the board reads, by what they carry."""
+
+    deadletter: str
+    snapshots: str
+    model_metrics: str
+    usage: str
+    anchors: str
+    clean: str
+    """The topic anchors cover, for the anchor lag."""
+
+
+@dataclass
+class ModelView:
+    model_id: str
+    points: deque[tuple[int, float, dict[str, float]]] = field(default_factory=lambda: deque(maxlen=MAX_POINTS))
+    """(position, ts in seconds, metrics) per ModelMetrics record."""
+    drifts: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=50))
+    version: int | None = None
+    sha256: str | None = None
+    events_seen: int | None = None
+    snapshot_ts: float | None = None
+
+
+@dataclass
+class GroupView:
+    progress: GroupProgress
+    committed: dict[Partition, int] = field(default_factory=dict)
+    members: int = 0
+    state: str = ""
+
+
+def _seconds(ts: Any) -> float | None:
+    """A decoded timestamp-millis (datetime) or epoch ms as epoch seconds."""
+    if isinstance(ts, datetime):
+        return ts.timestamp()
+    if isinstance(ts, (int, float)):
+        return ts / 1000.0
+    return None
+
+
+class Board:
+    def __init__(self, throughput: Mapping[str, str], feeds: FeedTopics, service_groups: Mapping[str, str],
+                 stale_after_s: float = 10.0, window_s: float = 120.0) -> None:
+        self.throughput = dict(throughput)
+        self.feeds = feeds
+        self.service_groups = dict(service_groups)
+        self.stale_after_s = stale_after_s
+        self.window_s = window_s
+        self.rates: dict[str, OffsetRate] = {}
+        self.ends: dict[Partition, int] = {}
+        self.groups: dict[str, GroupView] = {}
+        self.models: dict[str, ModelView] = {}
+        self.dead_letters: deque[dict[str, Any]] = deque(maxlen=FEED_LENGTH)
+        self.usage: deque[dict[str, Any]] = deque(maxlen=FEED_LENGTH)
+        self.anchors: deque[dict[str, Any]] = deque(maxlen=FEED_LENGTH)
+        self.anchored: dict[Partition, int] = {}
+        self.undecodable: dict[str, int] = {}
+        self.kafka_error: str | None = None
+        self.kafka_seen: float | None = None
+
+    # -- inputs ------------------------------------------------------------------------------
+
+    def observe_offsets(self, now: float, ends: Mapping[Partition, int]) -> None:
+        """End offsets of every watched partition, read at `now`."""
+        self.ends.update(ends)
+        totals: dict[str, int] = {}
+        for (topic, _), end in self.ends.items():
+            totals[topic] = totals.get(topic, 0) + end
+        for topic, total in totals.items():
+            self.rates.setdefault(topic, OffsetRate(self.window_s)).observe(now, total)
+        self.kafka_seen = now
+        self.kafka_error = None
+
+    def observe_group(self, now: float, group: str, committed: Mapping[Partition, int], members: int,
+                      state: str = "") -> None:
+        """One consumer group's committed offsets (on watched topics) and its live member count."""
+        view = self.groups.get(group)
+        if view is None:
+            view = self.groups[group] = GroupView(GroupProgress(self.window_s))
+        view.committed = dict(committed)
+        view.members = members
+        view.state = state
+        lag = sum(group_lag(view.committed, self.ends).values())
+        view.progress.observe(now, sum(view.committed.values()), lag)
+
+    def forget_group(self, group: str) -> None:
+        self.groups.pop(group, None)
+
+    def kafka_unreachable(self, error: str) -> None:
+        self.kafka_error = error
+
+    def on_undecodable(self, topic: str) -> None:
+        self.undecodable[topic] = self.undecodable.get(topic, 0) + 1
+
+    def on_record(self, topic: str, record: Mapping[str, Any]) -> None:
+        """A decoded record from one of the feed topics."""
+        f = self.feeds
+        if topic == f.deadletter:
+            self.dead_letters.appendleft({
+                "ts": _seconds(record.get("ts")), "service": record.get("service"), "reason": record.get("reason"),
+                "error": str(record.get("error", ""))[:ERROR_CHARS], "source_topic": record.get("source_topic"),
+                "key": record.get("key"),
+            })
+        elif topic == f.model_metrics:
+            model = self._model(record["model_id"])
+            if model is None:
+                return
+            model.points.append((int(record["position"]), _seconds(record.get("ts")) or 0.0,
+                                 dict(record.get("metrics") or {})))
+            model.version = max(model.version or 0, int(record["version"]))
+            drift = record.get("drift")
+            if drift:
+                model.drifts.append({"position": drift["position"], "detector": drift["detector"],
+                                     "before": drift["metric_before"], "after": drift["metric_after"]})
+        elif topic == f.snapshots:
+            model = self._model(record["model_id"])
+            if model is None:
+                return
+            if model.version is None or int(record["version"]) >= model.version or model.sha256 is None:
+                model.version = int(record["version"])
+                model.sha256 = record["sha256"]
+                model.events_seen = int(record["events_seen"])
+                model.snapshot_ts = _seconds(record.get("created"))
+        elif topic == f.usage:
+            self.usage.appendleft({
+                "ts": _seconds(record.get("ts")), "hold_id": record["hold_id"], "client": record["client"],
+                "model_id": record["model_id"], "units": record["units"], "price": record["price"],
+                "settlement": LEDGER_NOT_CONNECTED,
+            })
+        elif topic == f.anchors:
+            tp = (record["topic"], int(record["partition"]))
+            self.anchored[tp] = max(self.anchored.get(tp, -1), int(record["last_offset"]))
+            self.anchors.appendleft({
+                "ts": _seconds(record.get("ts")), "batch_id": record["batch_id"], "count": record["count"],
+                "merkle_root": record["merkle_root"], "tx_id": record.get("tx_id"), "block": record.get("block"),
+            })
+        else:
+            raise UnknownFeedTopicError(f"topic {topic!r} is not one of the dashboard's feed topics")
+
+    def _model(self, model_id: str) -> ModelView | None:
+        if model_id not in self.models and len(self.models) >= MAX_MODELS:
+            return None  # bounded memory: the first MAX_MODELS models are shown
+        return self.models.setdefault(model_id, ModelView(model_id))
+
+    # -- output ------------------------------------------------------------------------------
+
+    def frame(self, now: float) -> dict[str, Any]:
+        """The JSON-ready picture the page draws."""
+        return {
+            "now": now,
+            "stale_after_s": self.stale_after_s,
+            "window_s": self.window_s,
+            "kafka": {"connected": self.kafka_error is None and self.kafka_seen is not None,
+                      "error": self.kafka_error,
+                      "last_read_ago": None if self.kafka_seen is None else round(now - self.kafka_seen, 1)},
+            "throughput": [self._topic_frame(label, topic, now) for label, topic in self.throughput.items()],
+            "groups": [self._group_frame(group, view, now) for group, view in sorted(
+                self.groups.items(), key=lambda item: (item[0] not in self.service_groups, item[0]))],
+            "models": [self._model_frame(model) for model in self.models.values()],
+            "anchors": self._anchors_frame(now),
+            "usage": {"records": list(self.usage), "ledger": LEDGER_NOT_CONNECTED},
+            "dead_letters": list(self.dead_letters),
+            "undecodable": dict(self.undecodable),
+        }
+
+    def _topic_frame(self, label: str, topic: str, now: float) -> dict[str, Any]:
+        rate = self.rates.get(topic)
+        if rate is None:
+            return {"label": label, "topic": topic, "rate": 0.0, "total": 0, "status": "unknown",
+                    "quiet_for": None, "series": []}
+        quiet = rate.quiet_for(now)
+        return {"label": label, "topic": topic, "rate": round(rate.rate(), 2), "total": rate.total,
+                "status": topic_status(quiet, rate.total, self.stale_after_s),
+                "quiet_for": None if quiet is None else round(quiet, 1),
+                "series": [[round(t, 2), round(r, 2)] for t, r in rate.series()]}
+
+    def _group_frame(self, group: str, view: GroupView, now: float) -> dict[str, Any]:
+        return {"group": group, "service": self.service_groups.get(group), "lag": view.progress.lag,
+                "by_topic": group_lag(view.committed, self.ends), "members": view.members, "state": view.state,
+                "status": view.progress.status(now, view.members, self.stale_after_s),
+                "stalled_for": round(view.progress.stalled_for(now), 1),
+                "series": [[round(t, 2), lag] for t, lag in view.progress.lag_history]}
+
+    def _model_frame(self, model: ModelView) -> dict[str, Any]:
+        latest = model.points[-1][2] if model.points else {}
+        metric = sorted(latest)[0] if latest else None
+        return {"model_id": model.model_id, "version": model.version, "sha256": model.sha256,
+                "events_seen": model.events_seen, "snapshot_ts": model.snapshot_ts,
+                "ledger": LEDGER_NOT_CONNECTED, "metric": metric, "latest": latest,
+                "series": [[pos, m[metric]] for pos, _, m in model.points if metric in m],
+                "drifts": list(model.drifts)}
+
+    def _anchors_frame(self, now: float) -> dict[str, Any]:
+        rate = self.rates.get(self.feeds.anchors)
+        return {"rate": round(rate.rate(), 2) if rate else 0.0, "total": rate.total if rate else 0,
+                "lag": anchor_lag(self.anchored, self.ends, self.feeds.clean),
+                "latest": list(self.anchors), "ledger": LEDGER_NOT_CONNECTED}

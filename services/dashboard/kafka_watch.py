@@ -1,0 +1,188 @@
+"""The dashboard's read-only view of Kafka: end offsets, consumer groups, and the feed topics.
+
+It joins no consumer group (partitions are assigned by hand, nothing is committed), reads
+the busy topics only by their end offsets, and decodes just the small feed topics in
+bounded batches, so it never slows the pipeline or moves anyone's offsets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+
+from services.common.avro import AvroCodec, UnknownFingerprintError
+from services.common.logging import get_logger
+from services.dashboard.board import Board
+from services.dashboard.lag import Partition
+from services.dashboard.settings import DashboardSettings
+
+log = get_logger("dashboard")
+
+TOPOLOGY_EVERY_S = 10.0
+"""How often topics' partitions and the list of groups are looked up again."""
+SCHEMA_RELOAD_EVERY_S = 30.0
+KAFKA_RETRY_S = 2.0
+
+
+class KafkaWatch:
+    def __init__(self, settings: DashboardSettings, board: Board, codec: AvroCodec) -> None:
+        self.settings = settings
+        self.board = board
+        self.codec = codec
+        self.partitions: dict[str, list[int]] = {}
+        self.relevant_groups: set[str] = set()
+        self.checked_groups: dict[str, float] = {}
+        self.schemas_loaded_at = 0.0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Watch until `stop` is set; Kafka being down is shown on the page and retried."""
+        while not stop.is_set():
+            try:
+                await self._watch(stop)
+            except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+                self.board.kafka_unreachable(f"{type(exc).__name__}: {exc}")
+                log.warning("kafka_unreachable", extra={"error": str(exc)})
+                try:
+                    await asyncio.wait_for(stop.wait(), KAFKA_RETRY_S)
+                except asyncio.TimeoutError:
+                    pass
+
+    async def _watch(self, stop: asyncio.Event) -> None:
+        bootstrap = self.settings.kafka_bootstrap
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                    request_timeout_ms=5000, max_partition_fetch_bytes=256 * 1024)
+        await admin.start()
+        try:
+            await consumer.start()
+            try:
+                await self._load_schemas()
+                await self._refresh_topology(admin, consumer)
+                loops = [self._offsets_loop(admin, consumer, stop), self._groups_loop(admin, stop),
+                         self._feed_loop(consumer, stop)]
+                tasks = [asyncio.create_task(loop) for loop in loops]
+                try:
+                    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        task.result()  # re-raise a loop's failure so `run` can show and retry it
+                finally:
+                    for task in tasks:
+                        task.cancel()
+                    await asyncio.gather(*tasks, return_exceptions=True)
+            finally:
+                await consumer.stop()
+        finally:
+            await admin.close()
+
+    async def _sleep(self, stop: asyncio.Event, seconds: float) -> bool:
+        """Wait `seconds` or until stop; True when stopping."""
+        try:
+            await asyncio.wait_for(stop.wait(), seconds)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    # -- topology ----------------------------------------------------------------------------
+
+    async def _refresh_topology(self, admin: AIOKafkaAdminClient, consumer: AIOKafkaConsumer) -> None:
+        described = await admin.describe_topics(self.settings.watched_topics())
+        partitions = {d["topic"]: sorted(p["partition"] for p in d["partitions"])
+                      for d in described if not d["error_code"] and d["partitions"]}
+        new_feed = [TopicPartition(t, p) for t in self.settings.feed_topics() for p in partitions.get(t, [])
+                    if p not in self.partitions.get(t, [])]
+        self.partitions = partitions
+        if new_feed:
+            consumer.assign(sorted(consumer.assignment() | set(new_feed)))
+            # Start near the end: the page shows the latest records, not the whole history.
+            begin = await consumer.beginning_offsets(new_feed)
+            end = await consumer.end_offsets(new_feed)
+            for tp in new_feed:
+                consumer.seek(tp, max(begin[tp], end[tp] - self.settings.dashboard_feed_tail))
+
+    async def _load_schemas(self) -> None:
+        now = time.monotonic()
+        if now - self.schemas_loaded_at < SCHEMA_RELOAD_EVERY_S:
+            return
+        self.schemas_loaded_at = now
+        learned = await self.codec.registry.load_from_topic(self.settings.kafka_bootstrap, timeout_s=5.0)
+        if learned:
+            log.info("schemas_learned", extra={"count": learned})
+
+    # -- loops -------------------------------------------------------------------------------
+
+    async def _offsets_loop(self, admin: AIOKafkaAdminClient, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
+        topology_at = time.monotonic()
+        while not stop.is_set():
+            if time.monotonic() - topology_at > TOPOLOGY_EVERY_S or not self.partitions:
+                await self._refresh_topology(admin, consumer)
+                await self._load_schemas()  # picks up writer schemas published since the last look
+                topology_at = time.monotonic()
+            tps = [TopicPartition(t, p) for t, ps in self.partitions.items() for p in ps]
+            if tps:
+                ends = await consumer.end_offsets(tps)
+                self.board.observe_offsets(time.time(), {(tp.topic, tp.partition): o for tp, o in ends.items()})
+            if await self._sleep(stop, self.settings.dashboard_tick_seconds):
+                return
+
+    async def _groups_loop(self, admin: AIOKafkaAdminClient, stop: asyncio.Event) -> None:
+        watched = set(self.settings.watched_topics())
+        while not stop.is_set():
+            now = time.monotonic()
+            listed = {group for group, _ in await admin.list_consumer_groups()}
+            for gone in self.relevant_groups - listed:
+                self.relevant_groups.discard(gone)
+                self.board.forget_group(gone)
+            # A group is shown once it has committed on a watched topic; the others are
+            # looked at again now and then, not every tick (a shared broker has many).
+            due = [g for g in listed - self.relevant_groups
+                   if now - self.checked_groups.get(g, -TOPOLOGY_EVERY_S) >= TOPOLOGY_EVERY_S]
+            for group in sorted(self.relevant_groups) + due:
+                self.checked_groups[group] = now
+                offsets = await admin.list_consumer_group_offsets(group)
+                committed: dict[Partition, int] = {(tp.topic, tp.partition): meta.offset
+                                                   for tp, meta in offsets.items()
+                                                   if tp.topic in watched and meta.offset >= 0}
+                if not committed:
+                    continue
+                self.relevant_groups.add(group)
+                members, state = await self._describe(admin, group)
+                self.board.observe_group(time.time(), group, committed, members, state)
+            if await self._sleep(stop, self.settings.dashboard_lag_seconds):
+                return
+
+    @staticmethod
+    async def _describe(admin: AIOKafkaAdminClient, group: str) -> tuple[int, str]:
+        (response,) = await admin.describe_consumer_groups([group])
+        described = response.to_object()["groups"][0]
+        return len(described["members"]), described["state"]
+
+    async def _feed_loop(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            if not consumer.assignment():
+                if await self._sleep(stop, self.settings.dashboard_tick_seconds):
+                    return
+                continue
+            batches = await consumer.getmany(timeout_ms=500, max_records=self.settings.dashboard_batch_max)
+            for tp, messages in batches.items():
+                for message in messages:
+                    self._take(tp.topic, message.value)
+            # Leave the broker and the event loop room between bounded batches.
+            await asyncio.sleep(0.05)
+
+    def _take(self, topic: str, value: bytes | None) -> None:
+        if value is None:
+            return  # a compaction tombstone
+        try:
+            record = self.codec.decode(value)
+            self.board.on_record(topic, record)
+        except UnknownFingerprintError:
+            self.board.on_undecodable(topic)
+            self.schemas_loaded_at = min(self.schemas_loaded_at, time.monotonic() - SCHEMA_RELOAD_EVERY_S + 5)
+        except (ValueError, KeyError, TypeError) as exc:
+            # A record we cannot read is counted and shown, never a reason to stop watching.
+            self.board.on_undecodable(topic)
+            log.warning("undecodable_record", extra={"topic": topic, "error": f"{type(exc).__name__}: {exc}"})

@@ -1,0 +1,54 @@
+"""Settings of the dashboard (`STREAMLEDGER_*` environment variables)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from services.common import topics
+from services.common.settings import CommonSettings
+
+
+class DashboardSettings(CommonSettings):
+    dashboard_host: str = "127.0.0.1"
+    dashboard_port: int = 8088
+    raw_topic: str = topics.RAW
+    clean_topic: str = topics.CLEAN
+    deadletter_topic: str = topics.DEADLETTER
+    predictions_topic: str = topics.PREDICTIONS
+    snapshots_topic: str = topics.SNAPSHOTS
+    model_metrics_topic: str = topics.MODEL_METRICS
+    usage_topic: str = topics.USAGE
+    anchors_topic: str = topics.ANCHORS
+    dashboard_service_groups: dict[str, str] = Field(default_factory=lambda: {
+        "streamledger-cleaning": "cleaning",
+        "streamledger-storage": "storage",
+        "streamledger-learning": "learning",
+        "streamledger-ledger": "ledger",
+    })
+    """Consumer group -> the service it belongs to, for labels; other groups reading the
+    watched topics are shown under their group id."""
+    dashboard_stale_after_seconds: float = 10.0
+    """A topic with no new record, or a group with lag that has not committed, for this long is stale."""
+    dashboard_window_seconds: float = 120.0
+    """How much history the charts keep (memory stays bounded by it)."""
+    dashboard_tick_seconds: float = 1.0
+    """How often end offsets are read and a frame is pushed to the browsers."""
+    dashboard_lag_seconds: float = 2.0
+    """How often consumer-group offsets are read."""
+    dashboard_feed_tail: int = 200
+    """On start, how many of the latest records per partition of the feed topics to read back."""
+    dashboard_batch_max: int = 500
+    """Most records decoded per poll of the feed topics (bounded, so the reader never hogs the broker)."""
+
+    def throughput_topics(self) -> dict[str, str]:
+        """Label -> topic of the charts of events/s."""
+        return {"raw": self.raw_topic, "clean": self.clean_topic, "dead letters": self.deadletter_topic,
+                "predictions": self.predictions_topic}
+
+    def feed_topics(self) -> list[str]:
+        """Topics whose records the dashboard decodes (the rest it only counts by offsets)."""
+        return [self.deadletter_topic, self.snapshots_topic, self.model_metrics_topic, self.usage_topic,
+                self.anchors_topic]
+
+    def watched_topics(self) -> list[str]:
+        return list(dict.fromkeys([*self.throughput_topics().values(), *self.feed_topics()]))

@@ -1,0 +1,240 @@
+// StreamLedger dashboard: draws each frame from /events (server-sent events) as plain DOM and SVG.
+// Every value from the server goes in through textContent, never as HTML: dead-letter
+// errors carry arbitrary input.
+"use strict";
+
+const SVG_NS = "http://www.w3.org/2000/svg";
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v !== undefined && v !== null) node.setAttribute(k, v);
+  }
+  for (const child of children) {
+    if (child === null || child === undefined) continue;
+    node.append(child instanceof Node ? child : String(child));
+  }
+  return node;
+}
+
+function svgEl(tag, attrs) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
+  return node;
+}
+
+function fmtNumber(x, digits = 1) {
+  if (x === null || x === undefined) return "–";
+  if (Math.abs(x) >= 1e6) return (x / 1e6).toFixed(1) + "M";
+  if (Math.abs(x) >= 1e4) return (x / 1e3).toFixed(1) + "k";
+  return Number.isInteger(x) ? String(x) : x.toFixed(digits);
+}
+
+function fmtAgo(seconds) {
+  if (seconds === null || seconds === undefined) return "";
+  if (seconds < 60) return Math.round(seconds) + " s";
+  if (seconds < 3600) return Math.round(seconds / 60) + " min";
+  return (seconds / 3600).toFixed(1) + " h";
+}
+
+function fmtTime(epochSeconds) {
+  if (!epochSeconds) return "–";
+  return new Date(epochSeconds * 1000).toLocaleTimeString([], { hour12: false });
+}
+
+function emptyState(title, text) {
+  return el("div", { class: "empty-state" }, el("strong", {}, title), text);
+}
+
+// A line chart of [x, y] points in a viewBox that stretches with its box; `markers` are
+// x positions drawn as dashed vertical lines (drift).
+function lineChart(points, opts) {
+  const w = 300, h = opts.height || 70, padTop = 6, padBottom = opts.axis ? 14 : 4;
+  const svg = svgEl("svg", { class: "chart" + (opts.tall ? " tall" : ""), viewBox: `0 0 ${w} ${h}`,
+                             preserveAspectRatio: "none", role: "img" });
+  if (opts.testid) svg.setAttribute("data-testid", opts.testid);
+  for (let i = 0; i <= 2; i++) {
+    const y = padTop + (h - padTop - padBottom) * i / 2;
+    svg.append(svgEl("line", { class: "grid", x1: 0, x2: w, y1: y, y2: y }));
+  }
+  if (!points.length) {
+    const t = svgEl("text", { class: "nodata", x: w / 2, y: h / 2 + 4, "text-anchor": "middle" });
+    t.textContent = opts.empty || "no data yet";
+    svg.append(t);
+    return svg;
+  }
+  const xs = points.map(p => p[0]), ys = points.map(p => p[1]);
+  const xmin = opts.xmin ?? Math.min(...xs), xmax = opts.xmax ?? Math.max(...xs);
+  let ymin = opts.ymin ?? Math.min(...ys), ymax = Math.max(...ys, opts.ymaxAtLeast ?? -Infinity);
+  if (ymax === ymin) { ymax = ymin + 1; }
+  const sx = x => (xmax === xmin ? w : (x - xmin) / (xmax - xmin) * w);
+  const sy = y => padTop + (1 - (y - ymin) / (ymax - ymin)) * (h - padTop - padBottom);
+  const d = points.map((p, i) => `${i ? "L" : "M"}${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join(" ");
+  const base = sy(ymin).toFixed(1);
+  svg.append(svgEl("path", { class: "area", d: `${d} L${sx(xs[xs.length - 1]).toFixed(1)},${base} L${sx(xs[0]).toFixed(1)},${base} Z` }));
+  svg.append(svgEl("path", { class: "line", d, "vector-effect": "non-scaling-stroke" }));
+  for (const m of opts.markers || []) {
+    const x = sx(m).toFixed(1);
+    svg.append(svgEl("line", { class: "drift", x1: x, x2: x, y1: padTop, y2: h - padBottom, "vector-effect": "non-scaling-stroke" }));
+  }
+  if (opts.axis) {
+    const label = svgEl("text", { class: "axis", x: 2, y: padTop + 9 });
+    label.textContent = opts.axis(ymax);
+    svg.append(label);
+  }
+  return svg;
+}
+
+function statusText(topic) {
+  if (topic.status === "flowing") return "flowing";
+  if (topic.status === "quiet") return topic.quiet_for === null ? "quiet" : `quiet ${fmtAgo(topic.quiet_for)}`;
+  if (topic.status === "empty") return "no events yet";
+  return "topic not created";
+}
+
+function drawThroughput(frame) {
+  const box = document.getElementById("throughput");
+  box.replaceChildren(...frame.throughput.map(t => el("div", { class: "card", "data-testid": `topic-${t.label.replace(" ", "-")}` },
+    el("div", { class: "top" }, el("span", { class: "name" }, t.label),
+       el("span", { class: `pill ${t.status}`, "data-testid": "status" }, statusText(t))),
+    el("div", { class: "topic" }, t.topic),
+    el("div", { class: "big", "data-testid": "rate" }, fmtNumber(t.rate), el("small", {}, "ev/s")),
+    el("div", { class: "muted small", "data-testid": "total" }, `${fmtNumber(t.total, 0)} records in total`),
+    lineChart(t.series, { xmin: frame.now - frame.window_s, xmax: frame.now, ymin: 0, ymaxAtLeast: 1,
+                          axis: y => `${fmtNumber(y)}/s`, testid: "chart",
+                          empty: t.status === "unknown" ? "topic not created yet" : "waiting for samples" }))));
+}
+
+function drawGroups(frame) {
+  const box = document.getElementById("groups");
+  if (!frame.groups.length) {
+    box.replaceChildren(emptyState("No consumer groups yet",
+      "Lag appears once a service (cleaning, storage, learning…) commits offsets on a watched topic."));
+    return;
+  }
+  const rows = frame.groups.map(g => el("tr", { "data-testid": `group-${g.group}` },
+    el("td", {}, el("div", {}, g.service || g.group), g.service ? el("div", { class: "muted small mono" }, g.group) : null),
+    el("td", { class: "num", "data-testid": "lag" }, fmtNumber(g.lag, 0)),
+    el("td", {}, lineChart(g.series, { xmin: frame.now - frame.window_s, xmax: frame.now, ymin: 0, ymaxAtLeast: 1 })),
+    el("td", {}, el("span", { class: `pill ${g.status}`, "data-testid": "status" },
+      g.status === "ok" ? (g.lag ? "catching up" : "caught up")
+        : `${g.status}: no commit for ${fmtAgo(g.stalled_for)}`)),
+    el("td", { class: "num muted small" }, g.members ? `${g.members} consumer${g.members > 1 ? "s" : ""}` : "no members")));
+  box.replaceChildren(el("table", {},
+    el("thead", {}, el("tr", {}, el("th", {}, "service / group"), el("th", { class: "num" }, "lag"),
+                    el("th", {}, "lag, last minutes"), el("th", {}, "state"), el("th", { class: "num" }, "consumers"))),
+    el("tbody", {}, ...rows)));
+}
+
+function drawModels(frame) {
+  const box = document.getElementById("models");
+  if (!frame.models.length) {
+    box.replaceChildren(emptyState("No model metrics yet",
+      "Each model's online metric is drawn here as the learning service publishes to models.metrics."));
+    return;
+  }
+  box.replaceChildren(...frame.models.map(m => el("div", { class: "model", "data-testid": `model-${m.model_id}` },
+    el("div", { class: "top" }, el("span", { class: "name" }, m.model_id),
+       m.metric ? el("span", { class: "big", style: "font-size:18px" }, fmtNumber(m.latest[m.metric], 3),
+                     el("small", {}, m.metric)) : null),
+    el("div", { class: "meta" },
+       el("span", {}, "version ", el("strong", {}, m.version ?? "–")),
+       el("span", { class: "mono", title: m.sha256 || "" }, "sha256 ", m.sha256 ? m.sha256.slice(0, 16) + "…" : "no snapshot yet"),
+       el("span", {}, "ledger: ", el("span", { class: "pill unknown", "data-testid": "ledger" }, m.ledger)),
+       el("span", { class: "muted" }, `${m.drifts.length} drift${m.drifts.length === 1 ? "" : "s"}`)),
+    lineChart(m.series, { tall: true, height: 120, axis: y => fmtNumber(y, 3), testid: "chart",
+                          markers: m.drifts.map(d => d.position), empty: "no metric points yet" }))));
+}
+
+function drawAnchors(frame) {
+  const a = frame.anchors, box = document.getElementById("anchors");
+  const stats = el("div", { class: "stats" },
+    el("div", {}, el("div", { class: "muted small" }, "anchors/s"), el("div", { class: "big" }, fmtNumber(a.rate))),
+    el("div", {}, el("div", { class: "muted small" }, "anchor lag (clean records not anchored)"),
+       el("div", { class: "big" }, a.lag === null ? "–" : fmtNumber(a.lag, 0))));
+  if (!a.latest.length) {
+    box.replaceChildren(stats, emptyState("Ledger not connected",
+      "No anchors on ledger.anchors yet: Merkle roots appear here once the ledger service anchors batches."));
+    return;
+  }
+  box.replaceChildren(stats, el("table", {},
+    el("thead", {}, el("tr", {}, el("th", {}, "time"), el("th", {}, "batch"), el("th", { class: "num" }, "records"),
+                    el("th", {}, "merkle root"), el("th", {}, "tx / block"))),
+    el("tbody", {}, ...a.latest.slice(0, 8).map(x => el("tr", {},
+      el("td", {}, fmtTime(x.ts)), el("td", { class: "mono" }, x.batch_id), el("td", { class: "num" }, x.count),
+      el("td", { class: "mono" }, x.merkle_root.slice(0, 12) + "…"),
+      el("td", { class: "mono" }, x.tx_id ? `${x.tx_id.slice(0, 10)}… / ${x.block}` : "not committed"))))));
+}
+
+function drawUsage(frame) {
+  const u = frame.usage, box = document.getElementById("usage");
+  if (!u.records.length) {
+    box.replaceChildren(emptyState("No freezes or settlements yet",
+      `Paid inference calls appear here from the usage topic; settlement status: ${u.ledger}.`));
+    return;
+  }
+  box.replaceChildren(el("table", {},
+    el("thead", {}, el("tr", {}, el("th", {}, "time"), el("th", {}, "hold"), el("th", {}, "client"),
+                    el("th", {}, "model"), el("th", { class: "num" }, "units × price"), el("th", {}, "settlement"))),
+    el("tbody", {}, ...u.records.slice(0, 8).map(r => el("tr", {},
+      el("td", {}, fmtTime(r.ts)), el("td", { class: "mono" }, r.hold_id), el("td", {}, r.client),
+      el("td", {}, r.model_id), el("td", { class: "num" }, `${r.units} × ${r.price}`),
+      el("td", {}, el("span", { class: "pill unknown" }, r.settlement)))))));
+}
+
+function drawDeadLetters(frame) {
+  const box = document.getElementById("deadletters");
+  if (!frame.dead_letters.length) {
+    box.replaceChildren(emptyState("No dead letters", "Every record so far was accepted."));
+    return;
+  }
+  box.replaceChildren(el("table", {},
+    el("thead", {}, el("tr", {}, el("th", {}, "time"), el("th", {}, "service"), el("th", {}, "from"),
+                    el("th", {}, "key"), el("th", {}, "reason"), el("th", {}, "error"))),
+    el("tbody", {}, ...frame.dead_letters.slice(0, 10).map(d => el("tr", { "data-testid": "deadletter" },
+      el("td", {}, fmtTime(d.ts)), el("td", {}, d.service), el("td", { class: "mono" }, d.source_topic),
+      el("td", { class: "mono" }, d.key ?? "–"), el("td", {}, el("span", { class: "pill stale" }, d.reason)),
+      el("td", { class: "error" }, d.error))))));
+}
+
+function drawHeader(frame) {
+  const kafka = document.getElementById("kafka");
+  if (frame.kafka.connected) {
+    kafka.className = "badge ok"; kafka.textContent = "Kafka: connected";
+  } else {
+    kafka.className = "badge bad";
+    kafka.textContent = frame.kafka.error ? "Kafka: unreachable" : "Kafka: waiting";
+    kafka.title = frame.kafka.error || "";
+  }
+  document.getElementById("updated").textContent = `updated ${fmtTime(frame.now)}`;
+}
+
+const panels = [drawHeader, drawThroughput, drawGroups, drawModels, drawAnchors, drawUsage, drawDeadLetters];
+
+function draw(frame) {
+  for (const panel of panels) {
+    try { panel(frame); } catch (err) { console.warn(`panel ${panel.name} failed`, err); }
+  }
+}
+
+function setConnection(state, text) {
+  const badge = document.getElementById("conn");
+  badge.className = `badge ${state}`;
+  badge.textContent = text;
+  document.body.dataset.connection = state;
+}
+
+function connect() {
+  // EventSource reconnects by itself after a drop (the server asks for 2 s); the badge
+  // says whether the page is live or showing the last frame it got.
+  const source = new EventSource("/events");
+  source.onopen = () => setConnection("ok", "live");
+  source.onerror = () => setConnection("bad", source.readyState === EventSource.CLOSED
+    ? "disconnected" : "connection lost: reconnecting…");
+  source.addEventListener("frame", event => {
+    setConnection("ok", "live");
+    draw(JSON.parse(event.data));
+  });
+}
+
+connect();
