@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from services.runner import SERVICES, ServiceGroup, built_services
 from services.stack import Stack, StackError
 
 app = typer.Typer(help="StreamLedger: auditable, pay-per-use machine learning on live data.",
@@ -77,25 +78,31 @@ def logs(part: str, lines: int = typer.Option(50, "--lines", "-n")) -> None:
 
 
 @app.command()
-def demo() -> None:
-    """Bring the stack up and run a visible round trip through it."""
+def demo(
+    seconds: float = typer.Option(None, help="stop after this many seconds (default: run until Ctrl-C)"),
+    rate: float = typer.Option(100.0, help="demo events posted per second"),
+) -> None:
+    """The main job: stack up, every built service, and a live demo stream through them."""
     import asyncio
 
     from services.common.settings import CommonSettings
-    from services.demo import smoke_round_trip
+    from services.demo import run_demo
 
     up()
-    asyncio.run(smoke_round_trip(CommonSettings(), console))
-
-
-SERVICES = ("ingestion", "cleaning", "storage", "learning", "inference", "ledger", "dashboard")
+    try:
+        asyncio.run(run_demo(CommonSettings(), console, seconds, rate))
+    except KeyboardInterrupt:
+        console.print("stopped")
 
 
 @app.command()
-def serve(service: str = typer.Argument(..., help=f"one of: {', '.join(SERVICES)}")) -> None:
-    """Run one service in the foreground until Ctrl-C (each reads STREAMLEDGER_* settings)."""
+def serve(service: str = typer.Argument(..., help=f"one of: {', '.join(SERVICES)}, or all")) -> None:
+    """Run one service (or `all` built ones, as child processes) until Ctrl-C."""
+    if service == "all":
+        _serve_all()
+        return
     if service not in SERVICES:
-        console.print(f"[red]unknown service {service!r}[/]; choose one of: {', '.join(SERVICES)}")
+        console.print(f"[red]unknown service {service!r}[/]; choose one of: {', '.join(SERVICES)}, all")
         raise typer.Exit(2)
     try:
         module = importlib.import_module(f"services.{service}.app")
@@ -105,6 +112,23 @@ def serve(service: str = typer.Argument(..., help=f"one of: {', '.join(SERVICES)
         console.print(f"[red]service {service!r} is not built yet[/] (no services/{service}/app.py)")
         raise typer.Exit(2)
     module.main()
+
+
+def _serve_all() -> None:
+    group = ServiceGroup()
+    names = built_services()
+    group.start(names)
+    console.print(f"running {', '.join(names)}; logs in {group.log_dir}/service-*.log; Ctrl-C stops them")
+    try:
+        while not group.exited():
+            time.sleep(1)
+        for name, code in group.exited().items():
+            console.print(f"[red]{name} exited with {code}[/]:\n{group.log_tail(name)}")
+        raise typer.Exit(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        group.stop()
 
 
 # -- ingest: historical backfill (issue 4) --------------------------------------------------

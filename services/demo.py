@@ -1,31 +1,48 @@
-"""`streamledger demo`: a visible round trip through the real stack.
+"""`streamledger demo`: the whole pipeline on the local stack with a live event stream.
 
-Produces a small stream of events to Kafka, reads it back, stores it in MongoDB and
-reads it back, printing what happened at each hop.
+1. A smoke round trip through Kafka and MongoDB (the stack answers real requests).
+2. Every built service starts as a child process (`streamledger serve NAME`).
+3. A demo producer posts River's Phishing dataset to the ingestion API, in small batches,
+   as tenant "demo" with a fresh API key, plus a few malformed events to show rejections.
+4. A live table shows what each hop holds: topic offsets, stored documents, the models'
+   online metrics; Ctrl-C (or --seconds) stops the services and prints a summary.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
+import secrets
 import time
+from dataclasses import dataclass, field
 
+import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from pymongo import ReplaceOne
-from rich.console import Console
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
 
+from services.common import topics
+from services.common.avro import AvroCodec, SchemaRegistry
 from services.common.kafka import ensure_topics, reliable_producer
 from services.common.mongo import bulk_write_chunked, mongo_client
 from services.common.settings import CommonSettings
+from services.runner import ServiceGroup, built_services
 
 SMOKE_TOPIC = "demo.smoke"
+TENANT = "demo"
+SHOWN_TOPICS = (topics.RAW, topics.CLEAN, topics.DEADLETTER, topics.SNAPSHOTS, topics.MODEL_METRICS,
+                topics.PREDICTIONS)
 
 
 async def smoke_round_trip(settings: CommonSettings, console: Console, count: int = 1000) -> None:
     run = f"{int(time.time())}"
     events = [
-        {"event_id": f"smoke-{run}-{i}", "tenant": "demo", "source": "smoke",
+        {"event_id": f"smoke-{run}-{i}", "tenant": TENANT, "source": "smoke",
          "ts": int(time.time() * 1000), "features": {"x": random.random(), "y": random.random()}}
         for i in range(count)
     ]
@@ -52,7 +69,7 @@ async def smoke_round_trip(settings: CommonSettings, console: Console, count: in
     finally:
         await consumer.stop()
     assert [e["event_id"] for e in received[:count]] == [e["event_id"] for e in events]
-    console.print(f"Kafka    consumed them back, same order and content")
+    console.print("Kafka    consumed them back, same order and content")
 
     client = mongo_client(settings.mongo_url)
     try:
@@ -65,3 +82,175 @@ async def smoke_round_trip(settings: CommonSettings, console: Console, count: in
         await client.close()
     console.print(f"MongoDB  upserted them twice into {settings.mongo_db}.demo_smoke: {stored} documents (idempotent)")
     console.print("[green]smoke round trip OK[/]")
+
+
+@dataclass
+class DemoStream:
+    """Posts the Phishing dataset to ingestion, forever, with a few malformed events mixed in."""
+
+    url: str
+    api_key: str
+    run: str = field(default_factory=lambda: secrets.token_hex(3))
+    posted: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def batches(self, size: int):
+        from river import datasets
+
+        rows = itertools.cycle(enumerate(datasets.Phishing()))
+        for batch_no in itertools.count():
+            batch = []
+            for _ in range(size):
+                index, (x, y) = next(rows)
+                batch.append({"event_id": f"demo-{self.run}-{self.posted + len(batch)}", "tenant": TENANT,
+                              "source": "phishing", "ts": int(time.time() * 1000),
+                              "features": {k: float(v) for k, v in x.items()}, "label": bool(y)})
+            if batch_no % 10 == 9:  # show that bad input is rejected by name, not dropped silently
+                batch.append({"event_id": f"demo-{self.run}-bad-{batch_no}", "source": "phishing",
+                              "ts": "yesterday", "features": {"empty_server_form_handler": "NaN?"}})
+            yield batch
+
+    async def run_forever(self, rate: float, batch_size: int = 25) -> None:
+        headers = {"Authorization": f"Bearer {self.api_key}"}
+        async with httpx.AsyncClient(timeout=30) as http:
+            for batch in self.batches(batch_size):
+                started = time.monotonic()
+                try:
+                    answer = await http.post(self.url, json=batch, headers=headers)
+                    body = answer.json()
+                    self.posted += len(batch)
+                    self.accepted += len(body.get("event_ids", []))
+                    self.rejected += len(body.get("rejected", []))
+                    if answer.status_code >= 500:
+                        self.errors.append(f"HTTP {answer.status_code}: {body}")
+                except (httpx.HTTPError, ValueError) as exc:
+                    self.errors.append(f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(max(0.0, batch_size / rate - (time.monotonic() - started)))
+
+
+class PipelineView:
+    """Reads what each hop holds: topic end offsets, stored documents, latest model metrics."""
+
+    def __init__(self, settings: CommonSettings) -> None:
+        self.settings = settings
+        self.codec = AvroCodec(SchemaRegistry.from_dir())
+        self.metrics: dict[str, dict] = {}
+        self.metrics_consumer = AIOKafkaConsumer(topics.MODEL_METRICS, bootstrap_servers=settings.kafka_bootstrap,
+                                                 auto_offset_reset="latest", enable_auto_commit=False)
+        self.offsets_consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+        self.admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        self.partitions: dict[str, list[int]] = {}
+        self.mongo = mongo_client(settings.mongo_url)
+
+    async def __aenter__(self) -> PipelineView:
+        await ensure_topics(self.settings.kafka_bootstrap, [topics.MODEL_METRICS])
+        await self.metrics_consumer.start()
+        await self.offsets_consumer.start()
+        await self.admin.start()
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.metrics_consumer.stop()
+        await self.offsets_consumer.stop()
+        await self.admin.close()
+        await self.mongo.close()
+
+    async def topic_sizes(self) -> dict[str, int]:
+        """Messages written to each shown topic so far (the sum of its partitions' end offsets)."""
+        missing = [t for t in SHOWN_TOPICS if t not in self.partitions]
+        if missing:  # topics appear as services start; describe the ones not seen yet
+            for description in await self.admin.describe_topics(missing):
+                if description["partitions"]:
+                    self.partitions[description["topic"]] = [p["partition"] for p in description["partitions"]]
+        wanted = [TopicPartition(t, p) for t, parts in self.partitions.items() for p in parts]
+        ends = await self.offsets_consumer.end_offsets(wanted) if wanted else {}
+        return {t: sum(o for tp, o in ends.items() if tp.topic == t) for t in SHOWN_TOPICS}
+
+    async def stored_events(self) -> int:
+        return await self.mongo[self.settings.mongo_db]["events"].count_documents({"tenant": TENANT})
+
+    async def poll_metrics(self) -> None:
+        batch = await self.metrics_consumer.getmany(timeout_ms=100)
+        for messages in batch.values():
+            for message in messages:
+                record = self.codec.decode(message.value)
+                self.metrics[record["model_id"]] = record
+
+
+def render(stream: DemoStream, sizes: dict[str, int], stored: int, view: PipelineView,
+           group: ServiceGroup, elapsed: float) -> Group:
+    flow = Table(title=f"StreamLedger demo, {elapsed:.0f}s (Ctrl-C stops)")
+    flow.add_column("hop")
+    flow.add_column("count", justify="right")
+    flow.add_row("posted to ingestion (HTTP)", f"{stream.posted:,}")
+    flow.add_row("  accepted / rejected by name", f"{stream.accepted:,} / {stream.rejected:,}")
+    for topic, size in sizes.items():
+        flow.add_row(f"Kafka {topic}", f"{size:,}")
+    flow.add_row("MongoDB events (tenant demo)", f"{stored:,}")
+    models = Table(title="online models (prequential)")
+    for column in ("model", "version", "events", "metrics", "drift"):
+        models.add_column(column)
+    for model_id, record in sorted(view.metrics.items()):
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(record["metrics"].items()))
+        drift = record.get("drift")
+        models.add_row(model_id, str(record["version"]), f"{record['position']:,}", shown,
+                       f"at {drift['position']:,}" if drift else "-")
+    services = Table(title="services")
+    services.add_column("service")
+    services.add_column("state")
+    exited = group.exited()
+    for name in group.processes:
+        services.add_row(name, f"[red]exited ({exited[name]})[/]" if name in exited else "[green]running[/]")
+    parts: list = [flow, models, services]
+    if stream.errors:
+        parts.append(f"[yellow]last ingestion error:[/] {stream.errors[-1]}")
+    return Group(*parts)
+
+
+async def run_demo(settings: CommonSettings, console: Console, seconds: float | None, rate: float) -> None:
+    from services.ingestion.auth import hash_key
+
+    await smoke_round_trip(settings, console)
+    api_key = secrets.token_urlsafe(24)
+    group = ServiceGroup(env={"STREAMLEDGER_API_KEYS": json.dumps({TENANT: [hash_key(api_key)]})})
+    names = built_services()
+    console.print(f"starting services: {', '.join(names)} (logs in {group.log_dir}/service-*.log)")
+    group.start(names)
+    try:
+        await wait_for_ingestion(group)
+        stream = DemoStream(url="http://127.0.0.1:8080/v1/events", api_key=api_key)
+        producer = asyncio.create_task(stream.run_forever(rate))
+        started = time.monotonic()
+        async with PipelineView(settings) as view:
+            with Live(console=console, refresh_per_second=2) as live:
+                while seconds is None or time.monotonic() - started < seconds:
+                    await view.poll_metrics()
+                    live.update(render(stream, await view.topic_sizes(), await view.stored_events(), view,
+                                       group, time.monotonic() - started))
+                    if producer.done():
+                        producer.result()  # surfaces the producer's error
+                    await asyncio.sleep(1.0)
+        producer.cancel()
+    finally:
+        group.stop()
+    for name, code in group.exited().items():
+        if code not in (0, -15):
+            console.print(f"[red]{name} exited with {code}[/]; its last log lines:\n{group.log_tail(name)}")
+    console.print("services stopped; the stack keeps running (`streamledger stack down` stops it)")
+
+
+async def wait_for_ingestion(group: ServiceGroup, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(timeout=2) as http:
+        while time.monotonic() < deadline:
+            if "ingestion" in group.exited():
+                raise RuntimeError(f"ingestion exited during start-up:\n{group.log_tail('ingestion')}")
+            try:
+                if (await http.get("http://127.0.0.1:8080/healthz")).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.5)
+    raise RuntimeError(f"ingestion did not answer /healthz within {timeout:.0f}s:\n{group.log_tail('ingestion')}")

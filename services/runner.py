@@ -1,0 +1,65 @@
+"""Run several StreamLedger services as child processes: `streamledger serve all` and the demo.
+
+Each service is `streamledger serve NAME` in its own process (so one crash never takes
+the others down), logging to the stack's log folder; stopping sends SIGTERM to all, then
+SIGKILL to any that outlive the grace period.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from services.stack.settings import StackSettings
+
+# Start order: consumers before producers, so nothing waits on a missing topic.
+SERVICES = ("storage", "cleaning", "learning", "inference", "ingestion", "ledger", "dashboard")
+
+
+def built_services() -> list[str]:
+    """The services whose code exists in this checkout (`services/<name>/app.py`)."""
+    here = Path(__file__).parent
+    return [name for name in SERVICES if (here / name / "app.py").exists()]
+
+
+@dataclass
+class ServiceGroup:
+    env: dict[str, str] = field(default_factory=dict)
+    log_dir: Path = field(default_factory=lambda: StackSettings().log_dir)
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def start(self, names: list[str]) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        cli = str(Path(sys.executable).with_name("streamledger"))
+        for name in names:
+            log = open(self.log_dir / f"service-{name}.log", "ab")
+            self.processes[name] = subprocess.Popen(
+                [cli, "serve", name], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={**os.environ, **self.env},
+            )
+            log.close()
+
+    def exited(self) -> dict[str, int]:
+        """Services that have stopped, with their exit codes."""
+        return {name: p.returncode for name, p in self.processes.items() if p.poll() is not None}
+
+    def log_tail(self, name: str, lines: int = 15) -> str:
+        text = (self.log_dir / f"service-{name}.log").read_text(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, grace: float = 15.0) -> None:
+        for proc in self.processes.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc in self.processes.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
