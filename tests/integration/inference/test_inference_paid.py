@@ -119,6 +119,12 @@ def paid(stack, bootstrap, unique, models_file, tmp_path):  # noqa: F811
         return triton.InferenceServerClient(f"localhost:{running.port}", ssl=True,
                                             root_certificates=str(server_ca.cert_file),
                                             private_key=str(key), certificate_chain=str(cert))
+    probe = client("alice")
+    deadline = time.monotonic() + 30
+    while not probe.is_model_ready("phishing-logreg"):  # the snapshot is loaded once the topic is read
+        assert time.monotonic() < deadline, "paid server never served phishing-logreg"
+        time.sleep(0.05)
+    probe.close()
     yield client, holds, identity, topics
     running.stop()
 

@@ -240,3 +240,43 @@ def test_bad_inputs_get_clear_errors_and_the_server_keeps_serving(server):
     expect_error(lambda: client.infer("phishing-logreg", [huge] + good[1:]), "RESOURCE_EXHAUSTED")
 
     assert client.infer("phishing-logreg", good).as_numpy("probabilities").shape == (4, 2)
+
+
+def test_streamledger_serve_inference_starts_serves_and_stops_cleanly(stack, bootstrap, unique, models_file, trained):  # noqa: F811
+    import os
+    import signal
+    import socket
+    import subprocess
+    from pathlib import Path
+
+    topic = f"test.snapshots.{unique}"
+    publish(bootstrap, topic, [snapshot_record("trump-linreg", 4, trained["linreg_v1"])])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    repo = Path(__file__).resolve().parents[3]
+    env = {**os.environ, "STREAMLEDGER_KAFKA_BOOTSTRAP": bootstrap, "STREAMLEDGER_INFERENCE_PORT": str(port),
+           "STREAMLEDGER_INFERENCE_MODELS_FILE": str(models_file), "STREAMLEDGER_INFERENCE_SNAPSHOT_TOPIC": topic,
+           "STREAMLEDGER_INFERENCE_PREDICTIONS_TOPIC": f"test.predictions.{unique}"}
+    process = subprocess.Popen([str(repo / ".venv/bin/streamledger"), "serve", "inference"], env=env, cwd=repo,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        client = triton.InferenceServerClient(f"127.0.0.1:{port}")
+
+        def ready() -> bool:
+            try:
+                return client.is_model_ready("trump-linreg")
+            except InferenceServerException:
+                return False
+        wait_for(ready, "the subprocess to serve trump-linreg", timeout=60)
+        names = sorted(TRUMP[0][0])
+        result = client.infer("trump-linreg", inputs_for([{k: x[k] for k in names} for x, _ in TRUMP[:2]], names))
+        assert result.get_response().model_version == "4"
+        assert not client.is_model_ready("phishing-logreg")  # declared, no snapshot yet
+        expect_error(lambda: client.infer("phishing-logreg", []), "UNAVAILABLE", "no verified snapshot yet")
+        client.close()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr[-2000:]
+    assert '"event": "inference_stopped"' in stderr
