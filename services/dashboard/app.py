@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -95,6 +96,10 @@ def main() -> None:
     app = create_app(settings, board, watch)
     log.info("started", extra={"url": f"http://{settings.dashboard_host}:{settings.dashboard_port}",
                                "topics": settings.watched_topics()})
-    # uvicorn handles SIGINT/SIGTERM: it closes the SSE streams, then the lifespan stops the reader.
+    # uvicorn handles SIGINT/SIGTERM (closes the SSE streams, then the lifespan stops the
+    # reader) and afterwards re-raises the signal to the handler it found; a no-op one here
+    # lets `serve dashboard` exit 0 after that clean shutdown instead of dying by the signal.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
     uvicorn.run(app, host=settings.dashboard_host, port=settings.dashboard_port, log_level="warning",
                 timeout_graceful_shutdown=3)

@@ -138,8 +138,9 @@ class KafkaWatch:
                 self.board.forget_group(gone)
             # A group is shown once it has committed on a watched topic; the others are
             # looked at again now and then, not every tick (a shared broker has many).
-            due = [g for g in listed - self.relevant_groups
-                   if now - self.checked_groups.get(g, -TOPOLOGY_EVERY_S) >= TOPOLOGY_EVERY_S]
+            self.checked_groups = {g: t for g, t in self.checked_groups.items() if g in listed}
+            recheck = self.settings.dashboard_group_recheck_seconds
+            due = [g for g in listed - self.relevant_groups if now - self.checked_groups.get(g, -recheck) >= recheck]
             for group in sorted(self.relevant_groups) + due:
                 self.checked_groups[group] = now
                 offsets = await admin.list_consumer_group_offsets(group)

@@ -35,6 +35,8 @@ class DashboardSettings(CommonSettings):
     """How often end offsets are read and a frame is pushed to the browsers."""
     dashboard_lag_seconds: float = 2.0
     """How often consumer-group offsets are read."""
+    dashboard_group_recheck_seconds: float = 5.0
+    """How often a group that has not (yet) committed on a watched topic is looked at again."""
     dashboard_feed_tail: int = 200
     """On start, how many of the latest records per partition of the feed topics to read back."""
     dashboard_batch_max: int = 500

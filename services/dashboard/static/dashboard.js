@@ -46,22 +46,20 @@ function emptyState(title, text) {
   return el("div", { class: "empty-state" }, el("strong", {}, title), text);
 }
 
-// A line chart of [x, y] points in a viewBox that stretches with its box; `markers` are
-// x positions drawn as dashed vertical lines (drift).
+// A line chart of [x, y] points: an SVG that stretches with its box (so its text lives in
+// HTML beside it, unstretched); `markers` are x positions drawn as dashed vertical lines (drift).
 function lineChart(points, opts) {
-  const w = 300, h = opts.height || 70, padTop = 6, padBottom = opts.axis ? 14 : 4;
-  const svg = svgEl("svg", { class: "chart" + (opts.tall ? " tall" : ""), viewBox: `0 0 ${w} ${h}`,
-                             preserveAspectRatio: "none", role: "img" });
-  if (opts.testid) svg.setAttribute("data-testid", opts.testid);
+  const w = 300, h = opts.height || 70, padTop = 6, padBottom = 4;
+  const box = el("div", { class: "chartbox" + (opts.tall ? " tall" : ""), "data-testid": opts.testid });
+  const svg = svgEl("svg", { class: "chart", viewBox: `0 0 ${w} ${h}`, preserveAspectRatio: "none", role: "img" });
+  box.append(svg);
   for (let i = 0; i <= 2; i++) {
     const y = padTop + (h - padTop - padBottom) * i / 2;
-    svg.append(svgEl("line", { class: "grid", x1: 0, x2: w, y1: y, y2: y }));
+    svg.append(svgEl("line", { class: "grid", x1: 0, x2: w, y1: y, y2: y, "vector-effect": "non-scaling-stroke" }));
   }
   if (!points.length) {
-    const t = svgEl("text", { class: "nodata", x: w / 2, y: h / 2 + 4, "text-anchor": "middle" });
-    t.textContent = opts.empty || "no data yet";
-    svg.append(t);
-    return svg;
+    box.append(el("span", { class: "nodata" }, opts.empty || "no data yet"));
+    return box;
   }
   const xs = points.map(p => p[0]), ys = points.map(p => p[1]);
   const xmin = opts.xmin ?? Math.min(...xs), xmax = opts.xmax ?? Math.max(...xs);
@@ -78,11 +76,11 @@ function lineChart(points, opts) {
     svg.append(svgEl("line", { class: "drift", x1: x, x2: x, y1: padTop, y2: h - padBottom, "vector-effect": "non-scaling-stroke" }));
   }
   if (opts.axis) {
-    const label = svgEl("text", { class: "axis", x: 2, y: padTop + 9 });
-    label.textContent = opts.axis(ymax);
-    svg.append(label);
+    box.append(el("span", { class: "ymax" }, opts.axis(ymax)));
+    if (opts.ymin === undefined) box.append(el("span", { class: "ymin" }, opts.axis(ymin)));
   }
-  return svg;
+  if (opts.xlabel) box.append(el("span", { class: "xlabel" }, opts.xlabel(xmin, xmax)));
+  return box;
 }
 
 function statusText(topic) {
@@ -99,9 +97,9 @@ function drawThroughput(frame) {
        el("span", { class: `pill ${t.status}`, "data-testid": "status" }, statusText(t))),
     el("div", { class: "topic" }, t.topic),
     el("div", { class: "big", "data-testid": "rate" }, fmtNumber(t.rate), el("small", {}, "ev/s")),
-    el("div", { class: "muted small", "data-testid": "total" }, `${fmtNumber(t.total, 0)} records in total`),
+    el("div", { class: "muted small", "data-testid": "total" }, `${fmtNumber(t.total, 0)} record${t.total === 1 ? "" : "s"} in total`),
     lineChart(t.series, { xmin: frame.now - frame.window_s, xmax: frame.now, ymin: 0, ymaxAtLeast: 1,
-                          axis: y => `${fmtNumber(y)}/s`, testid: "chart",
+                          axis: y => `${fmtNumber(y)}/s`, testid: "chart", xlabel: () => `last ${fmtAgo(frame.window_s)}`,
                           empty: t.status === "unknown" ? "topic not created yet" : "waiting for samples" }))));
 }
 
@@ -135,15 +133,15 @@ function drawModels(frame) {
   }
   box.replaceChildren(...frame.models.map(m => el("div", { class: "model", "data-testid": `model-${m.model_id}` },
     el("div", { class: "top" }, el("span", { class: "name" }, m.model_id),
-       m.metric ? el("span", { class: "big", style: "font-size:18px" }, fmtNumber(m.latest[m.metric], 3),
-                     el("small", {}, m.metric)) : null),
+       m.metric ? el("span", { class: "big mid" }, fmtNumber(m.latest[m.metric], 3), el("small", {}, m.metric)) : null),
     el("div", { class: "meta" },
        el("span", {}, "version ", el("strong", {}, m.version ?? "–")),
        el("span", { class: "mono", title: m.sha256 || "" }, "sha256 ", m.sha256 ? m.sha256.slice(0, 16) + "…" : "no snapshot yet"),
        el("span", {}, "ledger: ", el("span", { class: "pill unknown", "data-testid": "ledger" }, m.ledger)),
        el("span", { class: "muted" }, `${m.drifts.length} drift${m.drifts.length === 1 ? "" : "s"}`)),
     lineChart(m.series, { tall: true, height: 120, axis: y => fmtNumber(y, 3), testid: "chart",
-                          markers: m.drifts.map(d => d.position), empty: "no metric points yet" }))));
+                          markers: m.drifts.map(d => d.position), empty: "no metric points yet",
+                          xlabel: (a, b) => `events ${fmtNumber(a, 0)} → ${fmtNumber(b, 0)}` }))));
 }
 
 function drawAnchors(frame) {

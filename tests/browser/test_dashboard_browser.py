@@ -1,0 +1,188 @@
+"""The dashboard in a real headless Chromium, fed by the real Kafka.
+
+Events are produced to the dashboard's own (unique) topics with the Avro codec; a real
+consumer group stands in for the cleaning service, so stopping it is a service stopping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import ConsumerStoppedError
+from playwright.async_api import BrowserContext, ConsoleMessage, Page, expect
+
+from services.common.avro import AvroCodec, SchemaRegistry
+from services.common.kafka import reliable_producer
+from tests.browser.conftest import STALE_AFTER_S, Dashboard
+
+pytestmark = pytest.mark.integration
+
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"
+CODEC = AvroCodec(SchemaRegistry.from_dir())
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def raw_event(i: int) -> dict:
+    return {"event_id": f"e{i}", "tenant": "acme", "source": "browser-test", "ts": now_ms(),
+            "features": {"amount": float(i % 97), "country": "FR", "vip": i % 5 == 0}, "label": float(i % 2)}
+
+
+async def open_page(context: BrowserContext, url: str) -> tuple[Page, list[str]]:
+    """The dashboard in a new tab, with every console error and uncaught exception collected."""
+    page = await context.new_page()
+    errors: list[str] = []
+
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type == "error":
+            errors.append(f"console: {message.text}")
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
+    await page.goto(url)
+    await expect(page.get_by_test_id("connection")).to_have_text("live", timeout=10_000)
+    return page, errors
+
+
+@contextlib.asynccontextmanager
+async def steady_stream(producer, topic: str, per_second: int = 40) -> AsyncIterator[list[int]]:
+    """Produce RawEvents to `topic` until the block ends; yields the running count."""
+    sent = [0]
+    stop = asyncio.Event()
+
+    async def produce() -> None:
+        while not stop.is_set():
+            batch = [raw_event(sent[0] + k) for k in range(per_second // 10)]
+            for value in CODEC.encode_many("RawEvent", batch):
+                await producer.send(topic, value)
+            sent[0] += len(batch)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.1)
+
+    task = asyncio.create_task(produce())
+    try:
+        yield sent
+    finally:
+        stop.set()
+        await task
+        await producer.flush()
+
+
+async def test_page_loads_with_no_console_errors_and_honest_empty_states(
+        dashboard: Dashboard, chromium: BrowserContext) -> None:
+    page, errors = await open_page(chromium, dashboard.url)
+    await expect(page.get_by_test_id("kafka")).to_have_text("Kafka: connected")
+    raw = page.get_by_test_id("topic-raw")
+    await expect(raw.get_by_test_id("status")).to_have_text("no events yet")
+    await expect(raw).to_contain_text(dashboard.topics["raw_topic"])
+    await expect(page.get_by_test_id("deadletters")).to_contain_text("No dead letters")
+    await expect(page.get_by_test_id("anchors")).to_contain_text("Ledger not connected")
+    await expect(page.get_by_test_id("usage")).to_contain_text("No freezes or settlements yet")
+    await expect(page.get_by_test_id("models")).to_contain_text("No model metrics yet")
+    await expect(page.get_by_test_id("groups")).to_contain_text("No consumer groups yet")
+    await page.wait_for_timeout(1500)  # a few more frames, so a drawing error would show up
+    assert errors == []
+
+
+async def test_charts_follow_the_stream_and_stopped_parts_show_as_down(
+        dashboard: Dashboard, chromium: BrowserContext, bootstrap: str) -> None:
+    topics = dashboard.topics
+    page, errors = await open_page(chromium, dashboard.url)
+    raw_card = page.get_by_test_id("topic-raw")
+    chart_before = await raw_card.locator("svg").inner_html()
+
+    # A consumer group standing in for the cleaning service: reads and commits, then stops.
+    cleaner = AIOKafkaConsumer(topics["raw_topic"], bootstrap_servers=bootstrap, group_id=dashboard.group,
+                               enable_auto_commit=False, auto_offset_reset="earliest")
+    async with reliable_producer(bootstrap) as producer:
+        async with steady_stream(producer, topics["raw_topic"]) as sent:
+            await cleaner.start()
+            try:
+                # The rate, the total and the chart change within a few seconds.
+                await expect(raw_card.get_by_test_id("status")).to_have_text("flowing", timeout=8_000)
+                await expect(raw_card.get_by_test_id("rate")).not_to_have_text("0ev/s", timeout=8_000)
+                assert await raw_card.locator("svg").inner_html() != chart_before
+
+                await publish_feed_records(producer, topics)
+                keep_up = asyncio.create_task(consume_and_commit(cleaner))
+                group_row = page.get_by_test_id(f"group-{dashboard.group}")
+                await expect(group_row).to_contain_text("cleaning", timeout=15_000)
+                await expect(group_row.get_by_test_id("status")).to_have_class(re.compile(r"\bok\b"), timeout=10_000)
+                await expect(group_row).to_contain_text("1 consumer")
+                # The "service" hangs: still a member of its group, but it commits nothing.
+                keep_up.cancel()
+                await asyncio.gather(keep_up, return_exceptions=True)
+                await expect(group_row.get_by_test_id("status")).to_contain_text(
+                    "stale", timeout=(STALE_AFTER_S + 8) * 1000)
+            finally:
+                await cleaner.stop()  # the "service" is gone; events keep coming
+
+            # Lag grows with no commit and no consumer left: down.
+            await expect(group_row.get_by_test_id("status")).to_contain_text("down", timeout=(STALE_AFTER_S + 8) * 1000)
+            lag = int((await group_row.get_by_test_id("lag").inner_text()).replace("k", "00").replace(".", ""))
+            assert lag > 0
+
+            await expect(page.get_by_test_id("deadletters")).to_contain_text("missing_field", timeout=8_000)
+            await expect(page.get_by_test_id("deadletters")).to_contain_text("'amount' is required")
+            model = page.get_by_test_id("model-fraud-lr")
+            await expect(model).to_contain_text("version 3", timeout=8_000)
+            await expect(model).to_contain_text("sha256 " + "c0ffee" * 2)
+            await expect(model.get_by_test_id("ledger")).to_have_text("unknown: ledger not connected")
+            assert await model.locator("line.drift").count() == 1
+            await expect(page.get_by_test_id("usage")).to_contain_text("hold-1")
+            await page.wait_for_timeout(1500)
+            SCREENSHOT.parent.mkdir(exist_ok=True)
+            await page.screenshot(path=str(SCREENSHOT), full_page=True)
+            assert sent[0] > 0
+
+    # The producer stopped: the raw topic turns quiet after STALE_AFTER_S.
+    await expect(raw_card.get_by_test_id("status")).to_contain_text("quiet", timeout=(STALE_AFTER_S + 6) * 1000)
+    assert errors == []
+
+
+async def consume_and_commit(consumer: AIOKafkaConsumer) -> None:
+    """Keep a consumer group up to date, as a healthy service does."""
+    with contextlib.suppress(ConsumerStoppedError):
+        while True:
+            if await consumer.getmany(timeout_ms=300):
+                await consumer.commit()
+
+
+async def publish_feed_records(producer, topics: dict[str, str]) -> None:
+    """A dead letter, a model's metric stream with one drift, its snapshot, and one usage record."""
+    await producer.send(topics["deadletter_topic"], CODEC.encode("DeadLetter", {
+        "key": "e-bad", "source_topic": topics["raw_topic"], "source_partition": 0, "source_offset": 7,
+        "service": "cleaning", "reason": "missing_field", "error": "features: 'amount' is required by rule fraud",
+        "original": b"{}", "ts": now_ms()}))
+    for step in range(1, 31):
+        accuracy = 0.6 + 0.01 * step if step <= 20 else 0.55 + 0.005 * step
+        drift = {"detector": "ADWIN", "position": 2000, "metric_before": 0.8, "metric_after": 0.6} if step == 20 else None
+        await producer.send(topics["model_metrics_topic"], CODEC.encode("ModelMetrics", {
+            "model_id": "fraud-lr", "version": 1 + step // 12, "position": step * 100,
+            "metrics": {"Accuracy": accuracy}, "drift": drift, "ts": now_ms()}))
+    await producer.send(topics["snapshots_topic"], key=b"fraud-lr", value=CODEC.encode("ModelSnapshot", {
+        "model_id": "fraud-lr", "version": 3, "sha256": "c0ffee" * 10 + "beef", "format": "pickle",
+        "offsets": [], "events_seen": 3000, "metrics": {"Accuracy": 0.7}, "model": b"", "created": now_ms()}))
+    await producer.send(topics["usage_topic"], CODEC.encode("UsageRecord", {
+        "hold_id": "hold-1", "request_id": "r-1", "client": "acme", "model_id": "fraud-lr", "model_version": 3,
+        "units": 12, "price": 5, "ts": now_ms()}))
+    await producer.flush()
+
+
+async def test_a_lost_connection_shows_and_reconnects(dashboard: Dashboard, chromium: BrowserContext) -> None:
+    page, errors = await open_page(chromium, dashboard.url)
+    assert dashboard.stop() == 0
+    await expect(page.get_by_test_id("connection")).to_contain_text("connection lost", timeout=10_000)
+    await dashboard.start()
+    await expect(page.get_by_test_id("connection")).to_have_text("live", timeout=15_000)
+    # Chromium logs the failed reconnection attempts as console errors; the page's own code threw nothing.
+    assert [e for e in errors if e.startswith("pageerror")] == []
