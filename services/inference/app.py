@@ -12,7 +12,6 @@ exists yet, so `main()` refuses paid mode and tests pass their own source to `ru
 from __future__ import annotations
 
 import asyncio
-import signal
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -23,6 +22,7 @@ from cryptography import x509
 from services.common import metrics
 from services.common.avro import AvroCodec, CodecError, SchemaRegistry
 from services.common.kafka import ensure_topics, reliable_producer
+from services.common.lifecycle import run_until_signalled
 from services.common.logging import configure_logging, get_logger
 from services.inference import protocol
 from services.inference.authorization import HoldAuthorizer, HoldSource
@@ -144,11 +144,4 @@ def main() -> None:
     configure_logging(settings.log_level)
     metrics.serve_metrics(settings.metrics_port)
 
-    async def serve() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await run(settings, stop)
-
-    asyncio.run(serve())
+    run_until_signalled(lambda stop: run(settings, stop))

@@ -13,7 +13,6 @@ snapshots topic and every input partition is sought to the offsets it records
 from __future__ import annotations
 
 import asyncio
-import signal
 import time
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -22,6 +21,7 @@ from aiokafka.errors import KafkaError
 from services.common import metrics
 from services.common.avro import AvroCodec, SchemaRegistry
 from services.common.kafka import ensure_topics, reliable_producer
+from services.common.lifecycle import run_until_signalled
 from services.common.logging import configure_logging, get_logger
 from services.learning.declarations import DeclarationError, load_declarations
 from services.learning.learners import Consumed, LearnerSet, Output, TrackedModel
@@ -169,11 +169,4 @@ def main() -> None:
         raise SystemExit(2) from None
     metrics.serve_metrics(settings.metrics_port)
 
-    async def serve() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await run(settings, stop)
-
-    asyncio.run(serve())
+    run_until_signalled(lambda stop: run(settings, stop))

@@ -1,0 +1,23 @@
+"""How every service runs: until SIGINT or SIGTERM, then a clean stop."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable
+
+
+def run_until_signalled(run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """`asyncio.run(run(stop))`, where `stop` is set by SIGINT or SIGTERM.
+
+    `run` must return soon after `stop` is set, having flushed what it holds.
+    """
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run(stop)
+
+    asyncio.run(serve())
