@@ -1,0 +1,84 @@
+"""The dashboard's Kafka reader against the real broker: what it shows, and bad input it survives."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from services.common.avro import MARKER, AvroCodec, SchemaRegistry
+from services.common.kafka import ensure_topics, reliable_producer
+from services.dashboard.app import build_board
+from services.dashboard.board import Board
+from services.dashboard.kafka_watch import KafkaWatch
+from services.dashboard.settings import DashboardSettings
+
+pytestmark = pytest.mark.integration
+CODEC = AvroCodec(SchemaRegistry.from_dir())
+
+
+def dead_letter(key: str) -> bytes:
+    return CODEC.encode("DeadLetter", {
+        "key": key, "source_topic": "events.raw", "source_partition": 0, "source_offset": 1, "service": "cleaning",
+        "reason": "bad_type", "error": f"{key}: features.amount must be a number", "original": b"x",
+        "ts": int(time.time() * 1000)})
+
+
+def dashboard_settings(bootstrap: str, unique: str) -> DashboardSettings:
+    names = ("raw", "clean", "deadletter", "predictions", "snapshots", "model_metrics", "usage", "anchors")
+    return DashboardSettings(kafka_bootstrap=bootstrap, dashboard_tick_seconds=0.5, dashboard_lag_seconds=0.5,
+                             dashboard_feed_tail=3,
+                             **{f"{name}_topic": f"watch-{name}-{unique}" for name in names})
+
+
+@contextlib.asynccontextmanager
+async def watching(settings: DashboardSettings) -> AsyncIterator[Board]:
+    board = build_board(settings)
+    stop = asyncio.Event()
+    task = asyncio.create_task(KafkaWatch(settings, board, CODEC).run(stop))
+    try:
+        yield board
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)  # stops promptly, and never died on its own
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.1)
+
+
+async def test_reads_the_tail_and_survives_undecodable_records(bootstrap: str, unique: str) -> None:
+    settings = dashboard_settings(bootstrap, unique)
+    await ensure_topics(bootstrap, settings.watched_topics())
+    async with reliable_producer(bootstrap) as producer:
+        for i in range(5):  # before the dashboard starts: only the last 3 (feed tail) are read back
+            await producer.send_and_wait(settings.deadletter_topic, dead_letter(f"old-{i}"))
+        async with watching(settings) as board:
+            await until(lambda: len(board.frame(time.time())["dead_letters"]) == 3)
+            assert [d["key"] for d in board.frame(time.time())["dead_letters"]] == ["old-4", "old-3", "old-2"]
+
+            await producer.send_and_wait(settings.deadletter_topic, b"not avro at all")
+            await producer.send_and_wait(settings.deadletter_topic, MARKER + b"\x00" * 8 + b"body")  # unknown schema
+            await producer.send_and_wait(settings.model_metrics_topic, dead_letter("wrong-topic"))  # no model_id
+            await producer.send_and_wait(settings.deadletter_topic, dead_letter("after-garbage"))
+            await until(lambda: board.frame(time.time())["dead_letters"][0]["key"] == "after-garbage")
+            frame = board.frame(time.time())
+            assert frame["undecodable"] == {settings.deadletter_topic: 2, settings.model_metrics_topic: 1}
+            assert frame["kafka"]["connected"] is True
+            (deadletters,) = [t for t in frame["throughput"] if t["label"] == "dead letters"]
+            assert deadletters["total"] == 5 + 3
+
+
+async def test_unreachable_kafka_shows_on_the_board_and_is_retried(unique: str) -> None:
+    settings = dashboard_settings("127.0.0.1:1", unique)  # nothing listens on port 1
+    async with watching(settings) as board:
+        await until(lambda: board.frame(time.time())["kafka"]["error"] is not None, timeout_s=20)
+        frame = board.frame(time.time())
+        assert frame["kafka"]["connected"] is False
+        assert "127.0.0.1:1" in frame["kafka"]["error"] or "Connection" in frame["kafka"]["error"]
