@@ -83,7 +83,7 @@ def build_app(settings: CleaningSettings, registry: SchemaRegistry) -> faust.App
     seen = app.Table(
         "dedup",
         partitions=settings.cleaning_partitions,
-        schema=faust.Schema(key_type=str, value_type=list, key_serializer="json", value_serializer="json"),
+        schema=faust.Schema(key_type=str, key_serializer="json", value_serializer="json"),
     )
     window = DedupWindow(seen, window_ms=int(settings.dedup_window_seconds * 1000))
     cleaner = Cleaner(AvroCodec(registry), settings.rule_book(), window, max_message_bytes=settings.max_message_bytes)

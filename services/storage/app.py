@@ -63,7 +63,9 @@ async def run(settings: StorageSettings, stop: asyncio.Event) -> None:
         max_poll_records=settings.storage_batch_size,
         max_poll_interval_ms=settings.max_poll_interval_ms,
     )
-    mongo = AsyncMongoClient(settings.mongo_url, serverSelectionTimeoutMS=2000, connectTimeoutMS=2000)
+    # A socket timeout turns a write that never answers into a retry instead of a hang.
+    mongo = AsyncMongoClient(settings.mongo_url, serverSelectionTimeoutMS=2000, connectTimeoutMS=2000,
+                             socketTimeoutMS=int(settings.mongo_write_timeout_seconds * 1000))
     sink = MongoSink(mongo[settings.mongo_db])
 
     def on_retry(attempt: int, exc: BaseException, delay: float) -> None:

@@ -20,5 +20,7 @@ class StorageSettings(CommonSettings):
     backoff_initial_seconds: float = 0.2
     backoff_max_seconds: float = 5.0
     """Cap on one wait between MongoDB retries (the retries themselves go on until it is back)."""
+    mongo_write_timeout_seconds: float = 30.0
+    """A bulk write with no answer after this long is retried (as if MongoDB were down)."""
     max_poll_interval_ms: int = 600_000
     """How long the sink may stop polling (MongoDB down) before Kafka moves its partitions."""
