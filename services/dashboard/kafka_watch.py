@@ -34,6 +34,8 @@ class KafkaWatch:
         self.board = board
         self.codec = codec
         self.partitions: dict[str, list[int]] = {}
+        self.positions: dict[TopicPartition, int] = {}
+        """Next offset to read per feed partition, so a reconnect resumes instead of re-reading."""
         self.relevant_groups: set[str] = set()
         self.checked_groups: dict[str, float] = {}
         self.schemas_loaded_at = 0.0
@@ -45,7 +47,7 @@ class KafkaWatch:
                 await self._watch(stop)
             except (KafkaError, OSError, asyncio.TimeoutError) as exc:
                 self.board.kafka_unreachable(f"{type(exc).__name__}: {exc}")
-                log.warning("kafka_unreachable", extra={"error": str(exc)})
+                log.warning("kafka_unreachable", extra={"error": f"{type(exc).__name__}: {exc}"})
                 try:
                     await asyncio.wait_for(stop.wait(), KAFKA_RETRY_S)
                 except asyncio.TimeoutError:
@@ -53,6 +55,7 @@ class KafkaWatch:
 
     async def _watch(self, stop: asyncio.Event) -> None:
         bootstrap = self.settings.kafka_bootstrap
+        self.partitions = {}  # a new consumer starts with no assignment
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
                                     request_timeout_ms=5000, max_partition_fetch_bytes=256 * 1024)
@@ -101,7 +104,9 @@ class KafkaWatch:
             begin = await consumer.beginning_offsets(new_feed)
             end = await consumer.end_offsets(new_feed)
             for tp in new_feed:
-                consumer.seek(tp, max(begin[tp], end[tp] - self.settings.dashboard_feed_tail))
+                tail = max(begin[tp], end[tp] - self.settings.dashboard_feed_tail)
+                resume = self.positions.get(tp)
+                consumer.seek(tp, resume if resume is not None and begin[tp] <= resume <= end[tp] else tail)
 
     async def _load_schemas(self) -> None:
         now = time.monotonic()
@@ -143,14 +148,23 @@ class KafkaWatch:
             due = [g for g in listed - self.relevant_groups if now - self.checked_groups.get(g, -recheck) >= recheck]
             for group in sorted(self.relevant_groups) + due:
                 self.checked_groups[group] = now
-                offsets = await admin.list_consumer_group_offsets(group)
+                try:
+                    offsets = await admin.list_consumer_group_offsets(group)
+                except KafkaError as exc:
+                    # One group being deleted or moving coordinator must not blank the page.
+                    log.info("group_unreadable", extra={"group": group, "error": f"{type(exc).__name__}: {exc}"})
+                    continue
                 committed: dict[Partition, int] = {(tp.topic, tp.partition): meta.offset
                                                    for tp, meta in offsets.items()
                                                    if tp.topic in watched and meta.offset >= 0}
                 if not committed:
                     continue
                 self.relevant_groups.add(group)
-                members, state = await self._describe(admin, group)
+                try:
+                    members, state = await self._describe(admin, group)
+                except KafkaError as exc:
+                    log.info("group_unreadable", extra={"group": group, "error": f"{type(exc).__name__}: {exc}"})
+                    continue
                 self.board.observe_group(time.time(), group, committed, members, state)
             if await self._sleep(stop, self.settings.dashboard_lag_seconds):
                 return
@@ -171,6 +185,8 @@ class KafkaWatch:
             for tp, messages in batches.items():
                 for message in messages:
                     self._take(tp.topic, message.value)
+                if messages:
+                    self.positions[tp] = messages[-1].offset + 1
             # Leave the broker and the event loop room between bounded batches.
             await asyncio.sleep(0.05)
 

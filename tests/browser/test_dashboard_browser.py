@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import signal
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,7 +22,7 @@ from playwright.async_api import BrowserContext, ConsoleMessage, Page, expect
 
 from services.common.avro import AvroCodec, SchemaRegistry
 from services.common.kafka import reliable_producer
-from tests.browser.conftest import STALE_AFTER_S, Dashboard
+from tests.browser.conftest import CLI, REPO, STALE_AFTER_S, Dashboard
 
 pytestmark = pytest.mark.integration
 
@@ -186,3 +188,38 @@ async def test_a_lost_connection_shows_and_reconnects(dashboard: Dashboard, chro
     await expect(page.get_by_test_id("connection")).to_have_text("live", timeout=15_000)
     # Chromium logs the failed reconnection attempts as console errors; the page's own code threw nothing.
     assert [e for e in errors if e.startswith("pageerror")] == []
+
+
+async def test_the_real_cleaning_service_shows_live_then_down_when_stopped(
+        dashboard: Dashboard, chromium: BrowserContext, bootstrap: str, tmp_path: Path) -> None:
+    """`streamledger serve cleaning` on the dashboard's topics: its output, lag and dead letters
+    appear; SIGTERM it while events keep coming and the page shows it down and its output quiet."""
+    env = {**dashboard.env, "STREAMLEDGER_CLEANING_GROUP": dashboard.group,
+           "STREAMLEDGER_CLEANING_DATA_DIR": str(tmp_path / "faust")}
+    log_path = tmp_path / "cleaning.log"
+    with open(log_path, "wb") as log:
+        cleaning = subprocess.Popen([str(CLI), "serve", "cleaning"], env=env, cwd=REPO,
+                                    stdout=log, stderr=subprocess.STDOUT)
+    try:
+        page, errors = await open_page(chromium, dashboard.url)
+        clean_card = page.get_by_test_id("topic-clean")
+        group_row = page.get_by_test_id(f"group-{dashboard.group}")
+        async with reliable_producer(bootstrap) as producer:
+            async with steady_stream(producer, dashboard.topics["raw_topic"]):
+                await producer.send(dashboard.topics["raw_topic"], b"not an avro record")
+                await expect(clean_card.get_by_test_id("status")).to_have_text("flowing", timeout=60_000)
+                await expect(group_row.get_by_test_id("status")).to_have_class(re.compile(r"\bok\b"), timeout=15_000)
+                await expect(group_row).to_contain_text("cleaning")
+                await expect(page.get_by_test_id("deadletter").first).to_contain_text("cleaning", timeout=10_000)
+
+                cleaning.send_signal(signal.SIGTERM)
+                assert cleaning.wait(timeout=30) == 0, log_path.read_text()[-2000:]
+                await expect(group_row.get_by_test_id("status")).to_contain_text(
+                    "down", timeout=(STALE_AFTER_S + 10) * 1000)
+                await expect(clean_card.get_by_test_id("status")).to_contain_text(
+                    "quiet", timeout=(STALE_AFTER_S + 6) * 1000)
+        assert errors == []
+    finally:
+        if cleaning.poll() is None:
+            cleaning.kill()
+            cleaning.wait(timeout=10)
