@@ -26,6 +26,7 @@ TOPOLOGY_EVERY_S = 10.0
 """How often topics' partitions and the list of groups are looked up again."""
 SCHEMA_RELOAD_EVERY_S = 30.0
 KAFKA_RETRY_S = 2.0
+END_OFFSETS_TIMEOUT_S = 10.0
 
 
 class KafkaWatch:
@@ -95,11 +96,21 @@ class KafkaWatch:
         described = await admin.describe_topics(self.settings.watched_topics())
         partitions = {d["topic"]: sorted(p["partition"] for p in d["partitions"])
                       for d in described if not d["error_code"] and d["partitions"]}
-        new_feed = [TopicPartition(t, p) for t in self.settings.feed_topics() for p in partitions.get(t, [])
-                    if p not in self.partitions.get(t, [])]
         self.partitions = partitions
+        watched = {TopicPartition(t, p) for t, ps in partitions.items() for p in ps}
+        new = watched - consumer.assignment()
+        if not new:
+            return
+        feed_topics = set(self.settings.feed_topics())
+        for tp in consumer.assignment():  # re-assigning forgets positions: keep them
+            if tp.topic in feed_topics:
+                self.positions[tp] = await consumer.position(tp)
+        # Every watched partition is assigned, so the consumer keeps metadata (leaders) for
+        # all of them and end offsets stay cheap; those only counted are paused: never fetched.
+        consumer.assign(sorted(consumer.assignment() | new))
+        consumer.pause(*[tp for tp in consumer.assignment() if tp.topic not in feed_topics])
+        new_feed = [tp for tp in consumer.assignment() if tp.topic in feed_topics]
         if new_feed:
-            consumer.assign(sorted(consumer.assignment() | set(new_feed)))
             # Start near the end: the page shows the latest records, not the whole history.
             begin = await consumer.beginning_offsets(new_feed)
             end = await consumer.end_offsets(new_feed)
@@ -128,7 +139,7 @@ class KafkaWatch:
                 topology_at = time.monotonic()
             tps = [TopicPartition(t, p) for t, ps in self.partitions.items() for p in ps]
             if tps:
-                ends = await consumer.end_offsets(tps)
+                ends = await asyncio.wait_for(consumer.end_offsets(tps), END_OFFSETS_TIMEOUT_S)
                 self.board.observe_offsets(time.time(), {(tp.topic, tp.partition): o for tp, o in ends.items()})
             if await self._sleep(stop, self.settings.dashboard_tick_seconds):
                 return
