@@ -97,6 +97,7 @@ async def dashboard(bootstrap: str, unique: str, tmp_path: Path) -> AsyncIterato
            "STREAMLEDGER_DASHBOARD_PORT": str(port),
            "STREAMLEDGER_DASHBOARD_STALE_AFTER_SECONDS": str(STALE_AFTER_S),
            "STREAMLEDGER_DASHBOARD_LAG_SECONDS": "1",
+           "STREAMLEDGER_DASHBOARD_WINDOW_SECONDS": "45",
            "STREAMLEDGER_DASHBOARD_GROUP_RECHECK_SECONDS": "2",
            "STREAMLEDGER_DASHBOARD_SERVICE_GROUPS": json.dumps({group: "cleaning"})}
     board = Dashboard(f"http://127.0.0.1:{port}", topics, group, env, tmp_path / "dashboard.log")

@@ -119,7 +119,7 @@ async def test_charts_follow_the_stream_and_stopped_parts_show_as_down(
                 group_row = page.get_by_test_id(f"group-{dashboard.group}")
                 await expect(group_row).to_contain_text("cleaning", timeout=15_000)
                 await expect(group_row.get_by_test_id("status")).to_have_class(re.compile(r"\bok\b"), timeout=10_000)
-                await expect(group_row).to_contain_text("1 consumer")
+                await expect(group_row).to_contain_text("1 connected")
                 # The "service" hangs: still a member of its group, but it commits nothing.
                 keep_up.cancel()
                 await asyncio.gather(keep_up, return_exceptions=True)
@@ -140,6 +140,8 @@ async def test_charts_follow_the_stream_and_stopped_parts_show_as_down(
             await expect(model).to_contain_text("sha256 " + "c0ffee" * 2)
             await expect(model.get_by_test_id("ledger")).to_have_text("unknown: ledger not connected")
             assert await model.locator("line.drift").count() == 1
+            await expect(page.get_by_test_id("model-latency-tree")).to_contain_text("MAE")
+            assert await page.get_by_test_id("model-latency-tree").locator("line.drift").count() == 0
             await expect(page.get_by_test_id("usage")).to_contain_text("hold-1")
             await page.wait_for_timeout(1500)
             SCREENSHOT.parent.mkdir(exist_ok=True)
@@ -171,6 +173,9 @@ async def publish_feed_records(producer, topics: dict[str, str]) -> None:
         await producer.send(topics["model_metrics_topic"], CODEC.encode("ModelMetrics", {
             "model_id": "fraud-lr", "version": 1 + step // 12, "position": step * 100,
             "metrics": {"Accuracy": accuracy}, "drift": drift, "ts": now_ms()}))
+        await producer.send(topics["model_metrics_topic"], CODEC.encode("ModelMetrics", {
+            "model_id": "latency-tree", "version": 1, "position": step * 80,
+            "metrics": {"MAE": 40.0 / (1 + 0.2 * step) + (step % 4)}, "drift": None, "ts": now_ms()}))
     await producer.send(topics["snapshots_topic"], key=b"fraud-lr", value=CODEC.encode("ModelSnapshot", {
         "model_id": "fraud-lr", "version": 3, "sha256": "c0ffee" * 10 + "beef", "format": "pickle",
         "offsets": [], "events_seen": 3000, "metrics": {"Accuracy": 0.7}, "model": b"", "created": now_ms()}))

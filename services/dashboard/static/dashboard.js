@@ -71,6 +71,12 @@ function lineChart(points, opts) {
   const base = sy(ymin).toFixed(1);
   svg.append(svgEl("path", { class: "area", d: `${d} L${sx(xs[xs.length - 1]).toFixed(1)},${base} L${sx(xs[0]).toFixed(1)},${base} Z` }));
   svg.append(svgEl("path", { class: "line", d, "vector-effect": "non-scaling-stroke" }));
+  if (opts.dots || points.length === 1) {
+    // A lone point draws no line; a short bar marks it (circles would stretch with the box).
+    const [x, y] = points[points.length - 1].map((v, i) => (i ? sy(v) : sx(v)));
+    svg.append(svgEl("line", { class: "dot", x1: Math.max(0, x - 2), x2: Math.min(w, x + 2), y1: y, y2: y,
+                               "vector-effect": "non-scaling-stroke" }));
+  }
   for (const m of opts.markers || []) {
     const x = sx(m).toFixed(1);
     svg.append(svgEl("line", { class: "drift", x1: x, x2: x, y1: padTop, y2: h - padBottom, "vector-effect": "non-scaling-stroke" }));
@@ -85,7 +91,7 @@ function lineChart(points, opts) {
 
 function statusText(topic) {
   if (topic.status === "flowing") return "flowing";
-  if (topic.status === "quiet") return topic.quiet_for === null ? "quiet" : `quiet ${fmtAgo(topic.quiet_for)}`;
+  if (topic.status === "quiet") return topic.quiet_for === null ? "no new events" : `quiet ${fmtAgo(topic.quiet_for)}`;
   if (topic.status === "empty") return "no events yet";
   return "topic not created";
 }
@@ -117,10 +123,10 @@ function drawGroups(frame) {
     el("td", {}, el("span", { class: `pill ${g.status}`, "data-testid": "status" },
       g.status === "ok" ? (g.lag ? "catching up" : "caught up")
         : `${g.status}: no commit for ${fmtAgo(g.stalled_for)}`)),
-    el("td", { class: "num muted small" }, g.members ? `${g.members} consumer${g.members > 1 ? "s" : ""}` : "no members")));
+    el("td", { class: "num muted small" }, g.members ? `${g.members} connected` : "none connected")));
   box.replaceChildren(el("table", {},
     el("thead", {}, el("tr", {}, el("th", {}, "service / group"), el("th", { class: "num" }, "lag"),
-                    el("th", {}, "lag, last minutes"), el("th", {}, "state"), el("th", { class: "num" }, "consumers"))),
+                    el("th", {}, "lag trend"), el("th", {}, "state"), el("th", { class: "num" }, "consumers"))),
     el("tbody", {}, ...rows)));
 }
 
@@ -139,7 +145,7 @@ function drawModels(frame) {
        el("span", { class: "mono", title: m.sha256 || "" }, "sha256 ", m.sha256 ? m.sha256.slice(0, 16) + "…" : "no snapshot yet"),
        el("span", {}, "ledger: ", el("span", { class: "pill unknown", "data-testid": "ledger" }, m.ledger)),
        el("span", { class: "muted" }, `${m.drifts.length} drift${m.drifts.length === 1 ? "" : "s"}`)),
-    lineChart(m.series, { tall: true, height: 120, axis: y => fmtNumber(y, 3), testid: "chart",
+    lineChart(m.series, { tall: true, height: 90, axis: y => fmtNumber(y, 3), testid: "chart",
                           markers: m.drifts.map(d => d.position), empty: "no metric points yet",
                           xlabel: (a, b) => `events ${fmtNumber(a, 0)} → ${fmtNumber(b, 0)}` }))));
 }
@@ -192,7 +198,7 @@ function drawDeadLetters(frame) {
     el("tbody", {}, ...frame.dead_letters.slice(0, 10).map(d => el("tr", { "data-testid": "deadletter" },
       el("td", {}, fmtTime(d.ts)), el("td", {}, d.service), el("td", { class: "mono" }, d.source_topic),
       el("td", { class: "mono" }, d.key ?? "–"), el("td", {}, el("span", { class: "pill stale" }, d.reason)),
-      el("td", { class: "error" }, d.error))))));
+      el("td", {}, el("div", { class: "error", title: d.error }, d.error)))))));
 }
 
 function drawHeader(frame) {
