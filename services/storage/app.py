@@ -64,7 +64,8 @@ async def run(settings: StorageSettings, stop: asyncio.Event) -> None:
         max_poll_interval_ms=settings.max_poll_interval_ms,
     )
     # A socket timeout turns a write that never answers into a retry instead of a hang.
-    mongo = AsyncMongoClient(settings.mongo_url, serverSelectionTimeoutMS=2000, connectTimeoutMS=2000,
+    # tz_aware: documents read back compare equal to the decoded records (UTC datetimes).
+    mongo = AsyncMongoClient(settings.mongo_url, tz_aware=True, serverSelectionTimeoutMS=2000, connectTimeoutMS=2000,
                              socketTimeoutMS=int(settings.mongo_write_timeout_seconds * 1000))
     sink = MongoSink(mongo[settings.mongo_db])
 

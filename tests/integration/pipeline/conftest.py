@@ -65,6 +65,14 @@ class ServiceProcess:
                 raise AssertionError(f"{self.name} did not stop within {timeout}s of SIGTERM:\n{self.tail()}")
         return self.process.returncode
 
+    async def logged(self, text: str, timeout: float = 60) -> None:
+        """Wait until the current log holds `text` (e.g. the "started" event)."""
+        async def found() -> bool:
+            assert self.alive(), f"{self.name} exited:\n{self.tail()}"
+            return self.log_path.exists() and text in self.log_path.read_text(errors="replace")
+
+        await wait_until(found, timeout, f"{self.name} to log {text!r}", self.tail)
+
     def tail(self, lines: int = 30) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

@@ -25,6 +25,7 @@ async def test_valid_events_reach_mongo_and_bad_input_becomes_dead_letters(
     # Room for the 1 MB message on the raw topic; the cleaner must refuse it, not Kafka.
     await create_topics(bootstrap, [raw_topic], {"max.message.bytes": "4000000"})
     cleaning, storage = services("cleaning"), services("storage")
+    await storage.logged('"event": "started"')  # collections exist before anything reads them
 
     expected_hash: dict[str, str] = {}
     bad: dict[str, str] = {}  # raw offset -> expected dead-letter reason

@@ -60,6 +60,7 @@ async def test_sink_stores_every_topic_by_key_and_a_replay_changes_nothing(
         return {name: await mongo_db[name].count_documents({}) for name in expected}
 
     storage = services("storage")
+    await storage.logged('"event": "started"')  # collections exist before anything reads them
 
     async def stored() -> bool:
         assert storage.alive(), storage.tail()
