@@ -20,6 +20,15 @@ class StackSettings(BaseSettings):
     kafka_heap: str = "768m"
     """Kafka's maximum JVM heap (-Xmx); kept under 1 GiB for small machines."""
     mongo_port: int = 27017
+    fabric: bool = False
+    """Also run the local Fabric network (orderer, peer, chaincode service); opt-in."""
+    fabric_orderer_port: int = 7050
+    fabric_orderer_admin_port: int = 7053
+    fabric_orderer_operations_port: int = 9443
+    fabric_peer_port: int = 7051
+    fabric_peer_chaincode_port: int = 7052
+    fabric_peer_operations_port: int = 9444
+    fabric_chaincode_port: int = 9999
     start_timeout: float = 120.0
     """Seconds a server has to answer its health check after it starts."""
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from services.stack.fabric import fabric_parts, fabric_was_started
 from services.stack.ferretdb import FerretDBPart
 from services.stack.kafka import KafkaPart
 from services.stack.part import Part
@@ -32,9 +33,15 @@ class Stack:
         self.settings = settings or StackSettings()
         self.say = say
         self.parts: list[Part] = [KafkaPart(self.settings), FerretDBPart(self.settings)]
+        # Fabric is opt-in for `up`; once started, `down`, `status` and `logs` see it without the flag.
+        self.extra_parts: list[Part] = []
+        if self.settings.fabric:
+            self.parts += fabric_parts(self.settings)
+        elif fabric_was_started(self.settings):
+            self.extra_parts = fabric_parts(self.settings)
 
     def part(self, name: str) -> Part:
-        for part in self.parts:
+        for part in self.parts + self.extra_parts:
             if part.name == name:
                 return part
         raise KeyError(f"no part named {name!r}; the stack has {', '.join(p.name for p in self.parts)}")
@@ -88,13 +95,13 @@ class Stack:
     def down(self) -> list[str]:
         """Stop what this stack started, last part first; the names of those that ran."""
         stopped = []
-        for part in reversed(self.parts):
+        for part in reversed(self.parts + self.extra_parts):
             if part.process.stop():
                 stopped.append(part.name)
         return stopped
 
     def status(self) -> list[PartStatus]:
-        return [self._status(part) for part in self.parts]
+        return [self._status(part) for part in self.parts + self.extra_parts]
 
     def _status(self, part: Part) -> PartStatus:
         pid = part.process.pid()
