@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from services.common import metrics
 from services.common.avro import AvroCodec, UnknownFingerprintError
 from services.common.logging import get_logger
 from services.dashboard.board import Board
@@ -21,6 +22,10 @@ from services.dashboard.lag import Partition
 from services.dashboard.settings import DashboardSettings
 
 log = get_logger("dashboard")
+RECORDS = metrics.counter("dashboard", "records", "Feed-topic records read, by topic", ("topic",))
+UNDECODABLE = metrics.counter("dashboard", "undecodable", "Feed-topic records that could not be shown, by topic",
+                              ("topic",))
+RECONNECTS = metrics.counter("dashboard", "kafka_reconnects", "Times the Kafka reader lost Kafka and started again")
 
 TOPOLOGY_EVERY_S = 10.0
 """How often topics' partitions and the list of groups are looked up again."""
@@ -48,6 +53,7 @@ class KafkaWatch:
                 await self._watch(stop)
             except (KafkaError, OSError, asyncio.TimeoutError) as exc:
                 self.board.kafka_unreachable(f"{type(exc).__name__}: {exc}")
+                RECONNECTS.inc()
                 log.warning("kafka_unreachable", extra={"error": f"{type(exc).__name__}: {exc}"})
                 try:
                     await asyncio.wait_for(stop.wait(), KAFKA_RETRY_S)
@@ -204,13 +210,16 @@ class KafkaWatch:
     def _take(self, topic: str, value: bytes | None) -> None:
         if value is None:
             return  # a compaction tombstone
+        RECORDS.labels(topic).inc()
         try:
             record = self.codec.decode(value)
             self.board.on_record(topic, record)
         except UnknownFingerprintError:
+            UNDECODABLE.labels(topic).inc()
             self.board.on_undecodable(topic)
             self.schemas_loaded_at = min(self.schemas_loaded_at, time.monotonic() - SCHEMA_RELOAD_EVERY_S + 5)
         except (ValueError, KeyError, TypeError) as exc:
             # A record we cannot read is counted and shown, never a reason to stop watching.
+            UNDECODABLE.labels(topic).inc()
             self.board.on_undecodable(topic)
             log.warning("undecodable_record", extra={"topic": topic, "error": f"{type(exc).__name__}: {exc}"})

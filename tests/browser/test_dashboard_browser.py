@@ -134,7 +134,7 @@ async def test_charts_follow_the_stream_and_stopped_parts_show_as_down(
             assert lag > 0
 
             await expect(page.get_by_test_id("deadletters")).to_contain_text("missing_field", timeout=8_000)
-            await expect(page.get_by_test_id("deadletters")).to_contain_text("'amount' is required")
+            await expect(page.get_by_test_id("deadletters")).to_contain_text("'amount' is required by rule fraud")
             model = page.get_by_test_id("model-fraud-lr")
             await expect(model).to_contain_text("version 3", timeout=8_000)
             await expect(model).to_contain_text("sha256 " + "c0ffee" * 2)
@@ -146,6 +146,15 @@ async def test_charts_follow_the_stream_and_stopped_parts_show_as_down(
             await page.wait_for_timeout(1500)
             SCREENSHOT.parent.mkdir(exist_ok=True)
             await page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+            # Input text is shown as text, never run as HTML.
+            await producer.send_and_wait(topics["deadletter_topic"], CODEC.encode("DeadLetter", {
+                "key": "<b>e-html</b>", "source_topic": topics["raw_topic"], "source_partition": 0,
+                "source_offset": 8, "service": "cleaning", "reason": "bad_type",
+                "error": "features.note: <img src=x onerror=alert(1)> is not a number", "original": b"", "ts": now_ms()}))
+            await expect(page.get_by_test_id("deadletter").first).to_contain_text("<img src=x onerror=alert(1)>")
+            await expect(page.get_by_test_id("deadletter").first).to_contain_text("<b>e-html</b>")
+            assert await page.get_by_test_id("deadletters").locator("img, b").count() == 0
             assert sent[0] > 0
 
     # The producer stopped: the raw topic turns quiet after STALE_AFTER_S.
