@@ -27,7 +27,6 @@ from playwright.async_api import BrowserContext, async_playwright
 from services.common.kafka import ensure_topics
 from tests.integration.conftest import bootstrap, settings, stack, unique  # noqa: F401  (shared fixtures)
 
-pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = Path(sys.executable).parent / "streamledger"
