@@ -208,8 +208,13 @@ class FabricNetwork:
         partial.rename(self.genesis_block)
 
     def write_peer_config(self) -> Path:
-        """sampleconfig/core.yaml with our external builder in place of the sample one."""
+        """sampleconfig/core.yaml with our external builder in place of the sample one and
+        no Docker endpoint (an empty CORE_VM_ENDPOINT counts as unset, so it is done here)."""
         sample = (self.binaries.sampleconfig / "core.yaml").read_text()
+        docker = "    endpoint: unix:///var/run/docker.sock\n"
+        if docker not in sample:
+            raise InstallError(f"{self.binaries.sampleconfig / 'core.yaml'}: no vm.endpoint line to clear")
+        sample = sample.replace(docker, '    endpoint: ""\n', 1)
         sample_builder = (
             "    externalBuilders:\n"
             "       - name: ccaas_builder\n"
@@ -315,7 +320,7 @@ class FabricNetwork:
             out = self.peer_cli("lifecycle", "chaincode", "querycommitted", "-C", CHANNEL, "-n", CHAINCODE_NAME,
                                 "--output", "json", what="peer lifecycle chaincode querycommitted")
         except FabricError as exc:
-            if "not found" in str(exc):
+            if "not defined" in str(exc) or "not found" in str(exc):
                 return 0
             raise
         return int(json.loads(out).get("sequence", 0))
@@ -448,7 +453,6 @@ class FabricPeerPart(_FabricPart):
             "CORE_PEER_FILESYSTEMPATH": str(data),
             "CORE_LEDGER_SNAPSHOTS_ROOTDIR": str(data / "snapshots"),
             "CORE_OPERATIONS_LISTENADDRESS": f"127.0.0.1:{s.fabric_peer_operations_port}",
-            "CORE_VM_ENDPOINT": "",  # no Docker: chaincode runs only through the ccaas builder
         }
         return [net.binaries.tool("peer"), "node", "start"], env
 
