@@ -12,6 +12,7 @@ from rich.table import Table
 
 from services.runner import SERVICES, ServiceGroup, built_services
 from services.stack import Stack, StackError
+from services.stack.settings import StackSettings
 
 app = typer.Typer(help="StreamLedger: auditable, pay-per-use machine learning on live data.",
                   pretty_exceptions_show_locals=False,
@@ -37,11 +38,14 @@ def _show(statuses) -> None:
 
 
 @stack_app.command()
-def up() -> None:
+def up(
+    fabric: bool = typer.Option(False, "--fabric", help="also the local Fabric network (or STREAMLEDGER_STACK_FABRIC=1)"),
+) -> None:
     """Install (first run only) and start every part; return once each answers."""
     started = time.monotonic()
     try:
-        statuses = Stack(say=console.print).up()
+        settings = StackSettings(fabric=True) if fabric else StackSettings()
+        statuses = Stack(settings, say=console.print).up()
     except StackError as exc:
         console.print(f"[red]stack up failed:[/] {exc}", highlight=False)
         raise typer.Exit(1)
@@ -88,7 +92,7 @@ def demo(
     from services.common.settings import CommonSettings
     from services.demo import run_demo
 
-    up()
+    up(fabric=False)
     try:
         asyncio.run(run_demo(CommonSettings(), console, seconds, rate))
     except KeyboardInterrupt:
