@@ -24,6 +24,7 @@ import socket
 import string
 import subprocess
 import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -283,13 +284,30 @@ class FabricNetwork:
         flags = ["-o", f"127.0.0.1:{self.settings.fabric_orderer_admin_port}", "--ca-file", str(self.orderer_tls_ca),
                  "--client-cert", str(admin / "client.crt"), "--client-key", str(admin / "client.key")]
         listed = subprocess.run([*osnadmin, "list", "--channelID", CHANNEL, *flags], capture_output=True, text=True)
-        if "Status: 200" in listed.stdout:
-            return
-        joined = subprocess.run([*osnadmin, "join", "--channelID", CHANNEL, "--config-block",
-                                 str(self.genesis_block), *flags], capture_output=True, text=True)
-        if "Status: 201" not in joined.stdout:
-            raise FabricError(f"osnadmin channel join {CHANNEL} failed (exit {joined.returncode}): "
-                              f"{(joined.stdout + joined.stderr).strip()}")
+        if "Status: 200" not in listed.stdout:
+            joined = subprocess.run([*osnadmin, "join", "--channelID", CHANNEL, "--config-block",
+                                     str(self.genesis_block), *flags], capture_output=True, text=True)
+            if "Status: 201" not in joined.stdout:
+                raise FabricError(f"osnadmin channel join {CHANNEL} failed (exit {joined.returncode}): "
+                                  f"{(joined.stdout + joined.stderr).strip()}")
+        self.wait_for_raft_leader()
+
+    def wait_for_raft_leader(self, timeout: float = 60.0) -> None:
+        """The orderer answers /healthz before Raft has elected a leader for the channel, and
+        until then it refuses transactions (SERVICE_UNAVAILABLE); its metrics tell."""
+        url = f"http://127.0.0.1:{self.settings.fabric_orderer_operations_port}/metrics"
+        leader = f'consensus_etcdraft_is_leader{{channel="{CHANNEL}"}} 1'
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if leader in response.read().decode():
+                        return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        raise FabricError(f"the orderer elected no Raft leader for channel {CHANNEL} within {timeout:.0f}s "
+                          f"(watched {url})")
 
     def join_peer(self) -> None:
         if CHANNEL in self.peer_cli("channel", "list", what="peer channel list").split():
@@ -407,6 +425,7 @@ class FabricOrdererPart(_FabricPart):
             "ORDERER_ADMIN_TLS_CLIENTAUTHREQUIRED": "true",
             "ORDERER_ADMIN_TLS_CLIENTROOTCAS": f"[{tls / 'ca.crt'}]",
             "ORDERER_OPERATIONS_LISTENADDRESS": f"127.0.0.1:{s.fabric_orderer_operations_port}",
+            "ORDERER_METRICS_PROVIDER": "prometheus",  # wait_for_raft_leader reads it
             "ORDERER_FILELEDGER_LOCATION": str(data / "ledger"),
             "ORDERER_CONSENSUS_WALDIR": str(data / "etcdraft" / "wal"),
             "ORDERER_CONSENSUS_SNAPDIR": str(data / "etcdraft" / "snapshot"),
