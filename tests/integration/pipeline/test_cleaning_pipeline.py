@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from services.common.avro import AvroCodec, SchemaRegistry
 from services.common.kafka import reliable_producer
@@ -88,3 +88,33 @@ async def test_valid_events_reach_mongo_and_bad_input_becomes_dead_letters(
     assert "tenant_1_ts_1" in await events.index_information()  # the sink created its index
     assert cleaning.stop() == 0, cleaning.tail()
     assert storage.stop() == 0, storage.tail()
+
+
+async def test_the_dedup_window_survives_a_restart(bootstrap, pipeline_env, services) -> None:
+    raw_topic, clean_topic = pipeline_env["STREAMLEDGER_RAW_TOPIC"], pipeline_env["STREAMLEDGER_CLEAN_TOPIC"]
+    await create_topics(bootstrap, [raw_topic, clean_topic])
+    seen: list[str] = []
+    reader = AIOKafkaConsumer(clean_topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+
+    async def clean_ids(count: int) -> bool:
+        for messages in (await reader.getmany(timeout_ms=200)).values():
+            seen.extend(CODEC.decode(m.value)["event_id"] for m in messages)
+        return len(seen) >= count
+
+    async def send(i: int) -> None:
+        async with reliable_producer(bootstrap) as producer:
+            raw = reference.valid_event(i)[0]
+            await producer.send_and_wait(raw_topic, key=raw["event_id"].encode(), value=CODEC.encode("RawEvent", raw))
+
+    async with reader:
+        cleaning = services("cleaning")
+        await send(1)
+        await wait_until(lambda: clean_ids(1), 60, "the first clean event", cleaning.tail)
+        assert cleaning.stop() == 0, cleaning.tail()
+
+        cleaning = services("cleaning")  # same group: restores the dedup table from its changelog
+        await send(1)  # the same event_id again, at a new offset
+        await send(2)
+        await wait_until(lambda: clean_ids(2), 60, "the event after the duplicate", cleaning.tail)
+        assert seen == ["ev-000001", "ev-000002"]
+        assert cleaning.stop() == 0, cleaning.tail()
