@@ -50,6 +50,11 @@ class LocalProcess:
                 start_new_session=True,  # outlives the CLI; stopped as a process group
             )
         self.pidfile.write_text(f"{proc.pid}\n{self.marker}\n")
+        # Between fork and exec, /proc/PID/cmdline is the parent's (or empty, for large
+        # binaries): wait until the server's own command line shows, so pid() is exact.
+        deadline = time.monotonic() + 5.0
+        while proc.poll() is None and not _is_alive(proc.pid, self.marker) and time.monotonic() < deadline:
+            time.sleep(0.01)
         return proc.pid
 
     def stop(self, timeout: float = 30.0) -> bool:

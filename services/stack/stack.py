@@ -82,7 +82,7 @@ class Stack:
     def _wait_healthy(self, part: Part) -> None:
         deadline = time.monotonic() + self.settings.start_timeout
         while time.monotonic() < deadline:
-            if part.process.pid() is None and not self._alive_on_second_look(part):
+            if part.process.pid() is None:
                 raise StackError(f"{part.name} exited during start-up. Last log lines:\n{part.process.tail()}")
             if part.healthy():
                 return
@@ -91,13 +91,6 @@ class Stack:
             f"{part.name} did not answer on 127.0.0.1:{part.port} within {self.settings.start_timeout:.0f}s. "
             f"Last log lines:\n{part.process.tail()}"
         )
-
-    @staticmethod
-    def _alive_on_second_look(part: Part) -> bool:
-        # Just after vfork+exec the kernel can show an empty /proc/PID/cmdline for an
-        # instant (seen with the large Fabric binaries), so the marker check misses once.
-        time.sleep(0.3)
-        return part.process.pid() is not None
 
     def down(self) -> list[str]:
         """Stop what this stack started, last part first; the names of those that ran."""
