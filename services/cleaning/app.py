@@ -99,7 +99,7 @@ def build_app(settings: CleaningSettings, registry: SchemaRegistry) -> faust.App
                 offset=message.offset,
                 key=message.key,
                 value=message.value,
-                timestamp_ms=int(message.timestamp * 1000),
+                timestamp_ms=round(message.timestamp * 1000),  # faust gives seconds as a float
             )
             outcome = _handle(cleaner, raw)
             if outcome.value is not None:
