@@ -15,6 +15,7 @@ import asyncio
 import logging
 
 import faust
+from aiokafka.admin import AIOKafkaAdminClient
 from faust.types import TP
 
 from services.cleaning.cleaner import Cleaner, Outcome, RawMessage
@@ -37,8 +38,12 @@ EXPIRE_EVERY = 10_000  # messages between sweeps of the dedup window
 LAG_EVERY = 500  # messages between lag updates
 
 
-async def prepare(settings: CleaningSettings, registry: SchemaRegistry) -> None:
-    """Create the topics and exchange schemas through `_schemas` before faust starts."""
+async def prepare(settings: CleaningSettings, registry: SchemaRegistry) -> int:
+    """Create the topics and exchange schemas through `_schemas` before faust starts.
+
+    Returns the raw topic's partition count: the dedup table's changelog must match it,
+    and the topic may have been created by ingestion with its own count.
+    """
     await ensure_topics(settings.kafka_bootstrap, [topics.SCHEMAS], partitions=1)
     await ensure_topics(
         settings.kafka_bootstrap,
@@ -48,17 +53,22 @@ async def prepare(settings: CleaningSettings, registry: SchemaRegistry) -> None:
     # Publish first: it also waits for the topic's metadata, which reading it needs.
     async with reliable_producer(settings.kafka_bootstrap) as producer:
         await registry.publish(producer, ["CleanEvent", "DeadLetter"])
-    try:
-        learned = await registry.load_from_topic(settings.kafka_bootstrap)
-    except AssertionError as exc:
-        # aiokafka's topics() does not fill the metadata partitions_for_topic() reads, so
-        # load_from_topic can fail on an existing topic; schemas/ still has every schema.
-        log.warning("schemas_topic_unread", extra={"error": repr(exc)})
-        learned = 0
+    learned = await registry.load_from_topic(settings.kafka_bootstrap)
     log.info("schemas_ready", extra={"learned_from_topic": learned})
+    return await partition_count(settings.kafka_bootstrap, settings.raw_topic)
 
 
-def build_app(settings: CleaningSettings, registry: SchemaRegistry) -> faust.App:
+async def partition_count(bootstrap: str, topic: str) -> int:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    return len(described["partitions"])
+
+
+def build_app(settings: CleaningSettings, registry: SchemaRegistry, partitions: int) -> faust.App:
     settings.cleaning_data_dir.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
     app = faust.App(
         settings.cleaning_group,
@@ -67,7 +77,7 @@ def build_app(settings: CleaningSettings, registry: SchemaRegistry) -> faust.App
         store="memory://",  # the changelog topic is the durable copy of the dedup table
         key_serializer="raw",
         value_serializer="raw",
-        topic_partitions=settings.cleaning_partitions,
+        topic_partitions=partitions,
         topic_replication_factor=1,
         producer_acks=-1,
         producer_compression_type="lz4",
@@ -82,7 +92,7 @@ def build_app(settings: CleaningSettings, registry: SchemaRegistry) -> faust.App
     }
     seen = app.Table(
         "dedup",
-        partitions=settings.cleaning_partitions,
+        partitions=partitions,
         schema=faust.Schema(key_type=str, key_serializer="json", value_serializer="json"),
     )
     window = DedupWindow(seen, window_ms=int(settings.dedup_window_seconds * 1000))
@@ -138,8 +148,8 @@ def main() -> None:
     registry = SchemaRegistry.from_dir()
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    loop.run_until_complete(prepare(settings, registry))
-    app = build_app(settings, registry)
+    partitions = loop.run_until_complete(prepare(settings, registry))
+    app = build_app(settings, registry, partitions)
     log.info("starting", extra={"raw": settings.raw_topic, "group": settings.cleaning_group})
     # faust's Worker owns the loop from here and stops cleanly on SIGINT/SIGTERM.
     faust.Worker(app, loop=loop, loglevel=logging.getLevelName(logging.WARNING), quiet=True).execute_from_commandline()

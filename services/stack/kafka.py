@@ -9,6 +9,7 @@ import shutil
 import string
 import subprocess
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from aiokafka import AIOKafkaClient
@@ -96,7 +97,9 @@ class KafkaPart(Part):
     def healthy(self) -> bool:
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # refusals are expected while starting
         try:
-            return asyncio.run(broker_count(f"127.0.0.1:{self.port}")) > 0
+            # A thread of its own, so the check also works when called from async code.
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                return pool.submit(asyncio.run, broker_count(f"127.0.0.1:{self.port}")).result() > 0
         except Exception:
             return False
 
