@@ -130,6 +130,44 @@ class DemoStream:
                 await asyncio.sleep(max(0.0, batch_size / rate - (time.monotonic() - started)))
 
 
+@dataclass
+class DemoClient:
+    """An application calling the live model over KServe V2 gRPC, a few rows at a time."""
+
+    address: str = "127.0.0.1:8001"
+    model: str = "phishing-logreg"
+    ok: int = 0
+    failed: int = 0
+    last: str = "-"
+
+    async def run_forever(self, rows: int = 8, every_s: float = 1.0) -> None:
+        import grpc
+        from river import datasets
+
+        from services.inference.protocol import InferenceStub, pb
+
+        samples = [x for x, _ in itertools.islice(datasets.Phishing(), 200)]
+        async with grpc.aio.insecure_channel(self.address) as channel:
+            stub = InferenceStub(channel)
+            for start in itertools.cycle(range(0, len(samples), rows)):
+                batch = samples[start:start + rows]
+                request = pb.ModelInferRequest(model_name=self.model, inputs=[
+                    pb.ModelInferRequest.InferInputTensor(
+                        name=name, datatype="FP64", shape=[len(batch)],
+                        contents=pb.InferTensorContents(fp64_contents=[float(x[name]) for x in batch]))
+                    for name in batch[0]
+                ])
+                try:
+                    response = await stub.ModelInfer(request, timeout=5)
+                    self.ok += 1
+                    outputs = ", ".join(f"{o.name}{list(o.shape)}" for o in response.outputs)
+                    self.last = f"model v{response.model_version}: {outputs}"
+                except grpc.aio.AioRpcError as exc:
+                    self.failed += 1
+                    self.last = f"{exc.code().name}: {exc.details()}"
+                await asyncio.sleep(every_s)
+
+
 class PipelineView:
     """Reads what each hop holds: topic end offsets, stored documents, latest model metrics."""
 
@@ -179,7 +217,7 @@ class PipelineView:
                 self.metrics[record["model_id"]] = record
 
 
-def render(stream: DemoStream, sizes: dict[str, int], stored: int, view: PipelineView,
+def render(stream: DemoStream, client: DemoClient, sizes: dict[str, int], stored: int, view: PipelineView,
            group: ServiceGroup, elapsed: float) -> Group:
     flow = Table(title=f"StreamLedger demo, {elapsed:.0f}s (Ctrl-C stops)")
     flow.add_column("hop")
@@ -189,6 +227,8 @@ def render(stream: DemoStream, sizes: dict[str, int], stored: int, view: Pipelin
     for topic, size in sizes.items():
         flow.add_row(f"Kafka {topic}", f"{size:,}")
     flow.add_row("MongoDB events (tenant demo)", f"{stored:,}")
+    flow.add_row(f"inference calls to {client.model} ok / failed", f"{client.ok:,} / {client.failed:,}")
+    flow.add_row("  last answer", client.last)
     models = Table(title="online models (prequential)")
     for column in ("model", "version", "events", "metrics", "drift"):
         models.add_column(column)
@@ -222,17 +262,22 @@ async def run_demo(settings: CommonSettings, console: Console, seconds: float | 
         await wait_for_ingestion(group)
         stream = DemoStream(url="http://127.0.0.1:8080/v1/events", api_key=api_key)
         producer = asyncio.create_task(stream.run_forever(rate))
+        client = DemoClient()
+        caller = asyncio.create_task(client.run_forever()) if "inference" in names else None
         started = time.monotonic()
         async with PipelineView(settings) as view:
             with Live(console=console, refresh_per_second=2) as live:
                 while seconds is None or time.monotonic() - started < seconds:
                     await view.poll_metrics()
-                    live.update(render(stream, await view.topic_sizes(), await view.stored_events(), view,
+                    live.update(render(stream, client, await view.topic_sizes(), await view.stored_events(), view,
                                        group, time.monotonic() - started))
-                    if producer.done():
-                        producer.result()  # surfaces the producer's error
+                    for task in (producer, caller):
+                        if task is not None and task.done():
+                            task.result()  # surfaces the task's error
                     await asyncio.sleep(1.0)
         producer.cancel()
+        if caller is not None:
+            caller.cancel()
     finally:
         group.stop()
     for name, code in group.exited().items():
