@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from pymongo import ReplaceOne
+from pymongo.errors import BulkWriteError
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -29,7 +29,7 @@ from rich.table import Table
 from services.common import topics
 from services.common.avro import AvroCodec, SchemaRegistry
 from services.common.kafka import ensure_topics, reliable_producer
-from services.common.mongo import bulk_write_chunked, mongo_client
+from services.common.mongo import mongo_client
 from services.common.settings import CommonSettings
 from services.runner import ServiceGroup, built_services
 
@@ -74,13 +74,17 @@ async def smoke_round_trip(settings: CommonSettings, console: Console, count: in
     client = mongo_client(settings.mongo_url)
     try:
         collection = client[settings.mongo_db]["demo_smoke"]
-        writes = [ReplaceOne({"_id": e["event_id"]}, e, upsert=True) for e in received[:count]]
-        await bulk_write_chunked(collection, writes)
-        await bulk_write_chunked(collection, writes)  # a replay changes nothing
-        stored = await collection.count_documents({"_id": {"$regex": f"^smoke-{run}-"}})
+        docs = [{"_id": e["event_id"], "run": run, **e} for e in received[:count]]
+        await collection.insert_many(docs, ordered=False)
+        try:  # a replay of the same keys adds nothing: every insert meets its duplicate key
+            await collection.insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            duplicates = sum(e.get("code") == 11000 for e in exc.details["writeErrors"])
+        stored = await collection.count_documents({"run": run})
     finally:
         await client.close()
-    console.print(f"MongoDB  upserted them twice into {settings.mongo_db}.demo_smoke: {stored} documents (idempotent)")
+    console.print(f"MongoDB  stored them in {settings.mongo_db}.demo_smoke; a replay met {duplicates} "
+                  f"duplicate keys and left {stored} documents (idempotent by key)")
     console.print("[green]smoke round trip OK[/]")
 
 
