@@ -15,7 +15,6 @@ import asyncio
 import logging
 
 import faust
-from aiokafka.admin import AIOKafkaAdminClient
 from faust.types import TP
 
 from services.cleaning.cleaner import Cleaner, Outcome, RawMessage
@@ -23,7 +22,7 @@ from services.cleaning.dedup import DedupWindow
 from services.cleaning.settings import CleaningSettings
 from services.common import metrics, topics
 from services.common.avro import AvroCodec, SchemaRegistry
-from services.common.kafka import ensure_topics, reliable_producer
+from services.common.kafka import ensure_topics, partitions_of, reliable_producer
 from services.common.logging import configure_logging, get_logger
 
 log = get_logger("cleaning")
@@ -55,17 +54,7 @@ async def prepare(settings: CleaningSettings, registry: SchemaRegistry) -> int:
         await registry.publish(producer, ["CleanEvent", "DeadLetter"])
     learned = await registry.load_from_topic(settings.kafka_bootstrap)
     log.info("schemas_ready", extra={"learned_from_topic": learned})
-    return await partition_count(settings.kafka_bootstrap, settings.raw_topic)
-
-
-async def partition_count(bootstrap: str, topic: str) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        (described,) = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    return len(described["partitions"])
+    return len(await partitions_of(settings.kafka_bootstrap, [settings.raw_topic]))
 
 
 def build_app(settings: CleaningSettings, registry: SchemaRegistry, partitions: int) -> faust.App:

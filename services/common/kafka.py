@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 
 from aiokafka import AIOKafkaProducer
@@ -50,5 +51,26 @@ async def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int = 
                 await admin.create_topics(new)
             except TopicAlreadyExistsError:
                 pass  # another service created it first
+    finally:
+        await admin.close()
+
+
+async def partitions_of(bootstrap: str, topics: list[str], timeout_s: float = 30.0) -> list[tuple[str, int]]:
+    """Every partition of `topics`, once the cluster describes each with at least one partition.
+
+    A topic created a moment ago can be described before its partitions are ready, so this
+    asks again until each has partitions or the timeout passes (then `TimeoutError`).
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                described = await admin.describe_topics(list(topics))
+                found = {d["topic"]: sorted(p["partition"] for p in d["partitions"]) for d in described
+                         if d["error_code"] == 0}
+                if all(found.get(t) for t in topics):
+                    return [(t, p) for t in topics for p in found[t]]
+                await asyncio.sleep(0.2)
     finally:
         await admin.close()

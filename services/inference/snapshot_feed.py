@@ -17,7 +17,7 @@ from aiokafka.errors import KafkaError
 
 from services.common.avro import AvroCodec, CodecError
 from services.common.logging import get_logger
-from services.learning.snapshot_topic import partitions_of
+from services.common.kafka import partitions_of
 
 log = get_logger("inference")
 MAX_SNAPSHOT_BYTES = 64 * 1024 * 1024  # as the learning service writes them

@@ -27,7 +27,8 @@ from services.learning.declarations import DeclarationError, load_declarations
 from services.learning.learners import Consumed, LearnerSet, Output, TrackedModel
 from services.learning.ledger_seam import ModelRegistry
 from services.learning.settings import LearningSettings
-from services.learning.snapshot_topic import ensure_compacted_topic, partitions_of, read_snapshots
+from services.common.kafka import partitions_of
+from services.learning.snapshot_topic import ensure_compacted_topic, read_snapshots
 
 log = get_logger("learning")
 EVENTS = metrics.counter("learning", "events", "Input records consumed")

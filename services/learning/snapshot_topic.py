@@ -11,6 +11,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from services.common.avro import AvroCodec, CodecError
+from services.common.kafka import partitions_of
 
 
 async def ensure_compacted_topic(bootstrap: str, name: str, max_message_bytes: int) -> None:
@@ -64,22 +65,3 @@ async def read_snapshots(
     return dict(found), errors
 
 
-async def partitions_of(bootstrap: str, topics: list[str], timeout_s: float = 30.0) -> list[tuple[str, int]]:
-    """Every partition of `topics`, once the cluster describes each with at least one partition.
-
-    A topic created a moment ago can be described before its partitions are ready, so this
-    asks again until each has partitions or the timeout passes (then `TimeoutError`).
-    """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        async with asyncio.timeout(timeout_s):
-            while True:
-                described = await admin.describe_topics(list(topics))
-                found = {d["topic"]: sorted(p["partition"] for p in d["partitions"]) for d in described
-                         if d["error_code"] == 0}
-                if all(found.get(t) for t in topics):
-                    return [(t, p) for t in topics for p in found[t]]
-                await asyncio.sleep(0.2)
-    finally:
-        await admin.close()
