@@ -20,7 +20,7 @@ import io
 import pickle
 import random
 from dataclasses import dataclass
-from types import ModuleType
+from types import FunctionType, MethodType, ModuleType
 from typing import Any
 
 FORMAT = "pickle/learner-state-v1"
@@ -108,6 +108,11 @@ class CanonicalPickler(pickle._Pickler):
     dispatch[set] = _save_set_sorted
 
     def reducer_override(self, obj: Any) -> Any:
+        # A bound method (River's PageHinkley keeps one as its drift test) pickles through
+        # builtins.getattr, which no safe unpickler may resolve: name it through
+        # `bound_method`, which only hands back a method a River class defines.
+        if isinstance(obj, MethodType):
+            return bound_method, (obj.__self__, obj.__func__.__name__)
         # An unseeded random generator (River gives one to every `proba.Gaussian` of a
         # tree) holds OS entropy, not learned state: pickle it as a fixed seed so equal
         # models hash equally. Models whose randomness matters are declared with a seed.
@@ -117,6 +122,16 @@ class CanonicalPickler(pickle._Pickler):
         if not isinstance(state.get("_rng"), random.Random) or type(obj).__getstate__ is not object.__getstate__:
             return NotImplemented
         return copyreg.__newobj__, (type(obj),), {**state, "_rng": random.Random(0)}
+
+
+def bound_method(owner: Any, name: str) -> MethodType:
+    """`owner.name`, only for a method defined by a class of an allowed module."""
+    function = getattr(type(owner), name, None) if not name.startswith("__") else None
+    origin = getattr(function, "__module__", None) or ""
+    if not isinstance(function, FunctionType) or origin.split(".", 1)[0] not in _ALLOWED_MODULE_ROOTS:
+        raise ForbiddenGlobal(f"model: snapshot binds method {name!r} of {type(owner).__name__}, "
+                              "which is not a River model's method")
+    return MethodType(function, owner)
 
 
 def unseal(data: bytes, sha256: str, format: str = FORMAT) -> dict[str, Any]:
@@ -148,6 +163,8 @@ class SafeUnpickler(pickle.Unpickler):
     """An unpickler that only resolves globals from the modules River models are built from."""
 
     def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == (__name__, "bound_method"):
+            return bound_method
         if module == "builtins" and name in _ALLOWED_BUILTINS:
             return super().find_class(module, name)
         if module.split(".", 1)[0] in _ALLOWED_MODULE_ROOTS:

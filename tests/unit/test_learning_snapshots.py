@@ -104,3 +104,18 @@ def test_equal_sets_in_any_order_seal_to_the_same_bytes():
         b.add(item)
     b.discard("x")
     assert seal({"model": a}).data == seal({"model": b}).data
+
+
+def test_a_bound_method_in_a_model_survives_a_snapshot_without_getattr() -> None:
+    from river import drift
+
+    from services.learning.snapshots import bound_method
+
+    detector = drift.PageHinkley()  # keeps `self._test_drift = self._test_both`
+    sealed = seal({"model": detector})
+    assert b"getattr" not in sealed.data
+    restored = unseal(sealed.data, sealed.sha256)["model"]
+    assert restored._test_drift.__self__ is restored
+    assert seal({"model": restored}).sha256 == sealed.sha256
+    with pytest.raises(ForbiddenGlobal):
+        bound_method(restored, "__reduce_ex__")
