@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 
 import uvicorn
 
 from services.common import topics
 from services.common.avro import AvroCodec, SchemaRegistry
 from services.common.kafka import ensure_topics, reliable_producer
+from services.common.lifecycle import run_until_signalled
 from services.common.logging import configure_logging, get_logger
 from services.ingestion.auth import ApiKeys
 from services.ingestion.grpc_api import build_grpc_server
@@ -77,13 +77,9 @@ class IngestionService:
         log.info("stopped")
 
 
-async def run(settings: IngestionSettings) -> None:
+async def run(settings: IngestionSettings, stop: asyncio.Event) -> None:
     service = IngestionService(settings)
     await service.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
     finally:
@@ -93,4 +89,4 @@ async def run(settings: IngestionSettings) -> None:
 def main() -> None:
     settings = IngestionSettings()
     configure_logging(settings.log_level)
-    asyncio.run(run(settings))
+    run_until_signalled(lambda stop: run(settings, stop))

@@ -12,7 +12,6 @@ sink's memory stays at one batch.
 from __future__ import annotations
 
 import asyncio
-import signal
 import time
 
 from aiokafka import AIOKafkaConsumer
@@ -22,6 +21,7 @@ from pymongo import AsyncMongoClient
 from services.common import metrics
 from services.common.avro import AvroCodec, SchemaRegistry
 from services.common.kafka import ensure_topics, reliable_producer
+from services.common.lifecycle import run_until_signalled
 from services.common.logging import configure_logging, get_logger
 from services.storage import documents
 from services.storage.backoff import Backoff, Stopped, retry_transient
@@ -145,13 +145,6 @@ def main() -> None:
     configure_logging(settings.log_level)
     metrics.serve_metrics(settings.metrics_port)
 
-    async def serve() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await run(settings, stop)
-
-    asyncio.run(serve())
+    run_until_signalled(lambda stop: run(settings, stop))
     log.info("exited")
 
