@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 
 import uvicorn
+from aiokafka import AIOKafkaProducer
 
 from services.common import topics
 from services.common.avro import AvroCodec, SchemaRegistry
@@ -47,11 +48,11 @@ class IngestionService:
         registry = SchemaRegistry.from_dir()
         await ensure_topics(s.kafka_bootstrap, [s.raw_topic], partitions=s.raw_partitions)
         await ensure_topics(s.kafka_bootstrap, [topics.SCHEMAS])
-        self.producer = reliable_producer(s.kafka_bootstrap)
-        await self.producer.start()
-        await registry.publish(self.producer, ["RawEvent"])  # readers can always resolve our writer schema
+        producer = await self._new_producer()
+        await registry.publish(producer, ["RawEvent"])  # readers can always resolve our writer schema
 
-        self.writer = RawEventWriter(self.producer, s.raw_topic, PendingBudget(s.max_pending_events), s.ack_timeout_s)
+        self.writer = RawEventWriter(producer, s.raw_topic, PendingBudget(s.max_pending_events), s.ack_timeout_s,
+                                     renew=self._new_producer)
         intake = Intake(ApiKeys(s.api_keys), AvroCodec(registry), self.writer, s.max_event_bytes)
         self.grpc_server, self.grpc_port = build_grpc_server(intake, s)
         await self.grpc_server.start()
@@ -69,11 +70,16 @@ class IngestionService:
         log.info("started", extra={"http": f"{s.http_host}:{self.http_port}", "grpc": f"{s.http_host}:{self.grpc_port}",
                                    "topic": s.raw_topic, "tenants": len(s.api_keys)})
 
+    async def _new_producer(self) -> AIOKafkaProducer:
+        producer = reliable_producer(self.settings.kafka_bootstrap)
+        await producer.start()
+        return producer
+
     async def stop(self) -> None:
         self.http_server.should_exit = True
         await self.http_task
         await self.grpc_server.stop(grace=5)
-        await self.producer.stop()  # flushes what is still in flight
+        await self.writer.producer.stop()  # flushes what is still in flight (the writer may have renewed it)
         log.info("stopped")
 
 

@@ -13,7 +13,7 @@ partitioner (murmur2 of the key), exactly where `producer.send(key=...)` would p
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -56,12 +56,34 @@ class PendingBudget:
 class RawEventWriter:
     """`await writer.write(event_ids, values)` -> the event_ids, once Kafka (acks=all) has them all."""
 
-    def __init__(self, producer: AIOKafkaProducer, topic: str, budget: PendingBudget, ack_timeout_s: float) -> None:
+    def __init__(self, producer: AIOKafkaProducer, topic: str, budget: PendingBudget, ack_timeout_s: float,
+                 renew: Callable[[], Awaitable[AIOKafkaProducer]] | None = None, renew_after_s: float = 20.0) -> None:
         self.producer = producer
         self.topic = topic
         self.budget = budget
         self.ack_timeout_s = ack_timeout_s
         self._partitioner = DefaultPartitioner()
+        # After a broker restart aiokafka's idempotent producer can stay stuck (seen here:
+        # LeaderNotAvailable forever); a writer failing this long starts a fresh producer.
+        self._renew = renew
+        self._renew_after_s = renew_after_s
+        self._failing_since: float | None = None
+
+    async def _note_outcome(self, ok: bool) -> None:
+        now = asyncio.get_running_loop().time()
+        if ok:
+            self._failing_since = None
+            return
+        if self._failing_since is None:
+            self._failing_since = now
+        elif self._renew is not None and now - self._failing_since > self._renew_after_s:
+            self._failing_since = now
+            try:
+                fresh = await self._renew()
+            except KafkaError:
+                return  # Kafka is still away; try again after another period
+            stale, self.producer = self.producer, fresh
+            asyncio.get_running_loop().create_task(stale.stop())  # its pending futures fail and free budget
 
     async def write(self, event_ids: Sequence[str], values: Sequence[bytes]) -> list[str]:
         if not event_ids:
@@ -96,6 +118,7 @@ class RawEventWriter:
                 future.add_done_callback(lambda _f, n=len(members): self.budget.give_back(n))
         acked.sort()
         acked_ids = [event_ids[i] for i in acked]
+        await self._note_outcome(len(acked_ids) == len(event_ids))
         if len(acked_ids) < len(event_ids):
             why = type(failure).__name__ if failure else f"no acknowledgement within {self.ack_timeout_s:g}s"
             raise KafkaUnavailableError(
