@@ -1,0 +1,28 @@
+"""A Python client of the Fabric Gateway gRPC API (Fabric 2.4+): the official protos,
+grpc.aio and `cryptography`. See `gateway.py` for the public API."""
+
+from services.ledger.gateway.errors import (
+    CommitError,
+    CommitStatusError,
+    EndorseError,
+    EvaluateError,
+    GatewayError,
+    PeerDetail,
+    SubmitError,
+)
+from services.ledger.gateway.gateway import (
+    ChaincodeEvent,
+    Committed,
+    Contract,
+    Gateway,
+    Network,
+    RetryPolicy,
+    Timeouts,
+)
+from services.ledger.gateway.identity import Identity, IdentityError, Signer, load_msp
+
+__all__ = [
+    "ChaincodeEvent", "CommitError", "CommitStatusError", "Committed", "Contract", "EndorseError",
+    "EvaluateError", "Gateway", "GatewayError", "Identity", "IdentityError", "Network", "PeerDetail",
+    "RetryPolicy", "Signer", "SubmitError", "Timeouts", "load_msp",
+]
