@@ -188,7 +188,11 @@ class FabricNetwork:
     # -- one-off material --
     def make_crypto(self) -> None:
         if (self.crypto / ".complete").exists():
-            return  # new keys would orphan the ledgers signed with the old ones
+            # Never regenerate (new keys would orphan the ledgers signed with the old ones);
+            # `extend` only adds identities the config names and the folder lacks.
+            run_tool([self.binaries.tool("cryptogen"), "extend", f"--config={MODULE_DIR / 'crypto-config.yaml'}",
+                      f"--input={self.crypto}"], "extending crypto material with cryptogen")
+            return
         shutil.rmtree(self.crypto, ignore_errors=True)
         run_tool([self.binaries.tool("cryptogen"), "generate", f"--config={MODULE_DIR / 'crypto-config.yaml'}",
                   f"--output={self.crypto}"], "generating crypto material with cryptogen")

@@ -13,8 +13,12 @@ from pymongo import AsyncMongoClient
 
 from services.common.settings import CommonSettings
 from services.stack import Stack
+from services.stack.fabric import FabricNetwork
+from services.stack.settings import StackSettings
 
 pytestmark = pytest.mark.integration
+
+FABRIC_PARTS = ("fabric-orderer", "fabric-peer", "fabric-chaincode")
 
 
 @pytest.fixture(scope="session")
@@ -50,3 +54,19 @@ async def mongo_db(settings: CommonSettings, unique: str):
     finally:
         await client.drop_database(db.name)
         await client.close()
+
+
+@pytest.fixture(scope="session")
+def network(stack: Stack):
+    """The local Fabric network, up for the session; stopped afterwards only if the session
+    started it. Not skipped when Fabric cannot be built: the fixture then fails with the
+    install error. The ledger keeps its state between runs, so tests use fresh ids."""
+    settings = StackSettings(fabric=True)
+    fabric_stack = Stack(settings, say=lambda _msg: None)
+    parts = [fabric_stack.part(name) for name in FABRIC_PARTS]
+    already_running = all(part.process.pid() is not None for part in parts)
+    fabric_stack.up()  # a failed install or start raises StackError naming the part and its log
+    yield FabricNetwork(settings)
+    if not already_running:
+        for part in reversed(parts):
+            part.process.stop()

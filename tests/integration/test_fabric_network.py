@@ -2,8 +2,8 @@
 Fabric's own CLI (`peer chaincode invoke/query`, TLS on) as two Org1 identities: Admin
 (admin OU: may mint) and User1 (a plain client).
 
-Not skipped when Fabric cannot be built: the fixture then fails with the install error.
-The ledger keeps its state between runs, so every id here carries a fresh suffix.
+The `network` fixture (tests/integration/conftest.py) brings Fabric up. The ledger keeps
+its state between runs, so every id here carries a fresh suffix.
 """
 
 from __future__ import annotations
@@ -18,24 +18,9 @@ import pytest
 from services.stack import Stack
 from services.stack.fabric import CHANNEL, FabricError, FabricNetwork
 from services.stack.settings import StackSettings
+from tests.integration.conftest import FABRIC_PARTS
 
 pytestmark = [pytest.mark.integration, pytest.mark.fabric]
-
-FABRIC_PARTS = ("fabric-orderer", "fabric-peer", "fabric-chaincode")
-
-
-@pytest.fixture(scope="module")
-def network(stack: Stack):
-    """Fabric up for this module; stopped afterwards only if this module started it."""
-    settings = StackSettings(fabric=True)
-    fabric_stack = Stack(settings, say=lambda _msg: None)
-    parts = [fabric_stack.part(name) for name in FABRIC_PARTS]
-    already_running = all(part.process.pid() is not None for part in parts)
-    fabric_stack.up()  # a failed install or start raises StackError naming the part and its log
-    yield FabricNetwork(settings)
-    if not already_running:
-        for part in reversed(parts):
-            part.process.stop()
 
 
 @pytest.fixture(scope="module")

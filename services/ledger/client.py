@@ -1,0 +1,100 @@
+"""The StreamLedger contract as typed Python calls over the Fabric Gateway client.
+
+    async with LedgerClient.connect(LedgerSettings()) as ledger:
+        await ledger.mint("acct", 100)
+        hold = await ledger.get_hold("hold-1")
+
+Every call maps to one transaction function of `chaincode/`; submits return what the
+contract returned (JSON-decoded) and commit before they return. The contract's own
+errors arrive as `EndorseError`/`EvaluateError` whose message starts with its code
+(`INVALID_ARGUMENT`, `NOT_FOUND`, `INSUFFICIENT_FUNDS`, `ALREADY_SETTLED`, ...).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.ledger.gateway import Committed, Contract, Gateway, RetryPolicy, load_msp
+from services.ledger.gateway.errors import EvaluateError
+from services.ledger.settings import LedgerSettings
+
+
+class LedgerClient:
+    def __init__(self, gateway: Gateway, contract: Contract) -> None:
+        self.gateway = gateway
+        self.contract = contract
+
+    @classmethod
+    def connect(cls, settings: LedgerSettings, retry: RetryPolicy = RetryPolicy()) -> LedgerClient:
+        identity, signer = load_msp(settings.msp_dir(), settings.fabric_msp_id)
+        gateway = Gateway.connect(settings.fabric_peer_endpoint, settings.tls_root().read_bytes(), identity, signer,
+                                  server_name=settings.fabric_peer_server_name or None, retry=retry)
+        return cls(gateway, gateway.network(settings.fabric_channel).contract(settings.fabric_chaincode))
+
+    async def __aenter__(self) -> LedgerClient:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.gateway.close()
+
+    async def _submit(self, function: str, *args: str | int) -> Any:
+        return (await self.contract.submit(function, *args)).json()
+
+    async def _evaluate_or_none(self, function: str, *args: str | int) -> Any:
+        """The query's answer, or None when the contract says NOT_FOUND."""
+        try:
+            return await self.contract.evaluate_json(function, *args)
+        except EvaluateError as exc:
+            if "NOT_FOUND" in str(exc):
+                return None
+            raise
+
+    # -- accounts --
+    async def who_am_i(self) -> dict[str, Any]:
+        return await self.contract.evaluate_json("WhoAmI")
+
+    async def balance(self, account: str) -> int:
+        return (await self.contract.evaluate_json("Balance", account))["balance"]
+
+    async def mint(self, account: str, amount: int) -> dict[str, Any]:
+        return await self._submit("Mint", account, amount)
+
+    async def transfer(self, to: str, amount: int) -> dict[str, Any]:
+        return await self._submit("Transfer", to, amount)
+
+    # -- holds --
+    async def freeze(self, hold_id: str, client: str, provider: str, amount: int, expires_at: int) -> dict[str, Any]:
+        return await self._submit("Freeze", hold_id, client, provider, amount, expires_at)
+
+    async def authorize(self, hold_id: str, amount: int) -> dict[str, Any]:
+        return await self._submit("Authorize", hold_id, amount)
+
+    async def settle(self, hold_id: str, units: int, price: int) -> Committed:
+        return await self.contract.submit("Settle", hold_id, units, price)
+
+    async def release(self, hold_id: str) -> dict[str, Any]:
+        return await self._submit("Release", hold_id)
+
+    async def get_hold(self, hold_id: str) -> dict[str, Any] | None:
+        """The hold, or None when the ledger has no hold with this id."""
+        return await self._evaluate_or_none("GetHold", hold_id)
+
+    async def holds_of(self, account: str) -> list[dict[str, Any]]:
+        return await self.contract.evaluate_json("HoldsOf", account) or []
+
+    # -- anchors, models, history --
+    async def anchor_batch(self, batch_id: str, merkle_root: str, count: int, first_offset: int,
+                           last_offset: int) -> Committed:
+        return await self.contract.submit("AnchorBatch", batch_id, merkle_root, count, first_offset, last_offset)
+
+    async def get_anchor(self, batch_id: str) -> dict[str, Any] | None:
+        return await self._evaluate_or_none("GetAnchor", batch_id)
+
+    async def register_model(self, model_id: str, version: int, sha256: str) -> dict[str, Any]:
+        return await self._submit("RegisterModel", model_id, version, sha256)
+
+    async def get_model(self, model_id: str, version: int) -> dict[str, Any] | None:
+        return await self._evaluate_or_none("GetModel", model_id, version)
+
+    async def history(self, key: str) -> list[dict[str, Any]]:
+        return await self.contract.evaluate_json("History", key) or []

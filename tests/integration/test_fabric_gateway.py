@@ -1,0 +1,199 @@
+"""The Python Fabric Gateway client (services/ledger/gateway, services/ledger/client.py)
+against the real local network: every rule of the contract through the Gateway API,
+concurrent transfers with MVCC conflicts retried, chaincode events with resume, and what
+the client wrote read back by Fabric's own `peer chaincode query` (an outside client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+
+import grpc
+import pytest
+
+from services.ledger.client import LedgerClient
+from services.ledger.gateway import EndorseError, Gateway, GatewayError, RetryPolicy, load_msp
+from services.ledger.settings import LedgerSettings
+from services.stack.fabric import CHAINCODE_NAME, CHANNEL, FabricNetwork
+
+pytestmark = [pytest.mark.integration, pytest.mark.fabric]
+
+# Conflicting writers on one payee retry as new transactions; give them room.
+CONFLICT_RETRY = RetryPolicy(attempts=40, initial_seconds=0.05, max_seconds=1.0)
+
+
+def client(user: str = "Admin", retry: RetryPolicy = RetryPolicy()) -> LedgerClient:
+    return LedgerClient.connect(LedgerSettings(fabric_user=user), retry=retry)
+
+
+@pytest.fixture
+async def admin(network: FabricNetwork):
+    async with client("Admin") as ledger:
+        yield ledger
+
+
+@pytest.fixture
+async def user1(network: FabricNetwork):
+    async with client("User1") as ledger:
+        yield ledger
+
+
+@pytest.fixture
+def suffix() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+async def account_of(ledger: LedgerClient) -> str:
+    return (await ledger.who_am_i())["Account"]
+
+
+async def balance_or_zero(ledger: LedgerClient, account: str) -> int:
+    try:
+        return await ledger.balance(account)
+    except GatewayError as exc:
+        if "NOT_FOUND" in str(exc):
+            return 0
+        raise
+
+
+async def test_mint_transfer_balance_read_back_by_the_peer_cli(
+        network: FabricNetwork, admin: LedgerClient, user1: LedgerClient, suffix: str) -> None:
+    me = await account_of(user1)
+    start = await balance_or_zero(admin, me)
+    minted = await admin.contract.submit("Mint", me, 500)
+    assert minted.transaction_id and minted.block_number > 0
+    payee = f"payee-{suffix}"
+    await user1.transfer(payee, 120)
+    assert await admin.balance(payee) == 120
+    assert await user1.balance(me) == start + 380
+    # Fabric's own CLI, a client that shares no code with ours, reads the same state.
+    assert json.loads(network.query("Balance", payee))["balance"] == 120
+    assert json.loads(network.query("Balance", me))["balance"] == start + 380
+
+
+async def test_rejections_carry_the_contracts_reason_and_each_peers_detail(
+        admin: LedgerClient, user1: LedgerClient, suffix: str) -> None:
+    with pytest.raises(EndorseError) as overdraft:
+        await user1.transfer(f"payee-{suffix}", 10**12)
+    assert "INSUFFICIENT_FUNDS" in str(overdraft.value)
+    assert overdraft.value.code == grpc.StatusCode.ABORTED
+    assert overdraft.value.details and overdraft.value.details[0].msp_id == "Org1MSP"
+    with pytest.raises(EndorseError, match="must be a positive integer"):
+        await admin.mint(f"acct-{suffix}", -5)
+    with pytest.raises(EndorseError, match="must be a positive integer"):
+        await admin.mint(f"acct-{suffix}", 0)
+    with pytest.raises(EndorseError, match="only the admin identity may mint"):
+        await user1.mint(await account_of(user1), 1000)
+
+
+async def test_freeze_authorize_settle_then_a_second_settle_is_rejected(
+        admin: LedgerClient, user1: LedgerClient, suffix: str) -> None:
+    me = await account_of(user1)
+    await admin.mint(me, 200)
+    before = await user1.balance(me)
+    hold, provider = f"hold-{suffix}", f"provider-{suffix}"
+    await user1.freeze(hold, me, provider, 100, int(time.time()) + 3600)
+    assert await user1.balance(me) == before - 100
+    await admin.authorize(hold, 60)
+    settled = await admin.settle(hold, 3, 20)
+    assert settled.json()["charged"] == 60
+    got = await admin.get_hold(hold)
+    assert got is not None and (got["status"], got["charged"], got["refunded"]) == ("SETTLED", 60, 40)
+    assert await admin.balance(provider) == 60 and await user1.balance(me) == before - 60
+    with pytest.raises(EndorseError, match="ALREADY_SETTLED"):
+        await admin.settle(hold, 1, 20)
+    assert await admin.balance(provider) == 60
+    with pytest.raises(EndorseError, match="EXCEEDS_HOLD|exceeds"):
+        other = f"hold2-{suffix}"
+        await user1.freeze(other, me, provider, 10, int(time.time()) + 3600)
+        await admin.settle(other, 11, 1)
+    assert await admin.get_hold(f"missing-{suffix}") is None
+
+
+async def test_anchor_model_and_history_read_back(admin: LedgerClient, suffix: str) -> None:
+    batch, root = f"batch-{suffix}", uuid.uuid4().hex * 2
+    committed = await admin.anchor_batch(batch, root, 42, 1000, 1041)
+    anchor = await admin.get_anchor(batch)
+    assert anchor is not None
+    assert (anchor["merkle_root"], anchor["count"], anchor["tx_id"]) == (root, 42, committed.transaction_id)
+    assert await admin.get_anchor(f"missing-{suffix}") is None
+    model, digest = f"model-{suffix}", uuid.uuid4().hex * 2
+    await admin.register_model(model, 3, digest)
+    assert (await admin.get_model(model, 3))["sha256"] == digest
+    assert await admin.get_model(model, 4) is None
+    account = f"audited-{suffix}"
+    await admin.mint(account, 10)
+    await admin.mint(account, 15)
+    entries = await admin.history(f"account:{account}")
+    assert sorted(json.loads(e["value"])["balance"] for e in entries) == [10, 25]
+
+
+async def test_200_concurrent_transfers_from_8_tasks_end_with_the_right_balances(
+        network: FabricNetwork, admin: LedgerClient, suffix: str) -> None:
+    users = [client(f"User{i}", retry=CONFLICT_RETRY) for i in range(1, 9)]
+    try:
+        senders = [await account_of(u) for u in users]
+        for sender in senders:
+            await admin.mint(sender, 10_000)
+        start = {s: await admin.balance(s) for s in senders}
+        payees = [f"shared-{suffix}-{k}" for k in range(4)]  # shared: concurrent writers conflict
+        plan = {i: [(payees[(i + n) % 4], 1 + (i * 25 + n) % 7) for n in range(25)] for i in range(8)}
+
+        async def run(i: int) -> None:
+            for payee, amount in plan[i]:
+                await users[i].transfer(payee, amount)
+
+        await asyncio.gather(*(run(i) for i in range(8)))
+    finally:
+        for u in users:
+            await u.gateway.close()
+    for i, sender in enumerate(senders):
+        assert await admin.balance(sender) == start[sender] - sum(a for _, a in plan[i])
+    for payee in payees:
+        expected = sum(a for steps in plan.values() for p, a in steps if p == payee)
+        assert await admin.balance(payee) == expected
+        assert json.loads(network.query("Balance", payee))["balance"] == expected
+
+
+async def test_chaincode_events_from_a_block_and_resumed_after_a_transaction(
+        admin: LedgerClient, user1: LedgerClient, suffix: str) -> None:
+    me = await account_of(user1)
+    await admin.mint(me, 50)
+    first = await user1.contract.submit("Freeze", f"ev1-{suffix}", me, f"p-{suffix}", 5, int(time.time()) + 600)
+    second = await user1.contract.submit("Freeze", f"ev2-{suffix}", me, f"p-{suffix}", 5, int(time.time()) + 600)
+    network = admin.gateway.network(CHANNEL)
+
+    async def events_until(tx_id: str, **start) -> list:
+        seen = []
+        async with asyncio.timeout(30):
+            async for event in network.chaincode_events(CHAINCODE_NAME, **start):
+                seen.append(event)
+                if event.transaction_id == tx_id:
+                    return seen
+        return seen
+
+    seen = await events_until(second.transaction_id, start_block=first.block_number)
+    frozen = [e for e in seen if e.name == "HoldFrozen"]
+    assert [json.loads(e.payload)["hold_id"] for e in frozen[:2]] == [f"ev1-{suffix}", f"ev2-{suffix}"]
+    assert frozen[0].block_number == first.block_number
+    resumed = await events_until(second.transaction_id, start_block=first.block_number,
+                                 after_transaction_id=first.transaction_id)
+    assert first.transaction_id not in [e.transaction_id for e in resumed]
+    assert resumed[-1].transaction_id == second.transaction_id
+
+
+async def test_an_unreachable_peer_is_a_transient_error_after_bounded_retries(network: FabricNetwork) -> None:
+    settings = LedgerSettings()
+    identity, signer = load_msp(settings.msp_dir(), settings.fabric_msp_id)
+    retry = RetryPolicy(attempts=3, initial_seconds=0.01, max_seconds=0.05)
+    async with Gateway.connect("127.0.0.1:1", settings.tls_root().read_bytes(), identity, signer,
+                               retry=retry) as gateway:
+        contract = gateway.network(CHANNEL).contract(CHAINCODE_NAME)
+        started = time.monotonic()
+        with pytest.raises(GatewayError) as failure:
+            await contract.evaluate("WhoAmI")
+        assert failure.value.code == grpc.StatusCode.UNAVAILABLE and failure.value.transient
+        assert time.monotonic() - started < 30
