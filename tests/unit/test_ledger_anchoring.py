@@ -1,0 +1,67 @@
+"""Batching clean records into anchors: sizes, time, deterministic ids, proofs that verify."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from services.ledger.anchoring import AnchoringError, Batcher, batch_id
+from services.ledger.merkle import verify_proof
+
+
+def digest(i: int) -> str:
+    return hashlib.sha256(f"record {i}".encode()).hexdigest()
+
+
+def test_a_batch_closes_when_full_and_its_id_is_its_partition_and_offset_range() -> None:
+    batcher = Batcher("events.clean", max_records=3, max_seconds=60)
+    assert batcher.add(1, 10, "e10", digest(10), now=0.0) is None
+    assert batcher.add(1, 11, "e11", digest(11), now=0.1) is None
+    batch = batcher.add(1, 14, "e14", digest(14), now=0.2)
+    assert batch is not None and batch.batch_id == "events.clean:1:10-14" == batch_id("events.clean", 1, 10, 14)
+    assert (batch.first_offset, batch.last_offset, len(batch.records)) == (10, 14, 3)
+    assert batcher.drain() == []
+
+
+def test_partitions_batch_separately_and_time_closes_a_batch() -> None:
+    batcher = Batcher("events.clean", max_records=100, max_seconds=1.0)
+    batcher.add(0, 0, "a", digest(0), now=0.0)
+    batcher.add(2, 5, "b", digest(1), now=0.5)
+    assert batcher.due(now=0.9) == []
+    (due,) = batcher.due(now=1.0)
+    assert due.partition == 0 and due.batch_id == "events.clean:0:0-0"
+    assert [b.partition for b in batcher.drain()] == [2]
+
+
+def test_the_same_input_gives_the_same_batches_and_roots() -> None:
+    def run() -> list[tuple[str, bytes]]:
+        batcher = Batcher("events.clean", max_records=7, max_seconds=60)
+        closed = [b for i in range(30) if (b := batcher.add(0, i, f"e{i}", digest(i), now=0.0))]
+        closed += batcher.drain()
+        return [(b.batch_id, b.tree().root) for b in closed]
+    assert run() == run()
+    assert [bid for bid, _ in run()] == ["events.clean:0:0-6", "events.clean:0:7-13", "events.clean:0:14-20",
+                                         "events.clean:0:21-27", "events.clean:0:28-29"]
+
+
+def test_every_proof_document_verifies_against_the_batch_root() -> None:
+    batcher = Batcher("events.clean", max_records=1000, max_seconds=60)
+    for i in range(13):
+        batcher.add(0, i, f"e{i}", digest(i), now=0.0)
+    (batch,) = batcher.drain()
+    tree = batch.tree()
+    for doc in batch.proofs(tree):
+        siblings = [bytes.fromhex(s) for s in doc["siblings"]]
+        assert verify_proof(bytes.fromhex(doc["content_hash"]), doc["index"], doc["size"], siblings, tree.root)
+
+
+def test_bad_records_are_refused_by_name() -> None:
+    batcher = Batcher("events.clean")
+    with pytest.raises(AnchoringError, match="'e1'.*content_hash"):
+        batcher.add(0, 1, "e1", "not-hex", now=0.0)
+    with pytest.raises(AnchoringError, match="content_hash"):
+        batcher.add(0, 1, "e1", "ab" * 31, now=0.0)
+    batcher.add(0, 5, "e5", digest(5), now=0.0)
+    with pytest.raises(AnchoringError, match="offset 5"):
+        batcher.add(0, 5, "again", digest(6), now=0.0)
