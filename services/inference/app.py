@@ -5,8 +5,10 @@
     gRPC ModelInfer --> tensors -> rows --> (paid: mTLS identity, hold) --> River --> response
                                                                +--> predictions (sampled), usage (paid)
 
-Paid mode needs a `HoldSource` reading holds from the ledger; no Fabric gateway client
-exists yet, so `main()` refuses paid mode and tests pass their own source to `run`.
+Paid mode (`STREAMLEDGER_INFERENCE_MODE=paid`) reads holds from the ledger: `serve` connects
+a `LedgerClient` (the `STREAMLEDGER_FABRIC_*` settings of `LedgerSettings`), learns this
+server's account from `WhoAmI` (holds must name it as provider) and passes a
+`LedgerHoldSource` to `run`. Free mode never touches the ledger.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from services.common.lifecycle import run_until_signalled
 from services.common.logging import configure_logging, get_logger
 from services.inference import protocol
 from services.inference.authorization import HoldAuthorizer, HoldSource
+from services.inference.ledger_holds import LedgerHoldSource
 from services.inference.models import ModelShelf, SnapshotRefused, UnknownModel, load_snapshot
 from services.inference.records import RecordSink
 from services.inference.servicer import InferenceServicer, Metering
@@ -33,6 +36,8 @@ from services.inference.settings import InferenceSettings
 from services.inference.snapshot_feed import follow_snapshots
 from services.learning.declarations import load_declarations
 from services.learning.snapshot_topic import ensure_compacted_topic
+from services.ledger.client import LedgerClient
+from services.ledger.settings import LedgerSettings
 
 log = get_logger("inference")
 LOADED = metrics.counter("inference", "snapshots_loaded", "Snapshots verified and served", ("model_id",))
@@ -40,13 +45,26 @@ REFUSED = metrics.counter("inference", "snapshots_refused", "Snapshots refused",
 SERVED_VERSION = metrics.gauge("inference", "model_version", "Latest version served", ("model_id",))
 
 
+async def serve(settings: InferenceSettings, ledger_settings: LedgerSettings, stop: asyncio.Event,
+                on_started: Callable[[int], None] | None = None) -> None:
+    """`run` with the hold source of the mode: none for free, the ledger for paid."""
+    if settings.inference_mode == "free":
+        await run(settings, stop, on_started=on_started)
+        return
+    async with LedgerClient.connect(ledger_settings) as ledger:
+        provider = (await ledger.who_am_i())["Account"]  # fails fast when the ledger is unreachable
+        log.info("ledger_connected", extra={"peer": ledger_settings.fabric_peer_endpoint, "provider": provider})
+        await run(settings, stop, LedgerHoldSource(ledger), on_started, provider=provider)
+
+
 async def run(settings: InferenceSettings, stop: asyncio.Event, hold_source: HoldSource | None = None,
-              on_started: Callable[[int], None] | None = None) -> None:
-    """Serve until `stop` is set; `on_started(port)` is called once the port is bound."""
+              on_started: Callable[[int], None] | None = None, provider: str | None = None) -> None:
+    """Serve until `stop` is set; `on_started(port)` is called once the port is bound. In paid
+    mode holds come from `hold_source`, and must pay `provider` when it is given."""
     shelf = ModelShelf(load_declarations(settings.inference_models_file), settings.inference_versions_kept)
     codec = AvroCodec(SchemaRegistry.from_dir())
     bootstrap = settings.kafka_bootstrap
-    metering = _metering(settings, hold_source)
+    metering = _metering(settings, hold_source, provider)
     out_topics = [settings.inference_predictions_topic] + ([settings.inference_usage_topic] if metering else [])
     await ensure_topics(bootstrap, out_topics)
     await ensure_compacted_topic(bootstrap, settings.inference_snapshot_topic, 64 * 1024 * 1024)
@@ -114,14 +132,14 @@ async def _until(stop: asyncio.Event, following: asyncio.Task) -> None:
         raise RuntimeError("the snapshot follower stopped unexpectedly")
 
 
-def _metering(settings: InferenceSettings, hold_source: HoldSource | None) -> Metering | None:
+def _metering(settings: InferenceSettings, hold_source: HoldSource | None, provider: str | None) -> Metering | None:
     if settings.inference_mode == "free":
         return None
     if hold_source is None:
-        raise RuntimeError("paid mode needs a HoldSource reading holds from the ledger, and no Fabric gateway "
-                           "client exists yet; set STREAMLEDGER_INFERENCE_MODE=free for local use")
+        raise RuntimeError("paid mode needs a HoldSource reading holds from the ledger: start it with `serve`, "
+                           "which connects the LedgerClient, or pass one to `run`")
     cas = {msp: x509.load_pem_x509_certificate(path.read_bytes()) for msp, path in settings.inference_client_cas.items()}
-    return Metering(HoldAuthorizer(hold_source, settings.inference_hold_cache_seconds), cas,
+    return Metering(HoldAuthorizer(hold_source, settings.inference_hold_cache_seconds, provider=provider), cas,
                     settings.inference_price_per_row, settings.inference_usage_topic)
 
 
@@ -144,4 +162,4 @@ def main() -> None:
     configure_logging(settings.log_level)
     metrics.serve_metrics(settings.metrics_port)
 
-    run_until_signalled(lambda stop: run(settings, stop))
+    run_until_signalled(lambda stop: serve(settings, LedgerSettings(), stop))

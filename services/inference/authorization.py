@@ -6,7 +6,8 @@
     ...                                     # serve; on failure: authorizer.refund(charge)
 
 The ledger is reached through `HoldSource`, the one seam to Fabric: it looks a hold up
-(its client, the credit left, its expiry). Holds are cached for a short time and the
+(its client, its provider, the credit left, its expiry); `LedgerHoldSource` in
+`ledger_holds.py` reads it with the Fabric Gateway client. Holds are cached for a short time and the
 credit is counted down locally per request, so a request costs no ledger round trip.
 The local count assumes one inference replica per hold; the `usage` topic carries every
 charge for settlement.
@@ -41,13 +42,16 @@ class Hold:
     """Unix seconds."""
     live: bool = True
     """False once the hold is settled or released."""
+    provider: str = ""
+    """Account id the credit is frozen for; only that provider can settle the hold."""
 
 
 class HoldSource(Protocol):
     """Where holds are read from: the ledger (Fabric gateway) in production."""
 
     async def hold(self, hold_id: str) -> Hold | None:
-        """The hold, or None if the ledger has no hold with this id."""
+        """The hold, or None if the ledger has no hold with this id; raise `HoldUnavailable`
+        when the ledger cannot be read (the caller may retry)."""
 
 
 class AuthorizationError(Exception):
@@ -62,6 +66,20 @@ class NoHold(AuthorizationError):
 
 class NotHoldClient(AuthorizationError):
     pass
+
+
+class NotHoldProvider(AuthorizationError):
+    """The hold pays another provider: serving against it would never be paid."""
+
+
+class InvalidHoldId(AuthorizationError):
+    code = "INVALID_ARGUMENT"
+
+
+class HoldUnavailable(AuthorizationError):
+    """The ledger could not be read; nothing is known about the hold, so the caller may retry."""
+
+    code = "UNAVAILABLE"
 
 
 class HoldExpired(AuthorizationError):
@@ -93,10 +111,15 @@ class Charge:
 
 
 class HoldAuthorizer:
-    """Checks and counts down holds, reading each from the `HoldSource` at most every `cache_seconds`."""
+    """Checks and counts down holds, reading each from the `HoldSource` at most every `cache_seconds`.
 
-    def __init__(self, source: HoldSource, cache_seconds: float = 5.0, clock: Callable[[], float] = time.time) -> None:
+    With `provider` set (this server's account id), a hold frozen for another provider is refused.
+    """
+
+    def __init__(self, source: HoldSource, cache_seconds: float = 5.0, clock: Callable[[], float] = time.time,
+                 provider: str | None = None) -> None:
         self.source = source
+        self.provider = provider
         self.cache_seconds = cache_seconds
         self.clock = clock
         self._cached: dict[str, tuple[Hold, float]] = {}
@@ -109,6 +132,8 @@ class HoldAuthorizer:
         hold = await self._hold(hold_id)
         if hold.client != client:
             raise NotHoldClient(f"hold {hold_id!r} belongs to another client; the caller is {client!r}")
+        if self.provider is not None and hold.provider != self.provider:
+            raise NotHoldProvider(f"hold {hold_id!r} pays provider {hold.provider!r}, not this server ({self.provider!r})")
         if not hold.live:
             raise HoldClosed(f"hold {hold_id!r} is settled or released")
         if self.clock() >= hold.expires_at:

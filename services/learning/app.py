@@ -8,6 +8,10 @@
 At start the latest verified snapshot of each model is loaded from the compacted
 snapshots topic and every input partition is sought to the offsets it records
 (see `learners.py` for the ordering semantics and the exactly-once argument).
+
+With `STREAMLEDGER_LEARNING_LEDGER=true`, `serve` connects a `LedgerClient` and every
+snapshot is registered on the ledger; at start only registered snapshots are resumed
+(see `ledger_seam.py`).
 """
 
 from __future__ import annotations
@@ -25,10 +29,12 @@ from services.common.lifecycle import run_until_signalled
 from services.common.logging import configure_logging, get_logger
 from services.learning.declarations import DeclarationError, load_declarations
 from services.learning.learners import Consumed, LearnerSet, Output, TrackedModel
-from services.learning.ledger_seam import ModelRegistry
+from services.learning.ledger_seam import LedgerModelRegistry, ModelRegistry
 from services.learning.settings import LearningSettings
 from services.common.kafka import partitions_of
 from services.learning.snapshot_topic import ensure_compacted_topic, read_snapshots
+from services.ledger.client import LedgerClient
+from services.ledger.settings import LedgerSettings
 
 log = get_logger("learning")
 EVENTS = metrics.counter("learning", "events", "Input records consumed")
@@ -38,6 +44,17 @@ REFUSED = metrics.counter("learning", "snapshots_refused", "Snapshots refused at
 DRIFTS = metrics.counter("learning", "drifts", "Concept drifts detected", ("model_id",))
 BATCH = metrics.seconds("learning", "batch", "Time to process one fetched batch")
 MAX_SNAPSHOT_BYTES = 64 * 1024 * 1024  # forests and trees outgrow Kafka's 1 MB default
+
+
+async def serve(settings: LearningSettings, ledger_settings: LedgerSettings, stop: asyncio.Event) -> None:
+    """`run`, registering snapshots on the ledger when `learning_ledger` is set."""
+    if not settings.learning_ledger:
+        await run(settings, stop)
+        return
+    async with LedgerClient.connect(ledger_settings) as ledger:
+        log.info("ledger_connected", extra={"peer": ledger_settings.fabric_peer_endpoint,
+                                            "user": ledger_settings.fabric_user})
+        await run(settings, stop, LedgerModelRegistry(ledger))
 
 
 async def run(settings: LearningSettings, stop: asyncio.Event, registry: ModelRegistry | None = None) -> None:
@@ -52,7 +69,7 @@ async def run(settings: LearningSettings, stop: asyncio.Event, registry: ModelRe
     await ensure_compacted_topic(bootstrap, settings.learning_snapshot_topic, MAX_SNAPSHOT_BYTES)
     await resume(learners, bootstrap, settings.learning_snapshot_topic, codec, registry)
     if registry is None:
-        log.warning("ledger_registration_disabled", extra={"why": "no ModelRegistry wired; see ledger_seam.py"})
+        log.warning("ledger_registration_disabled", extra={"why": "STREAMLEDGER_LEARNING_LEDGER is false; see ledger_seam.py"})
 
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=settings.learning_group_id,
                                 enable_auto_commit=False, auto_offset_reset="earliest")
@@ -139,6 +156,12 @@ async def resume(learners: LearnerSet, bootstrap: str, topic: str, codec: AvroCo
                                                          "reason": "not_registered"})
             candidates = registered
         version, refusals = learners.resume(model_id, candidates)
+        if registry is not None:
+            # New snapshots are numbered above every registered version (its hash can never change)
+            # and every refused one (a reader may have loaded it: the next version must supersede it).
+            tracked = learners.models[model_id]
+            tracked.version = max(tracked.version, await registry.latest_version(model_id),
+                                  *(s["version"] for s in found.get(model_id, [])))
         for refusal in refusals:
             reason = getattr(refusal.error, "reason", "declaration_changed")
             REFUSED.labels(reason).inc()
@@ -170,4 +193,4 @@ def main() -> None:
         raise SystemExit(2) from None
     metrics.serve_metrics(settings.metrics_port)
 
-    run_until_signalled(lambda stop: run(settings, stop))
+    run_until_signalled(lambda stop: serve(settings, LedgerSettings(), stop))

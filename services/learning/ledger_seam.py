@@ -1,17 +1,30 @@
-"""Where model snapshots meet the ledger: the `ModelRegistry` the learner would register with.
+"""Where model snapshots meet the ledger: the `ModelRegistry` the learner registers with.
 
-The chaincode's `RegisterModel(model_id, version, sha256)` is the target, but the Fabric
-network is not available yet, so NOTHING implements this interface and the service runs
-with `registry=None`: snapshots are then verified only against the SHA-256 carried in
-their own record, which catches corruption and naive tampering but not a writer who
-rewrites both the bytes and the hash. Once the ledger service has a Fabric Gateway client,
-an implementation goes here and `app.py` passes it in; the learner then registers each
-snapshot after writing it, and refuses at restart a snapshot that is not registered.
+    async with LedgerClient.connect(LedgerSettings()) as ledger:
+        registry = LedgerModelRegistry(ledger)
+        await registry.register("phishing-logreg", 3, sha256)
+        assert await registry.is_registered("phishing-logreg", 3, sha256)
+
+`LedgerModelRegistry` implements it over the contract's `RegisterModel` / `GetModel`
+(chaincode/ledger/models.go). With `STREAMLEDGER_LEARNING_LEDGER=true`, `app.py` passes
+it in: the learner registers each snapshot after writing it, refuses at restart a
+snapshot that is not registered with exactly its sha256, and numbers new versions above
+the highest one registered or seen (a version's hash can never change on the ledger, and
+a refused snapshot's version must be superseded for readers that loaded it). Without it
+(the default) the service runs with `registry=None`: snapshots are then verified only
+against the SHA-256 carried in their own record, which catches corruption and naive
+tampering but not a writer who rewrites both the bytes and the hash.
+
+Registering needs an operator or admin identity (`STREAMLEDGER_FABRIC_USER`, default
+Admin). Ledger errors are not swallowed: a failed registration or an unreadable ledger
+raises the gateway client's `GatewayError` (transient ones already retried).
 """
 
 from __future__ import annotations
 
 from typing import Protocol
+
+from services.ledger.client import LedgerClient
 
 
 class ModelRegistry(Protocol):
@@ -20,3 +33,25 @@ class ModelRegistry(Protocol):
 
     async def is_registered(self, model_id: str, version: int, sha256: str) -> bool:
         """Whether the ledger holds exactly this (model_id, version, sha256)."""
+
+    async def latest_version(self, model_id: str) -> int:
+        """The highest version registered for `model_id`; 0 when none is."""
+
+
+class LedgerModelRegistry:
+    """`ModelRegistry` over the StreamLedger contract."""
+
+    def __init__(self, ledger: LedgerClient) -> None:
+        self.ledger = ledger
+
+    async def register(self, model_id: str, version: int, sha256: str) -> None:
+        # Commits before returning; the same hash again is a no-op, another hash a CONFLICT error.
+        await self.ledger.register_model(model_id, version, sha256)
+
+    async def is_registered(self, model_id: str, version: int, sha256: str) -> bool:
+        model = await self.ledger.get_model(model_id, version)
+        return model is not None and model["sha256"] == sha256
+
+    async def latest_version(self, model_id: str) -> int:
+        model = await self.ledger.get_model(model_id, 0)  # version 0: the highest registered
+        return 0 if model is None else int(model["version"])

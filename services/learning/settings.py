@@ -26,3 +26,6 @@ class LearningSettings(CommonSettings):
     learning_metrics_every_seconds: float = 5.0
     learning_fetch_max_records: int = 2_000
     """Upper bound of one fetched batch, so snapshot and metrics cadences are checked often."""
+    learning_ledger: bool = False
+    """Register every snapshot's sha256 on the ledger and resume only from registered ones
+    (the ledger is reached with `LedgerSettings`, `STREAMLEDGER_FABRIC_*`)."""
