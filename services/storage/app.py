@@ -24,7 +24,7 @@ from services.common.kafka import ensure_topics, reliable_producer
 from services.common.lifecycle import run_until_signalled
 from services.common.logging import configure_logging, get_logger
 from services.storage import documents
-from services.storage.backoff import Backoff, Stopped, retry_transient
+from services.common.backoff import Backoff, Stopped, retry_transient
 from services.storage.documents import Consumed, dead_letter, plan_batch
 from services.storage.settings import StorageSettings
 from services.storage.sink import MongoSink, is_transient

@@ -25,8 +25,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.fabric]
 CONFLICT_RETRY = RetryPolicy(attempts=40, initial_seconds=0.05, max_seconds=1.0)
 
 
-def client(user: str = "Admin", retry: RetryPolicy = RetryPolicy()) -> LedgerClient:
-    return LedgerClient.connect(LedgerSettings(fabric_user=user), retry=retry)
+def client(user: str = "Admin", retry: RetryPolicy = RetryPolicy(), **overrides) -> LedgerClient:
+    return LedgerClient.connect(LedgerSettings(fabric_user=user, **overrides), retry=retry)
 
 
 @pytest.fixture

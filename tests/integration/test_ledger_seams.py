@@ -15,7 +15,6 @@ import logging
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -34,7 +33,6 @@ from services.learning.snapshots import seal
 from services.ledger.client import LedgerClient
 from services.ledger.gateway import RetryPolicy
 from services.ledger.settings import LOCAL_ORG1, LedgerSettings
-from services.stack.fabric import FabricNetwork
 from services.stack.settings import StackSettings
 from tests.integration.inference.support import MODELS as INFERENCE_MODELS
 from tests.integration.inference.support import PHISHING as INFERENCE_ROWS
@@ -43,33 +41,9 @@ from tests.integration.inference.test_inference_paid import Issuer, infer
 from tests.integration.test_learning_service import MODELS as LEARNING_MODELS
 from tests.integration.test_learning_service import (PHISHING, Captured, codec, encoded, final_snapshots, latest,
                                                      names, produce, read_all, settings_for)  # noqa: F401
+from tests.integration.test_fabric_gateway import account_of, admin, client, suffix, user1  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.integration, pytest.mark.fabric, pytest.mark.timeout(240)]
-
-
-def client(user: str = "Admin", **overrides) -> LedgerClient:
-    return LedgerClient.connect(LedgerSettings(fabric_user=user, **overrides))
-
-
-@pytest.fixture
-async def admin(network: FabricNetwork):
-    async with client("Admin") as ledger:
-        yield ledger
-
-
-@pytest.fixture
-async def user1(network: FabricNetwork):
-    async with client("User1") as ledger:
-        yield ledger
-
-
-@pytest.fixture
-def suffix() -> str:
-    return uuid.uuid4().hex[:10]
-
-
-async def account_of(ledger: LedgerClient) -> str:
-    return (await ledger.who_am_i())["Account"]
 
 
 async def frozen_hold(admin: LedgerClient, user1: LedgerClient, hold_id: str, amount: int,

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -31,6 +30,7 @@ from fabric_protos.gateway import gateway_pb2, gateway_pb2_grpc
 from fabric_protos.orderer import ab_pb2
 from fabric_protos.peer import transaction_pb2
 
+from services.common.backoff import Backoff
 from services.ledger.gateway.errors import (
     CommitError,
     CommitStatusError,
@@ -54,7 +54,7 @@ class RetryPolicy:
 
     def delay(self, attempt: int) -> float:
         """Exponential backoff with full jitter, so concurrent retries spread out."""
-        return random.uniform(0, min(self.max_seconds, self.initial_seconds * 2 ** attempt))
+        return Backoff(self.initial_seconds, self.max_seconds, jitter=1.0).delay(attempt)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from services.storage.backoff import Backoff, Stopped, retry_transient
+from services.common.backoff import Backoff, Stopped, retry_transient
 
 
 class Unavailable(Exception):
