@@ -14,6 +14,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from fabric_protos.common import common_pb2
+from fabric_protos.peer import transaction_pb2
+
 from services.ledger.gateway import Committed, Contract, Gateway, RetryPolicy, load_msp
 from services.ledger.gateway.errors import EvaluateError
 from services.ledger.settings import LedgerSettings
@@ -98,3 +101,39 @@ class LedgerClient:
 
     async def history(self, key: str) -> list[dict[str, Any]]:
         return await self.contract.evaluate_json("History", key) or []
+
+    # -- blocks, from the peer's ledger through the qscc system chaincode --
+    async def block_by_tx_id(self, tx_id: str) -> common_pb2.Block | None:
+        """The block holding transaction `tx_id` (qscc `GetBlockByTxID` on this channel, evaluated
+        through the gateway like any query), or None when the peer knows no such transaction."""
+        network = self.contract.network
+        try:
+            raw = await network.contract("qscc").evaluate("GetBlockByTxID", network.name, tx_id)
+        except EvaluateError as exc:
+            if "no such transaction" in str(exc):
+                return None
+            raise
+        return common_pb2.Block.FromString(raw)
+
+    async def transaction_block(self, tx_id: str) -> dict[str, Any] | None:
+        """Where transaction `tx_id` landed: `block_number`, its `tx_index` in the block, the
+        peer's `validation_code` for it (`VALID`, `MVCC_READ_CONFLICT`, ...), the block's
+        `data_hash` and `previous_hash` (hex); None when the peer knows no such transaction."""
+        block = await self.block_by_tx_id(tx_id)
+        if block is None:
+            return None
+        tx_index = next((i for i, data in enumerate(block.data.data) if _tx_id_of(data) == tx_id), None)
+        metadata = block.metadata.metadata
+        flags = metadata[common_pb2.TRANSACTIONS_FILTER] if len(metadata) > common_pb2.TRANSACTIONS_FILTER else b""
+        code = "UNKNOWN"  # a block without validation flags, or a transaction missing from its block
+        if tx_index is not None and tx_index < len(flags):
+            code = transaction_pb2.TxValidationCode.Name(flags[tx_index]) \
+                if flags[tx_index] in transaction_pb2.TxValidationCode.values() else str(flags[tx_index])
+        return {"block_number": block.header.number, "tx_index": tx_index, "validation_code": code,
+                "data_hash": block.header.data_hash.hex(), "previous_hash": block.header.previous_hash.hex()}
+
+
+def _tx_id_of(envelope_bytes: bytes) -> str:
+    """The transaction id in an envelope's channel header."""
+    payload = common_pb2.Payload.FromString(common_pb2.Envelope.FromString(envelope_bytes).payload)
+    return common_pb2.ChannelHeader.FromString(payload.header.channel_header).tx_id
