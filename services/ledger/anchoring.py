@@ -7,6 +7,11 @@ same input gives the same batches: `AnchorBatch` of an id already on the ledger 
 replay, not a second anchor, and the consumer resumes after the last anchored offset, so
 no record is skipped. The Merkle leaves are the records' content hashes (32 raw bytes),
 hashed with RFC 6962's leaf prefix by `MerkleTree`.
+
+A batch closed by time is not reproducible from the input alone (how many records arrived
+within the second is not in the log). So the service records each closed batch's range
+before anchoring it, and on restart `plan`s those ranges again: a planned batch closes at
+exactly its recorded last offset, whatever the size and time limits say.
 """
 
 from __future__ import annotations
@@ -72,9 +77,27 @@ class Batcher:
         self.max_records = max_records
         self.max_seconds = max_seconds
         self._open: dict[int, Batch] = {}
+        self._planned: dict[int, list[tuple[int, int]]] = {}
+
+    def plan(self, partition: int, first_offset: int, last_offset: int) -> None:
+        """Make the partition's next batch from `first_offset` end exactly at `last_offset`.
+
+        Plans are given in offset order, before the records they cover are added.
+        """
+        if last_offset < first_offset:
+            raise ValueError(f"planned range {first_offset}-{last_offset} is empty")
+        plans = self._planned.setdefault(partition, [])
+        if plans and first_offset <= plans[-1][1]:
+            raise ValueError(f"planned range {first_offset}-{last_offset} overlaps {plans[-1]} on partition {partition}")
+        plans.append((first_offset, last_offset))
+
+    def forget(self, partition: int) -> None:
+        """Drop what is open or planned for a partition (it was assigned to another consumer)."""
+        self._open.pop(partition, None)
+        self._planned.pop(partition, None)
 
     def add(self, partition: int, offset: int, event_id: str, content_hash: str, now: float) -> Batch | None:
-        """Add a record; the partition's batch if this record filled it."""
+        """Add a record; the partition's batch if this record filled it (or ended its plan)."""
         try:
             digest = bytes.fromhex(content_hash)
         except ValueError:
@@ -86,13 +109,34 @@ class Batcher:
         if batch.records and offset <= batch.records[-1].offset:
             raise AnchoringError(f"offset {offset} on partition {partition} is not after {batch.records[-1].offset}")
         batch.records.append(AnchoredRecord(event_id, offset, digest))
+        plan = self._plan_of(partition, batch.first_offset)
+        if plan is not None:
+            if offset >= plan[1]:
+                if offset > plan[1]:
+                    raise AnchoringError(f"offset {offset} on partition {partition} passed the planned end {plan[1]} "
+                                         f"of batch {batch_id(self.topic, partition, *plan)}")
+                self._planned[partition].pop(0)
+                return self._open.pop(partition)
+            return None
         if len(batch.records) >= self.max_records:
             return self._open.pop(partition)
         return None
 
+    def _plan_of(self, partition: int, first_offset: int) -> tuple[int, int] | None:
+        plans = self._planned.get(partition)
+        if plans and plans[0][0] <= first_offset:
+            return plans[0]
+        return None
+
+    def open_from(self, partition: int) -> int | None:
+        """First offset of the partition's open batch, if it has one."""
+        batch = self._open.get(partition)
+        return batch.first_offset if batch else None
+
     def due(self, now: float) -> list[Batch]:
-        """Batches whose oldest record has waited `max_seconds`, removed from the open set."""
-        ready = [p for p, b in self._open.items() if now - b.opened_at >= self.max_seconds]
+        """Unplanned batches whose oldest record has waited `max_seconds`, removed from the open set."""
+        ready = [p for p, b in self._open.items()
+                 if now - b.opened_at >= self.max_seconds and self._plan_of(p, b.first_offset) is None]
         return [self._open.pop(p) for p in ready]
 
     def drain(self) -> list[Batch]:

@@ -137,7 +137,8 @@ def plan_batch(
     return plan
 
 
-def dead_letter(message: Consumed, reason: str, error: str, now_ms: int, max_original_bytes: int = 256 * 1024) -> dict:
+def dead_letter(message: Consumed, reason: str, error: str, now_ms: int, max_original_bytes: int = 256 * 1024,
+                service: str = SERVICE) -> dict:
     original = message.value or b""
     if len(original) > max_original_bytes:
         error += f" (original truncated from {len(original)} bytes; the full message stays in {message.topic})"
@@ -147,7 +148,7 @@ def dead_letter(message: Consumed, reason: str, error: str, now_ms: int, max_ori
         "source_topic": message.topic,
         "source_partition": message.partition,
         "source_offset": message.offset,
-        "service": SERVICE,
+        "service": service,
         "reason": reason,
         "error": error,
         "original": original,

@@ -65,3 +65,34 @@ def test_bad_records_are_refused_by_name() -> None:
     batcher.add(0, 5, "e5", digest(5), now=0.0)
     with pytest.raises(AnchoringError, match="offset 5"):
         batcher.add(0, 5, "again", digest(6), now=0.0)
+
+
+def test_a_planned_batch_closes_at_its_recorded_end_whatever_the_limits() -> None:
+    # Before a crash a batch closed by time at offset 4; after the restart more records are
+    # there, yet the batch is formed again exactly as it was, then batching goes on as usual.
+    batcher = Batcher("events.clean", max_records=3, max_seconds=1.0)
+    batcher.plan(0, 0, 4)
+    closed = [b for i in range(10) if (b := batcher.add(0, i, f"e{i}", digest(i), now=float(i)))]
+    assert [b.batch_id for b in closed] == ["events.clean:0:0-4", "events.clean:0:5-7"]
+    assert batcher.open_from(0) == 8
+    assert batcher.due(now=100.0)[0].batch_id == "events.clean:0:8-9"
+
+
+def test_a_planned_batch_waits_for_its_last_record_however_long() -> None:
+    batcher = Batcher("events.clean", max_records=1000, max_seconds=1.0)
+    batcher.plan(2, 10, 12)
+    batcher.add(2, 10, "a", digest(10), now=0.0)
+    assert batcher.due(now=60.0) == []
+    assert batcher.add(2, 12, "c", digest(12), now=61.0).batch_id == "events.clean:2:10-12"
+
+
+def test_plans_must_come_in_order_and_forget_drops_a_partition() -> None:
+    batcher = Batcher("events.clean")
+    batcher.plan(0, 0, 9)
+    with pytest.raises(ValueError, match="overlaps"):
+        batcher.plan(0, 5, 20)
+    with pytest.raises(ValueError, match="empty"):
+        batcher.plan(0, 30, 29)
+    batcher.add(0, 0, "a", digest(0), now=0.0)
+    batcher.forget(0)
+    assert batcher.open_from(0) is None and batcher.drain() == []

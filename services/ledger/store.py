@@ -1,0 +1,98 @@
+"""What the ledger service keeps in MongoDB: anchoring plans, inclusion proofs, settlements.
+
+    anchor_plans      _id batch_id: topic, partition, first/last offset, count, merkle_root.
+                      Written before AnchorBatch, so a restart re-forms exactly the batches
+                      it may already have anchored (tx id and block go to ledger.anchors).
+    proofs            _id event_id: batch_id, index, size, content_hash, offset, siblings
+                      (hex), topic, partition: what `streamledger audit verify` checks.
+    settlement_plans  _id hold_id: units, price, amount, partition, through_offset. Written
+                      before Settle and deleted once its outcome is stored, so a retry after
+                      a crash settles the same units.
+    settlements       _id hold_id: the plan plus tx_id, charged, refunded, status.
+
+Documents are inserted, never updated (FerretDB's update path is its slow and fragile
+one), and every insert is idempotent: replaying a batch or a settlement changes nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pymongo import ASCENDING, InsertOne
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError
+
+from services.ledger.anchoring import Batch
+
+_DUPLICATE_KEY = 11000
+
+
+class StoreUnavailable(RuntimeError):
+    """MongoDB did not answer; the operation can be retried as is."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, (StoreUnavailable, ConnectionFailure))
+
+
+class LedgerStore:
+    def __init__(self, db: AsyncDatabase) -> None:
+        self.plans = db["anchor_plans"]
+        self.proofs = db["proofs"]
+        self.settlement_plans = db["settlement_plans"]
+        self.settlements = db["settlements"]
+
+    async def ensure_indexes(self) -> None:
+        await self.plans.create_index([("topic", ASCENDING), ("partition", ASCENDING), ("first_offset", ASCENDING)])
+        await self.proofs.create_index([("batch_id", ASCENDING)])
+
+    # -- anchoring --
+    async def plans_from(self, topic: str, partition: int, offset: int) -> list[dict[str, Any]]:
+        """The recorded batches of a partition that end at or after `offset`, in offset order."""
+        cursor = self.plans.find({"topic": topic, "partition": partition, "last_offset": {"$gte": offset}})
+        return sorted([doc async for doc in cursor], key=lambda d: d["first_offset"])
+
+    async def record_plan(self, batch: Batch, merkle_root: str) -> None:
+        document = {"_id": batch.batch_id, "topic": batch.topic, "partition": batch.partition,
+                    "first_offset": batch.first_offset, "last_offset": batch.last_offset,
+                    "count": len(batch.records), "merkle_root": merkle_root, "state": "planned"}
+        try:
+            await self.plans.insert_one(document)
+        except DuplicateKeyError:
+            stored = await self.plans.find_one({"_id": batch.batch_id})
+            if stored and stored["merkle_root"] != merkle_root:
+                raise RuntimeError(f"batch {batch.batch_id} was planned before with root {stored['merkle_root']}, "
+                                   f"now {merkle_root}: the input under that range changed") from None
+
+    async def write_proofs(self, documents: list[dict[str, Any]]) -> None:
+        """Insert proof documents; ones already there (a replay, or an event seen twice) stay as they are."""
+        if not documents:
+            return
+        try:
+            await self.proofs.bulk_write([InsertOne(d) for d in documents], ordered=False)
+        except BulkWriteError as exc:
+            others = [e for e in exc.details.get("writeErrors", []) if e.get("code") != _DUPLICATE_KEY]
+            if others or exc.details.get("writeConcernErrors"):
+                raise StoreUnavailable(f"proofs: {len(others)} writes refused, first: {others[:1]}") from exc
+
+    # -- settlement --
+    async def pending_settlements(self) -> list[dict[str, Any]]:
+        return [doc async for doc in self.settlement_plans.find({})]
+
+    async def settlement(self, hold_id: str) -> dict[str, Any] | None:
+        return await self.settlements.find_one({"_id": hold_id})
+
+    async def plan_settlement(self, plan: dict[str, Any]) -> dict[str, Any]:
+        """Record a settlement about to be submitted; an earlier plan for the hold wins."""
+        try:
+            await self.settlement_plans.insert_one(plan)
+        except DuplicateKeyError:
+            pass
+        return await self.settlement_plans.find_one({"_id": plan["_id"]})
+
+    async def record_settlement(self, plan: dict[str, Any], outcome: dict[str, Any]) -> None:
+        try:
+            await self.settlements.insert_one({**plan, **outcome})
+        except DuplicateKeyError:
+            pass
+        await self.settlement_plans.delete_one({"_id": plan["_id"]})
