@@ -1,7 +1,8 @@
 """Everything the page shows, kept in bounded rolling windows and rendered as one JSON frame.
 
-The Kafka reader feeds it (`observe_offsets`, `observe_group`, `on_record`); the SSE
-endpoint sends `frame(now)`. No I/O here, so every rule is unit-tested without servers.
+The Kafka reader feeds it (`observe_offsets`, `observe_group`, `on_record`), the ledger
+watcher its `ledger` view (events and point lookups, asked for by `ledger_lookups`); the
+SSE endpoint sends `frame(now)`. No I/O here, so every rule is unit-tested without servers.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from typing import Any
 
 from services.dashboard.health import GroupProgress, topic_status
 from services.dashboard.lag import Partition, anchor_lag, group_lag
+from services.dashboard.ledger_view import LedgerView, Lookup
 from services.dashboard.rates import OffsetRate
 
-LEDGER_NOT_CONNECTED = "unknown: ledger not connected"
 MAX_MODELS = 12
 MAX_POINTS = 300
 FEED_LENGTH = 20
@@ -51,6 +52,8 @@ class ModelView:
     drifts: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=50))
     version: int | None = None
     sha256: str | None = None
+    snapshot_version: int | None = None
+    """The version `sha256` belongs to (metrics may already count a newer one)."""
     events_seen: int | None = None
     snapshot_ts: float | None = None
 
@@ -74,7 +77,7 @@ def _seconds(ts: Any) -> float | None:
 
 class Board:
     def __init__(self, throughput: Mapping[str, str], feeds: FeedTopics, service_groups: Mapping[str, str],
-                 stale_after_s: float = 10.0, window_s: float = 120.0) -> None:
+                 stale_after_s: float = 10.0, window_s: float = 120.0, ledger: LedgerView | None = None) -> None:
         self.throughput = dict(throughput)
         self.feeds = feeds
         self.service_groups = dict(service_groups)
@@ -91,6 +94,7 @@ class Board:
         self.undecodable: dict[str, int] = {}
         self.kafka_error: str | None = None
         self.kafka_seen: float | None = None
+        self.ledger = ledger if ledger is not None else LedgerView(enabled=False)
 
     # -- inputs ------------------------------------------------------------------------------
 
@@ -150,16 +154,18 @@ class Board:
             model = self._model(record["model_id"])
             if model is None:
                 return
-            if model.version is None or int(record["version"]) >= model.version or model.sha256 is None:
-                model.version = int(record["version"])
+            version = int(record["version"])
+            if model.snapshot_version is None or version >= model.snapshot_version:
+                # The newest snapshot's hash is what the ledger must hold; metrics may name a later version.
+                model.version = max(model.version or 0, version)
                 model.sha256 = record["sha256"]
+                model.snapshot_version = version
                 model.events_seen = int(record["events_seen"])
                 model.snapshot_ts = _seconds(record.get("created"))
         elif topic == f.usage:
             self.usage.appendleft({
                 "ts": _seconds(record.get("ts")), "hold_id": record["hold_id"], "client": record["client"],
                 "model_id": record["model_id"], "units": record["units"], "price": record["price"],
-                "settlement": LEDGER_NOT_CONNECTED,
             })
         elif topic == f.anchors:
             tp = (record["topic"], int(record["partition"]))
@@ -175,6 +181,17 @@ class Board:
         if model_id not in self.models and len(self.models) >= MAX_MODELS:
             return None  # bounded memory: the first MAX_MODELS models are shown
         return self.models.setdefault(model_id, ModelView(model_id))
+
+    def ledger_lookups(self, now: float, limit: int = 16) -> list[Lookup]:
+        """Ledger reads that would complete what the page shows: each model's current
+        snapshot, the hold of each usage record shown, each anchor shown."""
+        return self.ledger.due(
+            now,
+            models=[(m.model_id, m.snapshot_version) for m in self.models.values()
+                    if m.snapshot_version is not None and m.sha256],
+            holds=[r["hold_id"] for r in self.usage],
+            anchors=[a["batch_id"] for a in self.anchors],
+            limit=limit)
 
     # -- output ------------------------------------------------------------------------------
 
@@ -192,7 +209,9 @@ class Board:
                 self.groups.items(), key=lambda item: (item[0] not in self.service_groups, item[0]))],
             "models": [self._model_frame(model) for model in self.models.values()],
             "anchors": self._anchors_frame(now),
-            "usage": {"records": list(self.usage), "ledger": LEDGER_NOT_CONNECTED},
+            "ledger": self.ledger.summary(now),
+            "usage": {"records": [{**r, "settlement": self.ledger.hold_status(r["hold_id"])} for r in self.usage],
+                      "feed": list(self.ledger.feed), "ledger": self.ledger.status},
             "dead_letters": list(self.dead_letters),
             "undecodable": dict(self.undecodable),
         }
@@ -219,8 +238,10 @@ class Board:
         latest = model.points[-1][2] if model.points else {}
         metric = sorted(latest)[0] if latest else None
         return {"model_id": model.model_id, "version": model.version, "sha256": model.sha256,
-                "events_seen": model.events_seen, "snapshot_ts": model.snapshot_ts,
-                "ledger": LEDGER_NOT_CONNECTED, "metric": metric, "latest": latest,
+                "snapshot_version": model.snapshot_version, "events_seen": model.events_seen,
+                "snapshot_ts": model.snapshot_ts,
+                "ledger": self.ledger.model_status(model.model_id, model.snapshot_version, model.sha256),
+                "metric": metric, "latest": latest,
                 "series": [[pos, m[metric]] for pos, _, m in model.points if metric in m],
                 "drifts": list(model.drifts)}
 
@@ -228,4 +249,6 @@ class Board:
         rate = self.rates.get(self.feeds.anchors)
         return {"rate": round(rate.rate(), 2) if rate else 0.0, "total": rate.total if rate else 0,
                 "lag": anchor_lag(self.anchored, self.ends, self.feeds.clean),
-                "latest": list(self.anchors), "ledger": LEDGER_NOT_CONNECTED}
+                "latest": [{**a, "ledger": self.ledger.anchor_status(a["batch_id"], a["merkle_root"])}
+                           for a in self.anchors],
+                "confirmed": list(self.ledger.confirmed), "ledger": self.ledger.status}

@@ -41,6 +41,19 @@ class DashboardSettings(CommonSettings):
     """On start, how many of the latest records per partition of the feed topics to read back."""
     dashboard_batch_max: int = 500
     """Most records decoded per poll of the feed topics (bounded, so the reader never hogs the broker)."""
+    dashboard_ledger: bool = True
+    """Watch the Fabric ledger (where: the `STREAMLEDGER_FABRIC_*` settings); false: the ledger
+    panels say the watcher is off and nothing connects to a peer."""
+    dashboard_ledger_history_blocks: int = 1000
+    """On start, how many of the ledger's latest blocks to read events back from."""
+    dashboard_ledger_poll_seconds: float = 2.0
+    """How often the ledger is asked about what the page shows but no event told (and pinged)."""
+    dashboard_ledger_recheck_seconds: float = 10.0
+    """How soon a model, hold or anchor the ledger did not have is asked about again."""
+    dashboard_ledger_lookups_max: int = 16
+    """Most point reads per poll, so the watcher never loads the peer."""
+    dashboard_ledger_retry_max_seconds: float = 15.0
+    """Longest wait between reconnection attempts to an unreachable ledger (backoff from 0.5 s)."""
 
     def throughput_topics(self) -> dict[str, str]:
         """Label -> topic of the charts of events/s."""

@@ -89,6 +89,50 @@ function lineChart(points, opts) {
   return box;
 }
 
+// Ledger states from the board (services/dashboard/ledger_view.py) -> [text, pill class].
+const LEDGER_STATES = {
+  off: ["ledger watcher off", "none"], connecting: ["connecting to the ledger…", "unknown"],
+  unreachable: ["ledger unreachable", "down"], checking: ["checking…", "unknown"],
+  refused: ["ledger refused the read", "down"],
+  registered: ["registered", "ok"], mismatch: ["registered with a different hash", "down"],
+  not_registered: ["not registered", "stale"], no_snapshot: ["no snapshot yet", "none"],
+  open: ["open", "info"], settled: ["settled", "ok"], released: ["released", "none"],
+  not_found: ["no such hold on the ledger", "stale"],
+  confirmed: ["confirmed", "ok"], root_mismatch: ["different root on the ledger", "down"],
+  pending: ["not on the ledger yet", "stale"],
+};
+
+function ledgerPill(state, testid) {
+  const [text, cls] = LEDGER_STATES[state.status] || [state.status, "unknown"];
+  const shown = state.last_known ? `${text} (last seen ${state.last_known})` : text;
+  return el("span", { class: `pill ${cls}`, "data-testid": testid, "data-status": state.status,
+                      title: state.error || state.registered_sha256 || state.ledger_root || state.tx_id || "" }, shown);
+}
+
+// Fabric identities read "Org1MSP::CN=User1@org1…,OU=client,…": show the common name, keep the rest as a title.
+function who(account) {
+  if (!account) return "–";
+  const cn = /CN=([^,]+)/.exec(account);
+  return el("span", { title: account }, cn ? cn[1] : account);
+}
+
+function short(id, n = 10) {
+  if (!id) return "–";
+  return id.length > n + 1 ? id.slice(0, n) + "…" : id;
+}
+
+// The empty state of a ledger panel says why it is empty: watcher off, unreachable, or nothing yet.
+function ledgerEmpty(ledger, nothingYet, text) {
+  if (ledger.status === "off") {
+    return emptyState("Ledger watcher off", "Set STREAMLEDGER_DASHBOARD_LEDGER=true to read the Fabric ledger.");
+  }
+  if (ledger.status === "unreachable") {
+    return emptyState("Ledger unreachable", `${ledger.error || "no answer"} — retrying.`);
+  }
+  if (ledger.status === "connecting") return emptyState("Connecting to the ledger…", text);
+  return emptyState(nothingYet, text);
+}
+
 function statusText(topic) {
   if (topic.status === "flowing") return "flowing";
   if (topic.status === "quiet") return topic.quiet_for === null ? "no new events" : `quiet ${fmtAgo(topic.quiet_for)}`;
@@ -143,7 +187,7 @@ function drawModels(frame) {
     el("div", { class: "meta" },
        el("span", {}, "version ", el("strong", {}, m.version ?? "–")),
        el("span", { class: "mono", title: m.sha256 || "" }, "sha256 ", m.sha256 ? m.sha256.slice(0, 16) + "…" : "no snapshot yet"),
-       el("span", {}, "ledger: ", el("span", { class: "pill unknown", "data-testid": "ledger" }, m.ledger)),
+       el("span", {}, `ledger${m.snapshot_version ? ` (v${m.snapshot_version})` : ""}: `, ledgerPill(m.ledger, "ledger")),
        el("span", { class: "muted" }, `${m.drifts.length} drift${m.drifts.length === 1 ? "" : "s"}`)),
     lineChart(m.series, { tall: true, height: 90, axis: y => fmtNumber(y, 3), testid: "chart",
                           markers: m.drifts.map(d => d.position), empty: "no metric points yet",
@@ -151,39 +195,88 @@ function drawModels(frame) {
 }
 
 function drawAnchors(frame) {
-  const a = frame.anchors, box = document.getElementById("anchors");
+  const a = frame.anchors, ledger = frame.ledger, box = document.getElementById("anchors");
   const stats = el("div", { class: "stats" },
     el("div", {}, el("div", { class: "muted small" }, "anchors/s"), el("div", { class: "big" }, fmtNumber(a.rate))),
     el("div", {}, el("div", { class: "muted small" }, "anchor lag (clean records not anchored)"),
-       el("div", { class: "big" }, a.lag === null ? "–" : fmtNumber(a.lag, 0))));
-  if (!a.latest.length) {
-    box.replaceChildren(stats, emptyState("Ledger not connected",
-      "No anchors on ledger.anchors yet: Merkle roots appear here once the ledger service anchors batches."));
-    return;
+       el("div", { class: "big" }, a.lag === null ? "–" : fmtNumber(a.lag, 0))),
+    el("div", {}, el("div", { class: "muted small" }, "anchored on the ledger"),
+       el("div", { class: "big", "data-testid": "anchored-count" }, ledger.enabled ? fmtNumber(ledger.counts.anchored, 0) : "–")));
+  const parts = [stats];
+  if (a.latest.length) {
+    parts.push(el("h3", {}, "On ledger.anchors"), el("table", { "data-testid": "topic-anchors" },
+      el("thead", {}, el("tr", {}, el("th", {}, "time"), el("th", {}, "batch"), el("th", { class: "num" }, "records"),
+                      el("th", {}, "merkle root"), el("th", {}, "tx / block"), el("th", {}, "on the ledger"))),
+      el("tbody", {}, ...a.latest.slice(0, 6).map(x => el("tr", { "data-testid": "topic-anchor" },
+        el("td", {}, fmtTime(x.ts)), el("td", { class: "mono" }, x.batch_id), el("td", { class: "num" }, x.count),
+        el("td", { class: "mono", title: x.merkle_root }, short(x.merkle_root, 12)),
+        el("td", { class: "mono" }, x.tx_id ? `${short(x.tx_id)} / ${x.block ?? "–"}` : "not committed"),
+        el("td", {}, ledgerPill(x.ledger, "anchor-ledger")))))));
   }
-  box.replaceChildren(stats, el("table", {},
-    el("thead", {}, el("tr", {}, el("th", {}, "time"), el("th", {}, "batch"), el("th", { class: "num" }, "records"),
-                    el("th", {}, "merkle root"), el("th", {}, "tx / block"))),
-    el("tbody", {}, ...a.latest.slice(0, 8).map(x => el("tr", {},
-      el("td", {}, fmtTime(x.ts)), el("td", { class: "mono" }, x.batch_id), el("td", { class: "num" }, x.count),
-      el("td", { class: "mono" }, x.merkle_root.slice(0, 12) + "…"),
-      el("td", { class: "mono" }, x.tx_id ? `${x.tx_id.slice(0, 10)}… / ${x.block}` : "not committed"))))));
+  if (ledger.enabled && a.confirmed.length) {
+    parts.push(el("h3", {}, "Confirmed on the ledger ", el("span", { class: "hint" }, "BatchAnchored events")),
+      el("table", { "data-testid": "confirmed-anchors" },
+        el("thead", {}, el("tr", {}, el("th", {}, "block"), el("th", {}, "batch"), el("th", { class: "num" }, "records"),
+                        el("th", { class: "num" }, "offsets"), el("th", {}, "merkle root"), el("th", {}, "tx"))),
+        el("tbody", {}, ...a.confirmed.slice(0, 6).map(x => el("tr", { "data-testid": "confirmed-anchor" },
+          el("td", { class: "num" }, x.block), el("td", { class: "mono" }, x.batch_id),
+          el("td", { class: "num" }, x.count), el("td", { class: "num" }, `${x.first_offset}–${x.last_offset}`),
+          el("td", { class: "mono", title: x.merkle_root }, short(x.merkle_root, 12)),
+          el("td", { class: "mono", title: x.tx_id }, short(x.tx_id)))))));
+  }
+  if (!a.latest.length && !(ledger.enabled && a.confirmed.length)) {
+    parts.push(ledgerEmpty(ledger, "No anchors yet",
+      "Merkle roots appear here once the ledger service anchors batches (ledger.anchors), each checked against the ledger."));
+  }
+  box.replaceChildren(...parts);
 }
 
+const HOLD_EVENTS = { frozen: ["frozen", "info"], settled: ["settled", "ok"], released: ["released", "none"] };
+
 function drawUsage(frame) {
-  const u = frame.usage, box = document.getElementById("usage");
-  if (!u.records.length) {
-    box.replaceChildren(emptyState("No freezes or settlements yet",
-      `Paid inference calls appear here from the usage topic; settlement status: ${u.ledger}.`));
-    return;
+  const u = frame.usage, ledger = frame.ledger, box = document.getElementById("usage");
+  const parts = [];
+  if (ledger.enabled) {
+    const c = ledger.counts;
+    parts.push(el("div", { class: "stats" },
+      el("div", {}, el("div", { class: "muted small" }, "frozen"), el("div", { class: "big" }, fmtNumber(c.frozen, 0))),
+      el("div", {}, el("div", { class: "muted small" }, "settled"), el("div", { class: "big" }, fmtNumber(c.settled, 0))),
+      el("div", {}, el("div", { class: "muted small" }, "released"), el("div", { class: "big" }, fmtNumber(c.released, 0))),
+      el("div", {}, el("div", { class: "muted small" }, "charged"),
+         el("div", { class: "big" }, fmtNumber(ledger.charged_total, 0), el("small", {}, "credit")))));
   }
-  box.replaceChildren(el("table", {},
-    el("thead", {}, el("tr", {}, el("th", {}, "time"), el("th", {}, "hold"), el("th", {}, "client"),
-                    el("th", {}, "model"), el("th", { class: "num" }, "units × price"), el("th", {}, "settlement"))),
-    el("tbody", {}, ...u.records.slice(0, 8).map(r => el("tr", {},
-      el("td", {}, fmtTime(r.ts)), el("td", { class: "mono" }, r.hold_id), el("td", {}, r.client),
-      el("td", {}, r.model_id), el("td", { class: "num" }, `${r.units} × ${r.price}`),
-      el("td", {}, el("span", { class: "pill unknown" }, r.settlement)))))));
+  if (ledger.enabled && u.feed.length) {
+    parts.push(el("h3", {}, "On the ledger ", el("span", { class: "hint" }, "HoldFrozen, HoldSettled, HoldReleased")),
+      el("table", { "data-testid": "hold-feed" },
+        el("thead", {}, el("tr", {}, el("th", {}, "block"), el("th", {}, "event"), el("th", {}, "hold"),
+                        el("th", {}, "client → provider"), el("th", { class: "num" }, "amount"),
+                        el("th", { class: "num" }, "charged / refunded"), el("th", {}, "tx"))),
+        el("tbody", {}, ...u.feed.slice(0, 8).map(e => el("tr", { "data-testid": "hold-event", "data-hold": e.hold_id },
+          el("td", { class: "num" }, e.block),
+          el("td", {}, el("span", { class: `pill ${HOLD_EVENTS[e.event][1]}` }, HOLD_EVENTS[e.event][0])),
+          el("td", { class: "mono" }, e.hold_id),
+          el("td", {}, who(e.client), " → ", who(e.provider)),
+          el("td", { class: "num" }, fmtNumber(e.amount, 0)),
+          el("td", { class: "num" }, e.event === "frozen" ? "–" : `${fmtNumber(e.charged, 0)} / ${fmtNumber(e.refunded, 0)}`),
+          el("td", { class: "mono", title: e.tx_id }, short(e.tx_id)))))));
+  } else {
+    parts.push(ledgerEmpty(ledger, "No freezes or settlements on the ledger yet",
+      "Holds appear here as the contract freezes, settles or releases them."));
+  }
+  if (u.records.length) {
+    parts.push(el("h3", {}, "Usage ", el("span", { class: "hint" }, "usage topic, with its hold on the ledger")),
+      el("table", { "data-testid": "usage-records" },
+        el("thead", {}, el("tr", {}, el("th", {}, "time"), el("th", {}, "hold"), el("th", {}, "client"),
+                        el("th", {}, "model"), el("th", { class: "num" }, "units × price"), el("th", {}, "settlement"))),
+        el("tbody", {}, ...u.records.slice(0, 8).map(r => el("tr", { "data-testid": "usage-record" },
+          el("td", {}, fmtTime(r.ts)), el("td", { class: "mono" }, r.hold_id), el("td", {}, who(r.client)),
+          el("td", {}, r.model_id), el("td", { class: "num" }, `${r.units} × ${r.price}`),
+          el("td", {}, ledgerPill(r.settlement, "settlement")))))));
+  } else {
+    parts.push(el("div", { class: "muted small note" },
+      "No usage records yet: paid inference calls appear here from the usage topic, each with its hold's settlement."));
+  }
+  box.replaceChildren(...parts);
 }
 
 function drawDeadLetters(frame) {
@@ -209,6 +302,17 @@ function drawHeader(frame) {
     kafka.className = "badge bad";
     kafka.textContent = frame.kafka.error ? "Kafka: unreachable" : "Kafka: waiting";
     kafka.title = frame.kafka.error || "";
+  }
+  const ledger = document.getElementById("ledger"), l = frame.ledger;
+  if (l.status === "connected") {
+    ledger.className = "badge ok";
+    ledger.textContent = l.height ? `Ledger: connected · block ${l.height - 1}` : "Ledger: connected";
+    ledger.title = l.identity || "";
+  } else {
+    ledger.className = `badge ${l.status === "unreachable" ? "bad" : l.status === "off" ? "off" : "wait"}`;
+    ledger.textContent = { off: "Ledger: watcher off", connecting: "Ledger: connecting…",
+                           unreachable: "Ledger: unreachable" }[l.status] || `Ledger: ${l.status}`;
+    ledger.title = l.error || "";
   }
   document.getElementById("updated").textContent = `updated ${fmtTime(frame.now)}`;
 }

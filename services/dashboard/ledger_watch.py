@@ -1,0 +1,258 @@
+"""The dashboard's read-only view of the Fabric ledger: the contract's events and a few point reads.
+
+Data path, per connection:
+    connect, WhoAmI (the ledger answers)  -> board.ledger.connected
+    chaincode events from `history_blocks` before the chain's height (after a drop: from the
+    last block and transaction handled)   -> board.ledger.on_event
+    every poll: the chain's height (a ping), then what the board shows but no event told
+    (`board.ledger_lookups`: GetModel, GetHold, GetAnchor), at most `lookups_max` a poll
+An unreachable peer is shown on the page (`board.ledger.unreachable`) and reconnected with
+capped backoff. The watcher only reads: it submits nothing and never touches Kafka.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import grpc
+from fabric_protos.common import ledger_pb2
+
+from services.common import metrics
+from services.common.backoff import Backoff
+from services.common.logging import get_logger
+from services.dashboard.board import Board
+from services.dashboard.ledger_view import Lookup
+from services.ledger.client import LedgerClient
+from services.ledger.gateway import GatewayError, IdentityError, RetryPolicy
+from services.ledger.settings import LedgerSettings
+
+log = get_logger("dashboard")
+EVENTS = metrics.counter("dashboard", "ledger_events", "Chaincode events read from the ledger, by name", ("name",))
+LOOKUPS = metrics.counter("dashboard", "ledger_lookups", "Point reads made on the ledger, by kind", ("kind",))
+RECONNECTS = metrics.counter("dashboard", "ledger_reconnects", "Times the ledger watcher lost the ledger and started again")
+
+CALL_TIMEOUT_S = 10.0
+"""Bound on one read, so a hung peer shows as unreachable instead of freezing the panel."""
+WATCH_RETRY = RetryPolicy(attempts=2, initial_seconds=0.2, max_seconds=1.0)
+"""The watcher retries by reconnecting; the gateway client itself only retries briefly."""
+YIELD_EVERY = 200
+"""Events handled between yields to the event loop while reading history back."""
+
+
+@dataclass(frozen=True)
+class LedgerEvent:
+    block: int
+    transaction_id: str
+    name: str
+    payload: bytes
+
+
+class LedgerReader(Protocol):
+    """What the watcher needs from the ledger (`FabricLedgerReader` over the gateway client)."""
+
+    async def who_am_i(self) -> str: ...
+
+    async def height(self) -> int | None:
+        """Blocks on the channel; None when the peer will not say."""
+
+    async def get_model(self, model_id: str, version: int) -> dict[str, Any] | None: ...
+
+    async def get_hold(self, hold_id: str) -> dict[str, Any] | None: ...
+
+    async def get_anchor(self, batch_id: str) -> dict[str, Any] | None: ...
+
+    def events(self, start_block: int | None, after_transaction_id: str) -> AsyncIterator[LedgerEvent]: ...
+
+    async def close(self) -> None: ...
+
+
+class LedgerStreamEnded(Exception):
+    """The peer ended the event stream; the watcher reconnects."""
+
+
+class FabricLedgerReader:
+    """`LedgerReader` over `LedgerClient` (services/ledger/client.py)."""
+
+    def __init__(self, ledger: LedgerClient, channel: str, chaincode: str) -> None:
+        self.ledger = ledger
+        self.channel = channel
+        self.chaincode = chaincode
+
+    @classmethod
+    def connect(cls, settings: LedgerSettings) -> FabricLedgerReader:
+        return cls(LedgerClient.connect(settings, retry=WATCH_RETRY), settings.fabric_channel,
+                   settings.fabric_chaincode)
+
+    async def who_am_i(self) -> str:
+        return str((await self.ledger.who_am_i()).get("Account", ""))
+
+    async def height(self) -> int | None:
+        # The peer's query system chaincode answers GetChainInfo for any channel reader.
+        network = self.ledger.gateway.network(self.channel)
+        try:
+            raw = await network.contract("qscc").evaluate("GetChainInfo", self.channel)
+        except GatewayError as exc:
+            if exc.transient:
+                raise
+            return None  # not allowed to ask: events then start at the next block
+        return ledger_pb2.BlockchainInfo.FromString(raw).height
+
+    async def get_model(self, model_id: str, version: int) -> dict[str, Any] | None:
+        return await self.ledger.get_model(model_id, version)
+
+    async def get_hold(self, hold_id: str) -> dict[str, Any] | None:
+        return await self.ledger.get_hold(hold_id)
+
+    async def get_anchor(self, batch_id: str) -> dict[str, Any] | None:
+        return await self.ledger.get_anchor(batch_id)
+
+    async def events(self, start_block: int | None, after_transaction_id: str) -> AsyncIterator[LedgerEvent]:
+        network = self.ledger.gateway.network(self.channel)
+        async for event in network.chaincode_events(self.chaincode, start_block=start_block,
+                                                    after_transaction_id=after_transaction_id):
+            yield LedgerEvent(event.block_number, event.transaction_id, event.name, event.payload)
+
+    async def close(self) -> None:
+        await self.ledger.gateway.close()
+
+
+@dataclass(frozen=True)
+class LedgerWatchSettings:
+    history_blocks: int = 1000
+    poll_seconds: float = 2.0
+    lookups_max: int = 16
+    backoff: Backoff = Backoff(initial=0.5, maximum=15.0, jitter=0.2)
+
+
+EXPECTED = (GatewayError, IdentityError, OSError, asyncio.TimeoutError, grpc.RpcError, LedgerStreamEnded)
+"""How a ledger being down, unreachable or not set up yet shows: retried, never fatal."""
+
+
+class LedgerWatch:
+    def __init__(self, board: Board, connect: Callable[[], LedgerReader],
+                 settings: LedgerWatchSettings = LedgerWatchSettings()) -> None:
+        self.board = board
+        self.connect = connect
+        self.settings = settings
+        self.resume: tuple[int, str] | None = None
+        """(block, transaction id) of the last event handled, to resume the stream after a drop."""
+        self.failures = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Watch until `stop` is set; an unreachable ledger is shown on the page and retried."""
+        while not stop.is_set():
+            try:
+                await self._watch(stop)
+            except EXPECTED as exc:
+                self._lost(exc)
+                log.log(logging.WARNING if self.failures == 1 else logging.INFO, "ledger_unreachable",
+                        extra={"error": _describe(exc), "attempt": self.failures})
+            except Exception as exc:  # a bug of ours must not blank the page: show, log, retry
+                self._lost(exc)
+                log.exception("ledger_watch_failed", extra={"error": _describe(exc)})
+            else:
+                return
+            delay = self.settings.backoff.delay(self.failures - 1)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+
+    def _lost(self, exc: BaseException) -> None:
+        self.failures += 1
+        RECONNECTS.inc()
+        self.board.ledger.unreachable(_describe(exc))
+
+    async def _watch(self, stop: asyncio.Event) -> None:
+        reader = self.connect()
+        try:
+            identity = await asyncio.wait_for(reader.who_am_i(), CALL_TIMEOUT_S)
+            height = await asyncio.wait_for(reader.height(), CALL_TIMEOUT_S)
+            self.board.ledger.connected(time.time(), identity, height)
+            if self.failures:
+                log.info("ledger_reconnected", extra={"after_failures": self.failures})
+            self.failures = 0
+            if self.resume is not None:
+                start, after = self.resume
+            else:
+                start = None if height is None else max(0, height - self.settings.history_blocks)
+                after = ""
+            tasks = [asyncio.create_task(self._events(reader, start, after)),
+                     asyncio.create_task(self._poll(reader, stop)),
+                     asyncio.create_task(stop.wait())]
+            try:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()  # re-raise a loop's failure so `run` shows it and reconnects
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            with contextlib.suppress(Exception):
+                await reader.close()
+
+    async def _events(self, reader: LedgerReader, start: int | None, after: str) -> None:
+        handled = 0
+        async for event in reader.events(start, after):
+            self._take(event)
+            self.resume = (event.block, event.transaction_id)
+            handled += 1
+            if handled % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # history read back in a burst must not starve the page
+        raise LedgerStreamEnded("the peer ended the chaincode event stream")
+
+    def _take(self, event: LedgerEvent) -> None:
+        EVENTS.labels(event.name).inc()
+        try:
+            payload = json.loads(event.payload)
+            self.board.ledger.on_event(time.time(), event.name, payload, event.transaction_id, event.block)
+        except (ValueError, KeyError, TypeError) as exc:
+            # An event we cannot read is counted and shown, never a reason to stop watching.
+            self.board.ledger.on_undecodable_event()
+            log.warning("undecodable_ledger_event", extra={"event_name": event.name, "block": event.block,
+                                                          "tx_id": event.transaction_id, "error": _describe(exc)})
+
+    async def _poll(self, reader: LedgerReader, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            height = await asyncio.wait_for(reader.height(), CALL_TIMEOUT_S)
+            self.board.ledger.heartbeat(time.time(), height)
+            for lookup in self.board.ledger_lookups(time.time(), self.settings.lookups_max):
+                await self._lookup(reader, lookup)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.poll_seconds)
+
+    async def _lookup(self, reader: LedgerReader, lookup: Lookup) -> None:
+        LOOKUPS.labels(lookup.kind).inc()
+        view = self.board.ledger
+        try:
+            if lookup.kind == "model":
+                model_id, version = lookup.key
+                record = await asyncio.wait_for(reader.get_model(model_id, version), CALL_TIMEOUT_S)
+                view.on_model(time.time(), model_id, version, record)
+            elif lookup.kind == "hold":
+                view.on_hold(time.time(), lookup.key, await asyncio.wait_for(reader.get_hold(lookup.key),
+                                                                             CALL_TIMEOUT_S))
+            else:
+                view.on_anchor(time.time(), lookup.key, await asyncio.wait_for(reader.get_anchor(lookup.key),
+                                                                               CALL_TIMEOUT_S))
+        except GatewayError as exc:
+            if exc.transient:
+                raise
+            # The ledger refused this one read (a malformed id, say): shown on its row, asked again later.
+            error = exc.chaincode_message
+            if lookup.kind == "model":
+                view.on_model(time.time(), *lookup.key, None, error=error)
+            elif lookup.kind == "hold":
+                view.on_hold(time.time(), lookup.key, None, error=error)
+            else:
+                view.on_anchor(time.time(), lookup.key, None, error=error)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
