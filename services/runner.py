@@ -18,7 +18,7 @@ from pathlib import Path
 from services.stack.settings import StackSettings
 
 # Start order: consumers before producers, so nothing waits on a missing topic.
-SERVICES = ("storage", "cleaning", "learning", "inference", "ingestion", "ledger", "dashboard")
+SERVICES = ("storage", "cleaning", "learning", "inference", "ingestion", "ledger", "audit", "dashboard")
 
 
 def built_services() -> list[str]:

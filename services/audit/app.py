@@ -1,0 +1,102 @@
+"""`streamledger serve audit`: the read-only audit API, HTTP JSON on 127.0.0.1:8090 and gRPC on
+127.0.0.1:8091.
+
+    GET /v1/verify/{id}, gRPC Verify --> Auditor --> MongoDB (events, proofs, models)
+    GET /v1/models/..., gRPC Model        |      --> Fabric gateway, evaluate only
+    GET /v1/accounts/..., gRPC Account    +          (GetAnchor, GetModel, Balance, HoldsOf,
+                                                      History, qscc GetBlockByTxID)
+
+Listening beyond loopback needs STREAMLEDGER_AUDIT_TOKEN (the settings refuse to load
+without it); with a token set, every call must carry it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+
+import uvicorn
+from pydantic import ValidationError
+
+from services.audit.auditor import open_auditor
+from services.audit.auth import AuditorToken
+from services.audit.grpc_api import build_grpc_server
+from services.audit.http_api import build_http_app
+from services.audit.settings import AuditSettings
+from services.common import metrics
+from services.common.lifecycle import run_until_signalled
+from services.common.logging import configure_logging, get_logger
+from services.ledger.settings import LedgerSettings
+
+log = get_logger("audit")
+
+
+class _HttpServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self):  # the service handles signals itself, for both servers
+        yield
+
+
+class AuditService:
+    """Both servers over one Auditor, with an explicit `start()` / `stop()` lifecycle; the bound
+    ports are in `http_port` and `grpc_port` after `start()` (settings may ask for port 0)."""
+
+    def __init__(self, settings: AuditSettings, ledger_settings: LedgerSettings) -> None:
+        self.settings = settings
+        self.ledger_settings = ledger_settings
+        self.http_port = settings.audit_http_port
+        self.grpc_port = settings.audit_grpc_port
+        self._stack = contextlib.AsyncExitStack()
+
+    async def start(self) -> None:
+        s = self.settings
+        auditor = await self._stack.enter_async_context(open_auditor(s, self.ledger_settings))
+        token = AuditorToken(s.token())
+        try:
+            self.grpc_server, self.grpc_port = build_grpc_server(auditor, token, s.audit_host, s.audit_grpc_port)
+            await self.grpc_server.start()
+            config = uvicorn.Config(build_http_app(auditor, token), host=s.audit_host, port=s.audit_http_port,
+                                    log_config=None, access_log=False, lifespan="off")
+            self.http_server = _HttpServer(config)
+            self.http_task = asyncio.create_task(self.http_server.serve())
+            async with asyncio.timeout(10):
+                while not self.http_server.started:
+                    if self.http_task.done():
+                        await self.http_task  # re-raises why it could not start
+                        raise RuntimeError(f"HTTP server did not start on {s.audit_host}:{s.audit_http_port}")
+                    await asyncio.sleep(0.02)
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        self.http_port = self.http_server.servers[0].sockets[0].getsockname()[1]
+        log.info("started", extra={"http": f"{s.audit_host}:{self.http_port}", "grpc": f"{s.audit_host}:{self.grpc_port}",
+                                   "token_required": token.required, "mongo_db": s.mongo_db,
+                                   "peer": self.ledger_settings.fabric_peer_endpoint})
+
+    async def stop(self) -> None:
+        self.http_server.should_exit = True
+        await self.http_task
+        await self.grpc_server.stop(grace=5)
+        await self._stack.aclose()
+        log.info("stopped")
+
+
+async def run(settings: AuditSettings, ledger_settings: LedgerSettings, stop: asyncio.Event) -> None:
+    service = AuditService(settings, ledger_settings)
+    await service.start()
+    try:
+        await stop.wait()
+    finally:
+        await service.stop()
+
+
+def main() -> None:
+    try:
+        settings = AuditSettings()  # refuses to load when exposed beyond loopback without a token
+    except ValidationError as exc:
+        print(f"audit: refusing to start: {'; '.join(e['msg'] for e in exc.errors())}", file=sys.stderr)
+        raise SystemExit(2) from None
+    configure_logging(settings.log_level)
+    metrics.serve_metrics(settings.metrics_port)
+    run_until_signalled(lambda stop: run(settings, LedgerSettings(), stop))

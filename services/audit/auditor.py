@@ -1,0 +1,60 @@
+"""`Auditor`: the three audit questions over one evidence store and one ledger reader.
+
+    async with open_auditor(AuditSettings(), LedgerSettings()) as auditor:
+        verification = await auditor.verify("evt-42")
+        report = await auditor.model("phishing-logreg")          # latest version
+        statement = await auditor.account("Org1MSP::CN=...")
+
+The HTTP and gRPC servers and the in-process CLI all ask through it, so they give the same
+answers; `open_auditor` wires the real adapters (MongoDB, the Fabric gateway).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from services.audit.ledger_reader import FabricLedgerReader
+from services.audit.mongo_store import MongoEvidenceStore
+from services.audit.ports import EvidenceStore, LedgerReader
+from services.audit.provenance import ModelReport, audit_model
+from services.audit.settings import AuditSettings
+from services.audit.statement import AccountStatement, account_statement
+from services.audit.verification import Verification, verify
+from services.common.mongo import mongo_client
+from services.ledger.client import LedgerClient
+from services.ledger.gateway import RetryPolicy, Timeouts
+from services.ledger.settings import LedgerSettings
+
+
+class Auditor:
+    def __init__(self, store: EvidenceStore, ledger: LedgerReader) -> None:
+        self.store = store
+        self.ledger = ledger
+
+    async def verify(self, event_id: str) -> Verification:
+        return await verify(self.store, self.ledger, event_id)
+
+    async def model(self, model_id: str, version: int | None = None) -> ModelReport:
+        return await audit_model(self.store, self.ledger, model_id, version)
+
+    async def account(self, account: str) -> AccountStatement:
+        return await account_statement(self.ledger, account)
+
+
+@asynccontextmanager
+async def open_auditor(settings: AuditSettings, ledger_settings: LedgerSettings) -> AsyncIterator[Auditor]:
+    """An Auditor on MongoDB and the Fabric gateway; both connect lazily, so an unreachable server
+    shows in the answers (STORE_UNREACHABLE, LEDGER_UNREACHABLE), not here."""
+    timeout = settings.audit_mongo_timeout_ms
+    mongo = mongo_client(settings.mongo_url, tz_aware=True, serverSelectionTimeoutMS=timeout,
+                         connectTimeoutMS=timeout, socketTimeoutMS=max(timeout, 10_000))
+    try:
+        client = LedgerClient.connect(ledger_settings, retry=RetryPolicy(
+            attempts=settings.audit_ledger_attempts, initial_seconds=0.1, max_seconds=1.0))
+        # An audit answers within a bound: a hung peer becomes LEDGER_UNREACHABLE, not a hung request.
+        client.gateway.timeouts = Timeouts(evaluate=settings.audit_ledger_timeout_seconds)
+        async with client:
+            yield Auditor(MongoEvidenceStore(mongo[settings.mongo_db]), FabricLedgerReader(client))
+    finally:
+        await mongo.close()

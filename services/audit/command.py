@@ -1,0 +1,100 @@
+"""`streamledger audit verify|model|account`: ask the audit, print the answer, exit by verdict.
+
+By default the command runs the audit core in-process, reading MongoDB and the ledger itself
+with this machine's `STREAMLEDGER_*` settings and Fabric identity: an auditor then trusts no
+running service, only storage and the ledger. With `--api URL` (or STREAMLEDGER_AUDIT_API_URL)
+it asks a running audit API over HTTP instead (with `--token` / STREAMLEDGER_AUDIT_TOKEN when
+that API needs one), for auditors who hold no database or ledger credentials. Both print the
+same answer: readable by default, the API's JSON with `--json`.
+
+Exit codes: 0 VERIFIED / MATCH / FOUND; 1 TAMPERED, DELETED or MISMATCH; 2 a malformed
+argument, bad settings or a refused token; 3 NOT_ANCHORED_YET (ask again later); 4 UNKNOWN,
+NOT_REGISTERED, NO_SNAPSHOT or NOT_FOUND; 5 the ledger, MongoDB or the API could not be reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from pydantic import ValidationError
+from rich.console import Console
+
+from services.audit.auditor import open_auditor
+from services.audit.ports import InvalidArgument
+from services.audit.render import RENDERERS, render_error
+from services.audit.settings import AuditSettings
+from services.ledger.gateway import IdentityError
+from services.ledger.settings import LedgerSettings
+
+EXIT_CODES = {
+    "VERIFIED": 0, "MATCH": 0, "FOUND": 0,
+    "TAMPERED": 1, "DELETED": 1, "MISMATCH": 1,
+    "INVALID_ARGUMENT": 2, "UNAUTHENTICATED": 2, "CONFIGURATION": 2,
+    "NOT_ANCHORED_YET": 3,
+    "UNKNOWN": 4, "NOT_REGISTERED": 4, "NO_SNAPSHOT": 4, "NOT_FOUND": 4,
+    "LEDGER_UNREACHABLE": 5, "STORE_UNREACHABLE": 5, "API_UNREACHABLE": 5,
+}
+
+
+def exit_code(status: str) -> int:
+    return EXIT_CODES.get(status, 1)
+
+
+def run_audit(query: str, args: dict[str, Any], as_json: bool, api_url: str | None, token: str | None,
+              console: Console) -> int:
+    """Answer `query` ("verify", "model" or "account") for `args`, print it; the exit code."""
+    try:
+        answer = _ask_api(api_url, token, query, args) if api_url else asyncio.run(_ask_in_process(query, args))
+    except InvalidArgument as exc:
+        answer = {"status": "INVALID_ARGUMENT", "field": exc.field, "error": str(exc)}
+    except ValidationError as exc:
+        answer = {"status": "CONFIGURATION", "error": "; ".join(e["msg"] for e in exc.errors())}
+    except (IdentityError, OSError) as exc:
+        answer = {"status": "CONFIGURATION", "error": f"cannot load the Fabric identity or TLS root: {exc}"}
+    except httpx.HTTPError as exc:
+        answer = {"status": "API_UNREACHABLE", "error": f"the audit API at {api_url} did not answer: {exc}"}
+    if as_json:
+        print(json.dumps(answer, indent=2, ensure_ascii=False))
+    elif "error" in answer:
+        render_error(console, answer)
+    else:
+        RENDERERS[query](console, answer)
+    return exit_code(answer["status"])
+
+
+async def _ask_in_process(query: str, args: dict[str, Any]) -> dict[str, Any]:
+    async with open_auditor(AuditSettings(), LedgerSettings()) as auditor:
+        if query == "verify":
+            return (await auditor.verify(args["event_id"])).as_dict()
+        if query == "model":
+            return (await auditor.model(args["model_id"], args.get("version"))).as_dict()
+        return (await auditor.account(args["account"])).as_dict()
+
+
+def _ask_api(api_url: str, token: str | None, query: str, args: dict[str, Any]) -> dict[str, Any]:
+    base = api_url.rstrip("/")
+    params: dict[str, Any] = {}
+    if query == "verify":
+        url = f"{base}/v1/verify/{quote(args['event_id'], safe='')}"
+    elif query == "model":
+        url = f"{base}/v1/models/{quote(args['model_id'], safe='')}"
+        if args.get("version") is not None:
+            params["version"] = args["version"]
+    else:
+        url = f"{base}/v1/accounts/{quote(args['account'], safe='')}"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    response = httpx.get(url, params=params, headers=headers, timeout=60.0)
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict) or "status" not in answer:
+        return {"status": "API_UNREACHABLE",
+                "error": f"the audit API at {api_url} answered HTTP {response.status_code}: {response.text[:200]}"}
+    if response.status_code == 401:
+        answer.setdefault("error", "the audit API refused the token")
+    return answer

@@ -1,0 +1,84 @@
+"""gRPC interface of the audit API: `streamledger.audit.v1.Audit` (proto/audit.proto), read-only.
+
+The answers are the same dicts the HTTP API sends as JSON, parsed into the proto messages
+(field names are shared). INVALID_ARGUMENT names the field; UNAUTHENTICATED without the
+auditor token when one is configured; UNAVAILABLE when the ledger or MongoDB cannot be read,
+with the partial answer serialized in the trailing metadata `streamledger-audit-report-bin`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+from services.audit.auditor import Auditor
+from services.audit.auth import AuditorToken, bearer
+from services.audit.metrics import observe
+from services.audit.ports import InvalidArgument
+from services.common.logging import get_logger
+from services.common.protos import load
+
+audit_pb2, audit_pb2_grpc = load("audit.proto")
+log = get_logger("audit")
+REPORT_METADATA_KEY = "streamledger-audit-report-bin"
+UNREACHABLE = frozenset({"LEDGER_UNREACHABLE", "STORE_UNREACHABLE"})
+
+
+def to_message(answer: dict[str, Any], message_type: type) -> Any:
+    """A JSON answer of the audit as its proto message (unset where the answer has null)."""
+    return json_format.ParseDict(answer, message_type(), ignore_unknown_fields=True)
+
+
+class AuditServicer(audit_pb2_grpc.AuditServicer):
+    def __init__(self, auditor: Auditor, token: AuditorToken) -> None:
+        self.auditor = auditor
+        self.token = token
+
+    async def Verify(self, request, context: grpc.aio.ServicerContext):  # noqa: N802 - gRPC method name
+        return await self._answer(context, "verify", audit_pb2.Verification,
+                                  lambda: self.auditor.verify(request.event_id))
+
+    async def Model(self, request, context: grpc.aio.ServicerContext):  # noqa: N802
+        version = request.version if request.HasField("version") else None
+        return await self._answer(context, "model", audit_pb2.ModelReport,
+                                  lambda: self.auditor.model(request.model_id, version))
+
+    async def Account(self, request, context: grpc.aio.ServicerContext):  # noqa: N802
+        return await self._answer(context, "account", audit_pb2.AccountStatement,
+                                  lambda: self.auditor.account(request.account))
+
+    async def _answer(self, context: grpc.aio.ServicerContext, query: str, message_type: type,
+                      ask: Callable[[], Awaitable[Any]]) -> Any:
+        started = time.perf_counter()
+        metadata = {k.lower(): v for k, v in context.invocation_metadata() if isinstance(v, str)}
+        if not self.token.allows(bearer(metadata)):
+            observe("grpc", query, "UNAUTHENTICATED", started)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                "send the auditor token as metadata 'authorization: Bearer <token>'")
+        try:
+            answer = (await ask()).as_dict()
+        except InvalidArgument as exc:
+            observe("grpc", query, "INVALID_ARGUMENT", started)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        observe("grpc", query, answer["status"], started)
+        message = to_message(answer, message_type)
+        if answer["status"] in UNREACHABLE:
+            log.warning("audit_unreachable", extra={"query": query, "status": answer["status"],
+                                                    "detail": answer["detail"]})
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{answer['status']}: {answer['detail']}",
+                                trailing_metadata=((REPORT_METADATA_KEY, message.SerializeToString()),))
+        return message
+
+
+def build_grpc_server(auditor: Auditor, token: AuditorToken, host: str, port: int) -> tuple[grpc.aio.Server, int]:
+    """The (not yet started) server and the port it bound (`port` 0 picks a free one)."""
+    server = grpc.aio.server()
+    audit_pb2_grpc.add_AuditServicer_to_server(AuditServicer(auditor, token), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if not bound:
+        raise RuntimeError(f"gRPC server could not bind {host}:{port}")
+    return server, bound

@@ -1,0 +1,63 @@
+"""`FabricLedgerReader`: the audit's queries of the contract, over `LedgerClient` (evaluate only).
+
+    async with LedgerClient.connect(LedgerSettings()) as client:
+        ledger = FabricLedgerReader(client)
+        anchor = await ledger.anchor("events.clean:0:0-999")
+
+Every call is an evaluate: the audit never submits a transaction. The gateway client has
+already retried transient failures within its RetryPolicy; what still fails is
+`LedgerUnreachable` (the peer is down, timed out or refused to answer), except a refusal of
+a malformed argument by the contract itself, which is the caller's `InvalidArgument`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+from services.audit.ports import InvalidArgument, LedgerUnreachable
+from services.ledger.client import LedgerClient
+from services.ledger.gateway import GatewayError
+
+T = TypeVar("T")
+
+
+class FabricLedgerReader:
+    def __init__(self, client: LedgerClient) -> None:
+        self.client = client
+
+    async def anchor(self, batch_id: str) -> dict[str, Any] | None:
+        return await self._ask("GetAnchor", "batch_id", self.client.get_anchor(batch_id))
+
+    async def transaction_block(self, tx_id: str) -> dict[str, Any] | None:
+        return await self._ask("GetBlockByTxID", "tx_id", self.client.transaction_block(tx_id))
+
+    async def model(self, model_id: str, version: int) -> dict[str, Any] | None:
+        return await self._ask("GetModel", "model_id", self.client.get_model(model_id, version))
+
+    async def balance(self, account: str) -> int | None:
+        try:
+            return await self.client.balance(account)
+        except GatewayError as exc:
+            if "NOT_FOUND" in str(exc):  # the contract's answer for an account it has never credited
+                return None
+            raise _translated("Balance", "account", exc) from exc
+
+    async def holds_of(self, account: str) -> list[dict[str, Any]]:
+        return await self._ask("HoldsOf", "account", self.client.holds_of(account))
+
+    async def history(self, key: str) -> list[dict[str, Any]]:
+        return await self._ask("History", "key", self.client.history(key))
+
+    @staticmethod
+    async def _ask(function: str, field: str, call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except GatewayError as exc:
+            raise _translated(function, field, exc) from exc
+
+
+def _translated(function: str, field: str, exc: GatewayError) -> InvalidArgument | LedgerUnreachable:
+    if "INVALID_ARGUMENT" in str(exc):
+        return InvalidArgument(field, f"the ledger refused it: {exc.chaincode_message}")
+    return LedgerUnreachable(f"{function}: {exc}")

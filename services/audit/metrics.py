@@ -1,0 +1,15 @@
+"""The audit API's Prometheus metrics."""
+
+from __future__ import annotations
+
+import time
+
+from services.common import metrics
+
+REQUESTS = metrics.counter("audit", "requests", "Audit questions answered", ("api", "query", "status"))
+SECONDS = metrics.seconds("audit", "request", "Time to answer an audit question", ("query",))
+
+
+def observe(api: str, query: str, status: str, started: float) -> None:
+    REQUESTS.labels(api, query, status).inc()
+    SECONDS.labels(query).observe(time.perf_counter() - started)
