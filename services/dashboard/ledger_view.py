@@ -97,6 +97,7 @@ class LedgerView:
         self.identity: str | None = None
         self.height: int | None = None
         self.contact_at: float | None = None
+        self.first_block: int | None = None
         self.last_block: int | None = None
         self.events = 0
         self.counts = {name: 0 for name in EVENTS}
@@ -135,6 +136,7 @@ class LedgerView:
 
         Raises KeyError/TypeError/ValueError for a payload missing what its event must carry."""
         self.events += 1
+        self.first_block = block if self.first_block is None else min(self.first_block, block)
         self.last_block = max(self.last_block or 0, block)
         self.height = max(self.height or 0, block + 1)
         self.contact_at = now
@@ -304,7 +306,8 @@ class LedgerView:
     def summary(self, now: float) -> dict[str, Any]:
         return {"enabled": self.enabled, "status": self.status, "connected": self.status == CONNECTED,
                 "error": self.error, "identity": self.identity, "height": self.height,
-                "last_block": self.last_block, "events": self.events, "undecodable": self.undecodable,
+                "first_block": self.first_block, "last_block": self.last_block, "events": self.events,
+                "undecodable": self.undecodable,
                 "last_contact_ago": None if self.contact_at is None else round(max(0.0, now - self.contact_at), 1),
                 "counts": {"frozen": self.counts["HoldFrozen"], "settled": self.counts["HoldSettled"],
                            "released": self.counts["HoldReleased"], "anchored": self.counts["BatchAnchored"],

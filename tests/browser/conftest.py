@@ -1,13 +1,16 @@
 """Fixtures for the dashboard's tests in a real headless Chromium (Debian's `chromium`).
 
 `dashboard` runs `streamledger serve dashboard` as a subprocess on its own port, watching
-topics unique to the test; `chromium` is one browser for the session, driven by
-Playwright over the system binary (Playwright's own browser downloads are never used).
+topics unique to the test, with its ledger watcher off; `ledger_dashboard` is the same
+watching the real local Fabric network (`network` brings it up); `chromium` is a fresh
+headless browser profile per test, driven by Playwright over the system binary
+(Playwright's own browser downloads are never used).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -25,7 +28,8 @@ import pytest
 from playwright.async_api import BrowserContext, async_playwright
 
 from services.common.kafka import ensure_topics
-from tests.integration.conftest import bootstrap, settings, stack, unique  # noqa: F401  (shared fixtures)
+from services.stack.fabric import FabricNetwork
+from tests.integration.conftest import bootstrap, network, settings, stack, unique  # noqa: F401  (shared fixtures)
 
 
 REPO = Path(__file__).resolve().parents[2]
@@ -84,8 +88,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-async def dashboard(bootstrap: str, unique: str, tmp_path: Path) -> AsyncIterator[Dashboard]:  # noqa: F811
+@contextlib.asynccontextmanager
+async def running_dashboard(bootstrap: str, unique: str, tmp_path: Path,
+                            **env_overrides: str) -> AsyncIterator[Dashboard]:
+    """`serve dashboard` on its own port and unique topics; `env_overrides` are STREAMLEDGER_* settings."""
     names = ("raw", "clean", "deadletter", "predictions", "snapshots", "model_metrics", "usage", "anchors")
     topics = {f"{name}_topic": f"dash-{name}-{unique}" for name in names}
     await ensure_topics(bootstrap, topics.values())
@@ -98,7 +104,10 @@ async def dashboard(bootstrap: str, unique: str, tmp_path: Path) -> AsyncIterato
            "STREAMLEDGER_DASHBOARD_LAG_SECONDS": "1",
            "STREAMLEDGER_DASHBOARD_WINDOW_SECONDS": "45",
            "STREAMLEDGER_DASHBOARD_GROUP_RECHECK_SECONDS": "2",
-           "STREAMLEDGER_DASHBOARD_SERVICE_GROUPS": json.dumps({group: "cleaning"})}
+           "STREAMLEDGER_DASHBOARD_SERVICE_GROUPS": json.dumps({group: "cleaning"}),
+           # Off unless a test asks: the Kafka-only tests must not depend on the Fabric network.
+           "STREAMLEDGER_DASHBOARD_LEDGER": "false",
+           **{f"STREAMLEDGER_{k.upper()}": v for k, v in env_overrides.items()}}
     board = Dashboard(f"http://127.0.0.1:{port}", topics, group, env, tmp_path / "dashboard.log")
     await board.start()
     try:
@@ -106,6 +115,23 @@ async def dashboard(bootstrap: str, unique: str, tmp_path: Path) -> AsyncIterato
     finally:
         code = board.stop()
         assert code == 0, f"dashboard exited {code} on SIGTERM: {board.log_path.read_text()[-2000:]}"
+
+
+@pytest.fixture
+async def dashboard(bootstrap: str, unique: str, tmp_path: Path) -> AsyncIterator[Dashboard]:  # noqa: F811
+    """A dashboard with its ledger watcher off."""
+    async with running_dashboard(bootstrap, unique, tmp_path) as board:
+        yield board
+
+
+@pytest.fixture
+async def ledger_dashboard(bootstrap: str, unique: str, tmp_path: Path,  # noqa: F811
+                           network: FabricNetwork) -> AsyncIterator[Dashboard]:
+    """A dashboard watching the real local Fabric network, reading as the plain user User3."""
+    async with running_dashboard(bootstrap, unique, tmp_path, dashboard_ledger="true", fabric_user="User3",
+                                 dashboard_ledger_poll_seconds="0.5",
+                                 dashboard_ledger_recheck_seconds="1") as board:
+        yield board
 
 
 @pytest.fixture

@@ -2,6 +2,8 @@
 
 Events are produced to the dashboard's own (unique) topics with the Avro codec; a real
 consumer group stands in for the cleaning service, so stopping it is a service stopping.
+The ledger panels are checked against the real local Fabric network: what the test commits
+there (a registration, freezes, a settlement, an anchor) shows on the page.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from playwright.async_api import BrowserContext, ConsoleMessage, Page, expect
 
 from services.common.avro import AvroCodec, SchemaRegistry
 from services.common.kafka import reliable_producer
-from tests.browser.conftest import CLI, REPO, STALE_AFTER_S, Dashboard
+from services.ledger.client import LedgerClient
+from services.ledger.settings import LedgerSettings
+from tests.browser.conftest import CLI, REPO, STALE_AFTER_S, Dashboard, running_dashboard
 
 pytestmark = pytest.mark.integration
 
@@ -93,8 +97,10 @@ async def test_page_loads_with_no_console_errors_and_honest_empty_states(
     await expect(raw.get_by_test_id("status")).to_have_text("no events yet")
     await expect(raw).to_contain_text(dashboard.topics["raw_topic"])
     await expect(page.get_by_test_id("deadletters")).to_contain_text("No dead letters")
-    await expect(page.get_by_test_id("anchors")).to_contain_text("Ledger not connected")
-    await expect(page.get_by_test_id("usage")).to_contain_text("No freezes or settlements yet")
+    await expect(page.get_by_test_id("ledger-badge")).to_have_text("Ledger: watcher off")
+    await expect(page.get_by_test_id("anchors")).to_contain_text("Ledger watcher off")
+    await expect(page.get_by_test_id("usage")).to_contain_text("STREAMLEDGER_DASHBOARD_LEDGER=true")
+    await expect(page.get_by_test_id("usage")).to_contain_text("No usage records yet")
     await expect(page.get_by_test_id("models")).to_contain_text("No model metrics yet")
     await expect(page.get_by_test_id("groups")).to_contain_text("No consumer groups yet")
     await page.wait_for_timeout(1500)  # a few more frames, so a drawing error would show up
@@ -144,14 +150,12 @@ async def test_charts_follow_the_stream_and_stopped_parts_show_as_down(
             model = page.get_by_test_id("model-fraud-lr")
             await expect(model).to_contain_text("version 3", timeout=8_000)
             await expect(model).to_contain_text("sha256 " + "c0ffee" * 2)
-            await expect(model.get_by_test_id("ledger")).to_have_text("unknown: ledger not connected")
+            await expect(model.get_by_test_id("ledger")).to_have_text("ledger watcher off")
             assert await model.locator("line.drift").count() == 1
             await expect(page.get_by_test_id("model-latency-tree")).to_contain_text("MAE")
             assert await page.get_by_test_id("model-latency-tree").locator("line.drift").count() == 0
             await expect(page.get_by_test_id("usage")).to_contain_text("hold-1")
-            await page.wait_for_timeout(1500)
-            SCREENSHOT.parent.mkdir(exist_ok=True)
-            await page.screenshot(path=str(SCREENSHOT), full_page=True)
+            await expect(page.get_by_test_id("settlement")).to_have_text("ledger watcher off")
 
             # Input text is shown as text, never run as HTML.
             await producer.send_and_wait(topics["deadletter_topic"], CODEC.encode("DeadLetter", {
@@ -176,8 +180,9 @@ async def consume_and_commit(consumer: AIOKafkaConsumer) -> None:
                 await consumer.commit()
 
 
-async def publish_feed_records(producer, topics: dict[str, str]) -> None:
-    """A dead letter, a model's metric stream with one drift, its snapshot, and one usage record."""
+async def publish_feed_records(producer, topics: dict[str, str], holds: tuple[str, ...] = ("hold-1",),
+                               client: str = "acme") -> None:
+    """A dead letter, a model's metric stream with one drift, its snapshot, and a usage record per hold."""
     await producer.send(topics["deadletter_topic"], CODEC.encode("DeadLetter", {
         "key": "e-bad", "source_topic": topics["raw_topic"], "source_partition": 0, "source_offset": 7,
         "service": "cleaning", "reason": "missing_field", "error": "features: 'amount' is required by rule fraud",
@@ -194,10 +199,86 @@ async def publish_feed_records(producer, topics: dict[str, str]) -> None:
     await producer.send(topics["snapshots_topic"], key=b"fraud-lr", value=CODEC.encode("ModelSnapshot", {
         "model_id": "fraud-lr", "version": 3, "sha256": "c0ffee" * 10 + "beef", "format": "pickle",
         "offsets": [], "events_seen": 3000, "metrics": {"Accuracy": 0.7}, "model": b"", "created": now_ms()}))
-    await producer.send(topics["usage_topic"], CODEC.encode("UsageRecord", {
-        "hold_id": "hold-1", "request_id": "r-1", "client": "acme", "model_id": "fraud-lr", "model_version": 3,
-        "units": 12, "price": 5, "ts": now_ms()}))
+    for n, hold in enumerate(holds):
+        await producer.send(topics["usage_topic"], CODEC.encode("UsageRecord", {
+            "hold_id": hold, "request_id": f"r-{n}", "client": client, "model_id": "fraud-lr", "model_version": 3,
+            "units": 12, "price": 5, "ts": now_ms()}))
     await producer.flush()
+
+
+FRAUD_SHA = "c0ffee" * 10 + "beef"  # the snapshot publish_feed_records writes for fraud-lr version 3
+
+
+async def test_ledger_panels_show_what_the_real_ledger_holds(
+        ledger_dashboard: Dashboard, chromium: BrowserContext, bootstrap: str, unique: str) -> None:
+    """Registration, a freeze and its settlement, an open hold and an anchor committed on the
+    local Fabric network show on the page; this is also the README's screenshot."""
+    topics = ledger_dashboard.topics
+    async with (LedgerClient.connect(LedgerSettings(fabric_user="Admin")) as admin,
+                LedgerClient.connect(LedgerSettings(fabric_user="User5")) as client,
+                LedgerClient.connect(LedgerSettings(fabric_user="User6")) as provider):
+        me, them = (await client.who_am_i())["Account"], (await provider.who_am_i())["Account"]
+        await admin.mint(me, 1000)
+        # Registering the same (model, version, sha256) again is a no-op, so every run may do it.
+        await admin.register_model("fraud-lr", 3, FRAUD_SHA)
+        settled_hold, open_hold = f"hold-{unique[:6]}", f"hold-{unique[6:]}-open"
+        await client.freeze(settled_hold, me, them, 100, int(time.time()) + 3600)
+        await client.freeze(open_hold, me, them, 80, int(time.time()) + 3600)
+        await admin.settle(settled_hold, 12, 5)
+        batch, root = f"batch-{unique}", "ab" * 32
+        anchored = await admin.anchor_batch(batch, root, 40, 0, 39)
+
+    page, errors = await open_page(chromium, ledger_dashboard.url)
+    await expect(page.get_by_test_id("ledger-badge")).to_contain_text("Ledger: connected", timeout=15_000)
+    cleaner = AIOKafkaConsumer(topics["raw_topic"], bootstrap_servers=bootstrap, group_id=ledger_dashboard.group,
+                               enable_auto_commit=False, auto_offset_reset="earliest")
+    async with reliable_producer(bootstrap) as producer:
+        async with steady_stream(producer, topics["raw_topic"]):
+            await cleaner.start()
+            keep_up = asyncio.create_task(consume_and_commit(cleaner))
+            try:
+                await publish_feed_records(producer, topics, holds=(open_hold, settled_hold), client=me)
+                await producer.send_and_wait(topics["anchors_topic"], CODEC.encode("Anchor", {
+                    "batch_id": batch, "merkle_root": root, "count": 40, "topic": topics["clean_topic"],
+                    "partition": 0, "first_offset": 0, "last_offset": 39, "tx_id": anchored.transaction_id,
+                    "block": anchored.block_number, "ts": now_ms()}))
+
+                model = page.get_by_test_id("model-fraud-lr")
+                await expect(model.get_by_test_id("ledger")).to_have_text("registered", timeout=15_000)
+                await expect(page.get_by_test_id("model-latency-tree").get_by_test_id("ledger")).to_have_text(
+                    "no snapshot yet")
+                feed_row = page.locator(f'[data-testid="hold-event"][data-hold="{settled_hold}"]').first
+                await expect(feed_row).to_contain_text("settled", timeout=15_000)
+                await expect(feed_row).to_contain_text("60 / 40")
+                usage = page.get_by_test_id("usage-record")
+                await expect(usage.filter(has_text=settled_hold).get_by_test_id("settlement")).to_have_text(
+                    "settled", timeout=15_000)
+                await expect(usage.filter(has_text=open_hold).get_by_test_id("settlement")).to_have_text("open")
+                await expect(usage.filter(has_text=open_hold)).to_contain_text("User5 Org1MSP")  # not the whole DN
+                anchor = page.get_by_test_id("topic-anchor").filter(has_text=batch)
+                await expect(anchor.get_by_test_id("anchor-ledger")).to_have_text("confirmed", timeout=15_000)
+                await expect(page.get_by_test_id("group-" + ledger_dashboard.group)).to_contain_text("cleaning",
+                                                                                                    timeout=15_000)
+                await page.wait_for_timeout(1500)  # a few more frames, so the charts have a history
+                SCREENSHOT.parent.mkdir(exist_ok=True)
+                await page.screenshot(path=str(SCREENSHOT), full_page=True)
+            finally:
+                keep_up.cancel()
+                await asyncio.gather(keep_up, return_exceptions=True)
+                await cleaner.stop()
+    assert errors == []
+
+
+async def test_an_unreachable_ledger_says_so_and_the_page_keeps_working(
+        chromium: BrowserContext, bootstrap: str, unique: str, tmp_path: Path) -> None:
+    async with running_dashboard(bootstrap, unique, tmp_path, dashboard_ledger="true",
+                                 fabric_peer_endpoint="127.0.0.1:1") as dashboard:
+        page, errors = await open_page(chromium, dashboard.url)
+        await expect(page.get_by_test_id("ledger-badge")).to_have_text("Ledger: unreachable", timeout=15_000)
+        await expect(page.get_by_test_id("usage")).to_contain_text("Ledger unreachable")
+        await expect(page.get_by_test_id("anchors")).to_contain_text("retrying")
+        await expect(page.get_by_test_id("kafka")).to_have_text("Kafka: connected")
+        assert errors == []
 
 
 async def test_a_lost_connection_shows_and_reconnects(dashboard: Dashboard, chromium: BrowserContext) -> None:

@@ -112,8 +112,9 @@ function ledgerPill(state, testid) {
 // Fabric identities read "Org1MSP::CN=User1@org1…,OU=client,…": show the common name, keep the rest as a title.
 function who(account) {
   if (!account) return "–";
-  const cn = /CN=([^,]+)/.exec(account);
-  return el("span", { title: account }, cn ? cn[1] : account);
+  const cn = /CN=([^,@]+)/.exec(account), msp = account.split("::")[0];
+  return el("span", { class: "who", title: account }, cn ? cn[1] : account,
+            cn && msp !== account ? el("span", { class: "muted small" }, ` ${msp}`) : null);
 }
 
 function short(id, n = 10) {
@@ -194,89 +195,97 @@ function drawModels(frame) {
                           xlabel: (a, b) => `events ${fmtNumber(a, 0)} → ${fmtNumber(b, 0)}` }))));
 }
 
+function stat(label, value, testid) {
+  return el("div", {}, el("div", { class: "muted small" }, label), el("div", { class: "big", "data-testid": testid }, value));
+}
+
+function blocksRead(ledger) {
+  if (!ledger.enabled || ledger.first_block === null) return null;
+  return el("div", { class: "muted small", "data-testid": "blocks-read" },
+    `ledger events read from block ${ledger.first_block} to ${ledger.last_block}`);
+}
+
 function drawAnchors(frame) {
   const a = frame.anchors, ledger = frame.ledger, box = document.getElementById("anchors");
   const stats = el("div", { class: "stats" },
-    el("div", {}, el("div", { class: "muted small" }, "anchors/s"), el("div", { class: "big" }, fmtNumber(a.rate))),
-    el("div", {}, el("div", { class: "muted small" }, "anchor lag (clean records not anchored)"),
-       el("div", { class: "big" }, a.lag === null ? "–" : fmtNumber(a.lag, 0))),
-    el("div", {}, el("div", { class: "muted small" }, "anchored on the ledger"),
-       el("div", { class: "big", "data-testid": "anchored-count" }, ledger.enabled ? fmtNumber(ledger.counts.anchored, 0) : "–")));
-  const parts = [stats];
+    stat("anchors/s", fmtNumber(a.rate)),
+    stat("anchor lag (clean records not anchored)", a.lag === null ? "–" : fmtNumber(a.lag, 0)),
+    stat("anchored on the ledger", ledger.enabled ? fmtNumber(ledger.counts.anchored, 0) : "–", "anchored-count"));
+  const topic = [el("h3", {}, "On ledger.anchors ", el("span", { class: "hint" }, "each checked against the ledger"))];
   if (a.latest.length) {
-    parts.push(el("h3", {}, "On ledger.anchors"), el("table", { "data-testid": "topic-anchors" },
+    topic.push(el("table", { "data-testid": "topic-anchors" },
       el("thead", {}, el("tr", {}, el("th", {}, "time"), el("th", {}, "batch"), el("th", { class: "num" }, "records"),
                       el("th", {}, "merkle root"), el("th", {}, "tx / block"), el("th", {}, "on the ledger"))),
-      el("tbody", {}, ...a.latest.slice(0, 6).map(x => el("tr", { "data-testid": "topic-anchor" },
+      el("tbody", {}, ...a.latest.slice(0, 8).map(x => el("tr", { "data-testid": "topic-anchor" },
         el("td", {}, fmtTime(x.ts)), el("td", { class: "mono" }, x.batch_id), el("td", { class: "num" }, x.count),
         el("td", { class: "mono", title: x.merkle_root }, short(x.merkle_root, 12)),
-        el("td", { class: "mono" }, x.tx_id ? `${short(x.tx_id)} / ${x.block ?? "–"}` : "not committed"),
+        el("td", { class: "mono", title: x.tx_id || "" }, x.tx_id ? `${short(x.tx_id)} / ${x.block ?? "–"}` : "not committed"),
         el("td", {}, ledgerPill(x.ledger, "anchor-ledger")))))));
+  } else {
+    topic.push(emptyState("No anchors yet",
+      "Merkle roots appear here once the ledger service anchors batches of events.clean."));
   }
+  const confirmed = [el("h3", {}, "Confirmed on the ledger ", el("span", { class: "hint" }, "BatchAnchored events"))];
   if (ledger.enabled && a.confirmed.length) {
-    parts.push(el("h3", {}, "Confirmed on the ledger ", el("span", { class: "hint" }, "BatchAnchored events")),
-      el("table", { "data-testid": "confirmed-anchors" },
-        el("thead", {}, el("tr", {}, el("th", {}, "block"), el("th", {}, "batch"), el("th", { class: "num" }, "records"),
-                        el("th", { class: "num" }, "offsets"), el("th", {}, "merkle root"), el("th", {}, "tx"))),
-        el("tbody", {}, ...a.confirmed.slice(0, 6).map(x => el("tr", { "data-testid": "confirmed-anchor" },
-          el("td", { class: "num" }, x.block), el("td", { class: "mono" }, x.batch_id),
-          el("td", { class: "num" }, x.count), el("td", { class: "num" }, `${x.first_offset}–${x.last_offset}`),
-          el("td", { class: "mono", title: x.merkle_root }, short(x.merkle_root, 12)),
-          el("td", { class: "mono", title: x.tx_id }, short(x.tx_id)))))));
+    confirmed.push(el("table", { "data-testid": "confirmed-anchors" },
+      el("thead", {}, el("tr", {}, el("th", { class: "num" }, "block"), el("th", {}, "batch"),
+                      el("th", { class: "num" }, "records"), el("th", { class: "num" }, "offsets"),
+                      el("th", {}, "merkle root"), el("th", {}, "tx"))),
+      el("tbody", {}, ...a.confirmed.slice(0, 8).map(x => el("tr", { "data-testid": "confirmed-anchor" },
+        el("td", { class: "num" }, x.block), el("td", { class: "mono" }, x.batch_id),
+        el("td", { class: "num" }, x.count), el("td", { class: "num" }, `${x.first_offset}–${x.last_offset}`),
+        el("td", { class: "mono", title: x.merkle_root }, short(x.merkle_root, 12)),
+        el("td", { class: "mono", title: x.tx_id }, short(x.tx_id)))))));
+  } else {
+    confirmed.push(ledgerEmpty(ledger, "No anchors on the ledger yet",
+      "Each AnchorBatch the contract commits appears here with its block."));
   }
-  if (!a.latest.length && !(ledger.enabled && a.confirmed.length)) {
-    parts.push(ledgerEmpty(ledger, "No anchors yet",
-      "Merkle roots appear here once the ledger service anchors batches (ledger.anchors), each checked against the ledger."));
-  }
-  box.replaceChildren(...parts);
+  box.replaceChildren(stats, el("div", { class: "split" }, el("div", {}, ...topic), el("div", {}, ...confirmed)));
 }
 
 const HOLD_EVENTS = { frozen: ["frozen", "info"], settled: ["settled", "ok"], released: ["released", "none"] };
 
 function drawUsage(frame) {
   const u = frame.usage, ledger = frame.ledger, box = document.getElementById("usage");
-  const parts = [];
-  if (ledger.enabled) {
-    const c = ledger.counts;
-    parts.push(el("div", { class: "stats" },
-      el("div", {}, el("div", { class: "muted small" }, "frozen"), el("div", { class: "big" }, fmtNumber(c.frozen, 0))),
-      el("div", {}, el("div", { class: "muted small" }, "settled"), el("div", { class: "big" }, fmtNumber(c.settled, 0))),
-      el("div", {}, el("div", { class: "muted small" }, "released"), el("div", { class: "big" }, fmtNumber(c.released, 0))),
-      el("div", {}, el("div", { class: "muted small" }, "charged"),
-         el("div", { class: "big" }, fmtNumber(ledger.charged_total, 0), el("small", {}, "credit")))));
-  }
-  if (ledger.enabled && u.feed.length) {
-    parts.push(el("h3", {}, "On the ledger ", el("span", { class: "hint" }, "HoldFrozen, HoldSettled, HoldReleased")),
-      el("table", { "data-testid": "hold-feed" },
-        el("thead", {}, el("tr", {}, el("th", {}, "block"), el("th", {}, "event"), el("th", {}, "hold"),
-                        el("th", {}, "client → provider"), el("th", { class: "num" }, "amount"),
-                        el("th", { class: "num" }, "charged / refunded"), el("th", {}, "tx"))),
-        el("tbody", {}, ...u.feed.slice(0, 8).map(e => el("tr", { "data-testid": "hold-event", "data-hold": e.hold_id },
-          el("td", { class: "num" }, e.block),
-          el("td", {}, el("span", { class: `pill ${HOLD_EVENTS[e.event][1]}` }, HOLD_EVENTS[e.event][0])),
-          el("td", { class: "mono" }, e.hold_id),
-          el("td", {}, who(e.client), " → ", who(e.provider)),
-          el("td", { class: "num" }, fmtNumber(e.amount, 0)),
-          el("td", { class: "num" }, e.event === "frozen" ? "–" : `${fmtNumber(e.charged, 0)} / ${fmtNumber(e.refunded, 0)}`),
-          el("td", { class: "mono", title: e.tx_id }, short(e.tx_id)))))));
+  const c = ledger.counts, on = ledger.enabled;
+  const stats = el("div", { class: "stats" },
+    stat("frozen", on ? fmtNumber(c.frozen, 0) : "–"), stat("settled", on ? fmtNumber(c.settled, 0) : "–"),
+    stat("released", on ? fmtNumber(c.released, 0) : "–"),
+    stat("charged", on ? fmtNumber(ledger.charged_total, 0) : "–", "charged-total"),
+    stat("usage records", fmtNumber(u.records.length, 0)));
+  const feed = [el("h3", {}, "On the ledger ", el("span", { class: "hint" }, "HoldFrozen, HoldSettled, HoldReleased"))];
+  if (on && u.feed.length) {
+    feed.push(el("table", { "data-testid": "hold-feed" },
+      el("thead", {}, el("tr", {}, el("th", { class: "num" }, "block"), el("th", {}, "event"), el("th", {}, "hold"),
+                      el("th", {}, "client → provider"), el("th", { class: "num" }, "amount"),
+                      el("th", { class: "num" }, "charged / refunded"), el("th", {}, "tx"))),
+      el("tbody", {}, ...u.feed.slice(0, 8).map(e => el("tr", { "data-testid": "hold-event", "data-hold": e.hold_id },
+        el("td", { class: "num" }, e.block),
+        el("td", {}, el("span", { class: `pill ${HOLD_EVENTS[e.event][1]}` }, HOLD_EVENTS[e.event][0])),
+        el("td", { class: "mono" }, e.hold_id),
+        el("td", {}, who(e.client), " → ", who(e.provider)),
+        el("td", { class: "num" }, fmtNumber(e.amount, 0)),
+        el("td", { class: "num" }, e.event === "frozen" ? "–" : `${fmtNumber(e.charged, 0)} / ${fmtNumber(e.refunded, 0)}`),
+        el("td", { class: "mono", title: e.tx_id }, short(e.tx_id)))))));
+    feed.push(blocksRead(ledger));
   } else {
-    parts.push(ledgerEmpty(ledger, "No freezes or settlements on the ledger yet",
+    feed.push(ledgerEmpty(ledger, "No freezes or settlements on the ledger yet",
       "Holds appear here as the contract freezes, settles or releases them."));
   }
+  const records = [el("h3", {}, "Usage ", el("span", { class: "hint" }, "usage topic, with its hold's settlement"))];
   if (u.records.length) {
-    parts.push(el("h3", {}, "Usage ", el("span", { class: "hint" }, "usage topic, with its hold on the ledger")),
-      el("table", { "data-testid": "usage-records" },
-        el("thead", {}, el("tr", {}, el("th", {}, "time"), el("th", {}, "hold"), el("th", {}, "client"),
-                        el("th", {}, "model"), el("th", { class: "num" }, "units × price"), el("th", {}, "settlement"))),
-        el("tbody", {}, ...u.records.slice(0, 8).map(r => el("tr", { "data-testid": "usage-record" },
-          el("td", {}, fmtTime(r.ts)), el("td", { class: "mono" }, r.hold_id), el("td", {}, who(r.client)),
-          el("td", {}, r.model_id), el("td", { class: "num" }, `${r.units} × ${r.price}`),
-          el("td", {}, ledgerPill(r.settlement, "settlement")))))));
+    records.push(el("table", { "data-testid": "usage-records" },
+      el("thead", {}, el("tr", {}, el("th", {}, "time"), el("th", {}, "hold"), el("th", {}, "client"),
+                      el("th", {}, "model"), el("th", { class: "num" }, "units × price"), el("th", {}, "settlement"))),
+      el("tbody", {}, ...u.records.slice(0, 8).map(r => el("tr", { "data-testid": "usage-record" },
+        el("td", {}, fmtTime(r.ts)), el("td", { class: "mono" }, r.hold_id), el("td", {}, who(r.client)),
+        el("td", {}, r.model_id), el("td", { class: "num" }, `${r.units} × ${r.price}`),
+        el("td", {}, ledgerPill(r.settlement, "settlement")))))));
   } else {
-    parts.push(el("div", { class: "muted small note" },
-      "No usage records yet: paid inference calls appear here from the usage topic, each with its hold's settlement."));
+    records.push(emptyState("No usage records yet",
+      "Paid inference calls appear here from the usage topic, each with its hold's settlement on the ledger."));
   }
-  box.replaceChildren(...parts);
+  box.replaceChildren(stats, el("div", { class: "split" }, el("div", {}, ...feed), el("div", {}, ...records)));
 }
 
 function drawDeadLetters(frame) {
