@@ -48,7 +48,11 @@ def run_audit(query: str, args: dict[str, Any], as_json: bool, api_url: str | No
               console: Console) -> int:
     """Answer `query` ("verify", "model" or "account") for `args`, print it; the exit code."""
     try:
-        answer = _ask_api(api_url, token, query, args) if api_url else asyncio.run(_ask_in_process(query, args))
+        if api_url:
+            with httpx.Client(timeout=60.0) as client:
+                answer = ask_api(client, api_url, token, query, args)
+        else:
+            answer = asyncio.run(_ask_in_process(query, args))
     except InvalidArgument as exc:
         answer = {"status": "INVALID_ARGUMENT", "field": exc.field, "error": str(exc)}
     except ValidationError as exc:
@@ -75,7 +79,8 @@ async def _ask_in_process(query: str, args: dict[str, Any]) -> dict[str, Any]:
         return (await auditor.account(args["account"])).as_dict()
 
 
-def _ask_api(api_url: str, token: str | None, query: str, args: dict[str, Any]) -> dict[str, Any]:
+def ask_api(client: httpx.Client, api_url: str, token: str | None, query: str, args: dict[str, Any]) -> dict[str, Any]:
+    """The audit API's answer (its JSON), or an API_UNREACHABLE answer when it sent something else."""
     base = api_url.rstrip("/")
     params: dict[str, Any] = {}
     if query == "verify":
@@ -87,7 +92,7 @@ def _ask_api(api_url: str, token: str | None, query: str, args: dict[str, Any]) 
     else:
         url = f"{base}/v1/accounts/{quote(args['account'], safe='')}"
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    response = httpx.get(url, params=params, headers=headers, timeout=60.0)
+    response = client.get(url, params=params, headers=headers)
     try:
         answer = response.json()
     except ValueError:

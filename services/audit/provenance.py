@@ -75,13 +75,15 @@ async def audit_model(store: EvidenceStore, ledger: LedgerReader, model_id: str,
     latest_snapshot = snapshot = latest_registered = registered = block = None
     try:
         latest_snapshot = await store.snapshot(model_id, None)
+        if version is not None:  # MongoDB first, so an unreachable ledger still leaves the snapshot as evidence
+            snapshot = await _snapshot(store, model_id, version, latest_snapshot)
         latest_registered = await ledger.model(model_id, 0)
         if version is None:
             known = [_version(d) for d in (latest_registered, latest_snapshot) if d is not None]
             version = max((v for v in known if v is not None), default=None)
+            if version is not None:
+                snapshot = await _snapshot(store, model_id, version, latest_snapshot)
         if version is not None:
-            snapshot = latest_snapshot if latest_snapshot is not None and _version(latest_snapshot) == version \
-                else await store.snapshot(model_id, version)
             registered = latest_registered if latest_registered is not None and _version(latest_registered) == version \
                 else await ledger.model(model_id, version)
         if registered is not None and registered.get("tx_id"):
@@ -89,6 +91,8 @@ async def audit_model(store: EvidenceStore, ledger: LedgerReader, model_id: str,
     except StoreUnreachable as exc:
         return ModelReport(model_id, version, ModelStatus.STORE_UNREACHABLE, f"MongoDB could not be read: {exc}")
     except LedgerUnreachable as exc:
+        if version is None and latest_snapshot is not None:  # the newest stored snapshot is what was asked about
+            version, snapshot = _version(latest_snapshot), dict(latest_snapshot)
         report = compare_model(model_id, version, None, snapshot, None, latest_snapshot)
         report.status = ModelStatus.LEDGER_UNREACHABLE
         report.detail = f"the ledger could not be read, so nothing is verified: {exc}"
@@ -96,6 +100,13 @@ async def audit_model(store: EvidenceStore, ledger: LedgerReader, model_id: str,
     if registered is not None:
         registered = {**registered, "block_number": block.get("block_number") if block else None}
     return compare_model(model_id, version, registered, snapshot, latest_registered, latest_snapshot)
+
+
+async def _snapshot(store: EvidenceStore, model_id: str, version: int,
+                    latest: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if latest is not None and _version(latest) == version:
+        return dict(latest)
+    return await store.snapshot(model_id, version)
 
 
 def compare_model(model_id: str, version: int | None, registered: Mapping[str, Any] | None,
