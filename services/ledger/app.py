@@ -149,6 +149,8 @@ class Anchorer(ConsumerRebalanceListener):
         self.consumed: dict[int, int] = {}
         """Per partition, the next offset to read."""
         self.committed: dict[int, int] = {}
+        self.prepared: set[int] = set()
+        """Partitions whose recorded batches are planned again (see `_prepare`)."""
         self.tasks: set[asyncio.Task] = set()
         self.consumer = plumbing.consumer(s.ledger_anchor_group)
 
@@ -163,7 +165,8 @@ class Anchorer(ConsumerRebalanceListener):
                 now = time.monotonic()
                 for tp, messages in polled.items():
                     for message in messages:
-                        await self._take(tp, message, now)
+                        if not await self._take(tp, message, now):
+                            break
                 for batch in self.batcher.due(time.monotonic()):
                     await self._launch(batch)
                 self._raise_failures()
@@ -173,7 +176,10 @@ class Anchorer(ConsumerRebalanceListener):
         finally:
             await self._finish()
 
-    async def _take(self, tp: TopicPartition, message: Any, now: float) -> None:
+    async def _take(self, tp: TopicPartition, message: Any, now: float) -> bool:
+        """Batch one message; False when the partition was moved back to re-form a recorded batch."""
+        if tp.partition not in self.prepared and not await self._prepare(tp, message.offset):
+            return False
         self.consumed[tp.partition] = message.offset + 1
         if message.value is None:
             return
@@ -183,9 +189,27 @@ class Anchorer(ConsumerRebalanceListener):
         except (CodecError, AnchoringError) as exc:
             consumed = Consumed(tp, message.topic, message.partition, message.offset, message.key, message.value)
             await self.p.dead_letter(consumed, getattr(exc, "reason", "unanchorable"), f"CleanEvent: {exc}")
-            return
+            return True
         if batch is not None:
             await self._launch(batch)
+        return True
+
+    async def _prepare(self, tp: TopicPartition, offset: int) -> bool:
+        """Before a partition's first record: plan again the batches recorded from here on, so
+        they close where they did before a restart. (Done here, not when the partition is
+        assigned, because records can arrive while an assignment callback still runs.)"""
+        plans = await self.p.retry("plans", lambda: self.p.store.plans_from(self.topic, tp.partition, offset))
+        if plans and plans[0]["first_offset"] < offset:
+            # The committed offset fell inside a recorded batch: re-read all of it.
+            self.consumer.seek(tp, plans[0]["first_offset"])
+            log.warning("rewound", extra={"partition": tp.partition, "from": offset, "to": plans[0]["first_offset"]})
+            return False
+        for plan in plans:
+            self.batcher.plan(tp.partition, plan["first_offset"], plan["last_offset"])
+        self.prepared.add(tp.partition)
+        if plans:
+            log.info("replanned", extra={"partition": tp.partition, "batches": len(plans), "from_offset": offset})
+        return True
 
     async def _launch(self, batch: Batch) -> None:
         await self.slots.acquire()  # all slots busy (the ledger is slow or down): reading waits
@@ -207,8 +231,11 @@ class Anchorer(ConsumerRebalanceListener):
             committed = await self.p.retry("anchor", lambda: self.p.ledger.anchor_batch(
                 batch.batch_id, root, len(batch.records), batch.first_offset, batch.last_offset))
             anchor = committed.json()
-            # A replay returns the anchor as first committed; its block is that transaction's.
-            block = committed.block_number if anchor["tx_id"] == committed.transaction_id else None
+            block = committed.block_number
+            if anchor["tx_id"] != committed.transaction_id:
+                # A replay returns the anchor as first committed: the block is that transaction's.
+                found = await self.p.retry("block", lambda: self.p.ledger.transaction_block(anchor["tx_id"]))
+                block = found["block_number"] if found else None
             record = {"batch_id": batch.batch_id, "merkle_root": root, "count": len(batch.records),
                       "topic": batch.topic, "partition": batch.partition, "first_offset": batch.first_offset,
                       "last_offset": batch.last_offset, "tx_id": anchor["tx_id"], "block": block, "ts": _now_ms()}
@@ -264,23 +291,12 @@ class Anchorer(ConsumerRebalanceListener):
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         for tp in revoked:
             self.batcher.forget(tp.partition)
-            self.flights.pop(tp.partition, None)
-            self.consumed.pop(tp.partition, None)
-            self.committed.pop(tp.partition, None)
+            self.prepared.discard(tp.partition)
+            for name in ("flights", "consumed", "committed"):
+                getattr(self, name).pop(tp.partition, None)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        """Re-plan the batches recorded from the committed offset on, so they close where they did."""
-        for tp in assigned:
-            committed = await self.consumer.committed(tp) or 0
-            self.committed[tp.partition] = committed
-            plans = await self.p.retry("plans", lambda: self.p.store.plans_from(self.topic, tp.partition, committed))
-            for plan in plans:
-                self.batcher.plan(tp.partition, plan["first_offset"], plan["last_offset"])
-            if plans and plans[0]["first_offset"] < committed:
-                self.consumer.seek(tp, plans[0]["first_offset"])  # re-form the whole batch, not its tail
-            if plans:
-                log.info("replanned", extra={"partition": tp.partition, "batches": len(plans),
-                                             "from_offset": plans[0]["first_offset"]})
+        pass
 
 
 # -- settlement --------------------------------------------------------------------------------
