@@ -23,6 +23,7 @@ from services.audit.auditor import open_auditor
 from services.audit.auth import AuditorToken
 from services.audit.grpc_api import build_grpc_server
 from services.audit.http_api import build_http_app
+from services.audit.ledger_reader import UnreachableLedger
 from services.audit.settings import AuditSettings
 from services.common import metrics
 from services.common.lifecycle import run_until_signalled
@@ -52,6 +53,9 @@ class AuditService:
     async def start(self) -> None:
         s = self.settings
         auditor = await self._stack.enter_async_context(open_auditor(s, self.ledger_settings))
+        if isinstance(auditor.ledger, UnreachableLedger):
+            log.error("ledger_unavailable", extra={"error": auditor.ledger.why,
+                                                   "msp_dir": str(self.ledger_settings.msp_dir())})
         token = AuditorToken(s.token())
         try:
             self.grpc_server, self.grpc_port = build_grpc_server(auditor, token, s.audit_host, s.audit_grpc_port)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from services.audit.ledger_reader import FabricLedgerReader
+from services.audit.ledger_reader import FabricLedgerReader, UnreachableLedger
 from services.audit.mongo_store import MongoEvidenceStore
 from services.audit.ports import EvidenceStore, LedgerReader
 from services.audit.provenance import ModelReport, audit_model
@@ -23,7 +23,7 @@ from services.audit.statement import AccountStatement, account_statement
 from services.audit.verification import Verification, verify
 from services.common.mongo import mongo_client
 from services.ledger.client import LedgerClient
-from services.ledger.gateway import RetryPolicy, Timeouts
+from services.ledger.gateway import IdentityError, RetryPolicy, Timeouts
 from services.ledger.settings import LedgerSettings
 
 
@@ -45,16 +45,23 @@ class Auditor:
 @asynccontextmanager
 async def open_auditor(settings: AuditSettings, ledger_settings: LedgerSettings) -> AsyncIterator[Auditor]:
     """An Auditor on MongoDB and the Fabric gateway; both connect lazily, so an unreachable server
-    shows in the answers (STORE_UNREACHABLE, LEDGER_UNREACHABLE), not here."""
+    shows in the answers (STORE_UNREACHABLE, LEDGER_UNREACHABLE), not here. Without a usable
+    Fabric identity or TLS root every ledger question is LEDGER_UNREACHABLE, saying why, so the
+    service still starts (e.g. in `serve all` on a stack without Fabric)."""
     timeout = settings.audit_mongo_timeout_ms
     mongo = mongo_client(settings.mongo_url, tz_aware=True, serverSelectionTimeoutMS=timeout,
                          connectTimeoutMS=timeout, socketTimeoutMS=max(timeout, 10_000))
+    store = MongoEvidenceStore(mongo[settings.mongo_db])
     try:
-        client = LedgerClient.connect(ledger_settings, retry=RetryPolicy(
-            attempts=settings.audit_ledger_attempts, initial_seconds=0.1, max_seconds=1.0))
+        try:
+            client = LedgerClient.connect(ledger_settings, retry=RetryPolicy(
+                attempts=settings.audit_ledger_attempts, initial_seconds=0.1, max_seconds=1.0))
+        except (IdentityError, OSError) as exc:
+            yield Auditor(store, UnreachableLedger(f"no connection to the ledger can be set up: {exc}"))
+            return
         # An audit answers within a bound: a hung peer becomes LEDGER_UNREACHABLE, not a hung request.
         client.gateway.timeouts = Timeouts(evaluate=settings.audit_ledger_timeout_seconds)
         async with client:
-            yield Auditor(MongoEvidenceStore(mongo[settings.mongo_db]), FabricLedgerReader(client))
+            yield Auditor(store, FabricLedgerReader(client))
     finally:
         await mongo.close()

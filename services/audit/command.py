@@ -27,7 +27,6 @@ from services.audit.auditor import open_auditor
 from services.audit.ports import InvalidArgument
 from services.audit.render import RENDERERS, render_error
 from services.audit.settings import AuditSettings
-from services.ledger.gateway import IdentityError
 from services.ledger.settings import LedgerSettings
 
 EXIT_CODES = {
@@ -57,8 +56,6 @@ def run_audit(query: str, args: dict[str, Any], as_json: bool, api_url: str | No
         answer = {"status": "INVALID_ARGUMENT", "field": exc.field, "error": str(exc)}
     except ValidationError as exc:
         answer = {"status": "CONFIGURATION", "error": "; ".join(e["msg"] for e in exc.errors())}
-    except (IdentityError, OSError) as exc:
-        answer = {"status": "CONFIGURATION", "error": f"cannot load the Fabric identity or TLS root: {exc}"}
     except httpx.HTTPError as exc:
         answer = {"status": "API_UNREACHABLE", "error": f"the audit API at {api_url} did not answer: {exc}"}
     if as_json:

@@ -61,3 +61,17 @@ def _translated(function: str, field: str, exc: GatewayError) -> InvalidArgument
     if "INVALID_ARGUMENT" in str(exc):
         return InvalidArgument(field, f"the ledger refused it: {exc.chaincode_message}")
     return LedgerUnreachable(f"{function}: {exc}")
+
+
+class UnreachableLedger:
+    """The reader when no gateway connection could even be set up (no identity or TLS root at
+    the configured paths, e.g. the Fabric network was never created): every question is
+    LedgerUnreachable, saying why, so the audit still answers and never guesses."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+    async def _refuse(self, *_args: object) -> Any:
+        raise LedgerUnreachable(self.why)
+
+    anchor = transaction_block = model = balance = holds_of = history = _refuse

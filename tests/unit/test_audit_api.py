@@ -174,3 +174,15 @@ async def test_grpc_errors_and_the_partial_report(world) -> None:
     partial = audit_pb2.Verification.FromString(value)
     assert key == REPORT_METADATA_KEY and partial.status == audit_pb2.Verification.LEDGER_UNREACHABLE
     assert partial.computed_root and not partial.HasField("anchor")
+
+
+async def test_without_a_fabric_identity_the_audit_still_answers_ledger_unreachable(tmp_path) -> None:
+    from services.audit.auditor import open_auditor
+    from services.audit.ledger_reader import UnreachableLedger
+    from services.audit.settings import AuditSettings
+    from services.ledger.settings import LedgerSettings
+
+    async with open_auditor(AuditSettings(), LedgerSettings(fabric_msp_dir=tmp_path / "no-msp")) as auditor:
+        assert isinstance(auditor.ledger, UnreachableLedger)
+        statement = await auditor.account("anyone")  # asks only the ledger: no MongoDB needed
+    assert statement.status.value == "LEDGER_UNREACHABLE" and "no-msp" in statement.detail
