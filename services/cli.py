@@ -92,7 +92,7 @@ def demo(
     from services.common.settings import CommonSettings
     from services.demo import run_demo
 
-    up(fabric=False)
+    up(fabric=True)  # the whole system: the ledger service anchors the demo stream
     try:
         asyncio.run(run_demo(CommonSettings(), console, seconds, rate))
     except KeyboardInterrupt:

@@ -36,7 +36,7 @@ from services.runner import ServiceGroup, built_services
 SMOKE_TOPIC = "demo.smoke"
 TENANT = "demo"
 SHOWN_TOPICS = (topics.RAW, topics.CLEAN, topics.DEADLETTER, topics.SNAPSHOTS, topics.MODEL_METRICS,
-                topics.PREDICTIONS)
+                topics.PREDICTIONS, topics.ANCHORS)
 
 
 async def smoke_round_trip(settings: CommonSettings, console: Console, count: int = 1000) -> None:
@@ -210,8 +210,10 @@ class PipelineView:
         ends = await self.offsets_consumer.end_offsets(wanted) if wanted else {}
         return {t: sum(o for tp, o in ends.items() if tp.topic == t) for t in SHOWN_TOPICS}
 
-    async def stored_events(self) -> int:
-        return await self.mongo[self.settings.mongo_db]["events"].count_documents({"tenant": TENANT})
+    async def stored_events(self) -> tuple[int, int]:
+        """(events of the demo tenant stored, records with a Merkle proof from the ledger service)."""
+        db = self.mongo[self.settings.mongo_db]
+        return await db["events"].count_documents({"tenant": TENANT}), await db["proofs"].estimated_document_count()
 
     async def poll_metrics(self) -> None:
         batch = await self.metrics_consumer.getmany(timeout_ms=100)
@@ -221,7 +223,7 @@ class PipelineView:
                 self.metrics[record["model_id"]] = record
 
 
-def render(stream: DemoStream, client: DemoClient, sizes: dict[str, int], stored: int, view: PipelineView,
+def render(stream: DemoStream, client: DemoClient, sizes: dict[str, int], stored: tuple[int, int], view: PipelineView,
            group: ServiceGroup, elapsed: float) -> Group:
     flow = Table(title=f"StreamLedger demo, {elapsed:.0f}s (Ctrl-C stops)")
     flow.add_column("hop")
@@ -230,7 +232,8 @@ def render(stream: DemoStream, client: DemoClient, sizes: dict[str, int], stored
     flow.add_row("  accepted / rejected by name", f"{stream.accepted:,} / {stream.rejected:,}")
     for topic, size in sizes.items():
         flow.add_row(f"Kafka {topic}", f"{size:,}")
-    flow.add_row("MongoDB events (tenant demo)", f"{stored:,}")
+    flow.add_row("MongoDB events (tenant demo)", f"{stored[0]:,}")
+    flow.add_row("records anchored on the ledger (proofs)", f"{stored[1]:,}")
     flow.add_row(f"inference calls to {client.model} ok / failed", f"{client.ok:,} / {client.failed:,}")
     flow.add_row("  last answer", client.last)
     models = Table(title="online models (prequential)")
