@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from services.stack.part import InstallError, Part, content_key, run_tool
 from services.stack.settings import DEPLOY_DIR
 
 MODULE_DIR = DEPLOY_DIR / "ferretdb"
+FIXES = MODULE_DIR / "fixes.json"
 PACKAGE = "github.com/FerretDB/FerretDB/cmd/ferretdb"
 
 
@@ -32,7 +34,7 @@ class FerretDBPart(Part):
 
     @property
     def build_dir(self) -> Path:
-        return self.settings.home / "ferretdb" / content_key(MODULE_DIR / "go.mod", MODULE_DIR / "go.sum")
+        return self.settings.home / "ferretdb" / content_key(MODULE_DIR / "go.mod", MODULE_DIR / "go.sum", FIXES)
 
     @property
     def binary(self) -> Path:
@@ -55,6 +57,7 @@ class FerretDBPart(Part):
         # The module zip lacks the generated version file that FerretDB's build embeds.
         version_file = src / "vendor/github.com/FerretDB/FerretDB/build/version/version.txt"
         version_file.write_text(self.version + "\n")
+        apply_fixes(src)
         partial = self.build_dir / "ferretdb.partial"
         run_tool(["go", "build", "-mod=vendor", "-o", str(partial), PACKAGE], "building FerretDB", cwd=src)
         partial.rename(self.binary)
@@ -85,3 +88,15 @@ class FerretDBPart(Part):
             return False
         finally:
             client.close()
+
+
+def apply_fixes(src: Path) -> None:
+    """Apply `deploy/ferretdb/fixes.json` to the vendored source: each fix replaces one exact
+    text; a text that is not there (a new FerretDB version) stops the build, naming the fix."""
+    for fix in json.loads(FIXES.read_text())["fixes"]:
+        path = src / fix["file"]
+        text = path.read_text()
+        if text.count(fix["old"]) != 1:
+            raise InstallError(f"FerretDB fix for {fix['file']} no longer applies: {fix['old']!r} is not there "
+                               f"exactly once; review {FIXES} for this FerretDB version ({fix['why'][:80]}...)")
+        path.write_text(text.replace(fix["old"], fix["new"]))
