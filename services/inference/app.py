@@ -96,7 +96,7 @@ async def run(settings: InferenceSettings, stop: asyncio.Event, hold_source: Hol
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
                                       ("grpc.max_send_message_length", limit)])
     async with reliable_producer(bootstrap) as producer:
-        sink = RecordSink(producer, codec, settings.inference_queue_size)
+        sink = RecordSink(producer, codec, settings.inference_queue_size, settings.inference_records_linger_seconds)
         protocol.add_servicer(server, InferenceServicer(
             shelf, sink, ready, settings.inference_predictions_topic, settings.inference_predictions_sample,
             metering, _version()))

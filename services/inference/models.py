@@ -22,15 +22,16 @@ the feature, FP64 for numbers (booleans as 0/1) and BYTES for strings, shape [-1
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
-from typing import Any
+from functools import cached_property
+from typing import Any, NamedTuple
 
-import numpy as np
 
+from services.inference.responses import ResponseWriter
+from services.inference.tensors import NUMBER, STRING, Output, RowReader
 from services.learning.declarations import ModelDeclaration
 from services.learning.snapshots import SnapshotError, unseal
-
-NUMBER, STRING = "FP64", "BYTES"
 
 
 class ModelLookupError(LookupError):
@@ -61,16 +62,7 @@ class SnapshotRefused(ValueError):
         self.reason = reason
 
 
-@dataclass(frozen=True)
-class Output:
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-    values: np.ndarray | list[bytes]
-
-
-@dataclass(frozen=True)
-class Prediction:
+class Prediction(NamedTuple):
     outputs: list[Output]
     parameters: dict[str, str]
 
@@ -89,6 +81,21 @@ class ServedModel:
     def output_names(self) -> tuple[str, ...]:
         return OUTPUTS[self.task]
 
+    @cached_property
+    def reader(self) -> RowReader:
+        """Reads this model's rows from requests (and keeps the tensor layouts it has checked)."""
+        return RowReader(self.features)
+
+    @cached_property
+    def version_text(self) -> str:
+        """The version as the protocol writes it (`model_version` is a string)."""
+        return str(self.version)
+
+    @cached_property
+    def responses(self) -> ResponseWriter:
+        """Writes this model version's ModelInferResponse bytes."""
+        return ResponseWriter(self.model_id, self.version_text)
+
     def output_metadata(self) -> list[tuple[str, str, tuple[int, ...]]]:
         if self.task in ("binary", "multiclass"):
             return [("label", STRING, (-1,)), ("probabilities", NUMBER, (-1, -1))]
@@ -102,12 +109,16 @@ class ServedModel:
         if self.task == "anomaly":
             return Prediction([Output("score", NUMBER, (len(rows),), _floats([model.score_one(x) for x in rows]))], {})
         probas = [model.predict_proba_one(x) for x in rows]
-        classes = sorted({c for p in probas for c in p}, key=str)
-        matrix = np.array([[p.get(c, 0.0) for c in classes] for p in probas], dtype=np.float64).reshape(len(rows), len(classes))
+        if len(probas) == 1:
+            classes = sorted(probas[0], key=str)
+        else:
+            classes = sorted({c for p in probas for c in p}, key=str)
+        matrix = [float(p.get(c, 0.0)) for p in probas for c in classes]
         labels = [str(max(p, key=p.get)).encode() if p else b"" for p in probas]
         return Prediction(
-            [Output("label", STRING, (len(rows),), labels), Output("probabilities", NUMBER, matrix.shape, matrix)],
-            {"classes": json.dumps([str(c) for c in classes])},
+            [Output("label", STRING, (len(rows),), labels),
+             Output("probabilities", NUMBER, (len(rows), len(classes)), matrix)],
+            {"classes": _classes_json(classes)},
         )
 
 
@@ -115,9 +126,23 @@ OUTPUTS = {"binary": ("label", "probabilities"), "multiclass": ("label", "probab
            "regression": ("value",), "anomaly": ("score",)}
 
 
-def _floats(values: list[Any]) -> np.ndarray:
+_CLASSES_JSON: dict[tuple[str, ...], str] = {}
+
+
+def _classes_json(classes: list[Any]) -> str:
+    # A model answers with the same few class lists over and over: write each one once.
+    key = tuple(map(str, classes))  # by name: True == 1 as a key, but not as a class name
+    text = _CLASSES_JSON.get(key)
+    if text is None:
+        text = json.dumps(list(key))
+        if len(_CLASSES_JSON) < 1024:
+            _CLASSES_JSON[key] = text
+    return text
+
+
+def _floats(values: list[Any]) -> list[float]:
     # River answers None before it has learned anything; NaN says "no prediction" in FP64.
-    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+    return [math.nan if v is None else float(v) for v in values]
 
 
 def load_snapshot(record: dict[str, Any], declaration: ModelDeclaration) -> ServedModel:

@@ -57,16 +57,23 @@ pb = _compile()
 
 
 def add_servicer(server: grpc.aio.Server | grpc.Server, servicer: Any) -> None:
-    """Register `servicer`, which has one method per RPC (`async def ModelInfer(request, context)`)."""
+    """Register `servicer`, which has one method per RPC (`async def ModelInfer(request, context)`).
+
+    A method may answer with the response message or with its serialized bytes.
+    """
     handlers = {
         rpc: grpc.unary_unary_rpc_method_handler(
             getattr(servicer, rpc),
             request_deserializer=getattr(pb, request).FromString,
-            response_serializer=getattr(pb, response).SerializeToString,
+            response_serializer=_serialize,
         )
         for rpc, (request, response) in RPCS.items()
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+
+
+def _serialize(response: Any) -> bytes:
+    return response if response.__class__ is bytes else response.SerializeToString()
 
 
 class InferenceStub:

@@ -29,6 +29,9 @@ class InferenceSettings(CommonSettings):
     inference_queue_size: int = 10_000
     """Prediction/usage records waiting for Kafka; beyond it predictions are dropped (and counted),
     usage records make the request fail with UNAVAILABLE (a paid request is never served unmetered)."""
+    inference_records_linger_seconds: float = 0.05
+    """How long records gather before they leave for Kafka as one batch per partition (no request
+    waits for it): fewer, larger produce requests cost the server and the broker less CPU."""
 
     inference_mode: Literal["free", "paid"] = "free"
     """paid: mutual TLS + a live ledger hold per request, metered to the usage topic."""
@@ -55,6 +58,8 @@ class InferenceSettings(CommonSettings):
                     "STREAMLEDGER_INFERENCE_TLS_KEY and STREAMLEDGER_INFERENCE_CLIENT_CAS "
                     f"(missing: {', '.join(missing + ([] if self.inference_client_cas else ['inference_client_cas']))})"
                 )
+        if self.inference_records_linger_seconds < 0:
+            raise ValueError("inference_records_linger_seconds must not be negative")
         if self.inference_price_per_row < 0:
             raise ValueError("inference_price_per_row must not be negative")
         return self

@@ -1,76 +1,175 @@
 """Tensors of the Open Inference Protocol <-> rows of features for River.
 
-    rows = rows_from_request(request, model.features)        # [{"f1": 0.5, "f2": "a"}, ...]
+    reader = RowReader(model.features)
+    rows = reader.rows(request)                              # [{"f1": 0.5, "f2": "a"}, ...]
     put_outputs(response, model.predict(rows).outputs, requested)
 
 A request's inputs arrive column by column (one tensor per feature), either typed in
 `contents` or as little-endian bytes in `raw_input_contents` (Triton's client sends raw).
 Every check raises `InvalidInput` naming the tensor at fault.
+
+A client sends the same tensor descriptions (names, datatypes, shapes) request after
+request; only the raw bytes change. So a `RowReader` checks a description once and keeps
+it, keyed by the tensors' own wire bytes: a known layout costs one lookup, and its raw
+FP64 columns are decoded in one pass.
 """
 
 from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from services.inference.models import NUMBER, STRING, Output
-
+NUMBER, STRING = "FP64", "BYTES"
 _FP64 = np.dtype("<f8")
+_LAYOUTS_KEPT = 256
 
 
 class InvalidInput(ValueError):
     """A request that does not fit the model's inputs; the message names the tensor."""
 
 
-def rows_from_request(request: Any, features: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+class Output(NamedTuple):
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    values: list[float] | list[bytes]
+    """Row-major: FP64 values as floats (NaN for "no prediction"), BYTES values as bytes."""
+
+
+class _Layout(NamedTuple):
+    """The checked tensor descriptions of a raw request."""
+
+    rows: int
+    tensors: tuple[tuple[str, str], ...]
+    """(name, datatype) in the request's order."""
+    order: tuple[int, ...] | None
+    """Position in the request of each model feature, in the model's order; None if the same."""
+    numbers_only: bool
+
+
+def rows_from_request(request: Any, features: Mapping[str, str] | Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
     """One feature dict per row of the request; raises `InvalidInput` on any misfit."""
-    expected = dict(features)
-    if not request.inputs:
-        raise InvalidInput(f"request has no inputs; model {request.model_name!r} takes {_describe(features)}")
-    raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
-        raise InvalidInput(f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; "
-                           "it must carry every input, in the order of `inputs`")
-    columns: dict[str, list[Any]] = {}
-    rows = None
-    for index, tensor in enumerate(request.inputs):
+    return RowReader(features).rows(request)
+
+
+class RowReader:
+    """Rows of one model's features (name -> datatype, in the model's order) from requests."""
+
+    def __init__(self, features: Mapping[str, str] | Sequence[tuple[str, str]]) -> None:
+        self.expected = dict(features)
+        self.names = list(self.expected)
+        self._layouts: dict[tuple[bytes, ...], _Layout] = {}
+
+    def rows(self, request: Any) -> list[dict[str, Any]]:
+        """One feature dict per row, in the model's feature order; raises `InvalidInput` on any misfit."""
+        raw = request.raw_input_contents
+        if raw:
+            key = tuple([tensor.SerializeToString() for tensor in request.inputs])
+            layout = self._layouts.get(key)
+            if layout is not None and len(raw) == len(key):
+                return self._rows_from_raw(layout, raw)
+        layout, columns = self._read(request)
+        if raw and len(self._layouts) < _LAYOUTS_KEPT:
+            self._layouts[key] = layout
+        return self._assemble(layout.order, columns)
+
+    # -- checks -------------------------------------------------------------------------
+
+    def _read(self, request: Any) -> tuple[_Layout, list[list[Any]]]:
+        """Every rule, tensor by tensor: the layout of the request and its columns (request order)."""
+        expected = self.expected
+        inputs = request.inputs
+        if not inputs:
+            raise InvalidInput(f"request has no inputs; model {request.model_name!r} takes {_describe(expected)}")
+        raw = request.raw_input_contents
+        if raw and len(raw) != len(inputs):
+            raise InvalidInput(f"raw_input_contents has {len(raw)} entries for {len(inputs)} inputs; "
+                               "it must carry every input, in the order of `inputs`")
+        tensors: dict[str, str] = {}
+        columns: list[list[Any]] = []
+        rows = None
+        for index, tensor in enumerate(inputs):
+            name, datatype, count = self._check_tensor(request, tensor, tensors)
+            if rows is None:
+                rows = count
+            elif count != rows:
+                first = next(iter(tensors))
+                raise InvalidInput(f"input {name!r} has {count} rows but input {first!r} has {rows}")
+            if raw:
+                if tensor.HasField("contents"):
+                    raise InvalidInput(f"input {name!r} has contents while the request uses raw_input_contents")
+                columns.append(_from_raw(name, datatype, raw[index], count))
+            else:
+                columns.append(_from_contents(name, datatype, tensor.contents, count))
+            tensors[name] = datatype
+        if len(tensors) != len(expected):
+            missing = [n for n in expected if n not in tensors]
+            raise InvalidInput(f"input {missing[0]!r} is missing" + (f" (and {missing[1:]})" if missing[1:] else "")
+                               + f"; model {request.model_name!r} takes {_describe(expected)}")
+        given = list(tensors)
+        order = None if given == self.names else tuple(given.index(n) for n in self.names)
+        return _Layout(rows, tuple(tensors.items()), order, all(t == NUMBER for t in tensors.values())), columns
+
+    def _check_tensor(self, request: Any, tensor: Any, seen: Mapping[str, str]) -> tuple[str, str, int]:
         name = tensor.name
-        if name in columns:
+        if name in seen:
             raise InvalidInput(f"input {name!r} is given twice")
-        datatype = expected.get(name)
+        datatype = self.expected.get(name)
         if datatype is None:
             raise InvalidInput(f"input {name!r} is not an input of model {request.model_name!r}; "
-                               f"it takes {_describe(features)}")
+                               f"it takes {_describe(self.expected)}")
         if tensor.datatype != datatype:
             raise InvalidInput(f"input {name!r}: datatype {tensor.datatype or '(none)'} is not accepted; it takes {datatype}")
-        count = _row_count(name, list(tensor.shape))
-        if rows is None:
-            rows = count
-        elif count != rows:
-            first = next(iter(columns))
-            raise InvalidInput(f"input {name!r} has {count} rows but input {first!r} has {rows}")
-        if raw:
-            if tensor.HasField("contents"):
-                raise InvalidInput(f"input {name!r} has contents while the request uses raw_input_contents")
-            columns[name] = _from_raw(name, datatype, raw[index], count)
+        return name, datatype, _row_count(name, list(tensor.shape))
+
+    # -- data ---------------------------------------------------------------------------
+
+    def _rows_from_raw(self, layout: _Layout, raw: Sequence[bytes]) -> list[dict[str, Any]]:
+        rows = layout.rows
+        if layout.numbers_only:
+            if set(map(len, raw)) != {rows * _FP64.itemsize}:  # some column is not rows doubles long
+                _check_raw_sizes(layout, raw)
+            values = _finite_columns(layout, np.frombuffer(b"".join(raw), dtype=_FP64).tolist())
+            if rows == 1:
+                if layout.order is not None:
+                    values = [values[i] for i in layout.order]
+                return [dict(zip(self.names, values))]
+            columns = [values[i * rows:(i + 1) * rows] for i in range(len(raw))]
         else:
-            columns[name] = _from_contents(name, datatype, tensor.contents, count)
-    missing = [n for n in expected if n not in columns]
-    if missing:
-        raise InvalidInput(f"input {missing[0]!r} is missing" + (f" (and {missing[1:]})" if missing[1:] else "")
-                           + f"; model {request.model_name!r} takes {_describe(features)}")
-    # Rows list features in the model's order, whatever the request's: River sums over a
-    # row's items in order, so the same order gives the same floating-point answer.
-    names = list(expected)
-    return [dict(zip(names, values)) for values in zip(*(columns[n] for n in names))]
+            columns = [_from_raw(name, datatype, data, rows) for (name, datatype), data in zip(layout.tensors, raw)]
+        return self._assemble(layout.order, columns)
+
+    def _assemble(self, order: tuple[int, ...] | None, columns: list[list[Any]]) -> list[dict[str, Any]]:
+        # Rows list features in the model's order, whatever the request's: River sums over a
+        # row's items in order, so the same order gives the same floating-point answer.
+        if order is not None:
+            columns = [columns[i] for i in order]
+        names = self.names
+        return [dict(zip(names, values)) for values in zip(*columns)]
 
 
-def _describe(features: Sequence[tuple[str, str]]) -> str:
-    return ", ".join(f"{n} ({t})" for n, t in features) or "no features yet"
+def _check_raw_sizes(layout: _Layout, raw: Sequence[bytes]) -> None:
+    for (name, datatype), data in zip(layout.tensors, raw):
+        _from_raw(name, datatype, data, layout.rows)
+
+
+def _finite_columns(layout: _Layout, values: list[float]) -> list[float]:
+    """`values` (every column, one after the other) if all are finite; else the first culprit is named."""
+    total = sum(values)
+    if total - total != 0.0:  # an inf or a nan somewhere (or only a sum too large: then the scan finds nothing)
+        for position, value in enumerate(values):
+            if not math.isfinite(value):
+                name, row = layout.tensors[position // layout.rows][0], position % layout.rows
+                raise InvalidInput(f"input {name!r} row {row}: {value} is not a finite number")
+    return values
+
+
+def _describe(features: Mapping[str, str]) -> str:
+    return ", ".join(f"{n} ({t})" for n, t in features.items()) or "no features yet"
 
 
 def _row_count(name: str, shape: list[int]) -> int:
@@ -115,9 +214,11 @@ def _from_contents(name: str, datatype: str, contents: Any, count: int) -> list[
 
 
 def _finite(name: str, values: list[float]) -> list[float]:
-    if not math.isfinite(math.fsum(values)):  # one pass for the common all-finite case
-        row = next(i for i, v in enumerate(values) if not math.isfinite(v))
-        raise InvalidInput(f"input {name!r} row {row}: {values[row]} is not a finite number")
+    total = sum(values)
+    if total - total != 0.0:  # an inf or a nan somewhere (or only a sum too large: then the scan finds nothing)
+        for row, value in enumerate(values):
+            if not math.isfinite(value):
+                raise InvalidInput(f"input {name!r} row {row}: {value} is not a finite number")
     return values
 
 
@@ -145,20 +246,40 @@ def check_requested(requested: Sequence[str], available: Sequence[str], model_id
     return list(requested) or list(available)
 
 
+_DOUBLES: dict[int, struct.Struct] = {}
+
+
+def _pack_doubles(values: list[float]) -> bytes:
+    packer = _DOUBLES.get(len(values))
+    if packer is None:
+        packer = struct.Struct(f"<{len(values)}d")
+        if len(_DOUBLES) < 256:
+            _DOUBLES[len(values)] = packer
+    return packer.pack(*values)
+
+
 def put_outputs(response: Any, outputs: list[Output], names: Sequence[str]) -> None:
     """Append the chosen outputs to `response`, their data as raw little-endian bytes (as Triton does)."""
     for output in outputs:
         if output.name not in names:
             continue
-        response.outputs.add(name=output.name, datatype=output.datatype, shape=list(output.shape))
-        if output.datatype == STRING:
-            response.raw_output_contents.append(b"".join(struct.pack("<I", len(v)) + v for v in output.values))
-        else:
-            response.raw_output_contents.append(np.ascontiguousarray(output.values, dtype=_FP64).tobytes())
+        response.outputs.add(name=output.name, datatype=output.datatype, shape=output.shape)
+        response.raw_output_contents.append(raw_output(output))
+
+
+def raw_output(output: Output) -> bytes:
+    """An output's data as `raw_output_contents` carries it: little-endian FP64, or length-prefixed BYTES."""
+    if output.datatype == STRING:
+        return b"".join([struct.pack("<I", len(v)) + v for v in output.values])
+    return _pack_doubles(output.values)
 
 
 def output_values(output: Output) -> list[Any]:
-    """An output as plain JSON-able values (for the predictions topic)."""
+    """An output as plain JSON-able values (for the predictions topic); NaN ("no prediction") is None."""
     if output.datatype == STRING:
         return [v.decode(errors="replace") for v in output.values]
-    return [None if isinstance(v, float) and math.isnan(v) else v for v in np.asarray(output.values).tolist()]
+    values = [None if v != v else v for v in output.values]
+    if len(output.shape) == 2:
+        width = output.shape[1]
+        return [values[i:i + width] for i in range(0, len(values), width)]
+    return values

@@ -221,3 +221,18 @@ def test_messages_match_tritons_copy_of_the_protocol_field_by_field():
         theirs.update(fields(triton.DESCRIPTOR.message_types_by_name[name]))
     assert len(ours) > 60
     assert {k: v for k, v in ours.items() if theirs.get(k) != v} == {}
+
+
+def test_response_bytes_parse_to_the_message_protobuf_builds():
+    from services.inference.responses import ResponseWriter
+
+    model = trained("m", [({"color": c, "size": float(i)}, i % 2 == 0) for i, c in enumerate("abcab" * 10)])
+    writer = ResponseWriter("m", "1")
+    for rows in (1, 3, 200):  # 200 rows: raw outputs longer than one varint byte
+        prediction = model.predict([{"color": "a", "size": float(i)} for i in range(rows)])
+        for names in (["label", "probabilities"], ["probabilities"]):
+            for request_id in ("r1", "x" * 300):
+                expected = pb.ModelInferResponse(model_name="m", model_version="1", id=request_id)
+                expected.parameters["classes"].string_param = prediction.parameters["classes"]
+                put_outputs(expected, prediction.outputs, names)
+                assert pb.ModelInferResponse.FromString(writer.write(request_id, prediction, names)) == expected
