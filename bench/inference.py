@@ -11,7 +11,10 @@ at concurrency 1, 8 and 64 it prints p50/p99 latency, requests/s and rows/s of:
                request's own bytes (same payload size: the floor Python gRPC sets here);
   - inference: the service.
 The client is one grpc.aio process sending pre-serialized requests to both servers, so
-client costs are the same for both. Asserts nothing.
+client costs are the same for both. Each cell warms both connections up (not measured),
+then alternates short slices of load between echo and inference (which goes first
+alternates too) until each has had `--seconds`: both sides see the same background load of
+a shared machine, and their ratio compares like with like. Asserts nothing.
 
 Goals (issue 7): 1-row p99 within 1.5x of the echo floor at each concurrency; at least
 10,000 rows/s with 64-row requests.
@@ -77,21 +80,39 @@ def request_bytes(rows: list[dict], names: list[str]) -> bytes:
     return request.SerializeToString()
 
 
-async def load(port: int, payload: bytes, concurrency: int, seconds: float) -> list[float]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        call = channel.unary_unary(INFER)  # bytes in, bytes out: the same client work for both servers
-        await call(payload)  # warm the connection
-        latencies: list[float] = []
-        deadline = time.perf_counter() + seconds
+async def load(call, payload: bytes, concurrency: int, seconds: float) -> list[float]:
+    """Latencies of `concurrency` callers sending `payload` back to back for `seconds`."""
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds
 
-        async def worker() -> None:
-            while time.perf_counter() < deadline:
-                started = time.perf_counter()
-                await call(payload)
-                latencies.append(time.perf_counter() - started)
+    async def worker() -> None:
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            await call(payload)
+            latencies.append(time.perf_counter() - started)
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies
+
+
+async def interleaved(ports: dict[str, int], payload: bytes, concurrency: int, seconds: float,
+                      slice_seconds: float, warmup: float) -> dict[str, list[float]]:
+    """Latencies per target, measured in alternating slices until each target had `seconds`."""
+    channels = {target: grpc.aio.insecure_channel(f"127.0.0.1:{port}") for target, port in ports.items()}
+    try:
+        # bytes in, bytes out: the same client work for both servers
+        calls = {target: channel.unary_unary(INFER) for target, channel in channels.items()}
+        for call in calls.values():
+            await load(call, payload, concurrency, warmup)  # connection up, both sides warm; not measured
+        latencies: dict[str, list[float]] = {target: [] for target in ports}
+        order = list(ports)
+        for index in range(max(1, round(seconds / slice_seconds))):
+            for target in (order if index % 2 == 0 else order[::-1]):
+                latencies[target] += await load(calls[target], payload, concurrency, slice_seconds)
         return latencies
+    finally:
+        for channel in channels.values():
+            await channel.close()
 
 
 def summary(latencies: list[float], seconds: float, rows: int) -> tuple[float, float, float, float]:
@@ -130,7 +151,9 @@ def wait_ready(port: int, timeout: float = 60.0) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=float, default=2.0, help="per cell")
+    parser.add_argument("--seconds", type=float, default=2.0, help="per cell and target")
+    parser.add_argument("--slice", type=float, default=0.5, help="length of one alternating slice")
+    parser.add_argument("--warmup", type=float, default=0.25, help="unmeasured load per cell and target")
     parser.add_argument("--sample", type=float, default=1.0, help="share of requests written to the predictions topic")
     parser.add_argument("--echo-server", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -166,7 +189,8 @@ def main() -> None:
     ]
     try:
         wait_ready(inference_port)
-        print(f"inference service: free mode, predictions sample {args.sample}, {args.seconds:.0f} s per cell, "
+        print(f"inference service: free mode, predictions sample {args.sample}, {args.seconds:g} s per cell and target "
+              f"in alternating {args.slice:g} s slices after {args.warmup:g} s warm-up, "
               f"{os.cpu_count()} cores shared by client and servers")
         print(f"{'rows':>4} {'conc':>4} {'target':<9} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9} {'rows/s':>10}")
         for rows in (1, 64):
@@ -178,8 +202,9 @@ def main() -> None:
             print(f"{rows:>4} {'1':>4} {'river':<9} {p50:>8.3f} {p99:>8.3f} {rate:>9.0f} {row_rate:>10.0f}")
             for concurrency in (1, 8, 64):
                 figures = {}
-                for target, port in (("echo", echo_port), ("inference", inference_port)):
-                    latencies = asyncio.run(load(port, payload, concurrency, args.seconds))
+                measured = asyncio.run(interleaved({"echo": echo_port, "inference": inference_port}, payload,
+                                                   concurrency, args.seconds, args.slice, args.warmup))
+                for target, latencies in measured.items():
                     figures[target] = summary(latencies, args.seconds, rows)
                     p50, p99, rate, row_rate = figures[target]
                     print(f"{rows:>4} {concurrency:>4} {target:<9} {p50:>8.3f} {p99:>8.3f} {rate:>9.0f} {row_rate:>10.0f}")

@@ -14,6 +14,7 @@ server's account from `WhoAmI` (holds must name it as provider) and passes a
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -103,6 +104,7 @@ async def run(settings: InferenceSettings, stop: asyncio.Event, hold_source: Hol
         address = f"{settings.inference_host}:{settings.inference_port}"
         port = server.add_secure_port(address, _server_credentials(settings)) if metering else server.add_insecure_port(address)
         sending = asyncio.create_task(sink.run())
+        freezing = asyncio.create_task(_freeze_when_ready(ready))
         following = asyncio.create_task(follow_snapshots(bootstrap, settings.inference_snapshot_topic, codec,
                                                          on_snapshot, on_undecodable, ready, stop))
         await server.start()
@@ -115,11 +117,20 @@ async def run(settings: InferenceSettings, stop: asyncio.Event, hold_source: Hol
         finally:
             await server.stop(grace=5.0)  # requests in flight finish
             following.cancel()
-            await asyncio.gather(following, return_exceptions=True)
+            freezing.cancel()
+            await asyncio.gather(following, freezing, return_exceptions=True)
             await sink.drain()  # every queued usage and prediction record is sent before the producer closes
             sending.cancel()
             await asyncio.gather(sending, return_exceptions=True)
     log.info("inference_stopped")
+
+
+async def _freeze_when_ready(ready: asyncio.Event) -> None:
+    """Once the start-up snapshots are loaded, move every object then alive (interpreter, libraries,
+    models) out of the cyclic GC's reach: a full collection then walks only what serving made, and
+    takes a few milliseconds instead of a tail-latency spike of a hundred."""
+    await ready.wait()
+    gc.freeze()
 
 
 async def _until(stop: asyncio.Event, following: asyncio.Task) -> None:

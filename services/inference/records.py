@@ -1,13 +1,14 @@
 """Prediction and usage records to Kafka, off the request path.
 
 A request only appends its record to a buffer (`offer`, a list append). One task wakes
-when the buffer stops being empty, lets records gather for `linger` seconds, then takes
-everything buffered at once, builds and encodes the records and hands them to the
-idempotent producer as whole batches, one per topic partition (`send_batch`): a record
-costs an Avro encode and a batch append rather than a `send()` of its own, and the broker
-sees one produce request per linger, not one per few requests. While the previous batch
-of a partition is still on its way, records pile up in the buffer and leave in the next,
-larger batch: the busier the server, the cheaper a record.
+when the buffer stops being empty and, every few milliseconds while records flow, builds
+and Avro-encodes what has arrived (a few at a time, between turns of the event loop, so a
+request never waits behind many). Encoded records gather for `linger` seconds and then
+go to the idempotent producer as whole batches, one per topic partition (`send_batch`):
+a record costs an encode and a batch append rather than a `send()` of its own, and the
+broker sees one produce request per linger, not one per few requests. While the previous
+batch of a partition is still on its way, records pile up and leave in the next, larger
+batch: the busier the server, the cheaper a record.
 
 A full buffer is reported to the caller (`offer` returns False), so a slow broker slows
 nothing but the records: the server drops sampled predictions (counted) and refuses paid
@@ -38,6 +39,9 @@ RECORD_ERRORS = metrics.counter("inference", "record_errors", "Records that coul
 Record = Mapping[str, Any] | Callable[[], Mapping[str, Any]]
 _CHUNK = 16
 """Records built and encoded between two turns of the event loop."""
+_TICK = 0.005
+"""While records flow, how often the task encodes what has arrived: a record is bytes a few
+milliseconds after its response, so the objects it held die young (cheap for the GC)."""
 
 
 class RecordSink:
@@ -48,6 +52,10 @@ class RecordSink:
         self.queue_size = queue_size
         self.linger = linger
         self._buffer: list[tuple[str, str, str, Record]] = []
+        self._encoded: dict[tuple[str, int], list[tuple[bytes, bytes]]] = {}
+        """(topic, partition) -> encoded (key, value) records waiting for the linger to end."""
+        self._encoded_count = 0
+        self._partitions: dict[str, list[int]] = {}
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -56,7 +64,7 @@ class RecordSink:
     def offer(self, topic: str, record_name: str, key: str, record: Record) -> bool:
         """Buffer a record for `topic`; False if the buffer is full (nothing buffered)."""
         buffer = self._buffer
-        if len(buffer) >= self.queue_size:
+        if len(buffer) + self._encoded_count >= self.queue_size:
             return False
         if not buffer:
             self._idle.clear()
@@ -65,19 +73,24 @@ class RecordSink:
         return True
 
     def pending(self) -> int:
-        """Records buffered and not yet handed to the producer."""
-        return len(self._buffer)
+        """Records offered and not yet handed to the producer."""
+        return len(self._buffer) + self._encoded_count
 
     async def run(self) -> None:
         """Send buffered records until cancelled; call `drain` first to send what is buffered."""
+        loop = asyncio.get_running_loop()
         while True:
             await self._wakeup.wait()
-            while self._buffer:
-                if self.linger > 0:
-                    await asyncio.sleep(self.linger)  # company for the batch; requests never wait for this
+            started = loop.time()
+            while self._buffer or self._encoded:
                 taken, self._buffer = self._buffer, []
                 self._wakeup.clear()
-                await self._send(taken)
+                await self._encode(taken)
+                if loop.time() - started >= self.linger:
+                    await self._send_encoded()
+                    started = loop.time()
+                elif not self._buffer:
+                    await asyncio.sleep(min(_TICK, self.linger))  # requests never wait for this
             self._idle.set()
 
     async def drain(self) -> None:
@@ -85,9 +98,7 @@ class RecordSink:
         await self._idle.wait()
         await self.producer.flush()
 
-    async def _send(self, items: list[tuple[str, str, str, Record]]) -> None:
-        batches: dict[tuple[str, int], list[tuple[bytes, bytes]]] = {}
-        partitions: dict[str, list[int]] = {}
+    async def _encode(self, items: list[tuple[str, str, str, Record]]) -> None:
         for index, (topic, record_name, key, record) in enumerate(items):
             if index % _CHUNK == _CHUNK - 1:
                 await asyncio.sleep(0)  # let requests that arrived meanwhile run: they wait one chunk at most
@@ -98,16 +109,22 @@ class RecordSink:
                 log.error("record_not_sent", extra={"topic": topic, "key": key, "error": repr(exc)})
                 continue
             key_bytes = key.encode()
-            known = partitions.get(topic)
+            known = self._partitions.get(topic)
             if known is None:
-                known = partitions[topic] = await self._partitions(topic)
+                known = self._partitions[topic] = await self._partitions_of(topic)
             # The producer's own rule (murmur2 of the key), so a key lands where `send` would put it.
             partition = known[0] if len(known) == 1 else self._partitioner(key_bytes, known, known)
-            batches.setdefault((topic, partition), []).append((key_bytes, value))
-        for (topic, partition), records in batches.items():
-            await self._send_partition(topic, partition, records)
+            self._encoded.setdefault((topic, partition), []).append((key_bytes, value))
+            self._encoded_count += 1
 
-    async def _partitions(self, topic: str) -> list[int]:
+    async def _send_encoded(self) -> None:
+        encoded, self._encoded = self._encoded, {}
+        self._partitions.clear()  # read again for the next batches: a topic may have grown
+        for (topic, partition), records in encoded.items():
+            await self._send_partition(topic, partition, records)
+            self._encoded_count -= len(records)
+
+    async def _partitions_of(self, topic: str) -> list[int]:
         try:
             return sorted(await self.producer.partitions_for(topic))
         except KafkaError:
