@@ -219,6 +219,22 @@ def main() -> None:
                 server.wait(30)
             except subprocess.TimeoutExpired:
                 server.kill()
+        asyncio.run(delete_topics(bootstrap, [topic, env["STREAMLEDGER_INFERENCE_PREDICTIONS_TOPIC"]]))
+
+
+async def delete_topics(bootstrap: str, names: list[str]) -> None:
+    """The run's own topics: each run makes fresh ones, and a broker loads every topic it has at start."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import KafkaError
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        await admin.start()
+        await admin.delete_topics(names)
+    except KafkaError as exc:
+        print(f"could not delete the bench topics {names}: {exc!r}", file=sys.stderr)
+    finally:
+        await admin.close()
 
 
 if __name__ == "__main__":

@@ -92,6 +92,22 @@ class ServedModel:
         return str(self.version)
 
     @cached_property
+    def _names_of(self) -> dict[tuple[Any, ...], _ClassNames]:
+        return {}
+
+    def _class_names(self, classes: list[Any]) -> _ClassNames:
+        # The model answers with the same few class lists over and over: name each list once.
+        # (Keyed per model: True == 1 in a tuple, but one model's classes never hold both.)
+        key = tuple(classes)
+        names = self._names_of.get(key)
+        if names is None:
+            names = _ClassNames((c, str(c).encode()) for c in classes)
+            names.json = json.dumps([str(c) for c in classes])
+            if len(self._names_of) < 1024:
+                self._names_of[key] = names
+        return names
+
+    @cached_property
     def responses(self) -> ResponseWriter:
         """Writes this model version's ModelInferResponse bytes."""
         return ResponseWriter(self.model_id, self.version_text)
@@ -109,16 +125,17 @@ class ServedModel:
         if self.task == "anomaly":
             return Prediction([Output("score", NUMBER, (len(rows),), _floats([model.score_one(x) for x in rows]))], {})
         probas = [model.predict_proba_one(x) for x in rows]
-        if len(probas) == 1:
+        if len(probas) == 1:  # the common request: no union of class sets to take
             classes = sorted(probas[0], key=str)
         else:
             classes = sorted({c for p in probas for c in p}, key=str)
+        names = self._class_names(classes)
         matrix = [float(p.get(c, 0.0)) for p in probas for c in classes]
-        labels = [str(max(p, key=p.get)).encode() if p else b"" for p in probas]
+        labels = [names[max(p, key=p.get)] if p else b"" for p in probas]
         return Prediction(
             [Output("label", STRING, (len(rows),), labels),
              Output("probabilities", NUMBER, (len(rows), len(classes)), matrix)],
-            {"classes": _classes_json(classes)},
+            {"classes": names.json},
         )
 
 
@@ -126,18 +143,10 @@ OUTPUTS = {"binary": ("label", "probabilities"), "multiclass": ("label", "probab
            "regression": ("value",), "anomaly": ("score",)}
 
 
-_CLASSES_JSON: dict[tuple[str, ...], str] = {}
+class _ClassNames(dict):
+    """Class -> its name as label bytes, and `json`: the class names as the "classes" parameter."""
 
-
-def _classes_json(classes: list[Any]) -> str:
-    # A model answers with the same few class lists over and over: write each one once.
-    key = tuple(map(str, classes))  # by name: True == 1 as a key, but not as a class name
-    text = _CLASSES_JSON.get(key)
-    if text is None:
-        text = json.dumps(list(key))
-        if len(_CLASSES_JSON) < 1024:
-            _CLASSES_JSON[key] = text
-    return text
+    json: str
 
 
 def _floats(values: list[Any]) -> list[float]:
