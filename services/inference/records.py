@@ -2,7 +2,7 @@
 
 A request only appends its record to a buffer (`offer`, a list append). One task wakes
 when the buffer stops being empty and, every few milliseconds while records flow, builds
-and Avro-encodes what has arrived (a few at a time, between turns of the event loop, so a
+and Avro-encodes what has arrived (half a millisecond of work at a time between turns of the event loop, so a
 request never waits behind many). Encoded records gather for `linger` seconds and then
 go to the idempotent producer as whole batches, one per topic partition (`send_batch`):
 a record costs an encode and a batch append rather than a `send()` of its own, and the
@@ -21,6 +21,7 @@ latter for predictions, so their JSON is written by the sending task, after the 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -37,8 +38,9 @@ RECORDS = metrics.counter("inference", "records", "Records sent to Kafka", ("top
 RECORD_ERRORS = metrics.counter("inference", "record_errors", "Records that could not be sent", ("topic",))
 
 Record = Mapping[str, Any] | Callable[[], Mapping[str, Any]]
-_CHUNK = 16
-"""Records built and encoded between two turns of the event loop."""
+_TURN = 0.0005
+"""Seconds of record building between two turns of the event loop: a request that arrives
+meanwhile waits at most about this long (a 64-row record alone takes a few hundred µs)."""
 _TICK = 0.005
 """While records flow, how often the task encodes what has arrived: a record is bytes a few
 milliseconds after its response, so the objects it held die young (cheap for the GC)."""
@@ -99,9 +101,11 @@ class RecordSink:
         await self.producer.flush()
 
     async def _encode(self, items: list[tuple[str, str, str, Record]]) -> None:
-        for index, (topic, record_name, key, record) in enumerate(items):
-            if index % _CHUNK == _CHUNK - 1:
-                await asyncio.sleep(0)  # let requests that arrived meanwhile run: they wait one chunk at most
+        turned = time.perf_counter()
+        for topic, record_name, key, record in items:
+            if time.perf_counter() - turned >= _TURN:
+                await asyncio.sleep(0)  # let requests that arrived meanwhile run
+                turned = time.perf_counter()
             try:
                 value = self.codec.encode(record_name, record() if callable(record) else record)
             except CodecError as exc:
