@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import sys
 
-import uvicorn
 from pydantic import ValidationError
 
 from services.audit.auditor import open_auditor
@@ -27,16 +26,11 @@ from services.audit.ledger_reader import UnreachableLedger
 from services.audit.settings import AuditSettings
 from services.common import metrics
 from services.common.lifecycle import run_until_signalled
+from services.common.http_server import EmbeddedHttpServer
 from services.common.logging import configure_logging, get_logger
 from services.ledger.settings import LedgerSettings
 
 log = get_logger("audit")
-
-
-class _HttpServer(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self):  # the service handles signals itself, for both servers
-        yield
 
 
 class AuditService:
@@ -60,27 +54,17 @@ class AuditService:
         try:
             self.grpc_server, self.grpc_port = build_grpc_server(auditor, token, s.audit_host, s.audit_grpc_port)
             await self.grpc_server.start()
-            config = uvicorn.Config(build_http_app(auditor, token), host=s.audit_host, port=s.audit_http_port,
-                                    log_config=None, access_log=False, lifespan="off")
-            self.http_server = _HttpServer(config)
-            self.http_task = asyncio.create_task(self.http_server.serve())
-            async with asyncio.timeout(10):
-                while not self.http_server.started:
-                    if self.http_task.done():
-                        await self.http_task  # re-raises why it could not start
-                        raise RuntimeError(f"HTTP server did not start on {s.audit_host}:{s.audit_http_port}")
-                    await asyncio.sleep(0.02)
+            self.http_server = EmbeddedHttpServer(build_http_app(auditor, token), s.audit_host, s.audit_http_port)
+            self.http_port = await self.http_server.start()
         except BaseException:
             await self._stack.aclose()
             raise
-        self.http_port = self.http_server.servers[0].sockets[0].getsockname()[1]
         log.info("started", extra={"http": f"{s.audit_host}:{self.http_port}", "grpc": f"{s.audit_host}:{self.grpc_port}",
                                    "token_required": token.required, "mongo_db": s.mongo_db,
                                    "peer": self.ledger_settings.fabric_peer_endpoint})
 
     async def stop(self) -> None:
-        self.http_server.should_exit = True
-        await self.http_task
+        await self.http_server.stop()
         await self.grpc_server.stop(grace=5)
         await self._stack.aclose()
         log.info("stopped")

@@ -9,15 +9,14 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
-import uvicorn
 from aiokafka import AIOKafkaProducer
 
 from services.common import topics
 from services.common.avro import AvroCodec, SchemaRegistry
 from services.common.kafka import ensure_topics, reliable_producer
 from services.common.lifecycle import run_until_signalled
+from services.common.http_server import EmbeddedHttpServer
 from services.common.logging import configure_logging, get_logger
 from services.ingestion.auth import ApiKeys
 from services.ingestion.grpc_api import build_grpc_server
@@ -27,12 +26,6 @@ from services.ingestion.settings import IngestionSettings
 from services.ingestion.sink import PendingBudget, RawEventWriter
 
 log = get_logger("ingestion")
-
-
-class _HttpServer(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self):  # the service handles signals itself, for both servers
-        yield
 
 
 class IngestionService:
@@ -56,17 +49,8 @@ class IngestionService:
         intake = Intake(ApiKeys(s.api_keys), AvroCodec(registry), self.writer, s.max_event_bytes)
         self.grpc_server, self.grpc_port = build_grpc_server(intake, s)
         await self.grpc_server.start()
-        config = uvicorn.Config(build_http_app(intake, s), host=s.http_host, port=s.http_port,
-                                log_config=None, access_log=False, lifespan="off")
-        self.http_server = _HttpServer(config)
-        self.http_task = asyncio.create_task(self.http_server.serve())
-        async with asyncio.timeout(10):
-            while not self.http_server.started:
-                if self.http_task.done():
-                    await self.http_task  # re-raises why it could not start (e.g. port in use)
-                    raise RuntimeError(f"HTTP server did not start on {s.http_host}:{s.http_port}")
-                await asyncio.sleep(0.02)
-        self.http_port = self.http_server.servers[0].sockets[0].getsockname()[1]
+        self.http_server = EmbeddedHttpServer(build_http_app(intake, s), s.http_host, s.http_port)
+        self.http_port = await self.http_server.start()
         log.info("started", extra={"http": f"{s.http_host}:{self.http_port}", "grpc": f"{s.http_host}:{self.grpc_port}",
                                    "topic": s.raw_topic, "tenants": len(s.api_keys)})
 
@@ -76,8 +60,7 @@ class IngestionService:
         return producer
 
     async def stop(self) -> None:
-        self.http_server.should_exit = True
-        await self.http_task
+        await self.http_server.stop()
         await self.grpc_server.stop(grace=5)
         await self.writer.producer.stop()  # flushes what is still in flight (the writer may have renewed it)
         log.info("stopped")

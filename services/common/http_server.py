@@ -1,0 +1,47 @@
+"""A uvicorn HTTP server run inside a service's own event loop, next to its gRPC server.
+
+    http = EmbeddedHttpServer(app, "127.0.0.1", 8080)
+    port = await http.start()   # returns once it listens (the bound port, for port 0)
+    ...
+    await http.stop()
+
+The service handles SIGINT/SIGTERM itself (`run_until_signalled`), so uvicorn's own signal
+handlers are left out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import uvicorn
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self):  # the service handles signals itself
+        yield
+
+
+class EmbeddedHttpServer:
+    def __init__(self, app, host: str, port: int) -> None:
+        self.host = host
+        self.server = _Server(uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
+                                             lifespan="off"))
+        self.task: asyncio.Task | None = None
+
+    async def start(self, timeout: float = 10.0) -> int:
+        """Serve in a task; the bound port once it listens, or why it could not (e.g. port in use)."""
+        self.task = asyncio.create_task(self.server.serve())
+        async with asyncio.timeout(timeout):
+            while not self.server.started:
+                if self.task.done():
+                    await self.task  # re-raises why it could not start
+                    raise RuntimeError(f"HTTP server did not start on {self.host}:{self.server.config.port}")
+                await asyncio.sleep(0.02)
+        return self.server.servers[0].sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.server.should_exit = True
+            await self.task
