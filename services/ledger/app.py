@@ -76,18 +76,19 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+@dataclass
 class Plumbing:
     """What both halves share: the ledger, MongoDB, the producer, the codec, and retries."""
 
-    def __init__(self, settings: LedgerServiceSettings, ledger: LedgerClient, store: LedgerStore,
-                 producer: AIOKafkaProducer, codec: AvroCodec, stop: asyncio.Event) -> None:
-        self.settings = settings
-        self.ledger = ledger
-        self.store = store
-        self.producer = producer
-        self.codec = codec
-        self.stop = stop
-        self.backoff = Backoff(settings.backoff_initial_seconds, settings.backoff_max_seconds, jitter=0.2)
+    settings: LedgerServiceSettings
+    ledger: LedgerClient
+    store: LedgerStore
+    producer: AIOKafkaProducer
+    codec: AvroCodec
+    stop: asyncio.Event
+
+    def __post_init__(self) -> None:
+        self.backoff = Backoff(self.settings.backoff_initial_seconds, self.settings.backoff_max_seconds, jitter=0.2)
 
     async def retry(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
         def on_retry(attempt: int, exc: BaseException, delay: float) -> None:
