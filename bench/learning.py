@@ -5,6 +5,8 @@
 For each model below, the same CleanEvents (River's Phishing dataset, cycled) are:
   - learned in-process by River alone: `evaluate.progressive_val_score` over Python dicts
     already in memory (the baseline: no Kafka, no Avro);
+  - only read and decoded, by a bare aiokafka consumer and the codec, with no model at all:
+    the ceiling any service reading Kafka and Avro in one process can reach here;
   - learned by the service (`services.learning.app.run`, in this process) from a one-partition
     Kafka topic the events were written to beforehand: from its `learning_started` log line
     to the `snapshot_written` line of a snapshot covering every event, so Avro decoding,
@@ -25,6 +27,7 @@ import time
 import uuid
 from pathlib import Path
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from river import datasets, evaluate
 from river.metrics.base import Metrics
 
@@ -71,6 +74,26 @@ def in_process_rate(models_file: Path, events: list[dict]) -> float:
     start = time.perf_counter()
     evaluate.progressive_val_score(stream, model, metrics)
     return len(stream) / (time.perf_counter() - start)
+
+
+async def read_decode_rate(bootstrap: str, topic: str, events: int) -> float:
+    """Events/s of fetching the topic from Kafka and decoding every CleanEvent, and nothing else."""
+    codec = AvroCodec(SchemaRegistry.from_dir())
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partition = TopicPartition(topic, 0)
+        consumer.assign([partition])
+        await consumer.seek_to_beginning(partition)
+        seen = 0
+        start = time.perf_counter()
+        while seen < events:
+            for messages in (await consumer.getmany(timeout_ms=200, max_records=2000)).values():
+                codec.decode_many([m.value for m in messages], reader="CleanEvent")
+                seen += len(messages)
+        return events / (time.perf_counter() - start)
+    finally:
+        await consumer.stop()
 
 
 class Timestamps(logging.Handler):
@@ -129,6 +152,9 @@ async def main(events_count: int, repeat: int) -> None:
         baseline_file = Path(tmp) / "logreg.toml"
         baseline_file.write_text(MODELS["logreg"])
         baseline = max(in_process_rate(baseline_file, events) for _ in range(repeat))
+        ceiling = max([await read_decode_rate(bootstrap, topic, events_count) for _ in range(repeat)])
+        print(f"{'read+decode only':<18} {baseline:>14,.0f} ev/s {ceiling:>10,.0f} ev/s {ceiling / baseline:>7.2f}"
+              "   (no model: the one-process ceiling)")
         for name, toml in MODELS.items():
             models_file = Path(tmp) / f"{name}.toml"
             models_file.write_text(toml)
