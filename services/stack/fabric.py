@@ -51,6 +51,10 @@ class FabricError(RuntimeError):
     """A Fabric CLI step (osnadmin, peer) failed; the message names the step and its output."""
 
 
+class NoRaftLeader(FabricError):
+    """The orderer runs but its Raft node for the channel has no leader."""
+
+
 class FabricBinaries:
     """The five Fabric commands, their sampleconfig, and the contract's chaincode server,
     built with `go` into the cache; one lock so parallel part installs build once."""
@@ -296,7 +300,7 @@ class FabricNetwork:
                                   f"{(joined.stdout + joined.stderr).strip()}")
         self.wait_for_raft_leader()
 
-    def wait_for_raft_leader(self, timeout: float = 60.0) -> None:
+    def wait_for_raft_leader(self, timeout: float = 30.0) -> None:
         """The orderer answers /healthz before Raft has elected a leader for the channel, and
         until then it refuses transactions (SERVICE_UNAVAILABLE); its metrics tell."""
         url = f"http://127.0.0.1:{self.settings.fabric_orderer_operations_port}/metrics"
@@ -310,8 +314,8 @@ class FabricNetwork:
             except OSError:
                 pass
             time.sleep(0.3)
-        raise FabricError(f"the orderer elected no Raft leader for channel {CHANNEL} within {timeout:.0f}s "
-                          f"(watched {url})")
+        raise NoRaftLeader(f"the orderer elected no Raft leader for channel {CHANNEL} within {timeout:.0f}s "
+                           f"(watched {url})")
 
     def join_peer(self) -> None:
         if CHANNEL in self.peer_cli("channel", "list", what="peer channel list").split():
@@ -439,6 +443,26 @@ class FabricOrdererPart(_FabricPart):
     def healthy(self) -> bool:
         return _http_ok(f"http://127.0.0.1:{self.settings.fabric_orderer_operations_port}/healthz")
 
+    def settle(self, attempts: int = 3) -> None:
+        """Join the channel (once) and wait for its Raft leader, restarting the orderer when none
+        comes: this Fabric build now and then restarts its Raft node without re-applying its own
+        membership (the log says `voters=()` and nothing after) and then never elects."""
+        for attempt in range(1, attempts + 1):
+            try:
+                self.network.join_orderer()
+                return
+            except NoRaftLeader:
+                if attempt == attempts:
+                    raise
+            self.process.stop()
+            argv, env = self.command()
+            self.process.start(argv, env=env, cwd=self.settings.home)
+            deadline = time.monotonic() + self.settings.start_timeout
+            while not self.healthy():
+                if self.process.pid() is None or time.monotonic() > deadline:
+                    raise FabricError(f"the orderer did not come back after a restart:\n{self.process.tail()}")
+                time.sleep(0.5)
+
 
 class FabricPeerPart(_FabricPart):
     name = "fabric-peer"
@@ -449,8 +473,7 @@ class FabricPeerPart(_FabricPart):
         return self.settings.fabric_peer_port
 
     def prepare(self) -> None:
-        self.network.join_orderer()  # the orderer part is healthy by now
-        self.network.write_peer_config()
+        self.network.write_peer_config()  # the orderer has joined the channel by now (its settle)
 
     def command(self) -> tuple[list[str], dict[str, str]]:
         net, s = self.network, self.settings

@@ -51,6 +51,10 @@ class Part(ABC):
     def healthy(self) -> bool:
         """True when the server answers a real request."""
 
+    def settle(self) -> None:
+        """Once healthy (just started or found running): wait for what health does not show,
+        and repair what can be (the Fabric orderer's Raft leader)."""
+
     def port_in_use(self) -> bool:
         with socket.socket() as sock:
             sock.settimeout(0.5)

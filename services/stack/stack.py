@@ -78,6 +78,7 @@ class Stack:
             part.process.start(argv, env=env, cwd=self.settings.home)
             self.say(f"started {part.name} (pid {part.process.pid()}), waiting for it to answer")
         self._wait_healthy(part)
+        part.settle()
 
     def _wait_healthy(self, part: Part) -> None:
         deadline = time.monotonic() + self.settings.start_timeout
