@@ -25,6 +25,8 @@ from services.common.kafka import reliable_producer
 from services.ledger.client import LedgerClient
 from services.ledger.merkle import verify_proof
 from services.ledger.settings import LedgerSettings
+from services.stack import Stack
+from services.stack.settings import StackSettings
 from tests.integration.pipeline.conftest import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.fabric, pytest.mark.timeout(420)]
@@ -163,6 +165,52 @@ async def test_every_record_is_anchored_once_through_a_kill_9_and_a_restart(
     assert set(published) == set(on_ledger)
     assert all(published[b]["tx_id"] == a["tx_id"] and published[b]["block"] for b, a in on_ledger.items())
     assert ledger.stop() == 0
+
+
+@pytest.mark.fault
+async def test_a_ledger_outage_holds_anchoring_back_and_loses_nothing(
+        bootstrap, mongo_db, ledger_env, services) -> None:
+    """The Fabric peer stops for 10 s mid-stream: anchoring waits (retrying), then catches up;
+    every record ends up in exactly one batch on the ledger."""
+    clean_topic = ledger_env["STREAMLEDGER_CLEAN_TOPIC"]
+    await create_topic(bootstrap, clean_topic, 1)
+    ledger_env.update({"STREAMLEDGER_LEDGER_SETTLEMENT": "false", "STREAMLEDGER_LEDGER_BATCH_RECORDS": "100",
+                       "STREAMLEDGER_LEDGER_BATCH_SECONDS": "0.3"})
+    ledger = services("ledger")
+    await ledger.logged('"event": "anchoring_started"')
+    run = uuid.uuid4().hex[:8]
+    events = [clean_event(run, i) for i in range(1200)]
+    stack = Stack(StackSettings(fabric=True), say=lambda _msg: None)
+    peer = stack.part("fabric-peer")
+    async with reliable_producer(bootstrap) as producer:
+        async def produce(part: list[dict]) -> None:
+            for e in part:
+                await producer.send(clean_topic, key=e["event_id"].encode(), value=CODEC.encode("CleanEvent", e))
+            await producer.flush()
+
+        await produce(events[:400])
+        await ledger.logged('"event": "anchored"', timeout=60)
+        peer.process.stop()
+        try:
+            await produce(events[400:800])
+            await ledger.logged('"event": "retrying"', timeout=30)  # the ledger is down: it waits
+            await asyncio.sleep(10)
+        finally:
+            await asyncio.to_thread(stack.up)  # the peer comes back (and rejoins its channel)
+        await produce(events[800:])
+
+    published: dict[str, dict] = {}
+
+    async def all_anchored() -> bool:
+        records = await read_all(bootstrap, ledger_env["STREAMLEDGER_ANCHORS_TOPIC"], "Anchor")
+        published.update({a["batch_id"]: a for a in records})
+        return sum(a["count"] for a in published.values()) >= len(events)
+    await wait_until(all_anchored, 120, "anchors covering every record after the outage", ledger.tail)
+    ranges = sorted((a["first_offset"], a["last_offset"]) for a in published.values())
+    assert ranges[0][0] == 0 and ranges[-1][1] == len(events) - 1
+    assert all(first == last + 1 for (_, last), (first, _) in zip(ranges, ranges[1:])), ranges
+    assert await mongo_db["proofs"].count_documents({}) == len(events)
+    assert ledger.alive() and ledger.stop() == 0
 
 
 async def test_usage_is_settled_once_per_hold_and_credit_is_conserved(
