@@ -13,9 +13,8 @@ import asyncio
 import hashlib
 import logging
 import socket
-import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import pytest
 import tritonclient.grpc as triton
@@ -36,7 +35,7 @@ from services.ledger.settings import LOCAL_ORG1, LedgerSettings
 from services.stack.settings import StackSettings
 from tests.integration.inference.support import MODELS as INFERENCE_MODELS
 from tests.integration.inference.support import PHISHING as INFERENCE_ROWS
-from tests.integration.inference.support import publish, snapshot_record, train
+from tests.integration.inference.support import ServerThread, publish, snapshot_record, train
 from tests.integration.inference.test_inference_paid import Issuer, infer
 from tests.integration.test_learning_service import MODELS as LEARNING_MODELS
 from tests.integration.test_learning_service import (PHISHING, Captured, codec, encoded, final_snapshots, latest,
@@ -118,46 +117,6 @@ async def test_the_registry_knows_exactly_the_registered_hash(admin, suffix):
 ORG1 = StackSettings().data_dir / LOCAL_ORG1
 
 
-class InferenceThread:
-    """`main(stop, on_started)` on its own event loop in a thread, so the blocking Triton client can call it."""
-
-    def __init__(self, main: Callable[[asyncio.Event, Callable[[int], None]], Awaitable[None]]) -> None:
-        self.main = main
-        self.port: int | None = None
-        self.error: BaseException | None = None
-        self._started = threading.Event()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._stop = asyncio.Event()
-
-        def started(port: int) -> None:
-            self.port = port
-            self._started.set()
-        try:
-            self._loop.run_until_complete(self.main(self._stop, started))
-        except BaseException as exc:  # reported by start()/stop()
-            self.error = exc
-            self._started.set()
-
-    def __enter__(self) -> InferenceThread:
-        self._thread.start()
-        if not self._started.wait(60):
-            raise TimeoutError("inference server did not start")
-        if self.error:
-            raise self.error
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(30)
-        assert not self._thread.is_alive(), "inference server did not stop"
-        if self.error:
-            raise self.error
-
-
 @pytest.fixture
 def paid_settings(network, stack, bootstrap, unique, tmp_path):
     """Paid-mode settings on fresh topics; the client CA is Org1's Fabric CA, so User1's own
@@ -212,7 +171,7 @@ def test_paid_mode_started_by_serve_charges_real_ledger_holds(paid_settings, suf
     ours, theirs = asyncio.run(holds())
 
     serve = lambda stop, started: inference_app.serve(settings, LedgerSettings(), stop, started)  # noqa: E731
-    with InferenceThread(serve) as server:
+    with ServerThread(serve) as server:
         user1 = user1_client(server.port, server_ca)
         wait_ready(user1)
         assert infer(user1, 10, ours).as_numpy("label").shape == (10,)  # 10 rows x 2 = 20 of 30
@@ -232,7 +191,7 @@ def test_paid_mode_answers_unavailable_while_the_ledger_cannot_be_read(paid_sett
         async with LedgerClient.connect(dead, retry=RetryPolicy(attempts=2, initial_seconds=0.05)) as ledger:
             await inference_app.run(settings, stop, LedgerHoldSource(ledger), started)
 
-    with InferenceThread(main) as server:
+    with ServerThread(main) as server:
         user1 = user1_client(server.port, server_ca)
         wait_ready(user1)
         refused(lambda: infer(user1, 1, f"paid-{suffix}"), "UNAVAILABLE", "ledger cannot be read")

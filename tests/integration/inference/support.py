@@ -4,6 +4,7 @@ their snapshots on a unique topic of the real Kafka, and the server run in a thr
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 import threading
 from pathlib import Path
 
@@ -77,16 +78,20 @@ def publish(bootstrap: str, topic: str, records: list[dict]) -> None:
 
 
 class ServerThread:
-    """`app.run` on its own event loop in a thread, so the blocking Triton client can call it."""
+    """`main(stop, on_started)` (by default `app.run` of `settings`) on its own event loop in a
+    thread, so the blocking Triton client can call it; `with ServerThread(...) as server:`."""
 
-    def __init__(self, settings: InferenceSettings, hold_source=None) -> None:
-        self.settings = settings
-        self.hold_source = hold_source
+    def __init__(self, main: Callable[[asyncio.Event, Callable[[int], None]], Awaitable[None]]) -> None:
+        self.main = main
         self.port: int | None = None
         self.error: BaseException | None = None
         self._started = threading.Event()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @classmethod
+    def of(cls, settings: InferenceSettings, hold_source=None) -> ServerThread:
+        return cls(lambda stop, started: app.run(settings, stop, hold_source, started))
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -96,7 +101,7 @@ class ServerThread:
             self.port = port
             self._started.set()
         try:
-            self._loop.run_until_complete(app.run(self.settings, self._stop, self.hold_source, started))
+            self._loop.run_until_complete(self.main(self._stop, started))
         except BaseException as exc:  # reported to the test by start()/stop()
             self.error = exc
             self._started.set()
@@ -115,6 +120,12 @@ class ServerThread:
         assert not self._thread.is_alive(), "inference server did not stop"
         if self.error:
             raise self.error
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
 
     @property
     def url(self) -> str:

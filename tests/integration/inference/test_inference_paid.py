@@ -112,7 +112,7 @@ def paid(stack, bootstrap, unique, models_file, tmp_path):  # noqa: F811
         inference_tls_cert=server_cert, inference_tls_key=server_key,
         inference_client_cas={"Org1MSP": org1.cert_file, "Org2MSP": org2.cert_file},
     )
-    running = ServerThread(settings, holds).start()
+    running = ServerThread.of(settings, holds).start()
 
     def client(name: str) -> triton.InferenceServerClient:
         cert, key, _ = people[name]

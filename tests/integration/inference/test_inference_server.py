@@ -46,7 +46,7 @@ def server(stack, bootstrap, unique, models_file, trained):  # noqa: F811
         inference_snapshot_topic=topics["snapshots"], inference_predictions_topic=topics["predictions"],
         inference_max_request_bytes=4 * 1024 * 1024,
     )
-    running = ServerThread(settings).start()
+    running = ServerThread.of(settings).start()
     running.topics = topics
     client = triton.InferenceServerClient(running.url)
     wait_for(lambda: client.is_server_ready(), "server ready")
