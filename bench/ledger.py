@@ -35,13 +35,10 @@ from services.common.settings import CommonSettings
 from services.ledger.client import LedgerClient
 from services.ledger.settings import LedgerSettings
 
+from ledger_tx import percentile  # bench/ is the script's folder, so on its path
+
 CODEC = AvroCodec(SchemaRegistry.from_dir())
 CLI = Path(sys.executable).with_name("streamledger")
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def ms(values: list[float]) -> str:

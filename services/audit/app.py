@@ -25,7 +25,7 @@ from services.audit.http_api import build_http_app
 from services.audit.ledger_reader import UnreachableLedger
 from services.audit.settings import AuditSettings
 from services.common import metrics
-from services.common.lifecycle import run_until_signalled
+from services.common.lifecycle import run_until_signalled, serve_until
 from services.common.http_server import EmbeddedHttpServer
 from services.common.logging import configure_logging, get_logger
 from services.ledger.settings import LedgerSettings
@@ -71,12 +71,7 @@ class AuditService:
 
 
 async def run(settings: AuditSettings, ledger_settings: LedgerSettings, stop: asyncio.Event) -> None:
-    service = AuditService(settings, ledger_settings)
-    await service.start()
-    try:
-        await stop.wait()
-    finally:
-        await service.stop()
+    await serve_until(AuditService(settings, ledger_settings), stop)
 
 
 def main() -> None:

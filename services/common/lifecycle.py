@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 
 def run_until_signalled(run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
@@ -21,3 +22,17 @@ def run_until_signalled(run: Callable[[asyncio.Event], Awaitable[None]]) -> None
         await run(stop)
 
     asyncio.run(serve())
+
+
+class Startable(Protocol):
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+async def serve_until(service: Startable, stop: asyncio.Event) -> None:
+    """Start `service`, wait for `stop`, then stop it (also when waiting was cancelled)."""
+    await service.start()
+    try:
+        await stop.wait()
+    finally:
+        await service.stop()

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
-from fabric_protos.common import ledger_pb2
 
 from services.common import metrics
 from services.common.backoff import Backoff
@@ -94,15 +93,12 @@ class FabricLedgerReader:
         return str((await self.ledger.who_am_i()).get("Account", ""))
 
     async def height(self) -> int | None:
-        # The peer's query system chaincode answers GetChainInfo for any channel reader.
-        network = self.ledger.gateway.network(self.channel)
         try:
-            raw = await network.contract("qscc").evaluate("GetChainInfo", self.channel)
+            return await self.ledger.chain_height()
         except GatewayError as exc:
             if exc.transient:
                 raise
             return None  # not allowed to ask: events then start at the next block
-        return ledger_pb2.BlockchainInfo.FromString(raw).height
 
     async def get_model(self, model_id: str, version: int) -> dict[str, Any] | None:
         return await self.ledger.get_model(model_id, version)

@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaProducer
 from services.common import topics
 from services.common.avro import AvroCodec, SchemaRegistry
 from services.common.kafka import ensure_topics, reliable_producer
-from services.common.lifecycle import run_until_signalled
+from services.common.lifecycle import run_until_signalled, serve_until
 from services.common.http_server import EmbeddedHttpServer
 from services.common.logging import configure_logging, get_logger
 from services.ingestion.auth import ApiKeys
@@ -67,12 +67,7 @@ class IngestionService:
 
 
 async def run(settings: IngestionSettings, stop: asyncio.Event) -> None:
-    service = IngestionService(settings)
-    await service.start()
-    try:
-        await stop.wait()
-    finally:
-        await service.stop()
+    await serve_until(IngestionService(settings), stop)
 
 
 def main() -> None:

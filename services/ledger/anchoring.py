@@ -62,7 +62,8 @@ class Batch:
     def proofs(self, tree: MerkleTree) -> Iterator[dict]:
         """One inclusion-proof document per record, keyed by event id, for MongoDB."""
         for index, record in enumerate(self.records):
-            yield {"_id": record.event_id, "batch_id": self.batch_id, "index": index, "size": len(self.records),
+            yield {"_id": record.event_id, "batch_id": self.batch_id, "topic": self.topic, "partition": self.partition,
+                   "index": index, "size": len(self.records),
                    "content_hash": record.content_hash.hex(), "offset": record.offset,
                    "siblings": [s.hex() for s in tree.proof(index)]}
 

@@ -24,7 +24,6 @@ from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
-from pymongo import AsyncMongoClient
 
 from services.common import metrics
 from services.common.avro import AvroCodec, CodecError, SchemaRegistry
@@ -32,6 +31,7 @@ from services.common.backoff import Backoff, Stopped, retry_transient
 from services.common.kafka import ensure_topics, reliable_producer
 from services.common.lifecycle import run_until_signalled
 from services.common.logging import configure_logging, get_logger
+from services.common.mongo import mongo_client
 from services.ledger import store as ledger_store
 from services.ledger.anchoring import AnchoringError, Batch, Batcher
 from services.ledger.client import LedgerClient
@@ -226,7 +226,7 @@ class Anchorer(ConsumerRebalanceListener):
         try:
             tree = batch.tree()
             root = tree.root.hex()
-            proofs = [{**doc, "topic": batch.topic, "partition": batch.partition} for doc in batch.proofs(tree)]
+            proofs = list(batch.proofs(tree))
             await self.p.retry("plan", lambda: self.p.store.record_plan(batch, root))
             await self.p.retry("proofs", lambda: self.p.store.write_proofs(proofs))
             committed = await self.p.retry("anchor", lambda: self.p.ledger.anchor_batch(
@@ -463,8 +463,7 @@ class Settler(ConsumerRebalanceListener):
             self.committed.pop(partition, None)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        for tp in assigned:
-            self.committed[tp.partition] = await self.consumer.committed(tp) or 0
+        pass
 
 
 # -- the service -------------------------------------------------------------------------------
@@ -475,8 +474,7 @@ async def run(settings: LedgerServiceSettings, stop: asyncio.Event, ledger: Ledg
     codec = AvroCodec(registry)
     await ensure_topics(settings.kafka_bootstrap, [settings.clean_topic, settings.anchors_topic,
                                                    settings.usage_topic, settings.deadletter_topic])
-    mongo = AsyncMongoClient(settings.mongo_url, tz_aware=True, serverSelectionTimeoutMS=2000,
-                             connectTimeoutMS=2000, socketTimeoutMS=30_000)
+    mongo = mongo_client(settings.mongo_url, tz_aware=True)
     own_ledger = ledger is None
     ledger = ledger or LedgerClient.connect(settings)
     try:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fabric_protos.common import common_pb2
+from fabric_protos.common import common_pb2, ledger_pb2
 from fabric_protos.peer import transaction_pb2
 
 from services.ledger.gateway import Committed, Contract, Gateway, RetryPolicy, load_msp
@@ -103,6 +103,12 @@ class LedgerClient:
         return await self.contract.evaluate_json("History", key) or []
 
     # -- blocks, from the peer's ledger through the qscc system chaincode --
+    async def chain_height(self) -> int:
+        """How many blocks this channel has (qscc `GetChainInfo`)."""
+        network = self.contract.network
+        raw = await network.contract("qscc").evaluate("GetChainInfo", network.name)
+        return ledger_pb2.BlockchainInfo.FromString(raw).height
+
     async def block_by_tx_id(self, tx_id: str) -> common_pb2.Block | None:
         """The block holding transaction `tx_id` (qscc `GetBlockByTxID` on this channel, evaluated
         through the gateway like any query), or None when the peer knows no such transaction."""

@@ -43,8 +43,8 @@ class LedgerStore:
         self.settlements = db["settlements"]
 
     async def ensure_indexes(self) -> None:
-        await self.plans.create_index([("topic", ASCENDING), ("partition", ASCENDING), ("first_offset", ASCENDING)])
-        await self.proofs.create_index([("batch_id", ASCENDING)])
+        # What `plans_from` asks (proofs are only read by _id).
+        await self.plans.create_index([("topic", ASCENDING), ("partition", ASCENDING), ("last_offset", ASCENDING)])
 
     # -- anchoring --
     async def plans_from(self, topic: str, partition: int, offset: int) -> list[dict[str, Any]]:

@@ -33,12 +33,16 @@ class Stack:
         self.settings = settings or StackSettings()
         self.say = say
         self.parts: list[Part] = [KafkaPart(self.settings), FerretDBPart(self.settings)]
-        # Fabric is opt-in for `up`; once started, `down`, `status` and `logs` see it without the flag.
-        self.extra_parts: list[Part] = []
         if self.settings.fabric:
             self.parts += fabric_parts(self.settings)
-        elif fabric_was_started(self.settings):
-            self.extra_parts = fabric_parts(self.settings)
+
+    @property
+    def extra_parts(self) -> list[Part]:
+        """Fabric is opt-in for `up`; while it has been started (pid files), `down`, `status` and
+        `logs` see it without the flag. Asked each time, so a long-lived Stack stays true."""
+        if self.settings.fabric or not fabric_was_started(self.settings):
+            return []
+        return fabric_parts(self.settings)
 
     def part(self, name: str) -> Part:
         for part in self.parts + self.extra_parts:

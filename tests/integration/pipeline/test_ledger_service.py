@@ -172,6 +172,9 @@ async def test_a_ledger_outage_holds_anchoring_back_and_loses_nothing(
         bootstrap, mongo_db, ledger_env, services) -> None:
     """The Fabric peer stops for 10 s mid-stream: anchoring waits (retrying), then catches up;
     every record ends up in exactly one batch on the ledger."""
+    stack = Stack(StackSettings(fabric=True), say=lambda _msg: None)
+    await asyncio.to_thread(stack.up)  # fault tests run last: another may have stopped the network
+    peer = stack.part("fabric-peer")
     clean_topic = ledger_env["STREAMLEDGER_CLEAN_TOPIC"]
     await create_topic(bootstrap, clean_topic, 1)
     ledger_env.update({"STREAMLEDGER_LEDGER_SETTLEMENT": "false", "STREAMLEDGER_LEDGER_BATCH_RECORDS": "100",
@@ -180,8 +183,6 @@ async def test_a_ledger_outage_holds_anchoring_back_and_loses_nothing(
     await ledger.logged('"event": "anchoring_started"')
     run = uuid.uuid4().hex[:8]
     events = [clean_event(run, i) for i in range(1200)]
-    stack = Stack(StackSettings(fabric=True), say=lambda _msg: None)
-    peer = stack.part("fabric-peer")
     async with reliable_producer(bootstrap) as producer:
         async def produce(part: list[dict]) -> None:
             for e in part:
