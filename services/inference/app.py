@@ -3,7 +3,8 @@
     models.snapshots --> verify sha256, unpickle safely --> ModelShelf (latest + recent versions)
                                                                |
     gRPC ModelInfer --> tensors -> rows --> (paid: mTLS identity, hold) --> River --> response
-                                                               +--> predictions (sampled), usage (paid)
+                                                               +--> RecordSink --> record writer process
+                                                                    --> predictions (sampled), usage (paid)
 
 Paid mode (`STREAMLEDGER_INFERENCE_MODE=paid`) reads holds from the ledger: `serve` connects
 a `LedgerClient` (the `STREAMLEDGER_FABRIC_*` settings of `LedgerSettings`), learns this
@@ -24,14 +25,16 @@ from cryptography import x509
 
 from services.common import metrics
 from services.common.avro import AvroCodec, CodecError, SchemaRegistry
-from services.common.kafka import ensure_topics, reliable_producer
+from services.common.kafka import ensure_topics
 from services.common.lifecycle import run_until_signalled
 from services.common.logging import configure_logging, get_logger
 from services.inference import protocol
 from services.inference.authorization import HoldAuthorizer, HoldSource
 from services.inference.ledger_holds import LedgerHoldSource
 from services.inference.models import ModelShelf, SnapshotRefused, UnknownModel, load_snapshot
-from services.inference.records import RecordSink
+from services.inference.record_sink import RecordSink, RecordWriterDied
+from services.inference.record_writer import WriterSettings
+from services.inference.records import PREDICTION, USAGE
 from services.inference.servicer import InferenceServicer, Metering
 from services.inference.settings import InferenceSettings
 from services.inference.snapshot_feed import follow_snapshots
@@ -66,8 +69,10 @@ async def run(settings: InferenceSettings, stop: asyncio.Event, hold_source: Hol
     codec = AvroCodec(SchemaRegistry.from_dir())
     bootstrap = settings.kafka_bootstrap
     metering = _metering(settings, hold_source, provider)
-    out_topics = [settings.inference_predictions_topic] + ([settings.inference_usage_topic] if metering else [])
-    await ensure_topics(bootstrap, out_topics)
+    out_topics = {PREDICTION: settings.inference_predictions_topic}
+    if metering:
+        out_topics[USAGE] = settings.inference_usage_topic
+    await ensure_topics(bootstrap, out_topics.values())
     await ensure_compacted_topic(bootstrap, settings.inference_snapshot_topic, 64 * 1024 * 1024)
 
     async def on_snapshot(record: dict[str, Any]) -> None:
@@ -96,14 +101,13 @@ async def run(settings: InferenceSettings, stop: asyncio.Event, hold_source: Hol
     limit = settings.inference_max_request_bytes
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
                                       ("grpc.max_send_message_length", limit)])
-    async with reliable_producer(bootstrap) as producer:
-        sink = RecordSink(producer, codec, settings.inference_queue_size, settings.inference_records_linger_seconds)
+    writer = WriterSettings.of(bootstrap, out_topics, settings.inference_records_linger_seconds, settings.log_level)
+    # Leaving the block drains: every queued usage and prediction record is delivered, then the writer exits.
+    async with RecordSink(writer, settings.inference_queue_size) as sink:
         protocol.add_servicer(server, InferenceServicer(
-            shelf, sink, ready, settings.inference_predictions_topic, settings.inference_predictions_sample,
-            metering, _version()))
+            shelf, sink, ready, settings.inference_predictions_sample, metering, _version()))
         address = f"{settings.inference_host}:{settings.inference_port}"
         port = server.add_secure_port(address, _server_credentials(settings)) if metering else server.add_insecure_port(address)
-        sending = asyncio.create_task(sink.run())
         freezing = asyncio.create_task(_freeze_when_ready(ready))
         following = asyncio.create_task(follow_snapshots(bootstrap, settings.inference_snapshot_topic, codec,
                                                          on_snapshot, on_undecodable, ready, stop))
@@ -113,15 +117,12 @@ async def run(settings: InferenceSettings, stop: asyncio.Event, hold_source: Hol
         if on_started is not None:
             on_started(port)
         try:
-            await _until(stop, following)
+            await _until(stop, following, sink)
         finally:
             await server.stop(grace=5.0)  # requests in flight finish
             following.cancel()
             freezing.cancel()
             await asyncio.gather(following, freezing, return_exceptions=True)
-            await sink.drain()  # every queued usage and prediction record is sent before the producer closes
-            sending.cancel()
-            await asyncio.gather(sending, return_exceptions=True)
     log.info("inference_stopped")
 
 
@@ -133,14 +134,20 @@ async def _freeze_when_ready(ready: asyncio.Event) -> None:
     gc.freeze()
 
 
-async def _until(stop: asyncio.Event, following: asyncio.Task) -> None:
-    """Wait for `stop`; if the snapshot follower dies first, raise its error (the server must not go stale silently)."""
+async def _until(stop: asyncio.Event, following: asyncio.Task, sink: RecordSink) -> None:
+    """Wait for `stop`; if the snapshot follower or the record writer dies first, raise (the server must not
+    go stale silently, nor serve without recording)."""
     stopping = asyncio.create_task(stop.wait())
-    done, _ = await asyncio.wait({stopping, following}, return_when=asyncio.FIRST_COMPLETED)
-    if following in done and not stop.is_set():
-        stopping.cancel()
+    writer_died = asyncio.create_task(sink.died.wait())
+    done, _ = await asyncio.wait({stopping, following, writer_died}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    writer_died.cancel()
+    if stop.is_set():
+        return
+    if following in done:
         following.result()
         raise RuntimeError("the snapshot follower stopped unexpectedly")
+    raise RecordWriterDied("the record writer process ended; the server stops rather than serve unrecorded")
 
 
 def _metering(settings: InferenceSettings, hold_source: HoldSource | None, provider: str | None) -> Metering | None:
@@ -151,7 +158,7 @@ def _metering(settings: InferenceSettings, hold_source: HoldSource | None, provi
                            "which connects the LedgerClient, or pass one to `run`")
     cas = {msp: x509.load_pem_x509_certificate(path.read_bytes()) for msp, path in settings.inference_client_cas.items()}
     return Metering(HoldAuthorizer(hold_source, settings.inference_hold_cache_seconds, provider=provider), cas,
-                    settings.inference_price_per_row, settings.inference_usage_topic)
+                    settings.inference_price_per_row)
 
 
 def _server_credentials(settings: InferenceSettings) -> grpc.ServerCredentials:

@@ -1,20 +1,17 @@
 """The `inference.GRPCInferenceService` RPCs: requests in, the shelf's models answer.
 
 ModelInfer, step by step: find the model (latest or pinned version) -> rows from the input
-tensors -> (paid) charge the caller's hold -> River predicts -> output tensors -> queue the
-usage and the (sampled) prediction records. Every refusal is a gRPC status whose message
+tensors -> (paid) charge the caller's hold -> River predicts -> output tensors -> hand the
+usage and the (sampled) prediction pieces to the record sink, which builds no record here. Every refusal is a gRPC status whose message
 names the model, version, tensor or hold at fault; nothing a caller sends stops the server.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import grpc
@@ -23,11 +20,11 @@ from cryptography import x509
 from services.common import metrics
 from services.common.logging import get_logger
 from services.inference.authorization import AuthorizationError, Charge, HoldAuthorizer, client_identity
-from services.inference.models import (InvalidVersion, ModelShelf, NoSnapshotYet, Prediction, ServedModel, UnknownModel,
-                                       UnknownVersion)
+from services.inference.models import InvalidVersion, ModelShelf, NoSnapshotYet, UnknownModel, UnknownVersion
 from services.inference.protocol import pb
-from services.inference.records import RecordSink
-from services.inference.tensors import InvalidInput, check_requested, output_values
+from services.inference.record_sink import RecordSink
+from services.inference.records import PREDICTION, USAGE
+from services.inference.tensors import InvalidInput, check_requested
 
 log = get_logger("inference")
 REQUESTS = metrics.counter("inference", "requests", "ModelInfer requests", ("model_id", "status"))
@@ -52,18 +49,15 @@ class Metering:
     authorizer: HoldAuthorizer
     client_cas: dict[str, x509.Certificate]
     price_per_row: int
-    usage_topic: str
 
 
 class InferenceServicer:
-    def __init__(self, shelf: ModelShelf, sink: RecordSink, ready: Any, predictions_topic: str,
-                 predictions_sample: float = 1.0, metering: Metering | None = None,
-                 server_version: str = "0.1.0") -> None:
+    def __init__(self, shelf: ModelShelf, sink: RecordSink, ready: Any, predictions_sample: float = 1.0,
+                 metering: Metering | None = None, server_version: str = "0.1.0") -> None:
         self.shelf = shelf
         self.sink = sink
         self.ready = ready
         """Set once the snapshots present at start-up are loaded (an asyncio.Event)."""
-        self.predictions_topic = predictions_topic
         self.predictions_sample = predictions_sample
         self.metering = metering
         self.server_version = server_version
@@ -74,7 +68,8 @@ class InferenceServicer:
         return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return pb.ServerReadyResponse(ready=self.ready.is_set())
+        # Not ready without the record writer: paid requests would be refused, predictions lost.
+        return pb.ServerReadyResponse(ready=self.ready.is_set() and self.sink.alive)
 
     async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return pb.ModelReadyResponse(ready=self.shelf.ready(request.name, request.version))
@@ -129,18 +124,19 @@ class InferenceServicer:
         response = model.responses.write(request_id, prediction, outputs)
         now_ms = int(time.time() * 1000)
         if charge is not None:
-            usage = {"hold_id": charge.hold_id, "request_id": request_id, "client": charge.client,
-                     "model_id": model_id, "model_version": model.version, "units": charge.units,
-                     "price": charge.price, "ts": now_ms}
-            if not self.sink.offer(self.metering.usage_topic, "UsageRecord", charge.hold_id, usage):
+            usage = (charge.hold_id, request_id, charge.client, model_id, model.version, charge.units, charge.price,
+                     now_ms)
+            if not self.sink.offer(USAGE, usage):
                 self.metering.authorizer.refund(charge)
                 REQUESTS.labels(model_id, "UNAVAILABLE").inc()
-                await context.abort(grpc.StatusCode.UNAVAILABLE, "usage cannot be recorded right now (queue full); retry")
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "usage cannot be recorded right now (queue full "
+                                    "or record writer down); retry")
         latency = time.perf_counter() - started
         if self.predictions_sample >= 1.0 or random.random() < self.predictions_sample:
-            # Written by the sink's task after the response has gone: JSON is not on the request's path.
-            record = partial(prediction_record, request_id, model, client, rows, prediction, outputs, latency, now_ms)
-            if not self.sink.offer(self.predictions_topic, "Prediction", request_id, record):
+            # The raw pieces (records.py): the record writer process builds and encodes the record.
+            pieces = (request_id, model_id, model.version, client, rows, prediction.outputs, outputs,
+                      prediction.parameters, latency, now_ms)
+            if not self.sink.offer(PREDICTION, pieces):
                 DROPPED.inc()
         served = self._served.get(model_id)
         if served is None:
@@ -167,28 +163,3 @@ def _request_id() -> str:
 _UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
 _UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
 
-
-def prediction_record(request_id: str, model: ServedModel, client: str | None, rows: list[dict[str, Any]],
-                      prediction: Prediction, outputs: Sequence[str], latency: float, now_ms: int) -> dict[str, Any]:
-    """The Prediction record of one served request (topic predictions)."""
-    answer = {o.name: output_values(o) for o in prediction.outputs if o.name in outputs}
-    for key, value in prediction.parameters.items():
-        answer[key] = _parameter_value(value)
-    return {
-        "request_id": request_id, "model_id": model.model_id, "model_version": model.version,
-        "client": client, "inputs": json.dumps(rows), "latency_ms": latency * 1000, "ts": now_ms,
-        "outputs": json.dumps(answer),
-    }
-
-
-_PARAMETER_VALUES: dict[str, Any] = {}
-
-
-def _parameter_value(text: str) -> Any:
-    # Parameters are JSON, and the same few ("classes") come back with every answer: parse each once.
-    value = _PARAMETER_VALUES.get(text)
-    if value is None:
-        value = json.loads(text)
-        if len(_PARAMETER_VALUES) < 1024:
-            _PARAMETER_VALUES[text] = value
-    return value

@@ -1,13 +1,25 @@
-"""RecordSink without a broker: records leave in batches per partition, after the response."""
+"""Inference records without a broker: built from the servicer's pieces, encoded and sent in
+batches per partition by the record writer, handed over by the RecordSink to a real writer process."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+from functools import partial
+from pathlib import Path
+
+import pytest
+from prometheus_client import REGISTRY
 
 from services.common.avro import AvroCodec, SchemaRegistry
-from services.inference.records import RecordSink
+from services.inference.record_sink import RecordSink
+from services.inference.record_writer import RecordWriter, WriterSettings
+from services.inference.records import PREDICTION, USAGE, prediction_record
+from services.inference.tensors import Output
 
 codec = AvroCodec(SchemaRegistry.from_dir())
+TOPICS = {PREDICTION: "predictions", USAGE: "usage"}
 
 
 class Batch:
@@ -28,13 +40,22 @@ class Batch:
 
 
 class Producer:
-    """The four calls RecordSink makes, recorded."""
+    """The calls the record writer makes, recorded (and, given a `log` file, appended to it as JSON
+    lines, so a test can read what a writer process sent). `deliver=False`: no batch is ever acked."""
 
-    def __init__(self, partitions: int = 1, room: int = 1000) -> None:
+    def __init__(self, partitions: int = 1, room: int = 1000, log: Path | None = None, deliver: bool = True) -> None:
         self.partitions = partitions
         self.room = room
+        self.log = log
+        self.deliver = deliver
         self.sent: list[tuple[str, int, list[tuple[bytes, bytes]]]] = []
         self.flushed = False
+
+    async def __aenter__(self) -> Producer:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        pass
 
     async def partitions_for(self, topic: str) -> set[int]:
         return set(range(self.partitions))
@@ -45,62 +66,136 @@ class Producer:
     async def send_batch(self, batch: Batch, topic: str, *, partition: int) -> asyncio.Future:
         assert batch.closed, "a batch is complete when handed over"
         self.sent.append((topic, partition, batch.records))
+        if self.log is not None:
+            with self.log.open("a") as f:
+                f.write(json.dumps([topic, partition, [[k.decode(), v.hex()] for k, v in batch.records]]) + "\n")
         delivered = asyncio.get_running_loop().create_future()
-        delivered.set_result(None)
+        if self.deliver:
+            delivered.set_result(None)
         return delivered
 
     async def flush(self) -> None:
         self.flushed = True
 
 
-def usage(n: int) -> dict:
-    return {"hold_id": f"h{n}", "request_id": f"r{n}", "client": "Org1MSP::CN=c", "model_id": "m",
-            "model_version": 1, "units": 1, "price": 2, "ts": 1_700_000_000_000}
+def usage(n: int) -> tuple:
+    return (f"h{n}", f"r{n}", "Org1MSP::CN=c", "m", 1, 1, 2, 1_700_000_000_000)
 
 
-async def sink_run(producer: Producer, records: list, queue_size: int = 100) -> tuple[RecordSink, list[bool]]:
-    sink = RecordSink(producer, codec, queue_size=queue_size, linger=0.01)
-    task = asyncio.create_task(sink.run())
-    accepted = [sink.offer("usage", "UsageRecord", r["hold_id"], r if n % 2 else (lambda r=r: r))
-                for n, r in enumerate(records)]
-    await asyncio.wait_for(sink.drain(), 5)
-    task.cancel()
-    return sink, accepted
+def prediction(n: int) -> tuple:
+    outputs = [Output("label", "BYTES", (1,), [b"True"]), Output("probabilities", "FP64", (1, 2), [0.25, 0.75])]
+    return (f"p{n}", "m", 3, None, [{"x": 1.5}], outputs, ("label", "probabilities"), {"classes": '["False", "True"]'},
+            0.002, 1_700_000_000_000)
 
 
-async def test_records_leave_together_encoded_in_order_and_callables_are_built_by_the_task():
+def test_a_prediction_record_is_built_from_the_servicers_pieces():
+    key, record = prediction_record(prediction(7))
+    assert key == "p7"
+    assert record["model_id"] == "m" and record["model_version"] == 3 and record["client"] is None
+    assert json.loads(record["inputs"]) == [{"x": 1.5}] and record["latency_ms"] == 2.0
+    assert json.loads(record["outputs"]) == {"label": ["True"], "probabilities": [[0.25, 0.75]],
+                                             "classes": ["False", "True"]}
+    assert codec.decode(codec.encode("Prediction", record))["request_id"] == "p7"
+
+
+async def write(producer: Producer, frames: list[tuple[int, list]]) -> list:
+    acks: list = []
+    writer = RecordWriter(producer, codec, TOPICS, acks.append)
+    queue: asyncio.Queue = asyncio.Queue()
+    for frame in frames + [None]:
+        queue.put_nowait(frame)
+    await asyncio.wait_for(writer.run(queue, linger=0.01), 5)
+    return acks
+
+
+async def test_frames_leave_as_one_batch_per_partition_encoded_in_order_and_are_acknowledged():
     producer = Producer()
-    sink, accepted = await sink_run(producer, [usage(n) for n in range(30)])
-    assert all(accepted) and producer.flushed and sink.pending() == 0
+    frames = [(seq, [(USAGE, usage(n)) for n in range(seq * 10, seq * 10 + 10)]) for seq in range(3)]
+    acks = await write(producer, frames)
     assert len(producer.sent) == 1, "one lingering batch, not one send per record"
     topic, partition, records = producer.sent[0]
     assert (topic, partition) == ("usage", 0)
     assert [codec.decode(value)["request_id"] for _, value in records] == [f"r{n}" for n in range(30)]
     assert [key for key, _ in records] == [f"h{n}".encode() for n in range(30)]
+    assert acks == [([0, 1, 2], {"usage": (30, 0)})]
 
 
 async def test_keys_keep_their_partition_and_full_batches_are_split():
     producer = Producer(partitions=3, room=4)
-    await sink_run(producer, [usage(n) for n in range(30)])
+    await write(producer, [(1, [(USAGE, usage(n)) for n in range(30)] + [(PREDICTION, prediction(n)) for n in range(5)])])
     by_key: dict[bytes, set[int]] = {}
     for _, partition, records in producer.sent:
         assert 1 <= len(records) <= 4
         for key, _ in records:
             by_key.setdefault(key, set()).add(partition)
-    assert len(by_key) == 30 and all(len(p) == 1 for p in by_key.values())
+    assert len(by_key) == 35 and all(len(p) == 1 for p in by_key.values())
     assert len({p for ps in by_key.values() for p in ps}) > 1, "keys spread over the partitions"
 
 
-async def test_a_full_buffer_refuses_and_an_invalid_record_is_skipped():
+async def test_an_invalid_record_is_skipped_and_counted_failed():
     producer = Producer()
-    sink = RecordSink(producer, codec, queue_size=3, linger=0.01)
-    assert [sink.offer("usage", "UsageRecord", f"h{n}", usage(n)) for n in range(4)] == [True, True, True, False]
-    assert sink.offer("usage", "UsageRecord", "bad", {"hold_id": "bad"}) is False  # still full
-    task = asyncio.create_task(sink.run())
-    await asyncio.wait_for(sink.drain(), 5)
-    assert sink.offer("usage", "UsageRecord", "bad", {"hold_id": "bad"})  # room again; the record lacks fields
-    assert sink.offer("usage", "UsageRecord", "h9", usage(9))
-    await asyncio.wait_for(sink.drain(), 5)
-    task.cancel()
-    sent = [codec.decode(value)["request_id"] for _, _, records in producer.sent for _, value in records]
-    assert sent == ["r0", "r1", "r2", "r9"]
+    bad = ("h-bad", "r-bad", "c", "m", "not a version", 1, 2, 0)
+    acks = await write(producer, [(5, [(USAGE, usage(1)), (USAGE, bad), (USAGE, usage(2))])])
+    assert [codec.decode(v)["request_id"] for _, _, records in producer.sent for _, v in records] == ["r1", "r2"]
+    assert acks == [([5], {"usage": (2, 1)})]
+
+
+def sent_count(topic: str) -> float:
+    return REGISTRY.get_sample_value("streamledger_inference_records_total", {"topic": topic}) or 0.0
+
+
+def written(log: Path) -> list[str]:
+    lines = log.read_text().splitlines() if log.exists() else []
+    return [codec.decode(bytes.fromhex(v))["request_id"] for line in lines for _, v in json.loads(line)[2]]
+
+
+async def test_the_sink_refuses_when_full_and_drain_delivers_everything_through_the_writer_process(tmp_path):
+    log = tmp_path / "sent.jsonl"
+    settings = WriterSettings(TOPICS, partial(Producer, log=log), linger=0.01)
+    before = sent_count("usage")
+    async with RecordSink(settings, queue_size=3) as sink:
+        assert sink.alive
+        assert [sink.offer(USAGE, usage(n)) for n in range(4)] == [True, True, True, False]
+        await asyncio.wait_for(sink.drain(), 10)
+        assert sink.pending() == 0 and written(log) == ["r0", "r1", "r2"]
+        assert sent_count("usage") - before == 3, "acknowledged deliveries are counted in the serving process"
+        assert sink.offer(USAGE, usage(9)) and sink.offer(PREDICTION, prediction(1))
+    assert written(log) == ["r0", "r1", "r2", "r9", "p1"], "leaving the block drains"
+    assert not sink.alive
+
+
+@pytest.fixture
+def inference_log():
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("streamledger.inference")
+    logger.addHandler(handler)
+    yield records
+    logger.removeHandler(handler)
+
+
+async def test_when_the_writer_dies_the_sink_refuses_and_logs_every_usage_record_not_delivered(tmp_path, inference_log):
+    settings = WriterSettings(TOPICS, partial(Producer, log=tmp_path / "sent.jsonl", deliver=False), linger=0.01)
+    sink = RecordSink(settings, queue_size=100)
+    await sink.start()
+    try:
+        assert sink.offer(USAGE, usage(1)) and sink.offer(PREDICTION, prediction(1))
+        await asyncio.wait_for(_until(lambda: written(tmp_path / "sent.jsonl") == ["r1", "p1"]), 10)
+        assert sink.pending() == 2, "sent but never acknowledged: still counted"
+        sink._process.kill()
+        await asyncio.wait_for(sink.died.wait(), 10)
+        assert not sink.alive and sink.pending() == 0
+        assert not sink.offer(PREDICTION, prediction(2)) and not sink.offer(USAGE, usage(2))
+        lost = [r.usage for r in inference_log if r.getMessage() == "usage_not_recorded"]
+        assert lost == [{"hold_id": "h1", "request_id": "r1", "client": "Org1MSP::CN=c", "model_id": "m",
+                         "model_version": 1, "units": 1, "price": 2, "ts": 1_700_000_000_000}]
+        (died,) = [r for r in inference_log if r.getMessage() == "record_writer_died"]
+        assert (died.records_lost, died.usage_records_lost) == (2, 1) and died.exit_code == -9
+    finally:
+        await sink.close()
+
+
+async def _until(condition) -> None:
+    while not condition():
+        await asyncio.sleep(0.02)

@@ -1,0 +1,177 @@
+"""Prediction and usage records out of the serving process, never on a request's path.
+
+    async with RecordSink(WriterSettings.of(bootstrap, topics, linger, "INFO"), queue_size) as sink:
+        sink.offer(PREDICTION, pieces)   # False: buffer full or writer gone (nothing buffered)
+
+A request only appends its record's raw pieces (a tuple, see `records.py`) to a list. A few
+milliseconds later (`_TICK`) the list leaves as one pickled frame to the record writer, a
+child process (`record_writer.py`) that builds, encodes and produces the records and
+acknowledges each frame once Kafka has it. So the serving process does no JSON, no Avro and
+no producing, and a record counts against `queue_size` from `offer` until its delivery.
+
+A full buffer is reported to the caller (`offer` returns False), so a slow broker slows
+nothing but the records: the server drops sampled predictions (counted) and refuses paid
+requests it could not meter. If the writer dies, `offer` refuses from then on, `alive` is
+False and `died` is set; every usage record it had not acknowledged is logged in full
+(`usage_not_recorded`, billing data an operator can replay) and counted as not sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import socket
+from typing import Any
+
+from services.common import metrics
+from services.common.logging import get_logger
+from services.inference import record_writer
+from services.inference.record_writer import READY, WriterSettings, read_frame, write_frame
+from services.inference.records import PREDICTION, USAGE, usage_record
+
+log = get_logger("inference")
+RECORDS = metrics.counter("inference", "records", "Records sent to Kafka", ("topic",))
+RECORD_ERRORS = metrics.counter("inference", "record_errors", "Records that could not be sent", ("topic",))
+
+_TICK = 0.005
+"""How long offered records gather before they leave as one frame: one pickle and one write
+per tick instead of per request; the writer lingers far longer anyway."""
+_START_TIMEOUT = 60.0
+
+
+class RecordWriterDied(RuntimeError):
+    """The record writer process ended while the server was running."""
+
+
+class RecordSink:
+    def __init__(self, writer: WriterSettings, queue_size: int = 10_000) -> None:
+        self.settings = writer
+        self.queue_size = queue_size
+        self.died = asyncio.Event()
+        """Set if the writer process ended before `close`."""
+        self._buffer: list[tuple[str, Any]] = []
+        self._unacknowledged: dict[int, tuple[int, list[Any]]] = {}
+        """Frame seq -> (records in it, the usage pieces among them), until the writer acknowledges it."""
+        self._in_flight = 0
+        self._seq = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._alive = False
+        self._closing = False
+        self._process: Any = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._receiving: asyncio.Task | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self._alive
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    async def __aenter__(self) -> RecordSink:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        try:
+            await self.drain()
+        finally:
+            await self.close()
+
+    async def start(self) -> None:
+        """Spawn the writer and wait until its producer is connected."""
+        self._loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair()
+        # spawn, not fork: a fresh interpreter, no copy of the server's threads, locks or gRPC state.
+        self._process = multiprocessing.get_context("spawn").Process(
+            target=record_writer.main, args=(theirs, self.settings), name="streamledger-record-writer", daemon=True)
+        self._process.start()
+        theirs.close()
+        reader, self._writer = await asyncio.open_unix_connection(sock=ours)
+        try:
+            first = await asyncio.wait_for(read_frame(reader), _START_TIMEOUT)
+        except TimeoutError:
+            first = None
+        if first != READY:
+            self._process.kill()
+            await asyncio.to_thread(self._process.join)
+            raise RecordWriterDied(f"the record writer did not start (exit code {self._process.exitcode}); "
+                                   "see its log lines above")
+        self._alive = True
+        self._receiving = asyncio.create_task(self._receive(reader))
+        log.info("record_writer_started", extra={"pid": self._process.pid})
+
+    def offer(self, kind: str, pieces: Any) -> bool:
+        """Buffer a record (its `records.py` pieces); False if the buffer is full or the writer is gone."""
+        buffer = self._buffer
+        if len(buffer) + self._in_flight >= self.queue_size or not self._alive:
+            return False
+        if not buffer:
+            self._idle.clear()
+            self._loop.call_later(_TICK, self._flush)
+        buffer.append((kind, pieces))
+        return True
+
+    def pending(self) -> int:
+        """Records offered and not yet delivered (or reported failed)."""
+        return len(self._buffer) + self._in_flight
+
+    async def drain(self) -> None:
+        """Wait until every buffered record is delivered (or the writer is gone)."""
+        self._flush()
+        await self._idle.wait()
+
+    async def close(self) -> None:
+        """Close the connection: the writer sends what it holds, acknowledges it and exits."""
+        self._closing = True
+        if self._writer is not None:
+            self._writer.close()
+        if self._receiving is not None:
+            await self._receiving
+        if self._process is not None:
+            await asyncio.to_thread(self._process.join, 30)
+            if self._process.exitcode is None:
+                log.error("record_writer_stuck", extra={"pid": self._process.pid})
+                self._process.kill()
+        self._alive = False
+
+    def _flush(self) -> None:
+        items, self._buffer = self._buffer, []
+        if not items or not self._alive:
+            return
+        self._seq += 1
+        self._unacknowledged[self._seq] = (len(items), [pieces for kind, pieces in items if kind == USAGE])
+        self._in_flight += len(items)
+        write_frame(self._writer, (self._seq, items))
+
+    async def _receive(self, reader: asyncio.StreamReader) -> None:
+        while (ack := await read_frame(reader)) is not None:
+            seqs, counts = ack
+            for seq in seqs:
+                self._in_flight -= self._unacknowledged.pop(seq)[0]
+            for topic, (sent, failed) in counts.items():
+                RECORDS.labels(topic).inc(sent)
+                RECORD_ERRORS.labels(topic).inc(failed)
+            if not self._buffer and not self._in_flight:
+                self._idle.set()
+        if not self._closing or self._unacknowledged:
+            await self._writer_died()
+
+    async def _writer_died(self) -> None:
+        self._alive = False
+        await asyncio.to_thread(self._process.join, 5)
+        lost = len(self._buffer) + self._in_flight
+        usages = [pieces for kind, pieces in self._buffer if kind == USAGE]
+        usages += [pieces for _, kept in self._unacknowledged.values() for pieces in kept]
+        log.error("record_writer_died", extra={"exit_code": self._process.exitcode, "records_lost": lost,
+                                               "usage_records_lost": len(usages)})
+        for pieces in usages:
+            log.error("usage_not_recorded", extra={"usage": usage_record(pieces)[1]})
+        for kind, count in ((USAGE, len(usages)), (PREDICTION, lost - len(usages))):
+            if count:
+                RECORD_ERRORS.labels(self.settings.topics[kind]).inc(count)
+        self._buffer, self._unacknowledged, self._in_flight = [], {}, 0
+        self._idle.set()
+        self.died.set()

@@ -1,0 +1,238 @@
+"""The record writer: a child process that builds, Avro-encodes and produces the inference records.
+
+    serving process (RecordSink)                      record writer (this module, a spawned child)
+      offer(kind, pieces) -> list append
+      every tick: frame (seq, [(kind, pieces), ...]) --> build the record (records.py), encode it,
+                                                         partition its key (murmur2, as `send` would);
+                                                         `linger` after a wave's first frame: one batch
+                                                         per partition to the idempotent producer
+      ack (seqs, {topic: (sent, failed)}) <------------ once every batch of that wave is delivered (acks=all)
+
+Building JSON and Avro for every record costs more CPU than serving the request does; here it
+runs under its own GIL and at a lower scheduling priority, so requests never wait behind it.
+A record costs an encode and a batch append rather than a `send()` of its own, and the broker
+sees one produce request per partition and linger. While the previous batch of a partition
+is still on its way, the next wave waits for it and leaves larger: the busier, the cheaper.
+
+The writer stops when the serving side closes the connection: it sends what it holds, waits
+for every delivery, acknowledges it and exits. Frames are a 4-byte big-endian length and a pickle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import socket
+import struct
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
+
+from services.common.avro import AvroCodec, CodecError, SchemaRegistry
+from services.common.kafka import reliable_producer
+from services.common.logging import configure_logging, get_logger
+from services.inference.records import RECORDS
+
+log = get_logger("inference")
+READY = "ready"
+"""The writer's first frame: its producer is connected."""
+_NICE = 10
+"""Scheduling priority below the server's: on a busy machine the kernel runs requests first."""
+_LENGTH = struct.Struct(">I")
+
+
+@dataclass(frozen=True)
+class WriterSettings:
+    """What the writer process needs (pickled to it at spawn)."""
+
+    topics: dict[str, str]
+    """Record kind -> its topic."""
+    producer: Callable[[], AIOKafkaProducer]
+    """A new idempotent producer, e.g. `partial(reliable_producer, bootstrap)`."""
+    linger: float = 0.05
+    log_level: str = "INFO"
+
+    @classmethod
+    def of(cls, bootstrap: str, topics: dict[str, str], linger: float, log_level: str) -> WriterSettings:
+        return cls(topics, partial(reliable_producer, bootstrap), linger, log_level)
+
+
+def write_frame(writer: asyncio.StreamWriter, message: Any) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    writer.write(_LENGTH.pack(len(data)) + data)
+
+
+async def read_frame(reader: asyncio.StreamReader) -> Any:
+    """The next message, or None once the other side has closed."""
+    try:
+        size = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))[0]
+        return pickle.loads(await reader.readexactly(size))
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+
+
+@dataclass
+class _Wave:
+    """Records encoded since the last send, and the frames (seqs) they came in."""
+
+    seqs: list[int] = field(default_factory=list)
+    batches: dict[tuple[str, int], list[tuple[bytes, bytes]]] = field(default_factory=dict)
+    """(topic, partition) -> encoded (key, value) records."""
+    failed: Counter[str] = field(default_factory=Counter)
+    partitions: dict[str, list[int]] = field(default_factory=dict)
+    """Topic -> its partitions, read once per wave (a topic may grow)."""
+
+
+class RecordWriter:
+    """Frames in, batches out to `producer`, acknowledgements back through `acks`."""
+
+    def __init__(self, producer: AIOKafkaProducer, codec: AvroCodec, topics: dict[str, str],
+                 acks: Callable[[Any], None]) -> None:
+        self.producer = producer
+        self.codec = codec
+        self.topics = topics
+        self.acks = acks
+        """Called with each acknowledgement (seqs, {topic: (sent, failed)})."""
+        self._wave = _Wave()
+        self._partitioner = DefaultPartitioner()
+        self._deliveries: set[asyncio.Task] = set()
+
+    async def run(self, frames: asyncio.Queue, linger: float) -> None:
+        """Add each frame from `frames` (None ends), sending a wave `linger` after its first frame;
+        then send the last wave and wait until every record is delivered and acknowledged."""
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    frame = await frames.get()
+                if frame is None:
+                    break
+                await self.add(*frame)
+                if deadline is None:
+                    deadline = loop.time() + linger
+            except TimeoutError:
+                pass
+            if deadline is not None and loop.time() >= deadline:
+                await self.send()
+                deadline = None
+        await self.send()
+        await asyncio.gather(*self._deliveries)
+
+    async def add(self, seq: int, items: list[tuple[str, Any]]) -> None:
+        """Build, encode and partition the records of one frame (all of them into the current wave)."""
+        wave = self._wave
+        for kind in {kind for kind, _ in items}:
+            topic = self.topics[kind]
+            if topic not in wave.partitions:
+                wave.partitions[topic] = await self._partitions_of(topic)
+        assert wave is self._wave, "a frame is added whole to one wave"
+        wave.seqs.append(seq)
+        for kind, pieces in items:
+            topic = self.topics[kind]
+            try:
+                key, record = RECORDS[kind](pieces)
+                value = self.codec.encode(kind, record)
+            except (CodecError, TypeError, ValueError) as exc:
+                wave.failed[topic] += 1
+                log.error("record_not_sent", extra={"topic": topic, "error": repr(exc)})
+                continue
+            key_bytes = key.encode()
+            known = wave.partitions[topic]
+            # The producer's own rule (murmur2 of the key), so a key lands where `send` would put it.
+            partition = known[0] if len(known) == 1 else self._partitioner(key_bytes, known, known)
+            wave.batches.setdefault((topic, partition), []).append((key_bytes, value))
+
+    async def send(self) -> None:
+        """Hand the current wave to the producer, one batch per partition; acknowledge it once delivered."""
+        wave, self._wave = self._wave, _Wave()
+        if not wave.seqs:
+            return
+        delivered: list[tuple[asyncio.Future, str, int]] = []
+        for (topic, partition), records in wave.batches.items():
+            await self._send_partition(wave, topic, partition, records, delivered)
+        task = asyncio.create_task(self._acknowledge(wave, delivered))
+        self._deliveries.add(task)
+        task.add_done_callback(self._deliveries.discard)
+
+    async def _acknowledge(self, wave: _Wave, delivered: list[tuple[asyncio.Future, str, int]]) -> None:
+        if delivered:
+            await asyncio.wait([future for future, _, _ in delivered])
+        sent: Counter[str] = Counter()
+        for future, topic, count in delivered:
+            if future.cancelled() or future.exception() is not None:
+                wave.failed[topic] += count
+                error = "cancelled" if future.cancelled() else repr(future.exception())
+                log.error("records_not_sent", extra={"topic": topic, "records": count, "error": error})
+            else:
+                sent[topic] += count
+        self.acks((wave.seqs, {topic: (sent[topic], wave.failed[topic]) for topic in sent | wave.failed}))
+
+    async def _partitions_of(self, topic: str) -> list[int]:
+        try:
+            return sorted(await self.producer.partitions_for(topic))
+        except KafkaError:
+            return [0]  # metadata not known: send_batch below waits for it and reports the error
+
+    async def _send_partition(self, wave: _Wave, topic: str, partition: int, records: list[tuple[bytes, bytes]],
+                              delivered: list[tuple[asyncio.Future, str, int]]) -> None:
+        builder, count = self.producer.create_batch(), 0
+        for key, value in records:
+            if builder.append(key=key, value=value, timestamp=None) is None:  # full (and now closed)
+                if count:
+                    await self._submit(wave, builder, topic, partition, count, delivered)
+                builder, count = self.producer.create_batch(), 0
+                if builder.append(key=key, value=value, timestamp=None) is None:  # alone larger than a batch
+                    wave.failed[topic] += 1
+                    log.error("record_not_sent", extra={"topic": topic, "key": key.decode(), "error": "record too large"})
+                    builder = self.producer.create_batch()
+                    continue
+            count += 1
+        if count:
+            await self._submit(wave, builder, topic, partition, count, delivered)
+
+    async def _submit(self, wave: _Wave, builder: Any, topic: str, partition: int, count: int,
+                      delivered: list[tuple[asyncio.Future, str, int]]) -> None:
+        builder.close()  # complete: the producer sends it as it is, without lingering again
+        try:
+            # Returns once the batch is queued, after the partition's previous batch left;
+            # delivery (acks=all, idempotent retries) completes in the background.
+            delivered.append((await self.producer.send_batch(builder, topic, partition=partition), topic, count))
+        except KafkaError as exc:
+            wave.failed[topic] += count
+            log.error("records_not_sent", extra={"topic": topic, "records": count, "error": repr(exc)})
+
+
+def main(connection: socket.socket, settings: WriterSettings) -> None:
+    """The child process: serve the serving side's connection until it closes."""
+    configure_logging(settings.log_level)
+    os.nice(_NICE)
+    asyncio.run(_serve(connection, settings))
+
+
+async def _serve(connection: socket.socket, settings: WriterSettings) -> None:
+    reader, writer = await asyncio.open_unix_connection(sock=connection)
+    frames: asyncio.Queue = asyncio.Queue()
+
+    async def receive() -> None:
+        while (frame := await read_frame(reader)) is not None:
+            frames.put_nowait(frame)
+        frames.put_nowait(None)
+
+    async with settings.producer() as producer:
+        records = RecordWriter(producer, AvroCodec(SchemaRegistry.from_dir()), settings.topics,
+                               partial(write_frame, writer))
+        write_frame(writer, READY)
+        receiving = asyncio.create_task(receive())
+        await records.run(frames, settings.linger)
+        await receiving
+        await producer.flush()
+    await writer.drain()
+    writer.close()
