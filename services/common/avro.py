@@ -285,25 +285,33 @@ class AvroCodec:
 
     def decode(self, data: bytes, reader: str | None = None) -> dict:
         """The record in a single-object message, optionally resolved into the latest `reader` schema."""
-        writer = self.registry.writer(_fingerprint(data))
-        reader_schema = self.registry.schema(reader) if reader is not None else None
-        return _read_body(data, writer, reader_schema)
+        fp = _fingerprint(data)
+        return _read_body(data, self.registry.writer(fp), self._reader_for(fp, reader))
 
     def decode_many(self, datas: Iterable[bytes], reader: str | None = None) -> list[dict | CodecError]:
         """Each message decoded, or the `CodecError` that says why it could not be."""
-        reader_schema = self.registry.schema(reader) if reader is not None else None
-        writers: dict[Fingerprint, dict] = {}
+        if reader is not None:
+            self.registry.fingerprint(reader)  # an unknown reader name is the caller's error, raised here
+        schemas: dict[Fingerprint, tuple[dict, dict | None]] = {}
         out: list[dict | CodecError] = []
         for data in datas:
             try:
                 fp = _fingerprint(data)
-                writer = writers.get(fp)
-                if writer is None:
-                    writer = writers[fp] = self.registry.writer(fp)
-                out.append(_read_body(data, writer, reader_schema))
+                pair = schemas.get(fp)
+                if pair is None:
+                    pair = schemas[fp] = (self.registry.writer(fp), self._reader_for(fp, reader))
+                out.append(_read_body(data, *pair))
             except CodecError as exc:
                 out.append(exc)
         return out
+
+
+    def _reader_for(self, writer: Fingerprint, reader: str | None) -> dict | None:
+        """The reader schema to resolve into; None when there is none, or it is the writer's own
+        (resolving a schema into itself changes nothing and costs a third of the decode)."""
+        if reader is None or self.registry.fingerprint(reader) == writer:
+            return None
+        return self.registry.schema(reader)
 
 
 def _fingerprint(data: bytes) -> Fingerprint:

@@ -29,6 +29,7 @@ from services.common.lifecycle import run_until_signalled
 from services.common.logging import configure_logging, get_logger
 from services.learning.declarations import DeclarationError, load_declarations
 from services.learning.learners import Consumed, LearnerSet, Output, TrackedModel
+from services.learning.reader import EventReader
 from services.learning.ledger_seam import LedgerModelRegistry, ModelRegistry
 from services.learning.settings import LearningSettings
 from services.common.kafka import partitions_of
@@ -71,8 +72,9 @@ async def run(settings: LearningSettings, stop: asyncio.Event, registry: ModelRe
     if registry is None:
         log.warning("ledger_registration_disabled", extra={"why": "STREAMLEDGER_LEARNING_LEDGER is false; see ledger_seam.py"})
 
+    # Fetching and decoding happen in the reader process; this consumer only commits.
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=settings.learning_group_id,
-                                enable_auto_commit=False, auto_offset_reset="earliest")
+                                enable_auto_commit=False)
     producer = reliable_producer(bootstrap, max_request_size=MAX_SNAPSHOT_BYTES)
 
     async def publish(output: Output) -> asyncio.Future:
@@ -104,32 +106,30 @@ async def run(settings: LearningSettings, stop: asyncio.Event, registry: ModelRe
         await consumer.start()
         try:
             partitions = await partitions_of(bootstrap, settings.learning_input_topics)
-            consumer.assign([TopicPartition(t, p) for t, p in partitions])
-            for (t, p), offset in learners.start_offsets(partitions).items():
-                if offset is None:
-                    await consumer.seek_to_beginning(TopicPartition(t, p))
-                else:
-                    consumer.seek(TopicPartition(t, p), offset)
-            log.info("learning_started", extra={"models": list(learners.models), "partitions": partitions})
-            next_metrics = time.monotonic() + settings.learning_metrics_every_seconds
-            while not stop.is_set():
-                batches = await consumer.getmany(timeout_ms=200, max_records=settings.learning_fetch_max_records)
-                with BATCH.time():
-                    for tp, messages in batches.items():
-                        events = codec.decode_many([m.value for m in messages], reader="CleanEvent")
-                        consumed = [Consumed(tp.topic, tp.partition, m.offset, m.key, m.value) for m in messages]
-                        for output in learners.handle_batch(list(zip(consumed, events))):
+            assigned = [TopicPartition(t, p) for t, p in partitions]
+            consumer.assign(assigned)
+            consumer.pause(*assigned)  # never fetches: committing needs the assignment, nothing more
+            start = learners.start_offsets(partitions)
+            async with EventReader(bootstrap, start, settings.learning_fetch_max_records, settings.log_level) as reader:
+                log.info("learning_started", extra={"models": list(learners.models), "partitions": partitions})
+                next_metrics = time.monotonic() + settings.learning_metrics_every_seconds
+                while not stop.is_set():
+                    batch = await reader.next(timeout=0.2)
+                    if batch:
+                        with BATCH.time():
+                            for output in learners.handle_batch(batch):
+                                await publish(output)
+                            EVENTS.inc(len(batch))
+                    due = learners.due_snapshots(settings.learning_snapshot_every_events,
+                                                 settings.learning_snapshot_every_seconds)
+                    for tracked in due:
+                        await write_snapshot(tracked)
+                    if due:
+                        await commit(consumer, learners)
+                    if time.monotonic() >= next_metrics:
+                        next_metrics = time.monotonic() + settings.learning_metrics_every_seconds
+                        for output in learners.metrics_records():
                             await publish(output)
-                        EVENTS.inc(len(messages))
-                due = learners.due_snapshots(settings.learning_snapshot_every_events, settings.learning_snapshot_every_seconds)
-                for tracked in due:
-                    await write_snapshot(tracked)
-                if due:
-                    await commit(consumer, learners)
-                if time.monotonic() >= next_metrics:
-                    next_metrics = time.monotonic() + settings.learning_metrics_every_seconds
-                    for output in learners.metrics_records():
-                        await publish(output)
             for tracked in learners.due_snapshots(every_events=1, every_seconds=0):
                 await write_snapshot(tracked)
             await commit(consumer, learners)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from services.learning.declarations import ModelDeclaration
 from services.learning.prequential import Drift, OnlineModel, RejectedEvent
@@ -31,9 +31,8 @@ SERVICE = "learning"
 Partition = tuple[str, int]
 
 
-@dataclass(frozen=True)
-class Consumed:
-    """One Kafka record as consumed, before decoding."""
+class Consumed(NamedTuple):
+    """One Kafka record as consumed, before decoding (a tuple: thousands are made per fetch)."""
 
     topic: str
     partition: int
@@ -130,24 +129,33 @@ class LearnerSet:
 
         One-at-a-time models take each event as it comes; mini-batch models (`batch_size`
         above 1) collect theirs and learn them after the loop, within this same call, so a
-        snapshot always sees every model exactly at the offsets it records.
+        snapshot always sees every model exactly at the offsets it records. Outputs come
+        per run of records from one partition: its dead letters for undecodable records
+        first, then each model's, in model order.
         """
         outputs: list[Output] = []
         collected: dict[str, list[tuple[Consumed, dict[str, Any]]]] = {}
-        for consumed, event in records:
-            tp = (consumed.topic, consumed.partition)
-            behind = [m for m in self.models.values() if m.offsets.get(tp, 0) <= consumed.offset]
-            if behind and isinstance(event, Exception):
-                outputs.append(self._dead_letter(consumed, getattr(event, "reason", "undecodable"), str(event)))
-            elif behind:
-                for tracked in behind:
-                    if tracked.online.declaration.batch_size > 1:
-                        collected.setdefault(tracked.model_id, []).append((consumed, event))
-                    else:
-                        outputs.extend(self._feed(tracked, consumed, event))
-            for tracked in behind:
-                tracked.offsets[tp] = consumed.offset + 1
-                tracked.unsnapshotted += 1
+        for tp, run in _partition_runs(records):
+            starts = [tracked.offsets.get(tp, 0) for tracked in self.models.values()]
+            first = min(starts)
+            undecodable = [(c, e) for c, e in run if isinstance(e, Exception) and c.offset >= first]
+            for consumed, error in undecodable:
+                outputs.append(self._dead_letter(consumed, getattr(error, "reason", "undecodable"), str(error)))
+            for tracked, start in zip(self.models.values(), starts):
+                mine = run if run[0][0].offset >= start else [(c, e) for c, e in run if c.offset >= start]
+                if not mine:
+                    continue
+                events = [(c, e) for c, e in mine if not isinstance(e, Exception)] if undecodable else mine
+                if tracked.online.declaration.batch_size > 1:
+                    collected.setdefault(tracked.model_id, []).extend(events)
+                else:
+                    feed = self._feed
+                    for consumed, event in events:
+                        fed = feed(tracked, consumed, event)
+                        if fed:
+                            outputs.extend(fed)
+                tracked.offsets[tp] = mine[-1][0].offset + 1
+                tracked.unsnapshotted += len(mine)
         for model_id, events in collected.items():
             outputs.extend(self._feed_many(self.models[model_id], events))
         return outputs
@@ -266,6 +274,19 @@ class LearnerSet:
             "ts": _now_ms(),
         }
         return Output("DeadLetter", key, record)
+
+
+def _partition_runs(records: list[tuple[Consumed, Any]]) -> list[tuple[Partition, list[tuple[Consumed, Any]]]]:
+    """The records cut into runs of consecutive records from one partition, in order."""
+    runs: list[tuple[Partition, list[tuple[Consumed, Any]]]] = []
+    if records and all(c.topic == records[0][0].topic and c.partition == records[0][0].partition for c, _ in records):
+        return [((records[0][0].topic, records[0][0].partition), records)]  # the usual case: one fetched partition
+    for record in records:
+        tp = (record[0].topic, record[0].partition)
+        if not runs or runs[-1][0] != tp:
+            runs.append((tp, []))
+        runs[-1][1].append(record)
+    return runs
 
 
 def _now_ms() -> int:

@@ -1,0 +1,223 @@
+"""The learning service's input, fetched from Kafka and decoded in a process of its own.
+
+Decoding a CleanEvent costs about as much as River learning from it (~10 µs each here),
+so a single process doing both learns at half of River's own speed. Here a child process
+fetches the input partitions from the offsets the models need and decodes every record;
+the learner receives ready-made batches through a pipe and spends its time on the models,
+while the reader decodes the next batch on the other core.
+
+What crosses the pipe is kept to what the learner uses: per fetched partition batch the
+offsets, keys and raw values (the originals of dead letters), and per record either the
+event's fields the models read (event_id, tenant, source, features, label; tenant, source
+and feature names interned, so the pickle carries each name once) or the reason it did
+not decode. Each message is one pickled tuple:
+
+    ("ready",)                                    the consumer is positioned
+    ("batch", topic, partition, offsets, keys, values, events, failures)
+    ("failed", error)                             the reader stopped on an error
+
+The reader uses no consumer group (the learner commits); it exits when the learner
+closes the pipe or is gone (its parent changes), so no orphan outlives a killed service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+import pickle
+import subprocess
+import sys
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from services.learning.learners import Consumed
+
+Partition = tuple[str, int]
+_PIPE_BYTES = 4 * 1024 * 1024
+"""Pipe buffer asked of the kernel: a few whole batches, so the reader runs ahead."""
+_F_SETPIPE_SZ = 1031
+
+
+class ReaderFailed(RuntimeError):
+    """The reader process stopped: the learner cannot go on without its input."""
+
+
+class Undecodable(ValueError):
+    """A record the reader could not decode; `reason` is the codec's dead-letter reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class EventReader:
+    """The reader process, seen from the learner.
+
+        async with EventReader(bootstrap, {("events.clean", 0): 1200}, 2000) as reader:
+            batch = await reader.next(timeout=0.2)   # [(Consumed, event | Undecodable)], [] if none came
+    """
+
+    def __init__(self, bootstrap: str, start: dict[Partition, int | None], max_records: int,
+                 log_level: str = "INFO") -> None:
+        self._args = (bootstrap, start, max_records, log_level)
+        self._process: subprocess.Popen | None = None
+        self._conn: Connection | None = None
+        self._readable: asyncio.Event | None = None
+
+    async def __aenter__(self) -> EventReader:
+        read_fd, write_fd = os.pipe()
+        _grow_pipe(read_fd)
+        bootstrap, start, max_records, log_level = self._args
+        # A plain child interpreter (not multiprocessing): nothing of this process is
+        # re-imported or inherited but the pipe's write end.
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", __name__, str(write_fd), str(os.getpid()), bootstrap,
+             json.dumps([[t, p, o] for (t, p), o in start.items()]), str(max_records), log_level],
+            pass_fds=(write_fd,), stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": _path()},
+        )
+        os.close(write_fd)
+        self._conn = Connection(read_fd, writable=False)
+        self._readable = asyncio.Event()
+        asyncio.get_running_loop().add_reader(read_fd, self._readable.set)
+        try:
+            message = await self._receive(timeout=60.0)
+        except ReaderFailed as exc:
+            message = ("failed", str(exc))
+        if message is None or message[0] != "ready":
+            await self.__aexit__(None, None, None)
+            raise ReaderFailed(f"reader process did not start: {message[1] if message else 'no answer in 60 s'}")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._conn is not None:
+            asyncio.get_running_loop().remove_reader(self._conn.fileno())
+            self._conn.close()  # the reader's next send fails and it exits
+            self._conn = None
+        if self._process is not None:
+            try:
+                await asyncio.to_thread(self._process.wait, 5.0)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                await asyncio.to_thread(self._process.wait)
+            self._process = None
+
+    async def next(self, timeout: float) -> list[tuple[Consumed, dict[str, Any] | Undecodable]]:
+        """The next fetched partition batch in offset order, or [] if none arrived within `timeout`."""
+        message = await self._receive(timeout)
+        if message is None:
+            return []
+        if message[0] != "batch":
+            raise ReaderFailed(f"reader process stopped: {message[1]}")
+        _, topic, partition, offsets, keys, values, events, failures = message
+        for index, (reason, error) in failures.items():
+            events[index] = Undecodable(reason, error)
+        return list(zip(map(Consumed, [topic] * len(offsets), [partition] * len(offsets), offsets, keys, values),
+                        events))
+
+    async def _receive(self, timeout: float) -> tuple | None:
+        assert self._readable is not None and self._conn is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        # The loop's readiness callback may have been queued before the last message was
+        # taken: an event that is set only says "look again", never "there is data".
+        while not self._conn.poll():
+            self._readable.clear()
+            try:
+                await asyncio.wait_for(self._readable.wait(), deadline - loop.time())
+            except TimeoutError:
+                return None
+        try:
+            return pickle.loads(self._conn.recv_bytes())
+        except (EOFError, OSError):
+            code = self._process.poll() if self._process is not None else None
+            raise ReaderFailed(f"reader process exited (exit code {code})") from None
+
+
+def _grow_pipe(fd: int) -> None:
+    try:
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_BYTES)
+    except OSError:
+        pass  # the kernel's limit is lower: the default buffer works, with less read-ahead
+
+
+# -- the child process ---------------------------------------------------------------------
+
+
+def _path() -> str:
+    """PYTHONPATH for the child: this checkout first, so it runs the same code as the learner."""
+    root = str(Path(__file__).resolve().parents[2])
+    return os.pathsep.join([root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
+
+
+def main(argv: list[str]) -> None:
+    from services.common.logging import configure_logging, get_logger
+
+    fd, parent, bootstrap, start, max_records, log_level = argv
+    configure_logging(log_level)
+    log = get_logger("learning")
+    conn = Connection(int(fd), readable=False)
+    offsets = {(t, p): o for t, p, o in json.loads(start)}
+    try:
+        asyncio.run(_read(conn, int(parent), bootstrap, offsets, int(max_records)))
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the learner closed the pipe: it is stopping
+    except Exception as exc:  # noqa: BLE001 - reported to the learner, which stops with it
+        log.error("reader_failed", extra={"error": repr(exc)})
+        try:
+            conn.send_bytes(pickle.dumps(("failed", repr(exc))))
+        except OSError:
+            pass
+        sys.exit(1)
+
+
+async def _read(conn: Any, parent: int, bootstrap: str, start: dict[Partition, int | None], max_records: int) -> None:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from services.common.avro import AvroCodec, SchemaRegistry
+
+    codec = AvroCodec(SchemaRegistry.from_dir())
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(t, p) for t, p in start])
+        for (t, p), offset in start.items():
+            if offset is None:
+                await consumer.seek_to_beginning(TopicPartition(t, p))
+            else:
+                consumer.seek(TopicPartition(t, p), offset)
+        conn.send_bytes(pickle.dumps(("ready",)))
+        while os.getppid() == parent:
+            fetched = await consumer.getmany(timeout_ms=200, max_records=max_records)
+            for tp, messages in fetched.items():
+                values = [m.value for m in messages]
+                events, failures = _slim(codec.decode_many(values, reader="CleanEvent"))
+                message = ("batch", tp.topic, tp.partition, [m.offset for m in messages],
+                           [m.key for m in messages], values, events, failures)
+                conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+    finally:
+        await consumer.stop()
+
+
+def _slim(decoded: list) -> tuple[list[dict | None], dict[int, tuple[str, str]]]:
+    """Decoded CleanEvents cut to `FIELDS`, and the decode errors by index (reason, message)."""
+    intern = sys.intern
+    events: list[dict | None] = []
+    failures: dict[int, tuple[str, str]] = {}
+    for index, event in enumerate(decoded):
+        if isinstance(event, dict):
+            events.append({"event_id": event["event_id"], "tenant": intern(event["tenant"]),
+                           "source": intern(event["source"]),
+                           "features": {intern(k): v for k, v in event["features"].items()},
+                           "label": event["label"]})
+        else:
+            events.append(None)
+            failures[index] = (getattr(event, "reason", "undecodable"), str(event))
+    return events, failures
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
