@@ -14,7 +14,9 @@ The client is one grpc.aio process sending pre-serialized requests to both serve
 client costs are the same for both. Each cell warms both connections up (not measured),
 then alternates short slices of load between echo and inference (which goes first
 alternates too) until each has had `--seconds`: both sides see the same background load of
-a shared machine, and their ratio compares like with like. Asserts nothing.
+a shared machine, and their ratio compares like with like. At the end it counts the records
+on the run's predictions topic against the inference requests sent (a record dropped because
+the server's buffer was full shows there). Asserts nothing.
 
 Goals (issue 7): 1-row p99 within 1.5x of the echo floor at each concurrency; at least
 10,000 rows/s with 64-row requests.
@@ -96,20 +98,24 @@ async def load(call, payload: bytes, concurrency: int, seconds: float) -> list[f
 
 
 async def interleaved(ports: dict[str, int], payload: bytes, concurrency: int, seconds: float,
-                      slice_seconds: float, warmup: float) -> dict[str, list[float]]:
-    """Latencies per target, measured in alternating slices until each target had `seconds`."""
+                      slice_seconds: float, warmup: float) -> tuple[dict[str, list[float]], dict[str, int]]:
+    """Latencies per target, measured in alternating slices until each target had `seconds`, and the
+    number of requests each target was sent (warm-up included)."""
     channels = {target: grpc.aio.insecure_channel(f"127.0.0.1:{port}") for target, port in ports.items()}
     try:
         # bytes in, bytes out: the same client work for both servers
         calls = {target: channel.unary_unary(INFER) for target, channel in channels.items()}
-        for call in calls.values():
-            await load(call, payload, concurrency, warmup)  # connection up, both sides warm; not measured
+        sent = {target: 0 for target in ports}
+        for target, call in calls.items():
+            sent[target] += len(await load(call, payload, concurrency, warmup))  # warm-up: not measured
         latencies: dict[str, list[float]] = {target: [] for target in ports}
         order = list(ports)
         for index in range(max(1, round(seconds / slice_seconds))):
             for target in (order if index % 2 == 0 else order[::-1]):
                 latencies[target] += await load(calls[target], payload, concurrency, slice_seconds)
-        return latencies
+        for target in ports:
+            sent[target] += len(latencies[target])
+        return latencies, sent
     finally:
         for channel in channels.values():
             await channel.close()
@@ -187,6 +193,7 @@ def main() -> None:
         subprocess.Popen([str(REPO / ".venv/bin/streamledger"), "serve", "inference"], env=env, cwd=REPO),
         subprocess.Popen([sys.executable, __file__, "--echo-server", str(echo_port)], cwd=REPO),
     ]
+    requests = 0  # inference requests sent, each of which should leave a prediction record
     try:
         wait_ready(inference_port)
         print(f"inference service: free mode, predictions sample {args.sample}, {args.seconds:g} s per cell and target "
@@ -198,12 +205,14 @@ def main() -> None:
             check = pb.ModelInferResponse.FromString(
                 grpc.insecure_channel(f"127.0.0.1:{inference_port}").unary_unary(INFER)(payload))
             assert check.outputs[1].name == "probabilities", check
+            requests += 1
             p50, p99, rate, row_rate = river_baseline(online.model, batches[rows], args.seconds)
             print(f"{rows:>4} {'1':>4} {'river':<9} {p50:>8.3f} {p99:>8.3f} {rate:>9.0f} {row_rate:>10.0f}")
             for concurrency in (1, 8, 64):
                 figures = {}
-                measured = asyncio.run(interleaved({"echo": echo_port, "inference": inference_port}, payload,
-                                                   concurrency, args.seconds, args.slice, args.warmup))
+                measured, sent = asyncio.run(interleaved({"echo": echo_port, "inference": inference_port}, payload,
+                                                         concurrency, args.seconds, args.slice, args.warmup))
+                requests += sent["inference"]
                 for target, latencies in measured.items():
                     figures[target] = summary(latencies, args.seconds, rows)
                     p50, p99, rate, row_rate = figures[target]
@@ -219,7 +228,25 @@ def main() -> None:
                 server.wait(30)
             except subprocess.TimeoutExpired:
                 server.kill()
-        asyncio.run(delete_topics(bootstrap, [topic, env["STREAMLEDGER_INFERENCE_PREDICTIONS_TOPIC"]]))
+        predictions = env["STREAMLEDGER_INFERENCE_PREDICTIONS_TOPIC"]
+        # The server has drained on SIGTERM: every record it accepted is on the topic by now.
+        print(f"{asyncio.run(records_on(bootstrap, predictions))} prediction records on {predictions} "
+              f"for {requests} inference requests (sample {args.sample:g})")
+        asyncio.run(delete_topics(bootstrap, [topic, predictions]))
+
+
+async def records_on(bootstrap: str, topic: str) -> int:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from services.common.kafka import partitions_of
+
+    partitions = [TopicPartition(t, p) for t, p in await partitions_of(bootstrap, [topic])]
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        return sum((await consumer.end_offsets(partitions)).values())
+    finally:
+        await consumer.stop()
 
 
 async def delete_topics(bootstrap: str, names: list[str]) -> None:

@@ -19,13 +19,13 @@ False and `died` is set; every usage record it had not acknowledged is logged in
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
+import os
 import socket
+import sys
 from typing import Any
 
 from services.common import metrics
 from services.common.logging import get_logger
-from services.inference import record_writer
 from services.inference.record_writer import READY, WriterSettings, read_frame, write_frame
 from services.inference.records import PREDICTION, USAGE, usage_record
 
@@ -58,7 +58,7 @@ class RecordSink:
         self._idle.set()
         self._alive = False
         self._closing = False
-        self._process: Any = None
+        self._process: asyncio.subprocess.Process | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._receiving: asyncio.Task | None = None
 
@@ -81,23 +81,25 @@ class RecordSink:
             await self.close()
 
     async def start(self) -> None:
-        """Spawn the writer and wait until its producer is connected."""
+        """Start the writer process and wait until its producer is connected."""
         self._loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair()
-        # spawn, not fork: a fresh interpreter, no copy of the server's threads, locks or gRPC state.
-        self._process = multiprocessing.get_context("spawn").Process(
-            target=record_writer.main, args=(theirs, self.settings), name="streamledger-record-writer", daemon=True)
-        self._process.start()
+        # A fresh interpreter (no copy of the server's threads, locks or gRPC state) that imports
+        # only the writer, with the server's import path.
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services.inference.record_writer", str(theirs.fileno()), pass_fds=(theirs.fileno(),),
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(path for path in sys.path if path)})
         theirs.close()
         reader, self._writer = await asyncio.open_unix_connection(sock=ours)
+        write_frame(self._writer, self.settings)
         try:
             first = await asyncio.wait_for(read_frame(reader), _START_TIMEOUT)
         except TimeoutError:
             first = None
         if first != READY:
-            self._process.kill()
-            await asyncio.to_thread(self._process.join)
-            raise RecordWriterDied(f"the record writer did not start (exit code {self._process.exitcode}); "
+            if self._process.returncode is None:
+                self._process.kill()
+            raise RecordWriterDied(f"the record writer did not start (exit code {await self._process.wait()}); "
                                    "see its log lines above")
         self._alive = True
         self._receiving = asyncio.create_task(self._receive(reader))
@@ -131,10 +133,12 @@ class RecordSink:
         if self._receiving is not None:
             await self._receiving
         if self._process is not None:
-            await asyncio.to_thread(self._process.join, 30)
-            if self._process.exitcode is None:
+            try:
+                await asyncio.wait_for(self._process.wait(), 30)
+            except TimeoutError:
                 log.error("record_writer_stuck", extra={"pid": self._process.pid})
                 self._process.kill()
+                await self._process.wait()
         self._alive = False
 
     def _flush(self) -> None:
@@ -161,11 +165,15 @@ class RecordSink:
 
     async def _writer_died(self) -> None:
         self._alive = False
-        await asyncio.to_thread(self._process.join, 5)
+        try:
+            exit_code = await asyncio.wait_for(self._process.wait(), 5)
+        except TimeoutError:  # its connection broke, yet it runs: it can be of no more use
+            self._process.kill()
+            exit_code = await self._process.wait()
         lost = len(self._buffer) + self._in_flight
         usages = [pieces for kind, pieces in self._buffer if kind == USAGE]
         usages += [pieces for _, kept in self._unacknowledged.values() for pieces in kept]
-        log.error("record_writer_died", extra={"exit_code": self._process.exitcode, "records_lost": lost,
+        log.error("record_writer_died", extra={"exit_code": exit_code, "records_lost": lost,
                                                "usage_records_lost": len(usages)})
         for pieces in usages:
             log.error("usage_not_recorded", extra={"usage": usage_record(pieces)[1]})

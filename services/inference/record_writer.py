@@ -8,14 +8,16 @@
                                                          per partition to the idempotent producer
       ack (seqs, {topic: (sent, failed)}) <------------ once every batch of that wave is delivered (acks=all)
 
-Building JSON and Avro for every record costs more CPU than serving the request does; here it
-runs under its own GIL and at a lower scheduling priority, so requests never wait behind it.
+Building JSON and Avro for every record costs more CPU than the servicer's own work for the
+request; here it runs under its own GIL and at idle scheduling priority, so requests never wait behind it.
 A record costs an encode and a batch append rather than a `send()` of its own, and the broker
 sees one produce request per partition and linger. While the previous batch of a partition
 is still on its way, the next wave waits for it and leaves larger: the busier, the cheaper.
 
-The writer stops when the serving side closes the connection: it sends what it holds, waits
-for every delivery, acknowledges it and exits. Frames are a 4-byte big-endian length and a pickle.
+The writer stops when the serving side closes the connection (or dies): it sends what it
+holds, waits for every delivery, acknowledges it and exits. It is a plain `python -m` child of
+the server, its end of a socket pair passed as a file descriptor; frames are a 4-byte
+big-endian length and a pickle, the first one the `WriterSettings`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import os
 import pickle
 import socket
 import struct
+import sys
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,14 +46,12 @@ from services.inference.records import RECORDS
 log = get_logger("inference")
 READY = "ready"
 """The writer's first frame: its producer is connected."""
-_NICE = 10
-"""Scheduling priority below the server's: on a busy machine the kernel runs requests first."""
 _LENGTH = struct.Struct(">I")
 
 
 @dataclass(frozen=True)
 class WriterSettings:
-    """What the writer process needs (pickled to it at spawn)."""
+    """What the writer process needs (its first frame)."""
 
     topics: dict[str, str]
     """Record kind -> its topic."""
@@ -210,15 +211,28 @@ class RecordWriter:
             log.error("records_not_sent", extra={"topic": topic, "records": count, "error": repr(exc)})
 
 
-def main(connection: socket.socket, settings: WriterSettings) -> None:
-    """The child process: serve the serving side's connection until it closes."""
-    configure_logging(settings.log_level)
-    os.nice(_NICE)
-    asyncio.run(_serve(connection, settings))
+def main() -> None:
+    """The child process (`python -m services.inference.record_writer FD`): serve the connection on
+    file descriptor FD, whose first frame is the `WriterSettings`, until the serving side closes it."""
+    connection = socket.socket(fileno=int(sys.argv[1]))
+    _lower_priority()
+    asyncio.run(_serve(connection))
 
 
-async def _serve(connection: socket.socket, settings: WriterSettings) -> None:
+def _lower_priority() -> None:
+    # Records are not urgent, requests are: the kernel runs this process only on CPU time nothing
+    # else wants (a waking server preempts it at once). A machine too busy to spare any shows as a
+    # full buffer in the server: predictions dropped and counted, paid requests refused (retry).
+    if hasattr(os, "SCHED_IDLE"):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    else:
+        os.nice(19)
+
+
+async def _serve(connection: socket.socket) -> None:
     reader, writer = await asyncio.open_unix_connection(sock=connection)
+    settings: WriterSettings = await read_frame(reader)
+    configure_logging(settings.log_level)
     frames: asyncio.Queue = asyncio.Queue()
 
     async def receive() -> None:
@@ -236,3 +250,7 @@ async def _serve(connection: socket.socket, settings: WriterSettings) -> None:
         await producer.flush()
     await writer.drain()
     writer.close()
+
+
+if __name__ == "__main__":
+    main()

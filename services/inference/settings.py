@@ -27,11 +27,14 @@ class InferenceSettings(CommonSettings):
     inference_predictions_sample: float = 1.0
     """Share of requests written to the predictions topic (0 = none, 1 = all)."""
     inference_queue_size: int = 10_000
-    """Prediction/usage records waiting for Kafka; beyond it predictions are dropped (and counted),
-    usage records make the request fail with UNAVAILABLE (a paid request is never served unmetered)."""
-    inference_records_linger_seconds: float = 0.05
-    """How long records gather before they leave for Kafka as one batch per partition (no request
-    waits for it): fewer, larger produce requests cost the server and the broker less CPU."""
+    """Prediction/usage records offered and not yet delivered to Kafka; beyond it predictions are
+    dropped (and counted), usage records make the request fail with UNAVAILABLE (a paid request is
+    never served unmetered)."""
+    inference_records_linger_seconds: float = 0.25
+    """How long records gather in the record writer before they leave for Kafka as one batch per
+    partition (no request waits for it): fewer, larger produce requests cost the broker and the
+    writer less CPU, which on a shared machine is CPU the requests get (1-row p99 at concurrency 1
+    measured 1.2-1.3 ms with 0.25 against 1.4-2.0 ms with 0.05)."""
 
     inference_mode: Literal["free", "paid"] = "free"
     """paid: mutual TLS + a live ledger hold per request, metered to the usage topic."""

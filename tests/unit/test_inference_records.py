@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import signal
 from functools import partial
 from pathlib import Path
 
@@ -183,7 +185,7 @@ async def test_when_the_writer_dies_the_sink_refuses_and_logs_every_usage_record
         assert sink.offer(USAGE, usage(1)) and sink.offer(PREDICTION, prediction(1))
         await asyncio.wait_for(_until(lambda: written(tmp_path / "sent.jsonl") == ["r1", "p1"]), 10)
         assert sink.pending() == 2, "sent but never acknowledged: still counted"
-        sink._process.kill()
+        os.kill(sink.pid, signal.SIGKILL)
         await asyncio.wait_for(sink.died.wait(), 10)
         assert not sink.alive and sink.pending() == 0
         assert not sink.offer(PREDICTION, prediction(2)) and not sink.offer(USAGE, usage(2))
@@ -199,3 +201,17 @@ async def test_when_the_writer_dies_the_sink_refuses_and_logs_every_usage_record
 async def _until(condition) -> None:
     while not condition():
         await asyncio.sleep(0.02)
+
+
+async def test_the_server_is_not_ready_without_its_record_writer():
+    from services.inference.models import ModelShelf
+    from services.inference.protocol import pb
+    from services.inference.servicer import InferenceServicer
+
+    class DeadSink:
+        alive = False
+
+    ready = asyncio.Event()
+    ready.set()
+    servicer = InferenceServicer(ModelShelf([]), DeadSink(), ready)
+    assert (await servicer.ServerReady(pb.ServerReadyRequest(), None)).ready is False

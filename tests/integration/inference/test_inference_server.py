@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
+import signal
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +22,7 @@ import tritonclient.grpc as triton
 from aiokafka import AIOKafkaConsumer
 from tritonclient.utils import InferenceServerException
 
+from services.inference.record_sink import RecordWriterDied
 from services.inference.settings import InferenceSettings
 
 from .support import PHISHING, TRUMP, ServerThread, codec, models_file, publish, snapshot_record, train  # noqa: F401
@@ -34,8 +39,7 @@ def trained(models_file):  # noqa: F811
     }
 
 
-@pytest.fixture
-def server(stack, bootstrap, unique, models_file, trained):  # noqa: F811
+def server_settings(bootstrap, unique, models_file, trained):  # noqa: F811
     topics = {"snapshots": f"test.snapshots.{unique}", "predictions": f"test.predictions.{unique}"}
     publish(bootstrap, topics["snapshots"], [
         snapshot_record("phishing-logreg", 1, trained["logreg_v1"]),
@@ -46,6 +50,12 @@ def server(stack, bootstrap, unique, models_file, trained):  # noqa: F811
         inference_snapshot_topic=topics["snapshots"], inference_predictions_topic=topics["predictions"],
         inference_max_request_bytes=4 * 1024 * 1024,
     )
+    return settings, topics
+
+
+@pytest.fixture
+def server(stack, bootstrap, unique, models_file, trained):  # noqa: F811
+    settings, topics = server_settings(bootstrap, unique, models_file, trained)
     running = ServerThread.of(settings).start()
     running.topics = topics
     client = triton.InferenceServerClient(running.url)
@@ -194,6 +204,43 @@ def test_predictions_land_on_the_predictions_topic(server, bootstrap):
     outputs = json.loads(record["outputs"])
     assert outputs["classes"] == ["False", "True"] and len(outputs["probabilities"]) == 3
     assert record["latency_ms"] > 0
+
+
+def record_writers() -> list[int]:
+    """Pids of the record writer processes this test process started (through its servers)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == os.getpid() and b"services.inference.record_writer" in command:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def test_a_dead_record_writer_stops_the_server_with_an_error(stack, bootstrap, unique, models_file, trained):  # noqa: F811
+    settings, _ = server_settings(bootstrap, unique, models_file, trained)
+    events: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: events.append(record.getMessage())
+    logging.getLogger("streamledger.inference").addHandler(handler)
+    running = ServerThread.of(settings).start()
+    try:
+        client = triton.InferenceServerClient(running.url)
+        wait_for(lambda: client.is_server_ready(), "server ready")
+        names = sorted(PHISHING[0][0])
+        client.infer("phishing-logreg", inputs_for([{k: PHISHING[0][0][k] for k in names}], names))
+        (writer,) = record_writers()
+        os.kill(writer, signal.SIGKILL)
+        wait_for(lambda: not running._thread.is_alive(), "the server to stop")
+        client.close()
+    finally:
+        logging.getLogger("streamledger.inference").removeHandler(handler)
+    with pytest.raises(RecordWriterDied, match="record writer process ended"):
+        running.stop()
+    assert "record_writer_died" in events
 
 
 def expect_error(call, code: str, *fragments: str) -> str:
