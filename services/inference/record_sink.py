@@ -58,6 +58,7 @@ class RecordSink:
         self._idle.set()
         self._alive = False
         self._closing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._process: asyncio.subprocess.Process | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._receiving: asyncio.Task | None = None
@@ -151,17 +152,19 @@ class RecordSink:
         write_frame(self._writer, (self._seq, items))
 
     async def _receive(self, reader: asyncio.StreamReader) -> None:
-        while (ack := await read_frame(reader)) is not None:
-            seqs, counts = ack
-            for seq in seqs:
-                self._in_flight -= self._unacknowledged.pop(seq)[0]
-            for topic, (sent, failed) in counts.items():
-                RECORDS.labels(topic).inc(sent)
-                RECORD_ERRORS.labels(topic).inc(failed)
-            if not self._buffer and not self._in_flight:
-                self._idle.set()
-        if not self._closing or self._unacknowledged:
-            await self._writer_died()
+        try:
+            while (ack := await read_frame(reader)) is not None:
+                seqs, counts = ack
+                for seq in seqs:
+                    self._in_flight -= self._unacknowledged.pop(seq)[0]
+                for topic, (sent, failed) in counts.items():
+                    RECORDS.labels(topic).inc(sent)
+                    RECORD_ERRORS.labels(topic).inc(failed)
+                if not self._buffer and not self._in_flight:
+                    self._idle.set()
+        finally:  # the connection ended (or broke): unless that is the writer finishing as asked, it is gone
+            if not self._closing or self._unacknowledged:
+                await self._writer_died()
 
     async def _writer_died(self) -> None:
         self._alive = False

@@ -1,6 +1,6 @@
 """The record writer: a child process that builds, Avro-encodes and produces the inference records.
 
-    serving process (RecordSink)                      record writer (this module, a spawned child)
+    serving process (RecordSink)                      record writer (this module, a child process)
       offer(kind, pieces) -> list append
       every tick: frame (seq, [(kind, pieces), ...]) --> build the record (records.py), encode it,
                                                          partition its key (murmur2, as `send` would);
@@ -9,7 +9,8 @@
       ack (seqs, {topic: (sent, failed)}) <------------ once every batch of that wave is delivered (acks=all)
 
 Building JSON and Avro for every record costs more CPU than the servicer's own work for the
-request; here it runs under its own GIL and at idle scheduling priority, so requests never wait behind it.
+request; here it runs under its own GIL and at idle scheduling priority, so requests never
+wait behind it.
 A record costs an encode and a batch append rather than a `send()` of its own, and the broker
 sees one produce request per partition and linger. While the previous batch of a partition
 is still on its way, the next wave waits for it and leaves larger: the busier, the cheaper.
@@ -23,6 +24,7 @@ big-endian length and a pickle, the first one the `WriterSettings`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pickle
 import socket
@@ -114,13 +116,14 @@ class RecordWriter:
             try:
                 async with asyncio.timeout_at(deadline):
                     frame = await frames.get()
-                if frame is None:
-                    break
+            except TimeoutError:
+                frame = ()  # the wave's linger is over
+            if frame is None:
+                break
+            if frame:
                 await self.add(*frame)
                 if deadline is None:
                     deadline = loop.time() + linger
-            except TimeoutError:
-                pass
             if deadline is not None and loop.time() >= deadline:
                 await self.send()
                 deadline = None
@@ -248,7 +251,8 @@ async def _serve(connection: socket.socket) -> None:
         await records.run(frames, settings.linger)
         await receiving
         await producer.flush()
-    await writer.drain()
+    with contextlib.suppress(ConnectionError):  # the server may be gone: its records are delivered all the same
+        await writer.drain()
     writer.close()
 
 
