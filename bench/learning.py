@@ -1,12 +1,13 @@
 """Events/s of the learning service next to the same River model learning in-process.
 
-    .venv/bin/python bench/learning.py [--events 20000] [--repeat 2]
+    .venv/bin/python bench/learning.py [--events 100000] [--repeat 2]
 
 For each model below, the same CleanEvents (River's Phishing dataset, cycled) are:
   - learned in-process by River alone: `evaluate.progressive_val_score` over Python dicts
     already in memory (the baseline: no Kafka, no Avro);
   - only read and decoded, by a bare aiokafka consumer and the codec, with no model at all:
-    the ceiling any service reading Kafka and Avro in one process can reach here;
+    the ceiling any service reading Kafka and Avro in one process can reach here (the
+    service passes it by fetching and decoding in a reader process of its own);
   - learned by the service (`services.learning.app.run`, in this process) from a one-partition
     Kafka topic the events were written to beforehand: from its `learning_started` log line
     to the `snapshot_written` line of a snapshot covering every event, so Avro decoding,
@@ -165,7 +166,7 @@ async def main(events_count: int, repeat: int) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
     asyncio.run(main(args.events, args.repeat))

@@ -1,9 +1,13 @@
 """`streamledger serve learning`: River models learning online from events.clean.
 
-    events.clean --> decode --> LearnerSet.handle (predict, metrics, learn) --> dead letters, drifts
-                                         |  every N events or T seconds
-                                         +--> models.snapshots (then commit offsets)
-                                         +--> models.metrics (fixed cadence)
+    events.clean --> reader process: fetch, decode --pipe--> LearnerSet.handle_batch (predict, metrics, learn)
+                                                                 |--> dead letters, drifts
+                                                                 |  every N events or T seconds
+                                                                 +--> models.snapshots (then commit offsets)
+                                                                 +--> models.metrics (fixed cadence)
+
+Fetching and decoding run in a child process (`reader.py`), so River gets this process's
+core to itself; the two balance the decoding between them.
 
 At start the latest verified snapshot of each model is loaded from the compacted
 snapshots topic and every input partition is sought to the offsets it records
@@ -29,7 +33,7 @@ from services.common.lifecycle import run_until_signalled
 from services.common.logging import configure_logging, get_logger
 from services.learning.declarations import DeclarationError, load_declarations
 from services.learning.learners import Consumed, LearnerSet, Output, TrackedModel
-from services.learning.reader import EventReader
+from services.learning.reader import EventReader, relaxed_gc
 from services.learning.ledger_seam import LedgerModelRegistry, ModelRegistry
 from services.learning.settings import LearningSettings
 from services.common.kafka import partitions_of
@@ -102,6 +106,25 @@ async def run(settings: LearningSettings, stop: asyncio.Event, registry: ModelRe
         if registry is not None:
             await registry.register(tracked.model_id, snapshot.record["version"], snapshot.record["sha256"])
 
+    async def learn(reader: EventReader) -> None:
+        next_metrics = time.monotonic() + settings.learning_metrics_every_seconds
+        while not stop.is_set():
+            batch = await reader.next(timeout=0.2)
+            if batch:
+                with BATCH.time():
+                    for output in learners.handle_batch(batch):
+                        await publish(output)
+                    EVENTS.inc(len(batch))
+            due = learners.due_snapshots(settings.learning_snapshot_every_events, settings.learning_snapshot_every_seconds)
+            for tracked in due:
+                await write_snapshot(tracked)
+            if due:
+                await commit(consumer, learners)
+            if time.monotonic() >= next_metrics:
+                next_metrics = time.monotonic() + settings.learning_metrics_every_seconds
+                for output in learners.metrics_records():
+                    await publish(output)
+
     async with producer:
         await consumer.start()
         try:
@@ -112,24 +135,8 @@ async def run(settings: LearningSettings, stop: asyncio.Event, registry: ModelRe
             start = learners.start_offsets(partitions)
             async with EventReader(bootstrap, start, settings.learning_fetch_max_records, settings.log_level) as reader:
                 log.info("learning_started", extra={"models": list(learners.models), "partitions": partitions})
-                next_metrics = time.monotonic() + settings.learning_metrics_every_seconds
-                while not stop.is_set():
-                    batch = await reader.next(timeout=0.2)
-                    if batch:
-                        with BATCH.time():
-                            for output in learners.handle_batch(batch):
-                                await publish(output)
-                            EVENTS.inc(len(batch))
-                    due = learners.due_snapshots(settings.learning_snapshot_every_events,
-                                                 settings.learning_snapshot_every_seconds)
-                    for tracked in due:
-                        await write_snapshot(tracked)
-                    if due:
-                        await commit(consumer, learners)
-                    if time.monotonic() >= next_metrics:
-                        next_metrics = time.monotonic() + settings.learning_metrics_every_seconds
-                        for output in learners.metrics_records():
-                            await publish(output)
+                with relaxed_gc():
+                    await learn(reader)
             for tracked in learners.due_snapshots(every_events=1, every_seconds=0):
                 await write_snapshot(tracked)
             await commit(consumer, learners)

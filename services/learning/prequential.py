@@ -79,18 +79,17 @@ def check_label(task: str, label: Any) -> Label:
     """The label if its type fits the task, else `InvalidLabel` saying what was expected."""
     if label is None:
         return None
-    kind = _avro_kind(label)
     if task == "binary" and not isinstance(label, bool):
-        raise InvalidLabel(f"label: a binary model needs a boolean label, got {kind} {label!r}")
+        raise InvalidLabel(f"label: a binary model needs a boolean label, got {_avro_kind(label)} {label!r}")
     if task == "multiclass" and not isinstance(label, (str, bool)):
-        raise InvalidLabel(f"label: a multiclass model needs a class name (string or boolean), got {kind} {label!r}")
+        raise InvalidLabel(f"label: a multiclass model needs a class name (string or boolean), got {_avro_kind(label)} {label!r}")
     if task == "regression":
         if isinstance(label, bool) or not isinstance(label, (int, float)):
-            raise InvalidLabel(f"label: a regression model needs a numeric (double) label, got {kind} {label!r}")
+            raise InvalidLabel(f"label: a regression model needs a numeric (double) label, got {_avro_kind(label)} {label!r}")
         if not math.isfinite(label):
             raise InvalidLabel(f"label: a regression label must be finite, got {label!r}")
     if task == "anomaly" and not isinstance(label, bool):
-        raise InvalidLabel(f"label: an anomaly model takes an optional boolean label (is it an anomaly?), got {kind} {label!r}")
+        raise InvalidLabel(f"label: an anomaly model takes an optional boolean label (is it an anomaly?), got {_avro_kind(label)} {label!r}")
     return label
 
 

@@ -16,6 +16,17 @@ not decode. Each message is one pickled tuple:
     ("batch", topic, partition, offsets, keys, values, events, failures)
     ("failed", error)                             the reader stopped on an error
 
+where `events` may cover only the first part of `values`: the learner decodes the rest.
+
+The two processes balance themselves (`Balance`). The learner counts, in a word of
+shared memory, each time it found no batch and had to wait. When the count moved since
+the reader's previous batch, the reader is the slower one and leaves a larger share of
+each batch undecoded, for the learner to decode itself (the same `decode`, so the same
+events);
+when the reader's last send blocked on a full pipe, the learner is the slower one and the
+share shrinks. Fast models (mini-batch ones) thus get both cores' decoding, slow ones
+a core to themselves.
+
 The reader uses no consumer group (the learner commits); it exits when the learner
 closes the pipe or is gone (its parent changes), so no orphan outlives a killed service.
 """
@@ -24,21 +35,32 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import gc
 import json
+import mmap
 import os
 import pickle
+import struct
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from services.common.avro import AvroCodec, SchemaRegistry
 from services.learning.learners import Consumed
 
 Partition = tuple[str, int]
 _PIPE_BYTES = 4 * 1024 * 1024
-"""Pipe buffer asked of the kernel: a few whole batches, so the reader runs ahead."""
+"""Pipe buffer asked of the kernel (up to its limit): whole batches, so the reader runs ahead."""
+_BLOCKED = 0.002
+"""A send that took longer than this (seconds) waited for the learner to read."""
 _F_SETPIPE_SZ = 1031
+_WAITS = struct.Struct("q")
+"""Shared by both processes: how many times the learner found no batch waiting."""
 
 
 class ReaderFailed(RuntimeError):
@@ -66,19 +88,24 @@ class EventReader:
         self._process: subprocess.Popen | None = None
         self._conn: Connection | None = None
         self._readable: asyncio.Event | None = None
+        self._codec = AvroCodec(SchemaRegistry.from_dir())
 
     async def __aenter__(self) -> EventReader:
         read_fd, write_fd = os.pipe()
         _grow_pipe(read_fd)
+        waits_fd = os.memfd_create("learning-reader-waits")
+        os.ftruncate(waits_fd, _WAITS.size)
+        self._waits = mmap.mmap(waits_fd, _WAITS.size)
         bootstrap, start, max_records, log_level = self._args
         # A plain child interpreter (not multiprocessing): nothing of this process is
         # re-imported or inherited but the pipe's write end.
         self._process = subprocess.Popen(
-            [sys.executable, "-m", __name__, str(write_fd), str(os.getpid()), bootstrap,
+            [sys.executable, "-m", __name__, str(write_fd), str(waits_fd), str(os.getpid()), bootstrap,
              json.dumps([[t, p, o] for (t, p), o in start.items()]), str(max_records), log_level],
-            pass_fds=(write_fd,), stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": _path()},
+            pass_fds=(write_fd, waits_fd), stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": _path()},
         )
         os.close(write_fd)
+        os.close(waits_fd)
         self._conn = Connection(read_fd, writable=False)
         self._readable = asyncio.Event()
         asyncio.get_running_loop().add_reader(read_fd, self._readable.set)
@@ -112,6 +139,11 @@ class EventReader:
         if message[0] != "batch":
             raise ReaderFailed(f"reader process stopped: {message[1]}")
         _, topic, partition, offsets, keys, values, events, failures = message
+        if len(events) < len(values):  # the reader left the rest of the batch to decode here
+            done = len(events)
+            rest, rest_failures = decode(self._codec, values[done:])
+            events.extend(rest)
+            failures.update({done + index: failure for index, failure in rest_failures.items()})
         for index, (reason, error) in failures.items():
             events[index] = Undecodable(reason, error)
         return list(zip(map(Consumed, [topic] * len(offsets), [partition] * len(offsets), offsets, keys, values),
@@ -124,6 +156,7 @@ class EventReader:
         # The loop's readiness callback may have been queued before the last message was
         # taken: an event that is set only says "look again", never "there is data".
         while not self._conn.poll():
+            _WAITS.pack_into(self._waits, 0, _WAITS.unpack_from(self._waits)[0] + 1)
             self._readable.clear()
             try:
                 await asyncio.wait_for(self._readable.wait(), deadline - loop.time())
@@ -138,9 +171,10 @@ class EventReader:
 
 def _grow_pipe(fd: int) -> None:
     try:
-        fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_BYTES)
-    except OSError:
-        pass  # the kernel's limit is lower: the default buffer works, with less read-ahead
+        limit = int(Path("/proc/sys/fs/pipe-max-size").read_text())
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, min(_PIPE_BYTES, limit))
+    except (OSError, ValueError):
+        pass  # the default buffer works, with less read-ahead
 
 
 # -- the child process ---------------------------------------------------------------------
@@ -152,16 +186,33 @@ def _path() -> str:
     return os.pathsep.join([root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
 
 
+@contextmanager
+def relaxed_gc(young: int = 200_000) -> Iterator[None]:
+    """Collect cycles rarely while inside: a batch holds thousands of fresh acyclic dicts,
+    which refcounting frees, and the default threshold (700) scans them many times per
+    batch. Everything alive on entry is frozen out of the scans. Restored on exit."""
+    before = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(young, *before[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
+
+
 def main(argv: list[str]) -> None:
     from services.common.logging import configure_logging, get_logger
 
-    fd, parent, bootstrap, start, max_records, log_level = argv
+    fd, waits_fd, parent, bootstrap, start, max_records, log_level = argv
     configure_logging(log_level)
     log = get_logger("learning")
     conn = Connection(int(fd), readable=False)
     offsets = {(t, p): o for t, p, o in json.loads(start)}
     try:
-        asyncio.run(_read(conn, int(parent), bootstrap, offsets, int(max_records)))
+        with relaxed_gc():
+            asyncio.run(_read(conn, mmap.mmap(int(waits_fd), _WAITS.size), int(parent), bootstrap, offsets,
+                              int(max_records)))
     except (BrokenPipeError, ConnectionResetError):
         pass  # the learner closed the pipe: it is stopping
     except Exception as exc:  # noqa: BLE001 - reported to the learner, which stops with it
@@ -173,10 +224,8 @@ def main(argv: list[str]) -> None:
         sys.exit(1)
 
 
-async def _read(conn: Any, parent: int, bootstrap: str, start: dict[Partition, int | None], max_records: int) -> None:
+async def _read(conn: Any, waits: mmap.mmap, parent: int, bootstrap: str, start: dict[Partition, int | None], max_records: int) -> None:
     from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    from services.common.avro import AvroCodec, SchemaRegistry
 
     codec = AvroCodec(SchemaRegistry.from_dir())
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
@@ -190,21 +239,46 @@ async def _read(conn: Any, parent: int, bootstrap: str, start: dict[Partition, i
             else:
                 consumer.seek(TopicPartition(t, p), offset)
         conn.send_bytes(pickle.dumps(("ready",)))
+        balance, seen, blocked = Balance(), 0, 0.0
         while os.getppid() == parent:
             fetched = await consumer.getmany(timeout_ms=200, max_records=max_records)
             for tp, messages in fetched.items():
                 values = [m.value for m in messages]
-                events, failures = _slim(codec.decode_many(values, reader="CleanEvent"))
-                message = ("batch", tp.topic, tp.partition, [m.offset for m in messages],
-                           [m.key for m in messages], values, events, failures)
-                conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+                head = ("batch", tp.topic, tp.partition, [m.offset for m in messages], [m.key for m in messages], values)
+                waited, seen = _WAITS.unpack_from(waits)[0] != seen, _WAITS.unpack_from(waits)[0]
+                share = balance.update(learner_waited=waited, reader_waited=blocked > _BLOCKED)
+                message = (*head, *decode(codec, values[:len(values) - round(len(values) * share)]))
+                payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+                sent = time.perf_counter()
+                conn.send_bytes(payload)  # blocks while the pipe is full: the learner is behind
+                blocked = time.perf_counter() - sent
     finally:
         await consumer.stop()
 
 
-def _slim(decoded: list) -> tuple[list[dict | None], dict[int, tuple[str, str]]]:
-    """Decoded CleanEvents cut to `FIELDS`, and the decode errors by index (reason, message)."""
+class Balance:
+    """The share of each batch the learner decodes: it grows while the learner waits for
+    batches and shrinks while the reader waits for the learner (its send blocked on a full
+    pipe); the reader always decodes some."""
+
+    STEP = 0.05
+    MOST = 0.8
+
+    def __init__(self) -> None:
+        self.share = 0.0
+
+    def update(self, learner_waited: bool, reader_waited: bool) -> float:
+        if learner_waited:
+            self.share = min(self.MOST, self.share + self.STEP)
+        elif reader_waited:
+            self.share = max(0.0, self.share - self.STEP)
+        return self.share
+
+
+def decode(codec: AvroCodec, values: list[bytes]) -> tuple[list[dict | None], dict[int, tuple[str, str]]]:
+    """CleanEvents cut to the fields models read, and the decode errors by index (reason, message)."""
     intern = sys.intern
+    decoded = codec.decode_many(values, reader="CleanEvent")
     events: list[dict | None] = []
     failures: dict[int, tuple[str, str]] = {}
     for index, event in enumerate(decoded):

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from services.common.avro import AvroCodec, SchemaRegistry
-from services.learning.reader import EventReader, ReaderFailed, _slim
+from services.learning.reader import EventReader, ReaderFailed, decode
 
 codec = AvroCodec(SchemaRegistry.from_dir())
 
@@ -21,7 +21,7 @@ def clean_event(i: int) -> dict:
 
 def test_slim_events_keep_what_models_read_and_name_each_decode_failure():
     values = codec.encode_many("CleanEvent", [clean_event(0), clean_event(1)])
-    events, failures = _slim(codec.decode_many([values[0], b"\xc3\x01junk", values[1]], reader="CleanEvent"))
+    events, failures = decode(codec, [values[0], b"\xc3\x01junk", values[1]])
     assert events[0] == {"event_id": "e0", "tenant": "acme", "source": "phishing",
                          "features": {"a": 0.0, "b": "x", "c": True}, "label": True}
     assert events[1] is None and events[2]["event_id"] == "e1"
