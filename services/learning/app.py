@@ -33,7 +33,7 @@ from services.common.lifecycle import run_until_signalled
 from services.common.logging import configure_logging, get_logger
 from services.learning.declarations import DeclarationError, load_declarations
 from services.learning.learners import Consumed, LearnerSet, Output, TrackedModel
-from services.learning.reader import EventReader, relaxed_gc
+from services.learning.reader import EventReader, ReaderFailed, relaxed_gc
 from services.learning.ledger_seam import LedgerModelRegistry, ModelRegistry
 from services.learning.settings import LearningSettings
 from services.common.kafka import partitions_of
@@ -200,4 +200,8 @@ def main() -> None:
         raise SystemExit(2) from None
     metrics.serve_metrics(settings.metrics_port)
 
-    run_until_signalled(lambda stop: serve(settings, LedgerSettings(), stop))
+    try:
+        run_until_signalled(lambda stop: serve(settings, LedgerSettings(), stop))
+    except ReaderFailed as exc:  # its input is gone: stop, to be restarted from the last snapshot
+        log.error("learning_failed", extra={"error": str(exc)})
+        raise SystemExit(1) from None

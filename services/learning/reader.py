@@ -165,8 +165,14 @@ class EventReader:
         try:
             return pickle.loads(self._conn.recv_bytes())
         except (EOFError, OSError):
-            code = self._process.poll() if self._process is not None else None
-            raise ReaderFailed(f"reader process exited (exit code {code})") from None
+            raise ReaderFailed(f"reader process exited (exit code {await self._exit_code()})") from None
+
+    async def _exit_code(self) -> int | None:
+        """The reader's exit code once it is gone (its end of the pipe closed: it is about to be)."""
+        try:
+            return await asyncio.to_thread(self._process.wait, 2.0) if self._process is not None else None
+        except subprocess.TimeoutExpired:
+            return None
 
 
 def _grow_pipe(fd: int) -> None:

@@ -24,6 +24,7 @@ from services.common.kafka import ensure_topics, reliable_producer
 from services.common.settings import CommonSettings
 from services.learning import app
 from services.learning.declarations import load_declarations
+from services.learning.reader import ReaderFailed
 from services.learning.settings import LearningSettings
 from services.stack import Stack
 
@@ -221,6 +222,7 @@ async def test_kill_9_mid_stream_then_restart_ends_with_the_uninterrupted_hash(b
         process.wait(10)
     assert process.returncode == -signal.SIGKILL
     assert max(s["offsets"][0]["offset"] for s in before_kill) == 500
+    await readers_gone(names["input"])  # the killed service's reader process does not outlive it
 
     await produce(bootstrap, names["input"], encoded(rest))
     process = serve(names, bootstrap, STREAMLEDGER_LEARNING_SNAPSHOT_EVERY_EVENTS="250",
@@ -246,6 +248,34 @@ async def test_kill_9_mid_stream_then_restart_ends_with_the_uninterrupted_hash(b
         assert restarted[model_id]["events_seen"] == uninterrupted[model_id]["events_seen"] == len(PHISHING)
         assert restarted[model_id]["sha256"] == uninterrupted[model_id]["sha256"], model_id
         assert restarted[model_id]["metrics"] == uninterrupted[model_id]["metrics"]
+
+
+def readers_of(topic: str) -> list[int]:
+    """Pids of learning reader processes reading `topic` (their command line names it)."""
+    found = subprocess.run(["pgrep", "-f", f"services.learning.reader .*{topic}"], capture_output=True, text=True)
+    return [int(pid) for pid in found.stdout.split()]
+
+
+async def readers_gone(topic: str, timeout_s: float = 5.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while readers_of(topic):
+            await asyncio.sleep(0.1)
+
+
+async def test_a_dead_reader_process_stops_the_service_with_the_reason(bootstrap, names):
+    await produce(bootstrap, names["input"], encoded(PHISHING[:100]))
+    service = Service(settings_for(bootstrap, names))
+    try:
+        async with asyncio.timeout(30):
+            while not readers_of(names["input"]):
+                await asyncio.sleep(0.1)
+        [pid] = readers_of(names["input"])
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(ReaderFailed, match=r"reader process exited \(exit code -9\)"):
+            await asyncio.wait_for(service.task, 10)
+    finally:
+        service.stop.set()
+    await readers_gone(names["input"])
 
 
 class Captured(logging.Handler):
