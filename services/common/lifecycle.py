@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -36,3 +38,9 @@ async def serve_until(service: Startable, stop: asyncio.Event) -> None:
         await stop.wait()
     finally:
         await service.stop()
+
+
+def child_environment() -> dict[str, str]:
+    """The environment for a `python -m services...` child: this one, with an import path
+    that finds everything this process imports (the same checkout, the same packages)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path for path in sys.path if path)}

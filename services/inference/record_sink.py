@@ -19,12 +19,12 @@ False and `died` is set; every usage record it had not acknowledged is logged in
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import sys
 from typing import Any
 
 from services.common import metrics
+from services.common.lifecycle import child_environment
 from services.common.logging import get_logger
 from services.inference.record_writer import READY, WriterSettings, read_frame, write_frame
 from services.inference.records import PREDICTION, USAGE, usage_record
@@ -89,7 +89,7 @@ class RecordSink:
         # only the writer, with the server's import path.
         self._process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "services.inference.record_writer", str(theirs.fileno()), pass_fds=(theirs.fileno(),),
-            env={**os.environ, "PYTHONPATH": os.pathsep.join(path for path in sys.path if path)})
+            env=child_environment())
         theirs.close()
         reader, self._writer = await asyncio.open_unix_connection(sock=ours)
         write_frame(self._writer, self.settings)

@@ -133,7 +133,8 @@ async def run(settings: LearningSettings, stop: asyncio.Event, registry: ModelRe
             consumer.assign(assigned)
             consumer.pause(*assigned)  # never fetches: committing needs the assignment, nothing more
             start = learners.start_offsets(partitions)
-            async with EventReader(bootstrap, start, settings.learning_fetch_max_records, settings.log_level) as reader:
+            async with EventReader(bootstrap, start, settings.learning_fetch_max_records, codec,
+                                   settings.log_level) as reader:
                 log.info("learning_started", extra={"models": list(learners.models), "partitions": partitions})
                 with relaxed_gc():
                     await learn(reader)

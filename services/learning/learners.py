@@ -20,6 +20,7 @@ publish, as `Output(record_name, key, record)`.
 from __future__ import annotations
 
 import time
+from itertools import groupby
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
@@ -135,7 +136,8 @@ class LearnerSet:
         """
         outputs: list[Output] = []
         collected: dict[str, list[tuple[Consumed, dict[str, Any]]]] = {}
-        for tp, run in _partition_runs(records):
+        for tp, grouped in groupby(records, key=lambda record: (record[0].topic, record[0].partition)):
+            run = list(grouped)
             starts = [tracked.offsets.get(tp, 0) for tracked in self.models.values()]
             first = min(starts)
             undecodable = [(c, e) for c, e in run if isinstance(e, Exception) and c.offset >= first]
@@ -274,19 +276,6 @@ class LearnerSet:
             "ts": _now_ms(),
         }
         return Output("DeadLetter", key, record)
-
-
-def _partition_runs(records: list[tuple[Consumed, Any]]) -> list[tuple[Partition, list[tuple[Consumed, Any]]]]:
-    """The records cut into runs of consecutive records from one partition, in order."""
-    runs: list[tuple[Partition, list[tuple[Consumed, Any]]]] = []
-    if records and all(c.topic == records[0][0].topic and c.partition == records[0][0].partition for c, _ in records):
-        return [((records[0][0].topic, records[0][0].partition), records)]  # the usual case: one fetched partition
-    for record in records:
-        tp = (record[0].topic, record[0].partition)
-        if not runs or runs[-1][0] != tp:
-            runs.append((tp, []))
-        runs[-1][1].append(record)
-    return runs
 
 
 def _now_ms() -> int:

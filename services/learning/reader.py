@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from services.common.avro import AvroCodec, SchemaRegistry
+from services.common.lifecycle import child_environment
 from services.learning.learners import Consumed
 
 Partition = tuple[str, int]
@@ -82,13 +83,15 @@ class EventReader:
             batch = await reader.next(timeout=0.2)   # [(Consumed, event | Undecodable)], [] if none came
     """
 
-    def __init__(self, bootstrap: str, start: dict[Partition, int | None], max_records: int,
+    def __init__(self, bootstrap: str, start: dict[Partition, int | None], max_records: int, codec: AvroCodec,
                  log_level: str = "INFO") -> None:
         self._args = (bootstrap, start, max_records, log_level)
+        self._codec = codec
+        """Decodes the share of each batch the reader leaves to the learner."""
         self._process: subprocess.Popen | None = None
         self._conn: Connection | None = None
         self._readable: asyncio.Event | None = None
-        self._codec = AvroCodec(SchemaRegistry.from_dir())
+        self._waits: mmap.mmap | None = None
 
     async def __aenter__(self) -> EventReader:
         read_fd, write_fd = os.pipe()
@@ -102,7 +105,7 @@ class EventReader:
         self._process = subprocess.Popen(
             [sys.executable, "-m", __name__, str(write_fd), str(waits_fd), str(os.getpid()), bootstrap,
              json.dumps([[t, p, o] for (t, p), o in start.items()]), str(max_records), log_level],
-            pass_fds=(write_fd, waits_fd), stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": _path()},
+            pass_fds=(write_fd, waits_fd), stdin=subprocess.DEVNULL, env=child_environment(),
         )
         os.close(write_fd)
         os.close(waits_fd)
@@ -123,6 +126,9 @@ class EventReader:
             asyncio.get_running_loop().remove_reader(self._conn.fileno())
             self._conn.close()  # the reader's next send fails and it exits
             self._conn = None
+        if self._waits is not None:
+            self._waits.close()
+            self._waits = None
         if self._process is not None:
             try:
                 await asyncio.to_thread(self._process.wait, 5.0)
@@ -186,12 +192,6 @@ def _grow_pipe(fd: int) -> None:
 # -- the child process ---------------------------------------------------------------------
 
 
-def _path() -> str:
-    """PYTHONPATH for the child: this checkout first, so it runs the same code as the learner."""
-    root = str(Path(__file__).resolve().parents[2])
-    return os.pathsep.join([root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
-
-
 @contextmanager
 def relaxed_gc(young: int = 200_000) -> Iterator[None]:
     """Collect cycles rarely while inside: a batch holds thousands of fresh acyclic dicts,
@@ -251,7 +251,8 @@ async def _read(conn: Any, waits: mmap.mmap, parent: int, bootstrap: str, start:
             for tp, messages in fetched.items():
                 values = [m.value for m in messages]
                 head = ("batch", tp.topic, tp.partition, [m.offset for m in messages], [m.key for m in messages], values)
-                waited, seen = _WAITS.unpack_from(waits)[0] != seen, _WAITS.unpack_from(waits)[0]
+                count = _WAITS.unpack_from(waits)[0]
+                waited, seen = count != seen, count
                 share = balance.update(learner_waited=waited, reader_waited=blocked > _BLOCKED)
                 message = (*head, *decode(codec, values[:len(values) - round(len(values) * share)]))
                 payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)

@@ -34,7 +34,7 @@ def test_slim_events_keep_what_models_read_and_name_each_decode_failure():
 
 
 async def test_a_reader_that_cannot_reach_kafka_fails_the_learner_with_the_reason():
-    reader = EventReader("127.0.0.1:1", {("events.clean", 0): None}, 100)
+    reader = EventReader("127.0.0.1:1", {("events.clean", 0): None}, 100, codec)
     with pytest.raises(ReaderFailed, match="did not start: .*KafkaConnectionError"):
         async with reader:
             pass
