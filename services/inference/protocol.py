@@ -34,6 +34,8 @@ RPCS: dict[str, tuple[str, str]] = {
     name: (f"{name}Request", f"{name}Response")
     for name in ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer")
 }
+RAW_REQUESTS = frozenset({"ModelInfer"})
+"""RPCs whose handler is given the request's serialized bytes (it reads them itself)."""
 
 
 def _compile(proto_file: str = PROTO_FILE) -> SimpleNamespace:
@@ -59,12 +61,13 @@ pb = _compile()
 def add_servicer(server: grpc.aio.Server | grpc.Server, servicer: Any) -> None:
     """Register `servicer`, which has one method per RPC (`async def ModelInfer(request, context)`).
 
-    A method may answer with the response message or with its serialized bytes.
+    A method is given the request message (its bytes for `RAW_REQUESTS`) and may answer
+    with the response message or with its serialized bytes.
     """
     handlers = {
         rpc: grpc.unary_unary_rpc_method_handler(
             getattr(servicer, rpc),
-            request_deserializer=getattr(pb, request).FromString,
+            request_deserializer=None if rpc in RAW_REQUESTS else getattr(pb, request).FromString,
             response_serializer=_serialize,
         )
         for rpc, (request, response) in RPCS.items()

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from services.inference.protocol import pb
-from services.inference.tensors import Output, raw_output
+from services.inference.tensors import Output, raw_output, varint
 
 _HEADS_KEPT = 256
 _ID = b"\x1a"  # field 3 (id), length-delimited
@@ -57,11 +57,4 @@ class ResponseWriter:
 
 def _delimited(tag: bytes, data: bytes) -> bytes:
     size = len(data)
-    if size < 0x80:
-        return tag + bytes((size,)) + data
-    varint = bytearray()
-    while size >= 0x80:
-        varint.append(size & 0x7F | 0x80)
-        size >>= 7
-    varint.append(size)
-    return tag + bytes(varint) + data
+    return tag + (bytes((size,)) if size < 0x80 else varint(size)) + data

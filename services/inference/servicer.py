@@ -2,8 +2,9 @@
 
 ModelInfer, step by step: find the model (latest or pinned version) -> rows from the input
 tensors -> (paid) charge the caller's hold -> River predicts -> output tensors -> hand the
-usage and the (sampled) prediction pieces to the record sink, which builds no record here. Every refusal is a gRPC status whose message
-names the model, version, tensor or hold at fault; nothing a caller sends stops the server.
+usage and the (sampled) prediction pieces to the record sink, which builds no record here.
+Every refusal is a gRPC status whose message names the model, version, tensor or hold at
+fault; nothing a caller sends stops the server.
 """
 
 from __future__ import annotations
@@ -16,15 +17,17 @@ from typing import Any
 
 import grpc
 from cryptography import x509
+from google.protobuf.message import DecodeError
 
 from services.common import metrics
 from services.common.logging import get_logger
 from services.inference.authorization import AuthorizationError, Charge, HoldAuthorizer, client_identity
-from services.inference.models import InvalidVersion, ModelShelf, NoSnapshotYet, UnknownModel, UnknownVersion
+from services.inference.models import (InvalidVersion, ModelShelf, NoSnapshotYet, ServedModel, UnknownModel,
+                                       UnknownVersion)
 from services.inference.protocol import pb
 from services.inference.record_sink import RecordSink
 from services.inference.records import PREDICTION, USAGE
-from services.inference.tensors import InvalidInput, check_requested
+from services.inference.tensors import InvalidInput, check_requested, split_head
 
 log = get_logger("inference")
 REQUESTS = metrics.counter("inference", "requests", "ModelInfer requests", ("model_id", "status"))
@@ -92,18 +95,16 @@ class InferenceServicer:
                      for name, datatype, shape in model.output_metadata()],
         )
 
-    async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> bytes:
-        """The response as its serialized bytes (see `ResponseWriter`)."""
+    async def ModelInfer(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        """The serialized request in, the response as its serialized bytes (see `ResponseWriter`)."""
         started = time.perf_counter()
-        model_id = request.model_name
         charge: Charge | None = None
         client: str | None = None
+        model_id = ""
         try:
-            model = self.shelf.get(model_id, request.model_version)
-            rows = model.reader.rows(request)
-            requested = request.outputs
-            outputs = check_requested([o.name for o in requested], model.output_names, model_id) if requested \
-                else model.output_names
+            model, request_id, rows, requested = self._read(data)
+            model_id = model.model_id
+            outputs = check_requested(requested, model.output_names, model_id) if requested else model.output_names
             if self.metering is not None:
                 client, charge = await self._charge(context, len(rows))
             try:
@@ -117,10 +118,10 @@ class InferenceServicer:
             if charge is not None:
                 self.metering.authorizer.refund(charge)
             status = _STATUS[type(exc)]
-            REQUESTS.labels(model_id if not isinstance(exc, UnknownModel) else "", status.name).inc()
+            REQUESTS.labels(model_id or _model_named(data, exc), status.name).inc()
             await context.abort(status, str(exc))
 
-        request_id = request.id or _request_id()
+        request_id = request_id or _request_id()
         response = model.responses.write(request_id, prediction, outputs)
         now_ms = int(time.time() * 1000)
         if charge is not None:
@@ -146,12 +147,50 @@ class InferenceServicer:
         LATENCY.observe(latency)
         return response
 
+    def _read(self, data: bytes) -> tuple[ServedModel, str, list[dict[str, Any]], list[str]]:
+        """The model a serialized request asks for, its id, its rows and the output names it requests.
+
+        A request in a layout its model has seen is read from the bytes; any other is parsed
+        by protobuf and checked in full (and its layout kept when it can be).
+        """
+        head = split_head(data)
+        if head is not None:
+            try:
+                model = self.shelf.get(head.model_name, head.model_version)
+            except tuple(_STATUS):
+                pass  # the general path below names what is wrong
+            else:
+                known = model.reader.known(head.rest)
+                if known is not None:
+                    return model, head.id, *known
+        request = _decode(data)
+        model = self.shelf.get(request.model_name, request.model_version)
+        rows = model.reader.rows(request, head.rest if head is not None else None)
+        return model, request.id, rows, [o.name for o in request.outputs]
+
     async def _charge(self, context: grpc.aio.ServicerContext, rows: int) -> tuple[str, Charge]:
         metering = self.metering
         certificates = (context.auth_context() or {}).get("x509_pem_cert") or [None]
         client = client_identity(certificates[0], metering.client_cas)
         hold_id = dict(context.invocation_metadata() or ()).get(HOLD_METADATA)
         return client, await metering.authorizer.charge(hold_id, client, rows, metering.price_per_row)
+
+
+def _decode(data: bytes) -> Any:
+    try:
+        return pb.ModelInferRequest.FromString(data)
+    except DecodeError as exc:
+        raise InvalidInput(f"request is not a ModelInferRequest ({len(data)} bytes): {exc}") from None
+
+
+def _model_named(data: bytes, error: Exception) -> str:
+    """The model a refused request names, as the requests metric labels it ("" for an unknown model)."""
+    if isinstance(error, UnknownModel):
+        return ""
+    try:
+        return pb.ModelInferRequest.FromString(data).model_name
+    except DecodeError:
+        return ""
 
 
 def _request_id() -> str:

@@ -1,7 +1,9 @@
 """Tensors of the Open Inference Protocol <-> rows of features for River.
 
+    head = split_head(data)                  # model name, version, id and the rest of a serialized request
     reader = RowReader(model.features)
-    rows = reader.rows(request)                              # [{"f1": 0.5, "f2": "a"}, ...]
+    known = reader.known(head.rest)          # (rows, requested output names), or None: then
+    rows = reader.rows(pb.ModelInferRequest.FromString(data), head.rest)
     put_outputs(response, model.predict(rows).outputs, requested)
 
 A request's inputs arrive column by column (one tensor per feature), either typed in
@@ -9,9 +11,13 @@ A request's inputs arrive column by column (one tensor per feature), either type
 Every check raises `InvalidInput` naming the tensor at fault.
 
 A client sends the same tensor descriptions (names, datatypes, shapes) request after
-request; only the raw bytes change. So a `RowReader` checks a description once and keeps
-it, keyed by the tensors' own wire bytes: a known layout costs one lookup, and its raw
-FP64 columns are decoded in one pass.
+request; only the raw bytes change. So once `rows` has checked a request whose inputs are
+all raw FP64, its reader keeps the request's wire bytes after the head (model name,
+version, id) minus the raw contents: the layout's prefix. A later request with that prefix
+and a tail of exactly one raw FP64 field per input, each of the layout's size, is the same
+message with other values; `known` reads it from the bytes with one cached `struct`, with
+no protobuf message built and no tensor checked again. Anything else (typed contents, BYTES
+inputs, another layout) takes the general path, whose checks and messages are the only ones.
 """
 
 from __future__ import annotations
@@ -26,6 +32,9 @@ import numpy as np
 NUMBER, STRING = "FP64", "BYTES"
 _FP64 = np.dtype("<f8")
 _LAYOUTS_KEPT = 256
+_HEAD_FIELDS = {0x0A: 0, 0x12: 1, 0x1A: 2}
+"""ModelInferRequest's first fields, by tag byte: model_name (1), model_version (2), id (3)."""
+_RAW_INPUT = b"\x3a"  # field 7 (raw_input_contents), length-delimited
 
 
 class InvalidInput(ValueError):
@@ -40,6 +49,38 @@ class Output(NamedTuple):
     """Row-major: FP64 values as floats (NaN for "no prediction"), BYTES values as bytes."""
 
 
+class Head(NamedTuple):
+    model_name: str
+    model_version: str
+    id: str
+    rest: bytes
+    """The request's bytes after these fields."""
+
+
+def split_head(data: bytes) -> Head | None:
+    """The leading model_name, model_version and id fields of a serialized ModelInferRequest.
+
+    None unless they are short (under 128 bytes) UTF-8 strings, complete within `data`.
+    """
+    fields = [b"", b"", b""]
+    position, end = 0, len(data)
+    while position < end:
+        slot = _HEAD_FIELDS.get(data[position])
+        if slot is None:
+            break
+        if position + 1 == end or data[position + 1] >= 0x80:
+            return None
+        start = position + 2
+        position = start + data[position + 1]
+        if position > end:
+            return None
+        fields[slot] = data[start:position]
+    try:
+        return Head(fields[0].decode(), fields[1].decode(), fields[2].decode(), data[position:])
+    except UnicodeDecodeError:
+        return None
+
+
 class _Layout(NamedTuple):
     """The checked tensor descriptions of a raw request."""
 
@@ -49,6 +90,21 @@ class _Layout(NamedTuple):
     order: tuple[int, ...] | None
     """Position in the request of each model feature, in the model's order; None if the same."""
     numbers_only: bool
+
+
+class _WireLayout(NamedTuple):
+    """A checked raw FP64 request as bytes: the prefix, then one raw field per input."""
+
+    prefix: bytes
+    field_head: tuple[tuple[int, bytes], ...]
+    """(offset in a raw field, that byte repeated once per input): the tag and size of each raw field."""
+    stride: int
+    """Bytes per raw field: tag, size, values."""
+    values: struct.Struct
+    """Reads every input's values from the tail, skipping the field heads."""
+    layout: _Layout
+    requested: list[str]
+    """Output names the request asks for (empty: all)."""
 
 
 def rows_from_request(request: Any, features: Mapping[str, str] | Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
@@ -62,20 +118,67 @@ class RowReader:
     def __init__(self, features: Mapping[str, str] | Sequence[tuple[str, str]]) -> None:
         self.expected = dict(features)
         self.names = list(self.expected)
-        self._layouts: dict[tuple[bytes, ...], _Layout] = {}
+        self._wire: dict[int, list[_WireLayout]] = {}
+        """Wire layouts by the size of the request after its head."""
+        self._wire_count = 0
 
-    def rows(self, request: Any) -> list[dict[str, Any]]:
-        """One feature dict per row, in the model's feature order; raises `InvalidInput` on any misfit."""
-        raw = request.raw_input_contents
-        if raw:
-            key = tuple([tensor.SerializeToString() for tensor in request.inputs])
-            layout = self._layouts.get(key)
-            if layout is not None and len(raw) == len(key):
-                return self._rows_from_raw(layout, raw)
+    def known(self, rest: bytes) -> tuple[list[dict[str, Any]], list[str]] | None:
+        """Rows and requested output names of a request in a layout `rows` has checked; else None.
+
+        `rest` is the request after its head (`split_head`). A known layout still has its
+        values checked: `InvalidInput` names a tensor holding an infinity or a NaN.
+        """
+        for wire in self._wire.get(len(rest), ()):
+            if rest.startswith(wire.prefix) and self._tail_fits(wire, rest):
+                values = _finite_columns(wire.layout, wire.values.unpack_from(rest, len(wire.prefix)))
+                return self._rows_from_values(wire.layout, values), wire.requested
+        return None
+
+    def rows(self, request: Any, rest: bytes | None = None) -> list[dict[str, Any]]:
+        """One feature dict per row, in the model's feature order; raises `InvalidInput` on any misfit.
+
+        Given `rest` (the request's bytes after its head), a raw FP64 layout is kept for `known`.
+        """
         layout, columns = self._read(request)
-        if raw and len(self._layouts) < _LAYOUTS_KEPT:
-            self._layouts[key] = layout
+        if rest is not None and layout.numbers_only and request.raw_input_contents \
+                and self._wire_count < _LAYOUTS_KEPT:
+            self._learn(request, layout, rest)
         return self._assemble(layout.order, columns)
+
+    # -- the wire layouts ---------------------------------------------------------------
+
+    @staticmethod
+    def _tail_fits(wire: _WireLayout, rest: bytes) -> bool:
+        start = len(wire.prefix)
+        stride = wire.stride
+        for offset, expected in wire.field_head:
+            if rest[start + offset::stride] != expected:
+                return False
+        return True
+
+    def _learn(self, request: Any, layout: _Layout, rest: bytes) -> None:
+        raw = request.raw_input_contents
+        field_head = _RAW_INPUT + varint(layout.rows * _FP64.itemsize)
+        tail = b"".join([field_head + data for data in raw])
+        if not rest.endswith(tail):
+            return
+        prefix = rest[:len(rest) - len(tail)]
+        try:
+            alone = type(request).FromString(prefix)
+        except Exception:  # noqa: BLE001 - a prefix protobuf cannot read alone is simply not kept
+            return
+        # The prefix must be complete fields that hold none of the head's fields and no raw
+        # contents: then any head and any tail of this shape make the same message around it.
+        if alone.SerializeToString() != prefix or alone.raw_input_contents or alone.model_name \
+                or alone.model_version or alone.id or alone.inputs != request.inputs:
+            return
+        columns = len(raw)
+        skip = f"{len(field_head)}x{layout.rows}d"
+        wire = _WireLayout(prefix, tuple((i, bytes((b,)) * columns) for i, b in enumerate(field_head)),
+                           len(field_head) + layout.rows * _FP64.itemsize, struct.Struct("<" + skip * columns),
+                           layout, [o.name for o in alone.outputs])
+        self._wire.setdefault(len(rest), []).append(wire)
+        self._wire_count += 1
 
     # -- checks -------------------------------------------------------------------------
 
@@ -128,19 +231,14 @@ class RowReader:
 
     # -- data ---------------------------------------------------------------------------
 
-    def _rows_from_raw(self, layout: _Layout, raw: Sequence[bytes]) -> list[dict[str, Any]]:
+    def _rows_from_values(self, layout: _Layout, values: Sequence[float]) -> list[dict[str, Any]]:
+        """Rows from every column's values, one column after the other, in the request's order."""
         rows = layout.rows
-        if layout.numbers_only:
-            if set(map(len, raw)) != {rows * _FP64.itemsize}:  # some column is not rows doubles long
-                _check_raw_sizes(layout, raw)
-            values = _finite_columns(layout, np.frombuffer(b"".join(raw), dtype=_FP64).tolist())
-            if rows == 1:
-                if layout.order is not None:
-                    values = [values[i] for i in layout.order]
-                return [dict(zip(self.names, values))]
-            columns = [values[i * rows:(i + 1) * rows] for i in range(len(raw))]
-        else:
-            columns = [_from_raw(name, datatype, data, rows) for (name, datatype), data in zip(layout.tensors, raw)]
+        if rows == 1:
+            if layout.order is not None:
+                values = [values[i] for i in layout.order]
+            return [dict(zip(self.names, values))]
+        columns = [values[i * rows:(i + 1) * rows] for i in range(len(layout.tensors))]
         return self._assemble(layout.order, columns)
 
     def _assemble(self, order: tuple[int, ...] | None, columns: list[list[Any]]) -> list[dict[str, Any]]:
@@ -152,12 +250,7 @@ class RowReader:
         return [dict(zip(names, values)) for values in zip(*columns)]
 
 
-def _check_raw_sizes(layout: _Layout, raw: Sequence[bytes]) -> None:
-    for (name, datatype), data in zip(layout.tensors, raw):
-        _from_raw(name, datatype, data, layout.rows)
-
-
-def _finite_columns(layout: _Layout, values: list[float]) -> list[float]:
+def _finite_columns(layout: _Layout, values: Sequence[float]) -> Sequence[float]:
     """`values` (every column, one after the other) if all are finite; else the first culprit is named."""
     total = sum(values)
     if total - total != 0.0:  # an inf or a nan somewhere (or only a sum too large: then the scan finds nothing)
@@ -166,6 +259,16 @@ def _finite_columns(layout: _Layout, values: list[float]) -> list[float]:
                 name, row = layout.tensors[position // layout.rows][0], position % layout.rows
                 raise InvalidInput(f"input {name!r} row {row}: {value} is not a finite number")
     return values
+
+
+def varint(value: int) -> bytes:
+    """`value` as a protobuf varint."""
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 def _describe(features: Mapping[str, str]) -> str:

@@ -16,12 +16,14 @@ import threading
 import time
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
 from aiokafka import AIOKafkaConsumer
 from tritonclient.utils import InferenceServerException
 
+from services.inference.protocol import SERVICE
 from services.inference.record_sink import RecordWriterDied
 from services.inference.settings import InferenceSettings
 
@@ -281,6 +283,19 @@ def test_bad_inputs_get_clear_errors_and_the_server_keeps_serving(server):
     expect_error(lambda: client.infer("no-such-model", good), "NOT_FOUND", "'no-such-model'")
     expect_error(lambda: client.infer("phishing-logreg", good, model_version="42"), "NOT_FOUND", "version 42")
     expect_error(lambda: client.get_model_metadata("no-such-model"), "NOT_FOUND", "'no-such-model'")
+
+    # The same layout as a served request (then read from its bytes), with a NaN in it.
+    client.infer("phishing-logreg", good)
+    not_finite = inputs_for(rows, names)
+    not_finite[1].set_data_from_numpy(np.array([1.0, 2.0, float("nan"), 4.0]))
+    expect_error(lambda: client.infer("phishing-logreg", not_finite), "INVALID_ARGUMENT", repr(names[1]), "row 2",
+                 "not a finite number")
+    with grpc.insecure_channel(server.url) as channel:
+        garbage = channel.unary_unary(f"/{SERVICE}/ModelInfer")
+        with pytest.raises(grpc.RpcError) as caught:
+            garbage(b"\x2a\xff\xff", timeout=10)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "not a ModelInferRequest" in caught.value.details(), caught.value.details()
 
     huge = triton.InferInput(names[0], [100 * 1024 * 1024 // 8], "FP64")
     huge.set_data_from_numpy(np.zeros(100 * 1024 * 1024 // 8))
