@@ -9,7 +9,6 @@ fault; nothing a caller sends stops the server.
 
 from __future__ import annotations
 
-import os
 import random
 import time
 from dataclasses import dataclass
@@ -19,21 +18,17 @@ import grpc
 from cryptography import x509
 from google.protobuf.message import DecodeError
 
-from services.common import metrics
 from services.common.logging import get_logger
 from services.inference.authorization import AuthorizationError, Charge, HoldAuthorizer, client_identity
 from services.inference.models import (InvalidVersion, ModelShelf, NoSnapshotYet, ServedModel, UnknownModel,
                                        UnknownVersion)
+from services.inference.metrics import SERVING
 from services.inference.protocol import pb
 from services.inference.record_sink import RecordSink
 from services.inference.records import PREDICTION, USAGE
 from services.inference.tensors import InvalidInput, check_requested, split_head
 
 log = get_logger("inference")
-REQUESTS = metrics.counter("inference", "requests", "ModelInfer requests", ("model_id", "status"))
-ROWS = metrics.counter("inference", "rows", "Rows predicted", ("model_id",))
-LATENCY = metrics.seconds("inference", "request", "ModelInfer server-side latency")
-DROPPED = metrics.counter("inference", "predictions_dropped", "Prediction records dropped (queue full)")
 HOLD_METADATA = "streamledger-hold-id"
 
 _STATUS = {
@@ -64,8 +59,6 @@ class InferenceServicer:
         self.predictions_sample = predictions_sample
         self.metering = metering
         self.server_version = server_version
-        self._served: dict[str, tuple[Any, Any]] = {}
-        """model id -> its (requests OK, rows) metric children, looked up once."""
 
     async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return pb.ServerLiveResponse(live=True)
@@ -112,13 +105,13 @@ class InferenceServicer:
             except (TypeError, ValueError, KeyError, ArithmeticError) as exc:
                 raise InvalidInput(f"model {model_id!r} refused the inputs: {type(exc).__name__}: {exc}") from None
         except AuthorizationError as exc:
-            REQUESTS.labels(model_id, exc.code).inc()
+            SERVING.refused(model_id, exc.code)
             await context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
         except tuple(_STATUS) as exc:
             if charge is not None:
                 self.metering.authorizer.refund(charge)
             status = _STATUS[type(exc)]
-            REQUESTS.labels(model_id or _model_named(data, exc), status.name).inc()
+            SERVING.refused(model_id or _model_named(data, exc), status.name)
             await context.abort(status, str(exc))
 
         request_id = request_id or _request_id()
@@ -129,7 +122,7 @@ class InferenceServicer:
                      now_ms)
             if not self.sink.offer(USAGE, usage):
                 self.metering.authorizer.refund(charge)
-                REQUESTS.labels(model_id, "UNAVAILABLE").inc()
+                SERVING.refused(model_id, "UNAVAILABLE")
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "usage cannot be recorded right now (queue full "
                                     "or record writer down); retry")
         latency = time.perf_counter() - started
@@ -138,13 +131,8 @@ class InferenceServicer:
             pieces = (request_id, model_id, model.version, client, rows, prediction.outputs, outputs,
                       prediction.parameters, latency, now_ms)
             if not self.sink.offer(PREDICTION, pieces):
-                DROPPED.inc()
-        served = self._served.get(model_id)
-        if served is None:
-            served = self._served[model_id] = (REQUESTS.labels(model_id, "OK"), ROWS.labels(model_id))
-        served[0].inc()
-        served[1].inc(len(rows))
-        LATENCY.observe(latency)
+                SERVING.dropped += 1
+        SERVING.served(model_id, len(rows), latency)
         return response
 
     def _read(self, data: bytes) -> tuple[ServedModel, str, list[dict[str, Any]], list[str]]:
@@ -194,8 +182,12 @@ def _model_named(data: bytes, error: Exception) -> str:
 
 
 def _request_id() -> str:
-    """A random (version 4) UUID as 32 hex digits, like `uuid.uuid4().hex` at a fraction of its cost."""
-    value = int.from_bytes(os.urandom(16), "big") & _UUID4_CLEAR | _UUID4_SET
+    """A random (version 4) UUID as 32 hex digits, like `uuid.uuid4().hex` at a fraction of its cost.
+
+    The bits come from `random` (seeded by the OS at start), not a system call per request:
+    an id must be unique, not secret (knowing one grants nothing).
+    """
+    value = random.getrandbits(128) & _UUID4_CLEAR | _UUID4_SET
     return f"{value:032x}"
 
 

@@ -1,4 +1,5 @@
-"""Requests read from their wire bytes (`split_head`, `RowReader.known`) match the protobuf path."""
+"""The serving path's fast pieces: requests read from their wire bytes (`split_head`, `RowReader.known`)
+match the protobuf path, and the lock-free request metrics scrape as Prometheus families."""
 
 from __future__ import annotations
 
@@ -120,3 +121,26 @@ def test_heads_it_cannot_read_are_left_to_protobuf(data):
 def test_head_fields_in_any_order_and_none():
     assert split_head(b"\x1a\x01i\x0a\x01m\x2a\x00") == ("m", "", "i", b"\x2a\x00")
     assert split_head(b"") == ("", "", "", b"")
+
+
+def test_serving_metrics_are_scraped_as_prometheus_families():
+    from prometheus_client import generate_latest
+    from prometheus_client.core import CollectorRegistry
+
+    from services.inference.metrics import ServingMetrics
+
+    metrics, registry = ServingMetrics(), CollectorRegistry()
+    registry.register(metrics)
+    metrics.served("m", 64, 0.003)
+    metrics.served("m", 1, 0.2)
+    metrics.refused("", "NOT_FOUND")
+    metrics.dropped += 1
+    text = generate_latest(registry).decode()
+    assert 'streamledger_inference_requests_total{model_id="m",status="OK"} 2.0' in text
+    assert 'streamledger_inference_requests_total{model_id="",status="NOT_FOUND"} 1.0' in text
+    assert 'streamledger_inference_rows_total{model_id="m"} 65.0' in text
+    assert 'streamledger_inference_request_seconds_bucket{le="0.0025"} 0.0' in text
+    assert 'streamledger_inference_request_seconds_bucket{le="0.005"} 1.0' in text
+    assert 'streamledger_inference_request_seconds_bucket{le="+Inf"} 2.0' in text
+    assert "streamledger_inference_request_seconds_count 2.0" in text
+    assert "streamledger_inference_predictions_dropped_total 1.0" in text
