@@ -188,7 +188,8 @@ def main() -> None:
     env = {**os.environ, "STREAMLEDGER_INFERENCE_PORT": str(inference_port),
            "STREAMLEDGER_INFERENCE_MODELS_FILE": str(models_file), "STREAMLEDGER_INFERENCE_SNAPSHOT_TOPIC": topic,
            "STREAMLEDGER_INFERENCE_PREDICTIONS_TOPIC": f"bench.predictions.{run_id}",
-           "STREAMLEDGER_INFERENCE_PREDICTIONS_SAMPLE": str(args.sample), "STREAMLEDGER_LOG_LEVEL": "WARNING"}
+           "STREAMLEDGER_INFERENCE_PREDICTIONS_SAMPLE": str(args.sample), "STREAMLEDGER_LOG_LEVEL": "WARNING",
+           "STREAMLEDGER_INFERENCE_MODE": "free"}
     servers = [
         subprocess.Popen([str(REPO / ".venv/bin/streamledger"), "serve", "inference"], env=env, cwd=REPO),
         subprocess.Popen([sys.executable, __file__, "--echo-server", str(echo_port)], cwd=REPO),

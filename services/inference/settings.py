@@ -36,8 +36,9 @@ class InferenceSettings(CommonSettings):
     writer less CPU, which on a shared machine is CPU the requests get (1-row p99 at concurrency 1
     measured 1.2-1.3 ms with 0.25 against 1.4-2.0 ms with 0.05)."""
 
-    inference_mode: Literal["free", "paid"] = "free"
-    """paid: mutual TLS + a live ledger hold per request, metered to the usage topic."""
+    inference_mode: Literal["free", "paid"] = "paid"
+    """paid (the default): mutual TLS + a live ledger hold per request, metered to the usage
+    topic. free: anyone on the network is served unmetered, for local development."""
     inference_usage_topic: str = topics.USAGE
     inference_price_per_row: int = 1
     """Credit charged per predicted row in paid mode."""

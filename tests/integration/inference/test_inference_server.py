@@ -50,7 +50,7 @@ def server_settings(bootstrap, unique, models_file, trained):  # noqa: F811
     settings = InferenceSettings(
         kafka_bootstrap=bootstrap, inference_port=0, inference_models_file=models_file,
         inference_snapshot_topic=topics["snapshots"], inference_predictions_topic=topics["predictions"],
-        inference_max_request_bytes=4 * 1024 * 1024,
+        inference_max_request_bytes=4 * 1024 * 1024, inference_mode="free",
     )
     return settings, topics
 
@@ -319,7 +319,7 @@ def test_streamledger_serve_inference_starts_serves_and_stops_cleanly(stack, boo
     repo = Path(__file__).resolve().parents[3]
     env = {**os.environ, "STREAMLEDGER_KAFKA_BOOTSTRAP": bootstrap, "STREAMLEDGER_INFERENCE_PORT": str(port),
            "STREAMLEDGER_INFERENCE_MODELS_FILE": str(models_file), "STREAMLEDGER_INFERENCE_SNAPSHOT_TOPIC": topic,
-           "STREAMLEDGER_INFERENCE_PREDICTIONS_TOPIC": f"test.predictions.{unique}"}
+           "STREAMLEDGER_INFERENCE_PREDICTIONS_TOPIC": f"test.predictions.{unique}", "STREAMLEDGER_INFERENCE_MODE": "free"}
     process = subprocess.Popen([str(repo / ".venv/bin/streamledger"), "serve", "inference"], env=env, cwd=repo,
                                stderr=subprocess.PIPE, text=True)
     try:
