@@ -1,8 +1,10 @@
 """Paid mode on a real mutual-TLS gRPC server: identity from the peer certificate, matched
 against the hold's client; credit counted down; usage records on the real Kafka.
 
-The ledger is not available on this machine, so holds come from a fake of our own
-`HoldSource` interface; everything else (TLS handshake, certificate checks, Kafka) is real.
+Holds come from a fake of our own `HoldSource` interface, so that every rule (another
+client's hold, an expired one, a settled one, an untrusted CA) is set up in one test;
+everything else (TLS handshake, certificate checks, Kafka) is real. The same server on real
+ledger holds, read from the local Fabric network, is tests/integration/test_ledger_seams.py.
 """
 
 from __future__ import annotations
