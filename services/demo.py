@@ -17,7 +17,6 @@ import random
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -33,9 +32,6 @@ from services.common.kafka import ensure_topics, reliable_producer
 from services.common.mongo import mongo_client
 from services.common.settings import CommonSettings
 from services.runner import ServiceGroup, built_services
-
-if TYPE_CHECKING:
-    from services.inference.protocol import InferenceStub
 
 SMOKE_TOPIC = "demo.smoke"
 TENANT = "demo"
@@ -157,7 +153,14 @@ class DemoClient:
         samples = [x for x, _ in itertools.islice(datasets.Phishing(), 200)]
         async with grpc.aio.insecure_channel(self.address) as channel:
             stub = InferenceStub(channel)
-            await self.wait_until_ready(stub)
+            self.last = f"waiting for {self.model} to be ready"  # as an application would: no calls before
+            while True:
+                try:
+                    if (await stub.ModelReady(pb.ModelReadyRequest(name=self.model), timeout=2)).ready:
+                        break
+                except grpc.aio.AioRpcError as exc:  # the server is still starting
+                    self.last = f"waiting for {self.model}: {exc.code().name}"
+                await asyncio.sleep(0.5)
             for start in itertools.cycle(range(0, len(samples), rows)):
                 batch = samples[start:start + rows]
                 request = pb.ModelInferRequest(model_name=self.model, inputs=[
@@ -175,21 +178,6 @@ class DemoClient:
                     self.failed += 1
                     self.last = f"{exc.code().name}: {exc.details()}"
                 await asyncio.sleep(every_s)
-
-    async def wait_until_ready(self, stub: InferenceStub) -> None:
-        """As an application would: no calls until the server has loaded the model's first snapshot."""
-        import grpc
-
-        from services.inference.protocol import pb
-
-        self.last = f"waiting for {self.model} to be ready"
-        while True:
-            try:
-                if (await stub.ModelReady(pb.ModelReadyRequest(name=self.model), timeout=2)).ready:
-                    return
-            except grpc.aio.AioRpcError as exc:  # the server is still starting
-                self.last = f"waiting for {self.model}: {exc.code().name}"
-            await asyncio.sleep(0.5)
 
 
 class PipelineView:
