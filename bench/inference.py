@@ -169,7 +169,7 @@ def main() -> None:
 
     from river import datasets
 
-    from services.common.settings import CommonSettings
+    from streamledger.settings import CommonSettings
     from tests.integration.inference.support import publish, snapshot_record, train
 
     bootstrap = CommonSettings().kafka_bootstrap
@@ -239,7 +239,7 @@ def main() -> None:
 async def records_on(bootstrap: str, topic: str) -> int:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    from services.common.kafka import partitions_of
+    from streamledger.kafka.clients import partitions_of
 
     partitions = [TopicPartition(t, p) for t, p in await partitions_of(bootstrap, [topic])]
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)

@@ -31,8 +31,8 @@ from pathlib import Path
 import httpx
 from aiokafka.partitioner import DefaultPartitioner
 
-from services.common.avro import AvroCodec, SchemaRegistry
-from services.common.kafka import ensure_topics, reliable_producer
+from streamledger.avro import AvroCodec, SchemaRegistry
+from streamledger.kafka.clients import ensure_topics, reliable_producer
 from services.ingestion.auth import hash_key
 from services.ingestion.backfill import BackfillOptions, backfill
 from services.ingestion.settings import IngestionSettings

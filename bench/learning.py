@@ -32,11 +32,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from river import datasets, evaluate
 from river.metrics.base import Metrics
 
-from services.common.avro import AvroCodec, SchemaRegistry
-from services.common.kafka import ensure_topics, reliable_producer
-from services.common.settings import CommonSettings
+from streamledger.avro import AvroCodec, SchemaRegistry
+from streamledger.kafka.clients import ensure_topics, reliable_producer
+from streamledger.settings import CommonSettings
 from services.learning import app
-from services.learning.declarations import load_declarations
+from streamledger.core.models import load_declarations
 from services.learning.settings import LearningSettings
 
 MODELS = {

@@ -28,12 +28,12 @@ from pymongo import AsyncMongoClient
 
 from services.audit.auditor import open_auditor
 from services.audit.settings import AuditSettings
-from services.cleaning.canonical import content_hash
-from services.common.avro import AvroCodec, SchemaRegistry
-from services.common.kafka import ensure_topics, reliable_producer
-from services.common.settings import CommonSettings
-from services.ledger.client import LedgerClient
-from services.ledger.settings import LedgerSettings
+from streamledger.core.canonical import content_hash
+from streamledger.avro import AvroCodec, SchemaRegistry
+from streamledger.kafka.clients import ensure_topics, reliable_producer
+from streamledger.settings import CommonSettings
+from streamledger.ledger import LedgerClient
+from streamledger.settings import LedgerSettings
 
 from ledger_tx import percentile  # bench/ is the script's folder, so on its path
 

@@ -17,8 +17,8 @@ import asyncio
 import time
 import uuid
 
-from services.ledger.client import LedgerClient
-from services.ledger.settings import LedgerSettings
+from streamledger.ledger import LedgerClient
+from streamledger.settings import LedgerSettings
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -36,9 +36,9 @@ sys.path.insert(0, str(REPO))
 from services.cleaning.cleaner import Cleaner, RawMessage  # noqa: E402
 from services.cleaning.dedup import DedupWindow  # noqa: E402
 from services.cleaning.rules import RuleBook  # noqa: E402
-from services.common.avro import AvroCodec, SchemaRegistry  # noqa: E402
-from services.common.kafka import ensure_topics, reliable_producer  # noqa: E402
-from services.common.settings import CommonSettings  # noqa: E402
+from streamledger.avro import AvroCodec, SchemaRegistry  # noqa: E402
+from streamledger.kafka.clients import ensure_topics, reliable_producer  # noqa: E402
+from streamledger.settings import CommonSettings  # noqa: E402
 
 CODEC = AvroCodec(SchemaRegistry.from_dir())
 

@@ -21,8 +21,8 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer
 from pymongo import AsyncMongoClient
 
-from services.common.kafka import ensure_topics, reliable_producer
-from services.common.settings import CommonSettings
+from streamledger.kafka.clients import ensure_topics, reliable_producer
+from streamledger.settings import CommonSettings
 
 CLI = str(Path(sys.executable).with_name("streamledger"))
 

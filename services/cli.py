@@ -10,9 +10,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from services.runner import SERVICES, ServiceGroup, built_services
-from services.stack import Stack, StackError
-from services.stack.settings import StackSettings
+from devstack.runner import SERVICES, ServiceGroup, built_services
+from devstack import Stack, StackError
+from devstack.settings import StackSettings
 
 app = typer.Typer(help="StreamLedger: auditable, pay-per-use machine learning on live data.",
                   pretty_exceptions_show_locals=False,
@@ -89,8 +89,8 @@ def demo(
     """The main job: stack up, every built service, and a live demo stream through them."""
     import asyncio
 
-    from services.common.settings import CommonSettings
-    from services.demo import run_demo
+    from streamledger.settings import CommonSettings
+    from devstack.demo import run_demo
 
     up(fabric=True)  # the whole system: the ledger service anchors the demo stream
     try:

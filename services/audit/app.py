@@ -24,11 +24,11 @@ from services.audit.grpc_api import build_grpc_server
 from services.audit.http_api import build_http_app
 from services.audit.ledger_reader import UnreachableLedger
 from services.audit.settings import AuditSettings
-from services.common import metrics
-from services.common.lifecycle import run_until_signalled, serve_until
-from services.common.http_server import EmbeddedHttpServer
-from services.common.logging import configure_logging, get_logger
-from services.ledger.settings import LedgerSettings
+from streamledger import metrics
+from streamledger.lifecycle import run_until_signalled, serve_until
+from streamledger.http_server import EmbeddedHttpServer
+from streamledger.logging import configure_logging, get_logger
+from streamledger.settings import LedgerSettings
 
 log = get_logger("audit")
 

@@ -21,10 +21,10 @@ from services.audit.provenance import ModelReport, audit_model
 from services.audit.settings import AuditSettings
 from services.audit.statement import AccountStatement, account_statement
 from services.audit.verification import Verification, verify
-from services.common.mongo import mongo_client
-from services.ledger.client import LedgerClient
-from services.ledger.gateway import IdentityError, RetryPolicy, Timeouts
-from services.ledger.settings import LedgerSettings
+from streamledger.mongo import mongo_client
+from streamledger.ledger import LedgerClient
+from streamledger.fabric import IdentityError, RetryPolicy, Timeouts
+from streamledger.settings import LedgerSettings
 
 
 class Auditor:

@@ -27,7 +27,7 @@ from services.audit.auditor import open_auditor
 from services.audit.ports import InvalidArgument
 from services.audit.render import RENDERERS, render_error
 from services.audit.settings import AuditSettings
-from services.ledger.settings import LedgerSettings
+from streamledger.settings import LedgerSettings
 
 EXIT_CODES = {
     "VERIFIED": 0, "MATCH": 0, "FOUND": 0,

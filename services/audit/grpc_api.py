@@ -19,8 +19,8 @@ from services.audit.auditor import Auditor
 from services.audit.auth import AuditorToken, bearer
 from services.audit.metrics import observe
 from services.audit.ports import InvalidArgument
-from services.common.logging import get_logger
-from services.common.protos import load
+from streamledger.logging import get_logger
+from streamledger.protos import load
 
 audit_pb2, audit_pb2_grpc = load("audit.proto")
 log = get_logger("audit")

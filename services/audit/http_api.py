@@ -30,7 +30,7 @@ from services.audit.auditor import Auditor
 from services.audit.auth import AuditorToken, bearer
 from services.audit.metrics import observe
 from services.audit.ports import InvalidArgument
-from services.common.logging import get_logger
+from streamledger.logging import get_logger
 
 log = get_logger("audit")
 UNREACHABLE = frozenset({"LEDGER_UNREACHABLE", "STORE_UNREACHABLE"})

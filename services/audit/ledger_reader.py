@@ -16,8 +16,8 @@ from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 from services.audit.ports import InvalidArgument, LedgerUnreachable
-from services.ledger.client import LedgerClient
-from services.ledger.gateway import GatewayError
+from streamledger.ledger import LedgerClient
+from streamledger.fabric import GatewayError
 
 T = TypeVar("T")
 

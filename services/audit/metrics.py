@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from services.common import metrics
+from streamledger import metrics
 
 REQUESTS = metrics.counter("audit", "requests", "Audit questions answered", ("api", "query", "status"))
 SECONDS = metrics.seconds("audit", "request", "Time to answer an audit question", ("query",))

@@ -10,7 +10,7 @@ import ipaddress
 
 from pydantic import SecretStr, model_validator
 
-from services.common.settings import CommonSettings
+from streamledger.settings import CommonSettings
 
 MIN_TOKEN_LENGTH = 16
 

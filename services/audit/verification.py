@@ -41,8 +41,8 @@ from typing import Any
 
 from services.audit.jsonable import jsonable
 from services.audit.ports import EvidenceStore, InvalidArgument, LedgerReader, LedgerUnreachable, StoreUnreachable
-from services.cleaning.canonical import CanonicalEncodingError, content_hash
-from services.ledger.merkle import HASH_SIZE, InvalidProof, compute_root
+from streamledger.core.canonical import CanonicalEncodingError, content_hash
+from streamledger.core.merkle import HASH_SIZE, InvalidProof, compute_root
 
 MAX_EVENT_ID_LENGTH = 256
 """As ingestion accepts (services/ingestion/validation.py): no stored record has a longer id."""

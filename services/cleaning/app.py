@@ -20,10 +20,11 @@ from faust.types import TP
 from services.cleaning.cleaner import Cleaner, Outcome, RawMessage
 from services.cleaning.dedup import DedupWindow
 from services.cleaning.settings import CleaningSettings
-from services.common import metrics, topics
-from services.common.avro import AvroCodec, SchemaRegistry
-from services.common.kafka import ensure_topics, partitions_of, reliable_producer
-from services.common.logging import configure_logging, get_logger
+from streamledger import metrics
+from streamledger.kafka import topics
+from streamledger.avro import AvroCodec, SchemaRegistry
+from streamledger.kafka.clients import ensure_topics, partitions_of, reliable_producer
+from streamledger.logging import configure_logging, get_logger
 
 log = get_logger("cleaning")
 

@@ -15,10 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from services.cleaning.canonical import CanonicalEncodingError, content_hash
+from streamledger.core.canonical import CanonicalEncodingError, content_hash
 from services.cleaning.dedup import DedupWindow, Seen
 from services.cleaning.rules import Rejected, RuleBook, clean_event
-from services.common.avro import AvroCodec, CodecError
+from streamledger.avro import AvroCodec, CodecError
 
 SERVICE = "cleaning"
 

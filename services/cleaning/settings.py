@@ -8,8 +8,8 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from services.cleaning.rules import RuleBook
-from services.common import topics
-from services.common.settings import CommonSettings
+from streamledger.kafka import topics
+from streamledger.settings import CommonSettings
 
 
 class CleaningSettings(CommonSettings):

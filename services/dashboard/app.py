@@ -24,16 +24,16 @@ from starlette.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from services.common import metrics
-from services.common.avro import AvroCodec, SchemaRegistry
-from services.common.backoff import Backoff
-from services.common.logging import configure_logging, get_logger
+from streamledger import metrics
+from streamledger.avro import AvroCodec, SchemaRegistry
+from streamledger.retry import Backoff
+from streamledger.logging import configure_logging, get_logger
 from services.dashboard.board import Board, FeedTopics
 from services.dashboard.kafka_watch import KafkaWatch
 from services.dashboard.ledger_view import LedgerView
 from services.dashboard.ledger_watch import FabricLedgerReader, LedgerWatch, LedgerWatchSettings
 from services.dashboard.settings import DashboardSettings
-from services.ledger.settings import LedgerSettings
+from streamledger.settings import LedgerSettings
 
 log = get_logger("dashboard")
 STATIC = Path(__file__).parent / "static"

@@ -14,9 +14,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from services.common import metrics
-from services.common.avro import AvroCodec, UnknownFingerprintError
-from services.common.logging import get_logger
+from streamledger import metrics
+from streamledger.avro import AvroCodec, UnknownFingerprintError
+from streamledger.logging import get_logger
 from services.dashboard.board import Board
 from services.dashboard.lag import Partition
 from services.dashboard.settings import DashboardSettings

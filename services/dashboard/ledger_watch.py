@@ -23,14 +23,14 @@ from typing import Any, Protocol
 
 import grpc
 
-from services.common import metrics
-from services.common.backoff import Backoff
-from services.common.logging import get_logger
+from streamledger import metrics
+from streamledger.retry import Backoff
+from streamledger.logging import get_logger
 from services.dashboard.board import Board
 from services.dashboard.ledger_view import Lookup
-from services.ledger.client import LedgerClient
-from services.ledger.gateway import GatewayError, IdentityError, RetryPolicy
-from services.ledger.settings import LedgerSettings
+from streamledger.ledger import LedgerClient
+from streamledger.fabric import GatewayError, IdentityError, RetryPolicy
+from streamledger.settings import LedgerSettings
 
 log = get_logger("dashboard")
 EVENTS = metrics.counter("dashboard", "ledger_events", "Chaincode events read from the ledger, by name", ("name",))
@@ -77,7 +77,7 @@ class LedgerStreamEnded(Exception):
 
 
 class FabricLedgerReader:
-    """`LedgerReader` over `LedgerClient` (services/ledger/client.py)."""
+    """`LedgerReader` over `LedgerClient` (streamledger/ledger.py)."""
 
     def __init__(self, ledger: LedgerClient, channel: str, chaincode: str) -> None:
         self.ledger = ledger

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from services.common import topics
-from services.common.settings import CommonSettings
+from streamledger.kafka import topics
+from streamledger.settings import CommonSettings
 
 
 class DashboardSettings(CommonSettings):

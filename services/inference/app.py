@@ -23,11 +23,11 @@ from typing import Any
 import grpc
 from cryptography import x509
 
-from services.common import metrics
-from services.common.avro import AvroCodec, CodecError, SchemaRegistry
-from services.common.kafka import ensure_topics
-from services.common.lifecycle import run_until_signalled
-from services.common.logging import configure_logging, get_logger
+from streamledger import metrics
+from streamledger.avro import AvroCodec, CodecError, SchemaRegistry
+from streamledger.kafka.clients import ensure_topics
+from streamledger.lifecycle import run_until_signalled
+from streamledger.logging import configure_logging, get_logger
 from services.inference import protocol
 from services.inference.authorization import HoldAuthorizer, HoldSource
 from services.inference.ledger_holds import LedgerHoldSource
@@ -38,10 +38,10 @@ from services.inference.records import PREDICTION, USAGE
 from services.inference.servicer import InferenceServicer, Metering
 from services.inference.settings import InferenceSettings
 from services.inference.snapshot_feed import follow_snapshots
-from services.learning.declarations import load_declarations
-from services.learning.snapshot_topic import ensure_compacted_topic
-from services.ledger.client import LedgerClient
-from services.ledger.settings import LedgerSettings
+from streamledger.core.models import load_declarations
+from streamledger.kafka.clients import ensure_compacted_topic
+from streamledger.ledger import LedgerClient
+from streamledger.settings import LedgerSettings
 
 log = get_logger("inference")
 LOADED = metrics.counter("inference", "snapshots_loaded", "Snapshots verified and served", ("model_id",))

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.common.logging import get_logger
+from streamledger.logging import get_logger
 from services.inference.authorization import Hold, HoldUnavailable, InvalidHoldId
-from services.ledger.client import LedgerClient
-from services.ledger.gateway import GatewayError
+from streamledger.ledger import LedgerClient
+from streamledger.fabric import GatewayError
 
 log = get_logger("inference")
 OPEN = "OPEN"  # chaincode/ledger/holds.go HoldOpen; SETTLED and RELEASED are closed

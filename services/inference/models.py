@@ -30,8 +30,8 @@ from typing import Any, NamedTuple
 
 from services.inference.responses import ResponseWriter
 from services.inference.tensors import NUMBER, STRING, Output, RowReader
-from services.learning.declarations import ModelDeclaration
-from services.learning.snapshots import SnapshotError, unseal
+from streamledger.core.models import ModelDeclaration
+from streamledger.core.snapshots import SnapshotError, unseal
 
 
 class ModelLookupError(LookupError):

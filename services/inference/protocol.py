@@ -5,7 +5,7 @@
     stub = InferenceStub(channel)              # grpc.Channel or grpc.aio.Channel
     response = await stub.ModelInfer(request)
 
-Why not `services.common.protos.load`: that registers the messages in protobuf's default
+Why not `streamledger.protos.load`: that registers the messages in protobuf's default
 descriptor pool, where Triton's own client (`tritonclient.grpc`) registers the very same
 `inference.*` names from its copy of the protocol. Two definitions of one name in a pool
 fail at import, so a process holding both (our tests, a gateway using Triton's client)
@@ -25,7 +25,7 @@ import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from grpc_tools import protoc
 
-from services.common.protos import PROTO_DIR
+from streamledger.protos import PROTO_DIR
 
 PROTO_FILE = "grpc_predict_v2.proto"
 SERVICE = "inference.GRPCInferenceService"

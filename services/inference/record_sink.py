@@ -23,9 +23,9 @@ import socket
 import sys
 from typing import Any
 
-from services.common import metrics
-from services.common.lifecycle import child_environment
-from services.common.logging import get_logger
+from streamledger import metrics
+from streamledger.lifecycle import child_environment
+from streamledger.logging import get_logger
 from services.inference.record_writer import READY, WriterSettings, read_frame, write_frame
 from services.inference.records import PREDICTION, USAGE, usage_record
 

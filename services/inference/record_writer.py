@@ -40,9 +40,9 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
-from services.common.avro import AvroCodec, CodecError, SchemaRegistry
-from services.common.kafka import reliable_producer
-from services.common.logging import configure_logging, get_logger
+from streamledger.avro import AvroCodec, CodecError, SchemaRegistry
+from streamledger.kafka.clients import reliable_producer
+from streamledger.logging import configure_logging, get_logger
 from services.inference.records import RECORDS
 
 log = get_logger("inference")

@@ -18,7 +18,7 @@ import grpc
 from cryptography import x509
 from google.protobuf.message import DecodeError
 
-from services.common.logging import get_logger
+from streamledger.logging import get_logger
 from services.inference.authorization import AuthorizationError, Charge, HoldAuthorizer, client_identity
 from services.inference.models import (InvalidVersion, ModelShelf, NoSnapshotYet, ServedModel, UnknownModel,
                                        UnknownVersion)

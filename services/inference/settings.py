@@ -7,9 +7,8 @@ from typing import Literal
 
 from pydantic import model_validator
 
-from services.common import topics
-from services.common.settings import CommonSettings
-from services.learning.settings import DEFAULT_MODELS_FILE
+from streamledger.kafka import topics
+from streamledger.settings import DEFAULT_MODELS_FILE, CommonSettings
 
 
 class InferenceSettings(CommonSettings):

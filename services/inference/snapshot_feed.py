@@ -15,9 +15,9 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from services.common.avro import AvroCodec, CodecError
-from services.common.logging import get_logger
-from services.common.kafka import partitions_of
+from streamledger.avro import AvroCodec, CodecError
+from streamledger.logging import get_logger
+from streamledger.kafka.clients import partitions_of
 
 log = get_logger("inference")
 MAX_SNAPSHOT_BYTES = 64 * 1024 * 1024  # as the learning service writes them

@@ -12,12 +12,12 @@ import asyncio
 
 from aiokafka import AIOKafkaProducer
 
-from services.common import topics
-from services.common.avro import AvroCodec, SchemaRegistry
-from services.common.kafka import ensure_topics, reliable_producer
-from services.common.lifecycle import run_until_signalled, serve_until
-from services.common.http_server import EmbeddedHttpServer
-from services.common.logging import configure_logging, get_logger
+from streamledger.kafka import topics
+from streamledger.avro import AvroCodec, SchemaRegistry
+from streamledger.kafka.clients import ensure_topics, reliable_producer
+from streamledger.lifecycle import run_until_signalled, serve_until
+from streamledger.http_server import EmbeddedHttpServer
+from streamledger.logging import configure_logging, get_logger
 from services.ingestion.auth import ApiKeys
 from services.ingestion.grpc_api import build_grpc_server
 from services.ingestion.http_api import build_http_app

@@ -30,9 +30,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from services.common import topics
-from services.common.avro import AvroCodec, SchemaRegistry
-from services.common.kafka import ensure_topics, reliable_producer
+from streamledger.kafka import topics
+from streamledger.avro import AvroCodec, SchemaRegistry
+from streamledger.kafka.clients import ensure_topics, reliable_producer
 from services.ingestion.payload import loads
 from services.ingestion.settings import IngestionSettings
 from services.ingestion.sink import PendingBudget, RawEventWriter

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.common.avro import AvroCodec
+from streamledger.avro import AvroCodec
 from services.ingestion.validation import InvalidEventError, Rejection, UnparseableLine, validate_event
 
 

@@ -14,8 +14,8 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from services.common.logging import get_logger
-from services.common.protos import load
+from streamledger.logging import get_logger
+from streamledger.protos import load
 from services.ingestion.auth import AuthenticationError, key_from_headers
 from services.ingestion.intake import IngestResult, Intake
 from services.ingestion.metrics import REQUEST_SECONDS, REQUESTS

@@ -19,7 +19,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from services.common.logging import get_logger
+from streamledger.logging import get_logger
 from services.ingestion.auth import AuthenticationError, key_from_headers
 from services.ingestion.intake import Intake
 from services.ingestion.metrics import REQUEST_SECONDS, REQUESTS

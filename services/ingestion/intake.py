@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.common.avro import AvroCodec
+from streamledger.avro import AvroCodec
 from services.ingestion.auth import ApiKeys
 from services.ingestion.metrics import EVENTS_ACCEPTED, EVENTS_REJECTED
 from services.ingestion.sink import RawEventWriter

@@ -1,6 +1,6 @@
 """The ingestion service's Prometheus metrics (one registration per process)."""
 
-from services.common.metrics import counter, gauge, seconds
+from streamledger.metrics import counter, gauge, seconds
 
 SERVICE = "ingestion"
 

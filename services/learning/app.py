@@ -26,20 +26,21 @@ import time
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from services.common import metrics
-from services.common.avro import AvroCodec, SchemaRegistry
-from services.common.kafka import ensure_topics, reliable_producer
-from services.common.lifecycle import run_until_signalled
-from services.common.logging import configure_logging, get_logger
-from services.learning.declarations import DeclarationError, load_declarations
+from streamledger import metrics
+from streamledger.avro import AvroCodec, SchemaRegistry
+from streamledger.kafka.clients import ensure_topics, reliable_producer
+from streamledger.lifecycle import run_until_signalled
+from streamledger.logging import configure_logging, get_logger
+from streamledger.core.models import DeclarationError, load_declarations
 from services.learning.learners import Consumed, LearnerSet, Output, TrackedModel
 from services.learning.reader import EventReader, ReaderFailed, relaxed_gc
 from services.learning.ledger_seam import LedgerModelRegistry, ModelRegistry
 from services.learning.settings import LearningSettings
-from services.common.kafka import partitions_of
-from services.learning.snapshot_topic import ensure_compacted_topic, read_snapshots
-from services.ledger.client import LedgerClient
-from services.ledger.settings import LedgerSettings
+from streamledger.kafka.clients import partitions_of
+from services.learning.snapshot_topic import read_snapshots
+from streamledger.kafka.clients import ensure_compacted_topic
+from streamledger.ledger import LedgerClient
+from streamledger.settings import LedgerSettings
 
 log = get_logger("learning")
 EVENTS = metrics.counter("learning", "events", "Input records consumed")

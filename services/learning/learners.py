@@ -24,9 +24,9 @@ from itertools import groupby
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
-from services.learning.declarations import ModelDeclaration
+from streamledger.core.models import ModelDeclaration
 from services.learning.prequential import Drift, OnlineModel, RejectedEvent
-from services.learning.snapshots import FORMAT, SnapshotError, seal, unseal
+from streamledger.core.snapshots import FORMAT, SnapshotError, seal, unseal
 
 SERVICE = "learning"
 Partition = tuple[str, int]

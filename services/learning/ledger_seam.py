@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from services.ledger.client import LedgerClient
+from streamledger.ledger import LedgerClient
 
 
 class ModelRegistry(Protocol):

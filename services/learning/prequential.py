@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 from river import base
 
-from services.learning.declarations import ModelDeclaration
+from streamledger.core.models import ModelDeclaration
 
 Features = dict[str, Any]
 Label = bool | float | str | None

@@ -50,8 +50,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from services.common.avro import AvroCodec, SchemaRegistry
-from services.common.lifecycle import child_environment
+from streamledger.avro import AvroCodec, SchemaRegistry
+from streamledger.lifecycle import child_environment
 from services.learning.learners import Consumed
 
 Partition = tuple[str, int]
@@ -208,7 +208,7 @@ def relaxed_gc(young: int = 200_000) -> Iterator[None]:
 
 
 def main(argv: list[str]) -> None:
-    from services.common.logging import configure_logging, get_logger
+    from streamledger.logging import configure_logging, get_logger
 
     fd, waits_fd, parent, bootstrap, start, max_records, log_level = argv
     configure_logging(log_level)

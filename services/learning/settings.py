@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from services.common import topics
-from services.common.settings import CommonSettings
+from streamledger.kafka import topics
+from streamledger.settings import DEFAULT_MODELS_FILE, CommonSettings
 
-DEFAULT_MODELS_FILE = Path(__file__).resolve().parents[2] / "deploy" / "models.toml"
 
 
 class LearningSettings(CommonSettings):

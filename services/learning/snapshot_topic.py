@@ -7,26 +7,9 @@ from collections import defaultdict
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
 
-from services.common.avro import AvroCodec, CodecError
-from services.common.kafka import partitions_of
-
-
-async def ensure_compacted_topic(bootstrap: str, name: str, max_message_bytes: int) -> None:
-    """Create `name` as a compacted topic if missing: each model keeps its latest snapshot forever."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        if name not in set(await admin.list_topics()):
-            try:
-                config = {"cleanup.policy": "compact", "max.message.bytes": str(max_message_bytes)}
-                await admin.create_topics([NewTopic(name, 1, 1, topic_configs=config)])
-            except TopicAlreadyExistsError:
-                pass
-    finally:
-        await admin.close()
+from streamledger.avro import AvroCodec, CodecError
+from streamledger.kafka.clients import partitions_of
 
 
 async def read_snapshots(

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from services.ledger.merkle import MerkleTree
+from streamledger.core.merkle import MerkleTree
 
 
 class AnchoringError(ValueError):

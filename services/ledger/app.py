@@ -25,17 +25,17 @@ from typing import Any, TypeVar
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
-from services.common import metrics
-from services.common.avro import AvroCodec, CodecError, SchemaRegistry
-from services.common.backoff import Backoff, Stopped, retry_transient
-from services.common.kafka import ensure_topics, reliable_producer
-from services.common.lifecycle import run_until_signalled
-from services.common.logging import configure_logging, get_logger
-from services.common.mongo import mongo_client
+from streamledger import metrics
+from streamledger.avro import AvroCodec, CodecError, SchemaRegistry
+from streamledger.retry import Backoff, Stopped, retry_transient
+from streamledger.kafka.clients import ensure_topics, reliable_producer
+from streamledger.lifecycle import run_until_signalled
+from streamledger.logging import configure_logging, get_logger
+from streamledger.mongo import mongo_client
 from services.ledger import store as ledger_store
 from services.ledger.anchoring import AnchoringError, Batch, Batcher
-from services.ledger.client import LedgerClient
-from services.ledger.gateway.errors import (
+from streamledger.ledger import LedgerClient
+from streamledger.fabric.errors import (
     CommitError,
     CommitStatusError,
     EndorseError,
@@ -46,7 +46,7 @@ from services.ledger.gateway.errors import (
 from services.ledger.settings import LedgerServiceSettings
 from services.ledger.settlement import UsageBook, UsageError, check_usage
 from services.ledger.store import LedgerStore
-from services.storage.documents import Consumed, dead_letter
+from streamledger.core.records import Consumed, dead_letter
 
 log = get_logger("ledger")
 T = TypeVar("T")

@@ -1,48 +1,13 @@
-"""Where the ledger is: the gateway peer, its TLS root, and the identity to act as.
-
-The defaults are the local stack's Fabric network (`stack up --fabric`) acting as Org1's
-Admin; point them at a real network's gateway peer and an enrolled identity's MSP folder.
-"""
+"""`streamledger serve ledger`: anchoring of events.clean and settlement of usage."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from services.common import topics
-from services.common.settings import CommonSettings
-from services.stack.settings import StackSettings
-
-LOCAL_ORG1 = Path("fabric") / "crypto" / "peerOrganizations" / "org1.streamledger.local"
-
-
-def _local(*parts: str) -> Path:
-    return StackSettings().data_dir / LOCAL_ORG1 / Path(*parts)
-
-
-class LedgerSettings(CommonSettings):
-    fabric_peer_endpoint: str = "127.0.0.1:7051"
-    """host:port of a peer running the Fabric Gateway service."""
-    fabric_peer_tls_root: Path | None = None
-    """PEM of the CA that issued the peer's TLS certificate (default: the local Org1 TLS CA)."""
-    fabric_peer_server_name: str = ""
-    """Name to check in the peer's TLS certificate, when it differs from the endpoint's host."""
-    fabric_msp_id: str = "Org1MSP"
-    fabric_msp_dir: Path | None = None
-    """MSP folder of the identity to act as (signcerts/, keystore/); default: local Org1 Admin."""
-    fabric_user: str = "Admin"
-    """Which local Org1 user to act as when `fabric_msp_dir` is unset: Admin, User1, User2, ..."""
-    fabric_channel: str = "streamledger"
-    fabric_chaincode: str = "streamledger"
-
-    def tls_root(self) -> Path:
-        return self.fabric_peer_tls_root or _local("peers", "peer0.org1.streamledger.local", "tls", "ca.crt")
-
-    def msp_dir(self) -> Path:
-        return self.fabric_msp_dir or _local("users", f"{self.fabric_user}@org1.streamledger.local", "msp")
+from streamledger.kafka import topics
+from streamledger.settings import LedgerSettings
 
 
 class LedgerServiceSettings(LedgerSettings):
-    """`streamledger serve ledger`: anchoring of events.clean and settlement of usage."""
+    """Anchoring (events.clean -> Merkle batches) and settlement (usage -> Settle) settings."""
 
     clean_topic: str = topics.CLEAN
     anchors_topic: str = topics.ANCHORS

@@ -18,14 +18,15 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from pymongo import AsyncMongoClient
 
-from services.common import metrics
-from services.common.avro import AvroCodec, SchemaRegistry
-from services.common.kafka import ensure_topics, reliable_producer
-from services.common.lifecycle import run_until_signalled
-from services.common.logging import configure_logging, get_logger
+from streamledger import metrics
+from streamledger.avro import AvroCodec, SchemaRegistry
+from streamledger.kafka.clients import ensure_topics, reliable_producer
+from streamledger.lifecycle import run_until_signalled
+from streamledger.logging import configure_logging, get_logger
 from services.storage import documents
-from services.common.backoff import Backoff, Stopped, retry_transient
-from services.storage.documents import Consumed, dead_letter, plan_batch
+from streamledger.retry import Backoff, Stopped, retry_transient
+from services.storage.documents import plan_batch
+from streamledger.core.records import Consumed, dead_letter
 from services.storage.settings import StorageSettings
 from services.storage.sink import MongoSink, is_transient
 
@@ -95,7 +96,7 @@ async def run(settings: StorageSettings, stop: asyncio.Event) -> None:
                 for collection, writes in plan.writes.items():
                     WRITTEN.labels(collection).inc(len(writes) - sum(r.collection == collection for r in rejected))
                 letters = plan.dead_letters + [
-                    dead_letter(r.source, "rejected_by_mongo", r.error, _now_ms()) for r in rejected
+                    dead_letter(r.source, "rejected_by_mongo", r.error, _now_ms(), service=documents.SERVICE) for r in rejected
                 ]
                 await _send_dead_letters(producer, codec, settings.deadletter_topic, letters)
                 await _commit(consumer, plan.commit_offsets)

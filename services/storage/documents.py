@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Hashable
 
-from services.common.avro import AvroCodec, CodecError
+from streamledger.avro import AvroCodec, CodecError
+from streamledger.core.records import Consumed, dead_letter
 
 SERVICE = "storage"
 
@@ -81,18 +82,6 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
 """Indexes per collection: tenant + time for events, model + version for models and predictions."""
 
 
-@dataclass(frozen=True)
-class Consumed:
-    """The parts of a consumed Kafka message the sink needs (`tp` is the consumer's TopicPartition)."""
-
-    tp: Hashable
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-
-
 @dataclass
 class Write:
     document: dict[str, Any]
@@ -121,7 +110,8 @@ def plan_batch(
         plan.commit_offsets[message.tp] = max(plan.commit_offsets.get(message.tp, 0), message.offset + 1)
         route = routes.get(message.topic)
         if route is None:
-            plan.dead_letters.append(dead_letter(message, "unknown_topic", f"no route for topic {message.topic!r}", now_ms))
+            plan.dead_letters.append(dead_letter(message, "unknown_topic", f"no route for topic {message.topic!r}", now_ms,
+                                                 service=SERVICE))
             continue
         if message.value is None:
             continue  # a tombstone on a compacted topic: nothing to store
@@ -130,27 +120,8 @@ def plan_batch(
             document_id = route.document_id(record)
             document = route.to_document(record)
         except (CodecError, DocumentError) as exc:
-            plan.dead_letters.append(dead_letter(message, exc.reason, f"{route.record}: {exc}", now_ms))
+            plan.dead_letters.append(dead_letter(message, exc.reason, f"{route.record}: {exc}", now_ms, service=SERVICE))
             continue
         document["_id"] = document_id
         plan.writes.setdefault(route.collection, {})[document_id] = Write(document, message)
     return plan
-
-
-def dead_letter(message: Consumed, reason: str, error: str, now_ms: int, max_original_bytes: int = 256 * 1024,
-                service: str = SERVICE) -> dict:
-    original = message.value or b""
-    if len(original) > max_original_bytes:
-        error += f" (original truncated from {len(original)} bytes; the full message stays in {message.topic})"
-        original = original[:max_original_bytes]
-    return {
-        "key": message.key.decode("utf-8", errors="replace") if message.key else None,
-        "source_topic": message.topic,
-        "source_partition": message.partition,
-        "source_offset": message.offset,
-        "service": service,
-        "reason": reason,
-        "error": error,
-        "original": original,
-        "ts": now_ms,
-    }

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from services.common import topics
-from services.common.settings import CommonSettings
+from streamledger.kafka import topics
+from streamledger.settings import CommonSettings
 
 
 class StorageSettings(CommonSettings):

@@ -27,8 +27,8 @@ import httpx
 import pytest
 from playwright.async_api import BrowserContext, async_playwright
 
-from services.common.kafka import ensure_topics
-from services.stack.fabric import FabricNetwork
+from streamledger.kafka.clients import ensure_topics
+from devstack.fabric import FabricNetwork
 from tests.integration.conftest import bootstrap, network, settings, stack, unique  # noqa: F401  (shared fixtures)
 
 

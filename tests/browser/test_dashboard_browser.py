@@ -24,10 +24,10 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import ConsumerStoppedError
 from playwright.async_api import BrowserContext, ConsoleMessage, Page, expect
 
-from services.common.avro import AvroCodec, SchemaRegistry
-from services.common.kafka import reliable_producer
-from services.ledger.client import LedgerClient
-from services.ledger.settings import LedgerSettings
+from streamledger.avro import AvroCodec, SchemaRegistry
+from streamledger.kafka.clients import reliable_producer
+from streamledger.ledger import LedgerClient
+from streamledger.settings import LedgerSettings
 from tests.browser.conftest import CLI, REPO, STALE_AFTER_S, Dashboard, running_dashboard
 
 pytestmark = pytest.mark.integration

@@ -11,10 +11,10 @@ import uuid
 import pytest
 from pymongo import AsyncMongoClient
 
-from services.common.settings import CommonSettings
-from services.stack import Stack
-from services.stack.fabric import FabricNetwork
-from services.stack.settings import StackSettings
+from streamledger.settings import CommonSettings
+from devstack import Stack
+from devstack.fabric import FabricNetwork
+from devstack.settings import StackSettings
 
 pytestmark = pytest.mark.integration
 

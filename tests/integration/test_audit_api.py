@@ -34,13 +34,13 @@ from pymongo import AsyncMongoClient
 from services.audit.app import AuditService
 from services.audit.grpc_api import REPORT_METADATA_KEY, audit_pb2, audit_pb2_grpc
 from services.audit.settings import AuditSettings
-from services.cleaning.canonical import content_hash
-from services.common.avro import AvroCodec, SchemaRegistry
-from services.common.settings import CommonSettings
+from streamledger.core.canonical import content_hash
+from streamledger.avro import AvroCodec, SchemaRegistry
+from streamledger.settings import CommonSettings
 from services.ledger.anchoring import Batcher
-from services.ledger.client import LedgerClient
-from services.ledger.gateway import Committed
-from services.ledger.settings import LedgerSettings
+from streamledger.ledger import LedgerClient
+from streamledger.fabric import Committed
+from streamledger.settings import LedgerSettings
 from services.storage import documents
 from services.storage.sink import MongoSink
 

@@ -20,9 +20,9 @@ import pytest
 from services.dashboard.app import build_board, build_ledger_watch
 from services.dashboard.board import Board
 from services.dashboard.settings import DashboardSettings
-from services.ledger.client import LedgerClient
-from services.ledger.settings import LedgerSettings
-from services.stack.fabric import FabricNetwork
+from streamledger.ledger import LedgerClient
+from streamledger.settings import LedgerSettings
+from devstack.fabric import FabricNetwork
 
 pytestmark = [pytest.mark.integration, pytest.mark.fabric]
 

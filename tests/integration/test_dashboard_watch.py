@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from services.common.avro import MARKER, AvroCodec, SchemaRegistry
-from services.common.kafka import ensure_topics, reliable_producer
+from streamledger.avro import MARKER, AvroCodec, SchemaRegistry
+from streamledger.kafka.clients import ensure_topics, reliable_producer
 from services.dashboard.app import build_board
 from services.dashboard.board import Board
 from services.dashboard.kafka_watch import KafkaWatch

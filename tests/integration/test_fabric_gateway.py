@@ -1,4 +1,4 @@
-"""The Python Fabric Gateway client (services/ledger/gateway, services/ledger/client.py)
+"""The Python Fabric Gateway client (streamledger/fabric, streamledger/ledger.py)
 against the real local network: every rule of the contract through the Gateway API,
 concurrent transfers with MVCC conflicts retried, chaincode events with resume, and what
 the client wrote read back by Fabric's own `peer chaincode query` (an outside client).
@@ -14,10 +14,10 @@ import uuid
 import grpc
 import pytest
 
-from services.ledger.client import LedgerClient
-from services.ledger.gateway import EndorseError, Gateway, GatewayError, RetryPolicy, load_msp
-from services.ledger.settings import LedgerSettings
-from services.stack.fabric import CHAINCODE_NAME, CHANNEL, FabricNetwork
+from streamledger.ledger import LedgerClient
+from streamledger.fabric import EndorseError, Gateway, GatewayError, RetryPolicy, load_msp
+from streamledger.settings import LedgerSettings
+from devstack.fabric import CHAINCODE_NAME, CHANNEL, FabricNetwork
 
 pytestmark = [pytest.mark.integration, pytest.mark.fabric]
 

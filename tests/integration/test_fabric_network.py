@@ -15,9 +15,9 @@ import uuid
 
 import pytest
 
-from services.stack import Stack
-from services.stack.fabric import CHANNEL, FabricError, FabricNetwork
-from services.stack.settings import StackSettings
+from devstack import Stack
+from devstack.fabric import CHANNEL, FabricError, FabricNetwork
+from devstack.settings import StackSettings
 from tests.integration.conftest import FABRIC_PARTS
 
 pytestmark = [pytest.mark.integration, pytest.mark.fabric]

@@ -25,14 +25,14 @@ from services.inference.authorization import HoldUnavailable, InvalidHoldId
 from services.inference.ledger_holds import LedgerHoldSource
 from services.inference.settings import InferenceSettings
 from services.learning import app as learning_app
-from services.learning.declarations import load_declarations
+from streamledger.core.models import load_declarations
 from services.learning.ledger_seam import LedgerModelRegistry
 from services.learning.prequential import OnlineModel
-from services.learning.snapshots import seal
-from services.ledger.client import LedgerClient
-from services.ledger.gateway import RetryPolicy
-from services.ledger.settings import LOCAL_ORG1, LedgerSettings
-from services.stack.settings import StackSettings
+from streamledger.core.snapshots import seal
+from streamledger.ledger import LedgerClient
+from streamledger.fabric import RetryPolicy
+from streamledger.settings import LOCAL_ORG1, LedgerSettings
+from devstack.settings import StackSettings
 from tests.integration.inference.support import MODELS as INFERENCE_MODELS
 from tests.integration.inference.support import PHISHING as INFERENCE_ROWS
 from tests.integration.inference.support import ServerThread, publish, snapshot_record, train

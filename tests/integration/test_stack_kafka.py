@@ -11,7 +11,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from services.common.kafka import ensure_topics, reliable_producer
+from streamledger.kafka.clients import ensure_topics, reliable_producer
 
 pytestmark = pytest.mark.integration
 

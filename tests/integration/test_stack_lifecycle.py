@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from services.common.kafka import ensure_topics, reliable_producer
-from services.stack import Stack
+from streamledger.kafka.clients import ensure_topics, reliable_producer
+from devstack import Stack
 from tests.integration.test_stack_kafka import consume_all
 
 pytestmark = pytest.mark.integration

@@ -180,7 +180,7 @@ async def test_without_a_fabric_identity_the_audit_still_answers_ledger_unreacha
     from services.audit.auditor import open_auditor
     from services.audit.ledger_reader import UnreachableLedger
     from services.audit.settings import AuditSettings
-    from services.ledger.settings import LedgerSettings
+    from streamledger.settings import LedgerSettings
 
     async with open_auditor(AuditSettings(), LedgerSettings(fabric_msp_dir=tmp_path / "no-msp")) as auditor:
         assert isinstance(auditor.ledger, UnreachableLedger)

@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 
 from services.audit.ports import InvalidArgument, LedgerUnreachable, StoreUnreachable
 from services.audit.verification import Reason, Status, check_event_id, judge, verify
-from services.cleaning.canonical import content_hash
+from streamledger.core.canonical import content_hash
 from services.ledger.anchoring import Batcher
-from services.ledger.merkle import MerkleTree
+from streamledger.core.merkle import MerkleTree
 
 TOPIC = "events.clean"
 

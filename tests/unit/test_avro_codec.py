@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.common.avro import (
+from streamledger.avro import (
     HEADER_SIZE,
     SCHEMAS_DIR,
     AvroCodec,

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from services.common.backoff import Backoff, Stopped, retry_transient
+from streamledger.retry import Backoff, Stopped, retry_transient
 
 
 class Unavailable(Exception):

@@ -8,11 +8,11 @@ from datetime import datetime, timezone
 
 import pytest
 
-from services.cleaning.canonical import content_hash
+from streamledger.core.canonical import content_hash
 from services.cleaning.cleaner import Cleaner, RawMessage
 from services.cleaning.dedup import DedupWindow
 from services.cleaning.rules import RuleBook
-from services.common.avro import MARKER, AvroCodec, SchemaRegistry
+from streamledger.avro import MARKER, AvroCodec, SchemaRegistry
 
 CODEC = AvroCodec(SchemaRegistry.from_dir())
 NOW = 1_800_000_000_000

@@ -18,9 +18,9 @@ from services.inference.models import (InvalidVersion, ModelShelf, NoSnapshotYet
                                        UnknownModel, UnknownVersion, load_snapshot)
 from services.inference.protocol import pb
 from services.inference.tensors import InvalidInput, check_requested, put_outputs, rows_from_request
-from services.learning.declarations import parse_declarations
+from streamledger.core.models import parse_declarations
 from services.learning.prequential import OnlineModel
-from services.learning.snapshots import FORMAT, seal
+from streamledger.core.snapshots import FORMAT, seal
 
 FEATURES = (("color", "BYTES"), ("size", "FP64"))
 DECLARATIONS = parse_declarations({"model": [

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from services.common.avro import AvroCodec, SchemaRegistry
+from streamledger.avro import AvroCodec, SchemaRegistry
 from services.inference.record_sink import RecordSink
 from services.inference.record_writer import RecordWriter, WriterSettings
 from services.inference.records import PREDICTION, USAGE, prediction_record

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.common.avro import AvroCodec, SchemaRegistry
+from streamledger.avro import AvroCodec, SchemaRegistry
 from services.ingestion.auth import ApiKeys, AuthenticationError, hash_key, key_from_headers
 from services.ingestion.backfill import BackfillError, BackfillOptions, derived_event_id, read_rows, row_to_event
 from services.ingestion.payload import BodyError, BodyTooLargeError, UnsupportedEncodingError, decode_content, parse_events

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from river import compose, linear_model, optim, preprocessing
 
-from services.learning.declarations import DeclarationError, load_declarations, parse_declaration, parse_declarations
-from services.learning.settings import DEFAULT_MODELS_FILE
+from streamledger.core.models import DeclarationError, load_declarations, parse_declaration, parse_declarations
+from streamledger.settings import DEFAULT_MODELS_FILE
 
 
 def table(**overrides):

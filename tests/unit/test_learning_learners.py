@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from river import datasets
 
-from services.common.avro import AvroCodec, SchemaRegistry
-from services.learning.declarations import parse_declaration
+from streamledger.avro import AvroCodec, SchemaRegistry
+from streamledger.core.models import parse_declaration
 from services.learning.learners import Consumed, LearnerSet
 
 codec = AvroCodec(SchemaRegistry.from_dir())

@@ -9,9 +9,9 @@ import pytest
 from river import datasets, evaluate
 from river.metrics.base import Metrics
 
-from services.learning.declarations import parse_declaration
+from streamledger.core.models import parse_declaration
 from services.learning.prequential import InvalidFeature, InvalidLabel, ModelRefusedEvent, OnlineModel, check_label
-from services.learning.snapshots import seal, unseal
+from streamledger.core.snapshots import seal, unseal
 
 LOGREG = [{"class": "preprocessing.StandardScaler"}, {"class": "linear_model.LogisticRegression"}]
 

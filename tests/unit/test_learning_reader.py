@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from services.common.avro import AvroCodec, SchemaRegistry
+from streamledger.avro import AvroCodec, SchemaRegistry
 from services.learning.reader import EventReader, ReaderFailed, decode
 
 codec = AvroCodec(SchemaRegistry.from_dir())

@@ -9,9 +9,9 @@ import pickle
 import pytest
 from river import datasets
 
-from services.learning.declarations import parse_declaration
+from streamledger.core.models import parse_declaration
 from services.learning.prequential import OnlineModel
-from services.learning.snapshots import (
+from streamledger.core.snapshots import (
     FORMAT, ForbiddenGlobal, SnapshotFormatError, SnapshotHashMismatch, seal, unseal,
 )
 
@@ -109,7 +109,7 @@ def test_equal_sets_in_any_order_seal_to_the_same_bytes():
 def test_a_bound_method_in_a_model_survives_a_snapshot_without_getattr() -> None:
     from river import drift
 
-    from services.learning.snapshots import bound_method
+    from streamledger.core.snapshots import bound_method
 
     detector = drift.PageHinkley()  # keeps `self._test_drift = self._test_both`
     sealed = seal({"model": detector})

@@ -7,7 +7,7 @@ import hashlib
 import pytest
 
 from services.ledger.anchoring import AnchoringError, Batcher, batch_id
-from services.ledger.merkle import verify_proof
+from streamledger.core.merkle import verify_proof
 
 
 def digest(i: int) -> str:

@@ -16,10 +16,10 @@ from fabric_protos.peer import chaincode_pb2, proposal_pb2, proposal_response_pb
 from google.protobuf import any_pb2
 from google.rpc import status_pb2
 
-from services.ledger.gateway import CommitError, GatewayError, Identity, IdentityError, Signer
-from services.ledger.gateway.errors import peer_details
-from services.ledger.gateway.identity import P256_ORDER
-from services.ledger.gateway.proposal import chaincode_result, new_proposal
+from streamledger.fabric import CommitError, GatewayError, Identity, IdentityError, Signer
+from streamledger.fabric.errors import peer_details
+from streamledger.fabric.identity import P256_ORDER
+from streamledger.fabric.proposal import chaincode_result, new_proposal
 
 
 @pytest.fixture(scope="module")

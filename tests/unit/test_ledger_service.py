@@ -8,7 +8,7 @@ from aiokafka.errors import KafkaConnectionError, RecordTooLargeError
 from pymongo.errors import AutoReconnect
 
 from services.ledger.app import is_transient
-from services.ledger.gateway.errors import CommitError, EndorseError, EvaluateError, SubmitError
+from streamledger.fabric.errors import CommitError, EndorseError, EvaluateError, SubmitError
 from services.ledger.store import StoreUnavailable
 
 

@@ -1,4 +1,4 @@
-"""Merkle trees and inclusion proofs (services/ledger/merkle.py), checked against
+"""Merkle trees and inclusion proofs (streamledger/core/merkle.py), checked against
 the RFC 6962 definitions and the Certificate Transparency test vectors."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.ledger.merkle import (
+from streamledger.core.merkle import (
     InvalidProof,
     MerkleTree,
     compute_root,

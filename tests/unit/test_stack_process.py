@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from services.stack.process import LocalProcess
+from devstack.process import LocalProcess
 
 
 def make(tmp_path: Path, marker: str = "sleep-marker-xyz") -> LocalProcess:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from services.common.avro import AvroCodec, SchemaRegistry
+from streamledger.avro import AvroCodec, SchemaRegistry
 from services.storage import documents
-from services.storage.documents import Consumed, plan_batch
+from services.storage.documents import plan_batch
+from streamledger.core.records import Consumed
 
 CODEC = AvroCodec(SchemaRegistry.from_dir())
 ROUTES = {

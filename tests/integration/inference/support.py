@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 from river import datasets
 
-from services.common.avro import AvroCodec, SchemaRegistry
-from services.common.kafka import reliable_producer
+from streamledger.avro import AvroCodec, SchemaRegistry
+from streamledger.kafka.clients import reliable_producer
 from services.inference import app
 from services.inference.settings import InferenceSettings
-from services.learning.declarations import load_declarations
+from streamledger.core.models import load_declarations
 from services.learning.prequential import OnlineModel
-from services.learning.snapshot_topic import ensure_compacted_topic
-from services.learning.snapshots import FORMAT, seal
+from streamledger.kafka.clients import ensure_compacted_topic
+from streamledger.core.snapshots import FORMAT, seal
 
 codec = AvroCodec(SchemaRegistry.from_dir())
 

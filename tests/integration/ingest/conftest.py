@@ -10,7 +10,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from services.common.avro import AvroCodec, SchemaRegistry
+from streamledger.avro import AvroCodec, SchemaRegistry
 from services.ingestion.app import IngestionService
 from services.ingestion.auth import hash_key
 from services.ingestion.settings import IngestionSettings

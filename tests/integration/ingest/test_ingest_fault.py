@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from services.ingestion.app import IngestionService
-from services.stack import Stack
+from devstack import Stack
 from tests.integration.ingest.conftest import KEYS, ingestion_settings, read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]

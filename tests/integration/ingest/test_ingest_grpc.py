@@ -8,9 +8,9 @@ import uuid
 import grpc
 import pytest
 
-from services.common.avro import SCHEMAS_DIR, SchemaRegistry, fingerprint_of
-from services.common.kafka import ensure_topics, reliable_producer
-from services.common.protos import load
+from streamledger.avro import SCHEMAS_DIR, SchemaRegistry, fingerprint_of
+from streamledger.kafka.clients import ensure_topics, reliable_producer
+from streamledger.protos import load
 from tests.integration.ingest.conftest import CODEC, KEYS, decoded_events, read_topic
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 
 import rfc8785
 
-from services.common.avro import MARKER, AvroCodec
+from streamledger.avro import MARKER, AvroCodec
 
 BASE_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 

@@ -15,9 +15,9 @@ import pytest
 from services.audit.auditor import open_auditor
 from services.audit.ports import InvalidArgument
 from services.audit.settings import AuditSettings
-from services.common.avro import AvroCodec, SchemaRegistry
-from services.common.kafka import reliable_producer
-from services.ledger.settings import LedgerSettings
+from streamledger.avro import AvroCodec, SchemaRegistry
+from streamledger.kafka.clients import reliable_producer
+from streamledger.settings import LedgerSettings
 from tests.integration.pipeline import reference
 from tests.integration.pipeline.conftest import wait_until
 

@@ -7,8 +7,8 @@ import struct
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from services.common.avro import AvroCodec, SchemaRegistry
-from services.common.kafka import reliable_producer
+from streamledger.avro import AvroCodec, SchemaRegistry
+from streamledger.kafka.clients import reliable_producer
 from tests.integration.pipeline import reference
 from tests.integration.pipeline.conftest import create_topics, wait_until
 

@@ -19,14 +19,14 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from services.cleaning.canonical import content_hash
-from services.common.avro import AvroCodec, SchemaRegistry
-from services.common.kafka import reliable_producer
-from services.ledger.client import LedgerClient
-from services.ledger.merkle import verify_proof
-from services.ledger.settings import LedgerSettings
-from services.stack import Stack
-from services.stack.settings import StackSettings
+from streamledger.core.canonical import content_hash
+from streamledger.avro import AvroCodec, SchemaRegistry
+from streamledger.kafka.clients import reliable_producer
+from streamledger.ledger import LedgerClient
+from streamledger.core.merkle import verify_proof
+from streamledger.settings import LedgerSettings
+from devstack import Stack
+from devstack.settings import StackSettings
 from tests.integration.pipeline.conftest import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.fabric, pytest.mark.timeout(420)]

@@ -15,9 +15,9 @@ import time
 
 import pytest
 
-from services.common.avro import AvroCodec, SchemaRegistry
-from services.common.kafka import reliable_producer
-from services.stack import Stack
+from streamledger.avro import AvroCodec, SchemaRegistry
+from streamledger.kafka.clients import reliable_producer
+from devstack import Stack
 from tests.integration.pipeline import reference
 from tests.integration.pipeline.conftest import create_topics, wait_until
 

@@ -6,8 +6,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from services.common.avro import AvroCodec, SchemaRegistry
-from services.common.kafka import reliable_producer
+from streamledger.avro import AvroCodec, SchemaRegistry
+from streamledger.kafka.clients import reliable_producer
 from tests.integration.pipeline.conftest import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]

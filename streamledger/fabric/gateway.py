@@ -30,8 +30,8 @@ from fabric_protos.gateway import gateway_pb2, gateway_pb2_grpc
 from fabric_protos.orderer import ab_pb2
 from fabric_protos.peer import transaction_pb2
 
-from services.common.backoff import Backoff
-from services.ledger.gateway.errors import (
+from streamledger.retry import Backoff
+from streamledger.fabric.errors import (
     CommitError,
     CommitStatusError,
     EndorseError,
@@ -40,8 +40,8 @@ from services.ledger.gateway.errors import (
     SubmitError,
     from_rpc_error,
 )
-from services.ledger.gateway.identity import Identity, Signer
-from services.ledger.gateway.proposal import Proposal, chaincode_result, new_proposal, sign_envelope
+from streamledger.fabric.identity import Identity, Signer
+from streamledger.fabric.proposal import Proposal, chaincode_result, new_proposal, sign_envelope
 
 T = TypeVar("T")
 

@@ -9,7 +9,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from services.common import topics
+from streamledger.kafka import topics
 
 
 def reliable_producer(bootstrap: str, **overrides) -> AIOKafkaProducer:
@@ -72,5 +72,20 @@ async def partitions_of(bootstrap: str, topics: list[str], timeout_s: float = 30
                 if all(found.get(t) for t in topics):
                     return [(t, p) for t in topics for p in found[t]]
                 await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
+
+
+async def ensure_compacted_topic(bootstrap: str, name: str, max_message_bytes: int) -> None:
+    """Create `name` as a compacted topic if missing: each model keeps its latest snapshot forever."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        if name not in set(await admin.list_topics()):
+            try:
+                config = {"cleanup.policy": "compact", "max.message.bytes": str(max_message_bytes)}
+                await admin.create_topics([NewTopic(name, 1, 1, topic_configs=config)])
+            except TopicAlreadyExistsError:
+                pass
     finally:
         await admin.close()

@@ -22,7 +22,7 @@ from fabric_protos.peer import (
 )
 from google.protobuf import timestamp_pb2
 
-from services.ledger.gateway.identity import Identity, Signer
+from streamledger.fabric.identity import Identity, Signer
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from services.stack.part import InstallError, Part, content_key, run_tool
-from services.stack.settings import DEPLOY_DIR, REPO_ROOT, StackSettings
+from devstack.part import InstallError, Part, content_key, run_tool
+from devstack.settings import DEPLOY_DIR, REPO_ROOT, StackSettings
 
 MODULE_DIR = DEPLOY_DIR / "fabric"
 FABRIC_MODULE = "github.com/hyperledger/fabric"

@@ -28,6 +28,7 @@ import asyncio
 import io
 import json
 from collections.abc import Iterable, Mapping
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +37,9 @@ from fastavro.schema import fingerprint as schema_fingerprint
 from fastavro.schema import to_parsing_canonical_form
 from fastavro.validation import ValidationError, validate
 
-from services.common import topics
+from streamledger.kafka import topics
 
-SCHEMAS_DIR = Path(__file__).resolve().parents[2] / "schemas"
+SCHEMAS_DIR = Path(str(resources.files("streamledger") / "schemas"))  # package data
 MARKER = b"\xc3\x01"
 HEADER_SIZE = len(MARKER) + 8
 

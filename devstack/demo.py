@@ -26,12 +26,12 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from services.common import topics
-from services.common.avro import AvroCodec, SchemaRegistry
-from services.common.kafka import ensure_topics, reliable_producer
-from services.common.mongo import mongo_client
-from services.common.settings import CommonSettings
-from services.runner import ServiceGroup, built_services
+from streamledger.kafka import topics
+from streamledger.avro import AvroCodec, SchemaRegistry
+from streamledger.kafka.clients import ensure_topics, reliable_producer
+from streamledger.mongo import mongo_client
+from streamledger.settings import CommonSettings
+from devstack.runner import ServiceGroup, built_services
 
 SMOKE_TOPIC = "demo.smoke"
 TENANT = "demo"

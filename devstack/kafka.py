@@ -14,8 +14,8 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaClient
 
-from services.stack.part import InstallError, Part, content_key, run_tool
-from services.stack.settings import DEPLOY_DIR
+from devstack.part import InstallError, Part, content_key, run_tool
+from devstack.settings import DEPLOY_DIR
 
 POM = DEPLOY_DIR / "kafka" / "pom.xml"
 

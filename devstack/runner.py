@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.stack.settings import StackSettings
+from devstack.settings import StackSettings
 
 # Start order: consumers before producers, so nothing waits on a missing topic.
 SERVICES = ("storage", "cleaning", "learning", "inference", "ingestion", "ledger", "audit", "dashboard")

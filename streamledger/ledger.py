@@ -17,9 +17,9 @@ from typing import Any
 from fabric_protos.common import common_pb2, ledger_pb2
 from fabric_protos.peer import transaction_pb2
 
-from services.ledger.gateway import Committed, Contract, Gateway, RetryPolicy, load_msp
-from services.ledger.gateway.errors import EvaluateError
-from services.ledger.settings import LedgerSettings
+from streamledger.fabric import Committed, Contract, Gateway, RetryPolicy, load_msp
+from streamledger.fabric.errors import EvaluateError
+from streamledger.settings import LedgerSettings
 
 
 class LedgerClient:

@@ -7,11 +7,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from services.stack.fabric import fabric_parts, fabric_was_started
-from services.stack.ferretdb import FerretDBPart
-from services.stack.kafka import KafkaPart
-from services.stack.part import Part
-from services.stack.settings import StackSettings
+from devstack.fabric import fabric_parts, fabric_was_started
+from devstack.ferretdb import FerretDBPart
+from devstack.kafka import KafkaPart
+from devstack.part import Part
+from devstack.settings import StackSettings
 
 
 class StackError(RuntimeError):

@@ -32,6 +32,10 @@ _ALLOWED_BUILTINS = frozenset({"set", "frozenset", "dict", "list", "tuple", "flo
                                "bool", "str", "bytes", "bytearray", "slice", "range", "object"})
 
 
+# Where `bound_method` has lived: snapshots name it by module path, and every snapshot ever
+# written must keep loading after the module moves (wave 1 wrote `services.learning.snapshots`).
+_BOUND_METHOD_MODULES = frozenset({__name__, "services.learning.snapshots"})
+
 _PLAIN_TYPES = frozenset({str, bytes, int, float, bool, dict, list, tuple, set, frozenset, type(None)})
 
 
@@ -163,7 +167,7 @@ class SafeUnpickler(pickle.Unpickler):
     """An unpickler that only resolves globals from the modules River models are built from."""
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) == (__name__, "bound_method"):
+        if name == "bound_method" and module in _BOUND_METHOD_MODULES:
             return bound_method
         if module == "builtins" and name in _ALLOWED_BUILTINS:
             return super().find_class(module, name)

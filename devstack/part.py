@@ -9,8 +9,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 
-from services.stack.process import LocalProcess
-from services.stack.settings import StackSettings
+from devstack.process import LocalProcess
+from devstack.settings import StackSettings
 
 
 class InstallError(RuntimeError):

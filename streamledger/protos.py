@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import sys
 from functools import cache
+from importlib import resources
 from pathlib import Path
 from types import ModuleType
 
 import grpc
 
-PROTO_DIR = Path(__file__).resolve().parents[2] / "proto"
+PROTO_DIR = Path(str(resources.files("streamledger") / "proto"))  # package data
 
 
 @cache

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from streamledger.settings import local_stack_home
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 DEPLOY_DIR = REPO_ROOT / "deploy"
 
 
 class StackSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STREAMLEDGER_STACK_", extra="ignore")
 
-    home: Path = Path.home() / ".cache" / "streamledger"
+    home: Path = Field(default_factory=local_stack_home)
     """Cache for jars and builds, plus data/, logs/ and run/ (pid files). Outside the repo."""
     kafka_port: int = 9092
     kafka_controller_port: int = 9093

@@ -1,7 +1,7 @@
 """A Python client of the Fabric Gateway gRPC API (Fabric 2.4+): the official protos,
 grpc.aio and `cryptography`. See `gateway.py` for the public API."""
 
-from services.ledger.gateway.errors import (
+from streamledger.fabric.errors import (
     CommitError,
     CommitStatusError,
     EndorseError,
@@ -10,7 +10,7 @@ from services.ledger.gateway.errors import (
     PeerDetail,
     SubmitError,
 )
-from services.ledger.gateway.gateway import (
+from streamledger.fabric.gateway import (
     ChaincodeEvent,
     Committed,
     Contract,
@@ -19,7 +19,7 @@ from services.ledger.gateway.gateway import (
     RetryPolicy,
     Timeouts,
 )
-from services.ledger.gateway.identity import Identity, IdentityError, Signer, load_msp
+from streamledger.fabric.identity import Identity, IdentityError, Signer, load_msp
 
 __all__ = [
     "ChaincodeEvent", "CommitError", "CommitStatusError", "Committed", "Contract", "EndorseError",

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from pymongo import MongoClient
 
-from services.stack.part import InstallError, Part, content_key, run_tool
-from services.stack.settings import DEPLOY_DIR
+from devstack.part import InstallError, Part, content_key, run_tool
+from devstack.settings import DEPLOY_DIR
 
 MODULE_DIR = DEPLOY_DIR / "ferretdb"
 FIXES = MODULE_DIR / "fixes.json"

@@ -1,1 +1,0 @@
-"""Code that more than one StreamLedger service uses: settings, logging, metrics."""
