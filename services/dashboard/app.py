@@ -26,7 +26,7 @@ from starlette.staticfiles import StaticFiles
 
 from streamledger import metrics
 from streamledger.avro import AvroCodec, SchemaRegistry
-from streamledger.retry import Backoff
+from streamledger.retry import RetryPolicy
 from streamledger.logging import configure_logging, get_logger
 from services.dashboard.board import Board, FeedTopics
 from services.dashboard.kafka_watch import KafkaWatch
@@ -58,8 +58,8 @@ def build_ledger_watch(settings: DashboardSettings, board: Board,
     return LedgerWatch(board, lambda: FabricLedgerReader.connect(where), LedgerWatchSettings(
         history_blocks=settings.dashboard_ledger_history_blocks, poll_seconds=settings.dashboard_ledger_poll_seconds,
         lookups_max=settings.dashboard_ledger_lookups_max,
-        backoff=Backoff(initial=min(0.5, settings.dashboard_ledger_retry_max_seconds),
-                        maximum=settings.dashboard_ledger_retry_max_seconds, jitter=0.2)))
+        backoff=RetryPolicy(initial_seconds=min(0.5, settings.dashboard_ledger_retry_max_seconds),
+                            max_seconds=settings.dashboard_ledger_retry_max_seconds, jitter=0.2)))
 
 
 def create_app(settings: DashboardSettings, board: Board, watch: KafkaWatch | None = None,

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import grpc
 
 from streamledger import metrics
-from streamledger.retry import Backoff
+from streamledger.retry import RetryPolicy
 from streamledger.logging import get_logger
 from services.dashboard.board import Board
 from services.dashboard.ledger_view import Lookup
@@ -124,7 +124,7 @@ class LedgerWatchSettings:
     history_blocks: int = 1000
     poll_seconds: float = 2.0
     lookups_max: int = 16
-    backoff: Backoff = Backoff(initial=0.5, maximum=15.0, jitter=0.2)
+    backoff: RetryPolicy = RetryPolicy(initial_seconds=0.5, max_seconds=15.0, jitter=0.2)
 
 
 EXPECTED = (GatewayError, IdentityError, OSError, asyncio.TimeoutError, grpc.RpcError, LedgerStreamEnded)

@@ -27,7 +27,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from streamledger import metrics
 from streamledger.avro import AvroCodec, CodecError, SchemaRegistry
-from streamledger.retry import Backoff, Stopped, retry_transient
+from streamledger.retry import RetryPolicy, Stopped, retry
 from streamledger.kafka.clients import ensure_topics, reliable_producer
 from streamledger.lifecycle import run_until_signalled
 from streamledger.logging import configure_logging, get_logger
@@ -88,14 +88,15 @@ class Plumbing:
     stop: asyncio.Event
 
     def __post_init__(self) -> None:
-        self.backoff = Backoff(self.settings.backoff_initial_seconds, self.settings.backoff_max_seconds, jitter=0.2)
+        self.policy = RetryPolicy(self.settings.retry_attempts, self.settings.backoff_initial_seconds,
+                                  self.settings.backoff_max_seconds, jitter=0.2)
 
     async def retry(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
         def on_retry(attempt: int, exc: BaseException, delay: float) -> None:
             RETRIES.labels(what).inc()
             log.warning("retrying", extra={"what": what, "attempt": attempt, "retry_in_s": round(delay, 2),
                                            "error": str(exc)[:500]})
-        return await retry_transient(operation, is_transient, self.backoff, self.stop, on_retry)
+        return await retry(operation, self.policy, is_transient=is_transient, stop=self.stop, on_retry=on_retry)
 
     async def dead_letter(self, message: Consumed, reason: str, error: str) -> None:
         DEAD_LETTERS.labels(reason).inc()

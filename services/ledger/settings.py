@@ -31,5 +31,7 @@ class LedgerServiceSettings(LedgerSettings):
     """Settle a hold once it has been open this long, even before it expires (0: off)."""
     ledger_settle_tick_seconds: float = 1.0
     """How often holds are checked for settlement."""
+    retry_attempts: int = 200
+    """Tries of a ledger, MongoDB or Kafka call before the service gives up and stops."""
     backoff_initial_seconds: float = 0.2
     backoff_max_seconds: float = 5.0

@@ -24,7 +24,7 @@ from streamledger.kafka.clients import ensure_topics, reliable_producer
 from streamledger.lifecycle import run_until_signalled
 from streamledger.logging import configure_logging, get_logger
 from services.storage import documents
-from streamledger.retry import Backoff, Stopped, retry_transient
+from streamledger.retry import RetryPolicy, Stopped, retry
 from services.storage.documents import plan_batch
 from streamledger.core.records import Consumed, dead_letter
 from services.storage.settings import StorageSettings
@@ -52,7 +52,7 @@ def routes(settings: StorageSettings) -> dict[str, documents.Route]:
 async def run(settings: StorageSettings, stop: asyncio.Event) -> None:
     by_topic = routes(settings)
     codec = AvroCodec(SchemaRegistry.from_dir())
-    backoff = Backoff(settings.backoff_initial_seconds, settings.backoff_max_seconds, jitter=0.2)
+    policy = RetryPolicy(settings.retry_attempts, settings.backoff_initial_seconds, settings.backoff_max_seconds, jitter=0.2)
     await ensure_topics(settings.kafka_bootstrap, [t for t in by_topic if t != settings.snapshots_topic])
     await ensure_topics(settings.kafka_bootstrap, [settings.snapshots_topic])
     consumer = AIOKafkaConsumer(
@@ -77,7 +77,7 @@ async def run(settings: StorageSettings, stop: asyncio.Event) -> None:
     async with reliable_producer(settings.kafka_bootstrap) as producer:
         await consumer.start()
         try:
-            await retry_transient(sink.ensure_indexes, is_transient, backoff, stop, on_retry)
+            await retry(sink.ensure_indexes, policy, is_transient=is_transient, stop=stop, on_retry=on_retry)
             log.info("started", extra={"topics": sorted(by_topic), "group": settings.storage_group})
             while not stop.is_set():
                 polled = await consumer.getmany(
@@ -92,7 +92,8 @@ async def run(settings: StorageSettings, stop: asyncio.Event) -> None:
                 ]
                 plan = plan_batch(batch, codec, by_topic, now_ms=_now_ms())
                 with WRITE_SECONDS.time():
-                    rejected = await retry_transient(lambda: sink.write(plan), is_transient, backoff, stop, on_retry)
+                    rejected = await retry(lambda: sink.write(plan), policy, is_transient=is_transient, stop=stop,
+                                           on_retry=on_retry)
                 for collection, writes in plan.writes.items():
                     WRITTEN.labels(collection).inc(len(writes) - sum(r.collection == collection for r in rejected))
                 letters = plan.dead_letters + [

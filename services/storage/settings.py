@@ -17,6 +17,8 @@ class StorageSettings(CommonSettings):
     """Most messages per poll, and so per bulk write."""
     storage_batch_wait_ms: int = 200
     """Longest wait for a poll to fill up."""
+    retry_attempts: int = 200
+    """Tries of a MongoDB write before the service gives up and stops (about 15 min at the 5 s cap)."""
     backoff_initial_seconds: float = 0.2
     backoff_max_seconds: float = 5.0
     """Cap on one wait between MongoDB retries (the retries themselves go on until it is back)."""

@@ -30,7 +30,7 @@ from fabric_protos.gateway import gateway_pb2, gateway_pb2_grpc
 from fabric_protos.orderer import ab_pb2
 from fabric_protos.peer import transaction_pb2
 
-from streamledger.retry import Backoff
+from streamledger.retry import RetryPolicy as BackoffPolicy
 from streamledger.fabric.errors import (
     CommitError,
     CommitStatusError,
@@ -54,7 +54,7 @@ class RetryPolicy:
 
     def delay(self, attempt: int) -> float:
         """Exponential backoff with full jitter, so concurrent retries spread out."""
-        return Backoff(self.initial_seconds, self.max_seconds, jitter=1.0).delay(attempt)
+        return BackoffPolicy(1, self.initial_seconds, self.max_seconds, jitter=1.0).delay(attempt)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 import pytest
 
-from streamledger.retry import Backoff
+from streamledger.retry import RetryPolicy
 from services.dashboard.board import Board, FeedTopics
 from services.dashboard.ledger_view import LedgerView
 from services.dashboard.ledger_watch import LedgerEvent, LedgerWatch, LedgerWatchSettings
@@ -22,7 +22,7 @@ from streamledger.fabric import EvaluateError, GatewayError
 
 FEEDS = FeedTopics(deadletter="dl", snapshots="snap", model_metrics="mm", usage="use", anchors="anc", clean="clean")
 FAST = LedgerWatchSettings(history_blocks=3, poll_seconds=0.02, lookups_max=8,
-                           backoff=Backoff(initial=0.01, maximum=0.05))
+                           backoff=RetryPolicy(initial_seconds=0.01, max_seconds=0.05))
 DOWN = GatewayError("evaluate failed: UNAVAILABLE: connection refused", code=grpc.StatusCode.UNAVAILABLE)
 
 
