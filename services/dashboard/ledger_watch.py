@@ -29,7 +29,7 @@ from streamledger.logging import get_logger
 from services.dashboard.board import Board
 from services.dashboard.ledger_view import Lookup
 from streamledger.ledger import LedgerClient
-from streamledger.fabric import GatewayError, IdentityError, RetryPolicy
+from streamledger.fabric import GatewayError, IdentityError
 from streamledger.settings import LedgerSettings
 
 log = get_logger("dashboard")

@@ -30,7 +30,7 @@ from fabric_protos.gateway import gateway_pb2, gateway_pb2_grpc
 from fabric_protos.orderer import ab_pb2
 from fabric_protos.peer import transaction_pb2
 
-from streamledger.retry import RetryPolicy as BackoffPolicy
+from streamledger.retry import RetryPolicy
 from streamledger.fabric.errors import (
     CommitError,
     CommitStatusError,
@@ -44,17 +44,6 @@ from streamledger.fabric.identity import Identity, Signer
 from streamledger.fabric.proposal import Proposal, chaincode_result, new_proposal, sign_envelope
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    attempts: int = 5
-    initial_seconds: float = 0.1
-    max_seconds: float = 2.0
-
-    def delay(self, attempt: int) -> float:
-        """Exponential backoff with full jitter, so concurrent retries spread out."""
-        return BackoffPolicy(1, self.initial_seconds, self.max_seconds, jitter=1.0).delay(attempt)
 
 
 @dataclass(frozen=True)
