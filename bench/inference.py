@@ -239,9 +239,9 @@ def main() -> None:
 async def records_on(bootstrap: str, topic: str) -> int:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    from streamledger.kafka.clients import partitions_of
+    from streamledger import kafka
 
-    partitions = [TopicPartition(t, p) for t, p in await partitions_of(bootstrap, [topic])]
+    partitions = [TopicPartition(t, p) for t, p in await kafka.partitions_of(bootstrap, [topic])]
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     await consumer.start()
     try:

@@ -32,7 +32,7 @@ import httpx
 from aiokafka.partitioner import DefaultPartitioner
 
 from streamledger.avro import AvroCodec, SchemaRegistry
-from streamledger.kafka.clients import ensure_topics, reliable_producer
+from streamledger import kafka
 from services.ingestion.auth import hash_key
 from services.ingestion.backfill import BackfillOptions, backfill
 from services.ingestion.settings import IngestionSettings
@@ -58,8 +58,8 @@ def pre_encoded(count: int) -> tuple[list[bytes], list[bytes]]:
 async def raw_send_rate(bootstrap: str, keys: list[bytes], values: list[bytes]) -> float:
     """The plain aiokafka way: `send(key, value)` per record, then await every future."""
     topic = f"bench.raw.{uuid.uuid4().hex[:8]}"
-    await ensure_topics(bootstrap, [topic], partitions=3)
-    async with reliable_producer(bootstrap, linger_ms=20, max_batch_size=1 << 20) as producer:
+    await kafka.provision(bootstrap, [kafka.TopicSpec(name, partitions=3) for name in [topic]])
+    async with kafka.producer(bootstrap, linger_ms=20, max_batch_size=1 << 20) as producer:
         start = time.perf_counter()
         futures = [await producer.send(topic, value, key=key) for key, value in zip(keys, values)]
         await asyncio.gather(*futures)
@@ -69,9 +69,9 @@ async def raw_send_rate(bootstrap: str, keys: list[bytes], values: list[bytes]) 
 async def raw_batch_rate(bootstrap: str, keys: list[bytes], values: list[bytes]) -> float:
     """aiokafka's batch API (`create_batch`/`send_batch`), the path the ingestion writer uses."""
     topic = f"bench.rawbatch.{uuid.uuid4().hex[:8]}"
-    await ensure_topics(bootstrap, [topic], partitions=3)
+    await kafka.provision(bootstrap, [kafka.TopicSpec(name, partitions=3) for name in [topic]])
     partitioner = DefaultPartitioner()
-    async with reliable_producer(bootstrap, linger_ms=20, max_batch_size=1 << 20) as producer:
+    async with kafka.producer(bootstrap, linger_ms=20, max_batch_size=1 << 20) as producer:
         start = time.perf_counter()
         partitions = sorted(await producer.partitions_for(topic))
         batches = {p: producer.create_batch() for p in partitions}
@@ -98,7 +98,7 @@ async def backfill_rate(settings: IngestionSettings, count: int) -> float:
                 f.write(f"{1_600_000_000_000 + i},{rng.uniform(1, 500):.2f},m{i % 97},{i % 3 > 0},{i % 50 == 0}\n")
         options = BackfillOptions(tenant="bench", source="bench", label_column="fraud")
         settings = settings.model_copy(update={"raw_topic": f"bench.backfill.{uuid.uuid4().hex[:8]}"})
-        await ensure_topics(settings.kafka_bootstrap, [settings.raw_topic], partitions=3)
+        await kafka.provision(settings.kafka_bootstrap, [kafka.TopicSpec(name, partitions=3) for name in [settings.raw_topic]])
         start = time.perf_counter()
         report = await backfill(path, options, settings)
         elapsed = time.perf_counter() - start

@@ -33,7 +33,7 @@ from river import datasets, evaluate
 from river.metrics.base import Metrics
 
 from streamledger.avro import AvroCodec, SchemaRegistry
-from streamledger.kafka.clients import ensure_topics, reliable_producer
+from streamledger import kafka
 from streamledger.settings import CommonSettings
 from services.learning import app
 from streamledger.core.models import load_declarations
@@ -142,8 +142,8 @@ async def main(events_count: int, repeat: int) -> None:
     codec = AvroCodec(SchemaRegistry.from_dir())
     events = clean_events(events_count)
     topic = f"bench-learning-{uuid.uuid4().hex[:8]}"
-    await ensure_topics(bootstrap, [topic], partitions=1)
-    async with reliable_producer(bootstrap, linger_ms=20) as producer:
+    await kafka.provision(bootstrap, [kafka.TopicSpec(name, partitions=1) for name in [topic]])
+    async with kafka.producer(bootstrap, linger_ms=20) as producer:
         for event, value in zip(events, codec.encode_many("CleanEvent", events)):
             await producer.send(topic, key=event["event_id"].encode(), value=value)
         await producer.flush()

@@ -30,7 +30,7 @@ from services.audit.auditor import open_auditor
 from services.audit.settings import AuditSettings
 from streamledger.core.canonical import content_hash
 from streamledger.avro import AvroCodec, SchemaRegistry
-from streamledger.kafka.clients import ensure_topics, reliable_producer
+from streamledger import kafka
 from streamledger.settings import CommonSettings
 from streamledger.ledger import LedgerClient
 from streamledger.settings import LedgerSettings
@@ -56,7 +56,7 @@ async def produce(bootstrap: str, topic: str, run: str, count: int, rate: float)
     """Produce `count` events; (seconds taken, offset -> time it was acknowledged)."""
     acked: dict[int, float] = {}
     chunk = 200
-    async with reliable_producer(bootstrap) as producer:
+    async with kafka.producer(bootstrap) as producer:
         started = time.perf_counter()
         for start in range(0, count, chunk):
             futures = [await producer.send(topic, CODEC.encode("CleanEvent", event(run, i)))
@@ -96,7 +96,7 @@ async def main(events: int, rate: float, verify_count: int, batch_records: int) 
            "STREAMLEDGER_LEDGER_BATCH_RECORDS": str(batch_records),
            "STREAMLEDGER_LEDGER_ANCHOR_GROUP": f"bench-anchoring-{run}", "STREAMLEDGER_STORAGE_GROUP": f"bench-storage-{run}",
            **{f"STREAMLEDGER_{name.upper()}_TOPIC": topic for name, topic in topics.items()}}
-    await ensure_topics(common.kafka_bootstrap, list(topics.values()))
+    await kafka.provision(common.kafka_bootstrap, [kafka.TopicSpec(name) for name in list(topics.values())])
     logs = Path(tempfile.mkdtemp(prefix="bench-ledger-"))
     children = [subprocess.Popen([str(CLI), "serve", name], env=env, stdout=open(logs / f"{name}.log", "wb"),
                                  stderr=subprocess.STDOUT) for name in ("ledger", "storage")]

@@ -37,7 +37,7 @@ from services.cleaning.cleaner import Cleaner, RawMessage  # noqa: E402
 from services.cleaning.dedup import DedupWindow  # noqa: E402
 from services.cleaning.rules import RuleBook  # noqa: E402
 from streamledger.avro import AvroCodec, SchemaRegistry  # noqa: E402
-from streamledger.kafka.clients import ensure_topics, reliable_producer  # noqa: E402
+from streamledger import kafka  # noqa: E402
 from streamledger.settings import CommonSettings  # noqa: E402
 
 CODEC = AvroCodec(SchemaRegistry.from_dir())
@@ -55,7 +55,7 @@ def raw_event(i: int) -> dict:
 
 
 async def produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
-    async with reliable_producer(bootstrap) as producer:
+    async with kafka.producer(bootstrap) as producer:
         for i, value in enumerate(values):
             await producer.send(topic, key=f"bench-{i:08d}".encode(), value=value)
         await producer.flush()
@@ -131,7 +131,7 @@ async def main(count: int) -> None:
     settings = CommonSettings()
     bootstrap, run = settings.kafka_bootstrap, uuid.uuid4().hex[:8]
     topics = {"raw": f"bench-raw-{run}", "clean": f"bench-clean-{run}", "dead": f"bench-dead-{run}"}
-    await ensure_topics(bootstrap, topics.values())
+    await kafka.provision(bootstrap, [kafka.TopicSpec(name) for name in topics.values()])
     values = CODEC.encode_many("RawEvent", (raw_event(i) for i in range(count)))
     await produce(bootstrap, topics["raw"], values)
     print(f"{count:,} RawEvents ({sum(map(len, values)) / count:.0f} bytes each) on {topics['raw']}\n")

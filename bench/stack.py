@@ -21,7 +21,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer
 from pymongo import AsyncMongoClient
 
-from streamledger.kafka.clients import ensure_topics, reliable_producer
+from streamledger import kafka
 from streamledger.settings import CommonSettings
 
 CLI = str(Path(sys.executable).with_name("streamledger"))
@@ -35,7 +35,7 @@ def timed_up(env: dict[str, str] | None = None) -> float:
 
 async def produce_rate(bootstrap: str, topic: str, count: int) -> float:
     value = b"x" * 200
-    async with reliable_producer(bootstrap, linger_ms=10) as producer:
+    async with kafka.producer(bootstrap, linger_ms=10) as producer:
         start = time.monotonic()
         pending = []
         for i in range(count):
@@ -94,7 +94,7 @@ def main() -> None:
     print(f"stack up, already running:                         {timed_up():7.2f} s")
 
     topic = f"bench.stack.{int(time.time())}"
-    asyncio.run(ensure_topics(settings.kafka_bootstrap, [topic]))
+    asyncio.run(kafka.provision(settings.kafka_bootstrap, [kafka.TopicSpec(name) for name in [topic]]))
     produced = asyncio.run(produce_rate(settings.kafka_bootstrap, topic, args.messages))
     consumed = asyncio.run(consume_rate(settings.kafka_bootstrap, topic, args.messages))
     inserted = asyncio.run(mongo_rate(settings.mongo_url, args.documents))

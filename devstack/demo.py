@@ -28,7 +28,7 @@ from rich.table import Table
 
 from streamledger.kafka import topics
 from streamledger.avro import AvroCodec, SchemaRegistry
-from streamledger.kafka.clients import ensure_topics, reliable_producer
+from streamledger import kafka
 from streamledger.mongo import mongo_client
 from streamledger.settings import CommonSettings
 from devstack.runner import ServiceGroup, built_services
@@ -46,9 +46,9 @@ async def smoke_round_trip(settings: CommonSettings, console: Console, count: in
          "ts": int(time.time() * 1000), "features": {"x": random.random(), "y": random.random()}}
         for i in range(count)
     ]
-    await ensure_topics(settings.kafka_bootstrap, [SMOKE_TOPIC])
+    await kafka.provision(settings.kafka_bootstrap, [kafka.TopicSpec(name) for name in [SMOKE_TOPIC]])
     started = time.monotonic()
-    async with reliable_producer(settings.kafka_bootstrap) as producer:
+    async with kafka.producer(settings.kafka_bootstrap) as producer:
         futures = [await producer.send(SMOKE_TOPIC, json.dumps(e).encode(), key=e["event_id"].encode())
                    for e in events]
         acked = [await f for f in futures]
@@ -195,7 +195,7 @@ class PipelineView:
         self.mongo = mongo_client(settings.mongo_url)
 
     async def __aenter__(self) -> PipelineView:
-        await ensure_topics(self.settings.kafka_bootstrap, [topics.MODEL_METRICS])
+        await kafka.provision(self.settings.kafka_bootstrap, [kafka.TopicSpec(name) for name in [topics.MODEL_METRICS]])
         await self.metrics_consumer.start()
         await self.offsets_consumer.start()
         await self.admin.start()

@@ -24,7 +24,6 @@ code for `events.deadletter`; callers dead-letter it and carry on, they never cr
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 from collections.abc import Iterable, Mapping
@@ -189,8 +188,9 @@ class SchemaRegistry:
         A value whose fingerprint does not match its key, or that is not a schema, is
         skipped: a reader must never trust a fingerprint it cannot recompute.
         """
-        from aiokafka import AIOKafkaConsumer, TopicPartition  # only this method needs Kafka
-        from aiokafka.admin import AIOKafkaAdminClient
+        from aiokafka.admin import AIOKafkaAdminClient  # only this method needs Kafka
+
+        from streamledger import kafka
 
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
         await admin.start()
@@ -198,28 +198,12 @@ class SchemaRegistry:
             (described,) = await admin.describe_topics([topic])
         finally:
             await admin.close()
-        ids = [p["partition"] for p in described["partitions"]]
-        if described["error_code"] or not ids:
+        if described["error_code"] or not described["partitions"]:
             return 0  # no schemas published yet
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-        await consumer.start()
         learned = 0
-        try:
-            tps = [TopicPartition(topic, p) for p in ids]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            end = await consumer.end_offsets(tps)
-            pending = {tp for tp in tps if end[tp] > 0}
-            async with asyncio.timeout(timeout_s):
-                while pending:
-                    batches = await consumer.getmany(timeout_ms=500)
-                    for tp, messages in batches.items():
-                        for message in messages:
-                            if message.value is not None and self._learn(message.key, message.value):
-                                learned += 1
-                    pending = {tp for tp in pending if await consumer.position(tp) < end[tp]}
-        finally:
-            await consumer.stop()
+        async with kafka.consumer(bootstrap) as consumer:
+            async for records in kafka.read_to_end(consumer, bootstrap, topic, timeout_s):
+                learned += sum(1 for r in records if r.value is not None and self._learn(r.key, r.value))
         return learned
 
     def _learn(self, key: bytes | None, value: bytes) -> bool:

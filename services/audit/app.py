@@ -12,11 +12,8 @@ without it); with a token set, every call must carry it.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import sys
 
-from pydantic import ValidationError
 
 from services.audit.auditor import open_auditor
 from services.audit.auth import AuditorToken
@@ -24,20 +21,20 @@ from services.audit.grpc_api import build_grpc_server
 from services.audit.http_api import build_http_app
 from services.audit.ledger_reader import UnreachableLedger
 from services.audit.settings import AuditSettings
-from streamledger import metrics
-from streamledger.lifecycle import run_until_signalled, serve_until
+from streamledger.lifecycle import Loop, serve
 from streamledger.http_server import EmbeddedHttpServer
-from streamledger.logging import configure_logging, get_logger
+from streamledger.logging import get_logger
 from streamledger.settings import LedgerSettings
 
 log = get_logger("audit")
 
 
-class AuditService:
+class AuditService(Loop):
     """Both servers over one Auditor, with an explicit `start()` / `stop()` lifecycle; the bound
     ports are in `http_port` and `grpc_port` after `start()` (settings may ask for port 0)."""
 
     def __init__(self, settings: AuditSettings, ledger_settings: LedgerSettings) -> None:
+        super().__init__()
         self.settings = settings
         self.ledger_settings = ledger_settings
         self.http_port = settings.audit_http_port
@@ -70,16 +67,6 @@ class AuditService:
         log.info("stopped")
 
 
-async def run(settings: AuditSettings, ledger_settings: LedgerSettings, stop: asyncio.Event) -> None:
-    await serve_until(AuditService(settings, ledger_settings), stop)
-
-
 def main() -> None:
-    try:
-        settings = AuditSettings()  # refuses to load when exposed beyond loopback without a token
-    except ValidationError as exc:
-        print(f"audit: refusing to start: {'; '.join(e['msg'] for e in exc.errors())}", file=sys.stderr)
-        raise SystemExit(2) from None
-    configure_logging(settings.log_level)
-    metrics.serve_metrics(settings.metrics_port)
-    run_until_signalled(lambda stop: run(settings, LedgerSettings(), stop))
+    # AuditSettings refuses to load when exposed beyond loopback without a token.
+    serve("audit", AuditSettings, lambda settings: AuditService(settings, LedgerSettings()))

@@ -23,7 +23,7 @@ from services.cleaning.settings import CleaningSettings
 from streamledger import metrics
 from streamledger.kafka import topics
 from streamledger.avro import AvroCodec, SchemaRegistry
-from streamledger.kafka.clients import ensure_topics, partitions_of, reliable_producer
+from streamledger import kafka
 from streamledger.logging import configure_logging, get_logger
 
 log = get_logger("cleaning")
@@ -44,18 +44,18 @@ async def prepare(settings: CleaningSettings, registry: SchemaRegistry) -> int:
     Returns the raw topic's partition count: the dedup table's changelog must match it,
     and the topic may have been created by ingestion with its own count.
     """
-    await ensure_topics(settings.kafka_bootstrap, [topics.SCHEMAS], partitions=1)
-    await ensure_topics(
-        settings.kafka_bootstrap,
-        [settings.raw_topic, settings.clean_topic, settings.deadletter_topic],
-        partitions=settings.cleaning_partitions,
-    )
+    await kafka.provision(settings.kafka_bootstrap, [
+        kafka.spec(topics.SCHEMAS),
+        kafka.spec(topics.RAW, settings.raw_topic, partitions=settings.cleaning_partitions),
+        kafka.spec(topics.CLEAN, settings.clean_topic, partitions=settings.cleaning_partitions),
+        kafka.spec(topics.DEADLETTER, settings.deadletter_topic, partitions=settings.cleaning_partitions),
+    ])
     # Publish first: it also waits for the topic's metadata, which reading it needs.
-    async with reliable_producer(settings.kafka_bootstrap) as producer:
+    async with kafka.producer(settings.kafka_bootstrap) as producer:
         await registry.publish(producer, ["CleanEvent", "DeadLetter"])
     learned = await registry.load_from_topic(settings.kafka_bootstrap)
     log.info("schemas_ready", extra={"learned_from_topic": learned})
-    return len(await partitions_of(settings.kafka_bootstrap, [settings.raw_topic]))
+    return len(await kafka.partitions_of(settings.kafka_bootstrap, [settings.raw_topic]))
 
 
 def build_app(settings: CleaningSettings, registry: SchemaRegistry, partitions: int) -> faust.App:

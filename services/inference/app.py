@@ -25,9 +25,11 @@ from cryptography import x509
 
 from streamledger import metrics
 from streamledger.avro import AvroCodec, CodecError, SchemaRegistry
-from streamledger.kafka.clients import ensure_topics
-from streamledger.lifecycle import run_until_signalled
-from streamledger.logging import configure_logging, get_logger
+from streamledger import kafka
+from streamledger.kafka import topics
+from streamledger import lifecycle
+from streamledger.lifecycle import Loop
+from streamledger.logging import get_logger
 from services.inference import protocol
 from services.inference.authorization import HoldAuthorizer, HoldSource
 from services.inference.ledger_holds import LedgerHoldSource
@@ -39,7 +41,6 @@ from services.inference.servicer import InferenceServicer, Metering
 from services.inference.settings import InferenceSettings
 from services.inference.snapshot_feed import follow_snapshots
 from streamledger.core.models import load_declarations
-from streamledger.kafka.clients import ensure_compacted_topic
 from streamledger.ledger import LedgerClient
 from streamledger.settings import LedgerSettings
 
@@ -72,8 +73,9 @@ async def run(settings: InferenceSettings, stop: asyncio.Event, hold_source: Hol
     out_topics = {PREDICTION: settings.inference_predictions_topic}
     if metering:
         out_topics[USAGE] = settings.inference_usage_topic
-    await ensure_topics(bootstrap, out_topics.values())
-    await ensure_compacted_topic(bootstrap, settings.inference_snapshot_topic, 64 * 1024 * 1024)
+    await kafka.provision(bootstrap, [kafka.spec(topics.PREDICTIONS, settings.inference_predictions_topic),
+                                      kafka.spec(topics.USAGE, settings.inference_usage_topic),
+                                      kafka.spec(topics.SNAPSHOTS, settings.inference_snapshot_topic)])
 
     async def on_snapshot(record: dict[str, Any]) -> None:
         try:
@@ -176,8 +178,5 @@ def _version() -> str:
 
 
 def main() -> None:
-    settings = InferenceSettings()
-    configure_logging(settings.log_level)
-    metrics.serve_metrics(settings.metrics_port)
-
-    run_until_signalled(lambda stop: serve(settings, LedgerSettings(), stop))
+    lifecycle.serve("inference", InferenceSettings,
+                    lambda settings: Loop.of(lambda stop: serve(settings, LedgerSettings(), stop)))

@@ -41,7 +41,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
 from streamledger.avro import AvroCodec, CodecError, SchemaRegistry
-from streamledger.kafka.clients import reliable_producer
+from streamledger import kafka
 from streamledger.logging import configure_logging, get_logger
 from services.inference.records import RECORDS
 
@@ -58,13 +58,13 @@ class WriterSettings:
     topics: dict[str, str]
     """Record kind -> its topic."""
     producer: Callable[[], AIOKafkaProducer]
-    """A new idempotent producer, e.g. `partial(reliable_producer, bootstrap)`."""
+    """A new idempotent producer, e.g. `partial(kafka.producer, bootstrap)`."""
     linger: float = 0.05
     log_level: str = "INFO"
 
     @classmethod
     def of(cls, bootstrap: str, topics: dict[str, str], linger: float, log_level: str) -> WriterSettings:
-        return cls(topics, partial(reliable_producer, bootstrap), linger, log_level)
+        return cls(topics, partial(kafka.producer, bootstrap), linger, log_level)
 
 
 def write_frame(writer: asyncio.StreamWriter, message: Any) -> None:

@@ -12,15 +12,14 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from streamledger.avro import AvroCodec, CodecError
 from streamledger.logging import get_logger
-from streamledger.kafka.clients import partitions_of
+from streamledger import kafka
+from streamledger.kafka import topics
 
 log = get_logger("inference")
-MAX_SNAPSHOT_BYTES = 64 * 1024 * 1024  # as the learning service writes them
 
 
 async def follow_snapshots(
@@ -32,17 +31,21 @@ async def follow_snapshots(
     caught_up: asyncio.Event,
     stop: asyncio.Event,
 ) -> None:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                fetch_max_bytes=MAX_SNAPSHOT_BYTES, max_partition_fetch_bytes=MAX_SNAPSHOT_BYTES)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(t, p) for t, p in await partitions_of(bootstrap, [topic])]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps)
-        pending = {tp for tp in tps if end[tp] > 0}
-        if not pending:
-            caught_up.set()
+    async def hand_over(records) -> None:
+        for record in records:
+            if record.value is None:  # a tombstone: the model was deleted upstream
+                continue
+            try:
+                snapshot = codec.decode(record.value, reader="ModelSnapshot")
+            except CodecError as exc:
+                on_undecodable(exc)
+                continue
+            await on_snapshot(snapshot)
+
+    async with kafka.consumer(bootstrap, max_fetch_bytes=topics.MAX_SNAPSHOT_BYTES) as consumer:
+        async for records in kafka.read_to_end(consumer, bootstrap, topic, timeout_s=None):
+            await hand_over(records)
+        caught_up.set()
         while not stop.is_set():
             try:
                 batches = await consumer.getmany(timeout_ms=300)
@@ -50,19 +53,5 @@ async def follow_snapshots(
                 log.warning("snapshot_fetch_failed", extra={"error": repr(exc)})
                 await asyncio.sleep(1.0)
                 continue
-            for messages in batches.values():
-                for message in messages:
-                    if message.value is None:  # a tombstone: the model was deleted upstream
-                        continue
-                    try:
-                        snapshot = codec.decode(message.value, reader="ModelSnapshot")
-                    except CodecError as exc:
-                        on_undecodable(exc)
-                        continue
-                    await on_snapshot(snapshot)
-            if pending:
-                pending = {tp for tp in pending if await consumer.position(tp) < end[tp]}
-                if not pending:
-                    caught_up.set()
-    finally:
-        await consumer.stop()
+            for records in batches.values():
+                await hand_over(records)

@@ -8,16 +8,15 @@
 
 from __future__ import annotations
 
-import asyncio
 
 from aiokafka import AIOKafkaProducer
 
 from streamledger.kafka import topics
 from streamledger.avro import AvroCodec, SchemaRegistry
-from streamledger.kafka.clients import ensure_topics, reliable_producer
-from streamledger.lifecycle import run_until_signalled, serve_until
+from streamledger import kafka
+from streamledger.lifecycle import Loop, serve
 from streamledger.http_server import EmbeddedHttpServer
-from streamledger.logging import configure_logging, get_logger
+from streamledger.logging import get_logger
 from services.ingestion.auth import ApiKeys
 from services.ingestion.grpc_api import build_grpc_server
 from services.ingestion.http_api import build_http_app
@@ -28,10 +27,11 @@ from services.ingestion.sink import PendingBudget, RawEventWriter
 log = get_logger("ingestion")
 
 
-class IngestionService:
+class IngestionService(Loop):
     """Both servers and the producer, with an explicit `start()` / `stop()` lifecycle."""
 
     def __init__(self, settings: IngestionSettings) -> None:
+        super().__init__()
         self.settings = settings
         self.http_port = settings.http_port
         self.grpc_port = settings.grpc_port
@@ -39,8 +39,8 @@ class IngestionService:
     async def start(self) -> None:
         s = self.settings
         registry = SchemaRegistry.from_dir()
-        await ensure_topics(s.kafka_bootstrap, [s.raw_topic], partitions=s.raw_partitions)
-        await ensure_topics(s.kafka_bootstrap, [topics.SCHEMAS])
+        await kafka.provision(s.kafka_bootstrap, [kafka.spec(topics.RAW, s.raw_topic, partitions=s.raw_partitions),
+                                                  kafka.spec(topics.SCHEMAS)])
         producer = await self._new_producer()
         await registry.publish(producer, ["RawEvent"])  # readers can always resolve our writer schema
 
@@ -55,7 +55,7 @@ class IngestionService:
                                    "topic": s.raw_topic, "tenants": len(s.api_keys)})
 
     async def _new_producer(self) -> AIOKafkaProducer:
-        producer = reliable_producer(self.settings.kafka_bootstrap)
+        producer = kafka.producer(self.settings.kafka_bootstrap)
         await producer.start()
         return producer
 
@@ -66,11 +66,5 @@ class IngestionService:
         log.info("stopped")
 
 
-async def run(settings: IngestionSettings, stop: asyncio.Event) -> None:
-    await serve_until(IngestionService(settings), stop)
-
-
 def main() -> None:
-    settings = IngestionSettings()
-    configure_logging(settings.log_level)
-    run_until_signalled(lambda stop: run(settings, stop))
+    serve("ingestion", IngestionSettings, IngestionService)

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from streamledger.kafka import topics
 from streamledger.avro import AvroCodec, SchemaRegistry
-from streamledger.kafka.clients import ensure_topics, reliable_producer
+from streamledger import kafka
 from services.ingestion.payload import loads
 from services.ingestion.settings import IngestionSettings
 from services.ingestion.sink import PendingBudget, RawEventWriter
@@ -261,10 +261,10 @@ async def backfill(path: Path, options: BackfillOptions, settings: IngestionSett
     path = Path(path)
     report = BackfillReport()
     registry = SchemaRegistry.from_dir()
-    await ensure_topics(settings.kafka_bootstrap, [settings.raw_topic], partitions=settings.raw_partitions)
-    await ensure_topics(settings.kafka_bootstrap, [topics.SCHEMAS])
+    await kafka.provision(settings.kafka_bootstrap, [
+        kafka.spec(topics.RAW, settings.raw_topic, partitions=settings.raw_partitions), kafka.spec(topics.SCHEMAS)])
     # Bigger batches and a longer linger than the live service: throughput over latency.
-    async with reliable_producer(settings.kafka_bootstrap, linger_ms=20, max_batch_size=1 << 20) as producer:
+    async with kafka.producer(settings.kafka_bootstrap, linger_ms=20, max_batch_size=1 << 20) as producer:
         await registry.publish(producer, ["RawEvent"])
         codec = AvroCodec(registry)
         writer = RawEventWriter(producer, settings.raw_topic, PendingBudget(BATCH_ROWS * (IN_FLIGHT_BATCHES + 1)),

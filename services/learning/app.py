@@ -28,7 +28,8 @@ from aiokafka.errors import KafkaError
 
 from streamledger import metrics
 from streamledger.avro import AvroCodec, SchemaRegistry
-from streamledger.kafka.clients import ensure_topics, reliable_producer
+from streamledger import kafka
+from streamledger.kafka import topics
 from streamledger.lifecycle import run_until_signalled
 from streamledger.logging import configure_logging, get_logger
 from streamledger.core.models import DeclarationError, load_declarations
@@ -36,9 +37,7 @@ from services.learning.learners import Consumed, LearnerSet, Output, TrackedMode
 from services.learning.reader import EventReader, ReaderFailed, relaxed_gc
 from services.learning.ledger_seam import LedgerModelRegistry, ModelRegistry
 from services.learning.settings import LearningSettings
-from streamledger.kafka.clients import partitions_of
 from services.learning.snapshot_topic import read_snapshots
-from streamledger.kafka.clients import ensure_compacted_topic
 from streamledger.ledger import LedgerClient
 from streamledger.settings import LedgerSettings
 
@@ -49,7 +48,6 @@ SNAPSHOTS = metrics.counter("learning", "snapshots", "Model snapshots written", 
 REFUSED = metrics.counter("learning", "snapshots_refused", "Snapshots refused at start-up", ("reason",))
 DRIFTS = metrics.counter("learning", "drifts", "Concept drifts detected", ("model_id",))
 BATCH = metrics.seconds("learning", "batch", "Time to process one fetched batch")
-MAX_SNAPSHOT_BYTES = 64 * 1024 * 1024  # forests and trees outgrow Kafka's 1 MB default
 
 
 async def serve(settings: LearningSettings, ledger_settings: LedgerSettings, stop: asyncio.Event) -> None:
@@ -70,9 +68,10 @@ async def run(settings: LearningSettings, stop: asyncio.Event, registry: ModelRe
     bootstrap = settings.kafka_bootstrap
     out_topics = {"DeadLetter": settings.learning_deadletter_topic, "ModelMetrics": settings.learning_metrics_topic,
                   "ModelSnapshot": settings.learning_snapshot_topic}
-    await ensure_topics(bootstrap, [*settings.learning_input_topics, settings.learning_metrics_topic,
-                                    settings.learning_deadletter_topic])
-    await ensure_compacted_topic(bootstrap, settings.learning_snapshot_topic, MAX_SNAPSHOT_BYTES)
+    await kafka.provision(bootstrap, [*(kafka.spec(topics.CLEAN, name) for name in settings.learning_input_topics),
+                                      kafka.spec(topics.MODEL_METRICS, settings.learning_metrics_topic),
+                                      kafka.spec(topics.DEADLETTER, settings.learning_deadletter_topic),
+                                      kafka.spec(topics.SNAPSHOTS, settings.learning_snapshot_topic)])
     await resume(learners, bootstrap, settings.learning_snapshot_topic, codec, registry)
     if registry is None:
         log.warning("ledger_registration_disabled", extra={"why": "STREAMLEDGER_LEARNING_LEDGER is false; see ledger_seam.py"})
@@ -80,7 +79,7 @@ async def run(settings: LearningSettings, stop: asyncio.Event, registry: ModelRe
     # Fetching and decoding happen in the reader process; this consumer only commits.
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=settings.learning_group_id,
                                 enable_auto_commit=False)
-    producer = reliable_producer(bootstrap, max_request_size=MAX_SNAPSHOT_BYTES)
+    producer = kafka.producer(bootstrap, max_request_size=topics.MAX_SNAPSHOT_BYTES)
 
     async def publish(output: Output) -> asyncio.Future:
         value = codec.encode(output.record_name, output.record)
@@ -129,7 +128,7 @@ async def run(settings: LearningSettings, stop: asyncio.Event, registry: ModelRe
     async with producer:
         await consumer.start()
         try:
-            partitions = await partitions_of(bootstrap, settings.learning_input_topics)
+            partitions = await kafka.partitions_of(bootstrap, settings.learning_input_topics)
             assigned = [TopicPartition(t, p) for t, p in partitions]
             consumer.assign(assigned)
             consumer.pause(*assigned)  # never fetches: committing needs the assignment, nothing more

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections import defaultdict
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-
 from streamledger.avro import AvroCodec, CodecError
-from streamledger.kafka.clients import partitions_of
+from streamledger import kafka
+from streamledger.kafka import topics
 
 
 async def read_snapshots(
@@ -20,31 +18,16 @@ async def read_snapshots(
     All versions still in the log are returned (compaction may not have run yet), so a
     newest snapshot that is refused can fall back to an older one.
     """
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=64 * 1024 * 1024)
-    await consumer.start()
     found: dict[str, list[dict[str, Any]]] = defaultdict(list)
     errors: list[CodecError] = []
-    try:
-        partitions = await partitions_of(bootstrap, [topic], timeout_s)
-        tps = [TopicPartition(t, p) for t, p in partitions]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps)
-        pending = {tp for tp in tps if end[tp] > 0}
-        async with asyncio.timeout(timeout_s):
-            while pending:
-                batches = await consumer.getmany(timeout_ms=500)
-                for messages in batches.values():
-                    values = [m.value for m in messages if m.value is not None]  # None: a deleted model
-                    for snapshot in codec.decode_many(values, reader="ModelSnapshot"):
-                        if isinstance(snapshot, CodecError):
-                            errors.append(snapshot)
-                        else:
-                            found[snapshot["model_id"]].append(snapshot)
-                pending = {tp for tp in pending if await consumer.position(tp) < end[tp]}
-    finally:
-        await consumer.stop()
+    async with kafka.consumer(bootstrap, max_fetch_bytes=topics.MAX_SNAPSHOT_BYTES) as consumer:
+        async for records in kafka.read_to_end(consumer, bootstrap, topic, timeout_s):
+            values = [r.value for r in records if r.value is not None]  # None: a deleted model
+            for snapshot in codec.decode_many(values, reader="ModelSnapshot"):
+                if isinstance(snapshot, CodecError):
+                    errors.append(snapshot)
+                else:
+                    found[snapshot["model_id"]].append(snapshot)
     return dict(found), errors
 
 

@@ -28,9 +28,10 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from streamledger import metrics
 from streamledger.avro import AvroCodec, CodecError, SchemaRegistry
 from streamledger.retry import RetryPolicy, Stopped, retry
-from streamledger.kafka.clients import ensure_topics, reliable_producer
-from streamledger.lifecycle import run_until_signalled
-from streamledger.logging import configure_logging, get_logger
+from streamledger import kafka
+from streamledger.kafka import topics
+from streamledger.lifecycle import Loop, serve
+from streamledger.logging import get_logger
 from streamledger.mongo import mongo_client
 from services.ledger import store as ledger_store
 from services.ledger.anchoring import AnchoringError, Batch, Batcher
@@ -473,13 +474,14 @@ async def run(settings: LedgerServiceSettings, stop: asyncio.Event, ledger: Ledg
     """Anchor and settle until `stop` is set; `ledger` defaults to one connected from `settings`."""
     registry = SchemaRegistry.from_dir()
     codec = AvroCodec(registry)
-    await ensure_topics(settings.kafka_bootstrap, [settings.clean_topic, settings.anchors_topic,
-                                                   settings.usage_topic, settings.deadletter_topic])
+    await kafka.provision(settings.kafka_bootstrap, [
+        kafka.spec(topics.CLEAN, settings.clean_topic), kafka.spec(topics.ANCHORS, settings.anchors_topic),
+        kafka.spec(topics.USAGE, settings.usage_topic), kafka.spec(topics.DEADLETTER, settings.deadletter_topic)])
     mongo = mongo_client(settings.mongo_url, tz_aware=True)
     own_ledger = ledger is None
     ledger = ledger or LedgerClient.connect(settings)
     try:
-        async with reliable_producer(settings.kafka_bootstrap) as producer:
+        async with kafka.producer(settings.kafka_bootstrap) as producer:
             await registry.publish(producer, ["Anchor", "DeadLetter"])
             plumbing = Plumbing(settings, ledger, LedgerStore(mongo[settings.mongo_db]), producer, codec, stop)
             await plumbing.retry("indexes", plumbing.store.ensure_indexes)
@@ -499,8 +501,4 @@ async def run(settings: LedgerServiceSettings, stop: asyncio.Event, ledger: Ledg
 
 
 def main() -> None:
-    settings = LedgerServiceSettings()
-    configure_logging(settings.log_level)
-    metrics.serve_metrics(settings.metrics_port)
-    run_until_signalled(lambda stop: run(settings, stop))
-    log.info("exited")
+    serve("ledger", LedgerServiceSettings, lambda settings: Loop.of(lambda stop: run(settings, stop)))

@@ -20,9 +20,10 @@ from pymongo import AsyncMongoClient
 
 from streamledger import metrics
 from streamledger.avro import AvroCodec, SchemaRegistry
-from streamledger.kafka.clients import ensure_topics, reliable_producer
-from streamledger.lifecycle import run_until_signalled
-from streamledger.logging import configure_logging, get_logger
+from streamledger import kafka
+from streamledger.kafka import topics
+from streamledger.lifecycle import Loop, serve
+from streamledger.logging import get_logger
 from services.storage import documents
 from streamledger.retry import RetryPolicy, Stopped, retry
 from services.storage.documents import plan_batch
@@ -53,8 +54,10 @@ async def run(settings: StorageSettings, stop: asyncio.Event) -> None:
     by_topic = routes(settings)
     codec = AvroCodec(SchemaRegistry.from_dir())
     policy = RetryPolicy(settings.retry_attempts, settings.backoff_initial_seconds, settings.backoff_max_seconds, jitter=0.2)
-    await ensure_topics(settings.kafka_bootstrap, [t for t in by_topic if t != settings.snapshots_topic])
-    await ensure_topics(settings.kafka_bootstrap, [settings.snapshots_topic])
+    await kafka.provision(settings.kafka_bootstrap, [kafka.spec(role, name) for name, role in (
+        (settings.clean_topic, topics.CLEAN), (settings.predictions_topic, topics.PREDICTIONS),
+        (settings.anchors_topic, topics.ANCHORS), (settings.snapshots_topic, topics.SNAPSHOTS),
+        (settings.deadletter_topic, topics.DEADLETTER))])
     consumer = AIOKafkaConsumer(
         *by_topic,
         bootstrap_servers=settings.kafka_bootstrap,
@@ -74,7 +77,7 @@ async def run(settings: StorageSettings, stop: asyncio.Event) -> None:
         RETRIES.inc()
         log.warning("mongo_unavailable", extra={"attempt": attempt, "retry_in_s": round(delay, 2), "error": str(exc)})
 
-    async with reliable_producer(settings.kafka_bootstrap) as producer:
+    async with kafka.producer(settings.kafka_bootstrap) as producer:
         await consumer.start()
         try:
             await retry(sink.ensure_indexes, policy, is_transient=is_transient, stop=stop, on_retry=on_retry)
@@ -143,10 +146,5 @@ def _now_ms() -> int:
 
 
 def main() -> None:
-    settings = StorageSettings()
-    configure_logging(settings.log_level)
-    metrics.serve_metrics(settings.metrics_port)
-
-    run_until_signalled(lambda stop: run(settings, stop))
-    log.info("exited")
+    serve("storage", StorageSettings, lambda settings: Loop.of(lambda stop: run(settings, stop)))
 

@@ -27,7 +27,7 @@ import httpx
 import pytest
 from playwright.async_api import BrowserContext, async_playwright
 
-from streamledger.kafka.clients import ensure_topics
+from streamledger import kafka
 from devstack.fabric import FabricNetwork
 from tests.integration.conftest import bootstrap, network, settings, stack, unique  # noqa: F401  (shared fixtures)
 
@@ -94,7 +94,7 @@ async def running_dashboard(bootstrap: str, unique: str, tmp_path: Path,
     """`serve dashboard` on its own port and unique topics; `env_overrides` are STREAMLEDGER_* settings."""
     names = ("raw", "clean", "deadletter", "predictions", "snapshots", "model_metrics", "usage", "anchors")
     topics = {f"{name}_topic": f"dash-{name}-{unique}" for name in names}
-    await ensure_topics(bootstrap, topics.values())
+    await kafka.provision(bootstrap, [kafka.TopicSpec(name) for name in topics.values()])
     port = free_port()
     group = f"dash-cleaning-{unique}"
     env = {**os.environ, **{f"STREAMLEDGER_{k.upper()}": v for k, v in topics.items()},

@@ -25,7 +25,7 @@ from aiokafka.errors import ConsumerStoppedError
 from playwright.async_api import BrowserContext, ConsoleMessage, Page, expect
 
 from streamledger.avro import AvroCodec, SchemaRegistry
-from streamledger.kafka.clients import reliable_producer
+from streamledger import kafka
 from streamledger.ledger import LedgerClient
 from streamledger.settings import LedgerSettings
 from tests.browser.conftest import CLI, REPO, STALE_AFTER_S, Dashboard, running_dashboard
@@ -117,7 +117,7 @@ async def test_charts_follow_the_stream_and_stopped_parts_show_as_down(
     # A consumer group standing in for the cleaning service: reads and commits, then stops.
     cleaner = AIOKafkaConsumer(topics["raw_topic"], bootstrap_servers=bootstrap, group_id=dashboard.group,
                                enable_auto_commit=False, auto_offset_reset="earliest")
-    async with reliable_producer(bootstrap) as producer:
+    async with kafka.producer(bootstrap) as producer:
         async with steady_stream(producer, topics["raw_topic"]) as sent:
             await cleaner.start()
             try:
@@ -232,7 +232,7 @@ async def test_ledger_panels_show_what_the_real_ledger_holds(
     await expect(page.get_by_test_id("ledger-badge")).to_contain_text("Ledger: connected", timeout=15_000)
     cleaner = AIOKafkaConsumer(topics["raw_topic"], bootstrap_servers=bootstrap, group_id=ledger_dashboard.group,
                                enable_auto_commit=False, auto_offset_reset="earliest")
-    async with reliable_producer(bootstrap) as producer:
+    async with kafka.producer(bootstrap) as producer:
         async with steady_stream(producer, topics["raw_topic"]):
             await cleaner.start()
             keep_up = asyncio.create_task(consume_and_commit(cleaner))
@@ -305,7 +305,7 @@ async def test_the_real_cleaning_service_shows_live_then_down_when_stopped(
         page, errors = await open_page(chromium, dashboard.url)
         clean_card = page.get_by_test_id("topic-clean")
         group_row = page.get_by_test_id(f"group-{dashboard.group}")
-        async with reliable_producer(bootstrap) as producer:
+        async with kafka.producer(bootstrap) as producer:
             async with steady_stream(producer, dashboard.topics["raw_topic"]):
                 await producer.send(dashboard.topics["raw_topic"], b"not an avro record")
                 await expect(clean_card.get_by_test_id("status")).to_have_text("flowing", timeout=60_000)

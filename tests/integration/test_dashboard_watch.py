@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from streamledger.avro import MARKER, AvroCodec, SchemaRegistry
-from streamledger.kafka.clients import ensure_topics, reliable_producer
+from streamledger import kafka
 from services.dashboard.app import build_board
 from services.dashboard.board import Board
 from services.dashboard.kafka_watch import KafkaWatch
@@ -55,8 +55,8 @@ async def until(condition: Callable[[], bool], timeout_s: float = 15.0) -> None:
 
 async def test_reads_the_tail_and_survives_undecodable_records(bootstrap: str, unique: str) -> None:
     settings = dashboard_settings(bootstrap, unique)
-    await ensure_topics(bootstrap, settings.watched_topics())
-    async with reliable_producer(bootstrap) as producer:
+    await kafka.provision(bootstrap, [kafka.TopicSpec(name) for name in settings.watched_topics()])
+    async with kafka.producer(bootstrap) as producer:
         for i in range(5):  # before the dashboard starts: only the last 3 (feed tail) are read back
             await producer.send_and_wait(settings.deadletter_topic, dead_letter(f"old-{i}"))
         async with watching(settings) as board:

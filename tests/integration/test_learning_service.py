@@ -20,7 +20,7 @@ from river import datasets, evaluate
 from river.metrics.base import Metrics
 
 from streamledger.avro import AvroCodec, SchemaRegistry
-from streamledger.kafka.clients import ensure_topics, reliable_producer
+from streamledger import kafka
 from streamledger.settings import CommonSettings
 from services.learning import app
 from streamledger.core.models import load_declarations
@@ -104,8 +104,8 @@ def settings_for(bootstrap: str, names: dict, **overrides) -> LearningSettings:
 
 
 async def produce(bootstrap: str, topic: str, values: list[tuple[str | None, bytes]]) -> None:
-    await ensure_topics(bootstrap, [topic], partitions=1)
-    async with reliable_producer(bootstrap) as producer:
+    await kafka.provision(bootstrap, [kafka.TopicSpec(name, partitions=1) for name in [topic]])
+    async with kafka.producer(bootstrap) as producer:
         for key, value in values:
             await producer.send(topic, key=key.encode() if key else None, value=value)
         await producer.flush()
@@ -356,11 +356,11 @@ async def test_bad_events_go_to_the_dead_letters_with_a_reason_and_learning_goes
 
 async def test_several_partitions_each_event_is_learned_exactly_once_across_a_restart(bootstrap, names):
     """With 3 partitions the interleaving is not reproducible, but every event counts once."""
-    await ensure_topics(bootstrap, [names["input"]], partitions=3)
+    await kafka.provision(bootstrap, [kafka.TopicSpec(names["input"], partitions=3)])
     events = encoded(PHISHING)
 
     async def produce_spread(values):
-        async with reliable_producer(bootstrap) as producer:
+        async with kafka.producer(bootstrap) as producer:
             for i, (key, value) in enumerate(values):
                 await producer.send(names["input"], key=key.encode(), value=value, partition=i % 3)
             await producer.flush()

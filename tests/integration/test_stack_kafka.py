@@ -11,7 +11,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from streamledger.kafka.clients import ensure_topics, reliable_producer
+from streamledger import kafka
 
 pytestmark = pytest.mark.integration
 
@@ -34,9 +34,9 @@ async def consume_all(bootstrap: str, topic: str, expected: int, timeout: float 
 
 async def test_idempotent_round_trip_keeps_order_and_payload(bootstrap: str, unique: str) -> None:
     topic = f"test.roundtrip.{unique}"
-    await ensure_topics(bootstrap, [topic])
+    await kafka.provision(bootstrap, [kafka.TopicSpec(name) for name in [topic]])
     values = [json.dumps({"n": i, "pad": "x" * 180}).encode() for i in range(500)]
-    async with reliable_producer(bootstrap) as producer:
+    async with kafka.producer(bootstrap) as producer:
         # Idempotence (which implies acks=all): the broker gave this producer an id.
         assert producer._txn_manager is not None and producer._txn_manager.producer_id >= 0
         futures = [await producer.send(topic, value, key=str(i).encode()) for i, value in enumerate(values)]
@@ -49,8 +49,8 @@ async def test_idempotent_round_trip_keeps_order_and_payload(bootstrap: str, uni
 
 async def test_topic_with_partitions_spreads_keys(bootstrap: str, unique: str) -> None:
     topic = f"test.partitions.{unique}"
-    await ensure_topics(bootstrap, [topic], partitions=4)
-    await ensure_topics(bootstrap, [topic], partitions=4)  # second call is a no-op
+    await kafka.provision(bootstrap, [kafka.TopicSpec(name, partitions=4) for name in [topic]])
+    await kafka.provision(bootstrap, [kafka.TopicSpec(name, partitions=4) for name in [topic]])  # second call is a no-op
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
@@ -58,11 +58,11 @@ async def test_topic_with_partitions_spreads_keys(bootstrap: str, unique: str) -
     finally:
         await admin.close()
     assert len(described[0]["partitions"]) == 4
-    async with reliable_producer(bootstrap) as producer:
+    async with kafka.producer(bootstrap) as producer:
         sent = [await (await producer.send(topic, b"v", key=f"k{i}".encode())) for i in range(200)]
     assert {m.partition for m in sent} == {0, 1, 2, 3}
     # Same key, same partition: what per-key ordering relies on.
-    async with reliable_producer(bootstrap) as producer:
+    async with kafka.producer(bootstrap) as producer:
         again = [await (await producer.send(topic, b"v", key=f"k{i}".encode())) for i in range(200)]
     assert [m.partition for m in again] == [m.partition for m in sent]
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
@@ -78,8 +78,8 @@ async def test_kcat_reads_what_we_produced(bootstrap: str, unique: str) -> None:
     kcat = shutil.which("kcat")
     assert kcat, "kcat is missing: `make install` runs deploy/system-deps.sh, which installs it"
     topic = f"test.kcat.{unique}"
-    await ensure_topics(bootstrap, [topic])
-    async with reliable_producer(bootstrap) as producer:
+    await kafka.provision(bootstrap, [kafka.TopicSpec(name) for name in [topic]])
+    async with kafka.producer(bootstrap) as producer:
         for i in range(3):
             await (await producer.send(topic, f"hello-{i}".encode(), key=f"key-{i}".encode()))
     result = await asyncio.to_thread(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from streamledger.kafka.clients import ensure_topics, reliable_producer
+from streamledger import kafka
 from devstack import Stack
 from tests.integration.test_stack_kafka import consume_all
 
@@ -40,8 +40,8 @@ def test_up_twice_starts_nothing_new(stack: Stack) -> None:
 @pytest.mark.fault
 async def test_killed_kafka_is_reported_and_comes_back_with_its_data(stack: Stack, bootstrap: str, unique: str) -> None:
     topic = f"test.survives.{unique}"
-    await ensure_topics(bootstrap, [topic])
-    async with reliable_producer(bootstrap) as producer:
+    await kafka.provision(bootstrap, [kafka.TopicSpec(name) for name in [topic]])
+    async with kafka.producer(bootstrap) as producer:
         for i in range(50):
             await producer.send(topic, f"m{i}".encode())
         await producer.flush()

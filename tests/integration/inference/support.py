@@ -12,12 +12,11 @@ import pytest
 from river import datasets
 
 from streamledger.avro import AvroCodec, SchemaRegistry
-from streamledger.kafka.clients import reliable_producer
+from streamledger import kafka
 from services.inference import app
 from services.inference.settings import InferenceSettings
 from streamledger.core.models import load_declarations
 from services.learning.prequential import OnlineModel
-from streamledger.kafka.clients import ensure_compacted_topic
 from streamledger.core.snapshots import FORMAT, seal
 
 codec = AvroCodec(SchemaRegistry.from_dir())
@@ -70,8 +69,8 @@ def snapshot_record(model_id: str, version: int, online: OnlineModel) -> dict:
 
 def publish(bootstrap: str, topic: str, records: list[dict]) -> None:
     async def send() -> None:
-        await ensure_compacted_topic(bootstrap, topic, 64 * 1024 * 1024)
-        async with reliable_producer(bootstrap, max_request_size=64 * 1024 * 1024) as producer:
+        await kafka.provision(bootstrap, [kafka.TopicSpec(topic, compacted=True, max_message_bytes=64 * 1024 * 1024)])
+        async with kafka.producer(bootstrap, max_request_size=64 * 1024 * 1024) as producer:
             for record in records:
                 await producer.send_and_wait(topic, codec.encode("ModelSnapshot", record), key=record["model_id"].encode())
     asyncio.run(send())

@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from streamledger.avro import SCHEMAS_DIR, SchemaRegistry, fingerprint_of
-from streamledger.kafka.clients import ensure_topics, reliable_producer
+from streamledger import kafka
 from streamledger.protos import load
 from tests.integration.ingest.conftest import CODEC, KEYS, decoded_events, read_topic
 
@@ -115,11 +115,11 @@ async def test_full_pending_budget_is_unavailable(channel, service) -> None:
 
 async def test_schemas_topic_round_trip_teaches_a_reader_a_new_writer(bootstrap, unique) -> None:
     topic = f"test.schemas.{unique}"
-    await ensure_topics(bootstrap, [topic])
+    await kafka.provision(bootstrap, [kafka.TopicSpec(name) for name in [topic]])
     writer_side = SchemaRegistry.from_dir()
     v2 = json.loads((SCHEMAS_DIR / "evolution" / "RawEvent.v2.avsc").read_text())
     writer_side.register(v2)
-    async with reliable_producer(bootstrap) as producer:
+    async with kafka.producer(bootstrap) as producer:
         await writer_side.publish(producer, topic=topic)
         await producer.send_and_wait(topic, key=b"0000000000000000", value=json.dumps(v2).encode())  # forged key
 

@@ -16,7 +16,7 @@ from services.audit.auditor import open_auditor
 from services.audit.ports import InvalidArgument
 from services.audit.settings import AuditSettings
 from streamledger.avro import AvroCodec, SchemaRegistry
-from streamledger.kafka.clients import reliable_producer
+from streamledger import kafka
 from streamledger.settings import LedgerSettings
 from tests.integration.pipeline import reference
 from tests.integration.pipeline.conftest import wait_until
@@ -52,7 +52,7 @@ async def test_ten_thousand_events_verify_and_exactly_the_edited_one_is_tampered
     await ledger.logged('"event": "anchoring_started"')
 
     ids = []
-    async with reliable_producer(bootstrap) as producer:
+    async with kafka.producer(bootstrap) as producer:
         for i in range(EVENTS):
             raw, _ = reference.valid_event(i, tenant=f"t-{unique}")
             raw["event_id"] = f"{unique}-{i:05d}"

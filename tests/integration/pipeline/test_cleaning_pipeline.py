@@ -8,7 +8,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from streamledger.avro import AvroCodec, SchemaRegistry
-from streamledger.kafka.clients import reliable_producer
+from streamledger import kafka
 from tests.integration.pipeline import reference
 from tests.integration.pipeline.conftest import create_topics, wait_until
 
@@ -29,7 +29,7 @@ async def test_valid_events_reach_mongo_and_bad_input_becomes_dead_letters(
 
     expected_hash: dict[str, str] = {}
     bad: dict[str, str] = {}  # raw offset -> expected dead-letter reason
-    async with reliable_producer(bootstrap, max_request_size=4_000_000) as producer:
+    async with kafka.producer(bootstrap, max_request_size=4_000_000) as producer:
         offset = 0
 
         async def send(value: bytes, key: bytes | None) -> None:
@@ -56,7 +56,7 @@ async def test_valid_events_reach_mongo_and_bad_input_becomes_dead_letters(
         await plain.send_and_wait(raw_topic, key=b"foreign", value=b'{"event_id": "json-not-avro"}')
     bad[str(offset)] = "not_single_object"
     offset += 1
-    async with reliable_producer(bootstrap) as producer:  # one valid event after all the bad ones
+    async with kafka.producer(bootstrap) as producer:  # one valid event after all the bad ones
         raw, digest = reference.valid_event(VALID)
         expected_hash[raw["event_id"]] = digest
         await producer.send_and_wait(raw_topic, key=raw["event_id"].encode(), value=CODEC.encode("RawEvent", raw))
@@ -102,7 +102,7 @@ async def test_the_dedup_window_survives_a_restart(bootstrap, pipeline_env, serv
         return len(seen) >= count
 
     async def send(i: int) -> None:
-        async with reliable_producer(bootstrap) as producer:
+        async with kafka.producer(bootstrap) as producer:
             raw = reference.valid_event(i)[0]
             await producer.send_and_wait(raw_topic, key=raw["event_id"].encode(), value=CODEC.encode("RawEvent", raw))
 

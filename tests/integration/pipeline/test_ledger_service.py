@@ -21,7 +21,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from streamledger.core.canonical import content_hash
 from streamledger.avro import AvroCodec, SchemaRegistry
-from streamledger.kafka.clients import reliable_producer
+from streamledger import kafka
 from streamledger.ledger import LedgerClient
 from streamledger.core.merkle import verify_proof
 from streamledger.settings import LedgerSettings
@@ -107,7 +107,7 @@ async def test_every_record_is_anchored_once_through_a_kill_9_and_a_restart(
     events = [clean_event(run, i) for i in range(EVENTS)]
     sent: dict[str, tuple[int, int]] = {}  # event id -> (partition, offset)
 
-    async with reliable_producer(bootstrap) as producer:
+    async with kafka.producer(bootstrap) as producer:
         async def produce(part: list[dict], per_second: float) -> None:
             for start in range(0, len(part), 50):
                 for e in part[start:start + 50]:
@@ -183,7 +183,7 @@ async def test_a_ledger_outage_holds_anchoring_back_and_loses_nothing(
     await ledger.logged('"event": "anchoring_started"')
     run = uuid.uuid4().hex[:8]
     events = [clean_event(run, i) for i in range(1200)]
-    async with reliable_producer(bootstrap) as producer:
+    async with kafka.producer(bootstrap) as producer:
         async def produce(part: list[dict]) -> None:
             for e in part:
                 await producer.send(clean_topic, key=e["event_id"].encode(), value=CODEC.encode("CleanEvent", e))
@@ -250,7 +250,7 @@ async def test_usage_is_settled_once_per_hold_and_credit_is_conserved(
         expected = {h: sum(u * p for u, p in uses) for h, uses in plan.items()}
         ledger = services("ledger")
         await ledger.logged('"event": "settlement_started"')
-        async with reliable_producer(bootstrap) as producer:
+        async with kafka.producer(bootstrap) as producer:
             for hold_id, uses in plan.items():
                 for n, (units, price) in enumerate(uses[:len(uses) // 2]):
                     await producer.send(usage_topic, key=hold_id.encode(), value=usage(hold_id, n, units, price))

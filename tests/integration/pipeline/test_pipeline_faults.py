@@ -16,7 +16,7 @@ import time
 import pytest
 
 from streamledger.avro import AvroCodec, SchemaRegistry
-from streamledger.kafka.clients import reliable_producer
+from streamledger import kafka
 from devstack import Stack
 from tests.integration.pipeline import reference
 from tests.integration.pipeline.conftest import create_topics, wait_until
@@ -57,7 +57,7 @@ async def test_no_loss_through_kills_and_a_mongo_outage(bootstrap, mongo_db, pip
     cleaning, storage = services("cleaning"), services("storage")
 
     async def produce(part: list[tuple[bytes, bytes]]) -> None:
-        async with reliable_producer(bootstrap) as producer:
+        async with kafka.producer(bootstrap) as producer:
             for start in range(0, len(part), 2000):
                 for key, value in part[start:start + 2000]:
                     await producer.send(raw_topic, key=key, value=value)

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 import pytest
 
 from streamledger.avro import AvroCodec, SchemaRegistry
-from streamledger.kafka.clients import reliable_producer
+from streamledger import kafka
 from tests.integration.pipeline.conftest import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -49,7 +49,7 @@ def records() -> dict[str, list[tuple[str, bytes]]]:
 async def test_sink_stores_every_topic_by_key_and_a_replay_changes_nothing(
     bootstrap, mongo_db, pipeline_env, services
 ) -> None:
-    async with reliable_producer(bootstrap) as producer:
+    async with kafka.producer(bootstrap) as producer:
         for setting, messages in records().items():
             for key, value in messages:
                 await producer.send_and_wait(pipeline_env[setting], key=key.encode(), value=value)
