@@ -150,6 +150,22 @@ async def _serve(name: str, settings: S, build: Callable[[S], Service]) -> int:
     return 0
 
 
+async def run_until(service: Service, stop: asyncio.Event, on_started: Callable[[], None] = lambda: None) -> None:
+    """Start `service` (then call `on_started()`), run it until `stop` is set or it ends on its own,
+    stop it; raise what made it fail or refused its start. What `serve` does with a signal for
+    `stop`, for tests and benches that run a service in their own event loop."""
+    async with service:
+        on_started()
+        ended = asyncio.create_task(service.wait())
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({ended, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not ended.done():
+            ended.cancel()
+        elif ended.exception() is not None:
+            raise ended.exception()
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, StartError):
         return str(exc)

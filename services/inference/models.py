@@ -6,12 +6,12 @@
     outputs = model.predict([{"x": 1.0}])
 
 A snapshot becomes servable only through `load_snapshot`, which verifies its SHA-256
-before unpickling (the learning service's `unseal`). Swapping is a reference swap: a
+before unpickling (`streamledger.core.snapshots.unseal`). Swapping is a reference swap: a
 request takes its `ServedModel` once and finishes on it, whatever arrives meanwhile.
 
 Tensors (see ModelMetadata): one input per feature the model has learned from, named as
 the feature, FP64 for numbers (booleans as 0/1) and BYTES for strings, shape [-1] (or
-[N, 1]). Outputs by task:
+[N, 1]). Outputs by task (its `Task.outputs`):
 - binary, multiclass: "label" BYTES [N] (the most probable class, "" if the model has no
   opinion yet) and "probabilities" FP64 [N, K]; the K class names, in column order, are
   the response parameter "classes" (a JSON list of strings).
@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 
 from services.inference.responses import ResponseWriter
 from services.inference.tensors import NUMBER, STRING, Output, RowReader
-from streamledger.core.models import ModelDeclaration
+from streamledger.core.models import ModelDeclaration, Task
 from streamledger.core.snapshots import SnapshotError, unseal
 
 
@@ -72,14 +72,14 @@ class ServedModel:
     model_id: str
     version: int
     sha256: str
-    task: str
+    task: Task
     estimator: Any
     features: tuple[tuple[str, str], ...]
     """(name, datatype) of every input tensor, sorted by name."""
 
     @property
     def output_names(self) -> tuple[str, ...]:
-        return OUTPUTS[self.task]
+        return self.task.outputs
 
     @cached_property
     def reader(self) -> RowReader:
@@ -113,18 +113,18 @@ class ServedModel:
         return ResponseWriter(self.model_id, self.version_text)
 
     def output_metadata(self) -> list[tuple[str, str, tuple[int, ...]]]:
-        if self.task in ("binary", "multiclass"):
-            return [("label", STRING, (-1,)), ("probabilities", NUMBER, (-1, -1))]
-        return [(self.output_names[0], NUMBER, (-1,))]
+        if self.task.probabilities:
+            label, probabilities = self.task.outputs
+            return [(label, STRING, (-1,)), (probabilities, NUMBER, (-1, -1))]
+        return [(self.task.outputs[0], NUMBER, (-1,))]
 
     def predict(self, rows: list[dict[str, Any]]) -> Prediction:
         """River's answer for each row, as output tensors; raises what River raises for unfit rows."""
-        model = self.estimator
-        if self.task == "regression":
-            return Prediction([Output("value", NUMBER, (len(rows),), _floats([model.predict_one(x) for x in rows]))], {})
-        if self.task == "anomaly":
-            return Prediction([Output("score", NUMBER, (len(rows),), _floats([model.score_one(x) for x in rows]))], {})
-        probas = [model.predict_proba_one(x) for x in rows]
+        model, task = self.estimator, self.task
+        if not task.probabilities:  # one number per row: a value, or an anomaly score
+            values = _floats([task.predict(model, x) for x in rows])
+            return Prediction([Output(task.outputs[0], NUMBER, (len(rows),), values)], {})
+        probas = [task.predict_proba(model, x) for x in rows]
         if len(probas) == 1:  # the common request: no union of class sets to take
             classes = sorted(probas[0], key=str)
         else:
@@ -132,15 +132,12 @@ class ServedModel:
         names = self._class_names(classes)
         matrix = [float(p.get(c, 0.0)) for p in probas for c in classes]
         labels = [names[max(p, key=p.get)] if p else b"" for p in probas]
+        label, probabilities = task.outputs
         return Prediction(
-            [Output("label", STRING, (len(rows),), labels),
-             Output("probabilities", NUMBER, (len(rows), len(classes)), matrix)],
+            [Output(label, STRING, (len(rows),), labels),
+             Output(probabilities, NUMBER, (len(rows), len(classes)), matrix)],
             {"classes": names.json},
         )
-
-
-OUTPUTS = {"binary": ("label", "probabilities"), "multiclass": ("label", "probabilities"),
-           "regression": ("value",), "anomaly": ("score",)}
 
 
 class _ClassNames(dict):

@@ -75,6 +75,17 @@ def add_servicer(server: grpc.aio.Server | grpc.Server, servicer: Any) -> None:
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
 
 
+def server(servicer: Any, address: str, credentials: grpc.ServerCredentials | None,
+           max_message_bytes: int) -> tuple[grpc.aio.Server, int]:
+    """A grpc.aio server of `servicer` on `address` (TLS with `credentials`, else plaintext) and the port
+    it bound; a larger message than `max_message_bytes` is refused with RESOURCE_EXHAUSTED."""
+    bound = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message_bytes),
+                                     ("grpc.max_send_message_length", max_message_bytes)])
+    add_servicer(bound, servicer)
+    port = bound.add_secure_port(address, credentials) if credentials else bound.add_insecure_port(address)
+    return bound, port
+
+
 def _serialize(response: Any) -> bytes:
     return response if response.__class__ is bytes else response.SerializeToString()
 

@@ -1,32 +1,31 @@
 """Prediction and usage records out of the serving process, never on a request's path.
 
-    async with RecordSink(WriterSettings.of(bootstrap, topics, linger, "INFO"), queue_size) as sink:
+    async with RecordSink(WriterHello(bootstrap=..., topics={...}, linger_seconds=0.25), queue_size) as sink:
         sink.offer(PREDICTION, pieces)   # False: buffer full or writer gone (nothing buffered)
 
 A request only appends its record's raw pieces (a tuple, see `records.py`) to a list. A few
-milliseconds later (`_TICK`) the list leaves as one pickled frame to the record writer, a
-child process (`record_writer.py`) that builds, encodes and produces the records and
-acknowledges each frame once Kafka has it. So the serving process does no JSON, no Avro and
+milliseconds later (`_TICK`) the list leaves as one frame to the record writer, a child
+process (`record_writer.py`, started with `streamledger.child`) that builds, encodes and
+produces the records and acknowledges each frame once Kafka has it. So the serving process does no JSON, no Avro and
 no producing, and a record counts against `queue_size` from `offer` until its delivery.
 
 A full buffer is reported to the caller (`offer` returns False), so a slow broker slows
 nothing but the records: the server drops sampled predictions (counted) and refuses paid
 requests it could not meter. If the writer dies, `offer` refuses from then on, `alive` is
-False and `died` is set; every usage record it had not acknowledged is logged in full
-(`usage_not_recorded`, billing data an operator can replay) and counted as not sent.
+False, `died` is set and `failure` says how (`ChildDied`, with its exit code); every usage
+record it had not acknowledged is logged in full (`usage_not_recorded`, billing data an
+operator can replay) and counted as not sent.
 """
 
 from __future__ import annotations
 
 import asyncio
-import socket
-import sys
 from typing import Any
 
 from streamledger import metrics
-from streamledger.lifecycle import child_environment
+from streamledger.child import Child, ChildDied
 from streamledger.logging import get_logger
-from services.inference.record_writer import READY, WriterSettings, read_frame, write_frame
+from services.inference.record_writer import WriterHello
 from services.inference.records import PREDICTION, USAGE, usage_record
 
 log = get_logger("inference")
@@ -36,19 +35,19 @@ RECORD_ERRORS = metrics.counter("inference", "record_errors", "Records that coul
 _TICK = 0.005
 """How long offered records gather before they leave as one frame: one pickle and one write
 per tick instead of per request; the writer lingers far longer anyway."""
-_START_TIMEOUT = 60.0
-
-
-class RecordWriterDied(RuntimeError):
-    """The record writer process ended while the server was running."""
+WRITER = "services.inference.record_writer"
 
 
 class RecordSink:
-    def __init__(self, writer: WriterSettings, queue_size: int = 10_000) -> None:
+    def __init__(self, writer: WriterHello, queue_size: int = 10_000, program: str = WRITER) -> None:
         self.settings = writer
         self.queue_size = queue_size
+        self.program = program
+        """The writer's module (`python -m`): a test may run the writer with a producer of its own."""
         self.died = asyncio.Event()
         """Set if the writer process ended before `close`."""
+        self.failure: ChildDied | None = None
+        """How it ended, once `died` is set."""
         self._buffer: list[tuple[str, Any]] = []
         self._unacknowledged: dict[int, tuple[int, list[Any]]] = {}
         """Frame seq -> (records in it, the usage pieces among them), until the writer acknowledges it."""
@@ -57,10 +56,8 @@ class RecordSink:
         self._idle = asyncio.Event()
         self._idle.set()
         self._alive = False
-        self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._process: asyncio.subprocess.Process | None = None
-        self._writer: asyncio.StreamWriter | None = None
+        self._writer: Child | None = None
         self._receiving: asyncio.Task | None = None
 
     @property
@@ -69,7 +66,7 @@ class RecordSink:
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
+        return self._writer.pid if self._writer is not None else None
 
     async def __aenter__(self) -> RecordSink:
         await self.start()
@@ -82,29 +79,15 @@ class RecordSink:
             await self.close()
 
     async def start(self) -> None:
-        """Start the writer process and wait until its producer is connected."""
+        """Start the writer process and wait until its producer is connected (`ChildDied` if it cannot).
+
+        A fresh interpreter (no copy of the server's threads, locks or gRPC state) that imports
+        only the writer, with the server's import path."""
         self._loop = asyncio.get_running_loop()
-        ours, theirs = socket.socketpair()
-        # A fresh interpreter (no copy of the server's threads, locks or gRPC state) that imports
-        # only the writer, with the server's import path.
-        self._process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "services.inference.record_writer", str(theirs.fileno()), pass_fds=(theirs.fileno(),),
-            env=child_environment())
-        theirs.close()
-        reader, self._writer = await asyncio.open_unix_connection(sock=ours)
-        write_frame(self._writer, self.settings)
-        try:
-            first = await asyncio.wait_for(read_frame(reader), _START_TIMEOUT)
-        except TimeoutError:
-            first = None
-        if first != READY:
-            if self._process.returncode is None:
-                self._process.kill()
-            raise RecordWriterDied(f"the record writer did not start (exit code {await self._process.wait()}); "
-                                   "see its log lines above")
+        self._writer = await Child.start(self.program, self.settings, name="record writer")
         self._alive = True
-        self._receiving = asyncio.create_task(self._receive(reader))
-        log.info("record_writer_started", extra={"pid": self._process.pid})
+        self._receiving = asyncio.create_task(self._receive())
+        log.info("record_writer_started", extra={"pid": self._writer.pid})
 
     def offer(self, kind: str, pieces: Any) -> bool:
         """Buffer a record (its `records.py` pieces); False if the buffer is full or the writer is gone."""
@@ -128,18 +111,12 @@ class RecordSink:
 
     async def close(self) -> None:
         """Close the connection: the writer sends what it holds, acknowledges it and exits."""
-        self._closing = True
         if self._writer is not None:
-            self._writer.close()
+            self._writer.finish()
         if self._receiving is not None:
             await self._receiving
-        if self._process is not None:
-            try:
-                await asyncio.wait_for(self._process.wait(), 30)
-            except TimeoutError:
-                log.error("record_writer_stuck", extra={"pid": self._process.pid})
-                self._process.kill()
-                await self._process.wait()
+        if self._writer is not None:
+            await self._writer.close(timeout=30)
         self._alive = False
 
     def _flush(self) -> None:
@@ -149,11 +126,11 @@ class RecordSink:
         self._seq += 1
         self._unacknowledged[self._seq] = (len(items), [pieces for kind, pieces in items if kind == USAGE])
         self._in_flight += len(items)
-        write_frame(self._writer, (self._seq, items))
+        self._writer.send((self._seq, items))
 
-    async def _receive(self, reader: asyncio.StreamReader) -> None:
+    async def _receive(self) -> None:
         try:
-            while (ack := await read_frame(reader)) is not None:
+            while (ack := await self._writer.receive()) is not None:
                 seqs, counts = ack
                 for seq in seqs:
                     self._in_flight -= self._unacknowledged.pop(seq)[0]
@@ -162,17 +139,15 @@ class RecordSink:
                     RECORD_ERRORS.labels(topic).inc(failed)
                 if not self._buffer and not self._in_flight:
                     self._idle.set()
-        finally:  # the connection ended (or broke): unless that is the writer finishing as asked, it is gone
-            if not self._closing or self._unacknowledged:
-                await self._writer_died()
+        except ChildDied as exc:  # crashed, killed, or ended before it was asked to
+            self._writer_died(exc)
+            return
+        if self._unacknowledged:  # it finished as asked, yet owes acknowledgements
+            self._writer_died(ChildDied("record writer", 0, f"{len(self._unacknowledged)} frames unacknowledged"))
 
-    async def _writer_died(self) -> None:
+    def _writer_died(self, failure: ChildDied) -> None:
         self._alive = False
-        try:
-            exit_code = await asyncio.wait_for(self._process.wait(), 5)
-        except TimeoutError:  # its connection broke, yet it runs: it can be of no more use
-            self._process.kill()
-            exit_code = await self._process.wait()
+        exit_code = failure.exit_code
         lost = len(self._buffer) + self._in_flight
         usages = [pieces for kind, pieces in self._buffer if kind == USAGE]
         usages += [pieces for _, kept in self._unacknowledged.values() for pieces in kept]
@@ -185,4 +160,5 @@ class RecordSink:
                 RECORD_ERRORS.labels(self.settings.topics[kind]).inc(count)
         self._buffer, self._unacknowledged, self._in_flight = [], {}, 0
         self._idle.set()
+        self.failure = failure
         self.died.set()

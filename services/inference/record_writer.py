@@ -16,69 +16,46 @@ sees one produce request per partition and linger. While the previous batch of a
 is still on its way, the next wave waits for it and leaves larger: the busier, the cheaper.
 
 The writer stops when the serving side closes the connection (or dies): it sends what it
-holds, waits for every delivery, acknowledges it and exits. It is a plain `python -m` child of
-the server, its end of a socket pair passed as a file descriptor; frames are a 4-byte
-big-endian length and a pickle, the first one the `WriterSettings`.
+holds, waits for every delivery, acknowledges it and exits. It is a child process of the
+server (`streamledger.child`); its settings are its hello (`WriterHello`), frames and
+acknowledgements the messages.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import pickle
-import socket
-import struct
-import sys
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
+from streamledger import child, kafka
 from streamledger.avro import AvroCodec, CodecError, SchemaRegistry
-from streamledger import kafka
-from streamledger.logging import configure_logging, get_logger
-from services.inference.records import RECORDS
+from streamledger.child import Hello, Parent
+from streamledger.logging import get_logger
+from services.inference.records import RECORDS, record_topics
+from services.inference.settings import InferenceSettings
 
 log = get_logger("inference")
-READY = "ready"
-"""The writer's first frame: its producer is connected."""
-_LENGTH = struct.Struct(">I")
 
 
-@dataclass(frozen=True)
-class WriterSettings:
-    """What the writer process needs (its first frame)."""
+class WriterHello(Hello):
+    """The record writer's settings (its hello frame)."""
 
+    bootstrap: str
     topics: dict[str, str]
     """Record kind -> its topic."""
-    producer: Callable[[], AIOKafkaProducer]
-    """A new idempotent producer, e.g. `partial(kafka.producer, bootstrap)`."""
-    linger: float = 0.05
-    log_level: str = "INFO"
+    linger_seconds: float = 0.05
 
     @classmethod
-    def of(cls, bootstrap: str, topics: dict[str, str], linger: float, log_level: str) -> WriterSettings:
-        return cls(topics, partial(kafka.producer, bootstrap), linger, log_level)
-
-
-def write_frame(writer: asyncio.StreamWriter, message: Any) -> None:
-    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    writer.write(_LENGTH.pack(len(data)) + data)
-
-
-async def read_frame(reader: asyncio.StreamReader) -> Any:
-    """The next message, or None once the other side has closed."""
-    try:
-        size = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))[0]
-        return pickle.loads(await reader.readexactly(size))
-    except (asyncio.IncompleteReadError, ConnectionError):
-        return None
+    def of(cls, settings: InferenceSettings) -> WriterHello:
+        return cls(bootstrap=settings.kafka_bootstrap, topics=record_topics(settings),
+                   linger_seconds=settings.inference_records_linger_seconds, log_level=settings.log_level)
 
 
 @dataclass
@@ -214,14 +191,6 @@ class RecordWriter:
             log.error("records_not_sent", extra={"topic": topic, "records": count, "error": repr(exc)})
 
 
-def main() -> None:
-    """The child process (`python -m services.inference.record_writer FD`): serve the connection on
-    file descriptor FD, whose first frame is the `WriterSettings`, until the serving side closes it."""
-    connection = socket.socket(fileno=int(sys.argv[1]))
-    _lower_priority()
-    asyncio.run(_serve(connection))
-
-
 def _lower_priority() -> None:
     # Records are not urgent, requests are: the kernel runs this process only on CPU time nothing
     # else wants (a waking server preempts it at once). A machine too busy to spare any shows as a
@@ -232,29 +201,25 @@ def _lower_priority() -> None:
         os.nice(19)
 
 
-async def _serve(connection: socket.socket) -> None:
-    reader, writer = await asyncio.open_unix_connection(sock=connection)
-    settings: WriterSettings = await read_frame(reader)
-    configure_logging(settings.log_level)
+async def serve(hello: WriterHello, parent: Parent, producer: AIOKafkaProducer | None = None) -> None:
+    """The record writer process: frames from `parent` to `producer` (by default an idempotent one on
+    `hello.bootstrap`) until the server closes the connection; then deliver the rest and return."""
+    _lower_priority()
     frames: asyncio.Queue = asyncio.Queue()
 
     async def receive() -> None:
-        while (frame := await read_frame(reader)) is not None:
+        while (frame := await parent.receive()) is not None:
             frames.put_nowait(frame)
         frames.put_nowait(None)
 
-    async with settings.producer() as producer:
-        records = RecordWriter(producer, AvroCodec(SchemaRegistry.from_dir()), settings.topics,
-                               partial(write_frame, writer))
-        write_frame(writer, READY)
+    async with producer or kafka.producer(hello.bootstrap) as connected:
+        records = RecordWriter(connected, AvroCodec(SchemaRegistry.from_dir()), hello.topics, parent.send)
+        parent.ready()
         receiving = asyncio.create_task(receive())
-        await records.run(frames, settings.linger)
+        await records.run(frames, hello.linger_seconds)
         await receiving
-        await producer.flush()
-    with contextlib.suppress(ConnectionError):  # the server may be gone: its records are delivered all the same
-        await writer.drain()
-    writer.close()
+        await connected.flush()
 
 
 if __name__ == "__main__":
-    main()
+    child.run(serve, WriterHello)

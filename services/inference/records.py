@@ -14,6 +14,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from services.inference.settings import InferenceSettings
 from services.inference.tensors import Output, output_values
 
 PREDICTION, USAGE = "Prediction", "UsageRecord"
@@ -48,6 +49,14 @@ def usage_record(pieces: UsagePieces) -> tuple[str, dict[str, Any]]:
 
 RECORDS: dict[str, Callable[[Any], tuple[str, dict[str, Any]]]] = {PREDICTION: prediction_record,
                                                                    USAGE: usage_record}
+
+
+def record_topics(settings: InferenceSettings) -> dict[str, str]:
+    """Where each kind of record goes; usage records only in paid mode."""
+    topics = {PREDICTION: settings.inference_predictions_topic}
+    if settings.inference_mode == "paid":
+        topics[USAGE] = settings.inference_usage_topic
+    return topics
 
 
 _PARAMETER_VALUES: dict[str, Any] = {}

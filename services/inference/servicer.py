@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import grpc
@@ -19,13 +20,15 @@ from cryptography import x509
 from google.protobuf.message import DecodeError
 
 from streamledger.logging import get_logger
-from services.inference.authorization import AuthorizationError, Charge, HoldAuthorizer, client_identity
+from services.inference import tls
+from services.inference.authorization import AuthorizationError, Charge, HoldAuthorizer, HoldSource, client_identity
 from services.inference.models import (InvalidVersion, ModelShelf, NoSnapshotYet, ServedModel, UnknownModel,
                                        UnknownVersion)
 from services.inference.metrics import SERVING
 from services.inference.protocol import pb
 from services.inference.record_sink import RecordSink
 from services.inference.records import PREDICTION, USAGE
+from services.inference.settings import InferenceSettings
 from services.inference.tensors import InvalidInput, check_requested, split_head
 
 log = get_logger("inference")
@@ -48,17 +51,23 @@ class Metering:
     client_cas: dict[str, x509.Certificate]
     price_per_row: int
 
+    @classmethod
+    def of(cls, settings: InferenceSettings, holds: HoldSource, provider: str | None) -> Metering:
+        """Paid mode's metering as the settings say, holds read from `holds` (they must pay `provider`)."""
+        return cls(HoldAuthorizer(holds, settings.inference_hold_cache_seconds, provider=provider),
+                   tls.client_cas(settings), settings.inference_price_per_row)
+
 
 class InferenceServicer:
     def __init__(self, shelf: ModelShelf, sink: RecordSink, ready: Any, predictions_sample: float = 1.0,
-                 metering: Metering | None = None, server_version: str = "0.1.0") -> None:
+                 metering: Metering | None = None, server_version: str | None = None) -> None:
         self.shelf = shelf
         self.sink = sink
         self.ready = ready
         """Set once the snapshots present at start-up are loaded (an asyncio.Event)."""
         self.predictions_sample = predictions_sample
         self.metering = metering
-        self.server_version = server_version
+        self.server_version = server_version or _installed_version()
 
     async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return pb.ServerLiveResponse(live=True)
@@ -162,6 +171,13 @@ class InferenceServicer:
         client = client_identity(certificates[0], metering.client_cas)
         hold_id = dict(context.invocation_metadata() or ()).get(HOLD_METADATA)
         return client, await metering.authorizer.charge(hold_id, client, rows, metering.price_per_row)
+
+
+def _installed_version() -> str:
+    try:
+        return version("streamledger")
+    except PackageNotFoundError:
+        return "dev"
 
 
 def _decode(data: bytes) -> Any:

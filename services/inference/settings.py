@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import model_validator
 
+from streamledger import kafka
 from streamledger.kafka import topics
 from streamledger.settings import DEFAULT_MODELS_FILE, CommonSettings
 
@@ -66,3 +67,9 @@ class InferenceSettings(CommonSettings):
         if self.inference_price_per_row < 0:
             raise ValueError("inference_price_per_row must not be negative")
         return self
+
+    def topic_specs(self) -> list[kafka.TopicSpec]:
+        """The topics this service reads and writes, as the topic table describes them."""
+        return [kafka.spec(topics.PREDICTIONS, self.inference_predictions_topic),
+                kafka.spec(topics.USAGE, self.inference_usage_topic),
+                kafka.spec(topics.SNAPSHOTS, self.inference_snapshot_topic)]

@@ -1,11 +1,13 @@
 """Online learning with River: events.clean -> prequential models -> snapshots and metrics.
 
-Modules, from the pure core outwards:
-    declarations.py   TOML model declarations -> River objects, through an allow-list
-    prequential.py    OnlineModel: predict, update metrics, learn; label/feature checks; drift
-    snapshots.py      seal/unseal model state with a SHA-256 checked before unpickling
+Modules, from the pure core outwards (model declarations and the snapshot format are in
+`streamledger.core`, shared with inference):
+    prequential.py    OnlineModel: predict, update metrics, learn; feature checks; drift responses
     learners.py       LearnerSet: routes events to models, tracks offsets (ordering semantics)
-    snapshot_topic.py reading the compacted snapshots topic back at start-up
-    ledger_seam.py    the ModelRegistry interface the ledger will implement (not wired yet)
-    app.py            the service: Kafka consumer and producer around LearnerSet
+    reader.py         EventReader: the child process that fetches and decodes the input
+    snapshot_topic.py resuming each model from the compacted snapshots topic at start-up
+    publisher.py      dead letters, metrics and snapshots out to Kafka (and the ledger), commits
+    ledger_seam.py    the ModelRegistry the learner registers snapshots with (the ledger's)
+    settings.py       STREAMLEDGER_LEARNING_*
+    app.py            the service: wiring, and the learning loop
 """

@@ -13,8 +13,9 @@ but the interleaving across partitions follows fetch timing and is not reproduci
 two runs may end with different (equally valid) models. Put the events of a model whose
 result must be reproducible on one partition (e.g. key by tenant/source upstream).
 
-`LearnerSet` does no I/O: `handle` takes a consumed record and returns the records to
-publish, as `Output(record_name, key, record)`.
+`LearnerSet` does no I/O: `handle` takes a consumed record (`streamledger.core.records.Consumed`,
+its `tp` the (topic, partition) pair) and returns the records to publish, as
+`Output(record_name, key, record)`.
 """
 
 from __future__ import annotations
@@ -22,24 +23,15 @@ from __future__ import annotations
 import time
 from itertools import groupby
 from dataclasses import dataclass, field
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 from streamledger.core.models import ModelDeclaration
+from streamledger.core.records import Consumed, dead_letter
 from services.learning.prequential import Drift, OnlineModel, RejectedEvent
 from streamledger.core.snapshots import FORMAT, SnapshotError, seal, unseal
 
 SERVICE = "learning"
 Partition = tuple[str, int]
-
-
-class Consumed(NamedTuple):
-    """One Kafka record as consumed, before decoding (a tuple: thousands are made per fetch)."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
 
 
 @dataclass(frozen=True)
@@ -136,7 +128,7 @@ class LearnerSet:
         """
         outputs: list[Output] = []
         collected: dict[str, list[tuple[Consumed, dict[str, Any]]]] = {}
-        for tp, grouped in groupby(records, key=lambda record: (record[0].topic, record[0].partition)):
+        for tp, grouped in groupby(records, key=lambda record: record[0].tp):
             run = list(grouped)
             starts = [tracked.offsets.get(tp, 0) for tracked in self.models.values()]
             first = min(starts)
@@ -178,7 +170,8 @@ class LearnerSet:
         ]
         for (topic, partition, offset, event_id), error in outcome.refused:
             # Learned in an earlier fetch: the original bytes are no longer at hand, its position is.
-            outputs.append(self._dead_letter(Consumed(topic, partition, offset, None, None), error.reason,
+            outputs.append(self._dead_letter(Consumed((topic, partition), topic, partition, offset, None, None),
+                                             error.reason,
                                              f"model {tracked.model_id!r}: {error}", event_id))
         outputs.extend(self._metrics(tracked, drift) for drift in outcome.drifts)
         return outputs
@@ -262,20 +255,8 @@ class LearnerSet:
 
     @staticmethod
     def _dead_letter(consumed: Consumed, reason: str, error: str, key: str | None = None) -> Output:
-        if key is None and consumed.key is not None:
-            key = consumed.key.decode("utf-8", "replace")
-        record = {
-            "key": key,
-            "source_topic": consumed.topic,
-            "source_partition": consumed.partition,
-            "source_offset": consumed.offset,
-            "service": SERVICE,
-            "reason": reason,
-            "error": error,
-            "original": consumed.value or b"",
-            "ts": _now_ms(),
-        }
-        return Output("DeadLetter", key, record)
+        record = dead_letter(consumed, reason, error, _now_ms(), service=SERVICE, key=key)
+        return Output("DeadLetter", record["key"], record)
 
 
 def _now_ms() -> int:

@@ -23,20 +23,11 @@ from typing import Any, NamedTuple
 
 from river import base
 
-from streamledger.core.models import ModelDeclaration
+from streamledger.core.models import InvalidLabel, Label, ModelDeclaration, RejectedEvent
 
+__all__ = ["Batched", "Drift", "InvalidFeature", "InvalidLabel", "ModelRefusedEvent", "OnlineModel", "RejectedEvent",
+           "Step"]
 Features = dict[str, Any]
-Label = bool | float | str | None
-
-
-class RejectedEvent(ValueError):
-    """An event this model cannot take; `reason` is the dead-letter code, the message names the field."""
-
-    reason = "rejected"
-
-
-class InvalidLabel(RejectedEvent):
-    reason = "invalid_label"
 
 
 class InvalidFeature(RejectedEvent):
@@ -75,34 +66,6 @@ class Step(NamedTuple):
     drift: Drift | None = None
 
 
-def check_label(task: str, label: Any) -> Label:
-    """The label if its type fits the task, else `InvalidLabel` saying what was expected."""
-    if label is None:
-        return None
-    if task == "binary" and not isinstance(label, bool):
-        raise InvalidLabel(f"label: a binary model needs a boolean label, got {_avro_kind(label)} {label!r}")
-    if task == "multiclass" and not isinstance(label, (str, bool)):
-        raise InvalidLabel(f"label: a multiclass model needs a class name (string or boolean), got {_avro_kind(label)} {label!r}")
-    if task == "regression":
-        if isinstance(label, bool) or not isinstance(label, (int, float)):
-            raise InvalidLabel(f"label: a regression model needs a numeric (double) label, got {_avro_kind(label)} {label!r}")
-        if not math.isfinite(label):
-            raise InvalidLabel(f"label: a regression label must be finite, got {label!r}")
-    if task == "anomaly" and not isinstance(label, bool):
-        raise InvalidLabel(f"label: an anomaly model takes an optional boolean label (is it an anomaly?), got {_avro_kind(label)} {label!r}")
-    return label
-
-
-def _avro_kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "double"
-    if isinstance(value, str):
-        return "string"
-    return type(value).__name__
-
-
 class OnlineModel:
     """A declared River model with its metrics, drift detector and drift response."""
 
@@ -127,13 +90,11 @@ class OnlineModel:
 
     def _configure(self) -> None:
         """Derived, non-persisted attributes: how to predict and what the metrics need."""
-        task = self.declaration.task
-        self._anomaly = task == "anomaly"
+        self.task = self.declaration.task
         self._takes_strings = self.declaration.takes_strings
-        self._classifier = task in ("binary", "multiclass")
         # Like river.metrics.Metrics: probability metrics get predict_proba_one, label
-        # metrics its arg-max; without any probability metric, plain predict_one.
-        wants_proba = [self._classifier and not getattr(m, "requires_labels", True) for m in self.metrics]
+        # metrics its arg-max; without any probability metric, the task's plain prediction.
+        wants_proba = [self.task.probabilities and not getattr(m, "requires_labels", True) for m in self.metrics]
         self._needs_proba = any(wants_proba)
         self._feeds = [(m, self._needs_proba and not proba) for m, proba in zip(self.metrics, wants_proba)]
         """Each metric, and whether it gets the arg-max label instead of the prediction."""
@@ -144,7 +105,7 @@ class OnlineModel:
 
     def process(self, x: Features, label: Any) -> Step:
         """Predict, update metrics, learn. Raises a `RejectedEvent` and changes nothing if the event is unfit."""
-        y = check_label(self.declaration.task, label)
+        y = self.task.check_label(label)
         new_features = self._check_features(x)
         try:
             prediction, label_prediction = self._predict(x)
@@ -152,7 +113,7 @@ class OnlineModel:
             raise ModelRefusedEvent(f"features do not fit model {self.declaration.model_id!r}: {type(exc).__name__}: {exc}") from None
         if new_features:
             self._remember_kinds(x, new_features)
-        if y is None and not self._anomaly:
+        if y is None and self.task.supervised:
             self.predicted += 1
             return Step(prediction=prediction, learned=False)
 
@@ -160,7 +121,7 @@ class OnlineModel:
         if y is not None and prediction is not None and prediction != {}:
             for metric, gets_label in self._feeds:
                 metric.update(y, label_prediction if gets_label else prediction)
-            if not self._anomaly:
+            if self.task.supervised:
                 drift = self._watch(y, label_prediction)
         try:
             self._learn(x, y)
@@ -189,7 +150,7 @@ class OnlineModel:
         size = self.declaration.batch_size
         for index, (x, label, ref) in enumerate(events):
             try:
-                y = check_label(self.declaration.task, label)
+                y = self.task.check_label(label)
                 new_features = self._check_features(x)
             except RejectedEvent as exc:
                 outcome.rejected[index] = exc
@@ -235,33 +196,24 @@ class OnlineModel:
         self.learned += len(batch)
 
     def _predict(self, x: Features) -> tuple[Any, Any]:
-        if self._anomaly:
-            score = self.model.score_one(x)
-            return score, score
         if self._needs_proba:
-            proba = self.model.predict_proba_one(x)
+            proba = self.task.predict_proba(self.model, x)
             return proba, (max(proba, key=proba.get) if proba else None)
-        prediction = self.model.predict_one(x)
+        prediction = self.task.predict(self.model, x)
         return prediction, prediction
 
     def _learn(self, x: Features, y: Label) -> None:
-        if self._anomaly:
-            self.model.learn_one(x)
-        else:
-            self.model.learn_one(x, y)
-            if self.background is not None:
-                self.background.learn_one(x, y)
-                self.background_learned += 1
-                if self.background_learned >= self.declaration.drift.background_events:
-                    self.model, self.background = self.background, None
+        self.task.learn(self.model, x, y)
+        if self.background is not None:  # only a supervised model's drift starts one
+            self.task.learn(self.background, x, y)
+            self.background_learned += 1
+            if self.background_learned >= self.declaration.drift.background_events:
+                self.model, self.background = self.background, None
         self.learned += 1
 
     def _watch(self, y: Label, y_pred: Any) -> Drift | None:
         """Feed the model's error to the drift detector; respond as declared when it fires."""
-        if self.declaration.task == "regression":
-            error = abs(y - y_pred) if y_pred is not None else 0.0
-        else:
-            error = float(y_pred != y)
+        error = self.task.error(y, y_pred)
         self.detector.update(error)
         since = self._errors_since_drift
         since[0] += error

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from streamledger import kafka
 from streamledger.kafka import topics
 from streamledger.settings import DEFAULT_MODELS_FILE, CommonSettings
-
 
 
 class LearningSettings(CommonSettings):
@@ -28,3 +28,10 @@ class LearningSettings(CommonSettings):
     learning_ledger: bool = False
     """Register every snapshot's sha256 on the ledger and resume only from registered ones
     (the ledger is reached with `LedgerSettings`, `STREAMLEDGER_FABRIC_*`)."""
+
+    def topic_specs(self) -> list[kafka.TopicSpec]:
+        """The topics this service reads and writes, as the topic table describes them."""
+        return [*(kafka.spec(topics.CLEAN, name) for name in self.learning_input_topics),
+                kafka.spec(topics.MODEL_METRICS, self.learning_metrics_topic),
+                kafka.spec(topics.DEADLETTER, self.learning_deadletter_topic),
+                kafka.spec(topics.SNAPSHOTS, self.learning_snapshot_topic)]

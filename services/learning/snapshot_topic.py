@@ -1,13 +1,58 @@
-"""Reading the compacted snapshots topic back at start-up (the Kafka adapter of a restart)."""
+"""Resuming from the compacted snapshots topic at start-up (the Kafka adapter of a restart).
+
+    await resume(learners, bootstrap, topic, codec, registry)   # each model from its newest verified snapshot
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from typing import Any
 
+from streamledger import kafka, metrics
 from streamledger.avro import AvroCodec, CodecError
-from streamledger import kafka
 from streamledger.kafka import topics
+from streamledger.logging import get_logger
+from services.learning.learners import LearnerSet
+from services.learning.ledger_seam import ModelRegistry
+
+log = get_logger("learning")
+REFUSED = metrics.counter("learning", "snapshots_refused", "Snapshots refused at start-up", ("reason",))
+
+
+async def resume(learners: LearnerSet, bootstrap: str, topic: str, codec: AvroCodec,
+                 registry: ModelRegistry | None) -> None:
+    """Load each model's newest snapshot that verifies (and, with a registry, is registered on the
+    ledger with exactly its hash); log and count every refused one."""
+    found, undecodable = await read_snapshots(bootstrap, topic, codec)
+    for error in undecodable:
+        REFUSED.labels(error.reason).inc()
+        log.error("snapshot_refused", extra={"reason": error.reason, "error": str(error)})
+    for model_id in learners.models:
+        candidates = found.get(model_id, [])
+        if registry is not None:
+            registered = [s for s in candidates if await registry.is_registered(model_id, s["version"], s["sha256"])]
+            for s in candidates:
+                if s not in registered:
+                    REFUSED.labels("not_registered").inc()
+                    log.error("snapshot_refused", extra={"model_id": model_id, "version": s["version"],
+                                                         "reason": "not_registered"})
+            candidates = registered
+        version, refusals = learners.resume(model_id, candidates)
+        if registry is not None:
+            # New snapshots are numbered above every registered version (its hash can never change)
+            # and every refused one (a reader may have loaded it: the next version must supersede it).
+            tracked = learners.models[model_id]
+            tracked.version = max(tracked.version, await registry.latest_version(model_id),
+                                  *(s["version"] for s in found.get(model_id, [])))
+        for refusal in refusals:
+            reason = getattr(refusal.error, "reason", "declaration_changed")
+            REFUSED.labels(reason).inc()
+            log.error("snapshot_refused", extra={"model_id": model_id, "version": refusal.version,
+                                                 "reason": reason, "error": str(refusal.error)})
+        tracked = learners.models[model_id]
+        log.info("model_resumed" if version is not None else "model_fresh",
+                 extra={"model_id": model_id, "version": version, "events_seen": tracked.online.learned,
+                        "offsets": {f"{t}/{p}": o for (t, p), o in tracked.offsets.items()}})
 
 
 async def read_snapshots(
@@ -29,5 +74,3 @@ async def read_snapshots(
                 else:
                     found[snapshot["model_id"]].append(snapshot)
     return dict(found), errors
-
-

@@ -20,6 +20,16 @@ metrics and its drift detector. Components are named by `module.Class` and looke
 
 A parameter whose value is a table with a `class` key is itself built from the
 allow-list, so optimizers and nested estimators can be declared too.
+
+A declaration's `task` is a `Task` object (`TASKS[name]`), which knows everything that differs
+between tasks, so no other code asks which task it has:
+
+    task = declaration.task              # TASKS["regression"]
+    y = task.check_label(3.5)            # InvalidLabel for a boolean, a string or a NaN
+    y_pred = task.predict(model, x)      # predict_one; score_one for an anomaly detector
+    task.learn(model, x, y)              # learn_one(x, y); learn_one(x) for an anomaly detector
+    task.error(y, y_pred)                # |y - y_pred|: what the drift detector watches
+    task.outputs                         # ("value",): the tensors inference serves per row
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ import functools
 import hashlib
 import inspect
 import json
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +61,6 @@ from river import (
 )
 from river.drift import binary as binary_drift
 
-TASKS = ("binary", "multiclass", "regression", "anomaly")
 DRIFT_RESPONSES = ("log", "reset", "background")
 
 ALLOWED: dict[str, type] = {
@@ -87,17 +97,146 @@ METRICS: dict[str, type] = {
 }
 """Metrics a declaration may list, by River class name."""
 
-_TASK_BASE: dict[str, type] = {
-    "binary": base.Classifier,
-    "multiclass": base.Classifier,
-    "regression": base.Regressor,
-    "anomaly": base.AnomalyDetector,
-}
 _SCALARS = (bool, int, float, str)
+Label = bool | float | str | None
 
 
 class DeclarationError(ValueError):
     """A model declaration that cannot be built; the message names the model and the key."""
+
+
+class RejectedEvent(ValueError):
+    """An event a model cannot take; `reason` is the dead-letter code, the message names the field."""
+
+    reason = "rejected"
+
+
+class InvalidLabel(RejectedEvent):
+    reason = "invalid_label"
+
+
+class Task:
+    """What models of one task do with events, the way River's base classes split them: the final
+    step they need, the labels they take, how they predict, learn and err, what inference serves."""
+
+    name = ""
+    final_step: type = base.Estimator
+    """The River base class a declared pipeline's last step must be."""
+    outputs: tuple[str, ...] = ()
+    """The output tensors inference answers with, per row."""
+    supervised = True
+    """Learns from labelled events only, and a drift detector watches its errors (an anomaly
+    detector learns from every event and has no error to watch)."""
+    probabilities = False
+    """Answers class probabilities (`predict_proba`), the label being the most probable class."""
+    binary_errors = False
+    """Its errors are 0 or 1, so a binary drift detector (DDM, EDDM) can watch them."""
+
+    def check_label(self, label: Any) -> Label:
+        """The label if its type fits the task (None: unlabelled), else `InvalidLabel` saying what was expected."""
+        raise NotImplementedError
+
+    def predict(self, model: base.Estimator, x: dict[str, Any]) -> Any:
+        return model.predict_one(x)
+
+    def learn(self, model: base.Estimator, x: dict[str, Any], y: Label) -> None:
+        model.learn_one(x, y)
+
+    def error(self, y: Label, y_pred: Any) -> float:
+        """How wrong `y_pred` was: what the drift detector watches."""
+        return float(y_pred != y)
+
+    def metric_problem(self, metric: metrics.base.Metric, model: base.Estimator) -> str | None:
+        """Why `metric` cannot score this task's `model`, or None if it can."""
+        if metric.works_with(model):
+            return None
+        return f"metric {type(metric).__name__} does not work with a {self.name} model"
+
+    def __repr__(self) -> str:
+        return f"TASKS[{self.name!r}]"
+
+
+class BinaryClassification(Task):
+    name = "binary"
+    final_step = base.Classifier
+    outputs = ("label", "probabilities")
+    probabilities = True
+    binary_errors = True
+
+    def check_label(self, label: Any) -> Label:
+        if label is None or isinstance(label, bool):
+            return label
+        raise InvalidLabel(f"label: a binary model needs a boolean label, got {_avro_kind(label)} {label!r}")
+
+    def predict_proba(self, model: base.Estimator, x: dict[str, Any]) -> dict[Any, float]:
+        return model.predict_proba_one(x)
+
+
+class MulticlassClassification(BinaryClassification):
+    name = "multiclass"
+
+    def check_label(self, label: Any) -> Label:
+        if label is None or isinstance(label, (str, bool)):
+            return label
+        raise InvalidLabel(f"label: a multiclass model needs a class name (string or boolean), "
+                           f"got {_avro_kind(label)} {label!r}")
+
+
+class Regression(Task):
+    name = "regression"
+    final_step = base.Regressor
+    outputs = ("value",)
+
+    def check_label(self, label: Any) -> Label:
+        if label is None:
+            return None
+        if isinstance(label, bool) or not isinstance(label, (int, float)):
+            raise InvalidLabel(f"label: a regression model needs a numeric (double) label, got {_avro_kind(label)} {label!r}")
+        if not math.isfinite(label):
+            raise InvalidLabel(f"label: a regression label must be finite, got {label!r}")
+        return label
+
+    def error(self, y: Label, y_pred: Any) -> float:
+        return abs(y - y_pred) if y_pred is not None else 0.0
+
+
+class AnomalyDetection(Task):
+    name = "anomaly"
+    final_step = base.AnomalyDetector
+    outputs = ("score",)
+    supervised = False
+
+    def check_label(self, label: Any) -> Label:
+        if label is None or isinstance(label, bool):
+            return label
+        raise InvalidLabel(f"label: an anomaly model takes an optional boolean label (is it an anomaly?), "
+                           f"got {_avro_kind(label)} {label!r}")
+
+    def predict(self, model: base.Estimator, x: dict[str, Any]) -> float:
+        return model.score_one(x)  # higher is more anomalous
+
+    def learn(self, model: base.Estimator, x: dict[str, Any], y: Label) -> None:
+        model.learn_one(x)  # unsupervised: the label only scores it
+
+    def metric_problem(self, metric: metrics.base.Metric, model: base.Estimator) -> str | None:
+        if metric.requires_labels or not isinstance(metric, metrics.base.BinaryMetric):
+            return f"metric {type(metric).__name__} cannot score an anomaly model; use ROCAUC"
+        return None
+
+
+TASKS: dict[str, Task] = {task.name: task for task in (BinaryClassification(), MulticlassClassification(),
+                                                       Regression(), AnomalyDetection())}
+"""Every task a declaration may name, by name."""
+
+
+def _avro_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "double"
+    if isinstance(value, str):
+        return "string"
+    return type(value).__name__
 
 
 @dataclass(frozen=True)
@@ -113,7 +252,7 @@ class ModelDeclaration:
     """One model as declared; `build_*` make fresh River objects from it."""
 
     model_id: str
-    task: str
+    task: Task
     pipeline: tuple[dict[str, Any], ...]
     metrics: tuple[str, ...]
     tenant: str = "*"
@@ -144,7 +283,7 @@ class ModelDeclaration:
     def fingerprint(self) -> str:
         """SHA-256 of the declaration's canonical JSON: a snapshot is only resumed under the same one."""
         canonical = json.dumps(
-            {"task": self.task, "pipeline": self.pipeline, "metrics": self.metrics, "batch_size": self.batch_size,
+            {"task": self.task.name, "pipeline": self.pipeline, "metrics": self.metrics, "batch_size": self.batch_size,
              "drift": [self.drift.detector, self.drift.response, self.drift.background_events]},
             sort_keys=True, separators=(",", ":"),
         )
@@ -190,9 +329,9 @@ def parse_declaration(table: dict[str, Any], where: str = "model") -> ModelDecla
     if not isinstance(model_id, str) or not model_id:
         raise DeclarationError(f"{where}: 'id' must be a non-empty string")
     where = f"model {model_id!r}"
-    task = table.get("task")
-    if task not in TASKS:
-        raise DeclarationError(f"{where}: 'task' must be one of {', '.join(TASKS)}; got {task!r}")
+    task = TASKS.get(table["task"]) if isinstance(table.get("task"), str) else None
+    if task is None:
+        raise DeclarationError(f"{where}: 'task' must be one of {', '.join(TASKS)}; got {table.get('task')!r}")
     pipeline = table.get("pipeline")
     if not isinstance(pipeline, list) or not pipeline:
         raise DeclarationError(f"{where}: 'pipeline' must be a non-empty list of {{ class = ... }} tables")
@@ -235,27 +374,24 @@ def _parse_drift(table: Any, where: str) -> DriftPolicy:
 
 def _check_buildable(declaration: ModelDeclaration, where: str) -> None:
     """Build everything once so a bad declaration fails at start-up, not on the first event."""
+    task = declaration.task
     model = declaration.build_model()
     final = model[-1] if isinstance(model, compose.Pipeline) else model
-    if not isinstance(final, _TASK_BASE[declaration.task]):
-        raise DeclarationError(
-            f"{where}: task {declaration.task!r} needs a final step that is a "
-            f"{_TASK_BASE[declaration.task].__name__}; {type(final).__name__} is not"
-        )
+    if not isinstance(final, task.final_step):
+        raise DeclarationError(f"{where}: task {task.name!r} needs a final step that is a "
+                               f"{task.final_step.__name__}; {type(final).__name__} is not")
     for metric in declaration.build_metrics():
-        if declaration.task == "anomaly":
-            if metric.requires_labels or not isinstance(metric, metrics.base.BinaryMetric):
-                raise DeclarationError(f"{where}: metric {type(metric).__name__} cannot score an anomaly model; use ROCAUC")
-        elif not metric.works_with(model):
-            raise DeclarationError(f"{where}: metric {type(metric).__name__} does not work with a {declaration.task} model")
+        problem = task.metric_problem(metric, model)
+        if problem is not None:
+            raise DeclarationError(f"{where}: {problem}")
     if declaration.batch_size > 1:
         _check_batchable(declaration, model, where)
     detector = declaration.build_detector()
     if not isinstance(detector, (base.DriftDetector, base.BinaryDriftDetector)):
         raise DeclarationError(f"{where}: drift.detector {type(detector).__name__} is not a drift detector")
-    if isinstance(detector, base.BinaryDriftDetector) and declaration.task not in ("binary", "multiclass"):
+    if isinstance(detector, base.BinaryDriftDetector) and not task.binary_errors:
         raise DeclarationError(f"{where}: drift.detector {type(detector).__name__} watches 0/1 errors; "
-                               f"a {declaration.task} model needs ADWIN, PageHinkley or KSWIN")
+                               f"a {task.name} model needs ADWIN, PageHinkley or KSWIN")
 
 
 def _check_batchable(declaration: ModelDeclaration, model: base.Estimator, where: str) -> None:
@@ -263,7 +399,7 @@ def _check_batchable(declaration: ModelDeclaration, model: base.Estimator, where
     for step in steps[:-1]:
         if not hasattr(step, "learn_many") or not hasattr(step, "transform_many"):
             raise DeclarationError(f"{where}: batch_size > 1 needs learn_many/transform_many; {type(step).__name__} has none")
-    if declaration.task == "anomaly" or not hasattr(steps[-1], "learn_many") or not hasattr(steps[-1], "predict_many"):
+    if not declaration.task.supervised or not hasattr(steps[-1], "learn_many") or not hasattr(steps[-1], "predict_many"):
         raise DeclarationError(f"{where}: batch_size > 1 needs learn_many/predict_many; {type(steps[-1]).__name__} has none")
     for metric in declaration.build_metrics():
         if not getattr(metric, "requires_labels", True):

@@ -1,8 +1,8 @@
 """The learning service on the real Kafka: River parity, kill -9 recovery, refused snapshots, dead letters.
 
 Every test writes CleanEvents for River's bundled datasets onto its own one-partition
-topic and runs the service on it (in-process through `app.run`, or as the real
-`streamledger serve learning` subprocess for the kill -9 test).
+topic and runs the service on it (in-process, `app.Learning` run as `serve` runs it, or as
+the real `streamledger serve learning` subprocess for the kill -9 test).
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ from river.metrics.base import Metrics
 
 from streamledger.avro import AvroCodec, SchemaRegistry
 from streamledger import kafka
+from streamledger.child import ChildDied
+from streamledger.lifecycle import run_until
 from streamledger.settings import CommonSettings
 from services.learning import app
 from streamledger.core.models import load_declarations
-from services.learning.reader import ReaderFailed
 from services.learning.settings import LearningSettings
 from devstack import Stack
 
@@ -153,11 +154,11 @@ def latest(records: list[dict]) -> dict[str, dict]:
 
 
 class Service:
-    """`app.run` as a task in this event loop, stopped like SIGTERM would."""
+    """The learning service as a task in this event loop, stopped like SIGTERM would."""
 
     def __init__(self, settings: LearningSettings) -> None:
         self.stop = asyncio.Event()
-        self.task = asyncio.create_task(app.run(settings, self.stop))
+        self.task = asyncio.create_task(run_until(app.Learning(settings), self.stop))
 
     async def close(self) -> None:
         self.stop.set()
@@ -173,23 +174,35 @@ def river_reference(declaration, dataset) -> dict[str, float]:
 async def test_final_metrics_equal_progressive_val_score_exactly(bootstrap, names):
     await produce(bootstrap, names["input"], encoded(PHISHING + TRUMP))
     end = len(PHISHING) + len(TRUMP)
+    learned = {"phishing-logreg": len(PHISHING), "phishing-hat": len(PHISHING), "trump-linreg": len(TRUMP)}
+
+    def metrics_caught_up(records: list[dict]) -> bool:
+        return all(any(r["model_id"] == m and r["position"] == n for r in records) for m, n in learned.items())
+
     service = Service(settings_for(bootstrap, names))
     try:
         snapshots = await read_all(bootstrap, names["snapshots"], "ModelSnapshot",
                                    final_snapshots(end, names["snapshots"], ["phishing-logreg", "phishing-hat", "trump-linreg"]))
-        metric_records = await read_all(bootstrap, names["metrics"], "ModelMetrics", lambda r: len(r) >= 3)
+        metric_records = await read_all(bootstrap, names["metrics"], "ModelMetrics", metrics_caught_up)
     finally:
         await service.close()
 
     final = latest(snapshots)
     declarations = {d.model_id: d for d in load_declarations(names["models"])}
-    assert final["phishing-logreg"]["metrics"] == river_reference(declarations["phishing-logreg"], datasets.Phishing())
-    assert final["phishing-hat"]["metrics"] == river_reference(declarations["phishing-hat"], datasets.Phishing())
-    assert final["trump-linreg"]["metrics"] == river_reference(declarations["trump-linreg"], datasets.TrumpApproval())
-    assert final["phishing-logreg"]["events_seen"] == len(PHISHING)
-    assert final["trump-linreg"]["events_seen"] == len(TRUMP)
-    assert {r["model_id"] for r in metric_records} <= set(declarations)
-    assert all(r["position"] >= 0 and r["metrics"] for r in metric_records)
+    reference = {"phishing-logreg": river_reference(declarations["phishing-logreg"], datasets.Phishing()),
+                 "phishing-hat": river_reference(declarations["phishing-hat"], datasets.Phishing()),
+                 "trump-linreg": river_reference(declarations["trump-linreg"], datasets.TrumpApproval())}
+    for model_id, count in learned.items():
+        assert final[model_id]["metrics"] == reference[model_id]
+        assert final[model_id]["events_seen"] == count
+        # The periodic metrics records: the declared metrics, a position that never goes back,
+        # and once every event is learned, exactly the final metrics.
+        mine = [r for r in metric_records if r["model_id"] == model_id]
+        positions = [r["position"] for r in mine]
+        assert positions == sorted(positions) and positions[-1] == count, model_id
+        assert all(set(r["metrics"]) == set(declarations[model_id].metrics) for r in mine)
+        assert mine[-1]["metrics"] == reference[model_id]
+    assert {r["model_id"] for r in metric_records} == set(learned)
 
 
 def serve(names: dict, bootstrap: str, **overrides: str) -> subprocess.Popen:
@@ -262,22 +275,6 @@ async def readers_gone(topic: str, timeout_s: float = 5.0) -> None:
             await asyncio.sleep(0.1)
 
 
-async def test_a_dead_reader_process_stops_the_service_with_the_reason(bootstrap, names):
-    await produce(bootstrap, names["input"], encoded(PHISHING[:100]))
-    service = Service(settings_for(bootstrap, names))
-    try:
-        async with asyncio.timeout(30):
-            while not readers_of(names["input"]):
-                await asyncio.sleep(0.1)
-        [pid] = readers_of(names["input"])
-        os.kill(pid, signal.SIGKILL)
-        with pytest.raises(ReaderFailed, match=r"reader process exited \(exit code -9\)"):
-            await asyncio.wait_for(service.task, 10)
-    finally:
-        service.stop.set()
-    await readers_gone(names["input"])
-
-
 class Captured(logging.Handler):
     def __init__(self) -> None:
         super().__init__()
@@ -285,6 +282,30 @@ class Captured(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.records.append(record)
+
+
+async def test_a_dead_reader_process_stops_the_service_with_the_reason(bootstrap, names):
+    await produce(bootstrap, names["input"], encoded(PHISHING[:100]))
+    captured = Captured()
+    logger = logging.getLogger("streamledger.learning")
+    logger.addHandler(captured)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    service = Service(settings_for(bootstrap, names))
+    try:
+        async with asyncio.timeout(30):  # started: the reader said it is ready
+            while not any(r.getMessage() == "learning_started" for r in captured.records):
+                await asyncio.sleep(0.1)
+        [pid] = readers_of(names["input"])
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(ChildDied, match=r"learning reader process exited \(exit code -9\)") as died:
+            await asyncio.wait_for(service.task, 10)
+        assert died.value.exit_code == -9
+    finally:
+        service.stop.set()
+        logger.removeHandler(captured)
+        logger.setLevel(level)
+    await readers_gone(names["input"])
 
 
 async def test_a_tampered_snapshot_is_refused_and_the_previous_one_used(bootstrap, names):
@@ -348,9 +369,11 @@ async def test_bad_events_go_to_the_dead_letters_with_a_reason_and_learning_goes
     assert label_reasons == {("invalid_label", "model 'phishing-logreg'"), ("invalid_label", "model 'phishing-hat'")}
     assert "needs a boolean label, got string 'yes'" in by_key["bad-label"][0]["error"]
     feature = {d["error"].split(":")[0]: d for d in by_key["bad-feature"]}
-    assert feature["model 'phishing-logreg'"]["reason"] == "invalid_feature"
-    assert "features['https']" in feature["model 'phishing-logreg'"]["error"]
-    assert "phishing-hat" not in str(feature.keys()) or feature["model 'phishing-hat'"]["reason"] == "invalid_feature"
+    assert {model: d["reason"] for model, d in feature.items()} == {"model 'phishing-logreg'": "invalid_feature",
+                                                                     "model 'phishing-hat'": "invalid_feature"}
+    assert "features['https']: model 'phishing-logreg' takes numbers only" in feature["model 'phishing-logreg'"]["error"]
+    # The tree takes strings, but this feature was a number in the events before.
+    assert "features['https']: is a string here but was a number" in feature["model 'phishing-hat'"]["error"]
     assert latest(snapshots)["phishing-logreg"]["events_seen"] == 8  # the 8 good events
 
 

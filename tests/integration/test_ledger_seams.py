@@ -30,12 +30,13 @@ from services.learning.ledger_seam import LedgerModelRegistry
 from services.learning.prequential import OnlineModel
 from streamledger.core.snapshots import seal
 from streamledger.ledger import LedgerClient
+from streamledger.lifecycle import run_until
 from streamledger.fabric import RetryPolicy
 from streamledger.settings import LOCAL_ORG1, LedgerSettings
 from devstack.settings import StackSettings
 from tests.integration.inference.support import MODELS as INFERENCE_MODELS
 from tests.integration.inference.support import PHISHING as INFERENCE_ROWS
-from tests.integration.inference.support import ServerThread, publish, snapshot_record, train
+from tests.integration.inference.support import ServerThread, publish, serve_until, snapshot_record, train
 from tests.integration.inference.test_inference_paid import Issuer, infer
 from tests.integration.test_learning_service import MODELS as LEARNING_MODELS
 from tests.integration.test_learning_service import (PHISHING, Captured, codec, encoded, final_snapshots, latest,
@@ -170,8 +171,7 @@ def test_paid_mode_started_by_serve_charges_real_ledger_holds(paid_settings, suf
             return ours, theirs
     ours, theirs = asyncio.run(holds())
 
-    serve = lambda stop, started: inference_app.serve(settings, LedgerSettings(), stop, started)  # noqa: E731
-    with ServerThread(serve) as server:
+    with ServerThread.of(settings, ledger=LedgerSettings()) as server:
         user1 = user1_client(server.port, server_ca)
         wait_ready(user1)
         assert infer(user1, 10, ours).as_numpy("label").shape == (10,)  # 10 rows x 2 = 20 of 30
@@ -189,7 +189,7 @@ def test_paid_mode_answers_unavailable_while_the_ledger_cannot_be_read(paid_sett
 
     async def main(stop: asyncio.Event, started: Callable[[int], None]) -> None:
         async with LedgerClient.connect(dead, retry=RetryPolicy(attempts=2, initial_seconds=0.05)) as ledger:
-            await inference_app.run(settings, stop, LedgerHoldSource(ledger), started)
+            await serve_until(inference_app.Inference(settings, hold_source=LedgerHoldSource(ledger)), stop, started)
 
     with ServerThread(main) as server:
         user1 = user1_client(server.port, server_ca)
@@ -212,7 +212,7 @@ def ledger_names(names: dict, suffix: str) -> dict:
 class LearningService:
     def __init__(self, settings) -> None:
         self.stop = asyncio.Event()
-        self.task = asyncio.create_task(learning_app.serve(settings, LedgerSettings(), self.stop))
+        self.task = asyncio.create_task(run_until(learning_app.Learning(settings, LedgerSettings()), self.stop))
 
     async def close(self) -> None:
         self.stop.set()

@@ -18,7 +18,7 @@ from services.inference.models import (InvalidVersion, ModelShelf, NoSnapshotYet
                                        UnknownModel, UnknownVersion, load_snapshot)
 from services.inference.protocol import pb
 from services.inference.tensors import InvalidInput, check_requested, put_outputs, rows_from_request
-from streamledger.core.models import parse_declarations
+from streamledger.core.models import TASKS, parse_declarations
 from services.learning.prequential import OnlineModel
 from streamledger.core.snapshots import FORMAT, seal
 
@@ -107,7 +107,7 @@ def trained(model_id: str, events, version: int = 1) -> ServedModel:
 
 def test_load_snapshot_reads_features_and_refuses_tampered_bytes_before_unpickling():
     model = trained("r", [({"a": 1.0, "b": 2.0}, 3.0)])
-    assert model.features == (("a", "FP64"), ("b", "FP64")) and model.task == "regression"
+    assert model.features == (("a", "FP64"), ("b", "FP64")) and model.task is TASKS["regression"]
     sealed = seal({"model": object()})  # would be refused by the safe unpickler; the hash check comes first
     record = {"model_id": "r", "version": 2, "sha256": "0" * 64, "format": FORMAT, "model": sealed.data}
     with pytest.raises(SnapshotRefused) as caught:

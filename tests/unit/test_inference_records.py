@@ -1,5 +1,8 @@
 """Inference records without a broker: built from the servicer's pieces, encoded and sent in
-batches per partition by the record writer, handed over by the RecordSink to a real writer process."""
+batches per partition by the record writer, handed over by the RecordSink to a real writer process.
+
+This module is also that writer process's program (`python -m tests.unit.test_inference_records`):
+the real `record_writer.serve` with the fake `Producer` below, as its hello (`FakeWriterHello`) says."""
 
 from __future__ import annotations
 
@@ -8,15 +11,16 @@ import json
 import logging
 import os
 import signal
-from functools import partial
 from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
 
+from streamledger import child
 from streamledger.avro import AvroCodec, SchemaRegistry
+from services.inference import record_writer
 from services.inference.record_sink import RecordSink
-from services.inference.record_writer import RecordWriter, WriterSettings
+from services.inference.record_writer import RecordWriter, WriterHello
 from services.inference.records import PREDICTION, USAGE, prediction_record
 from services.inference.tensors import Output
 
@@ -78,6 +82,19 @@ class Producer:
 
     async def flush(self) -> None:
         self.flushed = True
+
+
+class FakeWriterHello(WriterHello):
+    """The writer's settings, and where its fake producer logs what it sent."""
+
+    log: Path
+    deliver: bool = True
+
+
+def fake_writer(log: Path, deliver: bool = True, queue_size: int = 100) -> RecordSink:
+    """A sink whose writer process sends to a `Producer` logging to `log`."""
+    hello = FakeWriterHello(bootstrap="unused", topics=TOPICS, linger_seconds=0.01, log=log, deliver=deliver)
+    return RecordSink(hello, queue_size=queue_size, program=__name__)
 
 
 def usage(n: int) -> tuple:
@@ -153,9 +170,8 @@ def written(log: Path) -> list[str]:
 
 async def test_the_sink_refuses_when_full_and_drain_delivers_everything_through_the_writer_process(tmp_path):
     log = tmp_path / "sent.jsonl"
-    settings = WriterSettings(TOPICS, partial(Producer, log=log), linger=0.01)
     before = sent_count("usage")
-    async with RecordSink(settings, queue_size=3) as sink:
+    async with fake_writer(log, queue_size=3) as sink:
         assert sink.alive
         assert [sink.offer(USAGE, usage(n)) for n in range(4)] == [True, True, True, False]
         await asyncio.wait_for(sink.drain(), 10)
@@ -178,8 +194,7 @@ def inference_log():
 
 
 async def test_when_the_writer_dies_the_sink_refuses_and_logs_every_usage_record_not_delivered(tmp_path, inference_log):
-    settings = WriterSettings(TOPICS, partial(Producer, log=tmp_path / "sent.jsonl", deliver=False), linger=0.01)
-    sink = RecordSink(settings, queue_size=100)
+    sink = fake_writer(tmp_path / "sent.jsonl", deliver=False)
     await sink.start()
     try:
         assert sink.offer(USAGE, usage(1)) and sink.offer(PREDICTION, prediction(1))
@@ -194,6 +209,7 @@ async def test_when_the_writer_dies_the_sink_refuses_and_logs_every_usage_record
                          "model_version": 1, "units": 1, "price": 2, "ts": 1_700_000_000_000}]
         (died,) = [r for r in inference_log if r.getMessage() == "record_writer_died"]
         assert (died.records_lost, died.usage_records_lost) == (2, 1) and died.exit_code == -9
+        assert sink.failure.exit_code == -9 and "record writer process exited" in str(sink.failure)
     finally:
         await sink.close()
 
@@ -215,3 +231,10 @@ async def test_the_server_is_not_ready_without_its_record_writer():
     ready.set()
     servicer = InferenceServicer(ModelShelf([]), DeadSink(), ready)
     assert (await servicer.ServerReady(pb.ServerReadyRequest(), None)).ready is False
+
+
+if __name__ == "__main__":
+    async def _serve(hello: FakeWriterHello, parent: child.Parent) -> None:
+        await record_writer.serve(hello, parent, Producer(log=hello.log, deliver=hello.deliver))
+
+    child.run(_serve, FakeWriterHello)

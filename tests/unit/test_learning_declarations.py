@@ -22,7 +22,7 @@ def table(**overrides):
 
 def test_default_declarations_build_every_model():
     declarations = load_declarations(DEFAULT_MODELS_FILE)
-    assert {d.task for d in declarations} == {"binary", "anomaly", "regression"}
+    assert {d.task.name for d in declarations} == {"binary", "anomaly", "regression"}
     for declaration in declarations:
         assert declaration.build_model() is not declaration.build_model()  # fresh objects each time
 

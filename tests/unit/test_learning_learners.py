@@ -7,7 +7,8 @@ from river import datasets
 
 from streamledger.avro import AvroCodec, SchemaRegistry
 from streamledger.core.models import parse_declaration
-from services.learning.learners import Consumed, LearnerSet
+from streamledger.core.records import Consumed
+from services.learning.learners import LearnerSet
 
 codec = AvroCodec(SchemaRegistry.from_dir())
 TOPIC = "events.clean"
@@ -31,7 +32,7 @@ def consumed_stream(records, partition=0):
     """(Consumed, decoded) pairs as the app builds them from a fetched batch."""
     values = [codec.encode("CleanEvent", r) if isinstance(r, dict) else r for r in records]
     decoded = codec.decode_many(values, reader="CleanEvent")
-    return [(Consumed(TOPIC, partition, offset, f"e{offset}".encode(), value), event)
+    return [(Consumed((TOPIC, partition), TOPIC, partition, offset, f"e{offset}".encode(), value), event)
             for offset, (value, event) in enumerate(zip(values, decoded))]
 
 

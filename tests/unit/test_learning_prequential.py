@@ -10,7 +10,8 @@ from river import datasets, evaluate
 from river.metrics.base import Metrics
 
 from streamledger.core.models import parse_declaration
-from services.learning.prequential import InvalidFeature, InvalidLabel, ModelRefusedEvent, OnlineModel, check_label
+from services.learning.prequential import InvalidFeature, InvalidLabel, ModelRefusedEvent, OnlineModel
+from streamledger.core.models import TASKS
 from streamledger.core.snapshots import seal, unseal
 
 LOGREG = [{"class": "preprocessing.StandardScaler"}, {"class": "linear_model.LogisticRegression"}]
@@ -92,15 +93,16 @@ def test_anomaly_models_learn_from_unlabelled_events_and_score_labelled_ones():
 ])
 def test_a_label_of_the_wrong_type_is_rejected_with_the_reason(task, label, message):
     with pytest.raises(InvalidLabel, match=message) as error:
-        check_label(task, label)
+        TASKS[task].check_label(label)
     assert error.value.reason == "invalid_label"
 
 
 def test_valid_labels_pass():
-    assert check_label("binary", True) is True
-    assert check_label("multiclass", "sky") == "sky"
-    assert check_label("regression", 3.5) == 3.5
-    assert check_label("regression", None) is None
+    assert TASKS["binary"].check_label(True) is True
+    assert TASKS["multiclass"].check_label("sky") == "sky"
+    assert TASKS["regression"].check_label(3.5) == 3.5
+    assert TASKS["regression"].check_label(None) is None
+    assert TASKS["anomaly"].check_label(None) is None and TASKS["anomaly"].check_label(False) is False
 
 
 def test_a_rejected_event_changes_nothing():
@@ -158,12 +160,15 @@ def drifting_stream(n=2000, flip_at=1000, seed=1):
 @pytest.mark.parametrize("response", ["log", "reset", "background"])
 def test_drift_is_detected_with_position_and_metric_before_and_after(response):
     online = OnlineModel(declare(drift={"response": response, "background_events": 100}))
-    drifts, models = [], []
+    drifts, models, swaps = [], [], []
     for x, y in drifting_stream():
+        before = online.model
         step = online.process(x, y)
         if step.drift:
             drifts.append(step.drift)
             models.append((online.model, online.background))
+        if online.model is not before:
+            swaps.append((online.learned, id(online.model)))
     assert drifts, "the concept flip at 1000 was not detected"
     first = drifts[0]
     assert first.detector == "ADWIN" and 1000 < first.position < 1300
@@ -174,7 +179,9 @@ def test_drift_is_detected_with_position_and_metric_before_and_after(response):
         assert models[0][0] is not None and online.metric_values()["Accuracy"] > 0.5
     if response == "background":
         assert models[0][1] is not None  # a background model started at the drift
-        assert online.background is None or online.background is not models[0][1]
+        # ... and replaced the model after exactly `background_events` more events; so did each later one
+        assert swaps == [(drift.position + 100, id(background)) for drift, (_, background) in zip(drifts, models)]
+        assert online.background is None
 
 
 def test_reset_and_background_recover_faster_than_doing_nothing():

@@ -1,4 +1,4 @@
-"""The learning reader: what crosses the pipe, and a reader that cannot start."""
+"""The learning reader: what crosses the connection, and a reader that cannot start."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from streamledger.avro import AvroCodec, SchemaRegistry
-from services.learning.reader import EventReader, ReaderFailed, decode
+from streamledger.child import ChildDied
+from services.learning.reader import EventReader, decode
 
 codec = AvroCodec(SchemaRegistry.from_dir())
 
@@ -35,6 +36,7 @@ def test_slim_events_keep_what_models_read_and_name_each_decode_failure():
 
 async def test_a_reader_that_cannot_reach_kafka_fails_the_learner_with_the_reason():
     reader = EventReader("127.0.0.1:1", {("events.clean", 0): None}, 100, codec)
-    with pytest.raises(ReaderFailed, match="did not start: .*KafkaConnectionError"):
+    with pytest.raises(ChildDied, match="learning reader process did not start: .*KafkaConnectionError") as died:
         async with reader:
             pass
+    assert died.value.exit_code == 1

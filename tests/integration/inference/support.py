@@ -13,7 +13,10 @@ from river import datasets
 
 from streamledger.avro import AvroCodec, SchemaRegistry
 from streamledger import kafka
+from streamledger.lifecycle import run_until
+from streamledger.settings import LedgerSettings
 from services.inference import app
+from services.inference.authorization import HoldSource
 from services.inference.settings import InferenceSettings
 from streamledger.core.models import load_declarations
 from services.learning.prequential import OnlineModel
@@ -76,9 +79,15 @@ def publish(bootstrap: str, topic: str, records: list[dict]) -> None:
     asyncio.run(send())
 
 
+async def serve_until(service: app.Inference, stop: asyncio.Event, started: Callable[[int], None]) -> None:
+    """Run the inference service as `streamledger serve` does, `stop` standing for the signal;
+    `started(port)` once it serves."""
+    await run_until(service, stop, on_started=lambda: started(service.port))
+
+
 class ServerThread:
-    """`main(stop, on_started)` (by default `app.run` of `settings`) on its own event loop in a
-    thread, so the blocking Triton client can call it; `with ServerThread(...) as server:`."""
+    """`main(stop, on_started)` (by default the service of `settings`, run by `serve_until`) on its own
+    event loop in a thread, so the blocking Triton client can call it; `with ServerThread(...) as server:`."""
 
     def __init__(self, main: Callable[[asyncio.Event, Callable[[int], None]], Awaitable[None]]) -> None:
         self.main = main
@@ -89,8 +98,10 @@ class ServerThread:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     @classmethod
-    def of(cls, settings: InferenceSettings, hold_source=None) -> ServerThread:
-        return cls(lambda stop, started: app.run(settings, stop, hold_source, started))
+    def of(cls, settings: InferenceSettings, hold_source: HoldSource | None = None,
+           ledger: LedgerSettings | None = None) -> ServerThread:
+        return cls(lambda stop, started: serve_until(app.Inference(settings, ledger, hold_source=hold_source),
+                                                     stop, started))
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)

@@ -23,8 +23,8 @@ import tritonclient.grpc as triton
 from aiokafka import AIOKafkaConsumer
 from tritonclient.utils import InferenceServerException
 
+from streamledger.child import ChildDied
 from services.inference.protocol import SERVICE
-from services.inference.record_sink import RecordWriterDied
 from services.inference.settings import InferenceSettings
 
 from .support import PHISHING, TRUMP, ServerThread, codec, models_file, publish, snapshot_record, train  # noqa: F401
@@ -129,46 +129,51 @@ def test_hot_swap_under_load_fails_no_request(server, trained, bootstrap):
     client_url = server.url
     names = sorted(PHISHING[0][0])
     rows = [{k: x[k] for k in names} for x, _ in PHISHING[1100:1108]]
-    seen: list[tuple[float, str, np.ndarray]] = []
+    seen: list[tuple[str, np.ndarray]] = []
     failures: list[str] = []
-    swap_at: list[float] = []
     stop = threading.Event()
 
     def loop() -> None:
-        client = triton.InferenceServerClient(client_url)
         try:
-            while not stop.is_set():
-                try:
+            client = triton.InferenceServerClient(client_url)
+            try:
+                while not stop.is_set():
                     result = client.infer("phishing-logreg", inputs_for(rows, names))
-                    seen.append((time.monotonic(), result.get_response().model_version, result.as_numpy("probabilities")))
-                except InferenceServerException as exc:
-                    failures.append(str(exc))
-        finally:
-            client.close()
+                    seen.append((result.get_response().model_version, result.as_numpy("probabilities")))
+            finally:
+                client.close()
+        except BaseException as exc:  # whatever its type, a failed call fails the test
+            failures.append(f"{type(exc).__name__}: {exc}")
+
+    def served(count: int) -> bool:
+        assert failures == [], failures  # stop waiting at the first failure
+        return len(seen) >= count
 
     clients = [threading.Thread(target=loop) for _ in range(4)]
     for thread in clients:
         thread.start()
     try:
-        wait_for(lambda: len(seen) >= 50, "load before the swap")
-        swap_at.append(time.monotonic())
+        wait_for(lambda: served(50), "load before the swap")
         publish(bootstrap, server.topics["snapshots"], [snapshot_record("phishing-logreg", 2, trained["logreg_v2"])])
-        wait_for(lambda: any(v == "2" for _, v, _ in seen[-20:]), "requests served by version 2")
+        wait_for(lambda: served(1) and any(v == "2" for v, _ in seen[-20:]), "requests served by version 2")
         after = len(seen)
-        wait_for(lambda: len(seen) >= after + 50, "load after the swap")
+        wait_for(lambda: served(after + 50), "load after the swap")
     finally:
         stop.set()
         for thread in clients:
             thread.join(30)
 
     assert failures == []
-    versions = [v for _, v, _ in seen]
+    assert not any(thread.is_alive() for thread in clients)
+    versions = [v for v, _ in seen]
     first_new = versions.index("2")
     assert set(versions[:first_new]) == {"1"}
     assert set(versions[first_new + 20:]) == {"2"}  # a few concurrent stragglers may finish on v1
-    v2 = trained["logreg_v2"].model
-    expected = np.array([[v2.predict_proba_one(x)[c] for c in (False, True)] for x in rows])
-    np.testing.assert_array_equal(seen[-1][2], expected)
+    expected = {version: np.array([[model.predict_proba_one(x)[c] for c in (False, True)] for x in rows])
+                for version, model in (("1", trained["logreg_v1"].model), ("2", trained["logreg_v2"].model))}
+    assert not np.array_equal(expected["1"], expected["2"]), "the two versions must answer differently"
+    for index, (version, probabilities) in enumerate(seen):  # every answer is exactly its version's
+        np.testing.assert_array_equal(probabilities, expected[version], err_msg=f"response {index} (v{version})")
     print(f"hot swap: {len(seen)} requests, 0 failed, {first_new} on v1 before the first v2 answer")
     # The old version stays pinnable.
     client = server.client
@@ -240,7 +245,7 @@ def test_a_dead_record_writer_stops_the_server_with_an_error(stack, bootstrap, u
         client.close()
     finally:
         logging.getLogger("streamledger.inference").removeHandler(handler)
-    with pytest.raises(RecordWriterDied, match="record writer process ended"):
+    with pytest.raises(ChildDied, match=r"record writer process exited \(exit code -9\)"):
         running.stop()
     assert "record_writer_died" in events
 

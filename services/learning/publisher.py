@@ -1,0 +1,85 @@
+"""Where the learner's outputs go: dead letters, metrics and snapshots to Kafka, snapshots to the
+ledger's model registry, and the group's offsets committed once snapshots are durable.
+
+    publisher = Publisher(producer, committer, codec, settings, learners, registry)
+    await publisher.publish(learners.handle_batch(batch))
+    await publisher.write_snapshots(learners.due_snapshots(every_events, every_seconds))
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from streamledger import kafka, metrics
+from streamledger.avro import AvroCodec
+from streamledger.logging import get_logger
+from services.learning.learners import LearnerSet, Output, TrackedModel
+from services.learning.ledger_seam import ModelRegistry
+from services.learning.settings import LearningSettings
+
+log = get_logger("learning")
+DEAD_LETTERS = metrics.counter("learning", "deadletters", "Records sent to the dead letters", ("reason",))
+SNAPSHOTS = metrics.counter("learning", "snapshots", "Model snapshots written", ("model_id",))
+DRIFTS = metrics.counter("learning", "drifts", "Concept drifts detected", ("model_id",))
+
+
+class Publisher:
+    def __init__(self, producer: AIOKafkaProducer, committer: AIOKafkaConsumer, codec: AvroCodec,
+                 settings: LearningSettings, learners: LearnerSet, registry: ModelRegistry | None) -> None:
+        self.producer = producer
+        self.committer = committer
+        """A consumer of the learner's group that never fetches: it commits what snapshots reflect."""
+        self.codec = codec
+        self.learners = learners
+        self.registry = registry
+        self.retry_seconds = settings.learning_snapshot_every_seconds
+        self.topics = {"DeadLetter": settings.learning_deadletter_topic, "ModelMetrics": settings.learning_metrics_topic,
+                       "ModelSnapshot": settings.learning_snapshot_topic}
+
+    async def publish(self, outputs: Iterable[Output]) -> None:
+        for output in outputs:
+            await self._send(output)
+
+    async def _send(self, output: Output) -> asyncio.Future:
+        if output.record_name == "DeadLetter":
+            DEAD_LETTERS.labels(output.record["reason"]).inc()
+        elif output.record.get("drift"):
+            DRIFTS.labels(output.key).inc()
+            log.info("drift_detected", extra={"model_id": output.key, **output.record["drift"]})
+        key = output.key.encode() if output.key is not None else None
+        return await self.producer.send(self.topics[output.record_name], key=key,
+                                        value=self.codec.encode(output.record_name, output.record))
+
+    async def write_snapshots(self, due: list[TrackedModel]) -> None:
+        """Write each due model's snapshot (registering it on the ledger), then commit the offsets."""
+        for tracked in due:
+            await self._write_snapshot(tracked)
+        if due:
+            await self._commit()
+
+    async def _write_snapshot(self, tracked: TrackedModel) -> None:
+        snapshot = self.learners.snapshot(tracked)
+        await self.producer.flush()  # dead letters and drifts it moved past are durable first
+        try:
+            await (await self._send(snapshot))
+        except KafkaError as exc:
+            self.learners.snapshot_failed(tracked, self.retry_seconds)
+            log.error("snapshot_failed", extra={"model_id": tracked.model_id, "error": repr(exc)})
+            return
+        self.learners.snapshot_written(tracked, snapshot.record)
+        SNAPSHOTS.labels(tracked.model_id).inc()
+        log.info("snapshot_written", extra={k: snapshot.record[k] for k in ("model_id", "version", "sha256", "events_seen")})
+        if self.registry is not None:
+            await self.registry.register(tracked.model_id, snapshot.record["version"], snapshot.record["sha256"])
+
+    async def _commit(self) -> None:
+        """Commit what every model's snapshot reflects, so the group's lag shows the learner's real position."""
+        offsets = {TopicPartition(t, p): o for (t, p), o in self.learners.committed_offsets().items()}
+        try:
+            await kafka.commit(self.committer, offsets)
+        except KafkaError as exc:  # only monitoring depends on it: the snapshots hold the truth
+            log.warning("commit_failed", extra={"error": repr(exc)})
