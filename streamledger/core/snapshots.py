@@ -8,8 +8,14 @@ the recorded value raises `SnapshotHashMismatch` and is never loaded. Even a mat
 snapshot is unpickled by `SafeUnpickler`, which resolves only the modules a River model is
 made of, so a snapshot written by something else cannot run arbitrary code.
 
-Format "pickle/learner-state-v1": the pickled `dict` of `OnlineModel.state()`; its
-"model" key is the River estimator that predicts. Reading it needs River, not this code.
+Formats (the record's `format`, checked before unpickling; every format ever written stays
+readable):
+- "pickle/learner-state-v2" (written): the pickled `dict` of `OnlineModel.state()`; its "model"
+  key is the River estimator that predicts. Bound methods are named
+  `streamledger.core.snapshots.bound_method`. Reading it needs River, not this code.
+- "pickle/learner-state-v1" (read): the same dict, written by wave 1, whose bound methods are
+  named `services.learning.snapshots.bound_method` (or this module's path, for snapshots written
+  while the module had moved and the format had not yet changed).
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ from dataclasses import dataclass
 from types import FunctionType, MethodType, ModuleType
 from typing import Any
 
-FORMAT = "pickle/learner-state-v1"
+FORMAT = "pickle/learner-state-v2"
+"""The format `seal` writes."""
 PROTOCOL = 5  # fixed, so the same state gives the same bytes whatever Python's default becomes
 
 _ALLOWED_MODULE_ROOTS = ("river", "numpy", "scipy", "collections", "sortedcontainers", "copyreg", "random",
@@ -32,9 +39,12 @@ _ALLOWED_BUILTINS = frozenset({"set", "frozenset", "dict", "list", "tuple", "flo
                                "bool", "str", "bytes", "bytearray", "slice", "range", "object"})
 
 
-# Where `bound_method` has lived: snapshots name it by module path, and every snapshot ever
-# written must keep loading after the module moves (wave 1 wrote `services.learning.snapshots`).
-_BOUND_METHOD_MODULES = frozenset({__name__, "services.learning.snapshots"})
+READABLE: dict[str, frozenset[str]] = {
+    "pickle/learner-state-v1": frozenset({"services.learning.snapshots", __name__}),
+    FORMAT: frozenset({__name__}),
+}
+"""Each format `unseal` reads, and the module paths under which its pickles name `bound_method`
+(a pickle names a function by module path, so every path it had stays readable)."""
 
 _PLAIN_TYPES = frozenset({str, bytes, int, float, bool, dict, list, tuple, set, frozenset, type(None)})
 
@@ -143,10 +153,11 @@ def unseal(data: bytes, sha256: str, format: str = FORMAT) -> dict[str, Any]:
     actual = hashlib.sha256(data).hexdigest()
     if actual != sha256.lower():
         raise SnapshotHashMismatch(f"sha256: snapshot bytes hash to {actual}, the record says {sha256}")
-    if format != FORMAT:
-        raise SnapshotFormatError(f"format: {format!r} is not {FORMAT!r}")
+    bound_method_modules = READABLE.get(format)
+    if bound_method_modules is None:
+        raise SnapshotFormatError(f"format: {format!r} is not one this reader knows ({', '.join(READABLE)})")
     try:
-        state = SafeUnpickler(io.BytesIO(data)).load()
+        state = SafeUnpickler(io.BytesIO(data), bound_method_modules).load()
     except SnapshotError:
         raise
     except Exception as exc:  # a hash-valid but undecodable pickle: report, never crash
@@ -164,10 +175,15 @@ def _sorted_if_possible(items: set) -> list:
 
 
 class SafeUnpickler(pickle.Unpickler):
-    """An unpickler that only resolves globals from the modules River models are built from."""
+    """An unpickler that only resolves globals from the modules River models are built from, and
+    `bound_method` under the module paths the snapshot's format names it by."""
+
+    def __init__(self, file: io.BytesIO, bound_method_modules: frozenset[str] = READABLE[FORMAT]) -> None:
+        super().__init__(file)
+        self.bound_method_modules = bound_method_modules
 
     def find_class(self, module: str, name: str) -> Any:
-        if name == "bound_method" and module in _BOUND_METHOD_MODULES:
+        if name == "bound_method" and module in self.bound_method_modules:
             return bound_method
         if module == "builtins" and name in _ALLOWED_BUILTINS:
             return super().find_class(module, name)

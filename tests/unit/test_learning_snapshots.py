@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+from pathlib import Path
 
 import pytest
 from river import datasets
@@ -68,7 +69,44 @@ def test_a_format_other_than_ours_or_garbage_is_refused():
     garbage = b"\x80\x05not a pickle"
     with pytest.raises(SnapshotFormatError, match="model: bytes do not unpickle"):
         unseal(garbage, hashlib.sha256(garbage).hexdigest())
-    assert FORMAT == "pickle/learner-state-v1"
+    assert FORMAT == "pickle/learner-state-v2"
+
+
+WAVE1 = Path(__file__).parent / "data" / "wave1-learner-state-v1.pickle"
+"""A snapshot written by wave 1's code (commit e8d9bca, `services.learning.snapshots.seal`): a
+logistic regression with a PageHinkley drift detector, after the first 20 Phishing events."""
+WAVE1_SHA256 = "1983ab094876c1d391bc612fe16bd68c00285243be827c50adfcc15f1ab31112"
+WAVE1_DECLARATION = {"id": "wave1-logreg", "task": "binary", "metrics": ["Accuracy"],
+                     "pipeline": [{"class": "linear_model.LogisticRegression"}],
+                     "drift": {"detector": {"class": "drift.PageHinkley"}}}
+
+
+def test_a_v1_snapshot_written_by_wave_1_still_loads_and_learns_on():
+    data = WAVE1.read_bytes()
+    assert b"services.learning.snapshots" in data and b"bound_method" in data  # wave 1's module path
+    state = unseal(data, WAVE1_SHA256, "pickle/learner-state-v1")
+    online = OnlineModel.restore(parse_declaration(WAVE1_DECLARATION), state)  # the same declaration fingerprint
+    assert online.detector._test_drift.__self__ is online.detector  # its bound method, bound again
+    assert (online.learned, online.metric_values()) == (20, {"Accuracy": 0.6})
+    x, y = list(datasets.Phishing())[20]
+    assert online.model.predict_proba_one(x) == {False: 0.4900358514789285, True: 0.5099641485210715}
+    online.process(x, y)
+    resealed = seal(online.state())  # written again: v2, today's module path
+    assert b"services.learning" not in resealed.data
+    assert unseal(resealed.data, resealed.sha256, FORMAT)["learned"] == 21
+    with pytest.raises(ForbiddenGlobal, match="services.learning.snapshots.bound_method"):
+        unseal(data, WAVE1_SHA256, FORMAT)  # v2 never names wave 1's path: a v1 snapshot is read as v1
+
+
+def test_a_v1_snapshot_naming_another_module_or_os_system_is_refused_without_running_it(tmp_path):
+    renamed = WAVE1.read_bytes().replace(b"services.learning.snapshots", b"services.learning.snapshotz")
+    with pytest.raises(ForbiddenGlobal, match="services.learning.snapshotz.bound_method"):
+        unseal(renamed, hashlib.sha256(renamed).hexdigest(), "pickle/learner-state-v1")
+    ran = tmp_path / "ran"
+    evil = b"cos\nsystem\n(S'touch " + str(ran).encode() + b"'\ntR."  # os.system("touch ...")
+    with pytest.raises(ForbiddenGlobal, match=r"snapshot refers to os\.system"):
+        unseal(evil, hashlib.sha256(evil).hexdigest(), "pickle/learner-state-v1")
+    assert not ran.exists()
 
 
 @pytest.mark.parametrize("task, dataset, pipeline, response", [
