@@ -14,7 +14,8 @@ The client is one grpc.aio process sending pre-serialized requests to both serve
 client costs are the same for both. Each cell warms both connections up (not measured),
 then alternates short slices of load between echo and inference (which goes first
 alternates too) until each has had `--seconds`: both sides see the same background load of
-a shared machine, and their ratio compares like with like. At the end it counts the records
+a shared machine, and their ratio compares like with like. Rates are requests (rows) over
+the wall time the measured slices took, from their first request sent to their last answer. At the end it counts the records
 on the run's predictions topic against the inference requests sent (a record dropped because
 the server's buffer was full shows there). Asserts nothing.
 
@@ -82,10 +83,12 @@ def request_bytes(rows: list[dict], names: list[str]) -> bytes:
     return request.SerializeToString()
 
 
-async def load(call, payload: bytes, concurrency: int, seconds: float) -> list[float]:
-    """Latencies of `concurrency` callers sending `payload` back to back for `seconds`."""
+async def load(call, payload: bytes, concurrency: int, seconds: float) -> tuple[list[float], float]:
+    """Latencies of `concurrency` callers sending `payload` back to back for `seconds`, and the wall time
+    it took (the calls in flight at the deadline finish after it)."""
     latencies: list[float] = []
-    deadline = time.perf_counter() + seconds
+    began = time.perf_counter()
+    deadline = began + seconds
 
     async def worker() -> None:
         while time.perf_counter() < deadline:
@@ -94,34 +97,38 @@ async def load(call, payload: bytes, concurrency: int, seconds: float) -> list[f
             latencies.append(time.perf_counter() - started)
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies
+    return latencies, time.perf_counter() - began
 
 
-async def interleaved(ports: dict[str, int], payload: bytes, concurrency: int, seconds: float,
-                      slice_seconds: float, warmup: float) -> tuple[dict[str, list[float]], dict[str, int]]:
-    """Latencies per target, measured in alternating slices until each target had `seconds`, and the
-    number of requests each target was sent (warm-up included)."""
+async def interleaved(ports: dict[str, int], payload: bytes, concurrency: int, seconds: float, slice_seconds: float,
+                      warmup: float) -> tuple[dict[str, list[float]], dict[str, float], dict[str, int]]:
+    """Latencies per target, measured in alternating slices until each target had `seconds`, the wall
+    time its measured slices took, and the number of requests each target was sent (warm-up included)."""
     channels = {target: grpc.aio.insecure_channel(f"127.0.0.1:{port}") for target, port in ports.items()}
     try:
         # bytes in, bytes out: the same client work for both servers
         calls = {target: channel.unary_unary(INFER) for target, channel in channels.items()}
         sent = {target: 0 for target in ports}
         for target, call in calls.items():
-            sent[target] += len(await load(call, payload, concurrency, warmup))  # warm-up: not measured
+            sent[target] += len((await load(call, payload, concurrency, warmup))[0])  # warm-up: not measured
         latencies: dict[str, list[float]] = {target: [] for target in ports}
+        elapsed = {target: 0.0 for target in ports}
         order = list(ports)
         for index in range(max(1, round(seconds / slice_seconds))):
             for target in (order if index % 2 == 0 else order[::-1]):
-                latencies[target] += await load(calls[target], payload, concurrency, slice_seconds)
+                measured, took = await load(calls[target], payload, concurrency, slice_seconds)
+                latencies[target] += measured
+                elapsed[target] += took
         for target in ports:
             sent[target] += len(latencies[target])
-        return latencies, sent
+        return latencies, elapsed, sent
     finally:
         for channel in channels.values():
             await channel.close()
 
 
 def summary(latencies: list[float], seconds: float, rows: int) -> tuple[float, float, float, float]:
+    """p50 and p99 (ms), requests/s and rows/s over `seconds` of measured wall time."""
     ordered = sorted(latencies)
     p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
     rate = len(ordered) / seconds
@@ -130,13 +137,13 @@ def summary(latencies: list[float], seconds: float, rows: int) -> tuple[float, f
 
 def river_baseline(model, rows: list[dict], seconds: float) -> tuple[float, float, float, float]:
     latencies = []
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
+    began = time.perf_counter()
+    while time.perf_counter() < began + seconds:
         started = time.perf_counter()
         for x in rows:
             model.predict_proba_one(x)
         latencies.append(time.perf_counter() - started)
-    return summary(latencies, seconds, len(rows))
+    return summary(latencies, time.perf_counter() - began, len(rows))
 
 
 def wait_ready(port: int, timeout: float = 60.0) -> None:
@@ -199,7 +206,7 @@ def main() -> None:
         wait_ready(inference_port)
         print(f"inference service: free mode, predictions sample {args.sample}, {args.seconds:g} s per cell and target "
               f"in alternating {args.slice:g} s slices after {args.warmup:g} s warm-up, "
-              f"{os.cpu_count()} cores shared by client and servers")
+              f"{os.cpu_count()} cores shared by client and servers; rates over the measured wall time")
         print(f"{'rows':>4} {'conc':>4} {'target':<9} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9} {'rows/s':>10}")
         for rows in (1, 64):
             payload = request_bytes(batches[rows], names)
@@ -211,11 +218,12 @@ def main() -> None:
             print(f"{rows:>4} {'1':>4} {'river':<9} {p50:>8.3f} {p99:>8.3f} {rate:>9.0f} {row_rate:>10.0f}")
             for concurrency in (1, 8, 64):
                 figures = {}
-                measured, sent = asyncio.run(interleaved({"echo": echo_port, "inference": inference_port}, payload,
-                                                         concurrency, args.seconds, args.slice, args.warmup))
+                measured, elapsed, sent = asyncio.run(interleaved({"echo": echo_port, "inference": inference_port},
+                                                                  payload, concurrency, args.seconds, args.slice,
+                                                                  args.warmup))
                 requests += sent["inference"]
                 for target, latencies in measured.items():
-                    figures[target] = summary(latencies, args.seconds, rows)
+                    figures[target] = summary(latencies, elapsed[target], rows)
                     p50, p99, rate, row_rate = figures[target]
                     print(f"{rows:>4} {concurrency:>4} {target:<9} {p50:>8.3f} {p99:>8.3f} {rate:>9.0f} {row_rate:>10.0f}")
                 ratio = figures["inference"][1] / figures["echo"][1]
@@ -237,17 +245,13 @@ def main() -> None:
 
 
 async def records_on(bootstrap: str, topic: str) -> int:
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import TopicPartition
 
     from streamledger import kafka
 
     partitions = [TopicPartition(t, p) for t, p in await kafka.partitions_of(bootstrap, [topic])]
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await consumer.start()
-    try:
+    async with kafka.consumer(bootstrap) as consumer:
         return sum((await consumer.end_offsets(partitions)).values())
-    finally:
-        await consumer.stop()
 
 
 async def delete_topics(bootstrap: str, names: list[str]) -> None:

@@ -8,10 +8,13 @@ For each model below, the same CleanEvents (River's Phishing dataset, cycled) ar
   - only read and decoded, by a bare aiokafka consumer and the codec, with no model at all:
     the ceiling any service reading Kafka and Avro in one process can reach here (the
     service passes it by fetching and decoding in a reader process of its own);
-  - learned by the service (`services.learning.app.run`, in this process) from a one-partition
-    Kafka topic the events were written to beforehand: from its `learning_started` log line
-    to the `snapshot_written` line of a snapshot covering every event, so Avro decoding,
-    dead-letter checks, offsets and the snapshot itself are all inside the measured time.
+  - learned by the service (`services.learning.app.Learning`, run in this process as `serve`
+    runs it) from a one-partition Kafka topic the events were written to beforehand: from its
+    `learning_started` log line until every model has processed the last event. The service
+    runs with its default snapshot and metrics cadence (every 10,000 events or 30 s, metrics
+    every 5 s; `STREAMLEDGER_LEARNING_*` may change them, and the figures say which ran), so
+    Avro decoding, dead-letter checks, offsets and the snapshots written on the way are all
+    inside the measured time; the last snapshot, written when the service stops, is not.
 Prints both rates and their ratio per model. Asserts nothing.
 
 Goal (issue 6): ratio >= 0.8 for logistic regression one event at a time; > 1.0 for a
@@ -28,12 +31,13 @@ import time
 import uuid
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from river import datasets, evaluate
 from river.metrics.base import Metrics
 
 from streamledger.avro import AvroCodec, SchemaRegistry
 from streamledger import kafka
+from streamledger.lifecycle import run_until
 from streamledger.settings import CommonSettings
 from services.learning import app
 from streamledger.core.models import load_declarations
@@ -80,9 +84,7 @@ def in_process_rate(models_file: Path, events: list[dict]) -> float:
 async def read_decode_rate(bootstrap: str, topic: str, events: int) -> float:
     """Events/s of fetching the topic from Kafka and decoding every CleanEvent, and nothing else."""
     codec = AvroCodec(SchemaRegistry.from_dir())
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
+    async with kafka.consumer(bootstrap) as consumer:
         partition = TopicPartition(topic, 0)
         consumer.assign([partition])
         await consumer.seek_to_beginning(partition)
@@ -93,48 +95,53 @@ async def read_decode_rate(bootstrap: str, topic: str, events: int) -> float:
                 codec.decode_many([m.value for m in messages], reader="CleanEvent")
                 seen += len(messages)
         return events / (time.perf_counter() - start)
-    finally:
-        await consumer.stop()
 
 
-class Timestamps(logging.Handler):
-    def __init__(self, events: int) -> None:
+class Counts(logging.Handler):
+    """When the service logged `learning_started`, and how many snapshots it wrote."""
+
+    def __init__(self) -> None:
         super().__init__()
-        self.events = events
         self.started: float | None = None
-        self.done = asyncio.Event()
-        self.finished: float | None = None
+        self.snapshots = 0
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.getMessage() == "learning_started":
             self.started = record.created
-        elif record.getMessage() == "snapshot_written" and getattr(record, "events_seen", 0) >= self.events:
-            self.finished = record.created
-            self.done.set()
+        elif record.getMessage() == "snapshot_written":
+            self.snapshots += 1
 
 
-async def service_rate(bootstrap: str, models_file: Path, topic: str, events: int) -> float:
+def settings_for(bootstrap: str, models_file: Path, topic: str) -> LearningSettings:
+    """The run's own output topics and group; every cadence the service's default (or the environment's)."""
     run_id = uuid.uuid4().hex[:8]
-    settings = LearningSettings(
+    return LearningSettings(
         kafka_bootstrap=bootstrap, learning_models_file=models_file, learning_input_topics=[topic],
         learning_snapshot_topic=f"bench-snapshots-{run_id}", learning_metrics_topic=f"bench-metrics-{run_id}",
         learning_deadletter_topic=f"bench-deadletter-{run_id}", learning_group_id=f"bench-{run_id}",
-        learning_snapshot_every_events=events, learning_snapshot_every_seconds=3600,
-        learning_metrics_every_seconds=3600,
     )
-    timestamps = Timestamps(events)
+
+
+async def service_rate(bootstrap: str, models_file: Path, topic: str, events: int) -> tuple[float, int]:
+    """Events/s of the service from `learning_started` until every model processed the last event, and
+    the number of snapshots it wrote meanwhile."""
+    counts = Counts()
     logger = logging.getLogger("streamledger.learning")
-    logger.addHandler(timestamps)
+    logger.addHandler(counts)
     logger.setLevel(logging.INFO)
-    stop = asyncio.Event()
-    task = asyncio.create_task(app.run(settings, stop))
+    service, stop = app.Learning(settings_for(bootstrap, models_file, topic)), asyncio.Event()
+    task = asyncio.create_task(run_until(service, stop))
     try:
-        await asyncio.wait_for(timestamps.done.wait(), timeout=300)
+        async with asyncio.timeout(300):
+            while counts.started is None or any(m.offsets.get((topic, 0), 0) < events
+                                                for m in service.learners.models.values()):
+                await asyncio.sleep(0.002)  # the loop's turn comes between the service's batches
+        finished, snapshots = time.time(), counts.snapshots
     finally:
         stop.set()
         await task
-        logger.removeHandler(timestamps)
-    return events / (timestamps.finished - timestamps.started)
+        logger.removeHandler(counts)
+    return events / (finished - counts.started), snapshots
 
 
 async def main(events_count: int, repeat: int) -> None:
@@ -147,7 +154,11 @@ async def main(events_count: int, repeat: int) -> None:
         for event, value in zip(events, codec.encode_many("CleanEvent", events)):
             await producer.send(topic, key=event["event_id"].encode(), value=value)
         await producer.flush()
+    cadence = settings_for(bootstrap, Path("unused"), topic)
     print(f"{events_count} CleanEvents (Phishing, cycled) on {topic}; best of {repeat} runs each")
+    print(f"service cadence: a snapshot every {cadence.learning_snapshot_every_events:,} events or "
+          f"{cadence.learning_snapshot_every_seconds:g} s, metrics every {cadence.learning_metrics_every_seconds:g} s "
+          f"(defaults: 10,000 events or 30 s, 5 s)")
     print(f"{'model':<18} {'in-process River':>18} {'service':>14} {'ratio':>7}")
     with tempfile.TemporaryDirectory() as tmp:
         baseline_file = Path(tmp) / "logreg.toml"
@@ -159,8 +170,10 @@ async def main(events_count: int, repeat: int) -> None:
         for name, toml in MODELS.items():
             models_file = Path(tmp) / f"{name}.toml"
             models_file.write_text(toml)
-            service = max([await service_rate(bootstrap, models_file, topic, events_count) for _ in range(repeat)])
-            print(f"{name:<18} {baseline:>14,.0f} ev/s {service:>10,.0f} ev/s {service / baseline:>7.2f}")
+            service, snapshots = max([await service_rate(bootstrap, models_file, topic, events_count)
+                                      for _ in range(repeat)])
+            print(f"{name:<18} {baseline:>14,.0f} ev/s {service:>10,.0f} ev/s {service / baseline:>7.2f}"
+                  f"   ({snapshots} snapshots written meanwhile)")
     print("baseline for both rows: River learn_one in-process (progressive_val_score) on the same events")
 
 

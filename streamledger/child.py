@@ -55,9 +55,6 @@ log = get_logger("child")
 _HEADER = struct.Struct(">IB")
 """Frame length (the kind byte and the body), then the kind."""
 HELLO, READY, MESSAGE, FAILED = b"HRMF"
-_SOCKET_BUFFER = 4 * 1024 * 1024
-"""Kernel buffer asked for each end (up to the system's limit): a child producing large messages
-(the learning reader's batches) can run that far ahead of its parent."""
 _READ_SIZE = 1024 * 1024
 _STOP_WAIT_SECONDS = 5.0
 """After its connection ended, how long a child has to exit before it is killed."""
@@ -89,11 +86,6 @@ class Channel:
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
-        for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER)
-            except OSError:
-                pass  # the default buffer works, with less read-ahead
         self._sock = sock
         self._loop = asyncio.get_running_loop()
         self._input = bytearray()
@@ -275,9 +267,16 @@ class Child:
 
     @classmethod
     async def start(cls, module: str, hello: Hello, *, name: str, label: tuple[str, ...] = (),
-                    pass_fds: tuple[int, ...] = (), timeout: float = 60.0) -> Child:
-        """Run `python -m module`, send it `hello`, and return once it said ready (`ChildDied` if it did not)."""
+                    pass_fds: tuple[int, ...] = (), buffer_bytes: int | None = None, timeout: float = 60.0) -> Child:
+        """Run `python -m module`, send it `hello`, and return once it said ready (`ChildDied` if it did not).
+
+        `buffer_bytes` sizes the kernel's buffer of each direction (SO_SNDBUF, which Linux doubles,
+        up to its limit): how far one side can run ahead of the other before its sends wait.
+        """
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        if buffer_bytes is not None:
+            for end in (ours, theirs):
+                end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffer_bytes)
         try:
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", module, str(theirs.fileno()), *label, pass_fds=(theirs.fileno(), *pass_fds),

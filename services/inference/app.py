@@ -50,15 +50,15 @@ class Inference(Loop):
         try:
             shelf = ModelShelf(load_declarations(s.inference_models_file), s.inference_versions_kept)
         except DeclarationError as exc:
-            raise StartError(f"STREAMLEDGER_INFERENCE_MODELS_FILE: {exc}") from None
+            raise StartError(f"STREAMLEDGER_INFERENCE_MODELS_FILE={s.inference_models_file}: {exc}") from None
+        credentials = tls.server_credentials(s) if s.inference_mode == "paid" else None  # files readable: fail fast
         await kafka.provision(s.kafka_bootstrap, s.topic_specs())
         ready = asyncio.Event()
         try:
             metering = await self._metering()
             self.sink = await self.resources.enter_async_context(RecordSink(WriterHello.of(s), s.inference_queue_size))
             servicer = InferenceServicer(shelf, self.sink, ready, s.inference_predictions_sample, metering)
-            self.server, self.port = protocol.server(servicer, f"{s.inference_host}:{s.inference_port}",
-                                                     tls.server_credentials(s) if metering else None,
+            self.server, self.port = protocol.server(servicer, f"{s.inference_host}:{s.inference_port}", credentials,
                                                      s.inference_max_request_bytes)
             self.following = asyncio.create_task(follow_snapshots(
                 s.kafka_bootstrap, s.inference_snapshot_topic, AvroCodec(SchemaRegistry.from_dir()), shelf, ready,

@@ -49,7 +49,7 @@ class Learning(Loop):
         try:
             self.learners = LearnerSet(load_declarations(s.learning_models_file))
         except DeclarationError as exc:
-            raise StartError(f"STREAMLEDGER_LEARNING_MODELS_FILE: {exc}") from None
+            raise StartError(f"STREAMLEDGER_LEARNING_MODELS_FILE={s.learning_models_file}: {exc}") from None
         codec = AvroCodec(SchemaRegistry.from_dir())
         await kafka.provision(bootstrap, s.topic_specs())
         try:

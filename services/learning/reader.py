@@ -52,6 +52,10 @@ from streamledger.child import Child, Hello, Parent
 from streamledger.core.records import Consumed
 
 Partition = tuple[str, int]
+_BUFFER_BYTES = 512 * 1024
+"""The connection's kernel buffer (doubled by Linux: 1 MiB, what the reader's pipe held before):
+a batch or two ahead. Much more and the reader's sends would not block for a long while after
+the learner fell behind, so the balance would leave the learner decoding long after it should."""
 _BLOCKED = 0.002
 """A send that took longer than this (seconds) waited for the learner to read."""
 _WAITS = struct.Struct("q")
@@ -102,7 +106,8 @@ class EventReader:
             topics = sorted({t for t, _ in self._start})
             # The label names the topics in `ps`, so an operator (or a test) can find the reader.
             self._child = await Child.start(__name__, ReaderHello(**self._hello, waits_fd=waits_fd),
-                                            name="learning reader", label=tuple(topics), pass_fds=(waits_fd,))
+                                            name="learning reader", label=tuple(topics), pass_fds=(waits_fd,),
+                                            buffer_bytes=_BUFFER_BYTES)
         except BaseException:
             await self.__aexit__(None, None, None)
             raise

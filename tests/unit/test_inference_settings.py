@@ -38,3 +38,34 @@ def test_free_mode_is_a_setting_and_needs_no_tls(monkeypatch) -> None:
     monkeypatch.setenv("STREAMLEDGER_INFERENCE_MODE", "open")
     with pytest.raises(ValidationError, match="inference_mode"):
         InferenceSettings()
+
+
+def test_paid_mode_with_unreadable_tls_files_refuses_the_start_in_one_line_naming_the_setting(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    missing = tmp_path / "org1-ca.pem"
+    env = {**os.environ, "STREAMLEDGER_INFERENCE_MODE": "paid", "STREAMLEDGER_KAFKA_BOOTSTRAP": "127.0.0.1:1",
+           "STREAMLEDGER_INFERENCE_TLS_CERT": str(tmp_path / "server.pem"),
+           "STREAMLEDGER_INFERENCE_TLS_KEY": str(tmp_path / "server.key"),
+           "STREAMLEDGER_INFERENCE_CLIENT_CAS": f'{{"Org1MSP": "{missing}"}}'}
+    done = subprocess.run([sys.executable, "-c", "from services.inference.app import main; main()"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"inference: cannot start: STREAMLEDGER_INFERENCE_CLIENT_CAS['Org1MSP']: cannot read {missing}: "
+        "No such file or directory"]
+
+
+async def test_a_server_key_that_cannot_be_read_is_a_start_error_before_any_server_is_reached(tmp_path) -> None:
+    from streamledger.lifecycle import StartError
+    from services.inference.app import Inference
+
+    ca = tmp_path / "org1-ca.pem"
+    ca.write_text("a CA")
+    settings = InferenceSettings(inference_mode="paid", kafka_bootstrap="127.0.0.1:1",
+                                 inference_tls_cert=tmp_path / "server.pem", inference_tls_key=tmp_path / "server.key",
+                                 inference_client_cas={"Org1MSP": ca})
+    with pytest.raises(StartError, match=f"STREAMLEDGER_INFERENCE_TLS_KEY: cannot read {tmp_path / 'server.key'}"):
+        await Inference(settings).start()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from river import compose, linear_model, optim, preprocessing
 
-from streamledger.core.models import DeclarationError, load_declarations, parse_declaration, parse_declarations
+from streamledger.core.models import ALLOWED, DeclarationError, load_declarations, parse_declaration, parse_declarations
 from streamledger.settings import DEFAULT_MODELS_FILE
 
 
@@ -113,3 +113,19 @@ def test_fingerprint_changes_with_the_pipeline_only():
     b = parse_declaration(table(source="elsewhere"))
     c = parse_declaration(table(pipeline=[{"class": "linear_model.LogisticRegression"}]))
     assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+
+
+def test_bad_declarations_refuse_the_services_start_in_one_line_naming_the_key(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    bad = tmp_path / "models.toml"
+    bad.write_text('[[model]]\nid = "m"\ntask = "binary"\nmetrics = ["Accuracy"]\npipeline = [ { class = "os.system" } ]\n')
+    env = {**os.environ, "STREAMLEDGER_LEARNING_MODELS_FILE": str(bad), "STREAMLEDGER_KAFKA_BOOTSTRAP": "127.0.0.1:1"}
+    done = subprocess.run([sys.executable, "-c", "from services.learning.app import main; main()"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"learning: cannot start: STREAMLEDGER_LEARNING_MODELS_FILE={bad}: model 'm': pipeline[0]: "
+        f"class 'os.system' is not in the allow-list; allowed: {', '.join(sorted(ALLOWED))}"]
