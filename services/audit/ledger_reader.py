@@ -16,6 +16,7 @@ from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 from services.audit.ports import InvalidArgument, LedgerUnreachable
+from streamledger.core import contract_errors
 from streamledger.ledger import LedgerClient
 from streamledger.fabric import GatewayError
 
@@ -39,7 +40,8 @@ class FabricLedgerReader:
         try:
             return await self.client.balance(account)
         except GatewayError as exc:
-            if "NOT_FOUND" in str(exc):  # the contract's answer for an account it has never credited
+            # the contract's answer for an account it has never credited
+            if isinstance(exc.contract_error, contract_errors.NotFound):
                 return None
             raise _translated("Balance", "account", exc) from exc
 
@@ -58,7 +60,7 @@ class FabricLedgerReader:
 
 
 def _translated(function: str, field: str, exc: GatewayError) -> InvalidArgument | LedgerUnreachable:
-    if "INVALID_ARGUMENT" in str(exc):
+    if isinstance(exc.contract_error, contract_errors.InvalidArgument):
         return InvalidArgument(field, f"the ledger refused it: {exc.chaincode_message}")
     return LedgerUnreachable(f"{function}: {exc}")
 
