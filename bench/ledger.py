@@ -100,7 +100,9 @@ async def main(events: int, rate: float, verify_count: int, batch_records: int) 
     env = {**os.environ, "STREAMLEDGER_MONGO_DB": f"bench_{run}", "STREAMLEDGER_LEDGER_SETTLEMENT": "false",
            "STREAMLEDGER_LEDGER_BATCH_RECORDS": str(batch_records),
            "STREAMLEDGER_LEDGER_ANCHOR_GROUP": f"bench-anchoring-{run}", "STREAMLEDGER_STORAGE_GROUP": f"bench-storage-{run}",
-           **{f"STREAMLEDGER_{name.upper()}_TOPIC": topic for name, topic in topics.items()}}
+           **{f"STREAMLEDGER_{name.upper()}_TOPIC": topic for name, topic in topics.items()},
+           **{f"STREAMLEDGER_LEDGER_{name.upper()}_TOPIC": topics[name] for name in ("clean", "anchors", "usage",
+                                                                                      "deadletter")}}
     await kafka.provision(common.kafka_bootstrap, [kafka.TopicSpec(name) for name in list(topics.values())])
     logs = Path(tempfile.mkdtemp(prefix="bench-ledger-"))
     children = [subprocess.Popen([str(CLI), "serve", name], env=env, stdout=open(logs / f"{name}.log", "wb"),
