@@ -26,7 +26,7 @@ from services.ledger.dead_letters import EMPTY_MESSAGE, DeadLetters
 from services.ledger.offsets import OffsetCommitter
 from services.ledger.retries import Retries
 from services.ledger.settings import LedgerServiceSettings
-from services.ledger.settlement import UsageBook, UsageError, check_usage
+from streamledger.core.settlement import UsageBook, UsageError, check_usage
 from services.ledger.store import LedgerStore
 from streamledger import metrics
 from streamledger.avro import AvroCodec, CodecError
