@@ -270,7 +270,7 @@ async def run_demo(settings: CommonSettings, console: Console, seconds: float | 
     await smoke_round_trip(settings, console)
     api_key = secrets.token_urlsafe(24)
     # The demo's inference caller is an anonymous local client, so inference runs in free mode.
-    group = ServiceGroup(env={"STREAMLEDGER_API_KEYS": json.dumps({TENANT: [hash_key(api_key)]}),
+    group = ServiceGroup(env={"STREAMLEDGER_INGESTION_API_KEYS": json.dumps({TENANT: [hash_key(api_key)]}),
                               "STREAMLEDGER_INFERENCE_MODE": "free"})
     names = built_services()
     console.print(f"starting services: {', '.join(names)} (logs in {group.log_dir}/service-*.log)")

@@ -146,7 +146,7 @@ def ingest(
     ts_column: str = typer.Option("ts", help="column with the event time (epoch ms or ISO-8601 with zone)"),
     id_column: str = typer.Option(None, help="column with event ids (default: stable ids from file and row)"),
     label_column: str = typer.Option(None, help="column with the label, if any"),
-    topic: str = typer.Option(None, help="target topic (default: STREAMLEDGER_RAW_TOPIC or events.raw)"),
+    topic: str = typer.Option(None, help="target topic (default: STREAMLEDGER_INGESTION_RAW_TOPIC or events.raw)"),
 ) -> None:
     """Backfill a file into Kafka as RawEvents; re-running the same file adds nothing."""
     from services.ingestion.command import run_ingest
