@@ -107,10 +107,6 @@ def pipeline_env(unique: str, tmp_path: Path, settings) -> dict[str, str]:
         "STREAMLEDGER_LEDGER_CLEAN_TOPIC": topic["clean"],
         "STREAMLEDGER_LEDGER_ANCHORS_TOPIC": topic["anchors"],
         "STREAMLEDGER_LEDGER_DEADLETTER_TOPIC": topic["deadletter"],
-        # The ledger service's names before it had its own prefix: drop once it reads the above.
-        "STREAMLEDGER_CLEAN_TOPIC": topic["clean"],
-        "STREAMLEDGER_ANCHORS_TOPIC": topic["anchors"],
-        "STREAMLEDGER_DEADLETTER_TOPIC": topic["deadletter"],
         "STREAMLEDGER_LOG_LEVEL": "INFO",
     })
     return env
