@@ -43,8 +43,6 @@ async def verdicts(auditor, event_ids: list[str], concurrency: int = 4) -> dict[
 
 async def test_ten_thousand_events_verify_and_exactly_the_edited_one_is_tampered(
         bootstrap, mongo_db, pipeline_env, services, network, unique) -> None:
-    for name in ("CLEAN", "ANCHORS", "DEADLETTER"):  # the ledger service's own variables, on the same topics
-        pipeline_env[f"STREAMLEDGER_LEDGER_{name}_TOPIC"] = pipeline_env[f"STREAMLEDGER_{name}_TOPIC"]
     pipeline_env["STREAMLEDGER_LEDGER_ANCHOR_GROUP"] = f"anchoring-{unique}"
     pipeline_env["STREAMLEDGER_LEDGER_SETTLEMENT"] = "false"
     storage = services("storage")
