@@ -295,8 +295,12 @@ async def test_the_real_cleaning_service_shows_live_then_down_when_stopped(
         dashboard: Dashboard, chromium: BrowserContext, bootstrap: str, tmp_path: Path) -> None:
     """`streamledger serve cleaning` on the dashboard's topics: its output, lag and dead letters
     appear; SIGTERM it while events keep coming and the page shows it down and its output quiet."""
+    topics = dashboard.topics
     env = {**dashboard.env, "STREAMLEDGER_CLEANING_GROUP": dashboard.group,
-           "STREAMLEDGER_CLEANING_DATA_DIR": str(tmp_path / "faust")}
+           "STREAMLEDGER_CLEANING_DATA_DIR": str(tmp_path / "faust"),
+           # cleaning's own topic settings, on the topics this dashboard watches
+           "STREAMLEDGER_RAW_TOPIC": topics["raw_topic"], "STREAMLEDGER_CLEAN_TOPIC": topics["clean_topic"],
+           "STREAMLEDGER_DEADLETTER_TOPIC": topics["deadletter_topic"]}
     log_path = tmp_path / "cleaning.log"
     with open(log_path, "wb") as log:
         cleaning = subprocess.Popen([str(CLI), "serve", "cleaning"], env=env, cwd=REPO,
