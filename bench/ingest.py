@@ -97,8 +97,8 @@ async def backfill_rate(settings: IngestionSettings, count: int) -> float:
             for i in range(count):
                 f.write(f"{1_600_000_000_000 + i},{rng.uniform(1, 500):.2f},m{i % 97},{i % 3 > 0},{i % 50 == 0}\n")
         options = BackfillOptions(tenant="bench", source="bench", label_column="fraud")
-        settings = settings.model_copy(update={"raw_topic": f"bench.backfill.{uuid.uuid4().hex[:8]}"})
-        await kafka.provision(settings.kafka_bootstrap, [kafka.TopicSpec(name, partitions=3) for name in [settings.raw_topic]])
+        settings = settings.model_copy(update={"ingestion_raw_topic": f"bench.backfill.{uuid.uuid4().hex[:8]}"})
+        await kafka.provision(settings.kafka_bootstrap, [kafka.TopicSpec(settings.ingestion_raw_topic, partitions=3)])
         start = time.perf_counter()
         report = await backfill(path, options, settings)
         elapsed = time.perf_counter() - start
@@ -131,10 +131,10 @@ async def http_rate(port: int, concurrency: int, batch: int, seconds: float) -> 
 
 def start_service(settings: IngestionSettings, port: int) -> subprocess.Popen:
     env = os.environ | {
-        "STREAMLEDGER_API_KEYS": json.dumps({"bench": [hash_key(KEY)]}),
-        "STREAMLEDGER_RAW_TOPIC": f"bench.http.{uuid.uuid4().hex[:8]}",
-        "STREAMLEDGER_HTTP_PORT": str(port),
-        "STREAMLEDGER_GRPC_PORT": "0",
+        "STREAMLEDGER_INGESTION_API_KEYS": json.dumps({"bench": [hash_key(KEY)]}),
+        "STREAMLEDGER_INGESTION_RAW_TOPIC": f"bench.http.{uuid.uuid4().hex[:8]}",
+        "STREAMLEDGER_INGESTION_HTTP_PORT": str(port),
+        "STREAMLEDGER_INGESTION_GRPC_PORT": "0",
         "STREAMLEDGER_LOG_LEVEL": "WARNING",
     }
     return subprocess.Popen([CLI, "serve", "ingestion"], env=env, stderr=subprocess.DEVNULL)

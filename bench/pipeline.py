@@ -6,11 +6,14 @@ Needs the local stack (`streamledger stack up`). In one run, on fresh topics:
 1. produces N RawEvents to a raw topic;
 2. baseline: a bare aiokafka consumer reads that topic end to end (no decoding);
 3. in-process: `Cleaner.handle` over the same bytes (decode, rules, hash, encode; no Kafka);
-4. `streamledger serve cleaning` as a subprocess: raw -> clean, timed from its first to its
-   last output message (faust's start-up is left out);
+4. `streamledger serve cleaning` as a subprocess: raw -> clean, timed from its start to its
+   last output message;
 5. baseline again on the clean topic, then `streamledger serve storage` as a subprocess:
    clean -> MongoDB, timed by its committed offsets.
-It prints each rate and its ratio to the bare loop on the same topic.
+It prints each rate and its ratio to the bare loop on the same topic. Every rate is the
+messages handled divided by the measured wall time it took: the bare loop from its first
+fetch to its last (connected beforehand), a service from its `started` log line (faust's
+start-up and the dedup table's recovery done) to its last output.
 """
 
 from __future__ import annotations
@@ -33,11 +36,12 @@ from pymongo import AsyncMongoClient
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from services.cleaning.cleaner import Cleaner, RawMessage  # noqa: E402
+from services.cleaning.cleaner import Cleaner  # noqa: E402
 from services.cleaning.dedup import DedupWindow  # noqa: E402
 from services.cleaning.rules import RuleBook  # noqa: E402
 from streamledger.avro import AvroCodec, SchemaRegistry  # noqa: E402
 from streamledger import kafka  # noqa: E402
+from streamledger.core.records import Consumed  # noqa: E402
 from streamledger.settings import CommonSettings  # noqa: E402
 
 CODEC = AvroCodec(SchemaRegistry.from_dir())
@@ -62,37 +66,38 @@ async def produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
 
 
 async def bare_consume(bootstrap: str, topic: str, count: int) -> float:
-    """Seconds a plain aiokafka consumer takes to read `count` messages from the start."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False, group_id=None)
+    """Messages/s of a plain aiokafka consumer reading `count` messages from the start, timed
+    from its first fetch to its last (connected and positioned before the clock starts)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        seen, started = 0, None
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        await consumer.position(tp)
+        seen, started = 0, time.perf_counter()
         while seen < count:
             batches = await consumer.getmany(timeout_ms=1000, max_records=5000)
-            if batches and started is None:
-                started = time.perf_counter()
             seen += sum(len(messages) for messages in batches.values())
-        return time.perf_counter() - (started or time.perf_counter())
+        return seen / (time.perf_counter() - started)
     finally:
         await consumer.stop()
 
 
-async def timed_progress(progress: Callable[[], Awaitable[int]], count: int, timeout: float) -> float:
-    """Seconds from the first to the last of `count` units of progress (polled every 0.1 s)."""
+async def service_rate(service: subprocess.Popen, log: Path, progress: Callable[[], Awaitable[int]], count: int,
+                       timeout: float) -> float:
+    """Units/s of `progress` (polled every 50 ms) from the service's `started` line to all `count` done."""
     deadline = time.monotonic() + timeout
-    first_at, first_done = None, 0
-    while True:
-        done = await progress()
-        now = time.perf_counter()
-        if done and first_at is None:
-            first_at, first_done = now, done
-        if done >= count:
-            # Scale to the whole count: the units done before the first poll saw any are not timed.
-            return (now - first_at) * count / max(count - first_done, 1) if first_at else 0.0
+    while '"event": "started"' not in (log.read_text(errors="replace") if log.exists() else ""):
+        if service.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{log.stem} did not start:\n{log.read_text(errors='replace')[-2000:]}")
+        await asyncio.sleep(0.05)
+    started = time.perf_counter()
+    while (done := await progress()) < count:
         if time.monotonic() > deadline:
             raise TimeoutError(f"only {done} of {count} done after {timeout}s")
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.05)
+    return count / (time.perf_counter() - started)
 
 
 async def end_offset(consumer: AIOKafkaConsumer, topic: str) -> int:
@@ -121,8 +126,7 @@ def stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
-def line(what: str, count: int, seconds: float, baseline: float | None = None) -> str:
-    rate = count / seconds if seconds else float("inf")
+def line(what: str, rate: float, baseline: float | None = None) -> str:
     ratio = f"  {rate / baseline:8.4f}x bare loop on the same topic" if baseline else ""
     return f"{what:<46} {rate:>10,.0f} events/s{ratio}"
 
@@ -136,48 +140,53 @@ async def main(count: int) -> None:
     await produce(bootstrap, topics["raw"], values)
     print(f"{count:,} RawEvents ({sum(map(len, values)) / count:.0f} bytes each) on {topics['raw']}\n")
 
-    bare_raw = count / await bare_consume(bootstrap, topics["raw"], count)
-    print(line("bare aiokafka loop, raw topic", count, count / bare_raw))
+    bare_raw = await bare_consume(bootstrap, topics["raw"], count)
+    print(line("bare aiokafka loop, raw topic", bare_raw))
 
     cleaner = Cleaner(CODEC, RuleBook(), DedupWindow({}, 3_600_000))
+    tp = (topics["raw"], 0)
     started = time.perf_counter()
     for i, value in enumerate(values):
-        cleaner.handle(RawMessage(topics["raw"], 0, i, None, value, 0))
-    print(line("Cleaner.handle in-process (no Kafka)", count, time.perf_counter() - started, bare_raw))
+        cleaner.handle(Consumed(tp, topics["raw"], 0, i, None, value, timestamp_ms=0))
+    print(line("Cleaner.handle in-process (no Kafka)", count / (time.perf_counter() - started), bare_raw))
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMLEDGER_")}
     with tempfile.TemporaryDirectory() as scratch:
         env.update({
             "STREAMLEDGER_KAFKA_BOOTSTRAP": bootstrap, "STREAMLEDGER_MONGO_URL": settings.mongo_url,
-            "STREAMLEDGER_MONGO_DB": f"bench_{run}", "STREAMLEDGER_RAW_TOPIC": topics["raw"],
-            "STREAMLEDGER_CLEAN_TOPIC": topics["clean"], "STREAMLEDGER_DEADLETTER_TOPIC": topics["dead"],
-            "STREAMLEDGER_PREDICTIONS_TOPIC": f"bench-pred-{run}", "STREAMLEDGER_ANCHORS_TOPIC": f"bench-anch-{run}",
-            "STREAMLEDGER_SNAPSHOTS_TOPIC": f"bench-snap-{run}", "STREAMLEDGER_CLEANING_GROUP": f"bench-cleaning-{run}",
-            "STREAMLEDGER_STORAGE_GROUP": f"bench-storage-{run}", "STREAMLEDGER_CLEANING_DATA_DIR": scratch,
-            "STREAMLEDGER_LOG_LEVEL": "WARNING",
+            "STREAMLEDGER_MONGO_DB": f"bench_{run}", "STREAMLEDGER_LOG_LEVEL": "INFO",  # for `started`
+            "STREAMLEDGER_CLEANING_RAW_TOPIC": topics["raw"], "STREAMLEDGER_CLEANING_CLEAN_TOPIC": topics["clean"],
+            "STREAMLEDGER_CLEANING_DEADLETTER_TOPIC": topics["dead"],
+            "STREAMLEDGER_CLEANING_GROUP": f"bench-cleaning-{run}", "STREAMLEDGER_CLEANING_DATA_DIR": scratch,
+            "STREAMLEDGER_STORAGE_CLEAN_TOPIC": topics["clean"], "STREAMLEDGER_STORAGE_DEADLETTER_TOPIC": topics["dead"],
+            "STREAMLEDGER_STORAGE_PREDICTIONS_TOPIC": f"bench-pred-{run}",
+            "STREAMLEDGER_STORAGE_ANCHORS_TOPIC": f"bench-anch-{run}",
+            "STREAMLEDGER_STORAGE_SNAPSHOTS_TOPIC": f"bench-snap-{run}", "STREAMLEDGER_STORAGE_GROUP": f"bench-storage-{run}",
         })
-        cleaning = serve("cleaning", env, Path(scratch) / "cleaning.log")
+        log = Path(scratch) / "cleaning.log"
+        cleaning = serve("cleaning", env, log)
         watcher = AIOKafkaConsumer(bootstrap_servers=bootstrap)
         await watcher.start()
         try:
-            seconds = await timed_progress(lambda: end_offset(watcher, topics["clean"]), count, 600)
+            rate = await service_rate(cleaning, log, lambda: end_offset(watcher, topics["clean"]), count, 600)
         finally:
             stop(cleaning)
             await watcher.stop()
-        print(line("cleaning service (faust), raw -> clean", count, seconds, bare_raw))
+        print(line("cleaning service (faust), raw -> clean", rate, bare_raw))
 
-        bare_clean = count / await bare_consume(bootstrap, topics["clean"], count)
-        print(line("bare aiokafka loop, clean topic", count, count / bare_clean))
+        bare_clean = await bare_consume(bootstrap, topics["clean"], count)
+        print(line("bare aiokafka loop, clean topic", bare_clean))
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
         await admin.start()
-        storage = serve("storage", env, Path(scratch) / "storage.log")
+        log = Path(scratch) / "storage.log"
+        storage = serve("storage", env, log)
         try:
             group = env["STREAMLEDGER_STORAGE_GROUP"]
-            seconds = await timed_progress(lambda: committed(admin, group, topics["clean"]), count, 600)
+            rate = await service_rate(storage, log, lambda: committed(admin, group, topics["clean"]), count, 600)
         finally:
             stop(storage)
             await admin.close()
-        print(line("storage service, clean -> MongoDB (FerretDB)", count, seconds, bare_clean))
+        print(line("storage service, clean -> MongoDB (FerretDB)", rate, bare_clean))
 
     client = AsyncMongoClient(settings.mongo_url)
     await client.drop_database(f"bench_{run}")

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import random
@@ -19,19 +20,18 @@ import time
 from dataclasses import dataclass, field
 
 import httpx
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import TopicPartition
 from pymongo.errors import BulkWriteError
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from streamledger.kafka import topics
-from streamledger.avro import AvroCodec, SchemaRegistry
+from devstack.runner import ServiceGroup
 from streamledger import kafka
+from streamledger.avro import AvroCodec, SchemaRegistry
+from streamledger.kafka import topics
 from streamledger.mongo import mongo_client
 from streamledger.settings import CommonSettings
-from devstack.runner import ServiceGroup, built_services
 
 SMOKE_TOPIC = "demo.smoke"
 TENANT = "demo"
@@ -46,7 +46,7 @@ async def smoke_round_trip(settings: CommonSettings, console: Console, count: in
          "ts": int(time.time() * 1000), "features": {"x": random.random(), "y": random.random()}}
         for i in range(count)
     ]
-    await kafka.provision(settings.kafka_bootstrap, [kafka.TopicSpec(name) for name in [SMOKE_TOPIC]])
+    await kafka.provision(settings.kafka_bootstrap, [kafka.TopicSpec(SMOKE_TOPIC)])
     started = time.monotonic()
     async with kafka.producer(settings.kafka_bootstrap) as producer:
         futures = [await producer.send(SMOKE_TOPIC, json.dumps(e).encode(), key=e["event_id"].encode())
@@ -55,10 +55,8 @@ async def smoke_round_trip(settings: CommonSettings, console: Console, count: in
     console.print(f"Kafka    produced {len(acked)} events to {SMOKE_TOPIC} "
                   f"(offsets {acked[0].offset}..{acked[-1].offset}) in {time.monotonic() - started:.2f}s")
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
-    await consumer.start()
     received = []
-    try:
+    async with kafka.consumer(settings.kafka_bootstrap) as consumer:
         partition = TopicPartition(SMOKE_TOPIC, acked[0].partition)
         consumer.assign([partition])
         consumer.seek(partition, acked[0].offset)
@@ -66,8 +64,6 @@ async def smoke_round_trip(settings: CommonSettings, console: Console, count: in
             while len(received) < count:
                 for messages in (await consumer.getmany(timeout_ms=500)).values():
                     received.extend(json.loads(m.value) for m in messages)
-    finally:
-        await consumer.stop()
     assert [e["event_id"] for e in received[:count]] == [e["event_id"] for e in events]
     console.print("Kafka    consumed them back, same order and content")
 
@@ -187,25 +183,24 @@ class PipelineView:
         self.settings = settings
         self.codec = AvroCodec(SchemaRegistry.from_dir())
         self.metrics: dict[str, dict] = {}
-        self.metrics_consumer = AIOKafkaConsumer(topics.MODEL_METRICS, bootstrap_servers=settings.kafka_bootstrap,
-                                                 auto_offset_reset="latest", enable_auto_commit=False)
-        self.offsets_consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
-        self.admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
         self.partitions: dict[str, list[int]] = {}
-        self.mongo = mongo_client(settings.mongo_url)
+        self._opened = contextlib.AsyncExitStack()
 
     async def __aenter__(self) -> PipelineView:
-        await kafka.provision(self.settings.kafka_bootstrap, [kafka.TopicSpec(name) for name in [topics.MODEL_METRICS]])
-        await self.metrics_consumer.start()
-        await self.offsets_consumer.start()
-        await self.admin.start()
+        bootstrap = self.settings.kafka_bootstrap
+        await kafka.provision(bootstrap, [kafka.spec(topics.MODEL_METRICS)])
+        async with contextlib.AsyncExitStack() as opened:
+            self.metrics_consumer = await opened.enter_async_context(
+                kafka.consumer(bootstrap, topics.MODEL_METRICS, auto_offset_reset="latest"))
+            self.offsets_consumer = await opened.enter_async_context(kafka.consumer(bootstrap))
+            self.admin = await opened.enter_async_context(kafka.admin(bootstrap))
+            self.mongo = mongo_client(self.settings.mongo_url)
+            opened.push_async_callback(self.mongo.close)
+            self._opened = opened.pop_all()
         return self
 
     async def __aexit__(self, *exc_info) -> None:
-        await self.metrics_consumer.stop()
-        await self.offsets_consumer.stop()
-        await self.admin.close()
-        await self.mongo.close()
+        await self._opened.aclose()
 
     async def topic_sizes(self) -> dict[str, int]:
         """Messages written to each shown topic so far (the sum of its partitions' end offsets)."""
@@ -264,15 +259,16 @@ def render(stream: DemoStream, client: DemoClient, sizes: dict[str, int], stored
     return Group(*parts)
 
 
-async def run_demo(settings: CommonSettings, console: Console, seconds: float | None, rate: float) -> None:
+async def run_demo(settings: CommonSettings, console: Console, seconds: float | None, rate: float,
+                   names: list[str]) -> None:
+    """The demo with the services `names` (those built, in start order) as child processes."""
     from services.ingestion.auth import hash_key
 
     await smoke_round_trip(settings, console)
     api_key = secrets.token_urlsafe(24)
     # The demo's inference caller is an anonymous local client, so inference runs in free mode.
-    group = ServiceGroup(env={"STREAMLEDGER_API_KEYS": json.dumps({TENANT: [hash_key(api_key)]}),
+    group = ServiceGroup(env={"STREAMLEDGER_INGESTION_API_KEYS": json.dumps({TENANT: [hash_key(api_key)]}),
                               "STREAMLEDGER_INFERENCE_MODE": "free"})
-    names = built_services()
     console.print(f"starting services: {', '.join(names)} (logs in {group.log_dir}/service-*.log)")
     group.start(names)
     try:

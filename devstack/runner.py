@@ -7,24 +7,29 @@ SIGKILL to any that outlive the grace period.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from devstack.settings import StackSettings
 
-# Start order: consumers before producers, so nothing waits on a missing topic.
-SERVICES = ("storage", "cleaning", "learning", "inference", "ingestion", "ledger", "audit", "dashboard")
+
+def built_services(names: Iterable[str]) -> list[str]:
+    """Those of `names` whose service is installed (`services.<name>.app` can be imported), in order."""
+    return [name for name in names if _importable(f"services.{name}.app")]
 
 
-def built_services() -> list[str]:
-    """The services whose code exists in this checkout (`services/<name>/app.py`)."""
-    here = Path(__file__).parent
-    return [name for name in SERVICES if (here / name / "app.py").exists()]
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # its package is missing too
+        return False
 
 
 @dataclass

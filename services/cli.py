@@ -1,4 +1,8 @@
-"""The `streamledger` command line."""
+"""The `streamledger` command line.
+
+`streamledger serve NAME` runs one service and loads nothing else: the local dev stack
+(`devstack`) is imported only inside the commands that use it (`stack ...`, `demo`, `serve all`).
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from devstack.runner import SERVICES, ServiceGroup, built_services
-from devstack import Stack, StackError
-from devstack.settings import StackSettings
+SERVICES = ("storage", "cleaning", "learning", "inference", "ingestion", "ledger", "audit", "dashboard")
+"""What `serve NAME` runs, in the order `serve all` and the demo start them: consumers before
+producers, so nothing waits on a missing topic."""
 
 app = typer.Typer(help="StreamLedger: auditable, pay-per-use machine learning on live data.",
                   pretty_exceptions_show_locals=False,
@@ -42,6 +46,9 @@ def up(
     fabric: bool = typer.Option(False, "--fabric", help="also the local Fabric network (or STREAMLEDGER_STACK_FABRIC=1)"),
 ) -> None:
     """Install (first run only) and start every part; return once each answers."""
+    from devstack import Stack, StackError
+    from devstack.settings import StackSettings
+
     started = time.monotonic()
     try:
         settings = StackSettings(fabric=True) if fabric else StackSettings()
@@ -56,6 +63,8 @@ def up(
 @stack_app.command()
 def down() -> None:
     """Stop every part this stack started; leaves data in place."""
+    from devstack import Stack
+
     stopped = Stack(say=console.print).down()
     console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
 
@@ -63,6 +72,8 @@ def down() -> None:
 @stack_app.command()
 def status() -> None:
     """Each part's pid, address and health; exit 1 unless all are healthy."""
+    from devstack import Stack
+
     statuses = Stack(say=console.print).status()
     _show(statuses)
     if any(s.state != "healthy" for s in statuses):
@@ -72,6 +83,8 @@ def status() -> None:
 @stack_app.command()
 def logs(part: str, lines: int = typer.Option(50, "--lines", "-n")) -> None:
     """The last lines of a part's log."""
+    from devstack import Stack
+
     try:
         process = Stack().part(part).process
     except KeyError as exc:
@@ -89,12 +102,13 @@ def demo(
     """The main job: stack up, every built service, and a live demo stream through them."""
     import asyncio
 
-    from streamledger.settings import CommonSettings
     from devstack.demo import run_demo
+    from devstack.runner import built_services
+    from streamledger.settings import CommonSettings
 
     up(fabric=True)  # the whole system: the ledger service anchors the demo stream
     try:
-        asyncio.run(run_demo(CommonSettings(), console, seconds, rate))
+        asyncio.run(run_demo(CommonSettings(), console, seconds, rate, built_services(SERVICES)))
     except KeyboardInterrupt:
         console.print("stopped")
 
@@ -119,8 +133,10 @@ def serve(service: str = typer.Argument(..., help=f"one of: {', '.join(SERVICES)
 
 
 def _serve_all() -> None:
+    from devstack.runner import ServiceGroup, built_services
+
     group = ServiceGroup()
-    names = built_services()
+    names = built_services(SERVICES)
     group.start(names)
     console.print(f"running {', '.join(names)}; logs in {group.log_dir}/service-*.log; Ctrl-C stops them")
     try:
@@ -146,7 +162,7 @@ def ingest(
     ts_column: str = typer.Option("ts", help="column with the event time (epoch ms or ISO-8601 with zone)"),
     id_column: str = typer.Option(None, help="column with event ids (default: stable ids from file and row)"),
     label_column: str = typer.Option(None, help="column with the label, if any"),
-    topic: str = typer.Option(None, help="target topic (default: STREAMLEDGER_RAW_TOPIC or events.raw)"),
+    topic: str = typer.Option(None, help="target topic (default: STREAMLEDGER_INGESTION_RAW_TOPIC or events.raw)"),
 ) -> None:
     """Backfill a file into Kafka as RawEvents; re-running the same file adds nothing."""
     from services.ingestion.command import run_ingest

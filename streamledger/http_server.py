@@ -5,7 +5,7 @@
     ...
     await http.stop()
 
-The service handles SIGINT/SIGTERM itself (`run_until_signalled`), so uvicorn's own signal
+The service handles SIGINT/SIGTERM itself (`lifecycle.serve`), so uvicorn's own signal
 handlers are left out.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 
 import uvicorn
 
@@ -31,8 +32,12 @@ class EmbeddedHttpServer:
         self.task: asyncio.Task | None = None
 
     async def start(self, timeout: float = 10.0) -> int:
-        """Serve in a task; the bound port once it listens, or why it could not (e.g. port in use)."""
-        self.task = asyncio.create_task(self.server.serve())
+        """Serve in a task; the bound port once it listens. Why it cannot listen (a port in use, an
+        address not this machine's) is the bind's OSError, raised here (uvicorn would exit)."""
+        host = self.host.strip("[]")
+        listener = socket.create_server((host, self.server.config.port),
+                                        family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+        self.task = asyncio.create_task(self.server.serve(sockets=[listener]))
         async with asyncio.timeout(timeout):
             while not self.server.started:
                 if self.task.done():

@@ -6,8 +6,16 @@
 
 Every call maps to one transaction function of `chaincode/`; submits return what the
 contract returned (JSON-decoded) and commit before they return. The contract's own
-errors arrive as `EndorseError`/`EvaluateError` whose message starts with its code
-(`INVALID_ARGUMENT`, `NOT_FOUND`, `INSUFFICIENT_FUNDS`, `ALREADY_SETTLED`, ...).
+refusals arrive as `EndorseError` (submit) or `EvaluateError` (query), whose
+`contract_error` is the refusal typed (`streamledger.core.contract_errors`: `NotFound`,
+`InvalidArgument`, `InsufficientFunds`, `AlreadySettled`, ...):
+
+    except EndorseError as exc:
+        if isinstance(exc.contract_error, InsufficientFunds): ...
+
+Transient failures (errors.is_transient) are retried within `retry`, once around each
+whole call; `DEFAULT_RETRY` unless the caller passes its own policy (NO_RETRY when the
+caller retries itself, so retries never nest).
 """
 
 from __future__ import annotations
@@ -17,9 +25,15 @@ from typing import Any
 from fabric_protos.common import common_pb2, ledger_pb2
 from fabric_protos.peer import transaction_pb2
 
-from streamledger.fabric import Committed, Contract, Gateway, RetryPolicy, load_msp
+from streamledger.core.contract_errors import NotFound
+from streamledger.fabric import Committed, Contract, Gateway, load_msp
 from streamledger.fabric.errors import EvaluateError
+from streamledger.retry import RetryPolicy
 from streamledger.settings import LedgerSettings
+
+DEFAULT_RETRY = RetryPolicy(attempts=5, initial_seconds=0.1, max_seconds=2.0, jitter=1.0)
+"""Five tries in all, exponential backoff from 0.1 s capped at 2 s, full jitter so
+concurrent retries spread out."""
 
 
 class LedgerClient:
@@ -28,7 +42,7 @@ class LedgerClient:
         self.contract = contract
 
     @classmethod
-    def connect(cls, settings: LedgerSettings, retry: RetryPolicy = RetryPolicy()) -> LedgerClient:
+    def connect(cls, settings: LedgerSettings, retry: RetryPolicy = DEFAULT_RETRY) -> LedgerClient:
         identity, signer = load_msp(settings.msp_dir(), settings.fabric_msp_id)
         gateway = Gateway.connect(settings.fabric_peer_endpoint, settings.tls_root().read_bytes(), identity, signer,
                                   server_name=settings.fabric_peer_server_name or None, retry=retry)
@@ -48,7 +62,7 @@ class LedgerClient:
         try:
             return await self.contract.evaluate_json(function, *args)
         except EvaluateError as exc:
-            if "NOT_FOUND" in str(exc):
+            if isinstance(exc.contract_error, NotFound):
                 return None
             raise
 
@@ -103,18 +117,19 @@ class LedgerClient:
         return await self.contract.evaluate_json("History", key) or []
 
     # -- blocks, from the peer's ledger through the qscc system chaincode --
+    def _qscc(self) -> Contract:
+        return self.gateway.network(self.contract.channel).contract("qscc")
+
     async def chain_height(self) -> int:
         """How many blocks this channel has (qscc `GetChainInfo`)."""
-        network = self.contract.network
-        raw = await network.contract("qscc").evaluate("GetChainInfo", network.name)
+        raw = await self._qscc().evaluate("GetChainInfo", self.contract.channel)
         return ledger_pb2.BlockchainInfo.FromString(raw).height
 
     async def block_by_tx_id(self, tx_id: str) -> common_pb2.Block | None:
         """The block holding transaction `tx_id` (qscc `GetBlockByTxID` on this channel, evaluated
         through the gateway like any query), or None when the peer knows no such transaction."""
-        network = self.contract.network
         try:
-            raw = await network.contract("qscc").evaluate("GetBlockByTxID", network.name, tx_id)
+            raw = await self._qscc().evaluate("GetBlockByTxID", self.contract.channel, tx_id)
         except EvaluateError as exc:
             if "no such transaction" in str(exc):
                 return None

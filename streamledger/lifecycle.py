@@ -144,7 +144,7 @@ async def _serve(name: str, settings: S, build: Callable[[S], Service]) -> int:
         except Exception as exc:  # noqa: BLE001 - a failed stop is a failure, not a crash
             failed = failed or exc
     if failed is not None:
-        log.error("failed", extra={"service": name, "error": _describe(failed)})
+        log.error("failed", extra={"service": name, "errors": failures(failed)}, exc_info=failed)
         return 1
     log.info("stopped", extra={"service": name})
     return 0
@@ -164,6 +164,13 @@ async def run_until(service: Service, stop: asyncio.Event, on_started: Callable[
             ended.cancel()
         elif ended.exception() is not None:
             raise ended.exception()
+
+
+def failures(exc: BaseException) -> list[str]:
+    """One line per error, task groups unwrapped."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [line for inner in exc.exceptions for line in failures(inner)]
+    return [_describe(exc)]
 
 
 def _describe(exc: BaseException) -> str:

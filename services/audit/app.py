@@ -6,14 +6,15 @@
     GET /v1/accounts/..., gRPC Account    +          (GetAnchor, GetModel, Balance, HoldsOf,
                                                       History, qscc GetBlockByTxID)
 
-Listening beyond loopback needs STREAMLEDGER_AUDIT_TOKEN (the settings refuse to load
-without it); with a token set, every call must carry it.
+A ledger read whose peer is unavailable is tried again, up to AUDIT_LEDGER_ATTEMPTS in all
+(`ledger_retry.py`, the one place the audit retries). Listening beyond loopback needs
+STREAMLEDGER_AUDIT_TOKEN (the settings refuse to load without it); with a token set, every
+call must carry it.
 """
 
 from __future__ import annotations
 
 import contextlib
-
 
 from services.audit.auditor import open_auditor
 from services.audit.auth import AuditorToken
@@ -30,8 +31,8 @@ log = get_logger("audit")
 
 
 class AuditService(Loop):
-    """Both servers over one Auditor, with an explicit `start()` / `stop()` lifecycle; the bound
-    ports are in `http_port` and `grpc_port` after `start()` (settings may ask for port 0)."""
+    """Both servers over one Auditor; the bound ports are in `http_port` and `grpc_port` once
+    started (settings may ask for port 0)."""
 
     def __init__(self, settings: AuditSettings, ledger_settings: LedgerSettings) -> None:
         super().__init__()
@@ -39,32 +40,29 @@ class AuditService(Loop):
         self.ledger_settings = ledger_settings
         self.http_port = settings.audit_http_port
         self.grpc_port = settings.audit_grpc_port
-        self._stack = contextlib.AsyncExitStack()
+        self._opened = contextlib.AsyncExitStack()
 
     async def start(self) -> None:
         s = self.settings
-        auditor = await self._stack.enter_async_context(open_auditor(s, self.ledger_settings))
-        if isinstance(auditor.ledger, UnreachableLedger):
-            log.error("ledger_unavailable", extra={"error": auditor.ledger.why,
-                                                   "msp_dir": str(self.ledger_settings.msp_dir())})
-        token = AuditorToken(s.token())
-        try:
-            self.grpc_server, self.grpc_port = build_grpc_server(auditor, token, s.audit_host, s.audit_grpc_port)
-            await self.grpc_server.start()
-            self.http_server = EmbeddedHttpServer(build_http_app(auditor, token), s.audit_host, s.audit_http_port)
-            self.http_port = await self.http_server.start()
-        except BaseException:
-            await self._stack.aclose()
-            raise
-        log.info("started", extra={"http": f"{s.audit_host}:{self.http_port}", "grpc": f"{s.audit_host}:{self.grpc_port}",
-                                   "token_required": token.required, "mongo_db": s.mongo_db,
-                                   "peer": self.ledger_settings.fabric_peer_endpoint})
+        async with contextlib.AsyncExitStack() as opened:  # a step that fails closes what came before
+            auditor = await opened.enter_async_context(open_auditor(s, self.ledger_settings))
+            if isinstance(auditor.ledger, UnreachableLedger):
+                log.error("ledger_unavailable", extra={"error": auditor.ledger.why,
+                                                       "msp_dir": str(self.ledger_settings.msp_dir())})
+            token = AuditorToken(s.token())
+            grpc_server, self.grpc_port = build_grpc_server(auditor, token, s.audit_host, s.audit_grpc_port)
+            await grpc_server.start()
+            opened.push_async_callback(grpc_server.stop, 5)  # grace: answers in flight land
+            http_server = EmbeddedHttpServer(build_http_app(auditor, token), s.audit_host, s.audit_http_port)
+            self.http_port = await http_server.start()
+            opened.push_async_callback(http_server.stop)
+            self._opened = opened.pop_all()
+        log.info("serving", extra={"http": f"{s.audit_host}:{self.http_port}",
+                                   "grpc": f"{s.audit_host}:{self.grpc_port}", "token_required": token.required,
+                                   "mongo_db": s.mongo_db, "peer": self.ledger_settings.fabric_peer_endpoint})
 
     async def stop(self) -> None:
-        await self.http_server.stop()
-        await self.grpc_server.stop(grace=5)
-        await self._stack.aclose()
-        log.info("stopped")
+        await self._opened.aclose()  # the HTTP server, the gRPC server, then the Auditor's clients
 
 
 def main() -> None:

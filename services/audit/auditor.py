@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from services.audit.ledger_reader import FabricLedgerReader, UnreachableLedger
+from services.audit.ledger_retry import RetriedLedgerReads
 from services.audit.mongo_store import MongoEvidenceStore
 from services.audit.ports import EvidenceStore, LedgerReader
 from services.audit.provenance import ModelReport, audit_model
@@ -23,7 +24,8 @@ from services.audit.statement import AccountStatement, account_statement
 from services.audit.verification import Verification, verify
 from streamledger.mongo import mongo_client
 from streamledger.ledger import LedgerClient
-from streamledger.fabric import IdentityError, RetryPolicy, Timeouts
+from streamledger.fabric import IdentityError, Timeouts
+from streamledger.retry import NO_RETRY, RetryPolicy
 from streamledger.settings import LedgerSettings
 
 
@@ -48,20 +50,20 @@ async def open_auditor(settings: AuditSettings, ledger_settings: LedgerSettings)
     shows in the answers (STORE_UNREACHABLE, LEDGER_UNREACHABLE), not here. Without a usable
     Fabric identity or TLS root every ledger question is LEDGER_UNREACHABLE, saying why, so the
     service still starts (e.g. in `serve all` on a stack without Fabric)."""
-    timeout = settings.audit_mongo_timeout_ms
+    timeout = round(settings.audit_mongo_timeout_seconds * 1000)  # pymongo counts milliseconds
     mongo = mongo_client(settings.mongo_url, tz_aware=True, serverSelectionTimeoutMS=timeout,
                          connectTimeoutMS=timeout, socketTimeoutMS=max(timeout, 10_000))
     store = MongoEvidenceStore(mongo[settings.mongo_db])
     try:
         try:
-            client = LedgerClient.connect(ledger_settings, retry=RetryPolicy(
-                attempts=settings.audit_ledger_attempts, initial_seconds=0.1, max_seconds=1.0))
+            client = LedgerClient.connect(ledger_settings, retry=NO_RETRY)  # RetriedLedgerReads retries
         except (IdentityError, OSError) as exc:
             yield Auditor(store, UnreachableLedger(f"no connection to the ledger can be set up: {exc}"))
             return
         # An audit answers within a bound: a hung peer becomes LEDGER_UNREACHABLE, not a hung request.
         client.gateway.timeouts = Timeouts(evaluate=settings.audit_ledger_timeout_seconds)
+        policy = RetryPolicy(attempts=settings.audit_ledger_attempts, initial_seconds=0.1, max_seconds=1.0)
         async with client:
-            yield Auditor(store, FabricLedgerReader(client))
+            yield Auditor(store, FabricLedgerReader(RetriedLedgerReads(client, policy)))
     finally:
         await mongo.close()

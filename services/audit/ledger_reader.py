@@ -4,8 +4,8 @@
         ledger = FabricLedgerReader(client)
         anchor = await ledger.anchor("events.clean:0:0-999")
 
-Every call is an evaluate: the audit never submits a transaction. The gateway client has
-already retried transient failures within its RetryPolicy; what still fails is
+Every call is an evaluate: the audit never submits a transaction. In the audit (`open_auditor`)
+`RetriedLedgerReads` has already retried transient failures within its policy; what still fails is
 `LedgerUnreachable` (the peer is down, timed out or refused to answer), except a refusal of
 a malformed argument by the contract itself, which is the caller's `InvalidArgument`.
 """
@@ -16,14 +16,16 @@ from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 from services.audit.ports import InvalidArgument, LedgerUnreachable
+from streamledger.core import contract_errors
 from streamledger.ledger import LedgerClient
 from streamledger.fabric import GatewayError
+from services.audit.ledger_retry import RetriedLedgerReads
 
 T = TypeVar("T")
 
 
 class FabricLedgerReader:
-    def __init__(self, client: LedgerClient) -> None:
+    def __init__(self, client: LedgerClient | RetriedLedgerReads) -> None:
         self.client = client
 
     async def anchor(self, batch_id: str) -> dict[str, Any] | None:
@@ -39,7 +41,8 @@ class FabricLedgerReader:
         try:
             return await self.client.balance(account)
         except GatewayError as exc:
-            if "NOT_FOUND" in str(exc):  # the contract's answer for an account it has never credited
+            # the contract's answer for an account it has never credited
+            if isinstance(exc.contract_error, contract_errors.NotFound):
                 return None
             raise _translated("Balance", "account", exc) from exc
 
@@ -58,7 +61,7 @@ class FabricLedgerReader:
 
 
 def _translated(function: str, field: str, exc: GatewayError) -> InvalidArgument | LedgerUnreachable:
-    if "INVALID_ARGUMENT" in str(exc):
+    if isinstance(exc.contract_error, contract_errors.InvalidArgument):
         return InvalidArgument(field, f"the ledger refused it: {exc.chaincode_message}")
     return LedgerUnreachable(f"{function}: {exc}")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from pydantic import SecretStr, model_validator
+from pydantic import Field, SecretStr, model_validator
 
 from streamledger.settings import CommonSettings
 
@@ -36,8 +36,9 @@ class AuditSettings(CommonSettings):
     audit_ledger_timeout_seconds: float = 10.0
     """How long one ledger query may take before the answer is LEDGER_UNREACHABLE."""
     audit_ledger_attempts: int = 3
-    """Tries of a ledger query whose peer is unavailable, before LEDGER_UNREACHABLE."""
-    audit_mongo_timeout_ms: int = 5000
+    """Tries of a ledger query whose peer is unavailable, before LEDGER_UNREACHABLE (each retry is
+    counted in `streamledger_audit_ledger_retries_total`)."""
+    audit_mongo_timeout_seconds: float = Field(default=5.0, gt=0)
     """How long to wait for MongoDB before the answer is STORE_UNREACHABLE."""
 
     @model_validator(mode="after")

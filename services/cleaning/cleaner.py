@@ -4,7 +4,7 @@ No I/O: the codec, the rule book and the dedup window are handed in, so the whol
 path is unit-tested without Kafka. `app.py` feeds it messages and sends what it returns.
 
     cleaner = Cleaner(AvroCodec(SchemaRegistry.from_dir()), RuleBook(), DedupWindow({}, 3_600_000))
-    outcome = cleaner.handle(RawMessage("events.raw", 0, 42, b"e1", value, 1_700_000_000_000))
+    outcome = cleaner.handle(Consumed(tp, "events.raw", 0, 42, b"e1", value, timestamp_ms=1_700_000_000_000))
     outcome.kind   # "clean" | "deadletter" | "duplicate"
 """
 
@@ -15,24 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from streamledger.core.canonical import CanonicalEncodingError, content_hash
 from services.cleaning.dedup import DedupWindow, Seen
 from services.cleaning.rules import Rejected, RuleBook, clean_event
 from streamledger.avro import AvroCodec, CodecError
+from streamledger.core.canonical import CanonicalEncodingError, content_hash
+from streamledger.core.records import Consumed, dead_letter
 
 SERVICE = "cleaning"
-
-
-@dataclass(frozen=True)
-class RawMessage:
-    """The parts of a consumed Kafka message the cleaner needs."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp_ms: int
 
 
 @dataclass(frozen=True)
@@ -60,7 +49,7 @@ class Cleaner:
         self.max_original_bytes = max_original_bytes
         self.clock_ms = clock_ms
 
-    def handle(self, message: RawMessage) -> Outcome:
+    def handle(self, message: Consumed) -> Outcome:
         value = message.value
         if value is None:
             return self.dead_letter(message, None, "empty_message", "message has no value (a tombstone)")
@@ -88,36 +77,21 @@ class Cleaner:
             return self.dead_letter(message, event_id, exc.reason, f"event {event_id!r}: {exc}")
         # Only events that made it this far count for dedup: a rejected first copy does not
         # shadow a valid second one.
-        seen = self.dedup.observe(event_id, message.partition, message.offset, message.timestamp_ms)
+        at_ms = message.timestamp_ms if message.timestamp_ms is not None else self.clock_ms()
+        seen = self.dedup.observe(event_id, message.partition, message.offset, at_ms)
         if seen is Seen.DUPLICATE:
             return Outcome("duplicate", event_id.encode(), None)
         return Outcome("clean", event_id.encode(), clean)
 
-    def dead_letter(self, message: RawMessage, event_id: str | None, reason: str, error: str) -> Outcome:
-        original = message.value or b""
-        if len(original) > self.max_original_bytes:
-            # A dead letter must fit in a Kafka message; the full original stays in the source topic.
-            error += (
-                f" (original truncated from {len(original)} to {self.max_original_bytes} bytes; the full "
-                f"message is at {message.topic} partition {message.partition} offset {message.offset})"
-            )
-            original = original[: self.max_original_bytes]
+    def dead_letter(self, message: Consumed, event_id: str | None, reason: str, error: str) -> Outcome:
+        """The message as a dead letter keyed by its event_id, else its key, else its position."""
         key = event_id or _text_key(message)
-        record = {
-            "key": key,
-            "source_topic": message.topic,
-            "source_partition": message.partition,
-            "source_offset": message.offset,
-            "service": SERVICE,
-            "reason": reason,
-            "error": error,
-            "original": original,
-            "ts": self.clock_ms(),
-        }
-        return Outcome("deadletter", key.encode(), self.codec.encode("DeadLetter", record), reason)
+        letter = dead_letter(message, reason, error, self.clock_ms(), service=SERVICE,
+                             max_original_bytes=self.max_original_bytes, key=key)
+        return Outcome("deadletter", key.encode(), self.codec.encode("DeadLetter", letter), reason)
 
 
-def _text_key(message: RawMessage) -> str:
+def _text_key(message: Consumed) -> str:
     if message.key:
         return message.key.decode("utf-8", errors="replace")
     return f"{message.topic}:{message.partition}:{message.offset}"

@@ -1,4 +1,4 @@
-"""Settings of the cleaning service (`STREAMLEDGER_*` environment variables)."""
+"""Settings of the cleaning service (`STREAMLEDGER_CLEANING_*` environment variables)."""
 
 from __future__ import annotations
 
@@ -13,21 +13,22 @@ from streamledger.settings import CommonSettings
 
 
 class CleaningSettings(CommonSettings):
-    raw_topic: str = topics.RAW
-    clean_topic: str = topics.CLEAN
-    deadletter_topic: str = topics.DEADLETTER
+    cleaning_raw_topic: str = topics.RAW
+    cleaning_clean_topic: str = topics.CLEAN
+    cleaning_deadletter_topic: str = topics.DEADLETTER
     cleaning_group: str = "streamledger-cleaning"
     """Consumer group id; also the faust app id, which prefixes the dedup table's changelog topic."""
     cleaning_partitions: int = 1
-    """Partitions for topics the service creates (the dedup changelog must match events.raw)."""
+    """Partitions for topics the service creates (the dedup changelog must match the raw topic)."""
     cleaning_data_dir: Path = Path.home() / ".cache" / "streamledger" / "cleaning"
     """faust's local state directory (outside the repo); one subfolder per group."""
     cleaning_rules_file: Path | None = None
     """JSON file with a RuleBook: {"default": {...}, "tenants": {"acme": {...}}}; none = defaults."""
-    dedup_window_seconds: float = 3600.0
-    max_message_bytes: int = 256 * 1024
+    cleaning_dedup_window_seconds: float = 3600.0
+    cleaning_max_message_bytes: int = 256 * 1024
     """Raw messages larger than this are dead-lettered unread (reason too_large)."""
-    commit_interval_seconds: float = 1.0
+    cleaning_commit_interval_seconds: float = 1.0
+    """How often faust commits the offsets of handled messages (after flushing their outputs)."""
 
     def rule_book(self) -> RuleBook:
         if self.cleaning_rules_file is None:

@@ -2,23 +2,27 @@
 
 It joins no consumer group (partitions are assigned by hand, nothing is committed), reads
 the busy topics only by their end offsets, and decodes just the small feed topics in
-bounded batches, so it never slows the pipeline or moves anyone's offsets.
+bounded batches, so it never slows the pipeline or moves anyone's offsets. Kafka being
+away is shown on the page and retried (`reconnect.keep_connected`, bounded and counted).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from streamledger import metrics
+from streamledger import kafka, metrics
 from streamledger.avro import AvroCodec, UnknownFingerprintError
 from streamledger.logging import get_logger
 from services.dashboard.board import Board
 from services.dashboard.lag import Partition
+from services.dashboard.reconnect import keep_connected
 from services.dashboard.settings import DashboardSettings
 
 log = get_logger("dashboard")
@@ -30,8 +34,19 @@ RECONNECTS = metrics.counter("dashboard", "kafka_reconnects", "Times the Kafka r
 TOPOLOGY_EVERY_S = 10.0
 """How often topics' partitions and the list of groups are looked up again."""
 SCHEMA_RELOAD_EVERY_S = 30.0
-KAFKA_RETRY_S = 2.0
 END_OFFSETS_TIMEOUT_S = 10.0
+EXPECTED = (KafkaError, OSError, TimeoutError)
+"""How Kafka being down or unreachable shows: retried; anything else is a bug and stops the dashboard."""
+
+
+@dataclass
+class KafkaSession:
+    admin: AIOKafkaAdminClient
+    consumer: AIOKafkaConsumer
+    opened: contextlib.AsyncExitStack
+
+    async def close(self) -> None:
+        await self.opened.aclose()
 
 
 class KafkaWatch:
@@ -47,53 +62,46 @@ class KafkaWatch:
         self.schemas_loaded_at = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Watch until `stop` is set; Kafka being down is shown on the page and retried."""
-        while not stop.is_set():
-            try:
-                await self._watch(stop)
-            except (KafkaError, OSError, asyncio.TimeoutError) as exc:
-                self.board.kafka_unreachable(f"{type(exc).__name__}: {exc}")
-                RECONNECTS.inc()
-                log.warning("kafka_unreachable", extra={"error": f"{type(exc).__name__}: {exc}"})
-                try:
-                    await asyncio.wait_for(stop.wait(), KAFKA_RETRY_S)
-                except asyncio.TimeoutError:
-                    pass
+        """Watch until `stop` is set; Kafka being down is shown on the page and retried, up to
+        `dashboard_kafka_retry_attempts` tries in a row (then the last error propagates)."""
+        await keep_connected(self._connect, self._follow, stop, self.settings.kafka_retry(),
+                             is_transient=lambda exc: isinstance(exc, EXPECTED), lost=self._lost)
 
-    async def _watch(self, stop: asyncio.Event) -> None:
+    def _lost(self, exc: BaseException) -> None:
+        self.board.kafka_unreachable(_error_text(exc))
+        RECONNECTS.inc()
+        log.warning("kafka_unreachable", extra={"error": _error_text(exc)})
+
+    async def _connect(self) -> KafkaSession:
         bootstrap = self.settings.kafka_bootstrap
         self.partitions = {}  # a new consumer starts with no assignment
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                    request_timeout_ms=5000, max_partition_fetch_bytes=256 * 1024)
-        await admin.start()
+        async with contextlib.AsyncExitStack() as opened:
+            admin = await opened.enter_async_context(kafka.admin(bootstrap, request_timeout_ms=5000))
+            consumer = await opened.enter_async_context(
+                kafka.consumer(bootstrap, request_timeout_ms=5000, max_partition_fetch_bytes=256 * 1024))
+            await self._load_schemas()
+            await self._refresh_topology(admin, consumer)
+            return KafkaSession(admin, consumer, opened.pop_all())
+
+    async def _follow(self, session: KafkaSession, stop: asyncio.Event) -> None:
+        loops = [self._offsets_loop(session.admin, session.consumer, stop), self._groups_loop(session.admin, stop),
+                 self._feed_loop(session.consumer, stop)]
+        tasks = [asyncio.create_task(loop) for loop in loops]
         try:
-            await consumer.start()
-            try:
-                await self._load_schemas()
-                await self._refresh_topology(admin, consumer)
-                loops = [self._offsets_loop(admin, consumer, stop), self._groups_loop(admin, stop),
-                         self._feed_loop(consumer, stop)]
-                tasks = [asyncio.create_task(loop) for loop in loops]
-                try:
-                    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                    for task in done:
-                        task.result()  # re-raise a loop's failure so `run` can show and retry it
-                finally:
-                    for task in tasks:
-                        task.cancel()
-                    await asyncio.gather(*tasks, return_exceptions=True)
-            finally:
-                await consumer.stop()
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # re-raise a loop's failure so `run` can show and retry it
         finally:
-            await admin.close()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _sleep(self, stop: asyncio.Event, seconds: float) -> bool:
         """Wait `seconds` or until stop; True when stopping."""
         try:
             await asyncio.wait_for(stop.wait(), seconds)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
 
     # -- topology ----------------------------------------------------------------------------
@@ -145,7 +153,8 @@ class KafkaWatch:
                 topology_at = time.monotonic()
             tps = [TopicPartition(t, p) for t, ps in self.partitions.items() for p in ps]
             if tps:
-                ends = await asyncio.wait_for(consumer.end_offsets(tps), END_OFFSETS_TIMEOUT_S)
+                async with asyncio.timeout(END_OFFSETS_TIMEOUT_S):  # not wait_for: it can lose a cancellation
+                    ends = await consumer.end_offsets(tps)
                 self.board.observe_offsets(time.time(), {(tp.topic, tp.partition): o for tp, o in ends.items()})
             if await self._sleep(stop, self.settings.dashboard_tick_seconds):
                 return
@@ -169,7 +178,7 @@ class KafkaWatch:
                     offsets = await admin.list_consumer_group_offsets(group)
                 except KafkaError as exc:
                     # One group being deleted or moving coordinator must not blank the page.
-                    log.info("group_unreadable", extra={"group": group, "error": f"{type(exc).__name__}: {exc}"})
+                    log.info("group_unreadable", extra={"group": group, "error": _error_text(exc)})
                     continue
                 committed: dict[Partition, int] = {(tp.topic, tp.partition): meta.offset
                                                    for tp, meta in offsets.items()
@@ -180,7 +189,7 @@ class KafkaWatch:
                 try:
                     members, state = await self._describe(admin, group)
                 except KafkaError as exc:
-                    log.info("group_unreadable", extra={"group": group, "error": f"{type(exc).__name__}: {exc}"})
+                    log.info("group_unreadable", extra={"group": group, "error": _error_text(exc)})
                     continue
                 self.board.observe_group(time.time(), group, committed, members, state)
             if await self._sleep(stop, self.settings.dashboard_lag_seconds):
@@ -222,4 +231,10 @@ class KafkaWatch:
             # A record we cannot read is counted and shown, never a reason to stop watching.
             UNDECODABLE.labels(topic).inc()
             self.board.on_undecodable(topic)
-            log.warning("undecodable_record", extra={"topic": topic, "error": f"{type(exc).__name__}: {exc}"})
+            log.warning("undecodable_record", extra={"topic": topic, "error": _error_text(exc)})
+
+
+def _error_text(exc: BaseException) -> str:
+    """`Type: message`, once (aiokafka's messages often start with their type already)."""
+    name, text = type(exc).__name__, str(exc)
+    return text if text.startswith(name) else f"{name}: {text}"

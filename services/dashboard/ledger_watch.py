@@ -7,7 +7,9 @@ Data path, per connection:
     every poll: the chain's height (a ping), then what the board shows but no event told
     (`board.ledger_lookups`: GetModel, GetHold, GetAnchor), at most `lookups_max` a poll
 An unreachable peer is shown on the page (`board.ledger.unreachable`) and reconnected with
-capped backoff. The watcher only reads: it submits nothing and never touches Kafka.
+capped backoff (`reconnect.keep_connected`, bounded and counted: the one place the watcher
+retries; the gateway client under it does not). The watcher only reads: it submits nothing
+and never touches Kafka.
 """
 
 from __future__ import annotations
@@ -17,30 +19,30 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import grpc
 
 from streamledger import metrics
-from streamledger.retry import RetryPolicy
+from streamledger.retry import NO_RETRY, RetryPolicy
 from streamledger.logging import get_logger
 from services.dashboard.board import Board
 from services.dashboard.ledger_view import Lookup
+from services.dashboard.reconnect import keep_connected
 from streamledger.ledger import LedgerClient
 from streamledger.fabric import GatewayError, IdentityError
 from streamledger.settings import LedgerSettings
 
 log = get_logger("dashboard")
+T = TypeVar("T")
 EVENTS = metrics.counter("dashboard", "ledger_events", "Chaincode events read from the ledger, by name", ("name",))
 LOOKUPS = metrics.counter("dashboard", "ledger_lookups", "Point reads made on the ledger, by kind", ("kind",))
 RECONNECTS = metrics.counter("dashboard", "ledger_reconnects", "Times the ledger watcher lost the ledger and started again")
 
 CALL_TIMEOUT_S = 10.0
 """Bound on one read, so a hung peer shows as unreachable instead of freezing the panel."""
-WATCH_RETRY = RetryPolicy(attempts=2, initial_seconds=0.2, max_seconds=1.0)
-"""The watcher retries by reconnecting; the gateway client itself only retries briefly."""
 YIELD_EVERY = 200
 """Events handled between yields to the event loop while reading history back."""
 
@@ -86,7 +88,8 @@ class FabricLedgerReader:
 
     @classmethod
     def connect(cls, settings: LedgerSettings) -> FabricLedgerReader:
-        return cls(LedgerClient.connect(settings, retry=WATCH_RETRY), settings.fabric_channel,
+        # NO_RETRY: the watcher retries by reconnecting, so retries never nest.
+        return cls(LedgerClient.connect(settings, retry=NO_RETRY), settings.fabric_channel,
                    settings.fabric_chaincode)
 
     async def who_am_i(self) -> str:
@@ -124,11 +127,24 @@ class LedgerWatchSettings:
     history_blocks: int = 1000
     poll_seconds: float = 2.0
     lookups_max: int = 16
-    backoff: RetryPolicy = RetryPolicy(initial_seconds=0.5, max_seconds=15.0, jitter=0.2)
+    retry: RetryPolicy = RetryPolicy(attempts=40, initial_seconds=0.5, max_seconds=15.0, jitter=0.2)
+    """Reconnection attempts in a row (then the last error propagates) and the waits between them."""
 
 
-EXPECTED = (GatewayError, IdentityError, OSError, asyncio.TimeoutError, grpc.RpcError, LedgerStreamEnded)
-"""How a ledger being down, unreachable or not set up yet shows: retried, never fatal."""
+@dataclass
+class LedgerSession:
+    reader: LedgerReader
+    start_block: int | None
+    """Where the event stream starts: `history_blocks` back on a first connection, else where it dropped."""
+    after_transaction_id: str
+
+    async def close(self) -> None:
+        await self.reader.close()
+
+
+EXPECTED = (GatewayError, IdentityError, OSError, TimeoutError, grpc.RpcError, LedgerStreamEnded)
+"""How a ledger being down, unreachable or not set up yet shows (a warning); anything else is
+logged as a bug of ours, and retried alike."""
 
 
 class LedgerWatch:
@@ -142,56 +158,53 @@ class LedgerWatch:
         self.failures = 0
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Watch until `stop` is set; an unreachable ledger is shown on the page and retried."""
-        while not stop.is_set():
-            try:
-                await self._watch(stop)
-            except EXPECTED as exc:
-                self._lost(exc)
-                log.log(logging.WARNING if self.failures == 1 else logging.INFO, "ledger_unreachable",
-                        extra={"error": _describe(exc), "attempt": self.failures})
-            except Exception as exc:  # a bug of ours must not blank the page: show, log, retry
-                self._lost(exc)
-                log.exception("ledger_watch_failed", extra={"error": _describe(exc)})
-            else:
-                return
-            delay = self.settings.backoff.delay(self.failures - 1)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
+        """Watch until `stop` is set; an unreachable ledger is shown on the page and retried, up
+        to `settings.retry.attempts` tries in a row (then the last error propagates)."""
+        # Any failure is retried: a bug of ours must not blank the page either (it is logged).
+        await keep_connected(self._connect, self._follow, stop, self.settings.retry,
+                             is_transient=lambda exc: isinstance(exc, Exception), lost=self._lost)
 
     def _lost(self, exc: BaseException) -> None:
         self.failures += 1
         RECONNECTS.inc()
         self.board.ledger.unreachable(_describe(exc))
+        if isinstance(exc, EXPECTED):
+            log.log(logging.WARNING if self.failures == 1 else logging.INFO, "ledger_unreachable",
+                    extra={"error": _describe(exc), "attempt": self.failures})
+        else:
+            log.error("ledger_watch_failed", exc_info=exc, extra={"error": _describe(exc)})
 
-    async def _watch(self, stop: asyncio.Event) -> None:
+    async def _connect(self) -> LedgerSession:
+        """A reader whose ledger answered (who we are, the chain's height), and where its events start."""
         reader = self.connect()
         try:
-            identity = await asyncio.wait_for(reader.who_am_i(), CALL_TIMEOUT_S)
-            height = await asyncio.wait_for(reader.height(), CALL_TIMEOUT_S)
-            self.board.ledger.connected(time.time(), identity, height)
-            if self.failures:
-                log.info("ledger_reconnected", extra={"after_failures": self.failures})
-            self.failures = 0
-            if self.resume is not None:
-                start, after = self.resume
-            else:
-                start = None if height is None else max(0, height - self.settings.history_blocks)
-                after = ""
-            tasks = [asyncio.create_task(self._events(reader, start, after)),
-                     asyncio.create_task(self._poll(reader, stop)),
-                     asyncio.create_task(stop.wait())]
-            try:
-                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    task.result()  # re-raise a loop's failure so `run` shows it and reconnects
-            finally:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-        finally:
+            identity = await _bounded(reader.who_am_i())
+            height = await _bounded(reader.height())
+        except BaseException:
             with contextlib.suppress(Exception):
                 await reader.close()
+            raise
+        self.board.ledger.connected(time.time(), identity, height)
+        if self.failures:
+            log.info("ledger_reconnected", extra={"after_failures": self.failures})
+        self.failures = 0
+        if self.resume is not None:
+            return LedgerSession(reader, *self.resume)
+        return LedgerSession(reader, None if height is None else max(0, height - self.settings.history_blocks), "")
+
+    async def _follow(self, session: LedgerSession, stop: asyncio.Event) -> None:
+        reader = session.reader
+        tasks = [asyncio.create_task(self._events(reader, session.start_block, session.after_transaction_id)),
+                 asyncio.create_task(self._poll(reader, stop)),
+                 asyncio.create_task(stop.wait())]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # re-raise a loop's failure so `run` shows it and reconnects
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _events(self, reader: LedgerReader, start: int | None, after: str) -> None:
         handled = 0
@@ -216,11 +229,11 @@ class LedgerWatch:
 
     async def _poll(self, reader: LedgerReader, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            height = await asyncio.wait_for(reader.height(), CALL_TIMEOUT_S)
+            height = await _bounded(reader.height())
             self.board.ledger.heartbeat(time.time(), height)
             for lookup in self.board.ledger_lookups(time.time(), self.settings.lookups_max):
                 await self._lookup(reader, lookup)
-            with contextlib.suppress(asyncio.TimeoutError):
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.poll_seconds)
 
     async def _lookup(self, reader: LedgerReader, lookup: Lookup) -> None:
@@ -229,14 +242,12 @@ class LedgerWatch:
         try:
             if lookup.kind == "model":
                 model_id, version = lookup.key
-                record = await asyncio.wait_for(reader.get_model(model_id, version), CALL_TIMEOUT_S)
+                record = await _bounded(reader.get_model(model_id, version))
                 view.on_model(time.time(), model_id, version, record)
             elif lookup.kind == "hold":
-                view.on_hold(time.time(), lookup.key, await asyncio.wait_for(reader.get_hold(lookup.key),
-                                                                             CALL_TIMEOUT_S))
+                view.on_hold(time.time(), lookup.key, await _bounded(reader.get_hold(lookup.key)))
             else:
-                view.on_anchor(time.time(), lookup.key, await asyncio.wait_for(reader.get_anchor(lookup.key),
-                                                                               CALL_TIMEOUT_S))
+                view.on_anchor(time.time(), lookup.key, await _bounded(reader.get_anchor(lookup.key)))
         except GatewayError as exc:
             if exc.transient:
                 raise
@@ -248,6 +259,13 @@ class LedgerWatch:
                 view.on_hold(time.time(), lookup.key, None, error=error)
             else:
                 view.on_anchor(time.time(), lookup.key, None, error=error)
+
+
+async def _bounded(read: Awaitable[T]) -> T:
+    """`read`, or TimeoutError after CALL_TIMEOUT_S. (`asyncio.timeout`, not `wait_for`: in Python
+    3.11 wait_for loses a cancellation that lands as the read completes, and the reconnect hangs.)"""
+    async with asyncio.timeout(CALL_TIMEOUT_S):
+        return await read
 
 
 def _describe(exc: BaseException) -> str:

@@ -1,24 +1,28 @@
-"""Settings of the dashboard (`STREAMLEDGER_*` environment variables)."""
+"""Settings of the dashboard: `STREAMLEDGER_DASHBOARD_*` on top of the common `STREAMLEDGER_*`.
+
+The ledger watcher reaches Fabric through `LedgerSettings` (`STREAMLEDGER_FABRIC_*`).
+"""
 
 from __future__ import annotations
 
 from pydantic import Field
 
 from streamledger.kafka import topics
+from streamledger.retry import RetryPolicy
 from streamledger.settings import CommonSettings
 
 
 class DashboardSettings(CommonSettings):
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = 8088
-    raw_topic: str = topics.RAW
-    clean_topic: str = topics.CLEAN
-    deadletter_topic: str = topics.DEADLETTER
-    predictions_topic: str = topics.PREDICTIONS
-    snapshots_topic: str = topics.SNAPSHOTS
-    model_metrics_topic: str = topics.MODEL_METRICS
-    usage_topic: str = topics.USAGE
-    anchors_topic: str = topics.ANCHORS
+    dashboard_raw_topic: str = topics.RAW
+    dashboard_clean_topic: str = topics.CLEAN
+    dashboard_deadletter_topic: str = topics.DEADLETTER
+    dashboard_predictions_topic: str = topics.PREDICTIONS
+    dashboard_snapshots_topic: str = topics.SNAPSHOTS
+    dashboard_model_metrics_topic: str = topics.MODEL_METRICS
+    dashboard_usage_topic: str = topics.USAGE
+    dashboard_anchors_topic: str = topics.ANCHORS
     dashboard_service_groups: dict[str, str] = Field(default_factory=lambda: {
         "streamledger-cleaning": "cleaning",
         "streamledger-storage": "storage",
@@ -41,6 +45,11 @@ class DashboardSettings(CommonSettings):
     """On start, how many of the latest records per partition of the feed topics to read back."""
     dashboard_batch_max: int = 500
     """Most records decoded per poll of the feed topics (bounded, so the reader never hogs the broker)."""
+    dashboard_kafka_retry_attempts: int = Field(default=40, ge=1)
+    """Tries to reach Kafka in a row before the dashboard gives up and exits 1 (8 to 9 minutes
+    with the default waits); every failed try is shown on the page and counted."""
+    dashboard_kafka_retry_max_seconds: float = Field(default=15.0, ge=0.5)
+    """Longest wait between two tries to reach Kafka (backoff from 0.5 s)."""
     dashboard_ledger: bool = True
     """Watch the Fabric ledger (where: the `STREAMLEDGER_FABRIC_*` settings); false: the ledger
     panels say the watcher is off and nothing connects to a peer."""
@@ -52,18 +61,29 @@ class DashboardSettings(CommonSettings):
     """How soon a model, hold or anchor the ledger did not have is asked about again."""
     dashboard_ledger_lookups_max: int = 16
     """Most point reads per poll, so the watcher never loads the peer."""
-    dashboard_ledger_retry_max_seconds: float = 15.0
+    dashboard_ledger_retry_attempts: int = Field(default=40, ge=1)
+    """Tries to reach the ledger in a row before the dashboard gives up and exits 1."""
+    dashboard_ledger_retry_max_seconds: float = Field(default=15.0, gt=0)
     """Longest wait between reconnection attempts to an unreachable ledger (backoff from 0.5 s)."""
+
+    def kafka_retry(self) -> RetryPolicy:
+        return RetryPolicy(attempts=self.dashboard_kafka_retry_attempts, initial_seconds=0.5,
+                           max_seconds=self.dashboard_kafka_retry_max_seconds, jitter=0.2)
+
+    def ledger_retry(self) -> RetryPolicy:
+        return RetryPolicy(attempts=self.dashboard_ledger_retry_attempts,
+                           initial_seconds=min(0.5, self.dashboard_ledger_retry_max_seconds),
+                           max_seconds=self.dashboard_ledger_retry_max_seconds, jitter=0.2)
 
     def throughput_topics(self) -> dict[str, str]:
         """Label -> topic of the charts of events/s."""
-        return {"raw": self.raw_topic, "clean": self.clean_topic, "dead letters": self.deadletter_topic,
-                "predictions": self.predictions_topic}
+        return {"raw": self.dashboard_raw_topic, "clean": self.dashboard_clean_topic,
+                "dead letters": self.dashboard_deadletter_topic, "predictions": self.dashboard_predictions_topic}
 
     def feed_topics(self) -> list[str]:
         """Topics whose records the dashboard decodes (the rest it only counts by offsets)."""
-        return [self.deadletter_topic, self.snapshots_topic, self.model_metrics_topic, self.usage_topic,
-                self.anchors_topic]
+        return [self.dashboard_deadletter_topic, self.dashboard_snapshots_topic, self.dashboard_model_metrics_topic,
+                self.dashboard_usage_topic, self.dashboard_anchors_topic]
 
     def watched_topics(self) -> list[str]:
         return list(dict.fromkeys([*self.throughput_topics().values(), *self.feed_topics()]))

@@ -21,6 +21,7 @@ from typing import Any
 
 from streamledger.logging import get_logger
 from services.inference.authorization import Hold, HoldUnavailable, InvalidHoldId
+from streamledger.core import contract_errors
 from streamledger.ledger import LedgerClient
 from streamledger.fabric import GatewayError
 
@@ -36,7 +37,7 @@ class LedgerHoldSource:
         try:
             found = await self.ledger.get_hold(hold_id)
         except GatewayError as exc:
-            if "INVALID_ARGUMENT" in str(exc):
+            if isinstance(exc.contract_error, contract_errors.InvalidArgument):
                 raise InvalidHoldId(f"hold id {hold_id!r} refused by the ledger: {exc.chaincode_message}") from exc
             log.error("ledger_unavailable", extra={"hold_id": hold_id, "code": getattr(exc.code, "name", None),
                                                    "error": str(exc)})

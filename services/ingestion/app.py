@@ -8,54 +8,56 @@
 
 from __future__ import annotations
 
-
 from aiokafka import AIOKafkaProducer
 
-from streamledger.kafka import topics
-from streamledger.avro import AvroCodec, SchemaRegistry
-from streamledger import kafka
-from streamledger.lifecycle import Loop, serve
-from streamledger.http_server import EmbeddedHttpServer
-from streamledger.logging import get_logger
 from services.ingestion.auth import ApiKeys
 from services.ingestion.grpc_api import build_grpc_server
 from services.ingestion.http_api import build_http_app
 from services.ingestion.intake import Intake
 from services.ingestion.settings import IngestionSettings
 from services.ingestion.sink import PendingBudget, RawEventWriter
+from streamledger import kafka
+from streamledger.avro import AvroCodec, SchemaRegistry
+from streamledger.http_server import EmbeddedHttpServer
+from streamledger.kafka import topics
+from streamledger.lifecycle import Loop, serve
+from streamledger.logging import get_logger
 
 log = get_logger("ingestion")
 
 
 class IngestionService(Loop):
-    """Both servers and the producer, with an explicit `start()` / `stop()` lifecycle."""
+    """Both servers and the producer; the requests do the work, so `run` only waits."""
 
     def __init__(self, settings: IngestionSettings) -> None:
         super().__init__()
         self.settings = settings
-        self.http_port = settings.http_port
-        self.grpc_port = settings.grpc_port
+        self.http_port = settings.ingestion_http_port
+        self.grpc_port = settings.ingestion_grpc_port
 
     async def start(self) -> None:
         s = self.settings
         registry = SchemaRegistry.from_dir()
-        await kafka.provision(s.kafka_bootstrap, [kafka.spec(topics.RAW, s.raw_topic, partitions=s.raw_partitions),
-                                                  kafka.spec(topics.SCHEMAS)])
+        await kafka.provision(s.kafka_bootstrap, [
+            kafka.spec(topics.RAW, s.ingestion_raw_topic, partitions=s.ingestion_raw_partitions),
+            kafka.spec(topics.SCHEMAS)])
         producer = await self._new_producer()
         await registry.publish(producer, ["RawEvent"])  # readers can always resolve our writer schema
 
-        self.writer = RawEventWriter(producer, s.raw_topic, PendingBudget(s.max_pending_events), s.ack_timeout_s,
-                                     renew=self._new_producer)
-        intake = Intake(ApiKeys(s.api_keys), AvroCodec(registry), self.writer, s.max_event_bytes)
+        self.writer = RawEventWriter(producer, s.ingestion_raw_topic, PendingBudget(s.ingestion_max_pending_events),
+                                     s.ingestion_ack_timeout_seconds, renew=self._new_producer)
+        intake = Intake(ApiKeys(s.ingestion_api_keys), AvroCodec(registry), self.writer, s.ingestion_max_event_bytes)
         self.grpc_server, self.grpc_port = build_grpc_server(intake, s)
         await self.grpc_server.start()
-        self.http_server = EmbeddedHttpServer(build_http_app(intake, s), s.http_host, s.http_port)
+        self.http_server = EmbeddedHttpServer(build_http_app(intake, s), s.ingestion_http_host, s.ingestion_http_port)
         self.http_port = await self.http_server.start()
-        log.info("started", extra={"http": f"{s.http_host}:{self.http_port}", "grpc": f"{s.http_host}:{self.grpc_port}",
-                                   "topic": s.raw_topic, "tenants": len(s.api_keys)})
+        log.info("listening", extra={"http": f"{s.ingestion_http_host}:{self.http_port}",
+                                     "grpc": f"{s.ingestion_http_host}:{self.grpc_port}",
+                                     "topic": s.ingestion_raw_topic, "tenants": len(s.ingestion_api_keys)})
 
     async def _new_producer(self) -> AIOKafkaProducer:
-        producer = kafka.producer(self.settings.kafka_bootstrap)
+        producer = kafka.producer(self.settings.kafka_bootstrap,
+                                  linger_ms=round(self.settings.ingestion_linger_seconds * 1000))
         await producer.start()
         return producer
 
@@ -63,7 +65,6 @@ class IngestionService(Loop):
         await self.http_server.stop()
         await self.grpc_server.stop(grace=5)
         await self.writer.producer.stop()  # flushes what is still in flight (the writer may have renewed it)
-        log.info("stopped")
 
 
 def main() -> None:

@@ -253,7 +253,7 @@ def check_columns(first_row: Any, options: BackfillOptions, file_name: str) -> N
 
 async def backfill(path: Path, options: BackfillOptions, settings: IngestionSettings,
                    on_progress: Callable[[Progress], None] = lambda _p: None) -> BackfillReport:
-    """Write every valid row of `path` to `settings.raw_topic`; returns once Kafka acknowledged them.
+    """Write every valid row of `path` to `settings.ingestion_raw_topic`; returns once Kafka acknowledged them.
 
     Raises `KafkaUnavailableError` if Kafka stops acknowledging: re-running the same command
     is safe and completes the job, since ids are stable.
@@ -261,14 +261,15 @@ async def backfill(path: Path, options: BackfillOptions, settings: IngestionSett
     path = Path(path)
     report = BackfillReport()
     registry = SchemaRegistry.from_dir()
+    topic = settings.ingestion_raw_topic
     await kafka.provision(settings.kafka_bootstrap, [
-        kafka.spec(topics.RAW, settings.raw_topic, partitions=settings.raw_partitions), kafka.spec(topics.SCHEMAS)])
+        kafka.spec(topics.RAW, topic, partitions=settings.ingestion_raw_partitions), kafka.spec(topics.SCHEMAS)])
     # Bigger batches and a longer linger than the live service: throughput over latency.
     async with kafka.producer(settings.kafka_bootstrap, linger_ms=20, max_batch_size=1 << 20) as producer:
         await registry.publish(producer, ["RawEvent"])
         codec = AvroCodec(registry)
-        writer = RawEventWriter(producer, settings.raw_topic, PendingBudget(BATCH_ROWS * (IN_FLIGHT_BATCHES + 1)),
-                                ack_timeout_s=60)
+        writer = RawEventWriter(producer, topic, PendingBudget(BATCH_ROWS * (IN_FLIGHT_BATCHES + 1)),
+                                ack_timeout_seconds=60)
         in_flight: set[asyncio.Task] = set()
         try:
             for rows, fraction in read_rows(path, options):
@@ -276,7 +277,7 @@ async def backfill(path: Path, options: BackfillOptions, settings: IngestionSett
                     check_columns(rows[0], options, path.name)
                 first = report.rows + 1
                 events = [row_to_event(row, first + i, path.name, options) for i, row in enumerate(rows)]
-                encoded = encode_batch(events, options.tenant, codec, settings.max_event_bytes, first_index=first)
+                encoded = encode_batch(events, options.tenant, codec, settings.ingestion_max_event_bytes, first_index=first)
                 report.rows += len(rows)
                 report.rejected += encoded.rejected
                 for start in range(0, len(encoded.event_ids), BATCH_ROWS):  # CSV blocks vary in rows

@@ -26,9 +26,9 @@ EXIT_OK, EXIT_KAFKA, EXIT_USAGE, EXIT_SOME_REJECTED = 0, 1, 2, 3
 def run_ingest(file: Path, api_key: str | None, tenant: str | None, source: str | None, ts_column: str,
                id_column: str | None, label_column: str | None, topic: str | None, console: Console) -> int:
     """Run the backfill and print its summary; returns the process exit code."""
-    settings = IngestionSettings(**({"raw_topic": topic} if topic else {}))
+    settings = IngestionSettings(**({"ingestion_raw_topic": topic} if topic else {}))
     try:
-        key_tenant = ApiKeys(settings.api_keys).tenant(api_key)
+        key_tenant = ApiKeys(settings.ingestion_api_keys).tenant(api_key)
     except AuthenticationError as exc:
         console.print(f"[red]not authorized:[/] {exc} (pass --api-key or set STREAMLEDGER_API_KEY)", highlight=False)
         return EXIT_USAGE
@@ -57,7 +57,7 @@ def run_ingest(file: Path, api_key: str | None, tenant: str | None, source: str 
             console.print(f"[red]Kafka unavailable:[/] {exc}\nRe-run the same command: event ids are stable, "
                           "so rows already written are not duplicated downstream.", highlight=False)
             return EXIT_KAFKA
-    _summary(report, settings.raw_topic, time.monotonic() - started, console)
+    _summary(report, settings.ingestion_raw_topic, time.monotonic() - started, console)
     return EXIT_SOME_REJECTED if report.rejected else EXIT_OK
 
 

@@ -84,10 +84,10 @@ class IngestionServicer(ingest_pb2_grpc.IngestionServicer):
                     f"the {len(total.event_ids)} events of the frames before it were acknowledged",
                 )
             events = [event_from_proto(e) for e in request.events]
-            if seen + len(events) > self.settings.max_events_per_request:
+            if seen + len(events) > self.settings.ingestion_max_events_per_request:
                 await context.abort(
                     grpc.StatusCode.INVALID_ARGUMENT,
-                    f"stream holds more than the limit of {self.settings.max_events_per_request} events; "
+                    f"stream holds more than the limit of {self.settings.ingestion_max_events_per_request} events; "
                     f"{len(total.event_ids)} were acknowledged before it ({', '.join(total.event_ids[:5])}...)",
                 )
             try:
@@ -113,8 +113,8 @@ def _grpc_field_names(rejection):
 
 
 def build_grpc_server(intake: Intake, settings: IngestionSettings) -> tuple[grpc.aio.Server, int]:
-    """The (not yet started) server and the port it bound (`grpc_port` 0 picks a free one)."""
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", settings.max_body_bytes)])
+    """The (not yet started) server and the port it bound (`ingestion_grpc_port` 0 picks a free one)."""
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", settings.ingestion_max_body_bytes)])
     ingest_pb2_grpc.add_IngestionServicer_to_server(IngestionServicer(intake, settings), server)
-    port = server.add_insecure_port(f"{settings.http_host}:{settings.grpc_port}")
+    port = server.add_insecure_port(f"{settings.ingestion_http_host}:{settings.ingestion_grpc_port}")
     return server, port

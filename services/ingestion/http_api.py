@@ -57,9 +57,9 @@ async def _post_events(request: Request, intake: Intake, settings: IngestionSett
     except AuthenticationError as exc:
         return JSONResponse({"error": str(exc)}, 401, headers={"WWW-Authenticate": "Bearer"})
     try:
-        body = await _read_limited(request, settings.max_body_bytes)
-        data = decode_content(body, request.headers.get("content-encoding"), settings.max_body_bytes)
-        events = parse_events(data, request.headers.get("content-type"), settings.max_events_per_request)
+        body = await _read_limited(request, settings.ingestion_max_body_bytes)
+        data = decode_content(body, request.headers.get("content-encoding"), settings.ingestion_max_body_bytes)
+        events = parse_events(data, request.headers.get("content-type"), settings.ingestion_max_events_per_request)
         result = await intake.accept(events, tenant, "http")
     except BodyError as exc:
         return JSONResponse({"error": str(exc)}, exc.status)
@@ -68,7 +68,7 @@ async def _post_events(request: Request, intake: Intake, settings: IngestionSett
     except KafkaUnavailableError as exc:
         log.warning("kafka_unavailable", extra={"tenant": tenant, "error": str(exc), "acknowledged": len(exc.acknowledged)})
         return JSONResponse({"error": str(exc), "acknowledged": exc.acknowledged}, 503,
-                            headers={"Retry-After": str(settings.retry_after_s)})
+                            headers={"Retry-After": str(settings.ingestion_retry_after_seconds)})
     status = 200 if not result.rejected else 207 if result.event_ids else 422
     return JSONResponse(result.as_dict(), status)
 

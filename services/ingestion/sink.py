@@ -1,7 +1,7 @@
 """Writes encoded RawEvents to Kafka and returns only once Kafka has acknowledged them.
 
 Back-pressure is explicit: at most `budget.limit` events may wait for acknowledgement at
-any time, and a write that cannot get its acknowledgements within `ack_timeout_s` fails
+any time, and a write that cannot get its acknowledgements within `ack_timeout_seconds` fails
 with `KafkaUnavailableError`. Callers turn that into HTTP 503 + Retry-After or gRPC
 UNAVAILABLE, so a slow or absent Kafka never grows memory without bound.
 
@@ -56,17 +56,17 @@ class PendingBudget:
 class RawEventWriter:
     """`await writer.write(event_ids, values)` -> the event_ids, once Kafka (acks=all) has them all."""
 
-    def __init__(self, producer: AIOKafkaProducer, topic: str, budget: PendingBudget, ack_timeout_s: float,
-                 renew: Callable[[], Awaitable[AIOKafkaProducer]] | None = None, renew_after_s: float = 20.0) -> None:
+    def __init__(self, producer: AIOKafkaProducer, topic: str, budget: PendingBudget, ack_timeout_seconds: float,
+                 renew: Callable[[], Awaitable[AIOKafkaProducer]] | None = None, renew_after_seconds: float = 20.0) -> None:
         self.producer = producer
         self.topic = topic
         self.budget = budget
-        self.ack_timeout_s = ack_timeout_s
+        self.ack_timeout_seconds = ack_timeout_seconds
         self._partitioner = DefaultPartitioner()
         # After a broker restart aiokafka's idempotent producer can stay stuck (seen here:
         # LeaderNotAvailable forever); a writer failing this long starts a fresh producer.
         self._renew = renew
-        self._renew_after_s = renew_after_s
+        self._renew_after_seconds = renew_after_seconds
         self._failing_since: float | None = None
 
     async def _note_outcome(self, ok: bool) -> None:
@@ -76,7 +76,7 @@ class RawEventWriter:
             return
         if self._failing_since is None:
             self._failing_since = now
-        elif self._renew is not None and now - self._failing_since > self._renew_after_s:
+        elif self._renew is not None and now - self._failing_since > self._renew_after_seconds:
             self._failing_since = now
             try:
                 fresh = await self._renew()
@@ -92,7 +92,7 @@ class RawEventWriter:
             raise KafkaUnavailableError(
                 f"{self.budget.pending} events are already waiting for Kafka (limit {self.budget.limit}); retry later"
             )
-        deadline = asyncio.get_running_loop().time() + self.ack_timeout_s
+        deadline = asyncio.get_running_loop().time() + self.ack_timeout_seconds
         sent: list[tuple[asyncio.Future, list[int]]] = []  # (batch future, positions of its records)
         send_failure: Exception | None = None
         try:
@@ -120,7 +120,7 @@ class RawEventWriter:
         acked_ids = [event_ids[i] for i in acked]
         await self._note_outcome(len(acked_ids) == len(event_ids))
         if len(acked_ids) < len(event_ids):
-            why = type(failure).__name__ if failure else f"no acknowledgement within {self.ack_timeout_s:g}s"
+            why = type(failure).__name__ if failure else f"no acknowledgement within {self.ack_timeout_seconds:g}s"
             raise KafkaUnavailableError(
                 f"Kafka acknowledged {len(acked_ids)} of {len(event_ids)} events ({why}); retry later", acked_ids
             )

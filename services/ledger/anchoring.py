@@ -25,6 +25,9 @@ from streamledger.core.merkle import MerkleTree
 class AnchoringError(ValueError):
     """A record that cannot be anchored; the message names the record and field."""
 
+    reason = "unanchorable"
+    """The dead-letter reason."""
+
 
 def batch_id(topic: str, partition: int, first_offset: int, last_offset: int) -> str:
     return f"{topic}:{partition}:{first_offset}-{last_offset}"

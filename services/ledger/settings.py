@@ -1,4 +1,8 @@
-"""`streamledger serve ledger`: anchoring of events.clean and settlement of usage."""
+"""`streamledger serve ledger`: anchoring of events.clean and settlement of usage.
+
+Every setting of this service is `STREAMLEDGER_LEDGER_*` (the `ledger_` prefix); the
+shared ones (Kafka, MongoDB, `FABRIC_*`, log level, metrics port) come from `LedgerSettings`.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,13 @@ from streamledger.settings import LedgerSettings
 class LedgerServiceSettings(LedgerSettings):
     """Anchoring (events.clean -> Merkle batches) and settlement (usage -> Settle) settings."""
 
-    clean_topic: str = topics.CLEAN
-    anchors_topic: str = topics.ANCHORS
-    usage_topic: str = topics.USAGE
-    deadletter_topic: str = topics.DEADLETTER
+    ledger_clean_topic: str = topics.CLEAN
+    """Clean events to anchor."""
+    ledger_anchors_topic: str = topics.ANCHORS
+    """Where each anchored batch is published (root, offsets, tx id, block)."""
+    ledger_usage_topic: str = topics.USAGE
+    """Metered usage to settle."""
+    ledger_deadletter_topic: str = topics.DEADLETTER
     ledger_anchoring: bool = True
     """Anchor events.clean (off: this process only settles)."""
     ledger_settlement: bool = True
@@ -31,7 +38,9 @@ class LedgerServiceSettings(LedgerSettings):
     """Settle a hold once it has been open this long, even before it expires (0: off)."""
     ledger_settle_tick_seconds: float = 1.0
     """How often holds are checked for settlement."""
-    retry_attempts: int = 200
-    """Tries of a ledger, MongoDB or Kafka call before the service gives up and stops."""
-    backoff_initial_seconds: float = 0.2
-    backoff_max_seconds: float = 5.0
+    ledger_retry_attempts: int = 200
+    """Tries of a ledger, MongoDB or Kafka call before the service gives up and stops (exit 1)."""
+    ledger_backoff_initial_seconds: float = 0.2
+    """Wait after a call's first transient failure; it doubles after each next one..."""
+    ledger_backoff_max_seconds: float = 5.0
+    """...up to this."""

@@ -2,11 +2,11 @@
 and events.deadletter -> MongoDB, idempotent by key.
 
 Data path, one batch at a time: poll up to `storage_batch_size` messages; `plan_batch`
-decodes them into one upsert per `_id` (undecodable ones become dead letters); the
-sink bulk-writes each collection unordered; refused documents become dead letters; only
-then are the offsets committed. While MongoDB is down the write is retried with bounded
-backoff and nothing more is polled, so Kafka holds the backlog (back-pressure) and the
-sink's memory stays at one batch.
+decodes them into one upsert per `_id` (undecodable ones become dead letters); the sink
+bulk-writes each collection unordered; refused documents become dead letters; only then
+are the offsets committed. While MongoDB is down the write is retried (bounded by
+`storage_retry_attempts`, each retry counted) and nothing more is polled, so Kafka holds
+the backlog (back-pressure) and the sink's memory stays at one batch.
 """
 
 from __future__ import annotations
@@ -14,131 +14,104 @@ from __future__ import annotations
 import asyncio
 import time
 
-from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import CommitFailedError, IllegalStateError
 from pymongo import AsyncMongoClient
 
-from streamledger import metrics
-from streamledger.avro import AvroCodec, SchemaRegistry
+from services.storage import documents
+from services.storage.documents import plan_batch
+from services.storage.metrics import DEAD_LETTERS, LAG, RETRIES, WRITE_SECONDS, WRITTEN
+from services.storage.settings import StorageSettings
+from services.storage.sink import MongoSink, is_transient
 from streamledger import kafka
+from streamledger.avro import AvroCodec, SchemaRegistry
+from streamledger.core.records import Consumed, dead_letter
 from streamledger.kafka import topics
 from streamledger.lifecycle import Loop, serve
 from streamledger.logging import get_logger
-from services.storage import documents
 from streamledger.retry import RetryPolicy, Stopped, retry
-from services.storage.documents import plan_batch
-from streamledger.core.records import Consumed, dead_letter
-from services.storage.settings import StorageSettings
-from services.storage.sink import MongoSink, is_transient
 
 log = get_logger("storage")
 
-WRITTEN = metrics.counter("storage", "documents", "Documents upserted, by collection", ("collection",))
-DEAD_LETTERS = metrics.counter("storage", "deadletters", "Messages dead-lettered by the sink, by reason", ("reason",))
-RETRIES = metrics.counter("storage", "write_retries", "Bulk writes retried because MongoDB was unavailable")
-WRITE_SECONDS = metrics.seconds("storage", "write", "Time to write one batch, retries included")
-LAG = metrics.gauge("storage", "consumer_lag", "Messages not yet stored", ("topic", "partition"))
 
+class StorageService(Loop):
+    def __init__(self, settings: StorageSettings) -> None:
+        super().__init__()
+        self.settings = s = settings
+        self.topics = {  # topic -> (its role in the topic table, where its records go)
+            s.storage_clean_topic: (topics.CLEAN, documents.EVENTS),
+            s.storage_predictions_topic: (topics.PREDICTIONS, documents.PREDICTIONS),
+            s.storage_anchors_topic: (topics.ANCHORS, documents.ANCHORS),
+            s.storage_snapshots_topic: (topics.SNAPSHOTS, documents.MODELS),
+            s.storage_deadletter_topic: (topics.DEADLETTER, documents.DEAD_LETTERS),
+        }
+        self.routes = {name: route for name, (_role, route) in self.topics.items()}
+        self.codec = AvroCodec(SchemaRegistry.from_dir())
+        self.policy = RetryPolicy(s.storage_retry_attempts, s.storage_backoff_initial_seconds,
+                                  s.storage_backoff_max_seconds, jitter=0.2)
 
-def routes(settings: StorageSettings) -> dict[str, documents.Route]:
-    return {
-        settings.clean_topic: documents.EVENTS,
-        settings.predictions_topic: documents.PREDICTIONS,
-        settings.anchors_topic: documents.ANCHORS,
-        settings.snapshots_topic: documents.MODELS,
-        settings.deadletter_topic: documents.DEAD_LETTERS,
-    }
+    async def start(self) -> None:
+        s = self.settings
+        await kafka.provision(s.kafka_bootstrap, [kafka.spec(role, name) for name, (role, _) in self.topics.items()])
+        # A socket timeout turns a write that never answers into a retry instead of a hang.
+        # tz_aware: documents read back compare equal to the decoded records (UTC datetimes).
+        self.mongo = AsyncMongoClient(s.mongo_url, tz_aware=True, serverSelectionTimeoutMS=2000, connectTimeoutMS=2000,
+                                      socketTimeoutMS=int(s.storage_mongo_write_timeout_seconds * 1000))
+        self.sink = MongoSink(self.mongo[s.mongo_db])
+        await self.retried(self.sink.ensure_indexes)  # the collections exist once the service has started
+        self.producer = kafka.producer(s.kafka_bootstrap)
+        await self.producer.start()
+        self.inbox = kafka.consumer(s.kafka_bootstrap, *self.routes, group_id=s.storage_group,
+                                    max_poll_records=s.storage_batch_size,
+                                    max_poll_interval_ms=int(s.storage_max_poll_interval_seconds * 1000))
+        await self.inbox.start()
 
-
-async def run(settings: StorageSettings, stop: asyncio.Event) -> None:
-    by_topic = routes(settings)
-    codec = AvroCodec(SchemaRegistry.from_dir())
-    policy = RetryPolicy(settings.retry_attempts, settings.backoff_initial_seconds, settings.backoff_max_seconds, jitter=0.2)
-    await kafka.provision(settings.kafka_bootstrap, [kafka.spec(role, name) for name, role in (
-        (settings.clean_topic, topics.CLEAN), (settings.predictions_topic, topics.PREDICTIONS),
-        (settings.anchors_topic, topics.ANCHORS), (settings.snapshots_topic, topics.SNAPSHOTS),
-        (settings.deadletter_topic, topics.DEADLETTER))])
-    consumer = AIOKafkaConsumer(
-        *by_topic,
-        bootstrap_servers=settings.kafka_bootstrap,
-        group_id=settings.storage_group,
-        enable_auto_commit=False,  # committed by hand, after MongoDB acknowledged
-        auto_offset_reset="earliest",
-        max_poll_records=settings.storage_batch_size,
-        max_poll_interval_ms=settings.max_poll_interval_ms,
-    )
-    # A socket timeout turns a write that never answers into a retry instead of a hang.
-    # tz_aware: documents read back compare equal to the decoded records (UTC datetimes).
-    mongo = AsyncMongoClient(settings.mongo_url, tz_aware=True, serverSelectionTimeoutMS=2000, connectTimeoutMS=2000,
-                             socketTimeoutMS=int(settings.mongo_write_timeout_seconds * 1000))
-    sink = MongoSink(mongo[settings.mongo_db])
-
-    def on_retry(attempt: int, exc: BaseException, delay: float) -> None:
-        RETRIES.inc()
-        log.warning("mongo_unavailable", extra={"attempt": attempt, "retry_in_s": round(delay, 2), "error": str(exc)})
-
-    async with kafka.producer(settings.kafka_bootstrap) as producer:
-        await consumer.start()
+    async def run(self, stopping: asyncio.Event) -> None:
+        wait_ms = int(self.settings.storage_batch_wait_seconds * 1000)
         try:
-            await retry(sink.ensure_indexes, policy, is_transient=is_transient, stop=stop, on_retry=on_retry)
-            log.info("started", extra={"topics": sorted(by_topic), "group": settings.storage_group})
-            while not stop.is_set():
-                polled = await consumer.getmany(
-                    timeout_ms=settings.storage_batch_wait_ms, max_records=settings.storage_batch_size
-                )
-                if not polled:
-                    continue
-                batch = [
-                    Consumed(tp, m.topic, m.partition, m.offset, m.key, m.value)
-                    for tp, messages in polled.items()
-                    for m in messages
-                ]
-                plan = plan_batch(batch, codec, by_topic, now_ms=_now_ms())
-                with WRITE_SECONDS.time():
-                    rejected = await retry(lambda: sink.write(plan), policy, is_transient=is_transient, stop=stop,
-                                           on_retry=on_retry)
-                for collection, writes in plan.writes.items():
-                    WRITTEN.labels(collection).inc(len(writes) - sum(r.collection == collection for r in rejected))
-                letters = plan.dead_letters + [
-                    dead_letter(r.source, "rejected_by_mongo", r.error, _now_ms(), service=documents.SERVICE) for r in rejected
-                ]
-                await _send_dead_letters(producer, codec, settings.deadletter_topic, letters)
-                await _commit(consumer, plan.commit_offsets)
-                _update_lag(consumer, plan.commit_offsets)
+            while not stopping.is_set():
+                polled = await self.inbox.getmany(timeout_ms=wait_ms, max_records=self.settings.storage_batch_size)
+                batch = [Consumed(tp, m.topic, m.partition, m.offset, m.key, m.value, m.timestamp)
+                         for tp, messages in polled.items() for m in messages]
+                if batch:
+                    await self.store(batch)
         except Stopped:
             log.info("stopped_while_waiting_for_mongo")
-        finally:
-            await consumer.stop()
-            await mongo.close()
 
+    async def store(self, batch: list[Consumed]) -> None:
+        plan = plan_batch(batch, self.codec, self.routes, now_ms=_now_ms())
+        with WRITE_SECONDS.time():
+            rejected = await self.retried(lambda: self.sink.write(plan))
+        for collection, writes in plan.writes.items():
+            WRITTEN.labels(collection).inc(len(writes) - sum(r.collection == collection for r in rejected))
+        await self.send_dead_letters(plan.dead_letters + [
+            dead_letter(r.source, "rejected_by_mongo", r.error, _now_ms(), service=documents.SERVICE) for r in rejected])
+        await kafka.commit(self.inbox, plan.commit_offsets)  # only once MongoDB and Kafka acknowledged
+        for tp, next_offset in plan.commit_offsets.items():
+            if (highwater := self.inbox.highwater(tp)) is not None:
+                LAG.labels(tp.topic, str(tp.partition)).set(max(highwater - next_offset, 0))
 
-async def _send_dead_letters(producer, codec: AvroCodec, topic: str, letters: list[dict]) -> None:
-    for letter in letters:
-        DEAD_LETTERS.labels(letter["reason"]).inc()
-        log.warning("dead_letter", extra={k: letter[k] for k in ("reason", "error", "source_topic", "source_offset")})
-        if letter["source_topic"] == topic:
-            # A dead letter that cannot be stored is not re-sent to its own topic (that would
-            # loop); it stays in Kafka at the logged offset.
-            continue
-        await producer.send(topic, key=(letter["key"] or "").encode(), value=codec.encode("DeadLetter", letter))
-    if letters:
-        await producer.flush()  # dead letters durable before the offsets move past their source
+    async def retried(self, write):
+        """The one place MongoDB operations are retried: bounded by the policy, each retry counted."""
+        def on_retry(attempt: int, exc: BaseException, delay: float) -> None:
+            RETRIES.inc()
+            log.warning("mongo_unavailable", extra={"attempt": attempt, "retry_in_s": round(delay, 2), "error": str(exc)})
 
+        return await retry(write, self.policy, is_transient=is_transient, stop=self.stopping, on_retry=on_retry)
 
-async def _commit(consumer: AIOKafkaConsumer, offsets: dict) -> None:
-    try:
-        await consumer.commit(offsets)
-    except (CommitFailedError, IllegalStateError) as exc:
-        # The group moved our partitions (e.g. during a long MongoDB outage): whoever owns
-        # them now re-reads from the last commit, and the upserts make that harmless.
-        log.warning("commit_skipped", extra={"error": str(exc)})
+    async def send_dead_letters(self, letters: list[dict]) -> None:
+        topic = self.settings.storage_deadletter_topic
+        for letter in letters:
+            DEAD_LETTERS.labels(letter["reason"]).inc()
+            log.warning("dead_letter", extra={k: letter[k] for k in ("reason", "error", "source_topic", "source_offset")})
+            if letter["source_topic"] != topic:  # never re-sent to its own topic (a loop); it stays at the logged offset
+                await self.producer.send(topic, key=(letter["key"] or "").encode(),
+                                         value=self.codec.encode("DeadLetter", letter))
+        if letters:
+            await self.producer.flush()  # dead letters durable before the offsets move past their source
 
-
-def _update_lag(consumer: AIOKafkaConsumer, offsets: dict) -> None:
-    for tp, next_offset in offsets.items():
-        highwater = consumer.highwater(tp)
-        if highwater is not None:
-            LAG.labels(tp.topic, str(tp.partition)).set(max(highwater - next_offset, 0))
+    async def stop(self) -> None:
+        await self.inbox.stop()
+        await self.producer.stop()
+        await self.mongo.close()
 
 
 def _now_ms() -> int:
@@ -146,5 +119,4 @@ def _now_ms() -> int:
 
 
 def main() -> None:
-    serve("storage", StorageSettings, lambda settings: Loop.of(lambda stop: run(settings, stop)))
-
+    serve("storage", StorageSettings, StorageService)

@@ -1,4 +1,4 @@
-"""Settings of the storage service (`STREAMLEDGER_*` environment variables)."""
+"""Settings of the storage service (`STREAMLEDGER_STORAGE_*` environment variables)."""
 
 from __future__ import annotations
 
@@ -7,22 +7,22 @@ from streamledger.settings import CommonSettings
 
 
 class StorageSettings(CommonSettings):
-    clean_topic: str = topics.CLEAN
-    predictions_topic: str = topics.PREDICTIONS
-    anchors_topic: str = topics.ANCHORS
-    snapshots_topic: str = topics.SNAPSHOTS
-    deadletter_topic: str = topics.DEADLETTER
+    storage_clean_topic: str = topics.CLEAN
+    storage_predictions_topic: str = topics.PREDICTIONS
+    storage_anchors_topic: str = topics.ANCHORS
+    storage_snapshots_topic: str = topics.SNAPSHOTS
+    storage_deadletter_topic: str = topics.DEADLETTER
     storage_group: str = "streamledger-storage"
     storage_batch_size: int = 2000
     """Most messages per poll, and so per bulk write."""
-    storage_batch_wait_ms: int = 200
+    storage_batch_wait_seconds: float = 0.2
     """Longest wait for a poll to fill up."""
-    retry_attempts: int = 200
+    storage_retry_attempts: int = 200
     """Tries of a MongoDB write before the service gives up and stops (about 15 min at the 5 s cap)."""
-    backoff_initial_seconds: float = 0.2
-    backoff_max_seconds: float = 5.0
-    """Cap on one wait between MongoDB retries (the retries themselves go on until it is back)."""
-    mongo_write_timeout_seconds: float = 30.0
+    storage_backoff_initial_seconds: float = 0.2
+    storage_backoff_max_seconds: float = 5.0
+    """Cap on one wait between MongoDB retries."""
+    storage_mongo_write_timeout_seconds: float = 30.0
     """A bulk write with no answer after this long is retried (as if MongoDB were down)."""
-    max_poll_interval_ms: int = 600_000
+    storage_max_poll_interval_seconds: float = 600.0
     """How long the sink may stop polling (MongoDB down) before Kafka moves its partitions."""

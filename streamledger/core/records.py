@@ -17,18 +17,21 @@ class Consumed(NamedTuple):
     offset: int
     key: bytes | None
     value: bytes | None
+    timestamp_ms: int | None = None
+    """The record's Kafka timestamp in epoch milliseconds, for a service that reads it."""
 
 
 def dead_letter(message: Consumed, reason: str, error: str, now_ms: int, *, service: str,
                 max_original_bytes: int = 256 * 1024, key: str | None = None) -> dict:
     """A DeadLetter record (schemas/DeadLetter.avsc) for `message`, which `service` could not handle.
 
-    The original bytes are kept, cut to `max_original_bytes` (the full message stays in its topic).
-    Its key is `key` when given (e.g. the event id a service read from the message), else the message's.
+    `key` is the dead letter's key (default: the message's key as text, or None). The original
+    bytes are kept, cut to `max_original_bytes` (the full message stays in its topic).
     """
     original = message.value or b""
     if len(original) > max_original_bytes:
-        error += f" (original truncated from {len(original)} bytes; the full message stays in {message.topic})"
+        error += (f" (original truncated from {len(original)} to {max_original_bytes} bytes; the full message "
+                  f"is at {message.topic} partition {message.partition} offset {message.offset})")
         original = original[:max_original_bytes]
     if key is None and message.key:
         key = message.key.decode("utf-8", errors="replace")

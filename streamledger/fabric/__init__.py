@@ -1,6 +1,9 @@
 """A Python client of the Fabric Gateway gRPC API (Fabric 2.4+): the official protos,
-grpc.aio and `cryptography`. See `gateway.py` for the public API."""
+grpc.aio and `cryptography`. See `gateway.py` for the public API and the file layout."""
 
+from streamledger.fabric.client import Timeouts
+from streamledger.fabric.commit import Commit, Committed
+from streamledger.fabric.contract import Contract
 from streamledger.fabric.errors import (
     CommitError,
     CommitStatusError,
@@ -9,20 +12,18 @@ from streamledger.fabric.errors import (
     GatewayError,
     PeerDetail,
     SubmitError,
+    is_transient,
 )
-from streamledger.fabric.gateway import (
-    ChaincodeEvent,
-    Committed,
-    Contract,
-    Gateway,
-    Network,
-    RetryPolicy,
-    Timeouts,
-)
+from streamledger.fabric.events import ChaincodeEvent
+from streamledger.fabric.gateway import Gateway
 from streamledger.fabric.identity import Identity, IdentityError, Signer, load_msp
+from streamledger.fabric.network import Network
+from streamledger.fabric.proposal import Proposal
+from streamledger.fabric.transaction import Transaction
+from streamledger.retry import NO_RETRY, RetryPolicy
 
 __all__ = [
-    "ChaincodeEvent", "CommitError", "CommitStatusError", "Committed", "Contract", "EndorseError",
-    "EvaluateError", "Gateway", "GatewayError", "Identity", "IdentityError", "Network", "PeerDetail",
-    "RetryPolicy", "Signer", "SubmitError", "Timeouts", "load_msp",
+    "NO_RETRY", "ChaincodeEvent", "Commit", "CommitError", "CommitStatusError", "Committed", "Contract",
+    "EndorseError", "EvaluateError", "Gateway", "GatewayError", "Identity", "IdentityError", "Network", "PeerDetail",
+    "Proposal", "RetryPolicy", "Signer", "SubmitError", "Timeouts", "Transaction", "is_transient", "load_msp",
 ]

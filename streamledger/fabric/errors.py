@@ -7,6 +7,14 @@ every peer or orderer said (the gateway's `ErrorDetail`s), so a user can act on 
       CommitStatusError          the commit status could not be read
       CommitError                committed but invalid (MVCC conflict, policy failure, ...)
       EvaluateError              a query refused
+
+When the contract itself refused (its message starts with a code such as NOT_FOUND),
+`GatewayError.contract_error` is that refusal typed (`streamledger.core.contract_errors`):
+
+    except EndorseError as exc:
+        if isinstance(exc.contract_error, AlreadySettled): ...
+
+`is_transient(exc)` says what a caller's retry policy should try again.
 """
 
 from __future__ import annotations
@@ -16,6 +24,8 @@ from dataclasses import dataclass
 import grpc
 from fabric_protos.gateway import gateway_pb2
 from google.rpc import status_pb2
+
+from streamledger.core.contract_errors import ContractError, parse
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,15 @@ class GatewayError(Exception):
         """What the contract itself said, as best the details tell (the first peer's message)."""
         return self.details[0].message if self.details else str(self)
 
+    @property
+    def contract_error(self) -> ContractError | None:
+        """The contract's refusal, typed (`NotFound`, `InsufficientFunds`, ...); None when the
+        failure is not the contract's (peer down, endorsement policy, unknown function)."""
+        for detail in self.details:
+            if (refusal := parse(detail.message)) is not None:
+                return refusal
+        return parse(str(self))
+
 
 class EndorseError(GatewayError):
     pass
@@ -83,6 +102,14 @@ class CommitError(GatewayError):
     def conflict(self) -> bool:
         """Another transaction changed what this one read: worth running again as a new one."""
         return self.status in ("MVCC_READ_CONFLICT", "PHANTOM_READ_CONFLICT")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth trying again: the peer or orderer was unreachable or too slow (UNAVAILABLE,
+    DEADLINE_EXCEEDED), or the transaction lost an MVCC or phantom read conflict (run it anew)."""
+    if isinstance(exc, CommitError):
+        return exc.conflict
+    return isinstance(exc, GatewayError) and exc.transient
 
 
 def peer_details(error: grpc.aio.AioRpcError) -> tuple[PeerDetail, ...]:

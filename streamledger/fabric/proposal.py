@@ -1,9 +1,12 @@
-"""The messages of a transaction, built and read without any I/O.
+"""The first step of a transaction: a signed proposal, evaluated or endorsed.
 
-A proposal is a signed `Proposal` whose header names the channel, the chaincode, the
-creator and a fresh nonce; its transaction id is SHA-256(nonce || creator), which the
-peer recomputes. The endorsed transaction comes back as an `Envelope` for the client to
-sign; the chaincode's answer sits inside it, four messages deep.
+    proposal = contract.new_proposal("Transfer", "acct-2", 5)
+    transaction = await proposal.endorse()       # see transaction.py
+    answer = await contract.new_proposal("Balance", "acct-2").evaluate()
+
+The proposal message (`signed_proposal`, no I/O) is a signed `Proposal` whose header names
+the channel, the chaincode, the creator and a fresh nonce; its transaction id is
+SHA-256(nonce || creator), which the peer recomputes.
 """
 
 from __future__ import annotations
@@ -11,25 +14,36 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from dataclasses import dataclass
 
 from fabric_protos.common import common_pb2
-from fabric_protos.peer import (
-    chaincode_pb2,
-    proposal_pb2,
-    proposal_response_pb2,
-    transaction_pb2,
-)
+from fabric_protos.peer import chaincode_pb2, proposal_pb2
 from google.protobuf import timestamp_pb2
 
+from streamledger.fabric.client import GatewayClient
 from streamledger.fabric.identity import Identity, Signer
+from streamledger.fabric.transaction import Transaction, sign_envelope
 
 
-@dataclass(frozen=True)
 class Proposal:
-    transaction_id: str
-    channel: str
-    signed: proposal_pb2.SignedProposal
+    """A signed proposal to run one transaction function: `evaluate()` it (a query, nothing
+    is ordered) or `endorse()` it (the first step of a submit)."""
+
+    def __init__(self, client: GatewayClient, transaction_id: str, channel: str,
+                 signed: proposal_pb2.SignedProposal) -> None:
+        self.client = client
+        self.transaction_id = transaction_id
+        self.channel = channel
+        self.signed = signed
+
+    async def evaluate(self) -> bytes:
+        """The function's answer from one peer, without ordering it."""
+        return await self.client.evaluate(self.transaction_id, self.channel, self.signed)
+
+    async def endorse(self) -> Transaction:
+        """The transaction endorsed by the peers the policy needs, signed, ready to submit."""
+        prepared = await self.client.endorse(self.transaction_id, self.channel, self.signed)
+        return Transaction(self.client, self.transaction_id, self.channel,
+                           sign_envelope(prepared, self.client.signer))
 
 
 def _arg(value: str | bytes | int) -> bytes:
@@ -38,8 +52,10 @@ def _arg(value: str | bytes | int) -> bytes:
     return str(value).encode()
 
 
-def new_proposal(identity: Identity, signer: Signer, channel: str, chaincode: str, function: str,
-                 args: tuple[str | bytes | int, ...] = (), transient: dict[str, bytes] | None = None) -> Proposal:
+def signed_proposal(identity: Identity, signer: Signer, channel: str, chaincode: str, function: str,
+                    args: tuple[str | bytes | int, ...] = (),
+                    transient: dict[str, bytes] | None = None) -> tuple[str, proposal_pb2.SignedProposal]:
+    """The transaction id and the signed `Proposal` message of a call of `function(*args)`."""
     creator = identity.serialized()
     nonce = os.urandom(24)
     transaction_id = hashlib.sha256(nonce + creator).hexdigest()
@@ -63,20 +79,5 @@ def new_proposal(identity: Identity, signer: Signer, channel: str, chaincode: st
     payload = proposal_pb2.ChaincodeProposalPayload(input=invocation.SerializeToString(), TransientMap=transient or {})
     proposal_bytes = proposal_pb2.Proposal(header=header.SerializeToString(),
                                            payload=payload.SerializeToString()).SerializeToString()
-    signed = proposal_pb2.SignedProposal(proposal_bytes=proposal_bytes, signature=signer.sign(proposal_bytes))
-    return Proposal(transaction_id, channel, signed)
-
-
-def sign_envelope(envelope: common_pb2.Envelope, signer: Signer) -> common_pb2.Envelope:
-    envelope.signature = signer.sign(envelope.payload)
-    return envelope
-
-
-def chaincode_result(envelope: common_pb2.Envelope) -> bytes:
-    """The chaincode's response payload inside an endorsed transaction envelope."""
-    payload = common_pb2.Payload.FromString(envelope.payload)
-    transaction = transaction_pb2.Transaction.FromString(payload.data)
-    action = transaction_pb2.ChaincodeActionPayload.FromString(transaction.actions[0].payload)
-    response_payload = proposal_response_pb2.ProposalResponsePayload.FromString(
-        action.action.proposal_response_payload)
-    return proposal_pb2.ChaincodeAction.FromString(response_payload.extension).response.payload
+    return transaction_id, proposal_pb2.SignedProposal(proposal_bytes=proposal_bytes,
+                                                        signature=signer.sign(proposal_bytes))

@@ -9,6 +9,8 @@
     async with consumer(bootstrap) as reader:          # no group: read a compacted topic whole
         async for records in read_to_end(reader, bootstrap, topics.SNAPSHOTS):
             ...
+    async with admin(bootstrap) as cluster:            # topics, groups and their offsets
+        groups = await cluster.list_consumer_groups()
 
 Consumers never commit on their own (`enable_auto_commit=False`): a service commits with
 `commit` once what it made of the records is durable (at-least-once).
@@ -17,6 +19,7 @@ Consumers never commit on their own (`enable_auto_commit=False`): a service comm
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Mapping
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -56,6 +59,17 @@ def consumer(bootstrap: str, *topics: str, group_id: str | None = None, max_fetc
         options.update(fetch_max_bytes=max_fetch_bytes, max_partition_fetch_bytes=max_fetch_bytes)
     options.update(overrides)
     return AIOKafkaConsumer(*topics, **options)
+
+
+@contextlib.asynccontextmanager
+async def admin(bootstrap: str, **overrides) -> AsyncIterator[AIOKafkaAdminClient]:
+    """A started admin client, closed on leaving the `async with`."""
+    client = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **overrides)
+    await client.start()
+    try:
+        yield client
+    finally:
+        await client.close()
 
 
 async def commit(consumer: AIOKafkaConsumer, offsets: Mapping[TopicPartition, int]) -> bool:

@@ -44,7 +44,8 @@ STALE_AFTER_S = 4
 class Dashboard:
     url: str
     topics: dict[str, str]
-    """Setting name (raw_topic, ...) -> the unique topic this dashboard watches."""
+    """What the topic carries (raw_topic, ...; the setting is dashboard_raw_topic) -> the unique
+    topic this dashboard watches."""
     group: str
     """A consumer group id the dashboard labels as the `cleaning` service."""
     env: dict[str, str]
@@ -97,7 +98,7 @@ async def running_dashboard(bootstrap: str, unique: str, tmp_path: Path,
     await kafka.provision(bootstrap, [kafka.TopicSpec(name) for name in topics.values()])
     port = free_port()
     group = f"dash-cleaning-{unique}"
-    env = {**os.environ, **{f"STREAMLEDGER_{k.upper()}": v for k, v in topics.items()},
+    env = {**os.environ, **{f"STREAMLEDGER_DASHBOARD_{k.upper()}": v for k, v in topics.items()},
            "STREAMLEDGER_KAFKA_BOOTSTRAP": bootstrap,
            "STREAMLEDGER_DASHBOARD_PORT": str(port),
            "STREAMLEDGER_DASHBOARD_STALE_AFTER_SECONDS": str(STALE_AFTER_S),

@@ -100,7 +100,6 @@ async def world(network, stack) -> AsyncIterator[World]:
     db = mongo[db_name]
     admin = LedgerClient.connect(LedgerSettings(fabric_user="Admin"))
     user1 = LedgerClient.connect(LedgerSettings(fabric_user="User1"))
-    service = None
     try:
         records = [clean_event(suffix, i) for i in range(EVENTS + 1)]
         await store_through_storage(db, "events.clean", documents.EVENTS, records)
@@ -118,12 +117,10 @@ async def world(network, stack) -> AsyncIterator[World]:
 
         service = AuditService(AuditSettings(mongo_db=db_name, audit_http_port=0, audit_grpc_port=0),
                                LedgerSettings(fabric_user="User2"))  # a plain member identity: the audit only reads
-        await service.start()
-        yield World(suffix, db_name, db, [r["event_id"] for r in records[:EVENTS]], records[EVENTS]["event_id"],
-                    batch.batch_id, committed, admin, user1, service)
+        async with service:  # started and stopped as `serve audit` does
+            yield World(suffix, db_name, db, [r["event_id"] for r in records[:EVENTS]], records[EVENTS]["event_id"],
+                        batch.batch_id, committed, admin, user1, service)
     finally:
-        if service is not None:
-            await service.stop()
         await admin.gateway.close()
         await user1.gateway.close()
         await mongo.drop_database(db_name)
@@ -287,8 +284,7 @@ async def test_unknown_pending_and_malformed_ids(world: World) -> None:
 async def test_a_ledger_on_a_closed_port_is_unreachable_never_verified(world: World) -> None:
     cut_off = AuditService(AuditSettings(mongo_db=world.db_name, audit_http_port=0, audit_grpc_port=0),
                            LedgerSettings(fabric_peer_endpoint="127.0.0.1:1"))
-    await cut_off.start()
-    try:
+    async with cut_off:  # started and stopped as `serve audit` does
         async with httpx.AsyncClient(timeout=60) as http:
             response = await http.get(f"http://127.0.0.1:{cut_off.http_port}/v1/verify/{world.ids[0]}")
             model = await http.get(f"http://127.0.0.1:{cut_off.http_port}/v1/models/any-model")
@@ -305,8 +301,6 @@ async def test_a_ledger_on_a_closed_port_is_unreachable_never_verified(world: Wo
         assert unavailable.value.details().startswith("LEDGER_UNREACHABLE")
         partial = dict(unavailable.value.trailing_metadata())[REPORT_METADATA_KEY]
         assert audit_pb2.Verification.FromString(partial).status == audit_pb2.Verification.LEDGER_UNREACHABLE
-    finally:
-        await cut_off.stop()
     rc, answer = await cli_json(world, "verify", world.ids[0], env={"STREAMLEDGER_FABRIC_PEER_ENDPOINT": "127.0.0.1:1"})
     assert (rc, answer["status"]) == (5, "LEDGER_UNREACHABLE")
 
@@ -400,8 +394,7 @@ async def test_account_statements_from_holds_and_settlements_made_here(world: Wo
 async def test_a_configured_token_is_required_on_every_call(world: World) -> None:
     guarded = AuditService(AuditSettings(mongo_db=world.db_name, audit_http_port=0, audit_grpc_port=0,
                                          audit_token=TOKEN), LedgerSettings(fabric_user="User2"))
-    await guarded.start()
-    try:
+    async with guarded:  # started and stopped as `serve audit` does
         url = f"http://127.0.0.1:{guarded.http_port}/v1/verify/{world.ids[0]}"
         async with httpx.AsyncClient(timeout=60) as http:
             assert (await http.get(url)).status_code == 401
@@ -416,8 +409,6 @@ async def test_a_configured_token_is_required_on_every_call(world: World) -> Non
             ok = await stub.Verify(audit_pb2.VerifyRequest(event_id=world.ids[0]), timeout=30,
                                    metadata=(("authorization", f"Bearer {TOKEN}"),))
             assert ok.status == audit_pb2.Verification.VERIFIED
-    finally:
-        await guarded.stop()
     rc, answer = await cli_json(world, "verify", world.ids[0], "--api", f"http://127.0.0.1:{guarded.http_port}")
     assert (rc, answer["status"]) == (5, "API_UNREACHABLE")  # stopped now: said so, not a verdict
 

@@ -1,4 +1,5 @@
-"""The dashboard's Kafka reader against the real broker: what it shows, and bad input it survives."""
+"""The dashboard's Kafka reader against the real broker: what it shows, bad input it survives,
+and an unreachable Kafka: shown, retried, given up after the bound."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
+from aiokafka.errors import KafkaConnectionError
+from prometheus_client import REGISTRY
 
 from streamledger.avro import MARKER, AvroCodec, SchemaRegistry
 from streamledger import kafka
@@ -27,11 +30,19 @@ def dead_letter(key: str) -> bytes:
         "ts": int(time.time() * 1000)})
 
 
-def dashboard_settings(bootstrap: str, unique: str) -> DashboardSettings:
+UNREACHABLE = "127.0.0.1:1"  # nothing listens on port 1
+UNREACHABLE_ERROR = "KafkaConnectionError: Unable to bootstrap from [('127.0.0.1', 1, <AddressFamily.AF_INET: 2>)]"
+
+
+def dashboard_settings(bootstrap: str, unique: str, **overrides: object) -> DashboardSettings:
     names = ("raw", "clean", "deadletter", "predictions", "snapshots", "model_metrics", "usage", "anchors")
     return DashboardSettings(kafka_bootstrap=bootstrap, dashboard_tick_seconds=0.5, dashboard_lag_seconds=0.5,
                              dashboard_feed_tail=3,
-                             **{f"{name}_topic": f"watch-{name}-{unique}" for name in names})
+                             **{f"dashboard_{name}_topic": f"watch-{name}-{unique}" for name in names}, **overrides)
+
+
+def reconnects() -> float:
+    return REGISTRY.get_sample_value("streamledger_dashboard_kafka_reconnects_total") or 0.0
 
 
 @contextlib.asynccontextmanager
@@ -58,18 +69,21 @@ async def test_reads_the_tail_and_survives_undecodable_records(bootstrap: str, u
     await kafka.provision(bootstrap, [kafka.TopicSpec(name) for name in settings.watched_topics()])
     async with kafka.producer(bootstrap) as producer:
         for i in range(5):  # before the dashboard starts: only the last 3 (feed tail) are read back
-            await producer.send_and_wait(settings.deadletter_topic, dead_letter(f"old-{i}"))
+            await producer.send_and_wait(settings.dashboard_deadletter_topic, dead_letter(f"old-{i}"))
         async with watching(settings) as board:
             await until(lambda: len(board.frame(time.time())["dead_letters"]) == 3)
             assert [d["key"] for d in board.frame(time.time())["dead_letters"]] == ["old-4", "old-3", "old-2"]
 
-            await producer.send_and_wait(settings.deadletter_topic, b"not avro at all")
-            await producer.send_and_wait(settings.deadletter_topic, MARKER + b"\x00" * 8 + b"body")  # unknown schema
-            await producer.send_and_wait(settings.model_metrics_topic, dead_letter("wrong-topic"))  # no model_id
-            await producer.send_and_wait(settings.deadletter_topic, dead_letter("after-garbage"))
+            await producer.send_and_wait(settings.dashboard_deadletter_topic, b"not avro at all")
+            await producer.send_and_wait(settings.dashboard_deadletter_topic,
+                                         MARKER + b"\x00" * 8 + b"body")  # unknown schema
+            # a DeadLetter where ModelMetrics belong: no model_id
+            await producer.send_and_wait(settings.dashboard_model_metrics_topic, dead_letter("wrong-topic"))
+            await producer.send_and_wait(settings.dashboard_deadletter_topic, dead_letter("after-garbage"))
             await until(lambda: board.frame(time.time())["dead_letters"][0]["key"] == "after-garbage")
             frame = board.frame(time.time())
-            assert frame["undecodable"] == {settings.deadletter_topic: 2, settings.model_metrics_topic: 1}
+            assert frame["undecodable"] == {settings.dashboard_deadletter_topic: 2,
+                                            settings.dashboard_model_metrics_topic: 1}
             assert frame["kafka"]["connected"] is True, frame["kafka"]
 
             def dead_letter_total() -> int:
@@ -80,9 +94,22 @@ async def test_reads_the_tail_and_survives_undecodable_records(bootstrap: str, u
 
 
 async def test_unreachable_kafka_shows_on_the_board_and_is_retried(unique: str) -> None:
-    settings = dashboard_settings("127.0.0.1:1", unique)  # nothing listens on port 1
+    settings = dashboard_settings(UNREACHABLE, unique, dashboard_kafka_retry_max_seconds=0.5)
+    before = reconnects()
     async with watching(settings) as board:
-        await until(lambda: board.frame(time.time())["kafka"]["error"] is not None, timeout_s=20)
+        await until(lambda: reconnects() == before + 3, timeout_s=20)  # three failures, each retried
         frame = board.frame(time.time())
         assert frame["kafka"]["connected"] is False
-        assert "127.0.0.1:1" in frame["kafka"]["error"] or "Connection" in frame["kafka"]["error"]
+        assert frame["kafka"]["error"] == UNREACHABLE_ERROR
+
+
+async def test_unreachable_kafka_is_given_up_after_the_bound_with_its_error(unique: str) -> None:
+    settings = dashboard_settings(UNREACHABLE, unique, dashboard_kafka_retry_attempts=3,
+                                  dashboard_kafka_retry_max_seconds=0.5)
+    board = build_board(settings)
+    before = reconnects()
+    with pytest.raises(KafkaConnectionError) as raised:
+        await asyncio.wait_for(KafkaWatch(settings, board, CODEC).run(asyncio.Event()), 20)
+    assert str(raised.value) == UNREACHABLE_ERROR
+    assert reconnects() == before + 2  # shown and counted before each of the two retries
+    assert board.frame(time.time())["kafka"]["error"] == UNREACHABLE_ERROR

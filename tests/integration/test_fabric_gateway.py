@@ -14,10 +14,24 @@ import uuid
 import grpc
 import pytest
 
-from streamledger.ledger import LedgerClient
-from streamledger.fabric import EndorseError, Gateway, GatewayError, RetryPolicy, load_msp
-from streamledger.settings import LedgerSettings
 from devstack.fabric import CHAINCODE_NAME, CHANNEL, FabricNetwork
+from streamledger.core.contract_errors import (
+    AlreadySettled,
+    Forbidden,
+    InsufficientFunds,
+    InvalidArgument,
+    NotFound,
+)
+from streamledger.fabric import (
+    EndorseError,
+    EvaluateError,
+    Gateway,
+    GatewayError,
+    RetryPolicy,
+    load_msp,
+)
+from streamledger.ledger import DEFAULT_RETRY, LedgerClient
+from streamledger.settings import LedgerSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.fabric]
 
@@ -25,7 +39,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.fabric]
 CONFLICT_RETRY = RetryPolicy(attempts=40, initial_seconds=0.05, max_seconds=1.0)
 
 
-def client(user: str = "Admin", retry: RetryPolicy = RetryPolicy(), **overrides) -> LedgerClient:
+def client(user: str = "Admin", retry: RetryPolicy = DEFAULT_RETRY, **overrides) -> LedgerClient:
     return LedgerClient.connect(LedgerSettings(fabric_user=user, **overrides), retry=retry)
 
 
@@ -54,7 +68,7 @@ async def balance_or_zero(ledger: LedgerClient, account: str) -> int:
     try:
         return await ledger.balance(account)
     except GatewayError as exc:
-        if "NOT_FOUND" in str(exc):
+        if isinstance(exc.contract_error, NotFound):
             return 0
         raise
 
@@ -79,14 +93,21 @@ async def test_rejections_carry_the_contracts_reason_and_each_peers_detail(
     with pytest.raises(EndorseError) as overdraft:
         await user1.transfer(f"payee-{suffix}", 10**12)
     assert "INSUFFICIENT_FUNDS" in str(overdraft.value)
+    assert isinstance(overdraft.value.contract_error, InsufficientFunds)
+    assert overdraft.value.contract_error.field == "amount"
     assert overdraft.value.code == grpc.StatusCode.ABORTED
     assert overdraft.value.details and overdraft.value.details[0].msp_id == "Org1MSP"
     with pytest.raises(EndorseError, match="must be a positive integer"):
         await admin.mint(f"acct-{suffix}", -5)
     with pytest.raises(EndorseError, match="must be a positive integer"):
         await admin.mint(f"acct-{suffix}", 0)
-    with pytest.raises(EndorseError, match="only the admin identity may mint"):
+    with pytest.raises(EndorseError, match="only the admin identity may mint") as forbidden:
         await user1.mint(await account_of(user1), 1000)
+    assert isinstance(forbidden.value.contract_error, Forbidden)
+    with pytest.raises(EvaluateError) as malformed:
+        await admin.get_hold("not a valid id!")
+    assert isinstance(malformed.value.contract_error, InvalidArgument)
+    assert malformed.value.contract_error.field == "hold_id"
 
 
 async def test_freeze_authorize_settle_then_a_second_settle_is_rejected(
@@ -103,8 +124,9 @@ async def test_freeze_authorize_settle_then_a_second_settle_is_rejected(
     got = await admin.get_hold(hold)
     assert got is not None and (got["status"], got["charged"], got["refunded"]) == ("SETTLED", 60, 40)
     assert await admin.balance(provider) == 60 and await user1.balance(me) == before - 60
-    with pytest.raises(EndorseError, match="ALREADY_SETTLED"):
+    with pytest.raises(EndorseError, match="ALREADY_SETTLED") as again:
         await admin.settle(hold, 1, 20)
+    assert isinstance(again.value.contract_error, AlreadySettled)
     assert await admin.balance(provider) == 60
     with pytest.raises(EndorseError, match="EXCEEDS_HOLD|exceeds"):
         other = f"hold2-{suffix}"
@@ -185,15 +207,48 @@ async def test_chaincode_events_from_a_block_and_resumed_after_a_transaction(
     assert resumed[-1].transaction_id == second.transaction_id
 
 
-async def test_an_unreachable_peer_is_a_transient_error_after_bounded_retries(network: FabricNetwork) -> None:
+class CallCounter(grpc.aio.UnaryUnaryClientInterceptor):
+    """Counts the gateway calls that really went out on the channel, by method."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, int] = {}
+
+    async def intercept_unary_unary(self, continuation, client_call_details, request):
+        method = client_call_details.method
+        method = (method.decode() if isinstance(method, bytes) else method).rsplit("/", 1)[-1]
+        self.calls[method] = self.calls.get(method, 0) + 1
+        return await continuation(client_call_details, request)
+
+
+def unreachable_gateway(counter: CallCounter, **kwargs) -> Gateway:
     settings = LedgerSettings()
     identity, signer = load_msp(settings.msp_dir(), settings.fabric_msp_id)
+    channel = grpc.aio.secure_channel("127.0.0.1:1", grpc.ssl_channel_credentials(settings.tls_root().read_bytes()),
+                                      interceptors=[counter])
+    return Gateway(channel, identity, signer, **kwargs)
+
+
+async def test_an_unreachable_peer_is_a_transient_error_after_bounded_retries(network: FabricNetwork) -> None:
+    counter = CallCounter()
     retry = RetryPolicy(attempts=3, initial_seconds=0.01, max_seconds=0.05)
-    async with Gateway.connect("127.0.0.1:1", settings.tls_root().read_bytes(), identity, signer,
-                               retry=retry) as gateway:
+    async with unreachable_gateway(counter, retry=retry) as gateway:
         contract = gateway.network(CHANNEL).contract(CHAINCODE_NAME)
         started = time.monotonic()
         with pytest.raises(GatewayError) as failure:
             await contract.evaluate("WhoAmI")
         assert failure.value.code == grpc.StatusCode.UNAVAILABLE and failure.value.transient
         assert time.monotonic() - started < 30
+        assert counter.calls == {"Evaluate": 3}  # the policy's attempts, in one place: no nested retries
+        with pytest.raises(EndorseError) as failure:
+            await contract.submit("Mint", "nobody", 1)
+        assert failure.value.transient
+        assert counter.calls == {"Evaluate": 3, "Endorse": 3}
+
+
+async def test_without_a_policy_the_gateway_tries_once(network: FabricNetwork) -> None:
+    counter = CallCounter()
+    async with unreachable_gateway(counter) as gateway:
+        with pytest.raises(GatewayError) as failure:
+            await gateway.network(CHANNEL).contract(CHAINCODE_NAME).evaluate("WhoAmI")
+        assert failure.value.code == grpc.StatusCode.UNAVAILABLE
+        assert counter.calls == {"Evaluate": 1}

@@ -41,8 +41,9 @@ async def test_raw_events_through_cleaning_and_learning_match_river(bootstrap, u
     await produce(bootstrap, raw_topic, raw_events())
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMLEDGER_")}
-    env.update(STREAMLEDGER_KAFKA_BOOTSTRAP=bootstrap, STREAMLEDGER_RAW_TOPIC=raw_topic,
-               STREAMLEDGER_CLEAN_TOPIC=names["input"], STREAMLEDGER_DEADLETTER_TOPIC=names["deadletter"],
+    env.update(STREAMLEDGER_KAFKA_BOOTSTRAP=bootstrap, STREAMLEDGER_CLEANING_RAW_TOPIC=raw_topic,
+               STREAMLEDGER_CLEANING_CLEAN_TOPIC=names["input"],
+               STREAMLEDGER_CLEANING_DEADLETTER_TOPIC=names["deadletter"],
                STREAMLEDGER_CLEANING_GROUP=f"cleaning-{unique}",
                STREAMLEDGER_CLEANING_DATA_DIR=str(tmp_path / "faust"))
     log = tmp_path / "cleaning.log"

@@ -50,3 +50,10 @@ def test_token_check() -> None:
     assert bearer({"authorization": f"Bearer {TOKEN}"}) == TOKEN
     assert bearer({"authorization": f"bearer  {TOKEN} "}) == TOKEN
     assert bearer({"authorization": f"Basic {TOKEN}"}) is None and bearer({}) is None
+
+
+def test_the_mongo_timeout_is_in_seconds(monkeypatch) -> None:
+    monkeypatch.setenv("STREAMLEDGER_AUDIT_MONGO_TIMEOUT_SECONDS", "2.5")
+    assert AuditSettings().audit_mongo_timeout_seconds == 2.5
+    with pytest.raises(ValidationError, match="audit_mongo_timeout_seconds"):
+        AuditSettings(audit_mongo_timeout_seconds=0)

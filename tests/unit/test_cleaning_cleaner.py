@@ -9,10 +9,11 @@ from datetime import datetime, timezone
 import pytest
 
 from streamledger.core.canonical import content_hash
-from services.cleaning.cleaner import Cleaner, RawMessage
+from services.cleaning.cleaner import Cleaner
 from services.cleaning.dedup import DedupWindow
 from services.cleaning.rules import RuleBook
 from streamledger.avro import MARKER, AvroCodec, SchemaRegistry
+from streamledger.core.records import Consumed
 
 CODEC = AvroCodec(SchemaRegistry.from_dir())
 NOW = 1_800_000_000_000
@@ -29,8 +30,8 @@ def raw_event(event_id: str = "e1", **features) -> dict:
     }
 
 
-def message(value: bytes | None, offset: int = 0, key: bytes | None = b"e1") -> RawMessage:
-    return RawMessage("events.raw", 0, offset, key, value, timestamp_ms=NOW)
+def message(value: bytes | None, offset: int = 0, key: bytes | None = b"e1") -> Consumed:
+    return Consumed(("events.raw", 0), "events.raw", 0, offset, key, value, timestamp_ms=NOW)
 
 
 @pytest.fixture
@@ -109,3 +110,35 @@ def test_duplicates_are_dropped_and_replays_are_emitted_again(cleaner: Cleaner) 
 def test_a_rejected_copy_does_not_shadow_a_valid_one(cleaner: Cleaner) -> None:
     assert cleaner.handle(message(CODEC.encode("RawEvent", raw_event(x=math.nan)), offset=1)).kind == "deadletter"
     assert cleaner.handle(message(CODEC.encode("RawEvent", raw_event(x=1.0)), offset=2)).kind == "clean"
+
+
+def test_a_message_without_a_timestamp_is_dated_by_the_clock_for_dedup() -> None:
+    window = DedupWindow({}, window_ms=60_000)
+    cleaner = Cleaner(CODEC, RuleBook(), window, clock_ms=lambda: NOW)
+    value = CODEC.encode("RawEvent", raw_event())
+    assert cleaner.handle(Consumed(("events.raw", 0), "events.raw", 0, 1, b"e1", value)).kind == "clean"
+    assert window.store["e1"] == [0, 1, NOW]
+
+
+def test_a_bug_in_the_handler_becomes_an_internal_error_dead_letter(cleaner: Cleaner, monkeypatch) -> None:
+    from services.cleaning.metrics import counted_handle
+
+    def broken(_raw, _rules):
+        raise KeyError("features")
+
+    monkeypatch.setattr("services.cleaning.cleaner.clean_event", broken)
+    outcome = counted_handle(cleaner, message(CODEC.encode("RawEvent", raw_event()), offset=4))
+    letter = CODEC.decode(outcome.value)
+    assert (outcome.kind, letter["reason"], letter["error"]) == ("deadletter", "internal_error", "KeyError: 'features'")
+    assert letter["source_offset"] == 4 and letter["key"] == "e1"
+
+
+def test_settings_are_read_under_the_cleaning_prefix(monkeypatch) -> None:
+    from services.cleaning.settings import CleaningSettings
+
+    monkeypatch.setenv("STREAMLEDGER_CLEANING_RAW_TOPIC", "mine")
+    monkeypatch.setenv("STREAMLEDGER_CLEANING_DEDUP_WINDOW_SECONDS", "60")
+    monkeypatch.setenv("STREAMLEDGER_CLEAN_TOPIC", "someone-elses")
+    settings = CleaningSettings()
+    assert (settings.cleaning_raw_topic, settings.cleaning_dedup_window_seconds) == ("mine", 60.0)
+    assert settings.cleaning_clean_topic == "events.clean"

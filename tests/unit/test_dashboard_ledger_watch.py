@@ -1,6 +1,6 @@
 """The dashboard's ledger watcher against a fake of its own `LedgerReader` interface:
-history read back, point reads, an unreachable ledger shown and retried with backoff,
-a dropped event stream resumed without handling an event twice."""
+history read back, point reads, an unreachable ledger shown and retried with backoff (and
+given up after the bound), a dropped event stream resumed without handling an event twice."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from streamledger.fabric import EvaluateError, GatewayError
 
 FEEDS = FeedTopics(deadletter="dl", snapshots="snap", model_metrics="mm", usage="use", anchors="anc", clean="clean")
 FAST = LedgerWatchSettings(history_blocks=3, poll_seconds=0.02, lookups_max=8,
-                           backoff=RetryPolicy(initial_seconds=0.01, max_seconds=0.05))
+                           retry=RetryPolicy(attempts=1000, initial_seconds=0.01, max_seconds=0.05))
 DOWN = GatewayError("evaluate failed: UNAVAILABLE: connection refused", code=grpc.StatusCode.UNAVAILABLE)
 
 
@@ -209,3 +209,46 @@ async def test_a_ledger_not_set_up_yet_is_unreachable_not_fatal(error: Exception
     assert str(error) in summary(board)["error"]
     stop.set()
     await asyncio.wait_for(task, 2)
+
+
+async def test_a_ledger_away_for_longer_than_the_bound_ends_the_watcher_with_its_error() -> None:
+    ledger = FakeLedger()
+    ledger.up = False
+    board = Board({}, FEEDS, {}, ledger=LedgerView(enabled=True))
+    bounded = LedgerWatchSettings(retry=RetryPolicy(attempts=4, initial_seconds=0.01, max_seconds=0.01))
+    with pytest.raises(GatewayError) as raised:
+        await asyncio.wait_for(LedgerWatch(board, ledger.connect, bounded).run(asyncio.Event()), 2)
+    assert raised.value is DOWN  # the last failure, unchanged
+    assert ledger.connects == 4
+    assert summary(board)["status"] == "unreachable"
+
+
+class DroppingReader(FakeReader):
+    """A session whose peer ends the event stream at once: connected, then lost."""
+
+    async def events(self, start_block: int | None, after_transaction_id: str) -> AsyncIterator[LedgerEvent]:
+        return
+        yield
+
+
+async def test_the_bound_counts_failures_in_a_row_a_connection_that_was_up_starts_a_new_count() -> None:
+    ledger = FakeLedger()
+    # Three times: connected, dropped, then two failed connects; never three failures in a row.
+    plan = iter(["drops", "down", "down"] * 3 + ["stays"])
+
+    def connect() -> FakeReader:
+        ledger.connects += 1
+        step = next(plan)
+        if step == "down":
+            raise DOWN
+        return DroppingReader(ledger) if step == "drops" else FakeReader(ledger)
+
+    bounded = LedgerWatchSettings(retry=RetryPolicy(attempts=3, initial_seconds=0.01, max_seconds=0.01))
+    board = Board({}, FEEDS, {}, ledger=LedgerView(enabled=True))
+    stop = asyncio.Event()
+    task = asyncio.create_task(LedgerWatch(board, connect, bounded).run(stop))
+    await until(lambda: ledger.connects == 10 and summary(board)["status"] == "connected")
+    assert not task.done()
+    stop.set()
+    await asyncio.wait_for(task, 2)
+    assert ledger.connects == 10

@@ -238,6 +238,17 @@ def test_unknown_format_and_missing_file() -> None:
 def test_settings_refuse_a_request_limit_the_pending_budget_could_never_hold() -> None:
     from services.ingestion.settings import IngestionSettings
 
-    with pytest.raises(ValueError, match="max_events_per_request"):
-        IngestionSettings(max_events_per_request=100, max_pending_events=10)
-    assert IngestionSettings(api_keys={"acme": [hash_key("k")]}).http_port == 8080
+    with pytest.raises(ValueError, match="ingestion_max_events_per_request"):
+        IngestionSettings(ingestion_max_events_per_request=100, ingestion_max_pending_events=10)
+    assert IngestionSettings(ingestion_api_keys={"acme": [hash_key("k")]}).ingestion_http_port == 8080
+
+
+def test_settings_are_read_under_the_ingestion_prefix(monkeypatch) -> None:
+    from services.ingestion.settings import IngestionSettings
+
+    monkeypatch.setenv("STREAMLEDGER_INGESTION_HTTP_PORT", "9999")
+    monkeypatch.setenv("STREAMLEDGER_INGESTION_ACK_TIMEOUT_SECONDS", "2.5")
+    monkeypatch.setenv("STREAMLEDGER_RAW_TOPIC", "someone-elses")
+    settings = IngestionSettings()
+    assert (settings.ingestion_http_port, settings.ingestion_ack_timeout_seconds) == (9999, 2.5)
+    assert settings.ingestion_raw_topic == "events.raw"

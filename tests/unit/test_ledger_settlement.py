@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.ledger.settlement import UsageBook, UsageError, check_usage
+from streamledger.core.settlement import UsageBook, UsageError, check_usage
 
 
 def usage(**overrides: object) -> dict:

@@ -2,69 +2,44 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
-from streamledger.avro import AvroCodec, SchemaRegistry
 from services.ingestion.app import IngestionService
 from services.ingestion.auth import hash_key
 from services.ingestion.settings import IngestionSettings
+from streamledger import kafka
+from streamledger.avro import AvroCodec, SchemaRegistry
 
 KEYS = {"acme": "key-acme-0123456789", "globex": "key-globex-9876543210"}
 CODEC = AvroCodec(SchemaRegistry.from_dir())
 
 
 def ingestion_settings(topic: str, **overrides) -> IngestionSettings:
-    return IngestionSettings(raw_topic=topic, http_port=0, grpc_port=0, raw_partitions=3,
-                             api_keys={tenant: [hash_key(key)] for tenant, key in KEYS.items()}, **overrides)
+    """Settings on `topic` with free ports and both tenants' keys; `overrides` name fields without
+    their `ingestion_` prefix (`max_pending_events=10`)."""
+    fields = dict(raw_topic=topic, http_port=0, grpc_port=0, raw_partitions=3,
+                  api_keys={tenant: [hash_key(key)] for tenant, key in KEYS.items()}, **overrides)
+    return IngestionSettings(**{f"ingestion_{name}": value for name, value in fields.items()})
 
 
 @pytest.fixture(scope="module")
 async def service(stack) -> AsyncIterator[IngestionService]:
     """One service per test module on its own topic (tests tell their events apart by id)."""
-    running = IngestionService(ingestion_settings(f"test.ingest.{uuid.uuid4().hex[:10]}", max_body_bytes=1024 * 1024))
-    await running.start()
-    try:
+    async with IngestionService(ingestion_settings(f"test.ingest.{uuid.uuid4().hex[:10]}",
+                                                   max_body_bytes=1024 * 1024)) as running:
         yield running
-    finally:
-        await running.stop()
 
 
 async def read_topic(bootstrap: str, topic: str, timeout: float = 60.0) -> list:
     """Every record now in `topic`: reads each partition up to its end offset, no more, no less."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, max_poll_records=10_000,
-                                fetch_max_bytes=16 * 1024 * 1024)
-    await consumer.start()
     records: list = []
-    try:
-        partitions = [TopicPartition(topic, p) for p in sorted(await _partitions(bootstrap, topic))]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        end = await consumer.end_offsets(partitions)
-        async with asyncio.timeout(timeout):
-            for tp in partitions:
-                while await consumer.position(tp) < end[tp]:
-                    batch = await consumer.getmany(tp, timeout_ms=500)
-                    records.extend(batch.get(tp, []))
-    finally:
-        await consumer.stop()
+    async with kafka.consumer(bootstrap, max_poll_records=10_000, max_fetch_bytes=16 * 1024 * 1024) as reader:
+        async for batch in kafka.read_to_end(reader, bootstrap, topic, timeout_s=timeout):
+            records.extend(batch)
     return records
-
-
-async def _partitions(bootstrap: str, topic: str) -> list[int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        (described,) = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    assert not described["error_code"], f"topic {topic} does not exist (error {described['error_code']})"
-    return [p["partition"] for p in described["partitions"]]
 
 
 async def decoded_events(bootstrap: str, topic: str, ids: set[str]) -> dict[str, dict]:

@@ -22,7 +22,7 @@ ROWS = 100_000
 
 def run_cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     env = os.environ | {
-        "STREAMLEDGER_API_KEYS": json.dumps({tenant: [hash_key(key)] for tenant, key in KEYS.items()}),
+        "STREAMLEDGER_INGESTION_API_KEYS": json.dumps({tenant: [hash_key(key)] for tenant, key in KEYS.items()}),
         "STREAMLEDGER_API_KEY": KEYS["acme"],
         "COLUMNS": "200",
     }

@@ -23,7 +23,7 @@ ACME = {"X-API-Key": KEYS["acme"]}
 
 @pytest.mark.timeout(420)
 async def test_stopping_kafka_mid_request_gives_503_and_loses_no_acknowledged_event(stack, bootstrap, unique) -> None:
-    service = IngestionService(ingestion_settings(f"test.fault.{unique}", ack_timeout_s=3.0, retry_after_s=1))
+    service = IngestionService(ingestion_settings(f"test.fault.{unique}", ack_timeout_seconds=3.0, retry_after_seconds=1))
     await service.start()
     acknowledged: set[str] = set()
     statuses: list[int] = []
@@ -68,7 +68,7 @@ async def test_stopping_kafka_mid_request_gives_503_and_loses_no_acknowledged_ev
 
     print(f"fault: {statuses.count(200)} x 200, {statuses.count(503)} x 503, {len(acknowledged)} events acknowledged")
     assert statuses.count(503) >= 3
-    landed = {r.key.decode() for r in await read_topic(bootstrap, service.settings.raw_topic, timeout=120)}
+    landed = {r.key.decode() for r in await read_topic(bootstrap, service.settings.ingestion_raw_topic, timeout=120)}
     lost = acknowledged - landed
     assert not lost, f"{len(lost)} acknowledged events are missing from Kafka, e.g. {sorted(lost)[:5]}"
     assert len(acknowledged) >= 20 * 21

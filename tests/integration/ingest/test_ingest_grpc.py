@@ -44,7 +44,7 @@ async def test_stream_of_frames_is_acknowledged_and_lands(channel, service, boot
     sent = [e.event_id for f in frames for e in f.events]
     assert answer.accepted == 300 and list(answer.event_ids) == sent and not answer.rejected
 
-    landed = await decoded_events(bootstrap, service.settings.raw_topic, set(sent))
+    landed = await decoded_events(bootstrap, service.settings.ingestion_raw_topic, set(sent))
     assert set(landed) == set(sent)
     one = landed[sent[0]]
     assert one["tenant"] == "acme"
@@ -66,7 +66,7 @@ async def test_rejections_carry_the_index_in_the_whole_stream(channel, service, 
     assert [(r.index, r.field) for r in answer.rejected] == [
         (1, "event_id"), (3, "ts_millis"), (4, "tenant"), (5, "features.x")]
     rejected_id = frames[2].events[0].event_id
-    landed = await decoded_events(bootstrap, service.settings.raw_topic, {good.event_id, rejected_id})
+    landed = await decoded_events(bootstrap, service.settings.ingestion_raw_topic, {good.event_id, rejected_id})
     assert set(landed) == {good.event_id}
 
 
@@ -92,7 +92,7 @@ async def test_garbage_frames_fail_the_stream_and_the_service_keeps_serving(chan
 
 
 async def test_too_many_events_in_one_stream_is_invalid_argument(channel, service) -> None:
-    limit = service.settings.max_events_per_request
+    limit = service.settings.ingestion_max_events_per_request
     frames = [pb2.IngestRequest(events=[proto_event() for _ in range(1000)]) for _ in range(limit // 1000 + 1)]
     stub = pb2_grpc.IngestionStub(channel)
     with pytest.raises(grpc.aio.AioRpcError) as info:

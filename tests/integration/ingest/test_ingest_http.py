@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import uuid
+from collections import Counter
 from datetime import datetime, timezone
 
 import httpx
 import pytest
 
-from tests.integration.ingest.conftest import KEYS, decoded_events, read_topic
+from services.ingestion.app import IngestionService
+from tests.integration.ingest.conftest import KEYS, decoded_events, ingestion_settings, read_topic
 
 pytestmark = pytest.mark.integration
 ACME = {"X-API-Key": KEYS["acme"]}
@@ -36,7 +39,7 @@ async def test_json_array_is_acknowledged_and_lands_decodable_with_tenant_from_k
     body = answer.json()
     assert body == {"accepted": 3, "event_ids": [e["event_id"] for e in events], "rejected": []}
 
-    landed = await decoded_events(bootstrap, service.settings.raw_topic, set(body["event_ids"]))
+    landed = await decoded_events(bootstrap, service.settings.ingestion_raw_topic, set(body["event_ids"]))
     assert set(landed) == set(body["event_ids"])
     first = landed[events[0]["event_id"]]
     assert first["tenant"] == "acme" and first["source"] == "pos"
@@ -53,7 +56,7 @@ async def test_gzipped_ndjson_is_accepted(client, service, bootstrap) -> None:
         "Content-Encoding": "gzip", "Content-Type": "application/x-ndjson"})
     assert answer.status_code == 200, answer.text
     assert answer.json()["accepted"] == 50
-    landed = await decoded_events(bootstrap, service.settings.raw_topic, {e["event_id"] for e in events})
+    landed = await decoded_events(bootstrap, service.settings.ingestion_raw_topic, {e["event_id"] for e in events})
     assert len(landed) == 50
 
 
@@ -80,7 +83,7 @@ async def test_batch_is_accepted_in_part_and_rejections_name_index_field_and_why
     assert "must be a string" in body["rejected"][5]["error"]
 
     rejected_ids = {batch[i]["event_id"] for i in (1, 2, 4, 5)}
-    landed = await decoded_events(bootstrap, service.settings.raw_topic, {e["event_id"] for e in good} | rejected_ids)
+    landed = await decoded_events(bootstrap, service.settings.ingestion_raw_topic, {e["event_id"] for e in good} | rejected_ids)
     assert set(landed) == {e["event_id"] for e in good}
 
 
@@ -132,7 +135,7 @@ async def test_unusable_bodies_get_a_clear_error(client, content, headers, statu
 
 
 async def test_100_mb_body_is_413_and_the_service_keeps_serving(client, service) -> None:
-    limit = service.settings.max_body_bytes
+    limit = service.settings.ingestion_max_body_bytes
     huge = b"[" + b" " * (100 * 1024 * 1024) + b"]"
     try:
         answer = await client.post("/v1/events", content=huge, headers=ACME)
@@ -151,32 +154,44 @@ async def test_100_mb_body_is_413_and_the_service_keeps_serving(client, service)
 
 async def test_gzip_bomb_is_413(client, service) -> None:
     bomb = gzip.compress(b" " * (50 * 1024 * 1024))
-    assert len(bomb) < service.settings.max_body_bytes
+    assert len(bomb) < service.settings.ingestion_max_body_bytes
     answer = await client.post("/v1/events", content=bomb, headers=ACME | {"Content-Encoding": "gzip"})
     assert answer.status_code == 413 and "decompresses" in answer.json()["error"]
 
 
 async def test_too_many_events_is_413(client, service) -> None:
-    limit = service.settings.max_events_per_request
+    limit = service.settings.ingestion_max_events_per_request
     lines = "\n".join('{"event_id": "x%d", "source": "s", "ts": 1}' % i for i in range(limit + 1))
     answer = await client.post("/v1/events", content=lines, headers=ACME | {"Content-Type": "application/x-ndjson"})
     assert answer.status_code == 413 and str(limit) in answer.json()["error"]
 
 
-async def test_full_pending_budget_answers_503_with_retry_after_then_recovers(client, service, bootstrap) -> None:
-    budget = service.writer.budget
-    budget.pending += budget.limit  # as if Kafka were holding a full budget of unacknowledged events
-    try:
-        answer = await client.post("/v1/events", json=[event()], headers=ACME)
-        assert answer.status_code == 503
-        assert answer.headers["Retry-After"] == str(service.settings.retry_after_s)
-        assert answer.json()["acknowledged"] == []
-    finally:
-        budget.pending -= budget.limit
-    retry = event()
-    answer = await client.post("/v1/events", json=[retry], headers=ACME)
-    assert answer.status_code == 200
-    assert retry["event_id"] in await decoded_events(bootstrap, service.settings.raw_topic, {retry["event_id"]})
+async def test_full_pending_budget_answers_503_with_retry_after_then_recovers(bootstrap, unique) -> None:
+    """Kafka slowed for real: the producer lingers 3 s over every batch, so two requests of 5 events
+    fill a budget of 10 and the requests sent meanwhile are refused at once, not queued."""
+    settings = ingestion_settings(f"test.budget.{unique}", max_pending_events=10, max_events_per_request=5,
+                                  linger_seconds=3.0, retry_after_seconds=7)
+    async with IngestionService(settings) as service, \
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{service.http_port}", timeout=30) as http:
+        batches = [[event() for _ in range(5)] for _ in range(8)]
+        answers = await asyncio.gather(*(http.post("/v1/events", json=batch, headers=ACME) for batch in batches))
+        refused = [a for a in answers if a.status_code == 503]
+        accepted = [a.json()["event_ids"] for a in answers if a.status_code == 200]
+        assert len(refused) + len(accepted) == len(batches), [a.text for a in answers]
+        assert refused and accepted, [a.status_code for a in answers]
+        for answer in refused:
+            assert answer.headers["Retry-After"] == "7"
+            assert answer.json()["acknowledged"] == []
+            assert "events are already waiting for Kafka (limit 10)" in answer.json()["error"]
+
+        assert (await http.get("/healthz")).json()["pending_events"] == 0  # every acknowledgement gave back
+        retry = [event() for _ in range(5)]
+        answer = await http.post("/v1/events", json=retry, headers=ACME)
+        assert answer.status_code == 200, answer.text
+        accepted.append(answer.json()["event_ids"])
+
+    on_topic = Counter(r.key.decode() for r in await read_topic(bootstrap, settings.ingestion_raw_topic))
+    assert on_topic == {event_id: 1 for ids in accepted for event_id in ids}  # refused events never went out
 
 
 async def test_healthz_and_metrics(client) -> None:
@@ -190,5 +205,5 @@ async def test_healthz_and_metrics(client) -> None:
 async def test_rejected_events_never_reach_the_topic(client, service, bootstrap) -> None:
     marker = f"bad-{uuid.uuid4().hex}"
     await client.post("/v1/events", json=[event(event_id=marker, ts=-5)], headers=ACME)
-    keys = {r.key for r in await read_topic(bootstrap, service.settings.raw_topic)}
+    keys = {r.key for r in await read_topic(bootstrap, service.settings.ingestion_raw_topic)}
     assert marker.encode() not in keys

@@ -17,7 +17,10 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from streamledger import kafka
 
 REPO = Path(__file__).resolve().parents[3]
 CLI = Path(sys.executable).parent / "streamledger"
@@ -82,23 +85,36 @@ class ServiceProcess:
 
 @pytest.fixture
 def pipeline_env(unique: str, tmp_path: Path, settings) -> dict[str, str]:
+    """The environment of every pipeline service: each reads its own `STREAMLEDGER_<SERVICE>_*`
+    variables, all pointed at the same unique topics (`topic_names`)."""
+    topic = topic_names(unique)
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMLEDGER_")}
     env.update({
         "STREAMLEDGER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
         "STREAMLEDGER_MONGO_URL": settings.mongo_url,
         "STREAMLEDGER_MONGO_DB": f"test_{unique}",
-        "STREAMLEDGER_RAW_TOPIC": f"raw-{unique}",
-        "STREAMLEDGER_CLEAN_TOPIC": f"clean-{unique}",
-        "STREAMLEDGER_DEADLETTER_TOPIC": f"deadletter-{unique}",
-        "STREAMLEDGER_PREDICTIONS_TOPIC": f"predictions-{unique}",
-        "STREAMLEDGER_ANCHORS_TOPIC": f"anchors-{unique}",
-        "STREAMLEDGER_SNAPSHOTS_TOPIC": f"snapshots-{unique}",
+        "STREAMLEDGER_CLEANING_RAW_TOPIC": topic["raw"],
+        "STREAMLEDGER_CLEANING_CLEAN_TOPIC": topic["clean"],
+        "STREAMLEDGER_CLEANING_DEADLETTER_TOPIC": topic["deadletter"],
         "STREAMLEDGER_CLEANING_GROUP": f"cleaning-{unique}",
-        "STREAMLEDGER_STORAGE_GROUP": f"storage-{unique}",
         "STREAMLEDGER_CLEANING_DATA_DIR": str(tmp_path / "faust"),
+        "STREAMLEDGER_STORAGE_CLEAN_TOPIC": topic["clean"],
+        "STREAMLEDGER_STORAGE_PREDICTIONS_TOPIC": topic["predictions"],
+        "STREAMLEDGER_STORAGE_ANCHORS_TOPIC": topic["anchors"],
+        "STREAMLEDGER_STORAGE_SNAPSHOTS_TOPIC": topic["snapshots"],
+        "STREAMLEDGER_STORAGE_DEADLETTER_TOPIC": topic["deadletter"],
+        "STREAMLEDGER_STORAGE_GROUP": f"storage-{unique}",
+        "STREAMLEDGER_LEDGER_CLEAN_TOPIC": topic["clean"],
+        "STREAMLEDGER_LEDGER_ANCHORS_TOPIC": topic["anchors"],
+        "STREAMLEDGER_LEDGER_DEADLETTER_TOPIC": topic["deadletter"],
         "STREAMLEDGER_LOG_LEVEL": "INFO",
     })
     return env
+
+
+def topic_names(unique: str) -> dict[str, str]:
+    """The pipeline's topics for one test, by role."""
+    return {role: f"{role}-{unique}" for role in ("raw", "clean", "deadletter", "predictions", "anchors", "snapshots")}
 
 
 @pytest.fixture
@@ -125,6 +141,29 @@ async def create_topics(bootstrap: str, names: list[str], config: dict[str, str]
         await admin.create_topics([NewTopic(n, 1, 1, topic_configs=config or {}) for n in names])
     finally:
         await admin.close()
+
+
+async def read_all(bootstrap: str, topic: str) -> list[ConsumerRecord]:
+    """Every record now on `topic` (each partition read to the end offset it had when called)."""
+    records: list[ConsumerRecord] = []
+    async with kafka.consumer(bootstrap) as reader:
+        async for batch in kafka.read_to_end(reader, bootstrap, topic):
+            records.extend(batch)
+    return records
+
+
+async def caught_up(bootstrap: str, group: str, topics: list[str]) -> bool:
+    """Whether `group` has committed every partition of `topics` up to its end offset."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    partitions = [TopicPartition(t, p) for t, p in await kafka.partitions_of(bootstrap, topics)]
+    async with kafka.consumer(bootstrap) as reader:
+        end = await reader.end_offsets(partitions)
+    return all(end[tp] == 0 or (tp in committed and committed[tp].offset >= end[tp]) for tp in partitions)
 
 
 async def wait_until(condition: Callable[[], Awaitable[bool]], timeout: float, what: str,

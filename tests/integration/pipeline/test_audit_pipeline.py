@@ -57,7 +57,7 @@ async def test_ten_thousand_events_verify_and_exactly_the_edited_one_is_tampered
             raw, _ = reference.valid_event(i, tenant=f"t-{unique}")
             raw["event_id"] = f"{unique}-{i:05d}"
             ids.append(raw["event_id"])
-            await producer.send(pipeline_env["STREAMLEDGER_RAW_TOPIC"], key=raw["event_id"].encode(),
+            await producer.send(pipeline_env["STREAMLEDGER_CLEANING_RAW_TOPIC"], key=raw["event_id"].encode(),
                                 value=CODEC.encode("RawEvent", raw))
         await producer.flush()
 

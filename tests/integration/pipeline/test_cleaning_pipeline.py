@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import struct
+from collections import Counter
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
 from streamledger.avro import AvroCodec, SchemaRegistry
 from streamledger import kafka
 from tests.integration.pipeline import reference
-from tests.integration.pipeline.conftest import create_topics, wait_until
+from tests.integration.pipeline.conftest import create_topics, read_all, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -21,7 +22,7 @@ VALID = 300
 async def test_valid_events_reach_mongo_and_bad_input_becomes_dead_letters(
     bootstrap, mongo_db, pipeline_env, services
 ) -> None:
-    raw_topic = pipeline_env["STREAMLEDGER_RAW_TOPIC"]
+    raw_topic = pipeline_env["STREAMLEDGER_CLEANING_RAW_TOPIC"]
     # Room for the 1 MB message on the raw topic; the cleaner must refuse it, not Kafka.
     await create_topics(bootstrap, [raw_topic], {"max.message.bytes": "4000000"})
     cleaning, storage = services("cleaning"), services("storage")
@@ -86,15 +87,22 @@ async def test_valid_events_reach_mongo_and_bad_input_becomes_dead_letters(
     assert "feature 'x' is" in dead[[o for o, r in bad.items() if r == "non_finite"][0]]["error"]
 
     assert "tenant_1_ts_1" in await events.index_information()  # the sink created its index
+
+    # MongoDB's _id would hide a duplicate: the topics themselves hold each event and letter once.
+    clean = await read_all(bootstrap, pipeline_env["STREAMLEDGER_CLEANING_CLEAN_TOPIC"])
+    assert Counter(r.key.decode() for r in clean) == {event_id: 1 for event_id in expected_hash}
+    letters_sent = await read_all(bootstrap, pipeline_env["STREAMLEDGER_CLEANING_DEADLETTER_TOPIC"])
+    assert Counter(str(CODEC.decode(r.value)["source_offset"]) for r in letters_sent) == {o: 1 for o in bad}
     assert cleaning.stop() == 0, cleaning.tail()
     assert storage.stop() == 0, storage.tail()
 
 
 async def test_the_dedup_window_survives_a_restart(bootstrap, pipeline_env, services) -> None:
-    raw_topic, clean_topic = pipeline_env["STREAMLEDGER_RAW_TOPIC"], pipeline_env["STREAMLEDGER_CLEAN_TOPIC"]
+    raw_topic, clean_topic = (pipeline_env["STREAMLEDGER_CLEANING_RAW_TOPIC"],
+                              pipeline_env["STREAMLEDGER_CLEANING_CLEAN_TOPIC"])
     await create_topics(bootstrap, [raw_topic, clean_topic])
     seen: list[str] = []
-    reader = AIOKafkaConsumer(clean_topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    reader = kafka.consumer(bootstrap, clean_topic)
 
     async def clean_ids(count: int) -> bool:
         for messages in (await reader.getmany(timeout_ms=200)).values():

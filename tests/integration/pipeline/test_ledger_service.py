@@ -6,27 +6,39 @@
 - settlement: usage is totalled per hold and settled once after the hold expires, through
   a kill -9; the provider gets exactly the sum of the usage, the client the rest, and the
   credit of client, provider and open holds is conserved; usage for an unknown hold, or
-  after its hold closed, becomes a dead letter with a reason.
+  after its hold closed, becomes a dead letter with a reason;
+- dead letters: a tombstone, a RawEvent or bytes that are no Avro between clean records are
+  dead-lettered and every valid record around them is anchored; usage beyond the frozen
+  amount is charged up to it (`usage_exceeds_hold`); a Settle the contract refuses is
+  recorded as refused (`settlement_refused`);
+- retries: a call to a ledger that stays away is tried `LEDGER_RETRY_ATTEMPTS` times, each
+  retry counted, then the service exits 1 with a logged error.
+
+Every variable of the service is `STREAMLEDGER_LEDGER_*` (`ledger_env`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
 import time
+import urllib.request
 import uuid
 
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from prometheus_client.parser import text_string_to_metric_families
 
-from streamledger.core.canonical import content_hash
-from streamledger.avro import AvroCodec, SchemaRegistry
-from streamledger import kafka
-from streamledger.ledger import LedgerClient
-from streamledger.core.merkle import verify_proof
-from streamledger.settings import LedgerSettings
 from devstack import Stack
 from devstack.settings import StackSettings
+from streamledger.avro import AvroCodec, SchemaRegistry
+from streamledger.core.canonical import content_hash
+from streamledger.core.merkle import verify_proof
+from streamledger import kafka
+from streamledger.ledger import LedgerClient
+from streamledger.settings import LedgerSettings
 from tests.integration.pipeline.conftest import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.fabric, pytest.mark.timeout(420)]
@@ -39,7 +51,10 @@ EVENTS = 3000
 @pytest.fixture
 def ledger_env(pipeline_env: dict[str, str], unique: str, network) -> dict[str, str]:
     pipeline_env.update({
-        "STREAMLEDGER_USAGE_TOPIC": f"usage-{unique}",
+        "STREAMLEDGER_LEDGER_CLEAN_TOPIC": f"clean-{unique}",
+        "STREAMLEDGER_LEDGER_ANCHORS_TOPIC": f"anchors-{unique}",
+        "STREAMLEDGER_LEDGER_USAGE_TOPIC": f"usage-{unique}",
+        "STREAMLEDGER_LEDGER_DEADLETTER_TOPIC": f"deadletter-{unique}",
         "STREAMLEDGER_LEDGER_ANCHOR_GROUP": f"anchoring-{unique}",
         "STREAMLEDGER_LEDGER_SETTLEMENT_GROUP": f"settlement-{unique}",
     })
@@ -97,7 +112,7 @@ async def kill_while_a_recorded_batch_is_not_anchored(mongo_db, ledger, timeout:
 
 async def test_every_record_is_anchored_once_through_a_kill_9_and_a_restart(
         bootstrap, mongo_db, ledger_env, services) -> None:
-    clean_topic = ledger_env["STREAMLEDGER_CLEAN_TOPIC"]
+    clean_topic = ledger_env["STREAMLEDGER_LEDGER_CLEAN_TOPIC"]
     await create_topic(bootstrap, clean_topic, PARTITIONS)
     ledger_env.update({"STREAMLEDGER_LEDGER_SETTLEMENT": "false", "STREAMLEDGER_LEDGER_BATCH_RECORDS": "150",
                        "STREAMLEDGER_LEDGER_BATCH_SECONDS": "0.3"})
@@ -130,7 +145,7 @@ async def test_every_record_is_anchored_once_through_a_kill_9_and_a_restart(
     published: dict[str, dict] = {}
 
     async def all_anchored() -> bool:
-        records = await read_all(bootstrap, ledger_env["STREAMLEDGER_ANCHORS_TOPIC"], "Anchor")
+        records = await read_all(bootstrap, ledger_env["STREAMLEDGER_LEDGER_ANCHORS_TOPIC"], "Anchor")
         published.update({a["batch_id"]: a for a in records})
         return sum(a["count"] for a in published.values()) >= EVENTS
     await wait_until(all_anchored, 180, f"anchors covering {EVENTS} records", ledger.tail)
@@ -175,7 +190,7 @@ async def test_a_ledger_outage_holds_anchoring_back_and_loses_nothing(
     stack = Stack(StackSettings(fabric=True), say=lambda _msg: None)
     await asyncio.to_thread(stack.up)  # fault tests run last: another may have stopped the network
     peer = stack.part("fabric-peer")
-    clean_topic = ledger_env["STREAMLEDGER_CLEAN_TOPIC"]
+    clean_topic = ledger_env["STREAMLEDGER_LEDGER_CLEAN_TOPIC"]
     await create_topic(bootstrap, clean_topic, 1)
     ledger_env.update({"STREAMLEDGER_LEDGER_SETTLEMENT": "false", "STREAMLEDGER_LEDGER_BATCH_RECORDS": "100",
                        "STREAMLEDGER_LEDGER_BATCH_SECONDS": "0.3"})
@@ -203,7 +218,7 @@ async def test_a_ledger_outage_holds_anchoring_back_and_loses_nothing(
     published: dict[str, dict] = {}
 
     async def all_anchored() -> bool:
-        records = await read_all(bootstrap, ledger_env["STREAMLEDGER_ANCHORS_TOPIC"], "Anchor")
+        records = await read_all(bootstrap, ledger_env["STREAMLEDGER_LEDGER_ANCHORS_TOPIC"], "Anchor")
         published.update({a["batch_id"]: a for a in records})
         return sum(a["count"] for a in published.values()) >= len(events)
     await wait_until(all_anchored, 120, "anchors covering every record after the outage", ledger.tail)
@@ -216,8 +231,8 @@ async def test_a_ledger_outage_holds_anchoring_back_and_loses_nothing(
 
 async def test_usage_is_settled_once_per_hold_and_credit_is_conserved(
         bootstrap, mongo_db, ledger_env, services) -> None:
-    usage_topic = ledger_env["STREAMLEDGER_USAGE_TOPIC"]
-    deadletter_topic = ledger_env["STREAMLEDGER_DEADLETTER_TOPIC"]
+    usage_topic = ledger_env["STREAMLEDGER_LEDGER_USAGE_TOPIC"]
+    deadletter_topic = ledger_env["STREAMLEDGER_LEDGER_DEADLETTER_TOPIC"]
     # The provider settles its own holds: the service acts as User6, which is no operator, so
     # it only settles here.
     ledger_env.update({"STREAMLEDGER_FABRIC_USER": "User6", "STREAMLEDGER_LEDGER_ANCHORING": "false",
@@ -297,3 +312,232 @@ async def test_usage_is_settled_once_per_hold_and_credit_is_conserved(
         assert sorted(d["reason"] for d in letters.values()) == ["hold_closed", "unknown_hold"]
         assert all(run in d["error"] for d in letters.values())
         assert ledger.stop() == 0
+
+
+async def committed_offset(bootstrap: str, group: str, topic: str) -> int | None:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return await consumer.committed(TopicPartition(topic, 0))
+    finally:
+        await consumer.stop()
+
+
+async def ledger_letters(bootstrap: str, topic: str) -> list[dict]:
+    return [d for d in await read_all(bootstrap, topic, "DeadLetter") if d["service"] == "ledger"]
+
+
+async def test_tombstones_and_records_that_are_no_clean_events_are_dead_lettered_and_the_rest_anchored(
+        bootstrap, mongo_db, ledger_env, services) -> None:
+    clean_topic = ledger_env["STREAMLEDGER_LEDGER_CLEAN_TOPIC"]
+    await create_topic(bootstrap, clean_topic, 1)
+    ledger_env.update({"STREAMLEDGER_LEDGER_SETTLEMENT": "false", "STREAMLEDGER_LEDGER_BATCH_RECORDS": "8",
+                       "STREAMLEDGER_LEDGER_BATCH_SECONDS": "0.5"})
+    run = uuid.uuid4().hex[:8]
+    events = [clean_event(run, i) for i in range(24)]
+    raw = {"event_id": f"{run}-raw", "tenant": "acme", "source": "ledger-test", "ts": 1_767_225_600_000,
+           "features": {"x": 1.0}, "label": None}
+    others = {5: ("empty_message", None), 11: ("incompatible_schema", CODEC.encode("RawEvent", raw)),
+              17: ("not_single_object", b"no avro at all")}  # after event i
+    offsets: dict[str, int] = {}
+    expected_letters: dict[int, str] = {}
+    # All on the topic before the service starts, so each of them comes in one fetch with valid
+    # records after it (a tombstone used to end its fetch: the rest was neither anchored nor
+    # dead-lettered, and the offsets moved past it).
+    async with kafka.producer(bootstrap) as producer:
+        for i, event in enumerate(events):
+            meta = await (await producer.send(clean_topic, key=event["event_id"].encode(),
+                                              value=CODEC.encode("CleanEvent", event)))
+            offsets[event["event_id"]] = meta.offset
+            if i in others:
+                reason, value = others[i]
+                meta = await (await producer.send(clean_topic, key=f"{run}-other-{i}".encode(), value=value))
+                expected_letters[meta.offset] = reason
+    end = len(events) + len(others)
+    ledger = services("ledger")
+
+    published: dict[str, dict] = {}
+
+    async def all_anchored() -> bool:
+        records = await read_all(bootstrap, ledger_env["STREAMLEDGER_LEDGER_ANCHORS_TOPIC"], "Anchor")
+        published.update({a["batch_id"]: a for a in records})
+        return sum(a["count"] for a in published.values()) >= len(events)
+    await wait_until(all_anchored, 120, f"anchors covering the {len(events)} CleanEvents", ledger.tail)
+    assert sum(a["count"] for a in published.values()) == len(events)
+
+    # Every valid record: a proof in MongoDB that leads to its batch's root on the ledger.
+    proofs = {d["_id"]: d async for d in mongo_db["proofs"].find({})}
+    assert set(proofs) == set(offsets)
+    async with LedgerClient.connect(LedgerSettings()) as client:
+        on_ledger = {batch_id: await client.get_anchor(batch_id) for batch_id in published}
+    for event in events:
+        proof = proofs[event["event_id"]]
+        anchor = on_ledger[proof["batch_id"]]
+        assert anchor is not None and anchor["merkle_root"] == published[proof["batch_id"]]["merkle_root"]
+        assert proof["offset"] == offsets[event["event_id"]] and proof["content_hash"] == event["content_hash"]
+        assert verify_proof(bytes.fromhex(proof["content_hash"]), proof["index"], proof["size"],
+                            [bytes.fromhex(s) for s in proof["siblings"]], bytes.fromhex(anchor["merkle_root"]))
+
+    # Every other record: a dead letter with its reason.
+    letters: dict[int, dict] = {}
+
+    async def all_dead_lettered() -> bool:
+        letters.update({d["source_offset"]: d for d in await ledger_letters(
+            bootstrap, ledger_env["STREAMLEDGER_LEDGER_DEADLETTER_TOPIC"])})
+        return len(letters) >= len(expected_letters)
+    await wait_until(all_dead_lettered, 30, "a dead letter for each record that is no CleanEvent", ledger.tail)
+    assert {offset: d["reason"] for offset, d in letters.items()} == expected_letters
+    assert all(d["source_topic"] == clean_topic and d["error"].startswith("CleanEvent: ") for d in letters.values())
+
+    # And the offsets committed cover all of them: nothing is left to read, nothing was skipped.
+    async def all_committed() -> bool:
+        return await committed_offset(bootstrap, ledger_env["STREAMLEDGER_LEDGER_ANCHOR_GROUP"], clean_topic) == end
+    await wait_until(all_committed, 30, f"offset {end} committed", ledger.tail)
+    assert ledger.stop() == 0
+
+
+@pytest.fixture
+async def parties():
+    """The admin, a client (User5) and the provider the service acts as (User6), on the ledger."""
+    async with LedgerClient.connect(LedgerSettings()) as admin, \
+            LedgerClient.connect(LedgerSettings(fabric_user="User5")) as client, \
+            LedgerClient.connect(LedgerSettings(fabric_user="User6")) as provider:
+        yield admin, client, provider
+
+
+def usage_record(hold_id: str, n: int, client_id: str, units: int, price: int) -> bytes:
+    return CODEC.encode("UsageRecord", {
+        "hold_id": hold_id, "request_id": f"{hold_id}-r{n}", "client": client_id, "model_id": "m",
+        "model_version": 1, "units": units, "price": price, "ts": int(time.time() * 1000)})
+
+
+async def test_usage_beyond_the_frozen_amount_is_charged_up_to_it_and_the_excess_dead_lettered(
+        bootstrap, mongo_db, ledger_env, services, parties) -> None:
+    admin, client, provider = parties
+    usage_topic = ledger_env["STREAMLEDGER_LEDGER_USAGE_TOPIC"]
+    ledger_env.update({"STREAMLEDGER_FABRIC_USER": "User6", "STREAMLEDGER_LEDGER_ANCHORING": "false",
+                       "STREAMLEDGER_LEDGER_SETTLE_GRACE_SECONDS": "1"})
+    ledger = services("ledger")
+    client_id = (await client.who_am_i())["Account"]
+    provider_id = (await provider.who_am_i())["Account"]
+    await admin.mint(client_id, 100)
+    await ledger.logged('"event": "settlement_started"')
+    hold_id = f"{uuid.uuid4().hex[:8]}-over"
+    await client.freeze(hold_id, client_id, provider_id, 100, int(time.time()) + 6)
+    async with kafka.producer(bootstrap) as producer:
+        for n in range(3):  # 3 x 10 units at 5: 150, against 100 frozen
+            await producer.send(usage_topic, key=hold_id.encode(), value=usage_record(hold_id, n, client_id, 10, 5))
+        await producer.send(usage_topic, key=hold_id.encode(), value=None)  # a tombstone is no usage either
+        await producer.flush()
+
+    async def settled() -> bool:
+        return await mongo_db["settlements"].find_one({"_id": hold_id}) is not None
+    await wait_until(settled, 60, f"hold {hold_id} settled", ledger.tail)
+    hold = await client.get_hold(hold_id)
+    assert (hold["status"], hold["charged"], hold["refunded"]) == ("SETTLED", 100, 0), hold
+    outcome = await mongo_db["settlements"].find_one({"_id": hold_id})
+    assert (outcome["status"], outcome["units"], outcome["price"], outcome["usage_units"]) == ("SETTLED", 20, 5, 30)
+
+    letters: list[dict] = []
+
+    async def two_letters() -> bool:
+        letters[:] = await ledger_letters(bootstrap, ledger_env["STREAMLEDGER_LEDGER_DEADLETTER_TOPIC"])
+        return len(letters) >= 2
+    await wait_until(two_letters, 30, "dead letters for the excess and the tombstone", ledger.tail)
+    by_reason = {d["reason"]: d for d in letters}
+    assert sorted(by_reason) == ["empty_message", "usage_exceeds_hold"]
+    excess = by_reason["usage_exceeds_hold"]
+    assert excess["key"] == hold_id and excess["source_topic"] == usage_topic
+    assert f"usage of hold {hold_id!r} came to 150, more than the 100 frozen; 50 was not charged" in excess["error"]
+    assert json.loads(excess["original"]) == {"hold_id": hold_id, "usage_charge": 150, "frozen": 100, "excess": 50}
+    assert ledger.stop() == 0
+
+
+async def test_a_settle_the_contract_refuses_is_dead_lettered_and_recorded_as_refused(
+        bootstrap, mongo_db, ledger_env, services, parties) -> None:
+    """The service settles as User6, but this hold's provider is User7: the contract refuses
+    (FORBIDDEN); the hold stays open for its own provider, nothing is charged."""
+    admin, client, _ = parties
+    usage_topic = ledger_env["STREAMLEDGER_LEDGER_USAGE_TOPIC"]
+    ledger_env.update({"STREAMLEDGER_FABRIC_USER": "User6", "STREAMLEDGER_LEDGER_ANCHORING": "false",
+                       "STREAMLEDGER_LEDGER_SETTLE_GRACE_SECONDS": "1"})
+    ledger = services("ledger")
+    async with LedgerClient.connect(LedgerSettings(fabric_user="User7")) as other_provider:
+        client_id = (await client.who_am_i())["Account"]
+        other_id = (await other_provider.who_am_i())["Account"]
+        await admin.mint(client_id, 50)
+        await ledger.logged('"event": "settlement_started"')
+        hold_id = f"{uuid.uuid4().hex[:8]}-refused"
+        await client.freeze(hold_id, client_id, other_id, 50, int(time.time()) + 6)
+        async with kafka.producer(bootstrap) as producer:
+            for n in range(2):
+                await producer.send(usage_topic, key=hold_id.encode(),
+                                    value=usage_record(hold_id, n, client_id, 3, 2))
+            await producer.flush()
+
+        async def recorded() -> bool:
+            return await mongo_db["settlements"].find_one({"_id": hold_id}) is not None
+        await wait_until(recorded, 60, f"the outcome of hold {hold_id}", ledger.tail)
+        outcome = await mongo_db["settlements"].find_one({"_id": hold_id})
+        assert (outcome["status"], outcome["charged"], outcome["units"], outcome["price"]) == ("REFUSED", 0, 6, 2)
+        assert "FORBIDDEN" in outcome["error"] and "only the provider" in outcome["error"], outcome
+        hold = await client.get_hold(hold_id)
+        assert (hold["status"], hold["charged"]) == ("OPEN", 0), hold
+        await other_provider.release(hold_id)  # its own provider may; the credit goes back to the client
+
+    letters: list[dict] = []
+
+    async def letter() -> bool:
+        letters[:] = await ledger_letters(bootstrap, ledger_env["STREAMLEDGER_LEDGER_DEADLETTER_TOPIC"])
+        return bool(letters)
+    await wait_until(letter, 30, "a dead letter for the refused Settle", ledger.tail)
+    assert [d["reason"] for d in letters] == ["settlement_refused"]
+    assert letters[0]["key"] == hold_id and letters[0]["source_topic"] == usage_topic
+    assert f"Settle of hold {hold_id!r}" in letters[0]["error"] and "FORBIDDEN" in letters[0]["error"]
+    assert ledger.stop() == 0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def retries_counted(metrics_port: int, operation: str) -> float:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2) as answer:
+            text = answer.read().decode()
+    except OSError:
+        return -1.0  # not serving (yet, or any more)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "streamledger_ledger_retries_total" and sample.labels == {"operation": operation}:
+                return sample.value
+    return 0.0
+
+
+async def test_a_ledger_that_stays_away_stops_the_service_with_a_logged_error_once_retries_are_spent(
+        ledger_env, services) -> None:
+    """No peer listens at the endpoint: `WhoAmI` is tried 3 times by the service's retry loop,
+    each retry counted in the metric and logged, then the service exits 1 saying what failed."""
+    metrics_port = free_port()
+    ledger_env.update({"STREAMLEDGER_FABRIC_PEER_ENDPOINT": f"127.0.0.1:{free_port()}",
+                       "STREAMLEDGER_LEDGER_RETRY_ATTEMPTS": "3", "STREAMLEDGER_LEDGER_BACKOFF_INITIAL_SECONDS": "2",
+                       "STREAMLEDGER_LEDGER_BACKOFF_MAX_SECONDS": "2", "STREAMLEDGER_METRICS_PORT": str(metrics_port)})
+    ledger = services("ledger")
+
+    async def two_retries_counted() -> bool:
+        return await asyncio.to_thread(retries_counted, metrics_port, "who_am_i") == 2
+    await wait_until(two_retries_counted, 60, "2 retries of who_am_i counted", ledger.tail)
+
+    async def exited() -> bool:
+        return not ledger.alive()
+    await wait_until(exited, 30, "the service to give up", ledger.tail)
+    assert ledger.process.returncode == 1, ledger.tail()
+    lines = [json.loads(line) for line in ledger.log_path.read_text().splitlines() if line.startswith("{")]
+    retried = [e for e in lines if e["event"] == "retrying"]
+    assert [(e["operation"], e["attempt"]) for e in retried] == [("who_am_i", 1), ("who_am_i", 2)], ledger.tail()
+    failed = [e for e in lines if e["event"] == "failed"]
+    assert len(failed) == 1 and failed[0]["level"] == "error", ledger.tail()
+    assert len(failed[0]["errors"]) == 1 and failed[0]["errors"][0].startswith(
+        "RetriesSpent: who_am_i still failed after 3 attempts: EvaluateError: evaluate failed: UNAVAILABLE"), failed

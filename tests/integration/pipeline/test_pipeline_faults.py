@@ -50,7 +50,7 @@ def input_messages() -> tuple[list[tuple[bytes, bytes]], dict[str, str], dict[in
 
 async def test_no_loss_through_kills_and_a_mongo_outage(bootstrap, mongo_db, pipeline_env, services) -> None:
     started = time.monotonic()
-    raw_topic = pipeline_env["STREAMLEDGER_RAW_TOPIC"]
+    raw_topic = pipeline_env["STREAMLEDGER_CLEANING_RAW_TOPIC"]
     await create_topics(bootstrap, [raw_topic])
     messages, hashes, bad = input_messages()
     events, letters = mongo_db["events"], mongo_db["deadletters"]

@@ -8,7 +8,7 @@ import pytest
 
 from streamledger.avro import AvroCodec, SchemaRegistry
 from streamledger import kafka
-from tests.integration.pipeline.conftest import wait_until
+from tests.integration.pipeline.conftest import caught_up, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -22,22 +22,22 @@ def records() -> dict[str, list[tuple[str, bytes]]]:
         ("e0", {"x": 1.0}), ("e1", {"x": 2.0}), ("e0", {"x": 3.0}),
     ]
     return {
-        "STREAMLEDGER_CLEAN_TOPIC": [
+        "STREAMLEDGER_STORAGE_CLEAN_TOPIC": [
             (eid, CODEC.encode("CleanEvent", {"event_id": eid, "tenant": "acme", "source": "t", "ts": TS,
                                               "features": f, "label": None, "content_hash": "ab" * 32,
                                               "raw_partition": 0, "raw_offset": n}))
             for n, (eid, f) in enumerate(clean)
         ] + [("junk", b"\x00not avro")],
-        "STREAMLEDGER_PREDICTIONS_TOPIC": [
+        "STREAMLEDGER_STORAGE_PREDICTIONS_TOPIC": [
             (f"r{n}", CODEC.encode("Prediction", {"request_id": f"r{n}", "model_id": "m", "model_version": 2,
                                                   "inputs": "{}", "outputs": "{}", "latency_ms": 1.5, "ts": TS}))
             for n in range(5)
         ],
-        "STREAMLEDGER_ANCHORS_TOPIC": [
+        "STREAMLEDGER_STORAGE_ANCHORS_TOPIC": [
             ("b1", CODEC.encode("Anchor", {"batch_id": "b1", "merkle_root": "cd" * 32, "count": 2, "topic": "clean",
                                            "partition": 0, "first_offset": 0, "last_offset": 1, "ts": TS}))
         ],
-        "STREAMLEDGER_SNAPSHOTS_TOPIC": [
+        "STREAMLEDGER_STORAGE_SNAPSHOTS_TOPIC": [
             ("m", CODEC.encode("ModelSnapshot", {"model_id": "m", "version": v, "sha256": "ef" * 32, "offsets": [],
                                                  "events_seen": v * 10, "metrics": {"mae": 0.5},
                                                  "model": b"\x80" * 100_000, "created": TS}))
@@ -72,20 +72,38 @@ async def test_sink_stores_every_topic_by_key_and_a_replay_changes_nothing(
     assert model["model_bytes"] == 100_000 and "model" not in model and model["metrics"] == {"mae": 0.5}
     letter = await mongo_db["deadletters"].find_one({})
     assert (letter["service"], letter["reason"], letter["original"]) == ("storage", "not_single_object", b"\x00not avro")
-    assert letter["source_topic"] == pipeline_env["STREAMLEDGER_CLEAN_TOPIC"]
+    assert letter["source_topic"] == pipeline_env["STREAMLEDGER_STORAGE_CLEAN_TOPIC"]
     assert "model_id_1_version_1" in await mongo_db["models"].index_information()
     assert "model_id_1_model_version_1" in await mongo_db["predictions"].index_information()
     assert storage.stop() == 0, storage.tail()
+    before = await documents(mongo_db, expected)
 
-    # A new consumer group re-reads every topic from the start: upserts by key change nothing.
+    # Damage the store behind the sink's back: one document changed, one deleted.
+    await mongo_db["events"].delete_one({"_id": "e1"})
+    await mongo_db["events"].insert_one({**before["events"]["e1"], "features": {"x": -1.0}})
+    await mongo_db["predictions"].delete_one({"_id": "r3"})
+
+    # A new consumer group re-reads every topic from the start: upserts by key put back exactly
+    # what the first run stored, and change nothing else.
     pipeline_env["STREAMLEDGER_STORAGE_GROUP"] += "-replay"
     replay = services("storage")
-    await wait_until(lambda: _committed(replay), 60, "the replaying sink to log a batch", replay.tail)
+    sources = [v for k, v in pipeline_env.items() if k.startswith("STREAMLEDGER_STORAGE_") and k.endswith("_TOPIC")]
+
+    async def replayed() -> bool:
+        assert replay.alive(), replay.tail()
+        return await caught_up(bootstrap, pipeline_env["STREAMLEDGER_STORAGE_GROUP"], sources)
+
+    await wait_until(replayed, 60, "the replaying sink to commit every topic to its end", replay.tail)
     assert await counts() == expected
+    again = await documents(mongo_db, expected)
+    # The junk message is dead-lettered again: the same letter, only its time differs.
+    assert [{k: v for k, v in d.items() if k != "ts"} for d in again.pop("deadletters").values()] == \
+           [{k: v for k, v in d.items() if k != "ts"} for d in before.pop("deadletters").values()]
+    assert again == before
+    assert again["events"]["e1"]["features"] == {"x": 2.0} and again["events"]["e0"]["features"] == {"x": 3.0}
     assert replay.stop() == 0, replay.tail()
 
 
-async def _committed(service) -> bool:
-    assert service.alive(), service.tail()
-    log = service.log_path.read_text(errors="replace")
-    return '"event": "dead_letter"' in log  # the junk message is re-read last of its topic's batch
+async def documents(db, collections) -> dict[str, dict[str, dict]]:
+    """collection -> _id -> document, for each of `collections`."""
+    return {name: {d["_id"]: d async for d in db[name].find({})} for name in collections}

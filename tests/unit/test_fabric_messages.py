@@ -12,14 +12,26 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from fabric_protos.common import common_pb2
 from fabric_protos.gateway import gateway_pb2
-from fabric_protos.peer import chaincode_pb2, proposal_pb2, proposal_response_pb2, transaction_pb2
+from fabric_protos.peer import (
+    chaincode_pb2,
+    proposal_pb2,
+    proposal_response_pb2,
+    transaction_pb2,
+)
 from google.protobuf import any_pb2
 from google.rpc import status_pb2
 
-from streamledger.fabric import CommitError, GatewayError, Identity, IdentityError, Signer
+from streamledger.fabric import (
+    CommitError,
+    GatewayError,
+    Identity,
+    IdentityError,
+    Signer,
+)
 from streamledger.fabric.errors import peer_details
 from streamledger.fabric.identity import P256_ORDER
-from streamledger.fabric.proposal import chaincode_result, new_proposal
+from streamledger.fabric.proposal import signed_proposal
+from streamledger.fabric.transaction import chaincode_result
 
 
 @pytest.fixture(scope="module")
@@ -43,19 +55,19 @@ def test_a_non_p256_key_is_refused() -> None:
 
 def test_proposal_transaction_id_is_the_hash_of_nonce_and_creator(key: ec.EllipticCurvePrivateKey) -> None:
     identity = Identity("Org1MSP", b"-----BEGIN CERTIFICATE-----\n...")
-    proposal = new_proposal(identity, Signer(key), "ch", "cc", "Mint", ("acct", 5, b"\x00raw"))
-    inner = proposal_pb2.Proposal.FromString(proposal.signed.proposal_bytes)
+    transaction_id, signed = signed_proposal(identity, Signer(key), "ch", "cc", "Mint", ("acct", 5, b"\x00raw"))
+    inner = proposal_pb2.Proposal.FromString(signed.proposal_bytes)
     header = common_pb2.Header.FromString(inner.header)
     signature_header = common_pb2.SignatureHeader.FromString(header.signature_header)
     channel_header = common_pb2.ChannelHeader.FromString(header.channel_header)
     assert signature_header.creator == identity.serialized()
-    assert proposal.transaction_id == hashlib.sha256(signature_header.nonce + signature_header.creator).hexdigest()
-    assert (channel_header.channel_id, channel_header.tx_id) == ("ch", proposal.transaction_id)
+    assert transaction_id == hashlib.sha256(signature_header.nonce + signature_header.creator).hexdigest()
+    assert (channel_header.channel_id, channel_header.tx_id) == ("ch", transaction_id)
     payload = proposal_pb2.ChaincodeProposalPayload.FromString(inner.payload)
     spec = chaincode_pb2.ChaincodeInvocationSpec.FromString(payload.input).chaincode_spec
     assert spec.chaincode_id.name == "cc"
     assert list(spec.input.args) == [b"Mint", b"acct", b"5", b"\x00raw"]
-    key.public_key().verify(proposal.signed.signature, proposal.signed.proposal_bytes, ec.ECDSA(hashes.SHA256()))
+    key.public_key().verify(signed.signature, signed.proposal_bytes, ec.ECDSA(hashes.SHA256()))
 
 
 def test_chaincode_result_is_read_from_the_endorsed_envelope() -> None:

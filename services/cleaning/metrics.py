@@ -1,0 +1,33 @@
+"""The cleaning service's Prometheus metrics, and the handler that counts them."""
+
+from __future__ import annotations
+
+from services.cleaning.cleaner import Cleaner, Outcome
+from streamledger.core.records import Consumed
+from streamledger.logging import get_logger
+from streamledger.metrics import counter, gauge, seconds
+
+SERVICE = "cleaning"
+log = get_logger(SERVICE)
+
+MESSAGES = counter(SERVICE, "messages", "Raw messages handled, by outcome", ("outcome",))
+DEAD_LETTERS = counter(SERVICE, "deadletters", "Messages dead-lettered, by reason", ("reason",))
+HANDLE_SECONDS = seconds(SERVICE, "handle", "Time to decode, clean, hash and encode one message")
+LAG = gauge(SERVICE, "consumer_lag", "Messages in events.raw not yet handled", ("partition",))
+EXPIRED = counter(SERVICE, "dedup_expired", "Dedup entries forgotten after their window")
+
+
+def counted_handle(cleaner: Cleaner, message: Consumed) -> Outcome:
+    """`cleaner.handle`, timed and counted; a bug becomes a dead letter instead of stopping the stream."""
+    with HANDLE_SECONDS.time():
+        try:
+            outcome = cleaner.handle(message)
+        except Exception as exc:
+            log.exception("handle_failed", extra={"partition": message.partition, "offset": message.offset})
+            outcome = cleaner.dead_letter(message, None, "internal_error", f"{type(exc).__name__}: {exc}")
+    MESSAGES.labels(outcome.kind).inc()
+    if outcome.kind == "deadletter":
+        DEAD_LETTERS.labels(outcome.reason).inc()
+        log.warning("dead_letter", extra={"reason": outcome.reason, "key": outcome.key.decode(errors="replace"),
+                                          "partition": message.partition, "offset": message.offset})
+    return outcome

@@ -1,0 +1,228 @@
+"""The anchoring loop: events.clean -> Merkle batches -> one AnchorBatch each -> ledger.anchors.
+
+    anchorer = Anchorer(settings, consumer, ledger, store, producer, codec, retries, letters)
+    await anchorer.run(stop)
+
+Per partition, records are batched by `Batcher` (anchoring.py); each closed batch is recorded
+in MongoDB (plan, then one inclusion proof per record), anchored with one Fabric transaction,
+and published as an Anchor. Up to `ledger_batches_in_flight` batches are on their way at once;
+while all are, reading waits. The offsets committed never pass a batch not yet anchored, and
+every record read is either in a batch or a dead letter (a tombstone, a record that is no
+CleanEvent, a bad content hash): none is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+
+from services.ledger.anchoring import AnchoringError, Batch, Batcher
+from services.ledger.dead_letters import EMPTY_MESSAGE, DeadLetters
+from services.ledger.offsets import OffsetCommitter
+from services.ledger.retries import Retries
+from services.ledger.settings import LedgerServiceSettings
+from services.ledger.store import LedgerStore
+from streamledger import metrics
+from streamledger.avro import AvroCodec, CodecError
+from streamledger.core.records import Consumed
+from streamledger.ledger import LedgerClient
+from streamledger.logging import get_logger
+from streamledger.retry import Stopped
+
+log = get_logger("ledger")
+
+ANCHORED = metrics.counter("ledger", "records_anchored", "Clean records anchored on the ledger")
+BATCHES = metrics.counter("ledger", "batches_anchored", "Batches anchored (one Fabric transaction each)")
+ANCHOR_SECONDS = metrics.seconds("ledger", "anchor", "From a batch closing to its anchor on the ledger")
+IN_FLIGHT = metrics.gauge("ledger", "batches_in_flight", "Batches being anchored")
+
+
+@dataclass
+class Flight:
+    """A batch handed to the ledger; `done` once its Anchor is published."""
+
+    batch: Batch
+    closed_at: float
+    done: bool = False
+
+
+class Anchorer(ConsumerRebalanceListener):
+    def __init__(self, settings: LedgerServiceSettings, consumer: AIOKafkaConsumer, ledger: LedgerClient,
+                 store: LedgerStore, producer: AIOKafkaProducer, codec: AvroCodec, retries: Retries,
+                 letters: DeadLetters) -> None:
+        self.topic = settings.ledger_clean_topic
+        self.anchors_topic = settings.ledger_anchors_topic
+        self.consumer = consumer
+        self.ledger = ledger
+        self.store = store
+        self.producer = producer
+        self.codec = codec
+        self.retries = retries
+        self.letters = letters
+        self.committer = OffsetCommitter(consumer, self.topic, producer)
+        self.batcher = Batcher(self.topic, settings.ledger_batch_records, settings.ledger_batch_seconds)
+        self.slots = asyncio.Semaphore(settings.ledger_batches_in_flight)
+        self.flights: dict[int, list[Flight]] = {}
+        """Per partition, the batches handed to the ledger, in offset order."""
+        self.consumed: dict[int, int] = {}
+        """Per partition, the next offset to read."""
+        self.prepared: set[int] = set()
+        """Partitions whose recorded batches are planned again (see `_prepare`)."""
+        self.tasks: set[asyncio.Task] = set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.consumer.subscribe([self.topic], listener=self)
+        await self.consumer.start()
+        log.info("anchoring_started", extra={"topic": self.topic, "batch_records": self.batcher.max_records,
+                                             "batch_seconds": self.batcher.max_seconds})
+        failed = True
+        try:
+            while not stop.is_set():
+                polled = await self.consumer.getmany(timeout_ms=100, max_records=2000)
+                now = time.monotonic()
+                for tp, messages in polled.items():
+                    if not await self._prepare(tp, messages[0].offset):
+                        continue  # moved back to re-read a recorded batch: these records come again
+                    for message in messages:
+                        await self._take(tp, message, now)
+                for batch in self.batcher.due(time.monotonic()):
+                    await self._launch(batch)
+                self._raise_failures()
+                await self.committer.commit(self.safe_offsets())
+            failed = False
+        except Stopped:
+            failed = False  # asked to stop while waiting for the ledger or MongoDB
+        finally:
+            await self._finish(failed)
+
+    async def _take(self, tp: TopicPartition, message: Any, now: float) -> None:
+        """Add one record to its partition's batch, or dead-letter it: every record is one or the other."""
+        self.consumed[tp.partition] = message.offset + 1
+        consumed = Consumed(tp, message.topic, message.partition, message.offset, message.key, message.value)
+        if message.value is None:
+            await self.letters.send(consumed, EMPTY_MESSAGE, "CleanEvent: the record has no value (a tombstone)")
+            return
+        try:
+            record = self.codec.decode(message.value, reader="CleanEvent")
+            batch = self.batcher.add(tp.partition, message.offset, record["event_id"], record["content_hash"], now)
+        except (CodecError, AnchoringError) as exc:
+            await self.letters.send(consumed, exc.reason, f"CleanEvent: {exc}")
+            return
+        if batch is not None:
+            await self._launch(batch)
+
+    async def _prepare(self, tp: TopicPartition, offset: int) -> bool:
+        """Before a partition's first record: plan again the batches recorded from here on, so
+        they close where they did before a restart; False when the partition was moved back to
+        re-read a recorded batch. (Done here, not when the partition is assigned, because
+        records can arrive while an assignment callback still runs.)"""
+        if tp.partition in self.prepared:
+            return True
+        plans = await self.retries.run("plans", lambda: self.store.plans_from(self.topic, tp.partition, offset))
+        if plans and plans[0]["first_offset"] < offset:
+            # The committed offset fell inside a recorded batch: re-read all of it.
+            self.consumer.seek(tp, plans[0]["first_offset"])
+            log.warning("rewound", extra={"partition": tp.partition, "from": offset, "to": plans[0]["first_offset"]})
+            return False
+        for plan in plans:
+            self.batcher.plan(tp.partition, plan["first_offset"], plan["last_offset"])
+        self.prepared.add(tp.partition)
+        if plans:
+            log.info("replanned", extra={"partition": tp.partition, "batches": len(plans), "from_offset": offset})
+        return True
+
+    async def _launch(self, batch: Batch) -> None:
+        await self.slots.acquire()  # all slots busy (the ledger is slow or down): reading waits
+        flight = Flight(batch, time.monotonic())
+        self.flights.setdefault(batch.partition, []).append(flight)
+        task = asyncio.create_task(self._anchor(flight), name=f"anchor {batch.batch_id}")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        IN_FLIGHT.set(len(self.tasks))
+
+    async def _anchor(self, flight: Flight) -> None:
+        batch = flight.batch
+        try:
+            tree = batch.tree()
+            root = tree.root.hex()
+            proofs = list(batch.proofs(tree))
+            await self.retries.run("plan", lambda: self.store.record_plan(batch, root))
+            await self.retries.run("proofs", lambda: self.store.write_proofs(proofs))
+            committed = await self.retries.run("anchor", lambda: self.ledger.anchor_batch(
+                batch.batch_id, root, len(batch.records), batch.first_offset, batch.last_offset))
+            anchor = committed.json()
+            block = committed.block_number
+            if anchor["tx_id"] != committed.transaction_id:
+                # A replay returns the anchor as first committed: the block is that transaction's.
+                found = await self.retries.run("block", lambda: self.ledger.transaction_block(anchor["tx_id"]))
+                block = found["block_number"] if found else None
+            record = {"batch_id": batch.batch_id, "merkle_root": root, "count": len(batch.records),
+                      "topic": batch.topic, "partition": batch.partition, "first_offset": batch.first_offset,
+                      "last_offset": batch.last_offset, "tx_id": anchor["tx_id"], "block": block,
+                      "ts": time.time_ns() // 1_000_000}
+            value = self.codec.encode("Anchor", record)
+            await self.retries.run("publish", lambda: self.producer.send_and_wait(
+                self.anchors_topic, key=batch.batch_id.encode(), value=value))
+            flight.done = True
+            ANCHORED.inc(len(batch.records))
+            BATCHES.inc()
+            ANCHOR_SECONDS.observe(time.monotonic() - flight.closed_at)
+            log.info("anchored", extra={"batch_id": batch.batch_id, "count": len(batch.records),
+                                        "tx_id": anchor["tx_id"], "block": block})
+        except Stopped:
+            pass  # not anchored: the offsets stay before it, and a restart anchors it
+        finally:
+            self.slots.release()
+            IN_FLIGHT.set(len(self.tasks) - 1)
+
+    def _raise_failures(self) -> None:
+        """A batch that could not be anchored (retries spent, or refused) stops the service."""
+        for task in list(self.tasks):
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise task.exception()
+
+    def safe_offsets(self) -> dict[int, int]:
+        """Per partition, how far every record is anchored (or dead-lettered)."""
+        offsets = {}
+        for partition, next_offset in self.consumed.items():
+            flights = self.flights.get(partition, [])
+            while flights and flights[0].done:
+                flights.pop(0)
+            bounds = [next_offset]
+            if flights:
+                bounds.append(flights[0].batch.first_offset)
+            open_from = self.batcher.open_from(partition)
+            if open_from is not None:
+                bounds.append(open_from)
+            offsets[partition] = min(bounds)
+        return offsets
+
+    async def _finish(self, failed: bool) -> None:
+        """On stop: let the batches on their way land (bounded), commit, leave the group. On a
+        failure the batches on their way are given up at once (a restart anchors them)."""
+        try:
+            if self.tasks:
+                _, pending = await asyncio.wait(set(self.tasks), timeout=0 if failed else 30)
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+            await self.committer.commit(self.safe_offsets())
+        finally:
+            await self.consumer.stop()
+
+    # -- ConsumerRebalanceListener --
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        gone = {tp.partition for tp in revoked}
+        for partition in gone:
+            self.batcher.forget(partition)
+            self.prepared.discard(partition)
+            self.flights.pop(partition, None)
+            self.consumed.pop(partition, None)
+        self.committer.forget(gone)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        pass
