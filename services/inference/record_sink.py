@@ -143,7 +143,7 @@ class RecordSink:
             self._writer_died(exc)
             return
         if self._unacknowledged:  # it finished as asked, yet owes acknowledgements
-            self._writer_died(ChildDied("record writer", 0, f"{len(self._unacknowledged)} frames unacknowledged"))
+            self._writer_died(ChildDied(self._writer.name, 0, f"{len(self._unacknowledged)} frames unacknowledged"))
 
     def _writer_died(self, failure: ChildDied) -> None:
         self._alive = False
