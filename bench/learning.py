@@ -40,7 +40,7 @@ from streamledger import kafka
 from streamledger.lifecycle import run_until
 from streamledger.settings import CommonSettings
 from services.learning import app
-from streamledger.core.models import load_declarations
+from streamledger.declarations import load_declarations
 from services.learning.settings import LearningSettings
 
 MODELS = {

@@ -17,7 +17,8 @@ from contextlib import AsyncExitStack
 
 from streamledger import kafka
 from streamledger.avro import AvroCodec, SchemaRegistry
-from streamledger.core.models import DeclarationError, load_declarations
+from streamledger.core.models import DeclarationError
+from streamledger.declarations import load_declarations
 from streamledger.ledger import LedgerClient
 from streamledger.lifecycle import Loop, StartError, serve
 from streamledger.logging import get_logger

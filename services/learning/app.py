@@ -20,7 +20,8 @@ from aiokafka import TopicPartition
 
 from streamledger import kafka, metrics
 from streamledger.avro import AvroCodec, SchemaRegistry
-from streamledger.core.models import DeclarationError, load_declarations
+from streamledger.core.models import DeclarationError
+from streamledger.declarations import load_declarations
 from streamledger.ledger import LedgerClient
 from streamledger.lifecycle import Loop, StartError, serve
 from streamledger.logging import get_logger

@@ -40,9 +40,7 @@ import hashlib
 import inspect
 import json
 import math
-import tomllib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from river import (
@@ -293,18 +291,6 @@ class ModelDeclaration:
 @functools.lru_cache(maxsize=4096)
 def _matches(value: str, pattern: str) -> bool:
     return fnmatch.fnmatchcase(value, pattern)  # cached: a stream repeats few tenants and sources
-
-
-def load_declarations(path: Path | str) -> list[ModelDeclaration]:
-    """Read and check every `[[model]]` of a TOML file."""
-    path = Path(path)
-    try:
-        document = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise DeclarationError(f"model declarations file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise DeclarationError(f"{path}: not valid TOML: {exc}") from None
-    return parse_declarations(document, where=str(path))
 
 
 def parse_declarations(document: dict[str, Any], where: str = "declarations") -> list[ModelDeclaration]:

@@ -25,7 +25,7 @@ from services.inference.authorization import HoldUnavailable, InvalidHoldId
 from services.inference.ledger_holds import LedgerHoldSource
 from services.inference.settings import InferenceSettings
 from services.learning import app as learning_app
-from streamledger.core.models import load_declarations
+from streamledger.declarations import load_declarations
 from services.learning.ledger_seam import LedgerModelRegistry
 from services.learning.prequential import OnlineModel
 from streamledger.core.snapshots import seal

@@ -18,7 +18,7 @@ from streamledger.settings import LedgerSettings
 from services.inference import app
 from services.inference.authorization import HoldSource
 from services.inference.settings import InferenceSettings
-from streamledger.core.models import load_declarations
+from streamledger.declarations import load_declarations
 from services.learning.prequential import OnlineModel
 from streamledger.core.snapshots import FORMAT, seal
 
