@@ -31,12 +31,12 @@ from pathlib import Path
 import httpx
 from aiokafka.partitioner import DefaultPartitioner
 
-from streamledger.avro import AvroCodec, SchemaRegistry
-from streamledger import kafka
 from services.ingestion.auth import hash_key
 from services.ingestion.backfill import BackfillOptions, backfill
 from services.ingestion.settings import IngestionSettings
 from services.ingestion.validation import validate_event
+from streamledger import kafka
+from streamledger.avro import AvroCodec, SchemaRegistry
 
 CLI = str(Path(sys.executable).with_name("streamledger"))
 KEY = "bench-key-" + uuid.uuid4().hex

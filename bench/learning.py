@@ -35,13 +35,13 @@ from aiokafka import TopicPartition
 from river import datasets, evaluate
 from river.metrics.base import Metrics
 
-from streamledger.avro import AvroCodec, SchemaRegistry
+from services.learning import app
+from services.learning.settings import LearningSettings
 from streamledger import kafka
+from streamledger.avro import AvroCodec, SchemaRegistry
+from streamledger.declarations import load_declarations
 from streamledger.lifecycle import run_until
 from streamledger.settings import CommonSettings
-from services.learning import app
-from streamledger.declarations import load_declarations
-from services.learning.settings import LearningSettings
 
 MODELS = {
     "logreg": """

@@ -26,18 +26,16 @@ import uuid
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
+from ledger_tx import percentile  # bench/ is the script's folder, so on its path
 from pymongo import AsyncMongoClient
 
 from services.audit.auditor import open_auditor
 from services.audit.settings import AuditSettings
-from streamledger.core.canonical import content_hash
-from streamledger.avro import AvroCodec, SchemaRegistry
 from streamledger import kafka
-from streamledger.settings import CommonSettings
+from streamledger.avro import AvroCodec, SchemaRegistry
+from streamledger.core.canonical import content_hash
 from streamledger.ledger import LedgerClient
-from streamledger.settings import LedgerSettings
-
-from ledger_tx import percentile  # bench/ is the script's folder, so on its path
+from streamledger.settings import CommonSettings, LedgerSettings
 
 CODEC = AvroCodec(SchemaRegistry.from_dir())
 CLI = Path(sys.executable).with_name("streamledger")

@@ -39,8 +39,8 @@ sys.path.insert(0, str(REPO))
 from services.cleaning.cleaner import Cleaner  # noqa: E402
 from services.cleaning.dedup import DedupWindow  # noqa: E402
 from services.cleaning.rules import RuleBook  # noqa: E402
-from streamledger.avro import AvroCodec, SchemaRegistry  # noqa: E402
 from streamledger import kafka  # noqa: E402
+from streamledger.avro import AvroCodec, SchemaRegistry  # noqa: E402
 from streamledger.core.records import Consumed  # noqa: E402
 from streamledger.settings import CommonSettings  # noqa: E402
 

@@ -22,8 +22,8 @@ from services.audit.grpc_api import build_grpc_server
 from services.audit.http_api import build_http_app
 from services.audit.ledger_reader import UnreachableLedger
 from services.audit.settings import AuditSettings
-from streamledger.lifecycle import Loop, serve
 from streamledger.http_server import EmbeddedHttpServer
+from streamledger.lifecycle import Loop, serve
 from streamledger.logging import get_logger
 from streamledger.settings import LedgerSettings
 

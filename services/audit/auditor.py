@@ -22,9 +22,9 @@ from services.audit.provenance import ModelReport, audit_model
 from services.audit.settings import AuditSettings
 from services.audit.statement import AccountStatement, account_statement
 from services.audit.verification import Verification, verify
-from streamledger.mongo import mongo_client
-from streamledger.ledger import LedgerClient
 from streamledger.fabric import IdentityError, Timeouts
+from streamledger.ledger import LedgerClient
+from streamledger.mongo import mongo_client
 from streamledger.retry import NO_RETRY, RetryPolicy
 from streamledger.settings import LedgerSettings
 

@@ -15,11 +15,11 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
+from services.audit.ledger_retry import RetriedLedgerReads
 from services.audit.ports import InvalidArgument, LedgerUnreachable
 from streamledger.core import contract_errors
-from streamledger.ledger import LedgerClient
 from streamledger.fabric import GatewayError
-from services.audit.ledger_retry import RetriedLedgerReads
+from streamledger.ledger import LedgerClient
 
 T = TypeVar("T")
 

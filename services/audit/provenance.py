@@ -18,7 +18,13 @@ from enum import StrEnum
 from typing import Any
 
 from services.audit.jsonable import jsonable
-from services.audit.ports import EvidenceStore, InvalidArgument, LedgerReader, LedgerUnreachable, StoreUnreachable
+from services.audit.ports import (
+    EvidenceStore,
+    InvalidArgument,
+    LedgerReader,
+    LedgerUnreachable,
+    StoreUnreachable,
+)
 
 # The contract's record-id rule (chaincode/ledger/validate.go), which model ids follow.
 _MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")

@@ -40,7 +40,13 @@ from enum import StrEnum
 from typing import Any
 
 from services.audit.jsonable import jsonable
-from services.audit.ports import EvidenceStore, InvalidArgument, LedgerReader, LedgerUnreachable, StoreUnreachable
+from services.audit.ports import (
+    EvidenceStore,
+    InvalidArgument,
+    LedgerReader,
+    LedgerUnreachable,
+    StoreUnreachable,
+)
 from streamledger.core.canonical import CanonicalEncodingError, content_hash
 from streamledger.core.merkle import HASH_SIZE, InvalidProof, compute_root
 

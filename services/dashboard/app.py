@@ -12,17 +12,21 @@ from __future__ import annotations
 
 import asyncio
 
+from services.dashboard.board import Board, FeedTopics
+from services.dashboard.kafka_watch import KafkaWatch
+from services.dashboard.ledger_view import LedgerView
+from services.dashboard.ledger_watch import (
+    FabricLedgerReader,
+    LedgerWatch,
+    LedgerWatchSettings,
+)
+from services.dashboard.settings import DashboardSettings
+from services.dashboard.web import create_app
 from streamledger.avro import AvroCodec, SchemaRegistry
 from streamledger.http_server import EmbeddedHttpServer
 from streamledger.lifecycle import Loop, serve
 from streamledger.logging import get_logger
 from streamledger.settings import LedgerSettings
-from services.dashboard.board import Board, FeedTopics
-from services.dashboard.kafka_watch import KafkaWatch
-from services.dashboard.ledger_view import LedgerView
-from services.dashboard.ledger_watch import FabricLedgerReader, LedgerWatch, LedgerWatchSettings
-from services.dashboard.settings import DashboardSettings
-from services.dashboard.web import create_app
 
 log = get_logger("dashboard")
 

@@ -17,13 +17,13 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from streamledger import kafka, metrics
-from streamledger.avro import AvroCodec, UnknownFingerprintError
-from streamledger.logging import get_logger
 from services.dashboard.board import Board
 from services.dashboard.lag import Partition
 from services.dashboard.reconnect import keep_connected
 from services.dashboard.settings import DashboardSettings
+from streamledger import kafka, metrics
+from streamledger.avro import AvroCodec, UnknownFingerprintError
+from streamledger.logging import get_logger
 
 log = get_logger("dashboard")
 RECORDS = metrics.counter("dashboard", "records", "Feed-topic records read, by topic", ("topic",))

@@ -25,14 +25,14 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 
-from streamledger import metrics
-from streamledger.retry import NO_RETRY, RetryPolicy
-from streamledger.logging import get_logger
 from services.dashboard.board import Board
 from services.dashboard.ledger_view import Lookup
 from services.dashboard.reconnect import keep_connected
-from streamledger.ledger import LedgerClient
+from streamledger import metrics
 from streamledger.fabric import GatewayError, IdentityError
+from streamledger.ledger import LedgerClient
+from streamledger.logging import get_logger
+from streamledger.retry import NO_RETRY, RetryPolicy
 from streamledger.settings import LedgerSettings
 
 log = get_logger("dashboard")

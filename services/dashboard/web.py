@@ -20,8 +20,8 @@ from starlette.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from streamledger import metrics
 from services.dashboard.board import Board
+from streamledger import metrics
 
 STATIC = Path(__file__).parent / "static"
 CLIENTS = metrics.gauge("dashboard", "sse_clients", "Browsers connected to /events")

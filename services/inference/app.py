@@ -15,14 +15,6 @@ from __future__ import annotations
 import asyncio
 from contextlib import AsyncExitStack
 
-from streamledger import kafka
-from streamledger.avro import AvroCodec, SchemaRegistry
-from streamledger.core.models import DeclarationError
-from streamledger.declarations import load_declarations
-from streamledger.ledger import LedgerClient
-from streamledger.lifecycle import Loop, StartError, serve
-from streamledger.logging import get_logger
-from streamledger.settings import LedgerSettings
 from services.inference import protocol, tls
 from services.inference.authorization import HoldSource
 from services.inference.ledger_holds import LedgerHoldSource
@@ -32,6 +24,14 @@ from services.inference.record_writer import WriterHello
 from services.inference.servicer import InferenceServicer, Metering
 from services.inference.settings import InferenceSettings
 from services.inference.snapshot_feed import follow_snapshots
+from streamledger import kafka
+from streamledger.avro import AvroCodec, SchemaRegistry
+from streamledger.core.models import DeclarationError
+from streamledger.declarations import load_declarations
+from streamledger.ledger import LedgerClient
+from streamledger.lifecycle import Loop, StartError, serve
+from streamledger.logging import get_logger
+from streamledger.settings import LedgerSettings
 
 log = get_logger("inference")
 

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from streamledger.logging import get_logger
 from services.inference.authorization import Hold, HoldUnavailable, InvalidHoldId
 from streamledger.core import contract_errors
-from streamledger.ledger import LedgerClient
 from streamledger.fabric import GatewayError
+from streamledger.ledger import LedgerClient
+from streamledger.logging import get_logger
 
 log = get_logger("inference")
 OPEN = "OPEN"  # chaincode/ledger/holds.go HoldOpen; SETTLED and RELEASED are closed

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, NamedTuple
 
-
 from services.inference.responses import ResponseWriter
 from services.inference.tensors import NUMBER, STRING, Output, RowReader
 from streamledger.core.models import ModelDeclaration, Task

@@ -22,11 +22,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from services.inference.record_writer import WriterHello
+from services.inference.records import PREDICTION, USAGE, usage_record
 from streamledger import metrics
 from streamledger.child import Child, ChildDied
 from streamledger.logging import get_logger
-from services.inference.record_writer import WriterHello
-from services.inference.records import PREDICTION, USAGE, usage_record
 
 log = get_logger("inference")
 RECORDS = metrics.counter("inference", "records", "Records sent to Kafka", ("topic",))

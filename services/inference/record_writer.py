@@ -34,12 +34,12 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
+from services.inference.records import RECORDS, record_topics
+from services.inference.settings import InferenceSettings
 from streamledger import child, kafka
 from streamledger.avro import AvroCodec, CodecError, SchemaRegistry
 from streamledger.child import Hello, Parent
 from streamledger.logging import get_logger
-from services.inference.records import RECORDS, record_topics
-from services.inference.settings import InferenceSettings
 
 log = get_logger("inference")
 

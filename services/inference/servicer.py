@@ -19,17 +19,29 @@ import grpc
 from cryptography import x509
 from google.protobuf.message import DecodeError
 
-from streamledger.logging import get_logger
 from services.inference import tls
-from services.inference.authorization import AuthorizationError, Charge, HoldAuthorizer, HoldSource, client_identity
-from services.inference.models import (InvalidVersion, ModelShelf, NoSnapshotYet, ServedModel, UnknownModel,
-                                       UnknownVersion)
+from services.inference.authorization import (
+    AuthorizationError,
+    Charge,
+    HoldAuthorizer,
+    HoldSource,
+    client_identity,
+)
 from services.inference.metrics import SERVING
+from services.inference.models import (
+    InvalidVersion,
+    ModelShelf,
+    NoSnapshotYet,
+    ServedModel,
+    UnknownModel,
+    UnknownVersion,
+)
 from services.inference.protocol import pb
 from services.inference.record_sink import RecordSink
 from services.inference.records import PREDICTION, USAGE
 from services.inference.settings import InferenceSettings
 from services.inference.tensors import InvalidInput, check_requested, split_head
+from streamledger.logging import get_logger
 
 log = get_logger("inference")
 HOLD_METADATA = "streamledger-hold-id"

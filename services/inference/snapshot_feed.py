@@ -16,11 +16,16 @@ from typing import Any
 
 from aiokafka.errors import KafkaError
 
+from services.inference.models import (
+    ModelShelf,
+    SnapshotRefused,
+    UnknownModel,
+    load_snapshot,
+)
 from streamledger import kafka, metrics
 from streamledger.avro import AvroCodec, CodecError
 from streamledger.kafka import topics
 from streamledger.logging import get_logger
-from services.inference.models import ModelShelf, SnapshotRefused, UnknownModel, load_snapshot
 
 log = get_logger("inference")
 LOADED = metrics.counter("inference", "snapshots_loaded", "Snapshots verified and served", ("model_id",))

@@ -13,8 +13,8 @@ from pathlib import Path
 import grpc
 from cryptography import x509
 
-from streamledger.lifecycle import StartError
 from services.inference.settings import InferenceSettings
+from streamledger.lifecycle import StartError
 
 
 def client_cas(settings: InferenceSettings) -> dict[str, x509.Certificate]:

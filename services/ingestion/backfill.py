@@ -30,14 +30,14 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from streamledger.kafka import topics
-from streamledger.avro import AvroCodec, SchemaRegistry
-from streamledger import kafka
+from services.ingestion.encoding import encode_batch
 from services.ingestion.payload import loads
 from services.ingestion.settings import IngestionSettings
 from services.ingestion.sink import PendingBudget, RawEventWriter
-from services.ingestion.encoding import encode_batch
 from services.ingestion.validation import Rejection, UnparseableLine
+from streamledger import kafka
+from streamledger.avro import AvroCodec, SchemaRegistry
+from streamledger.kafka import topics
 
 BATCH_ROWS = 5_000
 IN_FLIGHT_BATCHES = 4

@@ -9,11 +9,22 @@ from collections import Counter
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from services.ingestion.auth import ApiKeys, AuthenticationError
-from services.ingestion.backfill import BackfillError, BackfillOptions, BackfillReport, backfill
+from services.ingestion.backfill import (
+    BackfillError,
+    BackfillOptions,
+    BackfillReport,
+    backfill,
+)
 from services.ingestion.settings import IngestionSettings
 from services.ingestion.sink import KafkaUnavailableError
 

@@ -10,8 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.ingestion.validation import (
+    InvalidEventError,
+    Rejection,
+    UnparseableLine,
+    validate_event,
+)
 from streamledger.avro import AvroCodec
-from services.ingestion.validation import InvalidEventError, Rejection, UnparseableLine, validate_event
 
 
 @dataclass

@@ -14,13 +14,13 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from streamledger.logging import get_logger
-from streamledger.protos import load
 from services.ingestion.auth import AuthenticationError, key_from_headers
 from services.ingestion.intake import IngestResult, Intake
 from services.ingestion.metrics import REQUEST_SECONDS, REQUESTS
 from services.ingestion.settings import IngestionSettings
 from services.ingestion.sink import KafkaUnavailableError
+from streamledger.logging import get_logger
+from streamledger.protos import load
 
 ingest_pb2, ingest_pb2_grpc = load("ingest.proto")
 log = get_logger("ingestion")

@@ -19,13 +19,18 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from streamledger.logging import get_logger
 from services.ingestion.auth import AuthenticationError, key_from_headers
 from services.ingestion.intake import Intake
 from services.ingestion.metrics import REQUEST_SECONDS, REQUESTS
-from services.ingestion.payload import BodyError, BodyTooLargeError, decode_content, parse_events
+from services.ingestion.payload import (
+    BodyError,
+    BodyTooLargeError,
+    decode_content,
+    parse_events,
+)
 from services.ingestion.settings import IngestionSettings
 from services.ingestion.sink import KafkaUnavailableError
+from streamledger.logging import get_logger
 
 log = get_logger("ingestion")
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from streamledger.avro import AvroCodec
 from services.ingestion.auth import ApiKeys
+from services.ingestion.encoding import encode_batch
 from services.ingestion.metrics import EVENTS_ACCEPTED, EVENTS_REJECTED
 from services.ingestion.sink import RawEventWriter
-from services.ingestion.encoding import encode_batch
 from services.ingestion.validation import Rejection
+from streamledger.avro import AvroCodec
 
 
 @dataclass

@@ -18,6 +18,12 @@ from contextlib import AsyncExitStack
 
 from aiokafka import TopicPartition
 
+from services.learning.learners import LearnerSet
+from services.learning.ledger_seam import LedgerModelRegistry, ModelRegistry
+from services.learning.publisher import Publisher
+from services.learning.reader import EventReader, relaxed_gc
+from services.learning.settings import LearningSettings
+from services.learning.snapshot_topic import resume
 from streamledger import kafka, metrics
 from streamledger.avro import AvroCodec, SchemaRegistry
 from streamledger.core.models import DeclarationError
@@ -26,12 +32,6 @@ from streamledger.ledger import LedgerClient
 from streamledger.lifecycle import Loop, StartError, serve
 from streamledger.logging import get_logger
 from streamledger.settings import LedgerSettings
-from services.learning.learners import LearnerSet
-from services.learning.ledger_seam import LedgerModelRegistry, ModelRegistry
-from services.learning.publisher import Publisher
-from services.learning.reader import EventReader, relaxed_gc
-from services.learning.settings import LearningSettings
-from services.learning.snapshot_topic import resume
 
 log = get_logger("learning")
 EVENTS = metrics.counter("learning", "events", "Input records consumed")

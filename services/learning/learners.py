@@ -21,13 +21,13 @@ its `tp` the (topic, partition) pair) and returns the records to publish, as
 from __future__ import annotations
 
 import time
-from itertools import groupby
 from dataclasses import dataclass, field
+from itertools import groupby
 from typing import Any, Callable
 
+from services.learning.prequential import Drift, OnlineModel, RejectedEvent
 from streamledger.core.models import ModelDeclaration
 from streamledger.core.records import Consumed, dead_letter
-from services.learning.prequential import Drift, OnlineModel, RejectedEvent
 from streamledger.core.snapshots import FORMAT, SnapshotError, seal, unseal
 
 SERVICE = "learning"

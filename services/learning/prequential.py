@@ -23,7 +23,12 @@ from typing import Any, NamedTuple
 
 from river import base
 
-from streamledger.core.models import InvalidLabel, Label, ModelDeclaration, RejectedEvent
+from streamledger.core.models import (
+    InvalidLabel,
+    Label,
+    ModelDeclaration,
+    RejectedEvent,
+)
 
 __all__ = ["Batched", "Drift", "InvalidFeature", "InvalidLabel", "ModelRefusedEvent", "OnlineModel", "RejectedEvent",
            "Step"]

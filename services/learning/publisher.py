@@ -14,12 +14,12 @@ from collections.abc import Iterable
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from streamledger import kafka, metrics
-from streamledger.avro import AvroCodec
-from streamledger.logging import get_logger
 from services.learning.learners import LearnerSet, Output, TrackedModel
 from services.learning.ledger_seam import ModelRegistry
 from services.learning.settings import LearningSettings
+from streamledger import kafka, metrics
+from streamledger.avro import AvroCodec
+from streamledger.logging import get_logger
 
 log = get_logger("learning")
 DEAD_LETTERS = metrics.counter("learning", "deadletters", "Records sent to the dead letters", ("reason",))

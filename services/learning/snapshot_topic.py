@@ -8,12 +8,12 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+from services.learning.learners import LearnerSet
+from services.learning.ledger_seam import ModelRegistry
 from streamledger import kafka, metrics
 from streamledger.avro import AvroCodec, CodecError
 from streamledger.kafka import topics
 from streamledger.logging import get_logger
-from services.learning.learners import LearnerSet
-from services.learning.ledger_seam import ModelRegistry
 
 log = get_logger("learning")
 REFUSED = metrics.counter("learning", "snapshots_refused", "Snapshots refused at start-up", ("reason",))

@@ -18,7 +18,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import (
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRebalanceListener,
+    TopicPartition,
+)
 
 from services.ledger.anchoring import AnchoringError, Batch, Batcher
 from services.ledger.dead_letters import EMPTY_MESSAGE, DeadLetters

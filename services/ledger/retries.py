@@ -22,7 +22,12 @@ from aiokafka.errors import KafkaError
 from services.ledger import store
 from services.ledger.settings import LedgerServiceSettings
 from streamledger import metrics
-from streamledger.fabric import CommitError, CommitStatusError, GatewayError, SubmitError
+from streamledger.fabric import (
+    CommitError,
+    CommitStatusError,
+    GatewayError,
+    SubmitError,
+)
 from streamledger.logging import get_logger
 from streamledger.retry import RetryPolicy, retry
 

@@ -20,18 +20,23 @@ import json
 import time
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import (
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRebalanceListener,
+    TopicPartition,
+)
 
 from services.ledger.dead_letters import EMPTY_MESSAGE, DeadLetters
 from services.ledger.offsets import OffsetCommitter
 from services.ledger.retries import Retries
 from services.ledger.settings import LedgerServiceSettings
-from streamledger.core.settlement import UsageBook, UsageError, check_usage
 from services.ledger.store import LedgerStore
 from streamledger import metrics
 from streamledger.avro import AvroCodec, CodecError
 from streamledger.core.contract_errors import AlreadySettled
 from streamledger.core.records import Consumed
+from streamledger.core.settlement import UsageBook, UsageError, check_usage
 from streamledger.fabric import EndorseError, EvaluateError
 from streamledger.ledger import LedgerClient
 from streamledger.logging import get_logger

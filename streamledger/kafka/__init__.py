@@ -7,7 +7,14 @@ delivery guarantees, reading a compacted topic to its end, and committing offset
 """
 
 from streamledger.kafka import topics
-from streamledger.kafka.clients import admin, commit, consumer, partitions_of, producer, read_to_end
+from streamledger.kafka.clients import (
+           admin,
+           commit,
+           consumer,
+           partitions_of,
+           producer,
+           read_to_end,
+)
 from streamledger.kafka.topics import TopicSpec, provision, spec
 
 __all__ = ["TopicSpec", "admin", "commit", "consumer", "partitions_of", "producer", "provision", "read_to_end", "spec",

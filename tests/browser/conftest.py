@@ -27,10 +27,9 @@ import httpx
 import pytest
 from playwright.async_api import BrowserContext, async_playwright
 
-from streamledger import kafka
 from devstack.fabric import FabricNetwork
+from streamledger import kafka
 from tests.integration.conftest import bootstrap, network, settings, stack, unique  # noqa: F401  (shared fixtures)
-
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = Path(sys.executable).parent / "streamledger"

@@ -24,11 +24,17 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import ConsumerStoppedError
 from playwright.async_api import BrowserContext, ConsoleMessage, Page, expect
 
-from streamledger.avro import AvroCodec, SchemaRegistry
 from streamledger import kafka
+from streamledger.avro import AvroCodec, SchemaRegistry
 from streamledger.ledger import LedgerClient
 from streamledger.settings import LedgerSettings
-from tests.browser.conftest import CLI, REPO, STALE_AFTER_S, Dashboard, running_dashboard
+from tests.browser.conftest import (
+    CLI,
+    REPO,
+    STALE_AFTER_S,
+    Dashboard,
+    running_dashboard,
+)
 
 pytestmark = pytest.mark.integration
 

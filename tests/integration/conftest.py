@@ -11,10 +11,10 @@ import uuid
 import pytest
 from pymongo import AsyncMongoClient
 
-from streamledger.settings import CommonSettings
 from devstack import Stack
 from devstack.fabric import FabricNetwork
 from devstack.settings import StackSettings
+from streamledger.settings import CommonSettings
 
 pytestmark = pytest.mark.integration
 

@@ -34,15 +34,14 @@ from pymongo import AsyncMongoClient
 from services.audit.app import AuditService
 from services.audit.grpc_api import REPORT_METADATA_KEY, audit_pb2, audit_pb2_grpc
 from services.audit.settings import AuditSettings
-from streamledger.core.canonical import content_hash
-from streamledger.avro import AvroCodec, SchemaRegistry
-from streamledger.settings import CommonSettings
 from services.ledger.anchoring import Batcher
-from streamledger.ledger import LedgerClient
-from streamledger.fabric import Committed
-from streamledger.settings import LedgerSettings
 from services.storage import documents
 from services.storage.sink import MongoSink
+from streamledger.avro import AvroCodec, SchemaRegistry
+from streamledger.core.canonical import content_hash
+from streamledger.fabric import Committed
+from streamledger.ledger import LedgerClient
+from streamledger.settings import CommonSettings, LedgerSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.fabric, pytest.mark.timeout(300)]
 

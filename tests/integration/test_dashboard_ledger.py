@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 
+from devstack.fabric import FabricNetwork
 from services.dashboard.app import build_board, build_ledger_watch
 from services.dashboard.board import Board
 from services.dashboard.settings import DashboardSettings
 from streamledger.ledger import LedgerClient
 from streamledger.settings import LedgerSettings
-from devstack.fabric import FabricNetwork
 
 pytestmark = [pytest.mark.integration, pytest.mark.fabric]
 

@@ -12,12 +12,12 @@ import pytest
 from aiokafka.errors import KafkaConnectionError
 from prometheus_client import REGISTRY
 
-from streamledger.avro import MARKER, AvroCodec, SchemaRegistry
-from streamledger import kafka
 from services.dashboard.app import build_board
 from services.dashboard.board import Board
 from services.dashboard.kafka_watch import KafkaWatch
 from services.dashboard.settings import DashboardSettings
+from streamledger import kafka
+from streamledger.avro import MARKER, AvroCodec, SchemaRegistry
 
 pytestmark = pytest.mark.integration
 CODEC = AvroCodec(SchemaRegistry.from_dir())

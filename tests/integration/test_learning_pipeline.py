@@ -16,7 +16,16 @@ from river import datasets
 
 from streamledger.declarations import load_declarations
 from tests.integration.test_learning_service import (  # noqa: F401  (bootstrap is a fixture)
-    MODELS, REPO, Service, bootstrap, codec, final_snapshots, latest, produce, read_all, river_reference,
+    MODELS,
+    REPO,
+    Service,
+    bootstrap,
+    codec,
+    final_snapshots,
+    latest,
+    produce,
+    read_all,
+    river_reference,
     settings_for,
 )
 

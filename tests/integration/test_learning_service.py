@@ -19,15 +19,15 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from river import datasets, evaluate
 from river.metrics.base import Metrics
 
-from streamledger.avro import AvroCodec, SchemaRegistry
+from devstack import Stack
+from services.learning import app
+from services.learning.settings import LearningSettings
 from streamledger import kafka
+from streamledger.avro import AvroCodec, SchemaRegistry
 from streamledger.child import ChildDied
+from streamledger.declarations import load_declarations
 from streamledger.lifecycle import run_until
 from streamledger.settings import CommonSettings
-from services.learning import app
-from streamledger.declarations import load_declarations
-from services.learning.settings import LearningSettings
-from devstack import Stack
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]

@@ -20,28 +20,50 @@ import pytest
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
+from devstack.settings import StackSettings
 from services.inference import app as inference_app
 from services.inference.authorization import HoldUnavailable, InvalidHoldId
 from services.inference.ledger_holds import LedgerHoldSource
 from services.inference.settings import InferenceSettings
 from services.learning import app as learning_app
-from streamledger.declarations import load_declarations
 from services.learning.ledger_seam import LedgerModelRegistry
 from services.learning.prequential import OnlineModel
 from streamledger.core.snapshots import seal
+from streamledger.declarations import load_declarations
+from streamledger.fabric import RetryPolicy
 from streamledger.ledger import LedgerClient
 from streamledger.lifecycle import run_until
-from streamledger.fabric import RetryPolicy
 from streamledger.settings import LOCAL_ORG1, LedgerSettings
-from devstack.settings import StackSettings
 from tests.integration.inference.support import MODELS as INFERENCE_MODELS
 from tests.integration.inference.support import PHISHING as INFERENCE_ROWS
-from tests.integration.inference.support import ServerThread, publish, serve_until, snapshot_record, train
+from tests.integration.inference.support import (
+    ServerThread,
+    publish,
+    serve_until,
+    snapshot_record,
+    train,
+)
 from tests.integration.inference.test_inference_paid import Issuer, infer
+from tests.integration.test_fabric_gateway import (  # noqa: F401 (fixtures)
+    account_of,
+    admin,
+    client,
+    suffix,
+    user1,
+)
 from tests.integration.test_learning_service import MODELS as LEARNING_MODELS
-from tests.integration.test_learning_service import (PHISHING, Captured, codec, encoded, final_snapshots, latest,
-                                                     names, produce, read_all, settings_for)  # noqa: F401
-from tests.integration.test_fabric_gateway import account_of, admin, client, suffix, user1  # noqa: F401 (fixtures)
+from tests.integration.test_learning_service import (
+    PHISHING,
+    Captured,
+    codec,
+    encoded,
+    final_snapshots,
+    latest,
+    names,  # noqa: F401
+    produce,
+    read_all,
+    settings_for,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.fabric, pytest.mark.timeout(240)]
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from streamledger import kafka
 from devstack import Stack
+from streamledger import kafka
 from tests.integration.test_stack_kafka import consume_all
 
 pytestmark = pytest.mark.integration

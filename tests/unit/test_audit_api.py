@@ -15,7 +15,12 @@ from services.audit.grpc_api import REPORT_METADATA_KEY, AuditServicer, audit_pb
 from services.audit.http_api import build_http_app
 from tests.unit.test_audit_provenance import register, store_snapshot
 from tests.unit.test_audit_statement import ME, hold
-from tests.unit.test_audit_verification import FakeLedger, FakeStore, anchored_batch, clean_event
+from tests.unit.test_audit_verification import (
+    FakeLedger,
+    FakeStore,
+    anchored_batch,
+    clean_event,
+)
 
 TOKEN = "s3cret-auditor-token-0123456789"
 

@@ -7,7 +7,12 @@ import json
 import pytest
 
 from services.audit.ports import InvalidArgument
-from services.audit.statement import AccountStatus, account_statement, build_statement, check_account
+from services.audit.statement import (
+    AccountStatus,
+    account_statement,
+    build_statement,
+    check_account,
+)
 from tests.unit.test_audit_verification import FakeLedger
 
 ME = "Org1MSP::CN=User1@org1.streamledger.local,OU=client,L=San Francisco,ST=California,C=US"

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from services.audit.ports import InvalidArgument, LedgerUnreachable, StoreUnreachable
 from services.audit.verification import Reason, Status, check_event_id, judge, verify
-from streamledger.core.canonical import content_hash
 from services.ledger.anchoring import Batcher
+from streamledger.core.canonical import content_hash
 from streamledger.core.merkle import MerkleTree
 
 TOPIC = "events.clean"

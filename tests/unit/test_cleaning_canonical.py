@@ -8,7 +8,11 @@ from datetime import datetime, timezone
 
 import pytest
 
-from streamledger.core.canonical import CanonicalEncodingError, canonical_bytes, content_hash
+from streamledger.core.canonical import (
+    CanonicalEncodingError,
+    canonical_bytes,
+    content_hash,
+)
 
 RECORD = {
     "event_id": "e-1",

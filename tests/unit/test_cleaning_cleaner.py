@@ -8,11 +8,11 @@ from datetime import datetime, timezone
 
 import pytest
 
-from streamledger.core.canonical import content_hash
 from services.cleaning.cleaner import Cleaner
 from services.cleaning.dedup import DedupWindow
 from services.cleaning.rules import RuleBook
 from streamledger.avro import MARKER, AvroCodec, SchemaRegistry
+from streamledger.core.canonical import content_hash
 from streamledger.core.records import Consumed
 
 CODEC = AvroCodec(SchemaRegistry.from_dir())

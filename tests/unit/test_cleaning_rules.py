@@ -12,7 +12,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from services.cleaning.rules import Action, Range, Rejected, RuleBook, TenantRules, clean_event, clean_features
+from services.cleaning.rules import (
+    Action,
+    Range,
+    Rejected,
+    RuleBook,
+    TenantRules,
+    clean_event,
+    clean_features,
+)
 
 TS = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=timezone.utc)
 DEFAULT = TenantRules()

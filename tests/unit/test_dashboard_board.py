@@ -7,11 +7,21 @@ from datetime import datetime, timezone
 
 import pytest
 
-from services.dashboard.board import MAX_MODELS, Board, FeedTopics, UnknownFeedTopicError
+from services.dashboard.board import (
+    MAX_MODELS,
+    Board,
+    FeedTopics,
+    UnknownFeedTopicError,
+)
 from services.dashboard.health import GroupProgress, topic_status
-from services.dashboard.ledger_view import FEED_LENGTH as LEDGER_FEED_LENGTH
-from services.dashboard.ledger_view import MAX_HOLDS, MAX_REGISTRATIONS, LedgerView, Lookup
 from services.dashboard.lag import anchor_lag, group_lag
+from services.dashboard.ledger_view import FEED_LENGTH as LEDGER_FEED_LENGTH
+from services.dashboard.ledger_view import (
+    MAX_HOLDS,
+    MAX_REGISTRATIONS,
+    LedgerView,
+    Lookup,
+)
 from services.dashboard.rates import OffsetRate
 
 FEEDS = FeedTopics(deadletter="dl", snapshots="snap", model_metrics="mm", usage="use", anchors="anc", clean="clean")

@@ -14,11 +14,15 @@ from typing import Any
 import grpc
 import pytest
 
-from streamledger.retry import RetryPolicy
 from services.dashboard.board import Board, FeedTopics
 from services.dashboard.ledger_view import LedgerView
-from services.dashboard.ledger_watch import LedgerEvent, LedgerWatch, LedgerWatchSettings
+from services.dashboard.ledger_watch import (
+    LedgerEvent,
+    LedgerWatch,
+    LedgerWatchSettings,
+)
 from streamledger.fabric import EvaluateError, GatewayError
+from streamledger.retry import RetryPolicy
 
 FEEDS = FeedTopics(deadletter="dl", snapshots="snap", model_metrics="mm", usage="use", anchors="anc", clean="clean")
 FAST = LedgerWatchSettings(history_blocks=3, poll_seconds=0.02, lookups_max=8,

@@ -12,14 +12,35 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from services.inference.authorization import (Hold, HoldAuthorizer, HoldExpired, InsufficientCredit, NoHold,
-                                              NotHoldClient, UnknownClient, client_identity)
-from services.inference.models import (InvalidVersion, ModelShelf, NoSnapshotYet, ServedModel, SnapshotRefused,
-                                       UnknownModel, UnknownVersion, load_snapshot)
+from services.inference.authorization import (
+    Hold,
+    HoldAuthorizer,
+    HoldExpired,
+    InsufficientCredit,
+    NoHold,
+    NotHoldClient,
+    UnknownClient,
+    client_identity,
+)
+from services.inference.models import (
+    InvalidVersion,
+    ModelShelf,
+    NoSnapshotYet,
+    ServedModel,
+    SnapshotRefused,
+    UnknownModel,
+    UnknownVersion,
+    load_snapshot,
+)
 from services.inference.protocol import pb
-from services.inference.tensors import InvalidInput, check_requested, put_outputs, rows_from_request
-from streamledger.core.models import TASKS, parse_declarations
+from services.inference.tensors import (
+    InvalidInput,
+    check_requested,
+    put_outputs,
+    rows_from_request,
+)
 from services.learning.prequential import OnlineModel
+from streamledger.core.models import TASKS, parse_declarations
 from streamledger.core.snapshots import FORMAT, seal
 
 FEATURES = (("color", "BYTES"), ("size", "FP64"))

@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 
 from services.inference.protocol import pb
-from services.inference.tensors import InvalidInput, RowReader, rows_from_request, split_head
+from services.inference.tensors import (
+    InvalidInput,
+    RowReader,
+    rows_from_request,
+    split_head,
+)
 
 FEATURES = tuple((f"f{i}", "FP64") for i in range(5))
 

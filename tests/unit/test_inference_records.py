@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from streamledger import child
-from streamledger.avro import AvroCodec, SchemaRegistry
 from services.inference import record_writer
 from services.inference.record_sink import RecordSink
 from services.inference.record_writer import RecordWriter, WriterHello
 from services.inference.records import PREDICTION, USAGE, prediction_record
 from services.inference.tensors import Output
+from streamledger import child
+from streamledger.avro import AvroCodec, SchemaRegistry
 
 codec = AvroCodec(SchemaRegistry.from_dir())
 TOPICS = {PREDICTION: "predictions", USAGE: "usage"}

@@ -59,8 +59,8 @@ def test_paid_mode_with_unreadable_tls_files_refuses_the_start_in_one_line_namin
 
 
 async def test_a_server_key_that_cannot_be_read_is_a_start_error_before_any_server_is_reached(tmp_path) -> None:
-    from streamledger.lifecycle import StartError
     from services.inference.app import Inference
+    from streamledger.lifecycle import StartError
 
     ca = tmp_path / "org1-ca.pem"
     ca.write_text("a CA")

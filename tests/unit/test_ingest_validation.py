@@ -15,13 +15,34 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamledger.avro import AvroCodec, SchemaRegistry
-from services.ingestion.auth import ApiKeys, AuthenticationError, hash_key, key_from_headers
-from services.ingestion.backfill import BackfillError, BackfillOptions, derived_event_id, read_rows, row_to_event
-from services.ingestion.payload import BodyError, BodyTooLargeError, UnsupportedEncodingError, decode_content, parse_events
-from services.ingestion.sink import PendingBudget
+from services.ingestion.auth import (
+    ApiKeys,
+    AuthenticationError,
+    hash_key,
+    key_from_headers,
+)
+from services.ingestion.backfill import (
+    BackfillError,
+    BackfillOptions,
+    derived_event_id,
+    read_rows,
+    row_to_event,
+)
 from services.ingestion.encoding import encode_batch
-from services.ingestion.validation import InvalidEventError, UnparseableLine, validate_event
+from services.ingestion.payload import (
+    BodyError,
+    BodyTooLargeError,
+    UnsupportedEncodingError,
+    decode_content,
+    parse_events,
+)
+from services.ingestion.sink import PendingBudget
+from services.ingestion.validation import (
+    InvalidEventError,
+    UnparseableLine,
+    validate_event,
+)
+from streamledger.avro import AvroCodec, SchemaRegistry
 
 CODEC = AvroCodec(SchemaRegistry.from_dir())
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 from river import compose, linear_model, optim, preprocessing
 
-from streamledger.core.models import ALLOWED, DeclarationError, parse_declaration, parse_declarations
+from streamledger.core.models import (
+    ALLOWED,
+    DeclarationError,
+    parse_declaration,
+    parse_declarations,
+)
 from streamledger.declarations import load_declarations
 from streamledger.settings import DEFAULT_MODELS_FILE
 

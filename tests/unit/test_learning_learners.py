@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from river import datasets
 
+from services.learning.learners import LearnerSet
 from streamledger.avro import AvroCodec, SchemaRegistry
 from streamledger.core.models import parse_declaration
 from streamledger.core.records import Consumed
-from services.learning.learners import LearnerSet
 
 codec = AvroCodec(SchemaRegistry.from_dir())
 TOPIC = "events.clean"

@@ -9,9 +9,13 @@ import pytest
 from river import datasets, evaluate
 from river.metrics.base import Metrics
 
-from streamledger.core.models import parse_declaration
-from services.learning.prequential import InvalidFeature, InvalidLabel, ModelRefusedEvent, OnlineModel
-from streamledger.core.models import TASKS
+from services.learning.prequential import (
+    InvalidFeature,
+    InvalidLabel,
+    ModelRefusedEvent,
+    OnlineModel,
+)
+from streamledger.core.models import TASKS, parse_declaration
 from streamledger.core.snapshots import seal, unseal
 
 LOGREG = [{"class": "preprocessing.StandardScaler"}, {"class": "linear_model.LogisticRegression"}]

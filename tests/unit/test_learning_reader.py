@@ -6,9 +6,9 @@ import pickle
 
 import pytest
 
+from services.learning.reader import EventReader, decode
 from streamledger.avro import AvroCodec, SchemaRegistry
 from streamledger.child import ChildDied
-from services.learning.reader import EventReader, decode
 
 codec = AvroCodec(SchemaRegistry.from_dir())
 

@@ -10,10 +10,15 @@ from pathlib import Path
 import pytest
 from river import datasets
 
-from streamledger.core.models import parse_declaration
 from services.learning.prequential import OnlineModel
+from streamledger.core.models import parse_declaration
 from streamledger.core.snapshots import (
-    FORMAT, ForbiddenGlobal, SnapshotFormatError, SnapshotHashMismatch, seal, unseal,
+    FORMAT,
+    ForbiddenGlobal,
+    SnapshotFormatError,
+    SnapshotHashMismatch,
+    seal,
+    unseal,
 )
 
 SIDE_EFFECTS: list[str] = []

@@ -14,7 +14,12 @@ from pymongo.errors import AutoReconnect
 from services.ledger.retries import Retries, RetriesSpent, is_transient
 from services.ledger.settings import LedgerServiceSettings
 from services.ledger.store import StoreUnavailable
-from streamledger.fabric.errors import CommitError, EndorseError, EvaluateError, SubmitError
+from streamledger.fabric.errors import (
+    CommitError,
+    EndorseError,
+    EvaluateError,
+    SubmitError,
+)
 from streamledger.retry import RetryPolicy, Stopped
 from streamledger.settings import LedgerSettings
 

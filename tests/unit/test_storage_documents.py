@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from streamledger.avro import AvroCodec, SchemaRegistry
 from services.storage import documents
 from services.storage.documents import plan_batch
+from streamledger.avro import AvroCodec, SchemaRegistry
 from streamledger.core.records import Consumed
 
 CODEC = AvroCodec(SchemaRegistry.from_dir())

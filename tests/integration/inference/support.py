@@ -4,23 +4,23 @@ their snapshots on a unique topic of the real Kafka, and the server run in a thr
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 import threading
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 from river import datasets
 
-from streamledger.avro import AvroCodec, SchemaRegistry
-from streamledger import kafka
-from streamledger.lifecycle import run_until
-from streamledger.settings import LedgerSettings
 from services.inference import app
 from services.inference.authorization import HoldSource
 from services.inference.settings import InferenceSettings
-from streamledger.declarations import load_declarations
 from services.learning.prequential import OnlineModel
+from streamledger import kafka
+from streamledger.avro import AvroCodec, SchemaRegistry
 from streamledger.core.snapshots import FORMAT, seal
+from streamledger.declarations import load_declarations
+from streamledger.lifecycle import run_until
+from streamledger.settings import LedgerSettings
 
 codec = AvroCodec(SchemaRegistry.from_dir())
 

@@ -27,7 +27,15 @@ from tritonclient.utils import InferenceServerException
 from services.inference.authorization import Hold
 from services.inference.settings import InferenceSettings
 
-from .support import PHISHING, ServerThread, codec, models_file, publish, snapshot_record, train  # noqa: F401
+from .support import (  # noqa: F401
+    PHISHING,
+    ServerThread,
+    codec,
+    models_file,
+    publish,
+    snapshot_record,
+    train,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 NAMES = sorted(PHISHING[0][0])

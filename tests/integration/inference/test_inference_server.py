@@ -23,11 +23,20 @@ import tritonclient.grpc as triton
 from aiokafka import AIOKafkaConsumer
 from tritonclient.utils import InferenceServerException
 
-from streamledger.child import ChildDied
 from services.inference.protocol import SERVICE
 from services.inference.settings import InferenceSettings
+from streamledger.child import ChildDied
 
-from .support import PHISHING, TRUMP, ServerThread, codec, models_file, publish, snapshot_record, train  # noqa: F401
+from .support import (  # noqa: F401
+    PHISHING,
+    TRUMP,
+    ServerThread,
+    codec,
+    models_file,
+    publish,
+    snapshot_record,
+    train,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 

@@ -13,8 +13,8 @@ import uuid
 import httpx
 import pytest
 
-from services.ingestion.app import IngestionService
 from devstack import Stack
+from services.ingestion.app import IngestionService
 from tests.integration.ingest.conftest import KEYS, ingestion_settings, read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]

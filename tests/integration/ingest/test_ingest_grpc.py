@@ -8,8 +8,8 @@ import uuid
 import grpc
 import pytest
 
-from streamledger.avro import SCHEMAS_DIR, SchemaRegistry, fingerprint_of
 from streamledger import kafka
+from streamledger.avro import SCHEMAS_DIR, SchemaRegistry, fingerprint_of
 from streamledger.protos import load
 from tests.integration.ingest.conftest import CODEC, KEYS, decoded_events, read_topic
 

@@ -13,7 +13,12 @@ import httpx
 import pytest
 
 from services.ingestion.app import IngestionService
-from tests.integration.ingest.conftest import KEYS, decoded_events, ingestion_settings, read_topic
+from tests.integration.ingest.conftest import (
+    KEYS,
+    decoded_events,
+    ingestion_settings,
+    read_topic,
+)
 
 pytestmark = pytest.mark.integration
 ACME = {"X-API-Key": KEYS["acme"]}

@@ -15,8 +15,8 @@ import pytest
 from services.audit.auditor import open_auditor
 from services.audit.ports import InvalidArgument
 from services.audit.settings import AuditSettings
-from streamledger.avro import AvroCodec, SchemaRegistry
 from streamledger import kafka
+from streamledger.avro import AvroCodec, SchemaRegistry
 from streamledger.settings import LedgerSettings
 from tests.integration.pipeline import reference
 from tests.integration.pipeline.conftest import wait_until

@@ -8,8 +8,8 @@ from collections import Counter
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from streamledger.avro import AvroCodec, SchemaRegistry
 from streamledger import kafka
+from streamledger.avro import AvroCodec, SchemaRegistry
 from tests.integration.pipeline import reference
 from tests.integration.pipeline.conftest import create_topics, read_all, wait_until
 

@@ -33,10 +33,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from devstack import Stack
 from devstack.settings import StackSettings
+from streamledger import kafka
 from streamledger.avro import AvroCodec, SchemaRegistry
 from streamledger.core.canonical import content_hash
 from streamledger.core.merkle import verify_proof
-from streamledger import kafka
 from streamledger.ledger import LedgerClient
 from streamledger.settings import LedgerSettings
 from tests.integration.pipeline.conftest import wait_until

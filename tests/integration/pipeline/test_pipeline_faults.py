@@ -15,9 +15,9 @@ import time
 
 import pytest
 
-from streamledger.avro import AvroCodec, SchemaRegistry
-from streamledger import kafka
 from devstack import Stack
+from streamledger import kafka
+from streamledger.avro import AvroCodec, SchemaRegistry
 from tests.integration.pipeline import reference
 from tests.integration.pipeline.conftest import create_topics, wait_until
 

@@ -6,8 +6,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from streamledger.avro import AvroCodec, SchemaRegistry
 from streamledger import kafka
+from streamledger.avro import AvroCodec, SchemaRegistry
 from tests.integration.pipeline.conftest import caught_up, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
