@@ -58,7 +58,7 @@ def pre_encoded(count: int) -> tuple[list[bytes], list[bytes]]:
 async def raw_send_rate(bootstrap: str, keys: list[bytes], values: list[bytes]) -> float:
     """The plain aiokafka way: `send(key, value)` per record, then await every future."""
     topic = f"bench.raw.{uuid.uuid4().hex[:8]}"
-    await kafka.provision(bootstrap, [kafka.TopicSpec(name, partitions=3) for name in [topic]])
+    await kafka.provision(bootstrap, [kafka.TopicSpec(topic, partitions=3)])
     async with kafka.producer(bootstrap, linger_ms=20, max_batch_size=1 << 20) as producer:
         start = time.perf_counter()
         futures = [await producer.send(topic, value, key=key) for key, value in zip(keys, values)]
@@ -69,7 +69,7 @@ async def raw_send_rate(bootstrap: str, keys: list[bytes], values: list[bytes]) 
 async def raw_batch_rate(bootstrap: str, keys: list[bytes], values: list[bytes]) -> float:
     """aiokafka's batch API (`create_batch`/`send_batch`), the path the ingestion writer uses."""
     topic = f"bench.rawbatch.{uuid.uuid4().hex[:8]}"
-    await kafka.provision(bootstrap, [kafka.TopicSpec(name, partitions=3) for name in [topic]])
+    await kafka.provision(bootstrap, [kafka.TopicSpec(topic, partitions=3)])
     partitioner = DefaultPartitioner()
     async with kafka.producer(bootstrap, linger_ms=20, max_batch_size=1 << 20) as producer:
         start = time.perf_counter()

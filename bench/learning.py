@@ -149,7 +149,7 @@ async def main(events_count: int, repeat: int) -> None:
     codec = AvroCodec(SchemaRegistry.from_dir())
     events = clean_events(events_count)
     topic = f"bench-learning-{uuid.uuid4().hex[:8]}"
-    await kafka.provision(bootstrap, [kafka.TopicSpec(name, partitions=1) for name in [topic]])
+    await kafka.provision(bootstrap, [kafka.TopicSpec(topic, partitions=1)])
     async with kafka.producer(bootstrap, linger_ms=20) as producer:
         for event, value in zip(events, codec.encode_many("CleanEvent", events)):
             await producer.send(topic, key=event["event_id"].encode(), value=value)

@@ -94,7 +94,7 @@ def main() -> None:
     print(f"stack up, already running:                         {timed_up():7.2f} s")
 
     topic = f"bench.stack.{int(time.time())}"
-    asyncio.run(kafka.provision(settings.kafka_bootstrap, [kafka.TopicSpec(name) for name in [topic]]))
+    asyncio.run(kafka.provision(settings.kafka_bootstrap, [kafka.TopicSpec(topic)]))
     produced = asyncio.run(produce_rate(settings.kafka_bootstrap, topic, args.messages))
     consumed = asyncio.run(consume_rate(settings.kafka_bootstrap, topic, args.messages))
     inserted = asyncio.run(mongo_rate(settings.mongo_url, args.documents))

@@ -105,7 +105,7 @@ def settings_for(bootstrap: str, names: dict, **overrides) -> LearningSettings:
 
 
 async def produce(bootstrap: str, topic: str, values: list[tuple[str | None, bytes]]) -> None:
-    await kafka.provision(bootstrap, [kafka.TopicSpec(name, partitions=1) for name in [topic]])
+    await kafka.provision(bootstrap, [kafka.TopicSpec(topic, partitions=1)])
     async with kafka.producer(bootstrap) as producer:
         for key, value in values:
             await producer.send(topic, key=key.encode() if key else None, value=value)

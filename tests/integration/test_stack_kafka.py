@@ -34,7 +34,7 @@ async def consume_all(bootstrap: str, topic: str, expected: int, timeout: float 
 
 async def test_idempotent_round_trip_keeps_order_and_payload(bootstrap: str, unique: str) -> None:
     topic = f"test.roundtrip.{unique}"
-    await kafka.provision(bootstrap, [kafka.TopicSpec(name) for name in [topic]])
+    await kafka.provision(bootstrap, [kafka.TopicSpec(topic)])
     values = [json.dumps({"n": i, "pad": "x" * 180}).encode() for i in range(500)]
     async with kafka.producer(bootstrap) as producer:
         # Idempotence (which implies acks=all): the broker gave this producer an id.
@@ -49,8 +49,8 @@ async def test_idempotent_round_trip_keeps_order_and_payload(bootstrap: str, uni
 
 async def test_topic_with_partitions_spreads_keys(bootstrap: str, unique: str) -> None:
     topic = f"test.partitions.{unique}"
-    await kafka.provision(bootstrap, [kafka.TopicSpec(name, partitions=4) for name in [topic]])
-    await kafka.provision(bootstrap, [kafka.TopicSpec(name, partitions=4) for name in [topic]])  # second call is a no-op
+    await kafka.provision(bootstrap, [kafka.TopicSpec(topic, partitions=4)])
+    await kafka.provision(bootstrap, [kafka.TopicSpec(topic, partitions=4)])  # second call is a no-op
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
@@ -78,7 +78,7 @@ async def test_kcat_reads_what_we_produced(bootstrap: str, unique: str) -> None:
     kcat = shutil.which("kcat")
     assert kcat, "kcat is missing: `make install` runs deploy/system-deps.sh, which installs it"
     topic = f"test.kcat.{unique}"
-    await kafka.provision(bootstrap, [kafka.TopicSpec(name) for name in [topic]])
+    await kafka.provision(bootstrap, [kafka.TopicSpec(topic)])
     async with kafka.producer(bootstrap) as producer:
         for i in range(3):
             await (await producer.send(topic, f"hello-{i}".encode(), key=f"key-{i}".encode()))

@@ -40,17 +40,17 @@ def test_up_twice_starts_nothing_new(stack: Stack) -> None:
 @pytest.mark.fault
 async def test_killed_kafka_is_reported_and_comes_back_with_its_data(stack: Stack, bootstrap: str, unique: str) -> None:
     topic = f"test.survives.{unique}"
-    await kafka.provision(bootstrap, [kafka.TopicSpec(name) for name in [topic]])
+    await kafka.provision(bootstrap, [kafka.TopicSpec(topic)])
     async with kafka.producer(bootstrap) as producer:
         for i in range(50):
             await producer.send(topic, f"m{i}".encode())
         await producer.flush()
 
-    kafka = stack.part("kafka")
-    pid = kafka.process.pid()
+    broker = stack.part("kafka")
+    pid = broker.process.pid()
     os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 30
-    while kafka.process.pid() is not None and time.monotonic() < deadline:
+    while broker.process.pid() is not None and time.monotonic() < deadline:
         time.sleep(0.1)
 
     status = cli("status")
@@ -60,7 +60,7 @@ async def test_killed_kafka_is_reported_and_comes_back_with_its_data(stack: Stac
     up = cli("up")
     assert up.returncode == 0, up.stdout + up.stderr
     assert "kafka had died" in up.stdout
-    assert kafka.process.pid() not in (None, pid)
+    assert broker.process.pid() not in (None, pid)
     records = await consume_all(bootstrap, topic, 50, timeout=60)
     assert [r.value for r in records] == [f"m{i}".encode() for i in range(50)]
 

@@ -115,7 +115,7 @@ async def test_full_pending_budget_is_unavailable(channel, service) -> None:
 
 async def test_schemas_topic_round_trip_teaches_a_reader_a_new_writer(bootstrap, unique) -> None:
     topic = f"test.schemas.{unique}"
-    await kafka.provision(bootstrap, [kafka.TopicSpec(name) for name in [topic]])
+    await kafka.provision(bootstrap, [kafka.TopicSpec(topic)])
     writer_side = SchemaRegistry.from_dir()
     v2 = json.loads((SCHEMAS_DIR / "evolution" / "RawEvent.v2.avsc").read_text())
     writer_side.register(v2)
