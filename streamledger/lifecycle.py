@@ -121,30 +121,19 @@ async def _serve(name: str, settings: S, build: Callable[[S], Service]) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    try:
-        service = build(settings)
-        entered = service.__aenter__()
-        await entered
-    except Exception as exc:  # noqa: BLE001 - every failed start is reported the same way
-        _refuse(name, _describe(exc))
-    failed: BaseException | None = None
-    try:
+    started = False
+
+    def on_started() -> None:
+        nonlocal started
+        started = True
         log.info("started", extra={"service": name})
-        ended = asyncio.create_task(service.wait())
-        signalled = asyncio.create_task(stop.wait())
-        await asyncio.wait({ended, signalled}, return_when=asyncio.FIRST_COMPLETED)
-        signalled.cancel()
-        if ended.done():
-            failed = ended.exception()
-        else:
-            ended.cancel()
-    finally:
-        try:
-            await service.__aexit__(None, None, None)
-        except Exception as exc:  # noqa: BLE001 - a failed stop is a failure, not a crash
-            failed = failed or exc
-    if failed is not None:
-        log.error("failed", extra={"service": name, "errors": failures(failed)}, exc_info=failed)
+
+    try:
+        await run_until(build(settings), stop, on_started)
+    except Exception as exc:  # noqa: BLE001 - every failure is reported, one way for each phase
+        if not started:
+            _refuse(name, _describe(exc))
+        log.error("failed", extra={"service": name, "errors": failures(exc)}, exc_info=exc)
         return 1
     log.info("stopped", extra={"service": name})
     return 0
