@@ -11,7 +11,7 @@ import json
 import zlib
 from typing import Any
 
-from services.ingestion.validation import NonFiniteNumber, UnparseableLine
+from services.ingestion.validation import NonFiniteNumber, OversizedNumber, UnparseableLine
 
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines")
 
@@ -76,8 +76,16 @@ def parse_events(data: bytes, content_type: str | None, max_events: int) -> list
 
 
 def loads(text: str) -> Any:
-    """json.loads that keeps NaN/Infinity as `NonFiniteNumber` so validation can name the field."""
-    return json.loads(text, parse_constant=NonFiniteNumber)
+    """json.loads that keeps NaN/Infinity as `NonFiniteNumber` and integers too long to convert as
+    `OversizedNumber`, so validation rejects that one event naming the field."""
+    return json.loads(text, parse_constant=NonFiniteNumber, parse_int=_int)
+
+
+def _int(literal: str) -> int | OversizedNumber:
+    try:
+        return int(literal)
+    except ValueError:  # longer than sys.get_int_max_str_digits() allows
+        return OversizedNumber(literal)
 
 
 def _json_document(text: str) -> list[Any]:

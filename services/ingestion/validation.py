@@ -65,6 +65,22 @@ class NonFiniteNumber:
     def __repr__(self) -> str:
         return self.literal
 
+    @property
+    def why(self) -> str:
+        return f"{self.literal} is not a number JSON allows; send null for a missing value"
+
+
+class OversizedNumber(NonFiniteNumber):
+    """Stands in for an integer literal too long for Python to convert (over 4,300 digits): one
+    event is rejected naming its field, instead of the whole body failing."""
+
+    def __init__(self, literal: str) -> None:
+        super().__init__(f"a number of {len(literal.lstrip('-'))} digits")
+
+    @property
+    def why(self) -> str:
+        return f"{self.literal} is too large for a double"
+
 
 def validate_event(event: Any, tenant: str) -> dict[str, Any]:
     """The RawEvent record for one untrusted event owned by `tenant`, or `InvalidEventError`."""
@@ -166,7 +182,7 @@ def _scalar(field: str, value: Any) -> float | str | bool | None:
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, NonFiniteNumber):
-        raise InvalidEventError(field, f"{value.literal} is not a number JSON allows; send null for a missing value")
+        raise InvalidEventError(field, value.why)
     if isinstance(value, (int, float)):
         try:
             number = float(value)

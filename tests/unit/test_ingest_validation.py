@@ -111,6 +111,20 @@ def test_nan_literals_from_json_are_named() -> None:
     assert "Infinity" in rejection(events[0]).why
 
 
+@pytest.mark.parametrize("content_type", ["application/json", "application/x-ndjson"])
+def test_a_number_too_long_to_convert_rejects_its_event_naming_the_field(content_type: str) -> None:
+    huge = "9" * 5000  # Python refuses to convert more than 4,300 digits (a ValueError, not a JSONDecodeError)
+    good = json.dumps(event(event_id="ok"))
+    bad = json.dumps(event(event_id="huge")).replace('"features": {', f'"features": {{"big": -{huge}, ', 1)
+    body = f"[{good}, {bad}]" if content_type == "application/json" else f"{good}\n{bad}\n"
+    events = parse_events(body.encode(), content_type, 10)
+    assert validate_event(events[0], "acme")["event_id"] == "ok"
+    error = rejection(events[1])
+    assert error.field == "features.big" and error.why == "a number of 5000 digits is too large for a double"
+    batch = encode_batch(events, "acme", CODEC, max_event_bytes=100_000)
+    assert batch.event_ids == ["ok"] and [(r.index, r.field) for r in batch.rejected] == [(1, "features.big")]
+
+
 def test_batch_keeps_indexes_and_turns_unparseable_lines_into_rejections() -> None:
     events = [event(), UnparseableLine("line 2 is not valid JSON"), event(ts=None), event(event_id="e4")]
     batch = encode_batch(events, "t", CODEC, max_event_bytes=10_000, first_index=100)
