@@ -11,7 +11,11 @@ import json
 import zlib
 from typing import Any
 
-from services.ingestion.validation import NonFiniteNumber, OversizedNumber, UnparseableLine
+from services.ingestion.validation import (
+    NonFiniteNumber,
+    OversizedNumber,
+    UnparseableLine,
+)
 
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines")
 
