@@ -5,8 +5,8 @@
 
 The hash is checked BEFORE any byte is unpickled: a snapshot whose bytes do not hash to
 the recorded value raises `SnapshotHashMismatch` and is never loaded. Even a matching
-snapshot is unpickled by `SafeUnpickler`, which resolves only the modules a River model is
-made of, so a snapshot written by something else cannot run arbitrary code.
+snapshot is unpickled by `SafeUnpickler`, which resolves only the exact (module, name) pairs
+River models are made of, so a snapshot written by something else cannot run arbitrary code.
 
 Formats (the record's `format`, checked before unpickling; every format ever written stays
 readable):
@@ -16,29 +16,98 @@ readable):
 - "pickle/learner-state-v1" (read): the same dict, written by wave 1, whose bound methods are
   named `services.learning.snapshots.bound_method` (or this module's path, for snapshots written
   while the module had moved and the format had not yet changed).
+
+Why pickle, with exact (module, name) pairs. River estimators, metrics and drift detectors have no
+data-format export: River gives their parameters (`_get_params`, `clone`) but not their learned
+state, which is private attributes of nested objects (tree nodes, splitters, running statistics,
+Rust `VectorDict`/ADWIN windows) that only `pickle` (or `copy`) round-trips. So the bytes stay a
+pickle, and what a pickle may name is closed: `SafeUnpickler.find_class` looks the (module, name) pair up in
+`allowed_globals()` and never imports anything. That table is computed once, on first use, from:
+- every class a declaration may name (`models.ALLOWED`), every metric (`models.METRICS`), and
+  `compose.Pipeline` (what a declaration builds), each under its own module and qualified name;
+- the classes (types only, never functions) defined in the modules of those classes and in
+  `_PART_MODULES`, a short reviewed list of River modules whose classes are the parts models are
+  made of (tree nodes and splitters, running statistics, losses, schedulers, initializers, ...);
+- `_PART_FUNCTIONS`, the few functions River keeps as attributes (by `functools.partial`);
+- numpy's array and scalar reconstruction (`_reconstruct`, `_frombuffer`, `scalar`, `ndarray`,
+  `dtype`), under numpy 2's and numpy 1's module paths;
+- `_PLAIN_GLOBALS`: the builtins, `collections`, `copyreg`, `functools.partial`, `random.Random`,
+  `statistics.NormalDist` and `copy.deepcopy` entries River state uses (found by pickling every
+  allowed class after learning; tests/unit/test_snapshot_unpickler.py does that again, so a pickle
+  naming anything else fails there).
+No whole module or package is ever allowed, and no function that reads or writes files, imports,
+or evaluates: a snapshot naming `numpy.load`, `numpy.savetxt`, `scipy.io.loadmat`,
+`builtins.getattr`, `operator.attrgetter`, `os.system`, ... raises `ForbiddenGlobal` before any
+opcode calls anything. `bound_method` binds only the methods River keeps as attributes
+(`_BOUND_METHODS`), so a pickle cannot call an arbitrary method of a model either.
 """
 
 from __future__ import annotations
 
+import builtins
+import collections
+import copy
 import copyreg
+import functools
 import hashlib
+import importlib
 import io
 import pickle
 import random
+import statistics
+from collections.abc import Iterable
 from dataclasses import dataclass
-from types import FunctionType, MethodType, ModuleType
+from types import FunctionType, MethodType
 from typing import Any
+
+import numpy
+from river import compose, drift, linear_model, naive_bayes
+from river.tree.splitter import ebst_splitter, nominal_splitter_reg
+
+from streamledger.core import models
 
 FORMAT = "pickle/learner-state-v2"
 """The format `seal` writes."""
 PROTOCOL = 5  # fixed, so the same state gives the same bytes whatever Python's default becomes
 
-_ALLOWED_MODULE_ROOTS = ("river", "numpy", "scipy", "collections", "sortedcontainers", "copyreg", "random",
-                         "functools", "_collections_abc", "math", "datetime")
-_ALLOWED_BUILTINS = frozenset({"set", "frozenset", "dict", "list", "tuple", "float", "int", "complex",
-                               "bool", "str", "bytes", "bytearray", "slice", "range", "object"})
+_PART_MODULES = (
+    "river._river_rust.drift", "river._river_rust.vectordict",
+    "river.metrics.confusion", "river.optim.initializers", "river.optim.losses", "river.optim.schedulers",
+    "river.proba.gaussian", "river.stats.maximum", "river.stats.mean", "river.stats.minimum", "river.stats.var",
+    "river.tree.nodes.branch", "river.tree.nodes.leaf", "river.tree.nodes.htc_nodes", "river.tree.nodes.hatc_nodes",
+    "river.tree.nodes.htr_nodes", "river.tree.nodes.hatr_nodes", "river.tree.nodes.arf_htc_nodes",
+    "river.tree.nodes.arf_htr_nodes", "river.tree.padded", "river.tree.splitter.gaussian_splitter",
+    "river.tree.splitter.ebst_splitter", "river.tree.splitter.tebst_splitter",
+    "river.tree.splitter.nominal_splitter_classif", "river.tree.splitter.nominal_splitter_reg",
+)
+"""Reviewed: River modules whose classes are parts of allowed models (pure computation, no I/O);
+their classes are allowed, their functions are not."""
 
+_PART_FUNCTIONS = (
+    naive_bayes.GaussianNB._make_gaussian,  # partial(defaultdict, _make_gaussian): a Gaussian per class
+    ebst_splitter.EBSTNode._update_estimator_univariate,  # a tree regressor's splitter node keeps one of these
+    ebst_splitter.EBSTNode._update_estimator_multivariate,
+    nominal_splitter_reg.NominalSplitterReg._update_estimator_univariate,  # likewise, for a categorical feature
+    nominal_splitter_reg.NominalSplitterReg._update_estimator_multivariate,
+)
 
+_BOUND_METHODS: dict[type, frozenset[str]] = {
+    drift.PageHinkley: frozenset({"_test_both", "_test_increase", "_test_decrease"}),  # `_test_drift`
+    linear_model.PAClassifier: frozenset({"_calc_tau_0", "_calc_tau_1", "_calc_tau_2"}),  # `calc_tau`
+    linear_model.PARegressor: frozenset({"_calc_tau_0", "_calc_tau_1", "_calc_tau_2"}),
+}
+"""The methods River keeps as attributes, per class: the only ones `bound_method` hands back."""
+
+_PLAIN_GLOBALS = (
+    *(getattr(builtins, name) for name in ("bool", "int", "float", "complex", "str", "bytes", "bytearray",
+                                           "tuple", "list", "dict", "set", "frozenset", "slice", "range", "object")),
+    collections.Counter, collections.OrderedDict, collections.defaultdict, collections.deque,
+    copyreg._reconstructor, copyreg.__newobj__,
+    functools.partial,  # calls only what it wraps, itself resolved through this table
+    random.Random,  # River models' seeded generators
+    statistics.NormalDist,  # HoeffdingAdaptiveTreeRegressor's significance test
+    copy.deepcopy,  # SoftmaxRegression: partial(deepcopy, optimizer), one optimizer per class; copies, never imports
+)
 READABLE: dict[str, frozenset[str]] = {
     "pickle/learner-state-v1": frozenset({"services.learning.snapshots", __name__}),
     FORMAT: frozenset({__name__}),
@@ -139,13 +208,42 @@ class CanonicalPickler(pickle._Pickler):
 
 
 def bound_method(owner: Any, name: str) -> MethodType:
-    """`owner.name`, only for a method defined by a class of an allowed module."""
-    function = getattr(type(owner), name, None) if not name.startswith("__") else None
-    origin = getattr(function, "__module__", None) or ""
-    if not isinstance(function, FunctionType) or origin.split(".", 1)[0] not in _ALLOWED_MODULE_ROOTS:
-        raise ForbiddenGlobal(f"model: snapshot binds method {name!r} of {type(owner).__name__}, "
-                              "which is not a River model's method")
-    return MethodType(function, owner)
+    """`owner.name`, only for a method River keeps as an attribute (`_BOUND_METHODS`)."""
+    cls = owner if isinstance(owner, type) else type(owner)
+    if name in _BOUND_METHODS.get(cls, ()):
+        attribute = getattr(cls, name)
+        if isinstance(attribute, MethodType) and attribute.__self__ is owner:  # a classmethod
+            return attribute
+        if isinstance(attribute, FunctionType) and not isinstance(owner, type):
+            return MethodType(attribute, owner)
+    raise ForbiddenGlobal(f"model: snapshot binds method {name!r} of {cls.__name__}, "
+                          "which is not a method a River model keeps")
+
+
+@functools.cache
+def allowed_globals() -> dict[tuple[str, str], Any]:
+    """Every (module, name) a snapshot may name, with what it resolves to (see the module docstring)."""
+    model_classes = [*models.ALLOWED.values(), *models.METRICS.values(), compose.Pipeline]
+    modules = [importlib.import_module(name) for name in _PART_MODULES]
+    modules += [importlib.import_module(cls.__module__) for cls in model_classes]
+    classes = [*model_classes, *(value for module in modules for value in vars(module).values()
+                                 if isinstance(value, type) and value.__module__ == module.__name__)]
+    table = {_name(obj): obj for obj in [*classes, *_PART_FUNCTIONS, *_PLAIN_GLOBALS]}
+    for obj in _numpy_reconstruction():
+        module, name = _name(obj)
+        table[module, name] = obj
+        table[module.replace("numpy._core", "numpy.core"), name] = obj  # as numpy 1 named it
+    return table
+
+
+def _name(obj: Any) -> tuple[str, str]:
+    return obj.__module__, obj.__qualname__
+
+
+def _numpy_reconstruction() -> Iterable[Any]:
+    """What numpy names in the pickle of an array or a scalar, taken from numpy's own reductions."""
+    array, scalar = numpy.arange(2.0), numpy.float64(1.0)
+    return numpy.ndarray, numpy.dtype, array.__reduce__()[0], array.__reduce_ex__(5)[0], scalar.__reduce__()[0]
 
 
 def unseal(data: bytes, sha256: str, format: str = FORMAT) -> dict[str, Any]:
@@ -175,8 +273,8 @@ def _sorted_if_possible(items: set) -> list:
 
 
 class SafeUnpickler(pickle.Unpickler):
-    """An unpickler that only resolves globals from the modules River models are built from, and
-    `bound_method` under the module paths the snapshot's format names it by."""
+    """An unpickler that resolves only the exact (module, name) pairs of `allowed_globals()`, and
+    `bound_method` under the module paths the snapshot's format names it by. It never imports."""
 
     def __init__(self, file: io.BytesIO, bound_method_modules: frozenset[str] = READABLE[FORMAT]) -> None:
         super().__init__(file)
@@ -185,13 +283,7 @@ class SafeUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if name == "bound_method" and module in self.bound_method_modules:
             return bound_method
-        if module == "builtins" and name in _ALLOWED_BUILTINS:
-            return super().find_class(module, name)
-        if module.split(".", 1)[0] in _ALLOWED_MODULE_ROOTS:
-            found = super().find_class(module, name)
-            # An allowed module may itself import os or subprocess; what is found must
-            # belong to an allowed module too, and never be a module object.
-            origin = getattr(found, "__module__", None) or ""
-            if not isinstance(found, ModuleType) and origin.split(".", 1)[0] in _ALLOWED_MODULE_ROOTS:
-                return found
-        raise ForbiddenGlobal(f"model: snapshot refers to {module}.{name}, which is not part of a River model")
+        found = allowed_globals().get((module, name))
+        if found is None:
+            raise ForbiddenGlobal(f"model: snapshot refers to {module}.{name}, which is not part of a River model")
+        return found
