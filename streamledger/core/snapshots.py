@@ -44,7 +44,6 @@ opcode calls anything. `bound_method` binds only the methods River keeps as attr
 
 from __future__ import annotations
 
-import builtins
 import collections
 import copy
 import copyreg
@@ -99,8 +98,7 @@ _BOUND_METHODS: dict[type, frozenset[str]] = {
 """The methods River keeps as attributes, per class: the only ones `bound_method` hands back."""
 
 _PLAIN_GLOBALS = (
-    *(getattr(builtins, name) for name in ("bool", "int", "float", "complex", "str", "bytes", "bytearray",
-                                           "tuple", "list", "dict", "set", "frozenset", "slice", "range", "object")),
+    bool, int, float, complex, str, bytes, bytearray, tuple, list, dict, set, frozenset, slice, range, object,
     collections.Counter, collections.OrderedDict, collections.defaultdict, collections.deque,
     copyreg._reconstructor, copyreg.__newobj__,
     functools.partial,  # calls only what it wraps, itself resolved through this table
@@ -108,6 +106,8 @@ _PLAIN_GLOBALS = (
     statistics.NormalDist,  # HoeffdingAdaptiveTreeRegressor's significance test
     copy.deepcopy,  # SoftmaxRegression: partial(deepcopy, optimizer), one optimizer per class; copies, never imports
 )
+"""The builtin and standard-library globals River state uses: types, and functions that only build."""
+
 READABLE: dict[str, frozenset[str]] = {
     "pickle/learner-state-v1": frozenset({"services.learning.snapshots", __name__}),
     FORMAT: frozenset({__name__}),
@@ -133,7 +133,7 @@ class SnapshotFormatError(SnapshotError):
 
 
 class ForbiddenGlobal(SnapshotError):
-    """The pickle names a global outside the modules models are made of."""
+    """The pickle names a global that is not one of the exact (module, name) pairs models are made of."""
 
     reason = "snapshot_forbidden_global"
 
