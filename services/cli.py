@@ -181,34 +181,40 @@ _AUDIT_API = typer.Option(None, "--api", envvar="STREAMLEDGER_AUDIT_API_URL",
                           help="ask the audit API at this URL (e.g. http://127.0.0.1:8090) instead of in-process")
 _AUDIT_TOKEN = typer.Option(None, "--token", envvar="STREAMLEDGER_AUDIT_TOKEN", show_default=False,
                             help="auditor token for --api")
+_AUDIT_CA = typer.Option(None, "--ca", envvar="STREAMLEDGER_AUDIT_API_CA", show_default=False,
+                         help="CA certificate (PEM) that issued an https --api's certificate, if not a system-trusted one")
 
 
 @audit_app.command("verify")
 def audit_verify(event_id: str = typer.Argument(..., help="the event id of a stored record"),
-                 as_json: bool = _AUDIT_JSON, api: str = _AUDIT_API, token: str = _AUDIT_TOKEN) -> None:
+                 as_json: bool = _AUDIT_JSON, api: str = _AUDIT_API, token: str = _AUDIT_TOKEN,
+                 ca: Path = _AUDIT_CA) -> None:
     """VERIFIED, TAMPERED, NOT_ANCHORED_YET, DELETED or UNKNOWN, with the chain of evidence."""
     from services.audit.command import run_audit
 
-    raise typer.Exit(run_audit("verify", {"event_id": event_id}, as_json, api, token, console))
+    raise typer.Exit(run_audit("verify", {"event_id": event_id}, as_json, api, token, console, ca))
 
 
 @audit_app.command("model")
 def audit_model(model_id: str = typer.Argument(...),
                 version: int = typer.Argument(None, help="default: the latest version either side knows"),
-                as_json: bool = _AUDIT_JSON, api: str = _AUDIT_API, token: str = _AUDIT_TOKEN) -> None:
+                as_json: bool = _AUDIT_JSON, api: str = _AUDIT_API, token: str = _AUDIT_TOKEN,
+                ca: Path = _AUDIT_CA) -> None:
     """The hash registered on the ledger against the stored snapshot's hash."""
     from services.audit.command import run_audit
 
-    raise typer.Exit(run_audit("model", {"model_id": model_id, "version": version}, as_json, api, token, console))
+    raise typer.Exit(run_audit("model", {"model_id": model_id, "version": version}, as_json, api, token,
+                               console, ca))
 
 
 @audit_app.command("account")
 def audit_account(account: str = typer.Argument(..., help="account id, e.g. 'Org1MSP::CN=User1@...'"),
-                  as_json: bool = _AUDIT_JSON, api: str = _AUDIT_API, token: str = _AUDIT_TOKEN) -> None:
+                  as_json: bool = _AUDIT_JSON, api: str = _AUDIT_API, token: str = _AUDIT_TOKEN,
+                  ca: Path = _AUDIT_CA) -> None:
     """Balance, holds and settlement history from the ledger."""
     from services.audit.command import run_audit
 
-    raise typer.Exit(run_audit("account", {"account": account}, as_json, api, token, console))
+    raise typer.Exit(run_audit("account", {"account": account}, as_json, api, token, console, ca))
 
 
 if __name__ == "__main__":

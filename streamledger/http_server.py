@@ -1,6 +1,6 @@
 """A uvicorn HTTP server run inside a service's own event loop, next to its gRPC server.
 
-    http = EmbeddedHttpServer(app, "127.0.0.1", 8080)
+    http = EmbeddedHttpServer(app, "127.0.0.1", 8080)              # tls=ServerTls(...): https only
     port = await http.start()   # returns once it listens (the bound port, for port 0)
     ...
     await http.stop()
@@ -17,6 +17,8 @@ import socket
 
 import uvicorn
 
+from streamledger.tls import ServerTls
+
 
 class _Server(uvicorn.Server):
     @contextlib.contextmanager
@@ -25,10 +27,12 @@ class _Server(uvicorn.Server):
 
 
 class EmbeddedHttpServer:
-    def __init__(self, app, host: str, port: int) -> None:
+    def __init__(self, app, host: str, port: int, tls: ServerTls | None = None) -> None:
         self.host = host
+        self.scheme = "https" if tls else "http"
         self.server = _Server(uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
-                                             lifespan="off"))
+                                             lifespan="off", ssl_certfile=tls.cert_file if tls else None,
+                                             ssl_keyfile=tls.key_file if tls else None))
         self.task: asyncio.Task | None = None
 
     async def start(self, timeout: float = 10.0) -> int:

@@ -9,7 +9,7 @@
 A ledger read whose peer is unavailable is tried again, up to AUDIT_LEDGER_ATTEMPTS in all
 (`ledger_retry.py`, the one place the audit retries). Listening beyond loopback needs
 STREAMLEDGER_AUDIT_TOKEN (the settings refuse to load without it); with a token set, every
-call must carry it.
+call must carry it. With STREAMLEDGER_AUDIT_TLS_CERT and _KEY both servers serve TLS only.
 """
 
 from __future__ import annotations
@@ -17,15 +17,16 @@ from __future__ import annotations
 import contextlib
 
 from services.audit.auditor import open_auditor
-from services.audit.auth import AuditorToken
 from services.audit.grpc_api import build_grpc_server
 from services.audit.http_api import build_http_app
 from services.audit.ledger_reader import UnreachableLedger
 from services.audit.settings import AuditSettings
+from streamledger.access import BearerToken
 from streamledger.http_server import EmbeddedHttpServer
 from streamledger.lifecycle import Loop, serve
 from streamledger.logging import get_logger
 from streamledger.settings import LedgerSettings
+from streamledger.tls import ServerTls
 
 log = get_logger("audit")
 
@@ -44,21 +45,23 @@ class AuditService(Loop):
 
     async def start(self) -> None:
         s = self.settings
+        tls = ServerTls.optional(s.audit_tls_cert, s.audit_tls_key, "STREAMLEDGER_AUDIT_TLS")  # files readable: fail fast
         async with contextlib.AsyncExitStack() as opened:  # a step that fails closes what came before
             auditor = await opened.enter_async_context(open_auditor(s, self.ledger_settings))
             if isinstance(auditor.ledger, UnreachableLedger):
                 log.error("ledger_unavailable", extra={"error": auditor.ledger.why,
                                                        "msp_dir": str(self.ledger_settings.msp_dir())})
-            token = AuditorToken(s.token())
-            grpc_server, self.grpc_port = build_grpc_server(auditor, token, s.audit_host, s.audit_grpc_port)
+            token = BearerToken(s.token())
+            grpc_server, self.grpc_port = build_grpc_server(auditor, token, s.audit_host, s.audit_grpc_port, tls)
             await grpc_server.start()
             opened.push_async_callback(grpc_server.stop, 5)  # grace: answers in flight land
-            http_server = EmbeddedHttpServer(build_http_app(auditor, token), s.audit_host, s.audit_http_port)
+            http_server = EmbeddedHttpServer(build_http_app(auditor, token), s.audit_host, s.audit_http_port, tls)
             self.http_port = await http_server.start()
             opened.push_async_callback(http_server.stop)
             self._opened = opened.pop_all()
         log.info("serving", extra={"http": f"{s.audit_host}:{self.http_port}",
                                    "grpc": f"{s.audit_host}:{self.grpc_port}", "token_required": token.required,
+                                   "tls": tls is not None,
                                    "mongo_db": s.mongo_db, "peer": self.ledger_settings.fabric_peer_endpoint})
 
     async def stop(self) -> None:

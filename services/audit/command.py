@@ -4,7 +4,9 @@ By default the command runs the audit core in-process, reading MongoDB and the l
 with this machine's `STREAMLEDGER_*` settings and Fabric identity: an auditor then trusts no
 running service, only storage and the ledger. With `--api URL` (or STREAMLEDGER_AUDIT_API_URL)
 it asks a running audit API over HTTP instead (with `--token` / STREAMLEDGER_AUDIT_TOKEN when
-that API needs one), for auditors who hold no database or ledger credentials. Both print the
+that API needs one, and `--ca` / STREAMLEDGER_AUDIT_API_CA, the CA file that issued an https
+API's certificate, when it is not one the system trusts), for auditors who hold no database or
+ledger credentials. Both print the
 same answer: readable by default, the API's JSON with `--json`.
 
 Exit codes: 0 VERIFIED / MATCH / FOUND; 1 TAMPERED, DELETED or MISMATCH; 2 a malformed
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -39,16 +43,31 @@ EXIT_CODES = {
 }
 
 
+class CaFileError(Exception):
+    """The CA file given for an https audit API cannot be used."""
+
+
+def _trusting(ca: Path | None) -> ssl.SSLContext | bool:
+    """What httpx verifies the API's certificate with: the system's CAs, or only `ca`."""
+    if ca is None:
+        return True
+    try:
+        return ssl.create_default_context(cafile=str(ca))
+    except (OSError, ssl.SSLError) as exc:
+        raise CaFileError(f"STREAMLEDGER_AUDIT_API_CA: cannot use {ca}: {exc}") from None
+
+
 def exit_code(status: str) -> int:
     return EXIT_CODES.get(status, 1)
 
 
 def run_audit(query: str, args: dict[str, Any], as_json: bool, api_url: str | None, token: str | None,
-              console: Console) -> int:
-    """Answer `query` ("verify", "model" or "account") for `args`, print it; the exit code."""
+              console: Console, ca: Path | None = None) -> int:
+    """Answer `query` ("verify", "model" or "account") for `args`, print it; the exit code. `ca`: the
+    CA certificate (PEM) to trust for an https API."""
     try:
         if api_url:
-            with httpx.Client(timeout=60.0) as client:
+            with httpx.Client(timeout=60.0, verify=_trusting(ca)) as client:
                 answer = ask_api(client, api_url, token, query, args)
         else:
             answer = asyncio.run(_ask_in_process(query, args))
@@ -58,6 +77,8 @@ def run_audit(query: str, args: dict[str, Any], as_json: bool, api_url: str | No
         answer = {"status": "CONFIGURATION", "error": "; ".join(e["msg"] for e in exc.errors())}
     except httpx.HTTPError as exc:
         answer = {"status": "API_UNREACHABLE", "error": f"the audit API at {api_url} did not answer: {exc}"}
+    except CaFileError as exc:
+        answer = {"status": "CONFIGURATION", "error": str(exc)}
     if as_json:
         print(json.dumps(answer, indent=2, ensure_ascii=False))
     elif "error" in answer:

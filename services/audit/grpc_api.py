@@ -16,11 +16,12 @@ import grpc
 from google.protobuf import json_format
 
 from services.audit.auditor import Auditor
-from services.audit.auth import AuditorToken, bearer
 from services.audit.metrics import observe
 from services.audit.ports import InvalidArgument
+from streamledger.access import BearerToken, bearer
 from streamledger.logging import get_logger
 from streamledger.protos import load
+from streamledger.tls import ServerTls, bind_grpc
 
 audit_pb2, audit_pb2_grpc = load("audit.proto")
 log = get_logger("audit")
@@ -34,7 +35,7 @@ def to_message(answer: dict[str, Any], message_type: type) -> Any:
 
 
 class AuditServicer(audit_pb2_grpc.AuditServicer):
-    def __init__(self, auditor: Auditor, token: AuditorToken) -> None:
+    def __init__(self, auditor: Auditor, token: BearerToken) -> None:
         self.auditor = auditor
         self.token = token
 
@@ -74,11 +75,12 @@ class AuditServicer(audit_pb2_grpc.AuditServicer):
         return message
 
 
-def build_grpc_server(auditor: Auditor, token: AuditorToken, host: str, port: int) -> tuple[grpc.aio.Server, int]:
-    """The (not yet started) server and the port it bound (`port` 0 picks a free one)."""
+def build_grpc_server(auditor: Auditor, token: BearerToken, host: str, port: int,
+                      tls: ServerTls | None = None) -> tuple[grpc.aio.Server, int]:
+    """The (not yet started) server and the port it bound (`port` 0 picks a free one); TLS only with `tls`."""
     server = grpc.aio.server()
     audit_pb2_grpc.add_AuditServicer_to_server(AuditServicer(auditor, token), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    bound = bind_grpc(server, f"{host}:{port}", tls)
     if not bound:
         raise RuntimeError(f"gRPC server could not bind {host}:{port}")
     return server, bound

@@ -27,9 +27,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from services.audit.auditor import Auditor
-from services.audit.auth import AuditorToken, bearer
 from services.audit.metrics import observe
 from services.audit.ports import InvalidArgument
+from streamledger.access import BearerToken, bearer
 from streamledger.logging import get_logger
 
 log = get_logger("audit")
@@ -37,7 +37,7 @@ UNREACHABLE = frozenset({"LEDGER_UNREACHABLE", "STORE_UNREACHABLE"})
 RETRY_AFTER_SECONDS = 5
 
 
-def build_http_app(auditor: Auditor, token: AuditorToken) -> Starlette:
+def build_http_app(auditor: Auditor, token: BearerToken) -> Starlette:
     def answering(query: str, ask: Callable[[Request], Awaitable[Any]]) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             started = time.perf_counter()

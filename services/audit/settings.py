@@ -6,23 +6,13 @@ evaluates, so any enrolled identity of the channel will do.
 
 from __future__ import annotations
 
-import ipaddress
+from pathlib import Path
 
 from pydantic import Field, SecretStr, model_validator
 
+from streamledger.access import exposure_problem
 from streamledger.settings import CommonSettings
-
-MIN_TOKEN_LENGTH = 16
-
-
-def is_loopback(host: str) -> bool:
-    """True for addresses only this machine can reach; a host name counts as exposed (it may resolve anywhere)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+from streamledger.tls import pair_problem
 
 
 class AuditSettings(CommonSettings):
@@ -33,6 +23,11 @@ class AuditSettings(CommonSettings):
     audit_token: SecretStr | None = None
     """STREAMLEDGER_AUDIT_TOKEN: when set, every call must send `Authorization: Bearer <token>`
     (HTTP header or gRPC metadata). Required when `audit_host` is not loopback."""
+    audit_tls_cert: Path | None = None
+    """PEM certificate (chain) of both servers; with `audit_tls_key` they serve TLS only (https and
+    gRPC over TLS). Both or neither."""
+    audit_tls_key: Path | None = None
+    """PEM private key (unencrypted) of `audit_tls_cert`."""
     audit_ledger_timeout_seconds: float = 10.0
     """How long one ledger query may take before the answer is LEDGER_UNREACHABLE."""
     audit_ledger_attempts: int = 3
@@ -43,13 +38,10 @@ class AuditSettings(CommonSettings):
 
     @model_validator(mode="after")
     def _exposed_needs_a_token(self) -> AuditSettings:
-        token = self.audit_token.get_secret_value() if self.audit_token is not None else ""
-        if self.audit_token is not None and len(token) < MIN_TOKEN_LENGTH:
-            raise ValueError(f"STREAMLEDGER_AUDIT_TOKEN must be at least {MIN_TOKEN_LENGTH} characters "
-                             f"(got {len(token)}); make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'")
-        if not is_loopback(self.audit_host) and not token:
-            raise ValueError(f"the audit API refuses to listen on {self.audit_host!r}, beyond loopback, without an "
-                             "auditor token: set STREAMLEDGER_AUDIT_TOKEN (or listen on 127.0.0.1)")
+        problem = (exposure_problem(self.audit_host, self.token(), "STREAMLEDGER_AUDIT_TOKEN", "the audit API")
+                   or pair_problem(self.audit_tls_cert, self.audit_tls_key, "STREAMLEDGER_AUDIT_TLS"))
+        if problem:
+            raise ValueError(problem)
         if self.audit_ledger_attempts < 1:
             raise ValueError("audit_ledger_attempts must be at least 1")
         return self

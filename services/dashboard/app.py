@@ -6,6 +6,8 @@
 
 Both readers only read, show their server being away on the page, and reconnect (bounded,
 counted: reconnect.py); SIGINT or SIGTERM ends the event streams, the readers, then the server.
+Listening beyond loopback needs STREAMLEDGER_DASHBOARD_TOKEN (the settings refuse to load without
+it); with a token set, every request must carry it (web.py).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from services.dashboard.ledger_watch import (
 )
 from services.dashboard.settings import DashboardSettings
 from services.dashboard.web import create_app
+from streamledger.access import BearerToken
 from streamledger.avro import AvroCodec, SchemaRegistry
 from streamledger.http_server import EmbeddedHttpServer
 from streamledger.lifecycle import Loop, serve
@@ -62,14 +65,16 @@ class Dashboard(Loop):
         ledger_watch = build_ledger_watch(settings, self.board, ledger_settings)
         self.readers = [reader for reader in (kafka_watch, ledger_watch) if reader is not None]
         # `stopping` ends the event streams too, so the server never waits on a browser to leave.
-        app = create_app(self.board, settings.dashboard_tick_seconds, closing=self.stopping)
+        app = create_app(self.board, settings.dashboard_tick_seconds, closing=self.stopping,
+                         token=BearerToken(settings.token()))
         self.http = EmbeddedHttpServer(app, settings.dashboard_host, settings.dashboard_port)
         self.port = settings.dashboard_port
 
     async def start(self) -> None:
         self.port = await self.http.start()
         log.info("serving", extra={"url": f"http://{self.settings.dashboard_host}:{self.port}",
-                                   "topics": self.settings.watched_topics(), "ledger": self.settings.dashboard_ledger})
+                                   "topics": self.settings.watched_topics(), "ledger": self.settings.dashboard_ledger,
+                                   "token_required": self.settings.dashboard_token is not None})
 
     async def run(self, stopping: asyncio.Event) -> None:
         """The readers, until `stopping` is set; one that gives up fails the dashboard (exit 1)."""

@@ -5,8 +5,9 @@ The ledger watcher reaches Fabric through `LedgerSettings` (`STREAMLEDGER_FABRIC
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 
+from streamledger.access import exposure_problem
 from streamledger.kafka import topics
 from streamledger.retry import RetryPolicy
 from streamledger.settings import CommonSettings
@@ -14,7 +15,12 @@ from streamledger.settings import CommonSettings
 
 class DashboardSettings(CommonSettings):
     dashboard_host: str = "127.0.0.1"
+    """Where the page is served. Beyond loopback (0.0.0.0, a LAN address) a token is required."""
     dashboard_port: int = 8088
+    dashboard_token: SecretStr | None = None
+    """STREAMLEDGER_DASHBOARD_TOKEN: when set, every request must carry it: `Authorization: Bearer
+    <token>`, or (for a browser) open the page once as `/?token=<token>`, which sets a cookie the
+    page's own requests then carry. Required when `dashboard_host` is not loopback."""
     dashboard_raw_topic: str = topics.RAW
     dashboard_clean_topic: str = topics.CLEAN
     dashboard_deadletter_topic: str = topics.DEADLETTER
@@ -65,6 +71,16 @@ class DashboardSettings(CommonSettings):
     """Tries to reach the ledger in a row before the dashboard gives up and exits 1."""
     dashboard_ledger_retry_max_seconds: float = Field(default=15.0, gt=0)
     """Longest wait between reconnection attempts to an unreachable ledger (backoff from 0.5 s)."""
+
+    @model_validator(mode="after")
+    def _exposed_needs_a_token(self) -> DashboardSettings:
+        problem = exposure_problem(self.dashboard_host, self.token(), "STREAMLEDGER_DASHBOARD_TOKEN", "the dashboard")
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    def token(self) -> str | None:
+        return self.dashboard_token.get_secret_value() if self.dashboard_token is not None else None
 
     def kafka_retry(self) -> RetryPolicy:
         return RetryPolicy(attempts=self.dashboard_kafka_retry_attempts, initial_seconds=0.5,

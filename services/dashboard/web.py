@@ -3,6 +3,10 @@
     GET /            static/index.html (static/dashboard.js draws the frames as SVG)
     GET /api/state   the board's frame now
     GET /events      `event: frame` every tick, until the browser leaves or the dashboard stops
+
+With a token (`STREAMLEDGER_DASHBOARD_TOKEN`) every route, static files included, answers 401
+unless the request carries it: `Authorization: Bearer <token>`, `?token=<token>` (which also
+sets an HttpOnly cookie, so the page's own requests and its EventSource carry it), or that cookie.
 """
 
 from __future__ import annotations
@@ -16,20 +20,65 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, StreamingResponse
+from starlette.responses import (
+    FileResponse,
+    JSONResponse,
+    PlainTextResponse,
+    StreamingResponse,
+)
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.dashboard.board import Board
 from streamledger import metrics
+from streamledger.access import BearerToken, bearer
 
 STATIC = Path(__file__).parent / "static"
 CLIENTS = metrics.gauge("dashboard", "sse_clients", "Browsers connected to /events")
+COOKIE = "streamledger_dashboard_token"
 
 
-def create_app(board: Board, tick_seconds: float, closing: asyncio.Event) -> Starlette:
+class TokenGate:
+    """Lets a request through only with the token (header, query or cookie); a request that
+    brought it as `?token=` gets the cookie back, so the browser needs the link only once."""
+
+    def __init__(self, app: ASGIApp, token: BearerToken) -> None:
+        self.app = app
+        self.token = token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.token.required:
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        from_query = request.query_params.get("token")
+        if self.token.allows(bearer(request.headers)) or self.token.allows(request.cookies.get(COOKIE)):
+            await self.app(scope, receive, send)
+        elif self.token.allows(from_query):
+            await self.app(scope, receive, _setting_cookie(send, from_query))
+        else:
+            await PlainTextResponse("a dashboard token is required: Authorization: Bearer <token>, or open "
+                                    "/?token=<token>", status_code=401,
+                                    headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
+
+
+def _setting_cookie(send: Send, token: str) -> Send:
+    cookie = f"{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict".encode()
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), (b"set-cookie", cookie)]}
+        await send(message)
+
+    return sending
+
+
+def create_app(board: Board, tick_seconds: float, closing: asyncio.Event,
+               token: BearerToken | None = None) -> ASGIApp:
     """The web app over `board`; once `closing` is set every event stream ends, so the server
-    can stop without waiting on browsers (they reconnect on their own, 2 s later)."""
+    can stop without waiting on browsers (they reconnect on their own, 2 s later). With a
+    `token` that is required, every route asks for it (`TokenGate`)."""
 
     async def index(request: Request) -> FileResponse:
         return FileResponse(STATIC / "index.html")
@@ -52,9 +101,10 @@ def create_app(board: Board, tick_seconds: float, closing: asyncio.Event) -> Sta
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
-    return Starlette(routes=[
+    app = Starlette(routes=[
         Route("/", index),
         Route("/api/state", state),
         Route("/events", events),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ])
+    return TokenGate(app, token or BearerToken(None))

@@ -3,7 +3,8 @@
     request --auth--> tenant --validate--> RawEvent records --Avro--> Kafka (acks=all) --> ack
 
 `streamledger serve ingestion` runs `main()`: HTTP on 127.0.0.1:8080 (`/v1/events`,
-`/healthz`, `/metrics`) and gRPC on 127.0.0.1:8081, until SIGINT/SIGTERM.
+`/healthz`, `/metrics`) and gRPC on 127.0.0.1:8081, until SIGINT/SIGTERM; with
+STREAMLEDGER_INGESTION_TLS_CERT and _KEY both serve TLS only.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from streamledger.http_server import EmbeddedHttpServer
 from streamledger.kafka import topics
 from streamledger.lifecycle import Loop, serve
 from streamledger.logging import get_logger
+from streamledger.tls import ServerTls
 
 log = get_logger("ingestion")
 
@@ -37,6 +39,7 @@ class IngestionService(Loop):
 
     async def start(self) -> None:
         s = self.settings
+        tls = ServerTls.optional(s.ingestion_tls_cert, s.ingestion_tls_key, "STREAMLEDGER_INGESTION_TLS")
         registry = SchemaRegistry.from_dir()
         await kafka.provision(s.kafka_bootstrap, [
             kafka.spec(topics.RAW, s.ingestion_raw_topic, partitions=s.ingestion_raw_partitions),
@@ -47,13 +50,15 @@ class IngestionService(Loop):
         self.writer = RawEventWriter(producer, s.ingestion_raw_topic, PendingBudget(s.ingestion_max_pending_events),
                                      s.ingestion_ack_timeout_seconds, renew=self._new_producer)
         intake = Intake(ApiKeys(s.ingestion_api_keys), AvroCodec(registry), self.writer, s.ingestion_max_event_bytes)
-        self.grpc_server, self.grpc_port = build_grpc_server(intake, s)
+        self.grpc_server, self.grpc_port = build_grpc_server(intake, s, tls)
         await self.grpc_server.start()
-        self.http_server = EmbeddedHttpServer(build_http_app(intake, s), s.ingestion_http_host, s.ingestion_http_port)
+        self.http_server = EmbeddedHttpServer(build_http_app(intake, s), s.ingestion_http_host, s.ingestion_http_port,
+                                              tls)
         self.http_port = await self.http_server.start()
         log.info("listening", extra={"http": f"{s.ingestion_http_host}:{self.http_port}",
                                      "grpc": f"{s.ingestion_http_host}:{self.grpc_port}",
-                                     "topic": s.ingestion_raw_topic, "tenants": len(s.ingestion_api_keys)})
+                                     "topic": s.ingestion_raw_topic, "tenants": len(s.ingestion_api_keys),
+                                     "tls": tls is not None})
 
     async def _new_producer(self) -> AIOKafkaProducer:
         producer = kafka.producer(self.settings.kafka_bootstrap,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import model_validator
 
 from streamledger.kafka import topics
 from streamledger.settings import CommonSettings
+from streamledger.tls import pair_problem
 
 
 class IngestionSettings(CommonSettings):
@@ -13,6 +16,11 @@ class IngestionSettings(CommonSettings):
     ingestion_http_port: int = 8080
     ingestion_grpc_port: int = 8081
     """gRPC `streamledger.ingest.v1.Ingestion/Ingest` listens here, on `ingestion_http_host`."""
+    ingestion_tls_cert: Path | None = None
+    """PEM certificate (chain) of both servers; with `ingestion_tls_key` they serve TLS only (https
+    and gRPC over TLS). Both or neither."""
+    ingestion_tls_key: Path | None = None
+    """PEM private key (unencrypted) of `ingestion_tls_cert`."""
     ingestion_raw_topic: str = topics.RAW
     """Topic the accepted RawEvents go to (tests point it at a unique topic)."""
     ingestion_raw_partitions: int = 3
@@ -42,4 +50,7 @@ class IngestionSettings(CommonSettings):
             raise ValueError(f"ingestion_max_events_per_request ({self.ingestion_max_events_per_request}) must not "
                              f"exceed ingestion_max_pending_events ({self.ingestion_max_pending_events}): such a "
                              "request could never be accepted")
+        problem = pair_problem(self.ingestion_tls_cert, self.ingestion_tls_key, "STREAMLEDGER_INGESTION_TLS")
+        if problem:
+            raise ValueError(problem)
         return self

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -42,6 +43,7 @@ from streamledger.core.canonical import content_hash
 from streamledger.fabric import Committed
 from streamledger.ledger import LedgerClient
 from streamledger.settings import CommonSettings, LedgerSettings
+from tests.tls_certs import self_signed
 
 pytestmark = [pytest.mark.integration, pytest.mark.fabric, pytest.mark.timeout(300)]
 
@@ -410,6 +412,40 @@ async def test_a_configured_token_is_required_on_every_call(world: World) -> Non
             assert ok.status == audit_pb2.Verification.VERIFIED
     rc, answer = await cli_json(world, "verify", world.ids[0], "--api", f"http://127.0.0.1:{guarded.http_port}")
     assert (rc, answer["status"]) == (5, "API_UNREACHABLE")  # stopped now: said so, not a verdict
+
+
+async def test_with_tls_settings_both_servers_answer_over_tls_only(world: World, tmp_path) -> None:
+    cert, key = self_signed(tmp_path)
+    served = AuditService(AuditSettings(mongo_db=world.db_name, audit_http_port=0, audit_grpc_port=0,
+                                        audit_tls_cert=cert, audit_tls_key=key), LedgerSettings(fabric_user="User2"))
+    async with served:
+        path = f"/v1/verify/{world.ids[0]}"
+        async with httpx.AsyncClient(base_url=f"https://127.0.0.1:{served.http_port}", timeout=60,
+                                     verify=ssl.create_default_context(cafile=str(cert))) as https:
+            assert (await https.get("/healthz")).status_code == 200
+            verified = await https.get(path)
+        assert verified.status_code == 200 and verified.json()["status"] == "VERIFIED"
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{served.http_port}", timeout=10) as http:
+            with pytest.raises(httpx.TransportError):
+                await http.get("/healthz")
+        credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+        async with grpc.aio.secure_channel(f"127.0.0.1:{served.grpc_port}", credentials) as channel:
+            ok = await audit_pb2_grpc.AuditStub(channel).Verify(audit_pb2.VerifyRequest(event_id=world.ids[0]),
+                                                                 timeout=30)
+            assert ok.status == audit_pb2.Verification.VERIFIED
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{served.grpc_port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await audit_pb2_grpc.AuditStub(channel).Verify(audit_pb2.VerifyRequest(event_id=world.ids[0]),
+                                                               timeout=10)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        https_api = f"https://127.0.0.1:{served.http_port}"
+        rc, answer = await cli_json(world, "verify", world.ids[0], "--api", https_api,
+                                    env={"STREAMLEDGER_AUDIT_API_CA": str(cert)})
+        assert (rc, answer["status"]) == (0, "VERIFIED")
+        rc, answer = await cli_json(world, "verify", world.ids[0], "--api", https_api)  # the system's CAs only
+        assert (rc, answer["status"]) == (5, "API_UNREACHABLE") and "CERTIFICATE_VERIFY_FAILED" in answer["error"]
+        rc, answer = await cli_json(world, "verify", world.ids[0], "--api", https_api, "--ca", str(tmp_path / "no.pem"))
+        assert (rc, answer["status"]) == (2, "CONFIGURATION") and "STREAMLEDGER_AUDIT_API_CA" in answer["error"]
 
 
 def test_serving_beyond_loopback_without_a_token_refuses_to_start() -> None:

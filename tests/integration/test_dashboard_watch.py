@@ -1,18 +1,24 @@
 """The dashboard's Kafka reader against the real broker: what it shows, bad input it survives,
-and an unreachable Kafka: shown, retried, given up after the bound."""
+and an unreachable Kafka: shown, retried, given up after the bound. And who may look: bound
+beyond loopback it needs a token, and then every request must carry it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
+import httpx
 import pytest
 from aiokafka.errors import KafkaConnectionError
 from prometheus_client import REGISTRY
 
-from services.dashboard.app import build_board
+from services.dashboard.app import Dashboard, build_board
 from services.dashboard.board import Board
 from services.dashboard.kafka_watch import KafkaWatch
 from services.dashboard.settings import DashboardSettings
@@ -20,6 +26,8 @@ from streamledger import kafka
 from streamledger.avro import MARKER, AvroCodec, SchemaRegistry
 
 pytestmark = pytest.mark.integration
+CLI = str(Path(sys.executable).with_name("streamledger"))
+TOKEN = "integration-dashboard-0123456789"
 CODEC = AvroCodec(SchemaRegistry.from_dir())
 
 
@@ -113,3 +121,34 @@ async def test_unreachable_kafka_is_given_up_after_the_bound_with_its_error(uniq
     assert str(raised.value) == UNREACHABLE_ERROR
     assert reconnects() == before + 2  # shown and counted before each of the two retries
     assert board.frame(time.time())["kafka"]["error"] == UNREACHABLE_ERROR
+
+
+# -- who may look --
+
+def test_bound_beyond_loopback_without_a_token_it_refuses_to_start() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "STREAMLEDGER_DASHBOARD_TOKEN"}
+    done = subprocess.run([CLI, "serve", "dashboard"], capture_output=True, text=True, timeout=60, check=False,
+                          env={**env, "STREAMLEDGER_DASHBOARD_HOST": "0.0.0.0", "STREAMLEDGER_DASHBOARD_PORT": "0",
+                               "STREAMLEDGER_DASHBOARD_LEDGER": "false"})
+    assert done.returncode == 1, done.stderr
+    [line] = done.stderr.splitlines()
+    assert line.startswith("dashboard: cannot start") and "STREAMLEDGER_DASHBOARD_TOKEN" in line
+
+
+async def test_bound_beyond_loopback_with_a_token_every_request_needs_it(bootstrap: str, unique: str) -> None:
+    settings = dashboard_settings(bootstrap, unique, dashboard_host="0.0.0.0", dashboard_port=0,
+                                  dashboard_ledger=False, dashboard_token=TOKEN)
+    await kafka.provision(bootstrap, [kafka.TopicSpec(name) for name in settings.watched_topics()])
+    async with (Dashboard(settings) as dashboard,
+                httpx.AsyncClient(base_url=f"http://127.0.0.1:{dashboard.port}", timeout=10) as http):
+        for route in ("/", "/api/state", "/static/dashboard.js", "/events"):
+            assert (route, (await http.get(route)).status_code) == (route, 401)
+        allowed = {"Authorization": f"Bearer {TOKEN}"}
+        assert (await http.get("/", headers=allowed)).status_code == 200
+        state = await http.get("/api/state", headers=allowed)
+        assert state.status_code == 200 and "kafka" in state.json()
+        async with http.stream("GET", "/events", headers=allowed) as stream:
+            assert stream.status_code == 200
+            lines = stream.aiter_lines()
+            while await asyncio.wait_for(anext(lines), 10) != "event: frame":
+                pass

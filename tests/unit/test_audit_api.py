@@ -10,9 +10,9 @@ import httpx
 import pytest
 
 from services.audit.auditor import Auditor
-from services.audit.auth import AuditorToken
 from services.audit.grpc_api import REPORT_METADATA_KEY, AuditServicer, audit_pb2
 from services.audit.http_api import build_http_app
+from streamledger.access import BearerToken
 from tests.unit.test_audit_provenance import register, store_snapshot
 from tests.unit.test_audit_statement import ME, hold
 from tests.unit.test_audit_verification import (
@@ -39,7 +39,7 @@ def world():
 
 
 def client(store, ledger, token: str | None = None) -> httpx.AsyncClient:
-    app = build_http_app(Auditor(store, ledger), AuditorToken(token))
+    app = build_http_app(Auditor(store, ledger), BearerToken(token))
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://audit")
 
 
@@ -138,7 +138,7 @@ class FakeContext:
 
 async def test_grpc_verify_model_account_mirror_the_json(world) -> None:
     store, ledger, ids, _ = world
-    servicer = AuditServicer(Auditor(store, ledger), AuditorToken(None))
+    servicer = AuditServicer(Auditor(store, ledger), BearerToken(None))
     v = await servicer.Verify(audit_pb2.VerifyRequest(event_id=ids[2]), FakeContext())
     assert v.status == audit_pb2.Verification.VERIFIED and v.anchor.block_number == 7
     assert v.record["event_id"] == ids[2] and v.proof["batch_id"] == v.anchor.batch_id
@@ -153,7 +153,7 @@ async def test_grpc_verify_model_account_mirror_the_json(world) -> None:
 
 async def test_grpc_errors_and_the_partial_report(world) -> None:
     store, ledger, ids, _ = world
-    servicer = AuditServicer(Auditor(store, ledger), AuditorToken(TOKEN))
+    servicer = AuditServicer(Auditor(store, ledger), BearerToken(TOKEN))
     context = FakeContext()
     with pytest.raises(Aborted):
         await servicer.Verify(audit_pb2.VerifyRequest(event_id=ids[0]), context)

@@ -97,3 +97,13 @@ def test_model_and_account_renderings() -> None:
         "history": [{"timestamp": "t", "balance": 7, "tx_id": "m1", "is_delete": False}],
         "totals": {"frozen": 0, "paid": 3, "refunded": 2, "earned": 0}})
     assert "balance 7" in account and "ctx" in account and "h1" in account
+
+
+def test_a_ca_file_that_cannot_be_used_is_a_configuration_error_naming_the_setting(capsys, tmp_path) -> None:
+    code = command.run_audit("verify", {"event_id": "x"}, True, "https://127.0.0.1:1", None, Console(),
+                             ca=tmp_path / "missing.pem")
+    answer = json.loads(capsys.readouterr().out)
+    assert code == 2 and answer["status"] == "CONFIGURATION" and "STREAMLEDGER_AUDIT_API_CA" in answer["error"]
+    (tmp_path / "junk.pem").write_text("not a certificate")
+    assert command.run_audit("verify", {"event_id": "x"}, True, "https://127.0.0.1:1", None, Console(),
+                             ca=tmp_path / "junk.pem") == 2

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from services.audit.auth import AuditorToken, bearer
-from services.audit.settings import AuditSettings, is_loopback
+from services.audit.settings import AuditSettings
+from streamledger.access import BearerToken, bearer, is_loopback
 
 TOKEN = "0123456789abcdef-auditor"
 
@@ -44,8 +44,8 @@ def test_is_loopback(host, loopback) -> None:
 
 
 def test_token_check() -> None:
-    assert AuditorToken(None).allows(None) and not AuditorToken(None).required
-    token = AuditorToken(TOKEN)
+    assert BearerToken(None).allows(None) and not BearerToken(None).required
+    token = BearerToken(TOKEN)
     assert token.allows(TOKEN) and not token.allows(None) and not token.allows(TOKEN + "x")
     assert bearer({"authorization": f"Bearer {TOKEN}"}) == TOKEN
     assert bearer({"authorization": f"bearer  {TOKEN} "}) == TOKEN

@@ -25,3 +25,30 @@ def test_retry_policies_are_bounded_by_the_settings() -> None:
     assert settings.ledger_retry() == RetryPolicy(attempts=9, initial_seconds=0.2, max_seconds=0.2, jitter=0.2)
     with pytest.raises(ValueError, match="dashboard_kafka_retry_attempts"):
         DashboardSettings(dashboard_kafka_retry_attempts=0)
+
+
+TOKEN = "0123456789abcdef-dashboard"
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.20", "dashboard.example.com"])
+def test_beyond_loopback_it_refuses_without_a_token(monkeypatch: pytest.MonkeyPatch, host: str) -> None:
+    monkeypatch.delenv("STREAMLEDGER_DASHBOARD_TOKEN", raising=False)
+    with pytest.raises(ValueError, match="STREAMLEDGER_DASHBOARD_TOKEN"):
+        DashboardSettings(dashboard_host=host)
+    assert DashboardSettings(dashboard_host=host, dashboard_token=TOKEN).token() == TOKEN
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost"])
+def test_on_loopback_no_token_is_needed(monkeypatch: pytest.MonkeyPatch, host: str) -> None:
+    monkeypatch.delenv("STREAMLEDGER_DASHBOARD_TOKEN", raising=False)
+    assert DashboardSettings(dashboard_host=host).token() is None
+
+
+def test_the_token_comes_from_the_environment_and_must_not_be_short(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMLEDGER_DASHBOARD_HOST", "0.0.0.0")
+    monkeypatch.setenv("STREAMLEDGER_DASHBOARD_TOKEN", TOKEN)
+    assert DashboardSettings().token() == TOKEN
+    assert TOKEN not in repr(DashboardSettings())  # a secret, not printed
+    monkeypatch.setenv("STREAMLEDGER_DASHBOARD_TOKEN", "short")
+    with pytest.raises(ValueError, match="at least 16"):
+        DashboardSettings()
