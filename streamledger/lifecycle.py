@@ -22,7 +22,7 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 from pydantic import ValidationError
@@ -85,20 +85,6 @@ class Loop:
     async def wait(self) -> None:
         assert self._task is not None, "wait() on a Loop that was not started"
         await asyncio.shield(self._task)
-
-    @staticmethod
-    def of(run: Callable[[asyncio.Event], Awaitable[None]]) -> Loop:
-        """The `Loop` of a plain `run(stop)` coroutine function."""
-        return _FunctionLoop(run)
-
-
-class _FunctionLoop(Loop):
-    def __init__(self, run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-        super().__init__()
-        self._run = run
-
-    async def run(self, stopping: asyncio.Event) -> None:
-        await self._run(stopping)
 
 
 def serve(name: str, load_settings: Callable[[], S], build: Callable[[S], Service]) -> None:

@@ -1,6 +1,6 @@
 """The anchoring loop: events.clean -> Merkle batches -> one AnchorBatch each -> ledger.anchors.
 
-    anchorer = Anchorer(settings, consumer, ledger, store, producer, codec, retries, letters)
+    anchorer = Anchorer(settings, consumer, Ports(ledger, store, producer, codec, retries, letters))
     await anchorer.run(stop)
 
 Per partition, records are batched by `Batcher` (anchoring.py); each closed batch is recorded
@@ -20,21 +20,18 @@ from typing import Any
 
 from aiokafka import (
     AIOKafkaConsumer,
-    AIOKafkaProducer,
     ConsumerRebalanceListener,
     TopicPartition,
 )
 
 from services.ledger.anchoring import AnchoringError, Batch, Batcher
-from services.ledger.dead_letters import EMPTY_MESSAGE, DeadLetters
+from services.ledger.dead_letters import EMPTY_MESSAGE
 from services.ledger.offsets import OffsetCommitter
-from services.ledger.retries import Retries
+from services.ledger.ports import Ports
 from services.ledger.settings import LedgerServiceSettings
-from services.ledger.store import LedgerStore
 from streamledger import metrics
-from streamledger.avro import AvroCodec, CodecError
+from streamledger.avro import CodecError
 from streamledger.core.records import Consumed
-from streamledger.ledger import LedgerClient
 from streamledger.logging import get_logger
 from streamledger.retry import Stopped
 
@@ -56,19 +53,12 @@ class Flight:
 
 
 class Anchorer(ConsumerRebalanceListener):
-    def __init__(self, settings: LedgerServiceSettings, consumer: AIOKafkaConsumer, ledger: LedgerClient,
-                 store: LedgerStore, producer: AIOKafkaProducer, codec: AvroCodec, retries: Retries,
-                 letters: DeadLetters) -> None:
+    def __init__(self, settings: LedgerServiceSettings, consumer: AIOKafkaConsumer, ports: Ports) -> None:
         self.topic = settings.ledger_clean_topic
         self.anchors_topic = settings.ledger_anchors_topic
         self.consumer = consumer
-        self.ledger = ledger
-        self.store = store
-        self.producer = producer
-        self.codec = codec
-        self.retries = retries
-        self.letters = letters
-        self.committer = OffsetCommitter(consumer, self.topic, producer)
+        self.ports = ports
+        self.committer = OffsetCommitter(consumer, self.topic, ports.producer)
         self.batcher = Batcher(self.topic, settings.ledger_batch_records, settings.ledger_batch_seconds)
         self.slots = asyncio.Semaphore(settings.ledger_batches_in_flight)
         self.flights: dict[int, list[Flight]] = {}
@@ -109,13 +99,13 @@ class Anchorer(ConsumerRebalanceListener):
         self.consumed[tp.partition] = message.offset + 1
         consumed = Consumed(tp, message.topic, message.partition, message.offset, message.key, message.value)
         if message.value is None:
-            await self.letters.send(consumed, EMPTY_MESSAGE, "CleanEvent: the record has no value (a tombstone)")
+            await self.ports.letters.send(consumed, EMPTY_MESSAGE, "CleanEvent: the record has no value (a tombstone)")
             return
         try:
-            record = self.codec.decode(message.value, reader="CleanEvent")
+            record = self.ports.codec.decode(message.value, reader="CleanEvent")
             batch = self.batcher.add(tp.partition, message.offset, record["event_id"], record["content_hash"], now)
         except (CodecError, AnchoringError) as exc:
-            await self.letters.send(consumed, exc.reason, f"CleanEvent: {exc}")
+            await self.ports.letters.send(consumed, exc.reason, f"CleanEvent: {exc}")
             return
         if batch is not None:
             await self._launch(batch)
@@ -127,7 +117,8 @@ class Anchorer(ConsumerRebalanceListener):
         records can arrive while an assignment callback still runs.)"""
         if tp.partition in self.prepared:
             return True
-        plans = await self.retries.run("plans", lambda: self.store.plans_from(self.topic, tp.partition, offset))
+        store = self.ports.store
+        plans = await self.ports.retries.run("plans", lambda: store.plans_from(self.topic, tp.partition, offset))
         if plans and plans[0]["first_offset"] < offset:
             # The committed offset fell inside a recorded batch: re-read all of it.
             self.consumer.seek(tp, plans[0]["first_offset"])
@@ -155,22 +146,23 @@ class Anchorer(ConsumerRebalanceListener):
             tree = batch.tree()
             root = tree.root.hex()
             proofs = list(batch.proofs(tree))
-            await self.retries.run("plan", lambda: self.store.record_plan(batch, root))
-            await self.retries.run("proofs", lambda: self.store.write_proofs(proofs))
-            committed = await self.retries.run("anchor", lambda: self.ledger.anchor_batch(
+            await self.ports.retries.run("plan", lambda: self.ports.store.record_plan(batch, root))
+            await self.ports.retries.run("proofs", lambda: self.ports.store.write_proofs(proofs))
+            committed = await self.ports.retries.run("anchor", lambda: self.ports.ledger.anchor_batch(
                 batch.batch_id, root, len(batch.records), batch.first_offset, batch.last_offset))
             anchor = committed.json()
             block = committed.block_number
             if anchor["tx_id"] != committed.transaction_id:
                 # A replay returns the anchor as first committed: the block is that transaction's.
-                found = await self.retries.run("block", lambda: self.ledger.transaction_block(anchor["tx_id"]))
+                ledger = self.ports.ledger
+                found = await self.ports.retries.run("block", lambda: ledger.transaction_block(anchor["tx_id"]))
                 block = found["block_number"] if found else None
             record = {"batch_id": batch.batch_id, "merkle_root": root, "count": len(batch.records),
                       "topic": batch.topic, "partition": batch.partition, "first_offset": batch.first_offset,
                       "last_offset": batch.last_offset, "tx_id": anchor["tx_id"], "block": block,
                       "ts": time.time_ns() // 1_000_000}
-            value = self.codec.encode("Anchor", record)
-            await self.retries.run("publish", lambda: self.producer.send_and_wait(
+            value = self.ports.codec.encode("Anchor", record)
+            await self.ports.retries.run("publish", lambda: self.ports.producer.send_and_wait(
                 self.anchors_topic, key=batch.batch_id.encode(), value=value))
             flight.done = True
             ANCHORED.inc(len(batch.records))

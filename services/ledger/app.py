@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer
 
 from services.ledger.anchorer import Anchorer
 from services.ledger.dead_letters import DeadLetters
+from services.ledger.ports import Ports
 from services.ledger.retries import Retries
 from services.ledger.settings import LedgerServiceSettings
 from services.ledger.settler import Settler
@@ -45,40 +46,42 @@ def consumer(settings: LedgerServiceSettings, group: str) -> AIOKafkaConsumer:
                           max_poll_interval_ms=600_000)
 
 
-async def run(settings: LedgerServiceSettings, stop: asyncio.Event) -> None:
-    """Anchor and settle until `stop` is set; raises when a call's retries are spent."""
-    s = settings
-    registry = SchemaRegistry.from_dir()
-    codec = AvroCodec(registry)
-    await kafka.provision(s.kafka_bootstrap, [
-        kafka.spec(topics.CLEAN, s.ledger_clean_topic), kafka.spec(topics.ANCHORS, s.ledger_anchors_topic),
-        kafka.spec(topics.USAGE, s.ledger_usage_topic), kafka.spec(topics.DEADLETTER, s.ledger_deadletter_topic)])
-    retries = Retries.from_settings(s, stop)
-    ledger = LedgerClient.connect(s, retry=NO_RETRY)  # `retries` is the one retry loop: none nested in the gateway
-    mongo = mongo_client(s.mongo_url, tz_aware=True)
-    try:
-        async with ledger, kafka.producer(s.kafka_bootstrap) as producer:
-            await registry.publish(producer, ["Anchor", "DeadLetter"])
-            store = LedgerStore(mongo[s.mongo_db])
-            letters = DeadLetters(producer, codec, s.ledger_deadletter_topic)
-            await retries.run("indexes", store.ensure_indexes)
-            caller = await retries.run("who_am_i", ledger.who_am_i)
-            log.info("ledger_connected", extra={"peer": s.fabric_peer_endpoint, "account": caller["Account"]})
-            async with asyncio.TaskGroup() as loops:
-                if s.ledger_anchoring:
-                    anchorer = Anchorer(s, consumer(s, s.ledger_anchor_group), ledger, store, producer, codec,
-                                        retries, letters)
-                    loops.create_task(anchorer.run(stop))
-                if s.ledger_settlement:
-                    settler = Settler(s, consumer(s, s.ledger_settlement_group), ledger, store, producer, codec,
-                                      retries, letters)
-                    loops.create_task(settler.run(stop))
-    except Stopped:
-        log.info("stopped_while_waiting")
-    finally:
-        await mongo.close()
+class LedgerService(Loop):
+    def __init__(self, settings: LedgerServiceSettings) -> None:
+        super().__init__()
+        self.settings = settings
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Anchor and settle until `stopping` is set; raises when a call's retries are spent."""
+        s = self.settings
+        registry = SchemaRegistry.from_dir()
+        codec = AvroCodec(registry)
+        await kafka.provision(s.kafka_bootstrap, [
+            kafka.spec(topics.CLEAN, s.ledger_clean_topic), kafka.spec(topics.ANCHORS, s.ledger_anchors_topic),
+            kafka.spec(topics.USAGE, s.ledger_usage_topic), kafka.spec(topics.DEADLETTER, s.ledger_deadletter_topic)])
+        retries = Retries.from_settings(s, stopping)
+        ledger = LedgerClient.connect(s, retry=NO_RETRY)  # `retries` is the one retry loop: none nested in the gateway
+        mongo = mongo_client(s.mongo_url, tz_aware=True)
+        try:
+            async with ledger, kafka.producer(s.kafka_bootstrap) as producer:
+                await registry.publish(producer, ["Anchor", "DeadLetter"])
+                store = LedgerStore(mongo[s.mongo_db])
+                letters = DeadLetters(producer, codec, s.ledger_deadletter_topic)
+                await retries.run("indexes", store.ensure_indexes)
+                caller = await retries.run("who_am_i", ledger.who_am_i)
+                log.info("ledger_connected", extra={"peer": s.fabric_peer_endpoint, "account": caller["Account"]})
+                ports = Ports(ledger, store, producer, codec, retries, letters)
+                async with asyncio.TaskGroup() as loops:
+                    if s.ledger_anchoring:
+                        loops.create_task(Anchorer(s, consumer(s, s.ledger_anchor_group), ports).run(stopping))
+                    if s.ledger_settlement:
+                        loops.create_task(Settler(s, consumer(s, s.ledger_settlement_group), ports).run(stopping))
+        except Stopped:
+            log.info("stopped_while_waiting")
+        finally:
+            await mongo.close()
 
 
 def main() -> None:
     # Retries spent, or a failure no retry mends: `serve` logs `failed` and exits 1.
-    serve("ledger", LedgerServiceSettings, lambda settings: Loop.of(lambda stop: run(settings, stop)))
+    serve("ledger", LedgerServiceSettings, LedgerService)

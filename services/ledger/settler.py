@@ -1,6 +1,6 @@
 """The settlement loop: usage -> totals per hold -> one Settle per hold once it is due.
 
-    settler = Settler(settings, consumer, ledger, store, producer, codec, retries, letters)
+    settler = Settler(settings, consumer, Ports(ledger, store, producer, codec, retries, letters))
     await settler.run(stop)
 
 Usage is totalled per hold by `UsageBook` (settlement.py), with the hold's terms from
@@ -22,23 +22,20 @@ from typing import Any
 
 from aiokafka import (
     AIOKafkaConsumer,
-    AIOKafkaProducer,
     ConsumerRebalanceListener,
     TopicPartition,
 )
 
-from services.ledger.dead_letters import EMPTY_MESSAGE, DeadLetters
+from services.ledger.dead_letters import EMPTY_MESSAGE
 from services.ledger.offsets import OffsetCommitter
-from services.ledger.retries import Retries
+from services.ledger.ports import Ports
 from services.ledger.settings import LedgerServiceSettings
-from services.ledger.store import LedgerStore
 from streamledger import metrics
-from streamledger.avro import AvroCodec, CodecError
+from streamledger.avro import CodecError
 from streamledger.core.contract_errors import AlreadySettled
 from streamledger.core.records import Consumed
 from streamledger.core.settlement import UsageBook, UsageError, check_usage
 from streamledger.fabric import EndorseError, EvaluateError
-from streamledger.ledger import LedgerClient
 from streamledger.logging import get_logger
 from streamledger.retry import Stopped
 
@@ -52,18 +49,12 @@ class Settler(ConsumerRebalanceListener):
     REMEMBERED = 100_000
     """Closed holds remembered, to tell a replayed usage record from one that came too late."""
 
-    def __init__(self, settings: LedgerServiceSettings, consumer: AIOKafkaConsumer, ledger: LedgerClient,
-                 store: LedgerStore, producer: AIOKafkaProducer, codec: AvroCodec, retries: Retries,
-                 letters: DeadLetters) -> None:
+    def __init__(self, settings: LedgerServiceSettings, consumer: AIOKafkaConsumer, ports: Ports) -> None:
         self.settings = settings
         self.topic = settings.ledger_usage_topic
         self.consumer = consumer
-        self.ledger = ledger
-        self.store = store
-        self.codec = codec
-        self.retries = retries
-        self.letters = letters
-        self.committer = OffsetCommitter(consumer, self.topic, producer)
+        self.ports = ports
+        self.committer = OffsetCommitter(consumer, self.topic, ports.producer)
         self.book = UsageBook()
         self.consumed: dict[int, int] = {}
         """Per partition, the next offset to read."""
@@ -95,7 +86,7 @@ class Settler(ConsumerRebalanceListener):
 
     async def _resume_pending(self) -> None:
         """Settlements planned before a crash go first, with the units they recorded."""
-        pending = await self.retries.run("pending", self.store.pending_settlements)
+        pending = await self.ports.retries.run("pending", self.ports.store.pending_settlements)
         for plan in pending:
             self._remember(plan["_id"], plan["through_offset"])
         await asyncio.gather(*(self._submit(plan) for plan in pending))
@@ -104,13 +95,13 @@ class Settler(ConsumerRebalanceListener):
         self.consumed[tp.partition] = message.offset + 1
         consumed = Consumed(tp, message.topic, message.partition, message.offset, message.key, message.value)
         if message.value is None:
-            await self.letters.send(consumed, EMPTY_MESSAGE, "UsageRecord: the record has no value (a tombstone)")
+            await self.ports.letters.send(consumed, EMPTY_MESSAGE, "UsageRecord: the record has no value (a tombstone)")
             return
         try:
-            record = self.codec.decode(message.value, reader="UsageRecord")
+            record = self.ports.codec.decode(message.value, reader="UsageRecord")
             check_usage(record)
         except (CodecError, UsageError) as exc:
-            await self.letters.send(consumed, exc.reason, f"UsageRecord: {exc}")
+            await self.ports.letters.send(consumed, exc.reason, f"UsageRecord: {exc}")
             return
         hold_id = record["hold_id"]
         if hold_id not in self.book:
@@ -119,7 +110,7 @@ class Settler(ConsumerRebalanceListener):
             if hold_id in self.closed:
                 through = self.closed[hold_id]
                 if message.offset > through:
-                    await self.letters.send(consumed, "hold_closed",
+                    await self.ports.letters.send(consumed, "hold_closed",
                                             f"usage {record['request_id']!r} arrived after hold {hold_id!r} was "
                                             f"settled or released; it was not charged")
                 return  # at or before `through`: counted by the settlement already (a replay)
@@ -128,15 +119,15 @@ class Settler(ConsumerRebalanceListener):
     async def _open(self, hold_id: str, consumed: Consumed) -> bool:
         """Start a tally for a hold seen for the first time; False when its usage cannot be settled."""
         try:
-            hold = await self.retries.run("get_hold", lambda: self.ledger.get_hold(hold_id))
+            hold = await self.ports.retries.run("get_hold", lambda: self.ports.ledger.get_hold(hold_id))
         except EvaluateError as exc:  # refused, e.g. a malformed hold id (an outage is retried, then stops)
-            await self.letters.send(consumed, "unknown_hold", f"hold {hold_id!r}: {exc.chaincode_message}")
+            await self.ports.letters.send(consumed, "unknown_hold", f"hold {hold_id!r}: {exc.chaincode_message}")
             return False
         if hold is None:
-            await self.letters.send(consumed, "unknown_hold", f"no hold {hold_id!r} on the ledger")
+            await self.ports.letters.send(consumed, "unknown_hold", f"no hold {hold_id!r} on the ledger")
             return False
         if hold["status"] != "OPEN":
-            outcome = await self.retries.run("settlement", lambda: self.store.settlement(hold_id))
+            outcome = await self.ports.retries.run("settlement", lambda: self.ports.store.settlement(hold_id))
             through = outcome["through_offset"] if outcome and outcome["partition"] == consumed.partition else -1
             self._remember(hold_id, through)
             return True
@@ -158,14 +149,14 @@ class Settler(ConsumerRebalanceListener):
                     "usage_units": tally.units, "usage_records": tally.records, "partition": tally.partition,
                     "first_offset": tally.first_offset, "through_offset": tally.last_offset,
                     "planned_at": time.time_ns() // 1_000_000}
-            plan = await self.retries.run("plan", lambda: self.store.plan_settlement(plan))
+            plan = await self.ports.retries.run("plan", lambda: self.ports.store.plan_settlement(plan))
             self.book.pop(tally.hold_id)  # the plan is durable: a restart resumes it
             self._remember(tally.hold_id, plan["through_offset"])
             if excess:
                 summary = json.dumps({"hold_id": tally.hold_id, "usage_charge": tally.charge,
                                       "frozen": tally.amount, "excess": excess}).encode()
                 source = Consumed(None, self.topic, tally.partition, tally.last_offset, tally.hold_id.encode(), summary)
-                await self.letters.send(source, "usage_exceeds_hold",
+                await self.ports.letters.send(source, "usage_exceeds_hold",
                                         f"usage of hold {tally.hold_id!r} came to {tally.charge}, more than the "
                                         f"{tally.amount} frozen; {excess} was not charged")
             plans.append(plan)
@@ -175,8 +166,9 @@ class Settler(ConsumerRebalanceListener):
         hold_id = plan["_id"]
         async with self.slots:
             try:
-                committed = await self.retries.run("settle", lambda: self.ledger.settle(hold_id, plan["units"],
-                                                                                        plan["price"]))
+                ledger = self.ports.ledger
+                committed = await self.ports.retries.run(
+                    "settle", lambda: ledger.settle(hold_id, plan["units"], plan["price"]))
                 result = committed.json()
                 outcome = {"status": "SETTLED", "tx_id": result["tx_id"], "block": committed.block_number,
                            "charged": result["charged"], "refunded": result["refunded"]}
@@ -184,14 +176,14 @@ class Settler(ConsumerRebalanceListener):
                 outcome = await self._refused(plan, exc)
             except Stopped:
                 return  # still planned: the next start settles it
-            await self.retries.run("outcome", lambda: self.store.record_settlement(plan, outcome))
+            await self.ports.retries.run("outcome", lambda: self.ports.store.record_settlement(plan, outcome))
         SETTLED.labels(outcome["status"]).inc()
         CHARGED.inc(outcome.get("charged") or 0)
         log.info("settled", extra={"hold_id": hold_id, **outcome})
 
     async def _refused(self, plan: dict[str, Any], exc: EndorseError) -> dict[str, Any]:
         message = exc.chaincode_message
-        hold = await self.retries.run("get_hold", lambda: self.ledger.get_hold(plan["_id"]))
+        hold = await self.ports.retries.run("get_hold", lambda: self.ports.ledger.get_hold(plan["_id"]))
         if isinstance(exc.contract_error, AlreadySettled) and hold is not None:
             # Our own Settle landed before a crash or a lost answer: its outcome is on the ledger.
             if hold["charged"] != plan["amount"]:
@@ -202,7 +194,7 @@ class Settler(ConsumerRebalanceListener):
         status = hold["status"] if hold is not None else "REFUSED"
         summary = json.dumps({"hold_id": plan["_id"], "units": plan["units"], "price": plan["price"]}).encode()
         source = Consumed(None, self.topic, plan["partition"], plan["through_offset"], plan["_id"].encode(), summary)
-        await self.letters.send(source, "settlement_refused",
+        await self.ports.letters.send(source, "settlement_refused",
                                 f"Settle of hold {plan['_id']!r} ({plan['units']} x {plan['price']}) was refused: "
                                 f"{message}")
         return {"status": "REFUSED" if status == "OPEN" else status, "error": message, "charged": 0,

@@ -16,6 +16,7 @@ from aiokafka.structs import ConsumerRecord
 
 from services.ledger.anchorer import Anchorer
 from services.ledger.dead_letters import DeadLetters
+from services.ledger.ports import Ports
 from services.ledger.retries import Retries
 from services.ledger.settings import LedgerServiceSettings
 from streamledger.avro import AvroCodec, SchemaRegistry
@@ -123,8 +124,8 @@ async def test_records_after_a_tombstone_or_garbage_in_one_fetch_are_all_anchore
                                      ledger_deadletter_topic="dead-unit", ledger_batch_records=3,
                                      ledger_batch_seconds=60)
     retries = Retries(RetryPolicy(attempts=2, initial_seconds=0.001, max_seconds=0.001), stop)
-    anchorer = Anchorer(settings, consumer, ledger, store, producer, CODEC, retries,
-                        DeadLetters(producer, CODEC, settings.ledger_deadletter_topic))
+    anchorer = Anchorer(settings, consumer, Ports(ledger, store, producer, CODEC, retries,
+                                                  DeadLetters(producer, CODEC, settings.ledger_deadletter_topic)))
 
     await asyncio.wait_for(anchorer.run(stop), timeout=10)
 
