@@ -175,7 +175,7 @@ class SchemaRegistry:
         """Write the latest schemas of `names` (default: all known schemas) to `_schemas`.
 
         `producer` is a started aiokafka producer; the topic should exist as compacted
-        (`ensure_topics` does that), so each fingerprint keeps one value forever.
+        (the topic table makes it so: `kafka.provision`), so each fingerprint keeps one value forever.
         """
         fps = [self.fingerprint(n) for n in names] if names is not None else list(self._parsed)
         for fp in fps:
