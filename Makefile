@@ -6,6 +6,14 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CLI    := $(BIN)/streamledger
 
+# Fabric v3.1.5's release commit is not served by every Go module proxy: where the
+# shared local mirror sits beside the repo, Go reads it first (a file:// GOPROXY entry);
+# elsewhere Go's own GOPROXY is used unchanged.
+GOPROXY_MIRROR := $(abspath ../shared/goproxy)
+ifneq ($(wildcard $(GOPROXY_MIRROR)/github.com),)
+export GOPROXY := file://$(GOPROXY_MIRROR),$(shell go env GOPROXY)
+endif
+
 .PHONY: install system-deps stack demo test unit down clean
 
 $(VENV)/.installed: pyproject.toml

@@ -24,14 +24,23 @@ class StackSettings(BaseSettings):
     """Kafka's maximum JVM heap (-Xmx); kept under 1 GiB for small machines."""
     mongo_port: int = 27017
     fabric: bool = False
-    """Also run the local Fabric network (orderer, peer, chaincode service); opt-in."""
+    """Also run the local Fabric network (three orderers, two orgs' peers and chaincode servers)."""
+    fabric_bin: Path | None = None
+    """A folder of official Fabric release binaries (peer, orderer, osnadmin, configtxgen,
+    cryptogen; their core.yaml/orderer.yaml in ../config) to use instead of building them."""
     fabric_orderer_port: int = 7050
+    """Orderer N (0, 1, 2) listens on this port + 100*N; its admin and operations ports likewise."""
     fabric_orderer_admin_port: int = 7053
     fabric_orderer_operations_port: int = 9443
     fabric_peer_port: int = 7051
+    """Org1's (the provider's) peer; Org2's peer listens on fabric_org2_peer_port."""
     fabric_peer_chaincode_port: int = 7052
     fabric_peer_operations_port: int = 9444
     fabric_chaincode_port: int = 9999
+    fabric_org2_peer_port: int = 9051
+    fabric_org2_peer_chaincode_port: int = 9052
+    fabric_org2_peer_operations_port: int = 9446
+    fabric_org2_chaincode_port: int = 9998
     start_timeout: float = 120.0
     """Seconds a server has to answer its health check after it starts."""
 

@@ -15,9 +15,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEFAULT_MODELS_FILE = Path(str(resources.files("streamledger") / "models.toml"))
 """The model declarations the learning and inference services share (deploy/models.toml links here)."""
 
-LOCAL_ORG1 = Path("fabric") / "crypto" / "peerOrganizations" / "org1.streamledger.local"
-
-
 def local_stack_home() -> Path:
     """Where the local stack keeps its builds and data: `STREAMLEDGER_STACK_HOME`, by default
     `~/.cache/streamledger` (outside the repo). Services only read the local Fabric network's
@@ -25,8 +22,14 @@ def local_stack_home() -> Path:
     return Path(os.environ.get("STREAMLEDGER_STACK_HOME") or Path.home() / ".cache" / "streamledger")
 
 
-def _local(*parts: str) -> Path:
-    return local_stack_home() / "data" / LOCAL_ORG1 / Path(*parts)
+LOCAL_PEERS = {"Org1MSP": "127.0.0.1:7051", "Org2MSP": "127.0.0.1:9051"}
+"""The local network's gateway peers: each organisation's own."""
+
+
+def local_org_dir(msp_id: str) -> Path:
+    """The local network's crypto folder of an organisation ("Org2MSP" -> .../org2.streamledger.local)."""
+    domain = f"{msp_id.removesuffix('MSP').lower()}.streamledger.local"
+    return local_stack_home() / "data" / "fabric" / "crypto" / "peerOrganizations" / domain
 
 
 class CommonSettings(BaseSettings):
@@ -47,26 +50,44 @@ class CommonSettings(BaseSettings):
 class LedgerSettings(CommonSettings):
     """Where the ledger is: the gateway peer, its TLS root, and the identity to act as.
 
-    The defaults are the local stack's Fabric network acting as Org1's Admin; point them at
-    a real network's gateway peer and an enrolled identity's MSP folder.
+    The defaults are the local stack's Fabric network, each service acting as its own
+    identity (deploy/fabric/identities.yaml: `anchoring`, `settlement`, `inference`, ...);
+    point them at a real network's gateway peer and an enrolled identity's MSP folder.
     """
 
-    fabric_peer_endpoint: str = "127.0.0.1:7051"
-    """host:port of a peer running the Fabric Gateway service."""
+    fabric_peer_endpoint: str = ""
+    """host:port of a peer running the Fabric Gateway service (default: the local peer of
+    the identity's organisation)."""
     fabric_peer_tls_root: Path | None = None
-    """PEM of the CA that issued the peer's TLS certificate (default: the local Org1 TLS CA)."""
+    """PEM of the CA that issued the peer's TLS certificate (default: the local org's TLS CA)."""
     fabric_peer_server_name: str = ""
     """Name to check in the peer's TLS certificate, when it differs from the endpoint's host."""
     fabric_msp_id: str = "Org1MSP"
     fabric_msp_dir: Path | None = None
-    """MSP folder of the identity to act as (signcerts/, keystore/); default: local Org1 Admin."""
-    fabric_user: str = "Admin"
-    """Which local Org1 user to act as when `fabric_msp_dir` is unset: Admin, User1, User2, ..."""
+    """MSP folder of the identity to act as (signcerts/, keystore/); default: a local identity."""
+    fabric_user: str = ""
+    """Which local identity of `fabric_msp_id`'s org to act as when `fabric_msp_dir` is unset
+    (`User1`, `settlement`, ...); empty: the service's own (identities.yaml)."""
     fabric_channel: str = "streamledger"
     fabric_chaincode: str = "streamledger"
 
-    def tls_root(self) -> Path:
-        return self.fabric_peer_tls_root or _local("peers", "peer0.org1.streamledger.local", "tls", "ca.crt")
+    def peer_endpoint(self) -> str:
+        return self.fabric_peer_endpoint or LOCAL_PEERS.get(self.fabric_msp_id, LOCAL_PEERS["Org1MSP"])
 
-    def msp_dir(self) -> Path:
-        return self.fabric_msp_dir or _local("users", f"{self.fabric_user}@org1.streamledger.local", "msp")
+    def tls_root(self) -> Path:
+        if self.fabric_peer_tls_root:
+            return self.fabric_peer_tls_root
+        org = local_org_dir(self.fabric_msp_id)
+        return org / "peers" / f"peer0.{org.name}" / "tls" / "ca.crt"
+
+    def msp_dir(self, service_identity: str = "") -> Path:
+        """The MSP folder to act with: `fabric_msp_dir`, else the local identity `fabric_user`,
+        else the local identity the service names (its own, least-privileged one)."""
+        if self.fabric_msp_dir:
+            return self.fabric_msp_dir
+        user = self.fabric_user or service_identity
+        if not user:
+            raise ValueError("no Fabric identity: set STREAMLEDGER_FABRIC_MSP_DIR (or STREAMLEDGER_FABRIC_USER "
+                             "for a local one)")
+        org = local_org_dir(self.fabric_msp_id)
+        return org / "users" / f"{user}@{org.name}" / "msp"

@@ -26,6 +26,8 @@ class Committed:
     result: bytes
     transaction_id: str
     block_number: int
+    endorsers: tuple[str, ...] = ()
+    """The MSP ids of the organisations whose peers endorsed it."""
 
     def json(self) -> Any:
         return json.loads(self.result) if self.result else None
@@ -34,11 +36,13 @@ class Committed:
 class Commit:
     """A transaction the orderer accepted; `status()` waits until it is in a block."""
 
-    def __init__(self, client: GatewayClient, transaction_id: str, channel: str, result: bytes) -> None:
+    def __init__(self, client: GatewayClient, transaction_id: str, channel: str, result: bytes,
+                 endorsers: tuple[str, ...] = ()) -> None:
         self.client = client
         self.transaction_id = transaction_id
         self.channel = channel
         self.result = result
+        self.endorsers = endorsers
 
     async def status(self) -> Committed:
         """The committed transaction if valid, else CommitError naming its validation code."""
@@ -46,4 +50,4 @@ class Commit:
         if response.result != transaction_pb2.VALID:
             raise CommitError(self.transaction_id, transaction_pb2.TxValidationCode.Name(response.result),
                               response.block_number)
-        return Committed(self.result, self.transaction_id, response.block_number)
+        return Committed(self.result, self.transaction_id, response.block_number, self.endorsers)

@@ -1,0 +1,74 @@
+"""Named client identities (`anchoring@org1...`, `settlement@org1...`) issued by an
+organisation's CA, as its Fabric CA would enrol them: cryptogen itself only numbers users
+(User1, User2, ...). The MSP folder has cryptogen's layout, so every tool reads it alike."""
+
+from __future__ import annotations
+
+import datetime
+import shutil
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+VALIDITY = datetime.timedelta(days=3650)
+
+
+def _ca(org_dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    ca_dir = org_dir / "ca"
+    cert = x509.load_pem_x509_certificate(next(ca_dir.glob("*-cert.pem")).read_bytes())
+    key = serialization.load_pem_private_key((ca_dir / "priv_sk").read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise TypeError(f"{ca_dir / 'priv_sk'} is not an EC key")
+    return cert, key
+
+
+def issue_client(org_dir: Path, domain: str, name: str) -> Path:
+    """The MSP folder of client `name@domain`, issued now unless it exists; its path."""
+    user_dir = org_dir / "users" / f"{name}@{domain}"
+    msp = user_dir / "msp"
+    if (msp / "signcerts").is_dir():
+        return msp
+    ca_cert, ca_key = _ca(org_dir)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    subject = x509.Name([
+        x509.NameAttribute(NameOID.COUNTRY_NAME, "US"),
+        x509.NameAttribute(NameOID.STATE_OR_PROVINCE_NAME, "California"),
+        x509.NameAttribute(NameOID.LOCALITY_NAME, "San Francisco"),
+        x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "client"),  # the NodeOU clients carry
+        x509.NameAttribute(NameOID.COMMON_NAME, f"{name}@{domain}"),
+    ])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        # Fabric checks the chain at this instant, so it must fall within the CA's validity.
+        .not_valid_before(max(ca_cert.not_valid_before_utc, now - datetime.timedelta(minutes=5)))
+        .not_valid_after(now + VALIDITY)
+        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                                     crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    partial = user_dir.with_name(user_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    template = org_dir / "users" / f"Admin@{domain}" / "msp"  # cacerts, tlscacerts, config.yaml
+    for folder in ("cacerts", "tlscacerts"):
+        shutil.copytree(template / folder, partial / "msp" / folder)
+    shutil.copy(template / "config.yaml", partial / "msp" / "config.yaml")
+    (partial / "msp" / "signcerts").mkdir()
+    (partial / "msp" / "signcerts" / f"{name}@{domain}-cert.pem").write_bytes(
+        cert.public_bytes(serialization.Encoding.PEM))
+    (partial / "msp" / "keystore").mkdir()
+    (partial / "msp" / "keystore" / "priv_sk").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (partial / "msp" / "keystore" / "priv_sk").chmod(0o600)
+    partial.rename(user_dir)
+    return msp
