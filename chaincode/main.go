@@ -7,7 +7,8 @@
 //	CHAINCODE_TLS_CERT_FILE, CHAINCODE_TLS_KEY_FILE   server TLS key pair (PEM)
 //	CHAINCODE_TLS_CLIENT_CA_FILE   when set, the peer must present a cert from this CA
 //	CHAINCODE_TLS_DISABLED=true    plain gRPC, for local experiments only
-//	STREAMLEDGER_ADMIN_MSPID, STREAMLEDGER_ADMIN_OU, STREAMLEDGER_ROLE_ATTRIBUTE   who is admin
+//	STREAMLEDGER_ADMIN_OU, STREAMLEDGER_ROLE_ATTRIBUTE   how a certificate shows an admin
+//	STREAMLEDGER_MINT_MSPID    whose admins may mint (default Org1MSP; the old STREAMLEDGER_ADMIN_MSPID is read if unset)
 package main
 
 import (

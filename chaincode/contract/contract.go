@@ -31,13 +31,14 @@ func New(policy ledger.RolePolicy) *Contract {
 // GetEvaluateTransactions marks read-only transactions in the metadata, so
 // gateway clients know to evaluate rather than submit them.
 func (c *Contract) GetEvaluateTransactions() []string {
-	return []string{"Balance", "GetHold", "HoldsOf", "GetAnchor", "GetModel", "History", "WhoAmI"}
+	return []string{"Balance", "GetHold", "HoldsOf", "GetAnchor", "GetModel", "GetRoles", "History", "WhoAmI"}
 }
 
 // GetIgnoredFunctions keeps the adapter's own helpers out of the chaincode API.
 func (c *Contract) GetIgnoredFunctions() []string { return []string{"GetEvaluateTransactions"} }
 
-// ledgerFor binds the rules to this transaction's state, caller and timestamp.
+// ledgerFor binds the rules to this transaction's state, caller (its
+// certificate; package ledger adds its granted roles) and timestamp.
 func (c *Contract) ledgerFor(ctx contractapi.TransactionContextInterface) (*ledger.Ledger, error) {
 	ci := ctx.GetClientIdentity()
 	if ci == nil {
@@ -55,21 +56,16 @@ func (c *Contract) ledgerFor(ctx contractapi.TransactionContextInterface) (*ledg
 	if err != nil {
 		return nil, fmt.Errorf("%s: %q: reading attribute %s: %w", ledger.CodeForbidden, "creator", c.Policy.RoleAttribute, err)
 	}
-	caller, err := c.Policy.Classify(ledger.IdentityFacts{
-		MSPID: mspID, Subject: cert.Subject.String(), OUs: cert.Subject.OrganizationalUnit, Role: role,
-	})
-	if err != nil {
-		return nil, err
-	}
+	facts := ledger.IdentityFacts{MSPID: mspID, Subject: cert.Subject.String(), OUs: cert.Subject.OrganizationalUnit, Role: role}
 	stub := ctx.GetStub()
 	ts, err := stub.GetTxTimestamp()
 	if err != nil {
 		return nil, fmt.Errorf("reading the transaction timestamp: %w", err)
 	}
-	return ledger.New(stubState{stub}, caller, ts.AsTime(), stub.GetTxID()), nil
+	return ledger.New(stubState{stub}, c.Policy, facts, ts.AsTime(), stub.GetTxID())
 }
 
-// Mint creates amount of credit in account (admin only).
+// Mint creates amount of credit in account (an admin of the mint MSP only).
 func (c *Contract) Mint(ctx contractapi.TransactionContextInterface, account string, amount int64) (*ledger.Account, error) {
 	l, err := c.ledgerFor(ctx)
 	if err != nil {
@@ -99,7 +95,7 @@ func (c *Contract) Balance(ctx contractapi.TransactionContextInterface, account 
 	return ptr(a, err)
 }
 
-// WhoAmI returns the caller's account id and roles as the contract sees them.
+// WhoAmI returns the caller's account id and roles as the contract sees them (anyone may ask).
 func (c *Contract) WhoAmI(ctx contractapi.TransactionContextInterface) (*ledger.Caller, error) {
 	l, err := c.ledgerFor(ctx)
 	if err != nil {
@@ -120,7 +116,7 @@ func (c *Contract) Freeze(ctx contractapi.TransactionContextInterface, holdID, c
 	return ptr(h, err)
 }
 
-// Authorize reserves amount of a live hold before serving (provider only).
+// Authorize reserves amount of a live hold before serving (a provider acting for the hold's provider).
 func (c *Contract) Authorize(ctx contractapi.TransactionContextInterface, holdID string, amount int64) (*ledger.Hold, error) {
 	l, err := c.ledgerFor(ctx)
 	if err != nil {
@@ -169,7 +165,7 @@ func (c *Contract) HoldsOf(ctx contractapi.TransactionContextInterface, account 
 	return l.HoldsOf(account)
 }
 
-// AnchorBatch records the Merkle root of a batch of records (operator or admin).
+// AnchorBatch records the Merkle root of a batch of records (operator only).
 func (c *Contract) AnchorBatch(ctx contractapi.TransactionContextInterface, batchID, merkleRoot string, count, firstOffset, lastOffset int64) (*ledger.Anchor, error) {
 	l, err := c.ledgerFor(ctx)
 	if err != nil {
@@ -189,7 +185,7 @@ func (c *Contract) GetAnchor(ctx contractapi.TransactionContextInterface, batchI
 	return ptr(a, err)
 }
 
-// RegisterModel records a model version's snapshot hash (operator or admin).
+// RegisterModel records a model version's snapshot hash (operator only).
 func (c *Contract) RegisterModel(ctx contractapi.TransactionContextInterface, modelID string, version int64, sha256 string) (*ledger.Model, error) {
 	l, err := c.ledgerFor(ctx)
 	if err != nil {
@@ -209,7 +205,38 @@ func (c *Contract) GetModel(ctx contractapi.TransactionContextInterface, modelID
 	return ptr(m, err)
 }
 
-// History lists every committed value of a contract key.
+// GrantRole gives role to account, acting for actsFor when the role is
+// provider ("" = the account itself); an admin of the account's MSP only.
+func (c *Contract) GrantRole(ctx contractapi.TransactionContextInterface, account, role, actsFor string) (*ledger.RoleRecord, error) {
+	l, err := c.ledgerFor(ctx)
+	if err != nil {
+		return nil, err
+	}
+	r, err := l.GrantRole(account, role, actsFor)
+	return ptr(r, err)
+}
+
+// RevokeRole takes role from account; an admin of the account's MSP only.
+func (c *Contract) RevokeRole(ctx contractapi.TransactionContextInterface, account, role string) (*ledger.RoleRecord, error) {
+	l, err := c.ledgerFor(ctx)
+	if err != nil {
+		return nil, err
+	}
+	r, err := l.RevokeRole(account, role)
+	return ptr(r, err)
+}
+
+// GetRoles reads the roles granted to account.
+func (c *Contract) GetRoles(ctx contractapi.TransactionContextInterface, account string) (*ledger.RoleRecord, error) {
+	l, err := c.ledgerFor(ctx)
+	if err != nil {
+		return nil, err
+	}
+	r, err := l.GetRoles(account)
+	return ptr(r, err)
+}
+
+// History lists every committed value of a contract key (auditors; admins for role: keys).
 func (c *Contract) History(ctx contractapi.TransactionContextInterface, key string) ([]ledger.HistoryEntry, error) {
 	l, err := c.ledgerFor(ctx)
 	if err != nil {

@@ -198,14 +198,20 @@ func TestContractEndToEndThroughContractAPI(t *testing.T) {
 	admin := identity(t, "Org1MSP", "Admin@org1.example.com", "admin")
 	alice := identity(t, "Org1MSP", "alice", "client")
 	bob := identity(t, "Org1MSP", "bob", "client")
+	operator := identity(t, "Org1MSP", "anchoring", "client")
+	auditor := identity(t, "Org1MSP", "audit", "client")
 
 	var me ledger.Caller
 	n.ok(alice, &me, "WhoAmI")
-	if me.Account != "Org1MSP::CN=alice,OU=client" || me.IsAdmin {
+	if me.Account != "Org1MSP::CN=alice,OU=client" || me.IsAdmin || len(me.Roles) != 0 {
 		t.Fatalf("WhoAmI for alice: %+v", me)
 	}
 	var bobMe ledger.Caller
 	n.ok(bob, &bobMe, "WhoAmI")
+	n.ok(admin, nil, "GrantRole", me.Account, ledger.RoleClient, "")
+	n.ok(admin, nil, "GrantRole", bobMe.Account, ledger.RoleProvider, "")
+	n.ok(admin, nil, "GrantRole", "Org1MSP::CN=anchoring,OU=client", ledger.RoleOperator, "")
+	n.ok(admin, nil, "GrantRole", "Org1MSP::CN=audit,OU=client", ledger.RoleAuditor, "")
 
 	var acct ledger.Account
 	n.ok(admin, &acct, "Mint", me.Account, "1000")
@@ -239,7 +245,7 @@ func TestContractEndToEndThroughContractAPI(t *testing.T) {
 	if len(holds) != 2 || holds[0].ID != "h1" || holds[0].Status != ledger.HoldSettled || holds[1].ID != "h2" || holds[1].Status != ledger.HoldOpen {
 		t.Fatalf("bob's holds: %+v", holds)
 	}
-	n.ok(bob, &holds, "HoldsOf", "Org9MSP::CN=nobody")
+	n.ok(auditor, &holds, "HoldsOf", "Org9MSP::CN=nobody")
 	if len(holds) != 0 {
 		t.Fatalf("holds of an account without any: %+v", holds)
 	}
@@ -253,7 +259,8 @@ func TestContractEndToEndThroughContractAPI(t *testing.T) {
 
 	root := strings.Repeat("0f", 32)
 	var anchor ledger.Anchor
-	n.ok(admin, &anchor, "AnchorBatch", "p0-0-9", root, "10", "0", "9")
+	n.rejected(admin, `FORBIDDEN: "creator"`, "AnchorBatch", "p0-0-9", root, "10", "0", "9")
+	n.ok(operator, &anchor, "AnchorBatch", "p0-0-9", root, "10", "0", "9")
 	if n.stub.event != ledger.EventBatchAnchored || anchor.TxID != n.stub.txID {
 		t.Fatalf("anchor %+v, event %q", anchor, n.stub.event)
 	}
@@ -264,20 +271,99 @@ func TestContractEndToEndThroughContractAPI(t *testing.T) {
 	}
 
 	var model ledger.Model
-	n.ok(admin, &model, "RegisterModel", "fraud", "1", root)
+	n.ok(operator, &model, "RegisterModel", "fraud", "1", root)
 	n.ok(bob, &model, "GetModel", "fraud", "0")
 	if model.Version != 1 || model.SHA256 != root {
 		t.Fatalf("model %+v", model)
 	}
 
 	var history []ledger.HistoryEntry
-	n.ok(bob, &history, "History", ledger.AccountKey(me.Account))
+	n.rejected(bob, `FORBIDDEN: "creator"`, "History", ledger.AccountKey(me.Account))
+	n.ok(auditor, &history, "History", ledger.AccountKey(me.Account))
 	if len(history) != 5 { // mint, freeze h1, refund at settlement, freeze h2, release h2
 		t.Fatalf("history of alice's account: %+v", history)
 	}
-	n.ok(bob, &history, "History", ledger.HoldKey("never"))
+	n.ok(auditor, &history, "History", ledger.HoldKey("never"))
 	if len(history) != 0 {
 		t.Fatalf("history of an unwritten key: %+v", history)
+	}
+}
+
+// TestRolesThroughContractAPI pins the wire format the Python client reads:
+// the JSON of WhoAmI and of a role record, event names, and refusal texts.
+func TestRolesThroughContractAPI(t *testing.T) {
+	n := newNetwork(t)
+	admin := identity(t, "Org1MSP", "Admin@org1.example.com", "admin")
+	org2Admin := identity(t, "Org2MSP", "Admin@org2.example.com", "admin")
+	svc := identity(t, "Org1MSP", "inference", "client")
+	const svcAccount, shop = "Org1MSP::CN=inference,OU=client", "Org1MSP::CN=shop"
+
+	keys := func(args ...string) map[string]json.RawMessage {
+		t.Helper()
+		var fields map[string]json.RawMessage
+		n.ok(admin, &fields, args...)
+		return fields
+	}
+	sortedKeys := func(m map[string]json.RawMessage) string {
+		var names []string
+		for k := range m {
+			names = append(names, k)
+		}
+		slices.Sort(names)
+		return strings.Join(names, ",")
+	}
+	who := keys("WhoAmI")
+	if got := sortedKeys(who); got != "Account,ActsFor,IsAdmin,MSPID,Roles" || string(who["Roles"]) != "[]" || string(who["IsAdmin"]) != "true" {
+		t.Fatalf("WhoAmI JSON: %v", who)
+	}
+	none := keys("GetRoles", svcAccount)
+	if got := sortedKeys(none); got != "account,acts_for,msp_id,roles,tx_id,updated_by" || string(none["roles"]) != "[]" {
+		t.Fatalf("role record JSON: %v", none)
+	}
+
+	var r ledger.RoleRecord
+	n.ok(admin, &r, "GrantRole", svcAccount, ledger.RoleProvider, shop)
+	if n.stub.event != ledger.EventRoleGranted || r.ActsFor != shop || r.TxID != n.stub.txID || r.MSPID != "Org1MSP" {
+		t.Fatalf("grant: event %q record %+v", n.stub.event, r)
+	}
+	var ev map[string]any
+	if err := json.Unmarshal(n.stub.payload, &ev); err != nil || ev["role"] != ledger.RoleProvider || ev["account"] != svcAccount || ev["acts_for"] != shop {
+		t.Fatalf("RoleGranted payload %s", n.stub.payload)
+	}
+	granted := r.TxID
+	n.ok(admin, &r, "GrantRole", svcAccount, ledger.RoleProvider, shop)
+	if n.stub.event != "" || r.TxID != granted {
+		t.Fatalf("a repeated grant: event %q record %+v", n.stub.event, r)
+	}
+	var me ledger.Caller
+	n.ok(svc, &me, "WhoAmI")
+	if me.Account != svcAccount || !slices.Equal(me.Roles, []string{ledger.RoleProvider}) || me.ActsFor != shop {
+		t.Fatalf("WhoAmI after the grant %+v", me)
+	}
+
+	n.rejected(org2Admin, `FORBIDDEN: "account"`, "GrantRole", svcAccount, ledger.RoleOperator, "")
+	n.rejected(svc, `FORBIDDEN: "creator"`, "GrantRole", svcAccount, ledger.RoleOperator, "")
+	n.rejected(admin, `INVALID_ARGUMENT: "role"`, "GrantRole", svcAccount, ledger.RoleAdmin, "")
+	n.rejected(admin, `INVALID_ARGUMENT: "acts_for"`, "GrantRole", svcAccount, ledger.RoleOperator, shop)
+	n.rejected(admin, `INVALID_ARGUMENT: "account"`, "GrantRole", "inference", ledger.RoleOperator, "")
+	n.rejected(admin, `CONFLICT: "acts_for"`, "GrantRole", svcAccount, ledger.RoleProvider, "Org1MSP::CN=other")
+	n.rejected(org2Admin, `FORBIDDEN: "creator"`, "Mint", "Org2MSP::CN=carol", "10")
+	n.rejected(svc, `FORBIDDEN: "creator"`, "Mint", svcAccount, "10")
+
+	n.ok(admin, &r, "RevokeRole", svcAccount, ledger.RoleProvider)
+	if n.stub.event != ledger.EventRoleRevoked || len(r.Roles) != 0 || r.ActsFor != "" {
+		t.Fatalf("revoke: event %q record %+v", n.stub.event, r)
+	}
+	n.ok(admin, &r, "RevokeRole", svcAccount, ledger.RoleProvider)
+	if n.stub.event != "" {
+		t.Fatalf("revoking a role not held emitted %q", n.stub.event)
+	}
+	n.rejected(svc, `FORBIDDEN: "creator"`, "GetRoles", svcAccount)
+
+	var history []ledger.HistoryEntry
+	n.ok(admin, &history, "History", ledger.RoleKey(svcAccount))
+	if len(history) != 2 {
+		t.Fatalf("history of the grants: %+v", history)
 	}
 }
 
@@ -302,7 +388,7 @@ func TestMetadataMarksReadsAsEvaluate(t *testing.T) {
 	for _, tx := range meta.Contracts[Name].Transactions {
 		tags[tx.Name] = tx.Tags
 	}
-	for _, name := range []string{"Mint", "Transfer", "Balance", "Freeze", "Authorize", "Settle", "Release", "AnchorBatch", "GetAnchor", "RegisterModel", "GetModel", "History", "WhoAmI", "GetHold", "HoldsOf"} {
+	for _, name := range []string{"Mint", "Transfer", "Balance", "Freeze", "Authorize", "Settle", "Release", "AnchorBatch", "GetAnchor", "RegisterModel", "GetModel", "History", "WhoAmI", "GetHold", "HoldsOf", "GrantRole", "RevokeRole", "GetRoles"} {
 		if _, ok := tags[name]; !ok {
 			t.Errorf("transaction %s missing from the metadata (have %v)", name, tags)
 		}
@@ -312,6 +398,9 @@ func TestMetadataMarksReadsAsEvaluate(t *testing.T) {
 	}
 	if !contains(tags["Balance"], "EVALUATE") || contains(tags["Settle"], "EVALUATE") {
 		t.Errorf("Balance tags %v, Settle tags %v", tags["Balance"], tags["Settle"])
+	}
+	if !contains(tags["GetRoles"], "EVALUATE") || contains(tags["GrantRole"], "EVALUATE") || contains(tags["RevokeRole"], "EVALUATE") {
+		t.Errorf("GetRoles tags %v, GrantRole tags %v, RevokeRole tags %v", tags["GetRoles"], tags["GrantRole"], tags["RevokeRole"])
 	}
 }
 

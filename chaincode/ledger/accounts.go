@@ -45,10 +45,13 @@ func (l *Ledger) debit(field, id string, amount int64) (Account, error) {
 	return a, l.store(AccountKey(id), a)
 }
 
-// Mint creates credit; only the admin identity may.
+// Mint creates credit; only an admin of the policy's mint organisation may.
 func (l *Ledger) Mint(account string, amount int64) (Account, error) {
 	if !l.caller.IsAdmin {
-		return Account{}, fail(CodeForbidden, "caller", "only the admin identity may mint; %q is not admin", l.caller.Account)
+		return Account{}, fail(CodeForbidden, "creator", "only an admin of %s may mint; %q is not an admin", l.policy.MintMSPID, l.caller.Account)
+	}
+	if l.caller.MSPID != l.policy.MintMSPID {
+		return Account{}, fail(CodeForbidden, "creator", "only an admin of %s may mint; %q is an admin of %s", l.policy.MintMSPID, l.caller.Account, l.caller.MSPID)
 	}
 	if err := checkAccountID("account", account); err != nil {
 		return Account{}, err
@@ -61,6 +64,9 @@ func (l *Ledger) Mint(account string, amount int64) (Account, error) {
 
 // Transfer moves credit from the caller's own account to another.
 func (l *Ledger) Transfer(to string, amount int64) (TransferResult, error) {
+	if err := l.require(RoleClient, "transferring credit"); err != nil {
+		return TransferResult{}, err
+	}
 	if err := checkAccountID("to", to); err != nil {
 		return TransferResult{}, err
 	}
@@ -81,9 +87,13 @@ func (l *Ledger) Transfer(to string, amount int64) (TransferResult, error) {
 	return TransferResult{From: from, To: dest, Amount: amount}, nil
 }
 
-// Balance reports an account; an account that never held credit is unknown.
+// Balance reports an account to its owner, a provider acting for it or an
+// auditor; an account that never held credit is unknown.
 func (l *Ledger) Balance(account string) (Account, error) {
 	if err := checkAccountID("account", account); err != nil {
+		return Account{}, err
+	}
+	if err := l.requireReaderOf("account", account); err != nil {
 		return Account{}, err
 	}
 	a, found, err := l.account(account)
@@ -96,5 +106,5 @@ func (l *Ledger) Balance(account string) (Account, error) {
 	return a, nil
 }
 
-// WhoAmI tells a client which account id and roles the contract sees for it.
+// WhoAmI tells any caller which account id and roles the contract sees for it.
 func (l *Ledger) WhoAmI() Caller { return l.caller }

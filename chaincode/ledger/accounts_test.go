@@ -36,11 +36,16 @@ func TestMintTransferBalance(t *testing.T) {
 	}
 }
 
-func TestMintIsAdminOnly(t *testing.T) {
+func TestMintIsForAdminsOfTheMintOrgOnly(t *testing.T) {
 	h := newHarness(t)
-	for _, who := range []IdentityFacts{alice, operator, org2Admin} {
+	// Org2's admin is an admin, but of the client organisation: it may not create credit.
+	org2ViaAttr := IdentityFacts{MSPID: "Org2MSP", Subject: "CN=ops2", OUs: []string{"client"}, Role: RoleAdmin}
+	for _, who := range []IdentityFacts{alice, operator, bob, auditor, stranger, org2Admin, org2ViaAttr} {
 		err := h.as(who, func(l *Ledger) error { _, err := l.Mint(acct(who), 10); return err })
-		wantErr(t, err, ErrForbidden, "caller")
+		wantErr(t, err, ErrForbidden, "creator")
+		if !strings.Contains(err.Error(), "only an admin of Org1MSP may mint") {
+			t.Errorf("the refusal should name the mint organisation: %v", err)
+		}
 	}
 	// An admin asserted through the role attribute also counts.
 	viaAttr := IdentityFacts{MSPID: "Org1MSP", Subject: "CN=ops", OUs: []string{"client"}, Role: RoleAdmin}
@@ -48,6 +53,11 @@ func TestMintIsAdminOnly(t *testing.T) {
 	if got := h.balance(bob); got != 5 {
 		t.Errorf("bob balance %d, want 5", got)
 	}
+	// With Org2 as the mint organisation, the roles swap.
+	h.policy.MintMSPID = "Org2MSP"
+	h.must(org2Admin, func(l *Ledger) error { _, err := l.Mint(acct(carol), 5); return err })
+	err := h.as(admin, func(l *Ledger) error { _, err := l.Mint(acct(bob), 5); return err })
+	wantErr(t, err, ErrForbidden, "creator")
 }
 
 func TestAmountsMustBePositive(t *testing.T) {
@@ -72,7 +82,7 @@ func TestOverdraftRejectedAndNothingWritten(t *testing.T) {
 	if !strings.Contains(err.Error(), "has 50, needs 51") {
 		t.Errorf("message should state the balance and the need: %v", err)
 	}
-	err = h.as(alice, func(l *Ledger) error { _, err := l.Balance(acct(bob)); return err })
+	err = h.as(auditor, func(l *Ledger) error { _, err := l.Balance(acct(bob)); return err })
 	wantErr(t, err, ErrNotFound, "account")
 	// A caller with no account at all cannot spend either.
 	err = h.as(carol, func(l *Ledger) error { _, err := l.Transfer(acct(alice), 1); return err })
@@ -99,27 +109,41 @@ func TestTransferToSelfAndBadAccountIDs(t *testing.T) {
 
 func TestClassify(t *testing.T) {
 	c, err := DefaultRolePolicy.Classify(admin)
-	if err != nil || !c.IsAdmin || !c.IsOperator || c.Account != "Org1MSP::"+admin.Subject {
+	if err != nil || !c.IsAdmin || c.Account != "Org1MSP::"+admin.Subject || c.Roles == nil || len(c.Roles) != 0 {
 		t.Fatalf("admin classified as %+v, %v", c, err)
 	}
-	c, _ = DefaultRolePolicy.Classify(operator)
-	if c.IsAdmin || !c.IsOperator {
-		t.Errorf("operator classified as %+v", c)
+	// An admin of any organisation is an admin (of that organisation).
+	if c, _ := DefaultRolePolicy.Classify(org2Admin); !c.IsAdmin || c.MSPID != "Org2MSP" {
+		t.Errorf("org2 admin classified as %+v", c)
 	}
-	c, _ = DefaultRolePolicy.Classify(org2Admin)
-	if c.IsAdmin || c.IsOperator {
-		t.Errorf("another org's admin must not be privileged: %+v", c)
+	// Certificates say nothing of the other roles: an attribute "operator" is no grant.
+	claims := IdentityFacts{MSPID: "Org1MSP", Subject: "CN=claims", OUs: []string{"client"}, Role: RoleOperator}
+	if c, _ := DefaultRolePolicy.Classify(claims); c.IsAdmin || len(c.Roles) != 0 {
+		t.Errorf("a role attribute other than admin must grant nothing: %+v", c)
 	}
 	_, err = DefaultRolePolicy.Classify(IdentityFacts{MSPID: "Org1MSP"})
 	wantErr(t, err, ErrForbidden, "creator")
+	_, err = DefaultRolePolicy.Classify(IdentityFacts{Subject: "CN=x"})
+	wantErr(t, err, ErrForbidden, "creator")
+}
 
-	env := map[string]string{"STREAMLEDGER_ADMIN_MSPID": "Org2MSP"}
-	p := PolicyFromEnv(func(k string) (string, bool) { v, ok := env[k]; return v, ok })
-	if p.AdminMSPID != "Org2MSP" || p.AdminOU != "admin" || p.RoleAttribute != "streamledger.role" {
-		t.Fatalf("policy from env: %+v", p)
+func TestPolicyFromEnv(t *testing.T) {
+	policy := func(env map[string]string) RolePolicy {
+		return PolicyFromEnv(func(k string) (string, bool) { v, ok := env[k]; return v, ok })
 	}
-	if c, _ := p.Classify(org2Admin); !c.IsAdmin {
-		t.Errorf("with STREAMLEDGER_ADMIN_MSPID=Org2MSP the Org2 admin is admin: %+v", c)
+	if p := policy(nil); p != DefaultRolePolicy {
+		t.Errorf("no variables: %+v, want the default", p)
+	}
+	p := policy(map[string]string{"STREAMLEDGER_MINT_MSPID": "Org2MSP", "STREAMLEDGER_ADMIN_OU": "boss", "STREAMLEDGER_ROLE_ATTRIBUTE": "x.role"})
+	if p != (RolePolicy{MintMSPID: "Org2MSP", AdminOU: "boss", RoleAttribute: "x.role"}) {
+		t.Errorf("policy from env: %+v", p)
+	}
+	// The variable's old name still works, and the new one wins when both are set.
+	if p := policy(map[string]string{"STREAMLEDGER_ADMIN_MSPID": "OldMSP"}); p.MintMSPID != "OldMSP" {
+		t.Errorf("STREAMLEDGER_ADMIN_MSPID fallback: %+v", p)
+	}
+	if p := policy(map[string]string{"STREAMLEDGER_ADMIN_MSPID": "OldMSP", "STREAMLEDGER_MINT_MSPID": "NewMSP"}); p.MintMSPID != "NewMSP" {
+		t.Errorf("STREAMLEDGER_MINT_MSPID should win: %+v", p)
 	}
 }
 

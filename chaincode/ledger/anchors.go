@@ -16,8 +16,8 @@ type Anchor struct {
 // anchoring the same batch again with the same content returns the existing
 // anchor (a replay after a crash), while different content is a conflict.
 func (l *Ledger) AnchorBatch(batchID, merkleRoot string, count, firstOffset, lastOffset int64) (Anchor, error) {
-	if !l.caller.IsOperator {
-		return Anchor{}, fail(CodeForbidden, "caller", "only an operator or the admin may anchor batches; %q is neither", l.caller.Account)
+	if err := l.require(RoleOperator, "anchoring a batch"); err != nil {
+		return Anchor{}, err
 	}
 	if err := checkRecordID("batch_id", batchID); err != nil {
 		return Anchor{}, err
@@ -59,6 +59,9 @@ func (l *Ledger) AnchorBatch(batchID, merkleRoot string, count, firstOffset, las
 
 // GetAnchor reads an anchored batch.
 func (l *Ledger) GetAnchor(batchID string) (Anchor, error) {
+	if err := l.requireAnyRole("reading an anchor"); err != nil {
+		return Anchor{}, err
+	}
 	if err := checkRecordID("batch_id", batchID); err != nil {
 		return Anchor{}, err
 	}

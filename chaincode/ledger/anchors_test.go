@@ -19,14 +19,14 @@ func TestAnchorBatchAndReadBack(t *testing.T) {
 	}
 	h.must(carol, func(l *Ledger) error {
 		a, err := l.GetAnchor("p0-0-999")
-		if err == nil && (a.MerkleRoot != root1 || a.Count != 1000 || a.TxID != "tx1" || a.Submitter != acct(operator)) {
+		if err == nil && (a.MerkleRoot != root1 || a.Count != 1000 || a.TxID == "" || a.TxID != evAnchor.TxID || a.Submitter != acct(operator)) {
 			t.Errorf("read back %+v", a)
 		}
 		return err
 	})
 	// An identical replay is accepted without a second event; other content conflicts.
 	events := len(h.state.events)
-	h.must(admin, func(l *Ledger) error { _, err := l.AnchorBatch("p0-0-999", root1, 1000, 0, 999); return err })
+	h.must(operator, func(l *Ledger) error { _, err := l.AnchorBatch("p0-0-999", root1, 1000, 0, 999); return err })
 	if len(h.state.events) != events {
 		t.Error("a replayed anchor emitted a second event")
 	}
@@ -44,8 +44,10 @@ func TestAnchorRules(t *testing.T) {
 		sentinel    error
 		field       string
 	}{
-		{"plain client", alice, "b1", root1, 1, 0, 0, ErrForbidden, "caller"},
-		{"other org admin", org2Admin, "b1", root1, 1, 0, 0, ErrForbidden, "caller"},
+		{"plain client", alice, "b1", root1, 1, 0, 0, ErrForbidden, "creator"},
+		{"provider", bob, "b1", root1, 1, 0, 0, ErrForbidden, "creator"},
+		{"admin without the grant", admin, "b1", root1, 1, 0, 0, ErrForbidden, "creator"},
+		{"other org admin", org2Admin, "b1", root1, 1, 0, 0, ErrForbidden, "creator"},
 		{"uppercase root", operator, "b1", strings.ToUpper(root1), 1, 0, 0, ErrInvalidArgument, "merkle_root"},
 		{"short root", operator, "b1", "abcd", 1, 0, 0, ErrInvalidArgument, "merkle_root"},
 		{"zero count", operator, "b1", root1, 0, 0, 0, ErrInvalidArgument, "count"},
@@ -85,8 +87,10 @@ func TestRegisterModelAndGet(t *testing.T) {
 	})
 	err := h.as(operator, func(l *Ledger) error { _, err := l.RegisterModel("fraud", 1, root2); return err })
 	wantErr(t, err, ErrConflict, "sha256")
-	err = h.as(alice, func(l *Ledger) error { _, err := l.RegisterModel("mine", 1, root1); return err })
-	wantErr(t, err, ErrForbidden, "caller")
+	for _, who := range []IdentityFacts{alice, admin, org2Admin, auditor} {
+		err = h.as(who, func(l *Ledger) error { _, err := l.RegisterModel("mine", 1, root1); return err })
+		wantErr(t, err, ErrForbidden, "creator")
+	}
 	err = h.as(operator, func(l *Ledger) error { _, err := l.RegisterModel("fraud", 0, root1); return err })
 	wantErr(t, err, ErrInvalidArgument, "version")
 	err = h.as(alice, func(l *Ledger) error { _, err := l.GetModel("fraud", 9); return err })
@@ -99,7 +103,7 @@ func TestHistory(t *testing.T) {
 	h := fundedHarness(t)
 	h.must(bob, func(l *Ledger) error { _, err := l.Settle("h1", 10, 1); return err })
 	var entries []HistoryEntry
-	h.must(carol, func(l *Ledger) error {
+	h.must(auditor, func(l *Ledger) error {
 		var err error
 		entries, err = l.History(AccountKey(acct(alice)))
 		return err
@@ -115,7 +119,7 @@ func TestHistory(t *testing.T) {
 			t.Errorf("entry %d: %+v", i, e)
 		}
 	}
-	h.must(carol, func(l *Ledger) error {
+	h.must(auditor, func(l *Ledger) error {
 		got, err := l.History(HoldKey("unknown"))
 		if err == nil && (got == nil || len(got) != 0) {
 			t.Errorf("history of an unwritten key should be an empty list, got %#v", got)
@@ -123,7 +127,12 @@ func TestHistory(t *testing.T) {
 		return err
 	})
 	for _, bad := range []string{"", "balance:x", "account:"} {
-		err := h.as(carol, func(l *Ledger) error { _, err := l.History(bad); return err })
+		err := h.as(auditor, func(l *Ledger) error { _, err := l.History(bad); return err })
 		wantErr(t, err, ErrInvalidArgument, "key")
+	}
+	// Only auditors read history: not the account's owner, not an admin.
+	for _, who := range []IdentityFacts{alice, bob, carol, admin} {
+		err := h.as(who, func(l *Ledger) error { _, err := l.History(AccountKey(acct(alice))); return err })
+		wantErr(t, err, ErrForbidden, "creator")
 	}
 }

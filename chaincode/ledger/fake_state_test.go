@@ -63,33 +63,57 @@ type harness struct {
 	policy RolePolicy
 }
 
+// newHarness starts a ledger where each identity below holds the role its
+// name says, granted by the admin of its organisation.
 func newHarness(t *testing.T) *harness {
-	return &harness{t: t, state: newMapState(), now: time.Unix(1_800_000_000, 0), policy: DefaultRolePolicy}
+	h := &harness{t: t, state: newMapState(), now: time.Unix(1_800_000_000, 0), policy: DefaultRolePolicy}
+	h.grant(operator, RoleOperator, "")
+	h.grant(alice, RoleClient, "")
+	h.grant(bob, RoleProvider, "")
+	h.grant(carol, RoleClient, "")
+	h.grant(auditor, RoleAuditor, "")
+	return h
 }
 
 var (
 	admin    = IdentityFacts{MSPID: "Org1MSP", Subject: "CN=Admin@org1.example.com,OU=admin", OUs: []string{"admin"}}
-	operator = IdentityFacts{MSPID: "Org1MSP", Subject: "CN=ledger-service,OU=client", OUs: []string{"client"}, Role: RoleOperator}
+	operator = IdentityFacts{MSPID: "Org1MSP", Subject: "CN=ledger-service,OU=client", OUs: []string{"client"}}
 	alice    = IdentityFacts{MSPID: "Org1MSP", Subject: "CN=alice,OU=client", OUs: []string{"client"}}
-	bob      = IdentityFacts{MSPID: "Org1MSP", Subject: "CN=bob,OU=client", OUs: []string{"client"}}
+	bob      = IdentityFacts{MSPID: "Org1MSP", Subject: "CN=bob,OU=client", OUs: []string{"client"}} // a provider, for itself
+	auditor  = IdentityFacts{MSPID: "Org1MSP", Subject: "CN=audit,OU=client", OUs: []string{"client"}}
 	carol    = IdentityFacts{MSPID: "Org2MSP", Subject: "CN=carol,OU=client", OUs: []string{"client"}}
-	// An admin of another organisation is not the StreamLedger admin.
+	// The admin of the client organisation: it may grant roles in Org2MSP, nothing more.
 	org2Admin = IdentityFacts{MSPID: "Org2MSP", Subject: "CN=Admin@org2.example.com,OU=admin", OUs: []string{"admin"}}
+	// Holds no role at all.
+	stranger = IdentityFacts{MSPID: "Org1MSP", Subject: "CN=stranger,OU=client", OUs: []string{"client"}}
 )
 
 func acct(f IdentityFacts) string { return AccountID(f.MSPID, f.Subject) }
 
+// adminOf returns the admin identity of mspID's organisation.
+func adminOf(mspID string) IdentityFacts {
+	if mspID == org2Admin.MSPID {
+		return org2Admin
+	}
+	return admin
+}
+
+// grant gives role to f, as the admin of f's organisation.
+func (h *harness) grant(f IdentityFacts, role, actsFor string) {
+	h.t.Helper()
+	h.must(adminOf(f.MSPID), func(l *Ledger) error { _, err := l.GrantRole(acct(f), role, actsFor); return err })
+}
+
 // as runs fn as one transaction by identity f and commits its writes only on success.
 func (h *harness) as(f IdentityFacts, fn func(l *Ledger) error) error {
 	h.t.Helper()
-	caller, err := h.policy.Classify(f)
-	if err != nil {
-		h.t.Fatalf("classify %v: %v", f, err)
-	}
 	h.state.tx++
 	txID := fmt.Sprintf("tx%d", h.state.tx)
 	h.state.pending, h.state.pendingIndex, h.state.txEvent = map[string][]byte{}, map[string][]string{}, nil
-	err = fn(New(h.state, caller, h.now, txID))
+	l, err := New(h.state, h.policy, f, h.now, txID)
+	if err == nil {
+		err = fn(l)
+	}
 	if err == nil {
 		for k, v := range h.state.pending {
 			h.state.values[k] = v
@@ -121,7 +145,7 @@ func (h *harness) must(f IdentityFacts, fn func(l *Ledger) error) {
 func (h *harness) balance(f IdentityFacts) int64 {
 	h.t.Helper()
 	var got int64
-	h.must(alice, func(l *Ledger) error {
+	h.must(auditor, func(l *Ledger) error {
 		a, err := l.Balance(acct(f))
 		got = a.Balance
 		return err

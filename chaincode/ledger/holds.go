@@ -62,17 +62,21 @@ func (l *Ledger) hold(id string) (Hold, error) {
 	return h, nil
 }
 
-// Freeze moves amount from the caller's (the client's) balance into a hold
+// Freeze moves amount from the caller's (a client's) balance into a hold
 // for provider until expiresAt. Repeating an identical Freeze returns the
 // existing hold unchanged, so a retried submission never freezes twice.
 func (l *Ledger) Freeze(holdID, client, provider string, amount, expiresAt int64) (Hold, error) {
+	if err := l.require(RoleClient, "freezing credit"); err != nil {
+		return Hold{}, err
+	}
 	if err := checkRecordID("hold_id", holdID); err != nil {
 		return Hold{}, err
 	}
 	if err := checkAccountID("client", client); err != nil {
 		return Hold{}, err
 	}
-	if err := checkAccountID("provider", provider); err != nil {
+	// The provider must be an account id, the form a provider grant acts for.
+	if _, err := accountMSP("provider", provider); err != nil {
 		return Hold{}, err
 	}
 	if client != l.caller.Account {
@@ -116,15 +120,13 @@ func (l *Ledger) Freeze(holdID, client, provider string, amount, expiresAt int64
 	return h, l.emit(EventHoldFrozen, h)
 }
 
-// Authorize reserves amount of a live hold for service; the provider (or the
-// admin) calls it before serving, and it fails once the hold cannot cover it.
+// Authorize reserves amount of a live hold for service; a provider acting
+// for the hold's provider calls it before serving, and it fails once the hold
+// cannot cover it.
 func (l *Ledger) Authorize(holdID string, amount int64) (Hold, error) {
-	h, err := l.hold(holdID)
+	h, err := l.providersHold(holdID, "authorizing against a hold")
 	if err != nil {
 		return Hold{}, err
-	}
-	if l.caller.Account != h.Provider && !l.caller.IsAdmin {
-		return Hold{}, fail(CodeForbidden, "caller", "only the provider of hold %q may authorize against it", holdID)
 	}
 	if err := checkPositive("amount", amount); err != nil {
 		return Hold{}, err
@@ -146,12 +148,9 @@ func (l *Ledger) Authorize(holdID string, amount int64) (Hold, error) {
 // the client. A hold settles once; settling after expiry is allowed so usage
 // served before the deadline is still paid.
 func (l *Ledger) Settle(holdID string, units, price int64) (Settlement, error) {
-	h, err := l.hold(holdID)
+	h, err := l.providersHold(holdID, "settling a hold")
 	if err != nil {
 		return Settlement{}, err
-	}
-	if l.caller.Account != h.Provider && !l.caller.IsAdmin {
-		return Settlement{}, fail(CodeForbidden, "caller", "only the provider of hold %q may settle it", holdID)
 	}
 	// Zero units is a valid settlement (nothing was used: all is refunded).
 	if err := checkNonNegative("units", units); err != nil {
@@ -190,22 +189,26 @@ func (l *Ledger) Settle(holdID string, units, price int64) (Settlement, error) {
 	return s, l.emit(EventHoldSettled, s)
 }
 
-// Release returns a whole hold to the client. The provider or the admin may
-// release at any time; the client only after expiry, so a client cannot pull
-// credit out from under a service in progress.
+// Release returns a whole hold to the client. The client releases only
+// after expiry, so it cannot pull credit out from under a service in
+// progress; a provider acting for the hold's provider may release at any
+// time (it gives up nothing it could not refund by settling zero units).
 func (l *Ledger) Release(holdID string) (Hold, error) {
 	h, err := l.hold(holdID)
 	if err != nil {
 		return Hold{}, err
 	}
 	switch {
-	case l.caller.Account == h.Provider || l.caller.IsAdmin:
+	case l.caller.providerFor(h.Provider):
 	case l.caller.Account == h.Client:
+		if err := l.require(RoleClient, "releasing a hold"); err != nil {
+			return Hold{}, err
+		}
 		if !h.expired(l.now.Unix()) {
 			return Hold{}, fail(CodeHoldNotExpired, "hold_id", "the client may release hold %q only after it expires at %d", holdID, h.ExpiresAt)
 		}
 	default:
-		return Hold{}, fail(CodeForbidden, "caller", "only the client, the provider or the admin may release hold %q", holdID)
+		return Hold{}, fail(CodeForbidden, "hold_id", "only the client of hold %q or a %s acting for %q may release it; caller is %q", holdID, RoleProvider, h.Provider, l.caller.Account)
 	}
 	if err := l.requireOpen(h); err != nil {
 		return Hold{}, err
@@ -221,13 +224,25 @@ func (l *Ledger) Release(holdID string) (Hold, error) {
 	return h, l.emit(EventHoldReleased, h)
 }
 
-// GetHold reads a hold.
-func (l *Ledger) GetHold(holdID string) (Hold, error) { return l.hold(holdID) }
+// GetHold reads a hold, for its parties (client, provider) and auditors.
+func (l *Ledger) GetHold(holdID string) (Hold, error) {
+	h, err := l.hold(holdID)
+	if err != nil {
+		return Hold{}, err
+	}
+	if err := l.requireHoldParty(h); err != nil {
+		return Hold{}, err
+	}
+	return h, nil
+}
 
 // HoldsOf lists the holds an account is the client or the provider of, by id,
-// for account statements.
+// for account statements; who may read them is who may read the account.
 func (l *Ledger) HoldsOf(account string) ([]Hold, error) {
 	if err := checkAccountID("account", account); err != nil {
+		return nil, err
+	}
+	if err := l.requireReaderOf("account", account); err != nil {
 		return nil, err
 	}
 	ids, err := l.state.IndexList(holdsByAccount, account)
@@ -243,6 +258,21 @@ func (l *Ledger) HoldsOf(account string) ([]Hold, error) {
 		holds = append(holds, h)
 	}
 	return holds, nil
+}
+
+// providersHold reads a hold for a caller holding provider and acting for the hold's provider.
+func (l *Ledger) providersHold(holdID, action string) (Hold, error) {
+	if err := l.require(RoleProvider, action); err != nil {
+		return Hold{}, err
+	}
+	h, err := l.hold(holdID)
+	if err != nil {
+		return Hold{}, err
+	}
+	if !l.caller.providerFor(h.Provider) {
+		return Hold{}, fail(CodeForbidden, "hold_id", "hold %q is paid to %q; caller %q acts for %q", holdID, h.Provider, l.caller.Account, l.caller.ActsFor)
+	}
+	return h, nil
 }
 
 func (l *Ledger) requireOpen(h Hold) error {

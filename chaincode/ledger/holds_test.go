@@ -92,15 +92,16 @@ func TestSettleRules(t *testing.T) {
 		{"negative price", bob, "h1", 1, -3, ErrInvalidArgument, "price"},
 		{"unknown hold", bob, "nope", 1, 1, ErrNotFound, "hold_id"},
 		{"malformed hold id", bob, "../x", 1, 1, ErrInvalidArgument, "hold_id"},
-		{"client cannot settle", alice, "h1", 1, 1, ErrForbidden, "caller"},
-		{"stranger cannot settle", carol, "h1", 1, 1, ErrForbidden, "caller"},
+		{"client cannot settle", alice, "h1", 1, 1, ErrForbidden, "creator"},
+		{"stranger cannot settle", carol, "h1", 1, 1, ErrForbidden, "creator"},
+		{"admin without the grant", admin, "h1", 1, 1, ErrForbidden, "creator"},
 	}
 	for _, c := range cases {
 		err := h.as(c.who, func(l *Ledger) error { _, err := l.Settle(c.hold, c.units, c.price); return err })
 		t.Run(c.name, func(t *testing.T) { wantErr(t, err, c.sentinel, c.field) })
 	}
-	// Zero usage settles with a full refund; the admin may settle too.
-	h.must(admin, func(l *Ledger) error { _, err := l.Settle("h1", 0, 5); return err })
+	// Zero usage settles with a full refund.
+	h.must(bob, func(l *Ledger) error { _, err := l.Settle("h1", 0, 5); return err })
 	if got := h.balance(alice); got != 1000 {
 		t.Errorf("alice after zero settlement %d, want 1000", got)
 	}
@@ -124,7 +125,9 @@ func TestFreezeRules(t *testing.T) {
 		{"zero", alice, "h2", acct(alice), acct(bob), 0, future, ErrInvalidArgument, "amount"},
 		{"negative", alice, "h2", acct(alice), acct(bob), -5, future, ErrInvalidArgument, "amount"},
 		{"past expiry", alice, "h2", acct(alice), acct(bob), 5, h.now.Unix(), ErrInvalidArgument, "expires_at"},
-		{"someone else's credit", bob, "h2", acct(alice), acct(bob), 5, future, ErrForbidden, "client"},
+		{"someone else's credit", carol, "h2", acct(alice), acct(bob), 5, future, ErrForbidden, "client"},
+		{"provider without the client role", bob, "h2", acct(bob), acct(alice), 5, future, ErrForbidden, "creator"},
+		{"provider not an account id", alice, "h2", acct(alice), "shop", 5, future, ErrInvalidArgument, "provider"},
 		{"provider is client", alice, "h2", acct(alice), acct(alice), 5, future, ErrInvalidArgument, "provider"},
 		{"bad hold id", alice, "", acct(alice), acct(bob), 5, future, ErrInvalidArgument, "hold_id"},
 		{"reused id, other terms", alice, "h1", acct(alice), acct(bob), 5, future, ErrConflict, "hold_id"},
@@ -152,7 +155,9 @@ func TestExpiryAndRelease(t *testing.T) {
 	err := h.as(alice, func(l *Ledger) error { _, err := l.Release("h1"); return err })
 	wantErr(t, err, ErrHoldNotExpired, "hold_id")
 	err = h.as(carol, func(l *Ledger) error { _, err := l.Release("h1"); return err })
-	wantErr(t, err, ErrForbidden, "caller")
+	wantErr(t, err, ErrForbidden, "hold_id")
+	err = h.as(admin, func(l *Ledger) error { _, err := l.Release("h1"); return err })
+	wantErr(t, err, ErrForbidden, "hold_id")
 
 	h.now = h.now.Add(2 * time.Hour)
 	err = h.as(bob, func(l *Ledger) error { _, err := l.Authorize("h1", 1); return err })
@@ -222,7 +227,7 @@ func TestHoldsOfListsBothSides(t *testing.T) {
 	})
 	ids := func(f IdentityFacts) []string {
 		var out []string
-		h.must(carol, func(l *Ledger) error {
+		h.must(auditor, func(l *Ledger) error {
 			holds, err := l.HoldsOf(acct(f))
 			for _, hold := range holds {
 				out = append(out, hold.ID)

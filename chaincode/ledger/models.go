@@ -14,8 +14,8 @@ type Model struct {
 // version with the same hash again is a no-op; a different hash is a conflict,
 // since a version's content must never change.
 func (l *Ledger) RegisterModel(modelID string, version int64, sha256 string) (Model, error) {
-	if !l.caller.IsOperator {
-		return Model{}, fail(CodeForbidden, "caller", "only an operator or the admin may register models; %q is neither", l.caller.Account)
+	if err := l.require(RoleOperator, "registering a model"); err != nil {
+		return Model{}, err
 	}
 	if err := checkRecordID("model_id", modelID); err != nil {
 		return Model{}, err
@@ -55,6 +55,9 @@ func (l *Ledger) RegisterModel(modelID string, version int64, sha256 string) (Mo
 
 // GetModel reads one version of a model; version 0 means the highest registered.
 func (l *Ledger) GetModel(modelID string, version int64) (Model, error) {
+	if err := l.requireAnyRole("reading a model"); err != nil {
+		return Model{}, err
+	}
 	if err := checkRecordID("model_id", modelID); err != nil {
 		return Model{}, err
 	}

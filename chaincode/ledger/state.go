@@ -39,6 +39,7 @@ const (
 	anchorPrefix  = "anchor:"
 	modelPrefix   = "model:"
 	latestPrefix  = "model-latest:"
+	rolePrefix    = "role:"
 	// holdsByAccount indexes every hold under its client and its provider.
 	holdsByAccount = "holdOf"
 )
@@ -50,18 +51,33 @@ func ModelKey(id string, version int64) string {
 	return modelPrefix + id + "@" + itoa(version)
 }
 func latestModelKey(id string) string { return latestPrefix + id }
+func RoleKey(account string) string   { return rolePrefix + account }
 
 // Ledger applies the contract's rules for one transaction: who calls, when
 // (the transaction timestamp, identical on every endorser), and its tx id.
 type Ledger struct {
 	state  State
+	policy RolePolicy
 	caller Caller
 	now    time.Time
 	txID   string
 }
 
-func New(state State, caller Caller, now time.Time, txID string) *Ledger {
-	return &Ledger{state: state, caller: caller, now: now.UTC(), txID: txID}
+// New binds the rules to one transaction by identity id: it classifies the
+// certificate and reads the roles granted to its account, once.
+func New(state State, policy RolePolicy, id IdentityFacts, now time.Time, txID string) (*Ledger, error) {
+	caller, err := policy.Classify(id)
+	if err != nil {
+		return nil, err
+	}
+	l := &Ledger{state: state, policy: policy, now: now.UTC(), txID: txID}
+	grants, err := l.roleRecord(caller.Account, caller.MSPID)
+	if err != nil {
+		return nil, err
+	}
+	caller.Roles, caller.ActsFor = grants.Roles, grants.ActsFor
+	l.caller = caller
+	return l, nil
 }
 
 // load decodes key into out; it reports false when the key does not exist.
