@@ -20,6 +20,7 @@ caller retries itself, so retries never nest).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fabric_protos.common import common_pb2, ledger_pb2
@@ -30,6 +31,8 @@ from streamledger.fabric import Committed, Contract, Gateway, load_msp
 from streamledger.fabric.errors import EvaluateError
 from streamledger.retry import RetryPolicy
 from streamledger.settings import LedgerSettings
+
+log = logging.getLogger("streamledger.ledger")
 
 DEFAULT_RETRY = RetryPolicy(attempts=5, initial_seconds=0.1, max_seconds=2.0, jitter=1.0)
 """Five tries in all, exponential backoff from 0.1 s capped at 2 s, full jitter so
@@ -42,9 +45,17 @@ class LedgerClient:
         self.contract = contract
 
     @classmethod
-    def connect(cls, settings: LedgerSettings, retry: RetryPolicy = DEFAULT_RETRY) -> LedgerClient:
-        identity, signer = load_msp(settings.msp_dir(), settings.fabric_msp_id)
-        gateway = Gateway.connect(settings.fabric_peer_endpoint, settings.tls_root().read_bytes(), identity, signer,
+    def connect(cls, settings: LedgerSettings, retry: RetryPolicy = DEFAULT_RETRY, *,
+                service_identity: str = "") -> LedgerClient:
+        """A client acting as the identity the settings name, else as `service_identity` (a
+        service's own local identity: "anchoring", "settlement", ...). An admin identity is
+        logged as a warning: admins only mint and grant roles."""
+        identity, signer = load_msp(settings.msp_dir(service_identity), settings.fabric_msp_id)
+        if identity.is_admin:
+            log.warning("ledger_identity_is_admin", extra={
+                "msp_id": identity.msp_id, "service_identity": service_identity,
+                "hint": "run each service as its own identity with only its role (README, Fabric)"})
+        gateway = Gateway.connect(settings.peer_endpoint(), settings.tls_root().read_bytes(), identity, signer,
                                   server_name=settings.fabric_peer_server_name or None, retry=retry)
         return cls(gateway, gateway.network(settings.fabric_channel).contract(settings.fabric_chaincode))
 
@@ -69,6 +80,18 @@ class LedgerClient:
     # -- accounts --
     async def who_am_i(self) -> dict[str, Any]:
         return await self.contract.evaluate_json("WhoAmI")
+
+    # -- roles: granted by an admin of the account's organisation --
+    async def grant_role(self, account: str, role: str, acts_for: str = "") -> dict[str, Any]:
+        """Give `account` a role (operator, provider, client, auditor); a provider acts for
+        `acts_for`, the account its holds pay (default: its own)."""
+        return await self._submit("GrantRole", account, role, acts_for)
+
+    async def revoke_role(self, account: str, role: str) -> dict[str, Any]:
+        return await self._submit("RevokeRole", account, role)
+
+    async def get_roles(self, account: str) -> dict[str, Any]:
+        return await self.contract.evaluate_json("GetRoles", account)
 
     async def balance(self, account: str) -> int:
         return (await self.contract.evaluate_json("Balance", account))["balance"]

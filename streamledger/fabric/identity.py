@@ -9,12 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import (
     decode_dss_signature,
     encode_dss_signature,
 )
+from cryptography.x509.oid import NameOID
 from fabric_protos.msp import identities_pb2
 
 # Order of the P-256 group; S above half of it is "high".
@@ -34,6 +36,12 @@ class Identity:
     def serialized(self) -> bytes:
         """The `SerializedIdentity` every proposal and request carries as its creator."""
         return identities_pb2.SerializedIdentity(mspid=self.msp_id, id_bytes=self.certificate).SerializeToString()
+
+    @property
+    def is_admin(self) -> bool:
+        """Carries the `admin` NodeOU (as cryptogen and Fabric CA issue admin certificates)."""
+        subject = x509.load_pem_x509_certificate(self.certificate).subject
+        return any(ou.value == "admin" for ou in subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME))
 
 
 class Signer:

@@ -12,13 +12,22 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from devstack import Stack
-from devstack.fabric import FabricNetwork
+from devstack.fabric import PART_NAMES, FabricNetwork
 from devstack.settings import StackSettings
-from streamledger.settings import CommonSettings
+from streamledger.settings import CommonSettings, LedgerSettings
 
 pytestmark = pytest.mark.integration
 
-FABRIC_PARTS = ("fabric-orderer", "fabric-peer", "fabric-chaincode")
+FABRIC_PARTS = PART_NAMES
+
+
+def identity(user: str, org: str = "Org1", **overrides: object) -> LedgerSettings:
+    """Ledger settings acting as a local identity: `identity("User3", "Org2")` is a client of
+    Org2 (deploy/fabric/identities.yaml grants Org2's User1..8 the client role); Org1's
+    `anchoring`, `registry`, `inference`, `settlement`, `audit`, `dashboard` hold their
+    service's role; `Admin` of either org only grants roles (and Org1's mints); Org1's
+    User1..8 hold no role until a test grants one."""
+    return LedgerSettings(fabric_msp_id=f"{org}MSP", fabric_user=user, **overrides)
 
 
 @pytest.fixture(scope="session")
