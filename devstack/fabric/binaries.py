@@ -19,6 +19,12 @@ COMMANDS = ("configtxgen", "cryptogen", "orderer", "osnadmin", "peer")
 CHAINCODE_DIR = REPO_ROOT / "chaincode"
 
 
+def pinned_commit() -> str:
+    """The short commit at the end of go.mod's Fabric pseudo-version."""
+    found = re.search(rf"^\s*{re.escape(FABRIC_MODULE)} v\S+-([0-9a-f]{{12}})\b", (MODULE_DIR / "go.mod").read_text(), re.M)
+    return found.group(1) if found else "unknown"
+
+
 def pinned_release() -> str:
     """The release named in go.mod's header ("3.1.5"): the version the built binaries report."""
     found = re.search(r"Fabric v(\d+\.\d+\.\d+) release", (MODULE_DIR / "go.mod").read_text())
@@ -103,7 +109,8 @@ class FabricBinaries:
         partial.mkdir()
         release = pinned_release()
         # What Fabric's own Makefile stamps into a release build, so `peer version` says 3.1.5.
-        ldflags = f"-X {FABRIC_MODULE}/common/metadata.Version={release}"
+        ldflags = (f"-X {FABRIC_MODULE}/common/metadata.Version={release} "
+                   f"-X {FABRIC_MODULE}/common/metadata.CommitSHA={pinned_commit()}")
         run_tool(["go", "build", "-ldflags", ldflags, "-o", str(partial) + "/",
                   *(f"{FABRIC_MODULE}/cmd/{c}" for c in COMMANDS)],
                  f"building Fabric {release} ({', '.join(COMMANDS)})", cwd=src)

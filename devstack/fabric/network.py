@@ -183,10 +183,8 @@ class FabricNetwork:
             for name in identities:
                 issue_client(self.org_dir(org), org.domain, name)
 
-    def make_genesis_block(self) -> None:
+    def channel_config(self) -> dict[str, Any]:
         """configtx.yaml read as YAML, the local paths and addresses set in its profile."""
-        if self.genesis_block.exists():
-            return
         config = yaml.safe_load((MODULE_DIR / "configtx.yaml").read_text())
         profile = config["Profiles"]["StreamLedgerChannel"]
         orderer_org = self.crypto / "ordererOrganizations" / ORDERER_DOMAIN
@@ -200,8 +198,13 @@ class FabricNetwork:
         profile["Orderer"]["EtcdRaft"]["Consenters"] = [
             {"Host": "127.0.0.1", "Port": o.port, "ClientTLSCert": str(self.orderer_node(o) / "tls" / "server.crt"),
              "ServerTLSCert": str(self.orderer_node(o) / "tls" / "server.crt")} for o in self.orderers]
+        return config
+
+    def make_genesis_block(self) -> None:
+        if self.genesis_block.exists():
+            return
         self.config.mkdir(parents=True, exist_ok=True)
-        (self.config / "configtx.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        (self.config / "configtx.yaml").write_text(yaml.safe_dump(self.channel_config(), sort_keys=False))
         partial = self.genesis_block.with_suffix(".partial")
         run_tool([self.binaries.tool("configtxgen"), "-profile", "StreamLedgerChannel", "-channelID", CHANNEL,
                   "-outputBlock", str(partial), "-configPath", str(self.config)],
