@@ -68,7 +68,7 @@ class AuditService(Loop):
         log.info("serving", extra={"http": f"{s.audit_host}:{self.http_port}",
                                    "grpc": f"{s.audit_host}:{self.grpc_port}", "token_required": token.required,
                                    "tls": tls is not None,
-                                   "mongo_db": s.mongo_db, "peer": self.ledger_settings.fabric_peer_endpoint})
+                                   "mongo_db": s.mongo_db, "peer": self.ledger_settings.peer_endpoint()})
 
     async def stop(self) -> None:
         await self._opened.aclose()  # the HTTP server, the gRPC server, then the Auditor's clients
