@@ -199,7 +199,7 @@ async def test_a_ledger_outage_holds_anchoring_back_and_loses_nothing(
     every record ends up in exactly one batch on the ledger."""
     stack = Stack(StackSettings(fabric=True), say=lambda _msg: None)
     await asyncio.to_thread(stack.up)  # fault tests run last: another may have stopped the network
-    peer = stack.part("fabric-peer")
+    peer = stack.part("fabric-peer-org1")
     clean_topic = ledger_env["STREAMLEDGER_LEDGER_CLEAN_TOPIC"]
     await create_topic(bootstrap, clean_topic, 1)
     ledger_env.update({"STREAMLEDGER_LEDGER_SETTLEMENT": "false", "STREAMLEDGER_LEDGER_BATCH_RECORDS": "100",
