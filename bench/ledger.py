@@ -131,7 +131,7 @@ async def main(events: int, rate: float, verify_count: int, batch_records: int) 
                             if a["first_offset"] <= offsets[i] <= a["last_offset"]) for i in sample}
         audit = AuditSettings(mongo_db=env["STREAMLEDGER_MONGO_DB"])
         verify_s, floor_s, statuses = [], [], {}
-        async with open_auditor(audit, LedgerSettings()) as auditor, LedgerClient.connect(LedgerSettings()) as client:
+        async with open_auditor(audit, LedgerSettings()) as auditor, LedgerClient.connect(LedgerSettings(), service_identity="audit") as client:
             for i in sample:
                 started = time.perf_counter()
                 answer = await auditor.verify(f"bench-{run}-{i}")

@@ -1,7 +1,9 @@
 """`streamledger demo`: the whole pipeline on the local stack with a live event stream.
 
 1. A smoke round trip through Kafka and MongoDB (the stack answers real requests).
-2. Every built service starts as a child process (`streamledger serve NAME`).
+2. Every built service starts as a child process (`streamledger serve NAME`), each acting on
+   the ledger as its own identity (the ledger service anchors as `anchoring`, the audit and
+   the dashboard read as `audit` and `dashboard`); inference runs in free mode.
 3. A demo producer posts River's Phishing dataset to the ingestion API, in small batches,
    as tenant "demo" with a fresh API key, plus a few malformed events to show rejections.
 4. A live table shows what each hop holds: topic offsets, stored documents, the models'

@@ -3,6 +3,11 @@
 Each service is `streamledger serve NAME` in its own process (so one crash never takes
 the others down), logging to the stack's log folder; stopping sends SIGTERM to all, then
 SIGKILL to any that outlive the grace period.
+
+On the ledger each service acts as its own local identity (`anchoring` and `settlement` for the
+ledger service's two loops, `registry`, `inference`, `audit`, `dashboard`), each granted only
+its role by the stack. `STREAMLEDGER_FABRIC_USER` or `_MSP_DIR` in the environment would make
+every child act as that one identity, and those lacking their role then refuse to start.
 """
 
 from __future__ import annotations

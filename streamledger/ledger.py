@@ -16,6 +16,13 @@ refusals arrive as `EndorseError` (submit) or `EvaluateError` (query), whose
 Transient failures (errors.is_transient) are retried within `retry`, once around each
 whole call; `DEFAULT_RETRY` unless the caller passes its own policy (NO_RETRY when the
 caller retries itself, so retries never nest).
+
+A service acts as its own identity (`service_identity`) and checks at start that the
+ledger granted it the role it needs:
+
+    ledger = LedgerClient.connect(settings, service_identity="settlement")
+    me = await ledger.require_role("provider")   # MissingRole names the identity otherwise
+    paid_to = me["ActsFor"]
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from streamledger.core.contract_errors import NotFound
 from streamledger.core.receipts import Receipt
 from streamledger.fabric import Committed, Contract, Gateway, load_msp
 from streamledger.fabric.errors import EvaluateError
+from streamledger.lifecycle import StartError
 from streamledger.retry import RetryPolicy
 from streamledger.settings import LedgerSettings
 
@@ -40,10 +48,16 @@ DEFAULT_RETRY = RetryPolicy(attempts=5, initial_seconds=0.1, max_seconds=2.0, ji
 concurrent retries spread out."""
 
 
+class MissingRole(StartError):
+    """The identity a service acts as on the ledger was not granted the role the service needs."""
+
+
 class LedgerClient:
-    def __init__(self, gateway: Gateway, contract: Contract) -> None:
+    def __init__(self, gateway: Gateway, contract: Contract, identity: str = "") -> None:
         self.gateway = gateway
         self.contract = contract
+        self.identity = identity
+        """Which identity this client acts as (a local identity's name or an MSP folder), for messages."""
 
     @classmethod
     def connect(cls, settings: LedgerSettings, retry: RetryPolicy = DEFAULT_RETRY, *,
@@ -51,14 +65,16 @@ class LedgerClient:
         """A client acting as the identity the settings name, else as `service_identity` (a
         service's own local identity: "anchoring", "settlement", ...). An admin identity is
         logged as a warning: admins only mint and grant roles."""
-        identity, signer = load_msp(settings.msp_dir(service_identity), settings.fabric_msp_id)
+        msp_dir = settings.msp_dir(service_identity)
+        identity, signer = load_msp(msp_dir, settings.fabric_msp_id)
         if identity.is_admin:
             log.warning("ledger_identity_is_admin", extra={
                 "msp_id": identity.msp_id, "service_identity": service_identity,
                 "hint": "run each service as its own identity with only its role (README, Fabric)"})
         gateway = Gateway.connect(settings.peer_endpoint(), settings.tls_root().read_bytes(), identity, signer,
                                   server_name=settings.fabric_peer_server_name or None, retry=retry)
-        return cls(gateway, gateway.network(settings.fabric_channel).contract(settings.fabric_chaincode))
+        name = str(msp_dir) if settings.fabric_msp_dir else settings.fabric_user or service_identity
+        return cls(gateway, gateway.network(settings.fabric_channel).contract(settings.fabric_chaincode), name)
 
     async def __aenter__(self) -> LedgerClient:
         return self
@@ -80,7 +96,21 @@ class LedgerClient:
 
     # -- accounts --
     async def who_am_i(self) -> dict[str, Any]:
+        """The caller as the contract sees it: Account, MSPID, IsAdmin, Roles, ActsFor."""
         return await self.contract.evaluate_json("WhoAmI")
+
+    async def require_role(self, role: str) -> dict[str, Any]:
+        """`who_am_i()`, once it shows `role` among the caller's roles; else `MissingRole`, naming
+        the identity, its account and the role (what a service says when it cannot start)."""
+        me = await self.who_am_i()
+        if role not in (me.get("Roles") or []):
+            held = ", ".join(me.get("Roles") or []) or "none"
+            admin = "; an admin holds no role unless granted one" if me.get("IsAdmin") else ""
+            raise MissingRole(
+                f"ledger identity {self.identity or me.get('Account')!r} ({me.get('Account')}) does not hold the "
+                f"{role} role (it holds: {held}{admin}); an admin of {me.get('MSPID')} grants it with GrantRole, "
+                f"or point STREAMLEDGER_FABRIC_USER / STREAMLEDGER_FABRIC_MSP_DIR at an identity that holds it")
+        return me
 
     # -- roles: granted by an admin of the account's organisation --
     async def grant_role(self, account: str, role: str, acts_for: str = "") -> dict[str, Any]:

@@ -6,6 +6,9 @@
     GET /v1/accounts/..., gRPC Account    +          (GetAnchor, GetModel, Balance, HoldsOf,
                                                       History, qscc GetBlockByTxID)
 
+The ledger is read as the identity `audit`, which must hold the auditor role: at start the
+audit asks WhoAmI, and an identity without it refuses the start, naming it (a ledger that does
+not answer then is logged, and the audit starts: its answers say LEDGER_UNREACHABLE).
 A ledger read whose peer is unavailable is tried again, up to AUDIT_LEDGER_ATTEMPTS in all
 (`ledger_retry.py`, the one place the audit retries). Listening beyond loopback needs
 STREAMLEDGER_AUDIT_TOKEN (the settings refuse to load without it); with a token set, every
@@ -16,10 +19,10 @@ from __future__ import annotations
 
 import contextlib
 
-from services.audit.auditor import open_auditor
+from services.audit.auditor import IDENTITY, ROLE, open_auditor
 from services.audit.grpc_api import build_grpc_server
 from services.audit.http_api import build_http_app
-from services.audit.ledger_reader import UnreachableLedger
+from services.audit.ports import LedgerUnreachable
 from services.audit.settings import AuditSettings
 from streamledger.access import BearerToken
 from streamledger.http_server import EmbeddedHttpServer
@@ -48,9 +51,12 @@ class AuditService(Loop):
         tls = ServerTls.optional(s.audit_tls_cert, s.audit_tls_key, "STREAMLEDGER_AUDIT_TLS")  # files readable: fail fast
         async with contextlib.AsyncExitStack() as opened:  # a step that fails closes what came before
             auditor = await opened.enter_async_context(open_auditor(s, self.ledger_settings))
-            if isinstance(auditor.ledger, UnreachableLedger):
-                log.error("ledger_unavailable", extra={"error": auditor.ledger.why,
-                                                       "msp_dir": str(self.ledger_settings.msp_dir())})
+            try:
+                me = await auditor.ledger.require_role(ROLE)  # MissingRole: the audit cannot start
+                log.info("ledger_connected", extra={"account": me["Account"], "roles": me["Roles"]})
+            except LedgerUnreachable as exc:
+                log.error("ledger_unavailable", extra={"error": str(exc),
+                                                       "msp_dir": str(self.ledger_settings.msp_dir(IDENTITY))})
             token = BearerToken(s.token())
             grpc_server, self.grpc_port = build_grpc_server(auditor, token, s.audit_host, s.audit_grpc_port, tls)
             await grpc_server.start()
@@ -62,7 +68,7 @@ class AuditService(Loop):
         log.info("serving", extra={"http": f"{s.audit_host}:{self.http_port}",
                                    "grpc": f"{s.audit_host}:{self.grpc_port}", "token_required": token.required,
                                    "tls": tls is not None,
-                                   "mongo_db": s.mongo_db, "peer": self.ledger_settings.fabric_peer_endpoint})
+                                   "mongo_db": s.mongo_db, "peer": self.ledger_settings.peer_endpoint()})
 
     async def stop(self) -> None:
         await self._opened.aclose()  # the HTTP server, the gRPC server, then the Auditor's clients

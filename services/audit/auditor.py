@@ -28,6 +28,11 @@ from streamledger.mongo import mongo_client
 from streamledger.retry import NO_RETRY, RetryPolicy
 from streamledger.settings import LedgerSettings
 
+IDENTITY = "audit"
+"""The local ledger identity the audit reads as (deploy/fabric/identities.yaml): an auditor."""
+ROLE = "auditor"
+"""The role the audit needs: reading every account, hold and key history."""
+
 
 class Auditor:
     def __init__(self, store: EvidenceStore, ledger: LedgerReader) -> None:
@@ -46,7 +51,8 @@ class Auditor:
 
 @asynccontextmanager
 async def open_auditor(settings: AuditSettings, ledger_settings: LedgerSettings) -> AsyncIterator[Auditor]:
-    """An Auditor on MongoDB and the Fabric gateway; both connect lazily, so an unreachable server
+    """An Auditor on MongoDB and the Fabric gateway, reading the ledger as the identity `audit`
+    (unless `ledger_settings` name another); both connect lazily, so an unreachable server
     shows in the answers (STORE_UNREACHABLE, LEDGER_UNREACHABLE), not here. Without a usable
     Fabric identity or TLS root every ledger question is LEDGER_UNREACHABLE, saying why, so the
     service still starts (e.g. in `serve all` on a stack without Fabric)."""
@@ -56,7 +62,8 @@ async def open_auditor(settings: AuditSettings, ledger_settings: LedgerSettings)
     store = MongoEvidenceStore(mongo[settings.mongo_db])
     try:
         try:
-            client = LedgerClient.connect(ledger_settings, retry=NO_RETRY)  # RetriedLedgerReads retries
+            # RetriedLedgerReads retries: the client does not.
+            client = LedgerClient.connect(ledger_settings, retry=NO_RETRY, service_identity=IDENTITY)
         except (IdentityError, OSError) as exc:
             yield Auditor(store, UnreachableLedger(f"no connection to the ledger can be set up: {exc}"))
             return

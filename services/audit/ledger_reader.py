@@ -1,6 +1,6 @@
 """`FabricLedgerReader`: the audit's queries of the contract, over `LedgerClient` (evaluate only).
 
-    async with LedgerClient.connect(LedgerSettings()) as client:
+    async with LedgerClient.connect(LedgerSettings(), service_identity="audit") as client:
         ledger = FabricLedgerReader(client)
         anchor = await ledger.anchor("events.clean:0:0-999")
 
@@ -27,6 +27,11 @@ T = TypeVar("T")
 class FabricLedgerReader:
     def __init__(self, client: LedgerClient | RetriedLedgerReads) -> None:
         self.client = client
+
+    async def require_role(self, role: str) -> dict[str, Any]:
+        """Who the audit reads as (WhoAmI), once the ledger shows it holds `role`; `MissingRole`
+        when it does not."""
+        return await self._ask("WhoAmI", "creator", self.client.require_role(role))
 
     async def anchor(self, batch_id: str) -> dict[str, Any] | None:
         return await self._ask("GetAnchor", "batch_id", self.client.get_anchor(batch_id))
@@ -77,4 +82,4 @@ class UnreachableLedger:
     async def _refuse(self, *_args: object) -> Any:
         raise LedgerUnreachable(self.why)
 
-    anchor = transaction_block = model = balance = holds_of = history = _refuse
+    require_role = anchor = transaction_block = model = balance = holds_of = history = _refuse

@@ -1,6 +1,6 @@
 """`RetriedLedgerReads`: the ledger reads the audit makes, each retried within one bounded policy.
 
-    client = LedgerClient.connect(ledger_settings, retry=NO_RETRY)    # the client never retries
+    client = LedgerClient.connect(ledger_settings, retry=NO_RETRY, service_identity="audit")  # never retries
     ledger = FabricLedgerReader(RetriedLedgerReads(client, RetryPolicy(attempts=3)))
 
 The one place the audit retries: a read whose peer was unavailable or too slow is tried again
@@ -32,6 +32,9 @@ class RetriedLedgerReads:
     def __init__(self, client: LedgerClient, policy: RetryPolicy) -> None:
         self.client = client
         self.policy = policy
+
+    async def require_role(self, role: str) -> dict[str, Any]:
+        return await self._retried("WhoAmI", lambda: self.client.require_role(role))
 
     async def get_anchor(self, batch_id: str) -> dict[str, Any] | None:
         return await self._retried("GetAnchor", lambda: self.client.get_anchor(batch_id))

@@ -47,6 +47,10 @@ class LedgerReader(Protocol):
     """The ledger's side: what was committed. Every method may raise LedgerUnreachable, and
     InvalidArgument when the contract refuses an argument as malformed."""
 
+    async def require_role(self, role: str) -> dict[str, Any]:
+        """WhoAmI of the identity the audit reads as, once it shows `role`; `MissingRole`
+        (streamledger.ledger) when the ledger has not granted it."""
+
     async def anchor(self, batch_id: str) -> dict[str, Any] | None:
         """GetAnchor: batch_id, merkle_root, count, first_offset, last_offset, tx_id, anchored_at, submitter."""
 

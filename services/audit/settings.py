@@ -1,7 +1,8 @@
 """Settings of the audit API: `STREAMLEDGER_AUDIT_*` on top of the common `STREAMLEDGER_*`.
 
-The ledger is reached through `LedgerSettings` (`STREAMLEDGER_FABRIC_*`); the audit only
-evaluates, so any enrolled identity of the channel will do.
+The ledger is reached through `LedgerSettings` (`STREAMLEDGER_FABRIC_*`), as the local identity
+`audit` unless they name another. The audit only evaluates, but reading every account, hold and
+key history needs the auditor role: an identity without it cannot start the service.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
     Kafka  --KafkaWatch: end offsets, group offsets, the feed topics (no group)--> Board
     Fabric --LedgerWatch: chaincode events, point reads (unless DASHBOARD_LEDGER=false)--> Board.ledger
+             (as the identity `dashboard`, an auditor; without that role the dashboard cannot start)
     Board  --web: /events (a frame per tick, server-sent), /api/state--> static/dashboard.js (SVG)
 
 Both readers only read, show their server being away on the page, and reconnect (bounded,
@@ -62,8 +63,8 @@ class Dashboard(Loop):
         self.settings = settings
         self.board = build_board(settings)
         kafka_watch = KafkaWatch(settings, self.board, AvroCodec(SchemaRegistry.from_dir()))
-        ledger_watch = build_ledger_watch(settings, self.board, ledger_settings)
-        self.readers = [reader for reader in (kafka_watch, ledger_watch) if reader is not None]
+        self.ledger_watch = build_ledger_watch(settings, self.board, ledger_settings)
+        self.readers = [reader for reader in (kafka_watch, self.ledger_watch) if reader is not None]
         # `stopping` ends the event streams too, so the server never waits on a browser to leave.
         app = create_app(self.board, settings.dashboard_tick_seconds, closing=self.stopping,
                          token=BearerToken(settings.token()))
@@ -71,6 +72,8 @@ class Dashboard(Loop):
         self.port = settings.dashboard_port
 
     async def start(self) -> None:
+        if self.ledger_watch is not None:
+            await self.ledger_watch.check_identity()  # an identity without the auditor role: cannot start
         self.port = await self.http.start()
         log.info("serving", extra={"url": f"http://{self.settings.dashboard_host}:{self.port}",
                                    "topics": self.settings.watched_topics(), "ledger": self.settings.dashboard_ledger,

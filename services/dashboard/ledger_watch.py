@@ -1,7 +1,8 @@
 """The dashboard's read-only view of the Fabric ledger: the contract's events and a few point reads.
 
 Data path, per connection:
-    connect, WhoAmI (the ledger answers)  -> board.ledger.connected
+    connect, WhoAmI (the ledger answers, and the identity, `dashboard` by default, holds the
+    auditor role)                         -> board.ledger.connected
     chaincode events from `history_blocks` before the chain's height (after a drop: from the
     last block and transaction handled)   -> board.ledger.on_event
     every poll: the chain's height (a ping), then what the board shows but no event told
@@ -9,7 +10,8 @@ Data path, per connection:
 An unreachable peer is shown on the page (`board.ledger.unreachable`) and reconnected with
 capped backoff (`reconnect.keep_connected`, bounded and counted: the one place the watcher
 retries; the gateway client under it does not). The watcher only reads: it submits nothing
-and never touches Kafka.
+and never touches Kafka. At start (`check_identity`) an identity the ledger has not granted the
+auditor role refuses the dashboard's start; a ledger that does not answer yet is left to `run`.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from services.dashboard.ledger_view import Lookup
 from services.dashboard.reconnect import keep_connected
 from streamledger import metrics
 from streamledger.fabric import GatewayError, IdentityError
-from streamledger.ledger import LedgerClient
+from streamledger.ledger import LedgerClient, MissingRole
 from streamledger.logging import get_logger
 from streamledger.retry import NO_RETRY, RetryPolicy
 from streamledger.settings import LedgerSettings
@@ -45,6 +47,10 @@ CALL_TIMEOUT_S = 10.0
 """Bound on one read, so a hung peer shows as unreachable instead of freezing the panel."""
 YIELD_EVERY = 200
 """Events handled between yields to the event loop while reading history back."""
+IDENTITY = "dashboard"
+"""The local ledger identity the watcher reads as (deploy/fabric/identities.yaml)."""
+ROLE = "auditor"
+"""What the watcher needs: reading every hold, model and anchor the page shows."""
 
 
 @dataclass(frozen=True)
@@ -58,7 +64,8 @@ class LedgerEvent:
 class LedgerReader(Protocol):
     """What the watcher needs from the ledger (`FabricLedgerReader` over the gateway client)."""
 
-    async def who_am_i(self) -> str: ...
+    async def who_am_i(self) -> str:
+        """The account this reader acts as; `MissingRole` when the ledger has not granted it `ROLE`."""
 
     async def height(self) -> int | None:
         """Blocks on the channel; None when the peer will not say."""
@@ -89,11 +96,11 @@ class FabricLedgerReader:
     @classmethod
     def connect(cls, settings: LedgerSettings) -> FabricLedgerReader:
         # NO_RETRY: the watcher retries by reconnecting, so retries never nest.
-        return cls(LedgerClient.connect(settings, retry=NO_RETRY), settings.fabric_channel,
+        return cls(LedgerClient.connect(settings, retry=NO_RETRY, service_identity=IDENTITY), settings.fabric_channel,
                    settings.fabric_chaincode)
 
     async def who_am_i(self) -> str:
-        return str((await self.ledger.who_am_i()).get("Account", ""))
+        return str((await self.ledger.require_role(ROLE)).get("Account", ""))
 
     async def height(self) -> int | None:
         try:
@@ -142,9 +149,9 @@ class LedgerSession:
         await self.reader.close()
 
 
-EXPECTED = (GatewayError, IdentityError, OSError, TimeoutError, grpc.RpcError, LedgerStreamEnded)
-"""How a ledger being down, unreachable or not set up yet shows (a warning); anything else is
-logged as a bug of ours, and retried alike."""
+EXPECTED = (GatewayError, IdentityError, OSError, TimeoutError, grpc.RpcError, LedgerStreamEnded, MissingRole)
+"""How a ledger being down, unreachable or not set up yet (or a role revoked while running)
+shows (a warning); anything else is logged as a bug of ours, and retried alike."""
 
 
 class LedgerWatch:
@@ -163,6 +170,25 @@ class LedgerWatch:
         # Any failure is retried: a bug of ours must not blank the page either (it is logged).
         await keep_connected(self._connect, self._follow, stop, self.settings.retry,
                              is_transient=lambda exc: isinstance(exc, Exception), lost=self._lost)
+
+    async def check_identity(self) -> None:
+        """At start: the ledger's word on who the watcher reads as. `MissingRole` (the identity
+        lacks `ROLE`) refuses the start; a ledger that cannot be reached now is only logged,
+        as `run` shows it on the page and keeps trying."""
+        try:
+            reader = self.connect()
+        except EXPECTED as exc:
+            log.warning("ledger_unreachable_at_start", extra={"error": _describe(exc)})
+            return
+        try:
+            await _bounded(reader.who_am_i())
+        except MissingRole:
+            raise
+        except EXPECTED as exc:
+            log.warning("ledger_unreachable_at_start", extra={"error": _describe(exc)})
+        finally:
+            with contextlib.suppress(Exception):
+                await reader.close()
 
     def _lost(self, exc: BaseException) -> None:
         self.failures += 1

@@ -1,6 +1,7 @@
 """Settings of the dashboard: `STREAMLEDGER_DASHBOARD_*` on top of the common `STREAMLEDGER_*`.
 
-The ledger watcher reaches Fabric through `LedgerSettings` (`STREAMLEDGER_FABRIC_*`).
+The ledger watcher reaches Fabric through `LedgerSettings` (`STREAMLEDGER_FABRIC_*`), as the
+local identity `dashboard` unless they name another; it must hold the auditor role.
 """
 
 from __future__ import annotations

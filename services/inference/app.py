@@ -5,9 +5,11 @@
                                            +--> RecordSink --> record writer process --> predictions, usage
 
 Paid mode (`STREAMLEDGER_INFERENCE_MODE=paid`, the default) reads holds from the ledger
-(`STREAMLEDGER_FABRIC_*`) and learns its own account with `WhoAmI`: holds must name it as
-provider. Free mode never touches the ledger. If the snapshot follower or the record writer
-dies, the service stops: it must not go stale silently, nor serve unrecorded.
+(`STREAMLEDGER_FABRIC_*`) as its own identity, `inference` (provider), and learns with `WhoAmI`
+the account it acts for: holds must pay that account (`ActsFor`). An identity without the
+provider role cannot start the service. Free mode never touches the ledger. If the snapshot
+follower or the record writer dies, the service stops: it must not go stale silently, nor
+serve unrecorded.
 """
 
 from __future__ import annotations
@@ -34,12 +36,15 @@ from streamledger.logging import get_logger
 from streamledger.settings import LedgerSettings
 
 log = get_logger("inference")
+IDENTITY = "inference"
+"""The local ledger identity paid mode acts as (deploy/fabric/identities.yaml): a provider."""
 
 
 class Inference(Loop):
     def __init__(self, settings: InferenceSettings, ledger: LedgerSettings | None = None, *,
                  hold_source: HoldSource | None = None, provider: str | None = None) -> None:
-        """Paid mode reads holds from `hold_source` (default: the ledger at `ledger`, which names `provider`)."""
+        """Paid mode reads holds from `hold_source` (default: the ledger at `ledger`, as the identity
+        `inference`, whose `ActsFor` names `provider`)."""
         super().__init__()
         self.settings, self.ledger, self.hold_source, self.provider = settings, ledger, hold_source, provider
         self.resources = AsyncExitStack()
@@ -53,10 +58,10 @@ class Inference(Loop):
         except DeclarationError as exc:
             raise StartError(f"STREAMLEDGER_INFERENCE_MODELS_FILE={s.inference_models_file}: {exc}") from None
         credentials = tls.server_credentials(s) if s.inference_mode == "paid" else None  # files readable: fail fast
-        await kafka.provision(s.kafka_bootstrap, s.topic_specs())
         ready = asyncio.Event()
         try:
-            metering = await self._metering()
+            metering = await self._metering()  # paid: the ledger identity first, refused without its role
+            await kafka.provision(s.kafka_bootstrap, s.topic_specs())
             self.sink = await self.resources.enter_async_context(RecordSink(WriterHello.of(s), s.inference_queue_size))
             servicer = InferenceServicer(shelf, self.sink, ready, s.inference_predictions_sample, metering)
             self.server, self.port = protocol.server(servicer, f"{s.inference_host}:{s.inference_port}", credentials,
@@ -74,9 +79,12 @@ class Inference(Loop):
         if self.settings.inference_mode == "free":
             return None
         if self.hold_source is None:
-            ledger = await self.resources.enter_async_context(LedgerClient.connect(self.ledger or LedgerSettings()))
-            self.provider = (await ledger.who_am_i())["Account"]  # fails fast when the ledger is unreachable
-            log.info("ledger_connected", extra={"provider": self.provider})
+            ledger = await self.resources.enter_async_context(
+                LedgerClient.connect(self.ledger or LedgerSettings(), service_identity=IDENTITY))
+            me = await ledger.require_role("provider")  # fails fast when the ledger is unreachable
+            self.provider = me["ActsFor"]  # the account the holds pay, which this identity serves for
+            log.info("ledger_connected", extra={"identity": ledger.identity, "account": me["Account"],
+                                                "provider": self.provider})
             self.hold_source = LedgerHoldSource(ledger)
         return Metering.of(self.settings, self.hold_source, self.provider)
 

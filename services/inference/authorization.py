@@ -113,7 +113,8 @@ class Charge:
 class HoldAuthorizer:
     """Checks and counts down holds, reading each from the `HoldSource` at most every `cache_seconds`.
 
-    With `provider` set (this server's account id), a hold frozen for another provider is refused.
+    With `provider` set (the account this server acts for, its identity's `ActsFor`), a hold frozen
+    for another provider is refused.
     """
 
     def __init__(self, source: HoldSource, cache_seconds: float = 5.0, clock: Callable[[], float] = time.time,

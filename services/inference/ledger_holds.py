@@ -1,6 +1,6 @@
 """`LedgerHoldSource`: the `HoldSource` of paid mode, reading holds from the contract's `GetHold`.
 
-    async with LedgerClient.connect(LedgerSettings()) as ledger:
+    async with LedgerClient.connect(LedgerSettings(), service_identity="inference") as ledger:
         source = LedgerHoldSource(ledger)
         hold = await source.hold("hold-1")     # Hold(...) or None
 
@@ -9,9 +9,11 @@ frozen `amount` less what the provider `authorized` so far while the hold is `OP
 nothing once it is `SETTLED` or `RELEASED` (then `live` is False).
 
 Errors: a hold id the contract refuses as malformed is the caller's fault
-(`InvalidHoldId`, INVALID_ARGUMENT); any other failure to read the ledger (peer down,
-timeout, endorsement trouble) says nothing about the hold and is `HoldUnavailable`
-(UNAVAILABLE, retryable), never PERMISSION_DENIED. The gateway client has already retried
+(`InvalidHoldId`, INVALID_ARGUMENT); a hold the contract will not show this server's identity
+(FORBIDDEN: it is no party, the hold pays another provider) is `NotHoldProvider`
+(PERMISSION_DENIED); any other failure to read the ledger (peer down, timeout, endorsement
+trouble) says nothing about the hold and is `HoldUnavailable` (UNAVAILABLE, retryable), never a
+refusal. The gateway client has already retried
 transient failures within its `RetryPolicy`.
 """
 
@@ -19,7 +21,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.inference.authorization import Hold, HoldUnavailable, InvalidHoldId
+from services.inference.authorization import (
+    Hold,
+    HoldUnavailable,
+    InvalidHoldId,
+    NotHoldProvider,
+)
 from streamledger.core import contract_errors
 from streamledger.fabric import GatewayError
 from streamledger.ledger import LedgerClient
@@ -39,6 +46,10 @@ class LedgerHoldSource:
         except GatewayError as exc:
             if isinstance(exc.contract_error, contract_errors.InvalidArgument):
                 raise InvalidHoldId(f"hold id {hold_id!r} refused by the ledger: {exc.chaincode_message}") from exc
+            if isinstance(exc.contract_error, contract_errors.Forbidden):
+                # The ledger shows a hold only to its parties: this server (a provider) is none of them.
+                raise NotHoldProvider(f"hold {hold_id!r} pays another provider than the one this server acts for "
+                                      f"(the ledger refused to show it: {exc.chaincode_message})") from exc
             log.error("ledger_unavailable", extra={"hold_id": hold_id, "code": getattr(exc.code, "name", None),
                                                    "error": str(exc)})
             raise HoldUnavailable(f"the ledger cannot be read right now (hold {hold_id!r}); retry: {exc}") from exc

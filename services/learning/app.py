@@ -6,8 +6,9 @@
 
 At start each model resumes from its newest verified snapshot (`snapshot_topic.resume`; with
 `STREAMLEDGER_LEARNING_LEDGER=true` only from snapshots registered on the ledger, where every
-new one is registered) and the reader seeks each partition to the offsets those record. A
-dead reader stops the service (`ChildDied`, exit 1), to be restarted from the last snapshot.
+new one is registered by the identity `registry`, which must hold the operator role) and the
+reader seeks each partition to the offsets those record. A dead reader stops the service
+(`ChildDied`, exit 1), to be restarted from the last snapshot.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from streamledger.settings import LedgerSettings
 log = get_logger("learning")
 EVENTS = metrics.counter("learning", "events", "Input records consumed")
 BATCH = metrics.seconds("learning", "batch", "Time to process one fetched batch")
+IDENTITY = "registry"
+"""The local ledger identity that registers snapshots (deploy/fabric/identities.yaml): an operator."""
 
 
 class Learning(Loop):
@@ -73,9 +76,12 @@ class Learning(Loop):
         if not self.settings.learning_ledger:
             log.warning("ledger_registration_disabled", extra={"why": "STREAMLEDGER_LEARNING_LEDGER is false"})
             return None
-        ledger = self.ledger or LedgerSettings()
-        log.info("ledger_connecting", extra={"peer": ledger.fabric_peer_endpoint, "user": ledger.fabric_user})
-        return LedgerModelRegistry(await self.resources.enter_async_context(LedgerClient.connect(ledger)))
+        settings = self.ledger or LedgerSettings()
+        ledger = await self.resources.enter_async_context(LedgerClient.connect(settings, service_identity=IDENTITY))
+        me = await ledger.require_role("operator")  # registering models; MissingRole: the service cannot start
+        log.info("ledger_connected", extra={"peer": settings.peer_endpoint(), "identity": ledger.identity,
+                                            "account": me["Account"]})
+        return LedgerModelRegistry(ledger)
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Learn until `stopping` is set, then write a last snapshot of every model that moved."""

@@ -1,6 +1,6 @@
 """Where model snapshots meet the ledger: the `ModelRegistry` the learner registers with.
 
-    async with LedgerClient.connect(LedgerSettings()) as ledger:
+    async with LedgerClient.connect(LedgerSettings(), service_identity="registry") as ledger:
         registry = LedgerModelRegistry(ledger)
         await registry.register("phishing-logreg", 3, sha256)
         assert await registry.is_registered("phishing-logreg", 3, sha256)
@@ -15,9 +15,11 @@ a refused snapshot's version must be superseded for readers that loaded it). Wit
 against the SHA-256 carried in their own record, which catches corruption and naive
 tampering but not a writer who rewrites both the bytes and the hash.
 
-Registering needs an operator or admin identity (`STREAMLEDGER_FABRIC_USER`, default
-Admin). Ledger errors are not swallowed: a failed registration or an unreadable ledger
-raises the gateway client's `GatewayError` (transient ones already retried).
+Registering needs the operator role: the service acts as the local identity `registry`
+(or the one `STREAMLEDGER_FABRIC_USER` / `STREAMLEDGER_FABRIC_MSP_DIR` names), and refuses to
+start when the ledger has not granted it operator. Ledger errors are not swallowed: a failed
+registration or an unreadable ledger raises the gateway client's `GatewayError` (transient
+ones already retried).
 """
 
 from __future__ import annotations

@@ -27,7 +27,8 @@ class LearningSettings(CommonSettings):
     """Upper bound of one fetched batch, so snapshot and metrics cadences are checked often."""
     learning_ledger: bool = False
     """Register every snapshot's sha256 on the ledger and resume only from registered ones
-    (the ledger is reached with `LedgerSettings`, `STREAMLEDGER_FABRIC_*`)."""
+    (the ledger is reached with `LedgerSettings`, `STREAMLEDGER_FABRIC_*`, as the identity
+    `registry` unless they name another; it must hold the operator role)."""
 
     def topic_specs(self) -> list[kafka.TopicSpec]:
         """The topics this service reads and writes, as the topic table describes them."""

@@ -2,6 +2,13 @@
 
 Every setting of this service is `STREAMLEDGER_LEDGER_*` (the `ledger_` prefix); the
 shared ones (Kafka, MongoDB, `FABRIC_*`, log level, metrics port) come from `LedgerSettings`.
+
+Identities: on the local network the anchoring loop acts as the local identity `anchoring`
+(operator) and the settlement loop as `settlement` (provider), two ledger clients in one
+process. `STREAMLEDGER_FABRIC_USER` / `STREAMLEDGER_FABRIC_MSP_DIR` name one identity for the
+whole process, so a real deployment runs the loops as two processes, each with its own
+certificate: `STREAMLEDGER_LEDGER_SETTLEMENT=false` and the operator's MSP folder for anchoring,
+`STREAMLEDGER_LEDGER_ANCHORING=false` and the provider's MSP folder for settlement.
 """
 
 from __future__ import annotations
@@ -21,9 +28,15 @@ class LedgerServiceSettings(LedgerSettings):
     """Metered usage to settle."""
     ledger_deadletter_topic: str = topics.DEADLETTER
     ledger_anchoring: bool = True
-    """Anchor events.clean (off: this process only settles)."""
+    """Anchor events.clean (off: this process only settles). Needs an identity granted the
+    operator role: by default the local `anchoring`; in a real deployment run anchoring as its
+    own process (`STREAMLEDGER_LEDGER_SETTLEMENT=false`) with that identity's
+    `STREAMLEDGER_FABRIC_MSP_DIR`."""
     ledger_settlement: bool = True
-    """Settle usage (off: this process only anchors)."""
+    """Settle usage (off: this process only anchors). Needs an identity granted the provider
+    role, acting for the account the holds pay: by default the local `settlement`; in a real
+    deployment run settlement as its own process (`STREAMLEDGER_LEDGER_ANCHORING=false`) with
+    that identity's `STREAMLEDGER_FABRIC_MSP_DIR`."""
     ledger_anchor_group: str = "streamledger-ledger-anchoring"
     ledger_settlement_group: str = "streamledger-ledger-settlement"
     ledger_batch_records: int = 1000

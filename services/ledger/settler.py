@@ -1,16 +1,19 @@
 """The settlement loop: usage -> totals per hold -> one Settle per hold once it is due.
 
-    settler = Settler(settings, consumer, Ports(ledger, store, producer, codec, retries, letters))
+    settler = Settler(settings, consumer, Ports(ledger, store, producer, codec, retries, letters), provider)
     await settler.run(stop)
+
+It settles the holds that pay `provider`, the account its identity acts for (`WhoAmI.ActsFor`
+of the `settlement` identity): the contract lets it settle no other.
 
 Usage is totalled per hold by `UsageBook` (settlement.py), with the hold's terms from
 `GetHold`. A due hold's settlement is planned in MongoDB, submitted as `Settle`, and its
 outcome stored; the offsets committed stay at the first record of the oldest unsettled hold,
 so a restart (which first submits the plans left pending) settles the same units once.
-Usage that cannot be charged becomes a dead letter: `unknown_hold`, `hold_closed` (after its
-hold was settled or released), `usage_exceeds_hold` (beyond the amount frozen; the rest is
-charged), `settlement_refused` (the contract refused `Settle`), and the reasons of records
-that are no usable UsageRecord.
+Usage that cannot be charged becomes a dead letter: `unknown_hold`, `other_provider` (its hold
+pays another provider), `hold_closed` (after its hold was settled or released),
+`usage_exceeds_hold` (beyond the amount frozen; the rest is charged), `settlement_refused` (the
+contract refused `Settle`), and the reasons of records that are no usable UsageRecord.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from services.ledger.ports import Ports
 from services.ledger.settings import LedgerServiceSettings
 from streamledger import metrics
 from streamledger.avro import CodecError
-from streamledger.core.contract_errors import AlreadySettled
+from streamledger.core.contract_errors import AlreadySettled, Forbidden
 from streamledger.core.records import Consumed
 from streamledger.core.settlement import UsageBook, UsageError, check_usage
 from streamledger.fabric import EndorseError, EvaluateError
@@ -49,8 +52,11 @@ class Settler(ConsumerRebalanceListener):
     REMEMBERED = 100_000
     """Closed holds remembered, to tell a replayed usage record from one that came too late."""
 
-    def __init__(self, settings: LedgerServiceSettings, consumer: AIOKafkaConsumer, ports: Ports) -> None:
+    def __init__(self, settings: LedgerServiceSettings, consumer: AIOKafkaConsumer, ports: Ports,
+                 provider: str) -> None:
         self.settings = settings
+        self.provider = provider
+        """The account whose holds this loop settles."""
         self.topic = settings.ledger_usage_topic
         self.consumer = consumer
         self.ports = ports
@@ -67,7 +73,7 @@ class Settler(ConsumerRebalanceListener):
             await self._resume_pending()
             self.consumer.subscribe([self.topic], listener=self)
             await self.consumer.start()
-            log.info("settlement_started", extra={"topic": self.topic,
+            log.info("settlement_started", extra={"topic": self.topic, "provider": self.provider,
                                                   "grace_s": self.settings.ledger_settle_grace_seconds})
             next_tick = 0.0
             while not stop.is_set():
@@ -121,10 +127,16 @@ class Settler(ConsumerRebalanceListener):
         try:
             hold = await self.ports.retries.run("get_hold", lambda: self.ports.ledger.get_hold(hold_id))
         except EvaluateError as exc:  # refused, e.g. a malformed hold id (an outage is retried, then stops)
-            await self.ports.letters.send(consumed, "unknown_hold", f"hold {hold_id!r}: {exc.chaincode_message}")
+            # FORBIDDEN: this identity is no party to the hold, so it pays another provider.
+            reason = "other_provider" if isinstance(exc.contract_error, Forbidden) else "unknown_hold"
+            await self.ports.letters.send(consumed, reason, f"hold {hold_id!r}: {exc.chaincode_message}")
             return False
         if hold is None:
             await self.ports.letters.send(consumed, "unknown_hold", f"no hold {hold_id!r} on the ledger")
+            return False
+        if hold["provider"] != self.provider:
+            await self.ports.letters.send(consumed, "other_provider", f"hold {hold_id!r} pays {hold['provider']!r}; "
+                                                                      f"this service settles for {self.provider!r}")
             return False
         if hold["status"] != "OPEN":
             outcome = await self.ports.retries.run("settlement", lambda: self.ports.store.settlement(hold_id))

@@ -3,6 +3,11 @@
 services run with them: a paid inference server charging real holds, and a learner whose
 snapshots must be registered to be resumed.
 
+Each acts as its own identity: inference as `inference` (a provider acting for Org1's
+`provider` account, which the holds pay), learning as `registry` (operator); Org1's Admin
+mints, Org2's User5 is the paying client. Started as an identity without its role, neither
+service starts, and says which identity lacks which role.
+
 The `network` fixture (tests/integration/conftest.py) brings Fabric up. The ledger keeps
 its state between runs, so every hold and model id carries a fresh suffix.
 """
@@ -14,13 +19,13 @@ import hashlib
 import logging
 import socket
 import time
+import uuid
 from collections.abc import Callable
 
 import pytest
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
-from devstack.settings import StackSettings
 from services.inference import app as inference_app
 from services.inference.authorization import HoldUnavailable, InvalidHoldId
 from services.inference.ledger_holds import LedgerHoldSource
@@ -31,9 +36,10 @@ from services.learning.prequential import OnlineModel
 from streamledger.core.snapshots import seal
 from streamledger.declarations import load_declarations
 from streamledger.fabric import RetryPolicy
-from streamledger.ledger import LedgerClient
+from streamledger.ledger import LedgerClient, MissingRole
 from streamledger.lifecycle import run_until
-from streamledger.settings import LOCAL_ORG1, LedgerSettings
+from streamledger.settings import LedgerSettings, local_org_dir
+from tests.integration.conftest import identity
 from tests.integration.inference.support import MODELS as INFERENCE_MODELS
 from tests.integration.inference.support import PHISHING as INFERENCE_ROWS
 from tests.integration.inference.support import (
@@ -44,13 +50,7 @@ from tests.integration.inference.support import (
     train,
 )
 from tests.integration.inference.test_inference_paid import Issuer, infer
-from tests.integration.test_fabric_gateway import (  # noqa: F401 (fixtures)
-    account_of,
-    admin,
-    client,
-    suffix,
-    user1,
-)
+from tests.integration.pipeline.conftest import account_of, acts_for, made_provider
 from tests.integration.test_learning_service import MODELS as LEARNING_MODELS
 from tests.integration.test_learning_service import (
     PHISHING,
@@ -67,15 +67,51 @@ from tests.integration.test_learning_service import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.fabric, pytest.mark.timeout(240)]
 
+OTHER_PROVIDER = "User7"
+"""Org1's user made a provider acting for itself: the provider the server does not act for."""
 
-async def frozen_hold(admin: LedgerClient, user1: LedgerClient, hold_id: str, amount: int,
-                      provider: str | None = None, expires_in: int = 3600) -> tuple[str, int]:
-    """A hold of `amount` frozen by User1 (after Admin mints it the credit) for `provider`
-    (default: Admin's account). Returns (client account, expires_at)."""
-    me = await account_of(user1)
+
+@pytest.fixture
+def suffix() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+async def admin(network):
+    """Org1's admin: mints, grants roles, nothing else."""
+    async with LedgerClient.connect(identity("Admin")) as ledger:
+        yield ledger
+
+
+@pytest.fixture
+async def client(network):
+    """A client of Org2, which pays for inference."""
+    async with LedgerClient.connect(identity("User5", "Org2")) as ledger:
+        yield ledger
+
+
+@pytest.fixture
+async def inference(network):
+    """The inference service's identity: a provider acting for Org1's `provider` account."""
+    async with LedgerClient.connect(identity("inference")) as ledger:
+        yield ledger
+
+
+@pytest.fixture
+async def registry_ledger(network):
+    """The learning service's identity: an operator, which registers models."""
+    async with LedgerClient.connect(identity("registry")) as ledger:
+        yield ledger
+
+
+async def frozen_hold(admin: LedgerClient, client: LedgerClient, hold_id: str, amount: int, provider: str,
+                      expires_in: int = 3600) -> tuple[str, int]:
+    """A hold of `amount` frozen by `client` (after Admin mints it the credit) for `provider`.
+    Returns (client account, expires_at)."""
+    me = await account_of(client)
     await admin.mint(me, amount)
     expires_at = int(time.time()) + expires_in
-    await user1.freeze(hold_id, me, provider or await account_of(admin), amount, expires_at)
+    await client.freeze(hold_id, me, provider, amount, expires_at)
     return me, expires_at
 
 
@@ -87,24 +123,25 @@ def free_port() -> int:
 
 # -- LedgerHoldSource --
 
-async def test_the_hold_source_reads_a_frozen_hold_as_the_contract_keeps_it(admin, user1, suffix):
+async def test_the_hold_source_reads_a_frozen_hold_as_the_contract_keeps_it(admin, client, inference, suffix):
     hold_id = f"hold-{suffix}"
-    me, expires_at = await frozen_hold(admin, user1, hold_id, 250)
-    source = LedgerHoldSource(admin)
+    provider = await acts_for(inference)
+    me, expires_at = await frozen_hold(admin, client, hold_id, 250, provider)
+    source = LedgerHoldSource(inference)
 
     hold = await source.hold(hold_id)
-    assert (hold.hold_id, hold.client, hold.provider) == (hold_id, me, await account_of(admin))
+    assert (hold.hold_id, hold.client, hold.provider) == (hold_id, me, provider)
     assert (hold.remaining, hold.expires_at, hold.live) == (250, float(expires_at), True)
 
-    await admin.authorize(hold_id, 40)  # the provider reserves part of it
+    await inference.authorize(hold_id, 40)  # the provider reserves part of it
     assert (await source.hold(hold_id)).remaining == 210
-    await admin.release(hold_id)
+    await inference.release(hold_id)
     closed = await source.hold(hold_id)
     assert (closed.live, closed.remaining) == (False, 0)
 
 
-async def test_the_hold_source_says_none_for_an_unknown_hold_and_refuses_a_malformed_id(admin, suffix):
-    source = LedgerHoldSource(admin)
+async def test_the_hold_source_says_none_for_an_unknown_hold_and_refuses_a_malformed_id(inference, suffix):
+    source = LedgerHoldSource(inference)
     assert await source.hold(f"no-such-hold-{suffix}") is None
     with pytest.raises(InvalidHoldId, match="refused by the ledger") as caught:
         await source.hold("not a valid id!")
@@ -112,7 +149,7 @@ async def test_the_hold_source_says_none_for_an_unknown_hold_and_refuses_a_malfo
 
 
 async def test_an_unreachable_ledger_is_unavailable_not_a_refusal(network):
-    settings = LedgerSettings(fabric_peer_endpoint=f"127.0.0.1:{free_port()}")  # nothing listens there
+    settings = identity("inference", fabric_peer_endpoint=f"127.0.0.1:{free_port()}")  # nothing listens there
     async with LedgerClient.connect(settings, retry=RetryPolicy(attempts=2, initial_seconds=0.05)) as dead:
         with pytest.raises(HoldUnavailable, match="cannot be read right now") as caught:
             await LedgerHoldSource(dead).hold("hold-anything")
@@ -121,8 +158,8 @@ async def test_an_unreachable_ledger_is_unavailable_not_a_refusal(network):
 
 # -- LedgerModelRegistry --
 
-async def test_the_registry_knows_exactly_the_registered_hash(admin, suffix):
-    registry = LedgerModelRegistry(admin)
+async def test_the_registry_knows_exactly_the_registered_hash(registry_ledger, suffix):
+    registry = LedgerModelRegistry(registry_ledger)
     model_id = f"model-{suffix}"
     sha, other = hashlib.sha256(b"v1").hexdigest(), hashlib.sha256(b"forged").hexdigest()
     assert await registry.latest_version(model_id) == 0
@@ -137,12 +174,12 @@ async def test_the_registry_knows_exactly_the_registered_hash(admin, suffix):
 
 # -- inference in paid mode, holds read from the ledger --
 
-ORG1 = StackSettings().data_dir / LOCAL_ORG1
+ORG2 = local_org_dir("Org2MSP")
 
 
 @pytest.fixture
 def paid_settings(network, stack, bootstrap, unique, tmp_path):
-    """Paid-mode settings on fresh topics; the client CA is Org1's Fabric CA, so User1's own
+    """Paid-mode settings on fresh topics; the client CA is Org2's Fabric CA, so Org2 User5's own
     enrollment certificate is the TLS client identity the hold names."""
     models = tmp_path / "models.toml"
     models.write_text(INFERENCE_MODELS)
@@ -157,12 +194,13 @@ def paid_settings(network, stack, bootstrap, unique, tmp_path):
         inference_snapshot_topic=topics["snapshots"], inference_predictions_topic=topics["predictions"],
         inference_usage_topic=topics["usage"], inference_mode="paid", inference_price_per_row=2,
         inference_tls_cert=server_cert, inference_tls_key=server_key,
-        inference_client_cas={"Org1MSP": next((ORG1 / "msp" / "cacerts").glob("*.pem"))})
+        inference_client_cas={"Org2MSP": next((ORG2 / "msp" / "cacerts").glob("*.pem"))})
     return settings, server_ca
 
 
-def user1_client(port: int, server_ca: Issuer) -> triton.InferenceServerClient:
-    msp = ORG1 / "users" / "User1@org1.streamledger.local" / "msp"
+def client_of(port: int, server_ca: Issuer) -> triton.InferenceServerClient:
+    """A Triton client whose TLS certificate is Org2 User5's, the paying client of the holds."""
+    msp = ORG2 / "users" / "User5@org2.streamledger.local" / "msp"
     return triton.InferenceServerClient(f"localhost:{port}", ssl=True, root_certificates=str(server_ca.cert_file),
                                         private_key=str(next((msp / "keystore").iterdir())),
                                         certificate_chain=str(next((msp / "signcerts").glob("*.pem"))))
@@ -186,38 +224,48 @@ def test_paid_mode_started_by_serve_charges_real_ledger_holds(paid_settings, suf
     settings, server_ca = paid_settings
 
     async def holds() -> tuple[str, str]:
-        async with client("Admin") as admin, client("User1") as user1:
+        async with (LedgerClient.connect(identity("Admin")) as admin,
+                    LedgerClient.connect(identity("User5", "Org2")) as client,
+                    LedgerClient.connect(identity("inference")) as server):
             ours, theirs = f"paid-{suffix}", f"paid-other-{suffix}"
-            await frozen_hold(admin, user1, ours, 30)  # provider: Admin, the server's identity
-            await frozen_hold(admin, user1, theirs, 30, provider=f"another-provider-{suffix}")
+            await frozen_hold(admin, client, ours, 30, await acts_for(server))  # the account the server acts for
+            await frozen_hold(admin, client, theirs, 30, await made_provider(admin, OTHER_PROVIDER))
             return ours, theirs
     ours, theirs = asyncio.run(holds())
 
-    with ServerThread.of(settings, ledger=LedgerSettings()) as server:
-        user1 = user1_client(server.port, server_ca)
-        wait_ready(user1)
-        assert infer(user1, 10, ours).as_numpy("label").shape == (10,)  # 10 rows x 2 = 20 of 30
-        refused(lambda: infer(user1, 6, ours), "RESOURCE_EXHAUSTED", "10 credit left")
-        assert infer(user1, 5, ours).as_numpy("label").shape == (5,)
-        refused(lambda: infer(user1, 1, theirs), "PERMISSION_DENIED", "pays provider")
-        refused(lambda: infer(user1, 1, f"no-such-hold-{suffix}"), "PERMISSION_DENIED", "does not exist")
-        refused(lambda: infer(user1, 1, "bad id!"), "INVALID_ARGUMENT", "refused by the ledger")
-        user1.close()
+    with ServerThread.of(settings, ledger=LedgerSettings()) as server:  # as `inference`, its own identity
+        user5 = client_of(server.port, server_ca)
+        wait_ready(user5)
+        assert infer(user5, 10, ours).as_numpy("label").shape == (10,)  # 10 rows x 2 = 20 of 30
+        refused(lambda: infer(user5, 6, ours), "RESOURCE_EXHAUSTED", "10 credit left")
+        assert infer(user5, 5, ours).as_numpy("label").shape == (5,)
+        refused(lambda: infer(user5, 1, theirs), "PERMISSION_DENIED", "pays another provider")
+        refused(lambda: infer(user5, 1, f"no-such-hold-{suffix}"), "PERMISSION_DENIED", "does not exist")
+        refused(lambda: infer(user5, 1, "bad id!"), "INVALID_ARGUMENT", "refused by the ledger")
+        user5.close()
 
 
 def test_paid_mode_answers_unavailable_while_the_ledger_cannot_be_read(paid_settings, suffix):
     settings, server_ca = paid_settings
-    dead = LedgerSettings(fabric_peer_endpoint=f"127.0.0.1:{free_port()}")
+    dead = identity("inference", fabric_peer_endpoint=f"127.0.0.1:{free_port()}")
 
     async def main(stop: asyncio.Event, started: Callable[[int], None]) -> None:
         async with LedgerClient.connect(dead, retry=RetryPolicy(attempts=2, initial_seconds=0.05)) as ledger:
             await serve_until(inference_app.Inference(settings, hold_source=LedgerHoldSource(ledger)), stop, started)
 
     with ServerThread(main) as server:
-        user1 = user1_client(server.port, server_ca)
-        wait_ready(user1)
-        refused(lambda: infer(user1, 1, f"paid-{suffix}"), "UNAVAILABLE", "ledger cannot be read")
-        user1.close()
+        user5 = client_of(server.port, server_ca)
+        wait_ready(user5)
+        refused(lambda: infer(user5, 1, f"paid-{suffix}"), "UNAVAILABLE", "ledger cannot be read")
+        user5.close()
+
+
+async def test_paid_mode_as_an_identity_without_the_provider_role_cannot_start(paid_settings):
+    """Org2's User1 is a client: the server refuses to start, naming the identity and the role."""
+    settings, _ = paid_settings
+    with pytest.raises(MissingRole, match=r"ledger identity 'User1' \(Org2MSP::CN=User1@org2\.streamledger\.local.*\) "
+                                          r"does not hold the provider role \(it holds: client\)"):
+        await inference_app.Inference(settings, identity("User1", "Org2")).start()
 
 
 # -- learning with the ledger --
@@ -233,7 +281,7 @@ def ledger_names(names: dict, suffix: str) -> dict:
 
 class LearningService:
     def __init__(self, settings) -> None:
-        self.stop = asyncio.Event()
+        self.stop = asyncio.Event()  # the default settings: the service acts as `registry`, its own identity
         self.task = asyncio.create_task(run_until(learning_app.Learning(settings, LedgerSettings()), self.stop))
 
     async def close(self) -> None:
@@ -242,9 +290,9 @@ class LearningService:
 
 
 async def test_the_learner_registers_snapshots_and_resumes_only_registered_ones(network, bootstrap, ledger_names,
-                                                                                admin):
+                                                                                registry_ledger):
     names, model_id = ledger_names, ledger_names["model_id"]
-    registry = LedgerModelRegistry(admin)
+    registry = LedgerModelRegistry(registry_ledger)
     await produce(bootstrap, names["input"], encoded(PHISHING[:400]))
     service = LearningService(settings_for(bootstrap, names, learning_ledger=True, learning_snapshot_every_events=200,
                                            learning_snapshot_every_seconds=3600))
@@ -287,3 +335,10 @@ async def test_the_learner_registers_snapshots_and_resumes_only_registered_ones(
     final = latest(after)[model_id]
     assert final["events_seen"] == 500 and final["version"] > forged["version"]  # supersedes the forgery
     assert await registry.is_registered(model_id, final["version"], final["sha256"])
+
+
+async def test_a_learner_as_an_identity_without_the_operator_role_cannot_start(network, bootstrap, ledger_names):
+    """`inference` is a provider, no operator: registering snapshots is not its to do."""
+    service = learning_app.Learning(settings_for(bootstrap, ledger_names, learning_ledger=True), identity("inference"))
+    with pytest.raises(MissingRole, match="ledger identity 'inference' .* does not hold the operator role"):
+        await run_until(service, asyncio.Event())

@@ -22,6 +22,7 @@ from services.dashboard.ledger_watch import (
     LedgerWatchSettings,
 )
 from streamledger.fabric import EvaluateError, GatewayError
+from streamledger.ledger import MissingRole
 from streamledger.retry import RetryPolicy
 
 FEEDS = FeedTopics(deadletter="dl", snapshots="snap", model_metrics="mm", usage="use", anchors="anc", clean="clean")
@@ -39,7 +40,9 @@ class FakeLedger:
         self.holds: dict[str, dict[str, Any]] = {}
         self.refused: set[str] = set()
         self.connects = 0
+        self.closed = 0
         self.streams: list[tuple[int | None, str]] = []
+        self.role_granted = True
 
     def add(self, name: str, payload: dict[str, Any]) -> LedgerEvent:
         block = len(self.events) + 1  # one event per block, block 0 is the genesis block
@@ -62,6 +65,8 @@ class FakeReader:
 
     async def who_am_i(self) -> str:
         self._check()
+        if not self.ledger.role_granted:
+            raise MissingRole("ledger identity 'dashboard' (Org1MSP::CN=dashboard) does not hold the auditor role")
         return "Org1MSP::CN=Admin"
 
     async def height(self) -> int | None:
@@ -101,7 +106,7 @@ class FakeReader:
             await asyncio.sleep(0.005)  # the fake's own poll of its event list
 
     async def close(self) -> None:
-        pass
+        self.ledger.closed += 1
 
 
 def frozen(hold_id: str) -> dict[str, Any]:
@@ -256,3 +261,23 @@ async def test_the_bound_counts_failures_in_a_row_a_connection_that_was_up_start
     stop.set()
     await asyncio.wait_for(task, 2)
     assert ledger.connects == 10
+
+
+# -- at start: the identity's role --
+
+async def test_an_identity_without_the_auditor_role_refuses_the_start() -> None:
+    ledger = FakeLedger()
+    ledger.role_granted = False
+    watch = LedgerWatch(Board({}, FEEDS, {}, ledger=LedgerView(enabled=True, recheck_s=0.05)), ledger.connect, FAST)
+    with pytest.raises(MissingRole, match="'dashboard' .* does not hold the auditor role"):
+        await watch.check_identity()
+    assert ledger.closed == ledger.connects == 1  # the probe's connection is closed
+
+
+async def test_a_ledger_away_at_start_is_left_to_the_watcher_and_a_granted_role_passes() -> None:
+    ledger = FakeLedger()
+    watch = LedgerWatch(Board({}, FEEDS, {}, ledger=LedgerView(enabled=True, recheck_s=0.05)), ledger.connect, FAST)
+    await watch.check_identity()
+    ledger.up = False
+    await watch.check_identity()  # only logged: `run` shows it on the page and keeps trying
+    assert ledger.closed == ledger.connects == 2

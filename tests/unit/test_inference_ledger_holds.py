@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import grpc
 import pytest
 
 from services.inference.authorization import Hold, HoldAuthorizer, NotHoldProvider
-from services.inference.ledger_holds import hold_from_contract
+from services.inference.ledger_holds import LedgerHoldSource, hold_from_contract
+from streamledger.fabric import EvaluateError
 
 CONTRACT_HOLD = {"hold_id": "h-1", "client": "Org1MSP::CN=alice", "provider": "Org1MSP::CN=server",
                  "amount": 100, "authorized": 30, "charged": 0, "refunded": 0, "status": "OPEN",
@@ -39,3 +41,19 @@ async def test_a_hold_paying_another_provider_is_refused():
     theirs = HoldAuthorizer(OneHold(hold), clock=lambda: 1_700_000_000.0, provider="Org1MSP::CN=other")
     with pytest.raises(NotHoldProvider, match="pays provider 'Org1MSP::CN=server', not this server"):
         await theirs.charge("h-1", hold.client, units=1, price=1)
+
+
+class RefusingLedger:
+    """A ledger that shows the hold only to its parties, as the contract does (GetHold)."""
+
+    async def get_hold(self, hold_id: str) -> dict:
+        raise EvaluateError(f'FORBIDDEN: "hold_id": only the client, the provider or an auditor '
+                            f'may read hold "{hold_id}"', code=grpc.StatusCode.UNKNOWN)
+
+
+async def test_a_hold_the_ledger_will_not_show_this_server_pays_another_provider():
+    """The server's identity is no party to the hold: PERMISSION_DENIED, not UNAVAILABLE (retrying
+    would never help)."""
+    with pytest.raises(NotHoldProvider, match="pays another provider than the one this server acts for") as refused:
+        await LedgerHoldSource(RefusingLedger()).hold("h-2")  # type: ignore[arg-type]
+    assert refused.value.code == "PERMISSION_DENIED"

@@ -21,6 +21,10 @@ from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from streamledger import kafka
+from streamledger.core.contract_errors import NotFound
+from streamledger.fabric import GatewayError
+from streamledger.ledger import LedgerClient
+from tests.integration.conftest import identity
 
 REPO = Path(__file__).resolve().parents[3]
 CLI = Path(sys.executable).parent / "streamledger"
@@ -174,3 +178,34 @@ async def wait_until(condition: Callable[[], Awaitable[bool]], timeout: float, w
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{on_timeout()}")
         await asyncio.sleep(0.5)
+
+
+# -- ledger parties (deploy/fabric/identities.yaml; tests/integration/conftest.py `identity`) --
+
+async def account_of(ledger: LedgerClient) -> str:
+    return (await ledger.who_am_i())["Account"]
+
+
+async def acts_for(ledger: LedgerClient) -> str:
+    """The provider account a provider identity (`settlement`, `inference`, ...) acts for."""
+    return (await ledger.who_am_i())["ActsFor"]
+
+
+async def made_provider(admin: LedgerClient, user: str) -> str:
+    """Org1's `user` (User1..8, which hold no role of their own) made a provider acting for its own
+    account by Org1's `admin`, as another provider than Org1's `provider`; its account. Granting a
+    role held is a no-op, so every run may ask (always with the same acts_for: its own)."""
+    async with LedgerClient.connect(identity(user)) as ledger:
+        account = await account_of(ledger)
+    await admin.grant_role(account, "provider", account)
+    return account
+
+
+async def balance_or_zero(ledger: LedgerClient, account: str) -> int:
+    """The balance of `account`; 0 for one never credited (the contract says NOT_FOUND)."""
+    try:
+        return await ledger.balance(account)
+    except GatewayError as exc:
+        if isinstance(exc.contract_error, NotFound):
+            return 0
+        raise

@@ -12,9 +12,13 @@
   amount is charged up to it (`usage_exceeds_hold`); a Settle the contract refuses is
   recorded as refused (`settlement_refused`);
 - retries: a call to a ledger that stays away is tried `LEDGER_RETRY_ATTEMPTS` times, each
-  retry counted, then the service exits 1 with a logged error.
+  retry counted, then the service exits 1 with a logged error;
+- identities: the anchoring loop acts as `anchoring` (operator), the settlement loop as
+  `settlement` (a provider acting for Org1's `provider` account, which the holds pay); as an
+  identity without a loop's role the service does not start, naming the identity and the role.
 
-Every variable of the service is `STREAMLEDGER_LEDGER_*` (`ledger_env`).
+Clients are Org2 users, Org1's Admin mints; a test needing another provider makes an Org1 user
+one (acting for itself). Every variable of the service is `STREAMLEDGER_LEDGER_*` (`ledger_env`).
 """
 
 from __future__ import annotations
@@ -38,8 +42,14 @@ from streamledger.avro import AvroCodec, SchemaRegistry
 from streamledger.core.canonical import content_hash
 from streamledger.core.merkle import verify_proof
 from streamledger.ledger import LedgerClient
-from streamledger.settings import LedgerSettings
-from tests.integration.pipeline.conftest import wait_until
+from tests.integration.conftest import identity
+from tests.integration.pipeline.conftest import (
+    account_of,
+    acts_for,
+    balance_or_zero,
+    made_provider,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.fabric, pytest.mark.timeout(420)]
 
@@ -97,7 +107,7 @@ async def kill_while_a_recorded_batch_is_not_anchored(mongo_db, ledger, timeout:
     """kill -9 the service as soon as MongoDB holds a batch plan the ledger does not have yet."""
     anchored: set[str] = set()
     deadline = time.monotonic() + timeout
-    async with LedgerClient.connect(LedgerSettings()) as client:
+    async with LedgerClient.connect(identity("audit")) as client:  # an auditor reads every anchor
         while time.monotonic() < deadline:
             for plan in [d async for d in mongo_db["anchor_plans"].find({})]:
                 if plan["_id"] in anchored:
@@ -153,7 +163,7 @@ async def test_every_record_is_anchored_once_through_a_kill_9_and_a_restart(
     assert '"event": "dead_letter"' not in ledger.log_path.read_text(), ledger.tail()
 
     plans = [d async for d in mongo_db["anchor_plans"].find({})]
-    async with LedgerClient.connect(LedgerSettings()) as client:
+    async with LedgerClient.connect(identity("audit")) as client:
         on_ledger = {p["_id"]: await client.get_anchor(p["_id"]) for p in plans}
     # No record skipped or anchored twice: per partition the batches on the ledger tile the offsets.
     for partition in range(PARTITIONS):
@@ -189,7 +199,7 @@ async def test_a_ledger_outage_holds_anchoring_back_and_loses_nothing(
     every record ends up in exactly one batch on the ledger."""
     stack = Stack(StackSettings(fabric=True), say=lambda _msg: None)
     await asyncio.to_thread(stack.up)  # fault tests run last: another may have stopped the network
-    peer = stack.part("fabric-peer")
+    peer = stack.part("fabric-peer-org1")
     clean_topic = ledger_env["STREAMLEDGER_LEDGER_CLEAN_TOPIC"]
     await create_topic(bootstrap, clean_topic, 1)
     ledger_env.update({"STREAMLEDGER_LEDGER_SETTLEMENT": "false", "STREAMLEDGER_LEDGER_BATCH_RECORDS": "100",
@@ -233,21 +243,20 @@ async def test_usage_is_settled_once_per_hold_and_credit_is_conserved(
         bootstrap, mongo_db, ledger_env, services) -> None:
     usage_topic = ledger_env["STREAMLEDGER_LEDGER_USAGE_TOPIC"]
     deadletter_topic = ledger_env["STREAMLEDGER_LEDGER_DEADLETTER_TOPIC"]
-    # The provider settles its own holds: the service acts as User6, which is no operator, so
-    # it only settles here.
-    ledger_env.update({"STREAMLEDGER_FABRIC_USER": "User6", "STREAMLEDGER_LEDGER_ANCHORING": "false",
-                       "STREAMLEDGER_LEDGER_SETTLE_GRACE_SECONDS": "1"})
+    # The service settles as `settlement`, its own identity (the anchoring loop is off): the holds
+    # pay the account it acts for, Org1's `provider`.
+    ledger_env.update({"STREAMLEDGER_LEDGER_ANCHORING": "false", "STREAMLEDGER_LEDGER_SETTLE_GRACE_SECONDS": "1"})
     run = uuid.uuid4().hex[:8]
-    async with LedgerClient.connect(LedgerSettings()) as admin, \
-            LedgerClient.connect(LedgerSettings(fabric_user="User5")) as client, \
-            LedgerClient.connect(LedgerSettings(fabric_user="User6")) as provider:
-        client_id = (await client.who_am_i())["Account"]
-        provider_id = (await provider.who_am_i())["Account"]
+    async with LedgerClient.connect(identity("Admin")) as admin, \
+            LedgerClient.connect(identity("User5", "Org2")) as client, \
+            LedgerClient.connect(identity("settlement")) as provider:
+        client_id = await account_of(client)
+        provider_id = await acts_for(provider)
         await admin.mint(client_id, 10_000)
 
         async def credit() -> tuple[int, int, int]:
             open_holds = sum(h["amount"] for h in await client.holds_of(client_id) if h["status"] == "OPEN")
-            return await client.balance(client_id), await provider.balance(provider_id), open_holds
+            return await client.balance(client_id), await balance_or_zero(provider, provider_id), open_holds
 
         before = await credit()
         expires = int(time.time()) + 12
@@ -368,7 +377,7 @@ async def test_tombstones_and_records_that_are_no_clean_events_are_dead_lettered
     # Every valid record: a proof in MongoDB that leads to its batch's root on the ledger.
     proofs = {d["_id"]: d async for d in mongo_db["proofs"].find({})}
     assert set(proofs) == set(offsets)
-    async with LedgerClient.connect(LedgerSettings()) as client:
+    async with LedgerClient.connect(identity("audit")) as client:
         on_ledger = {batch_id: await client.get_anchor(batch_id) for batch_id in published}
     for event in events:
         proof = proofs[event["event_id"]]
@@ -398,10 +407,11 @@ async def test_tombstones_and_records_that_are_no_clean_events_are_dead_lettered
 
 @pytest.fixture
 async def parties():
-    """The admin, a client (User5) and the provider the service acts as (User6), on the ledger."""
-    async with LedgerClient.connect(LedgerSettings()) as admin, \
-            LedgerClient.connect(LedgerSettings(fabric_user="User5")) as client, \
-            LedgerClient.connect(LedgerSettings(fabric_user="User6")) as provider:
+    """Org1's Admin (mints), a client (Org2's User5) and the provider the service settles as
+    (`settlement`, acting for Org1's `provider`), on the ledger."""
+    async with LedgerClient.connect(identity("Admin")) as admin, \
+            LedgerClient.connect(identity("User5", "Org2")) as client, \
+            LedgerClient.connect(identity("settlement")) as provider:
         yield admin, client, provider
 
 
@@ -415,11 +425,10 @@ async def test_usage_beyond_the_frozen_amount_is_charged_up_to_it_and_the_excess
         bootstrap, mongo_db, ledger_env, services, parties) -> None:
     admin, client, provider = parties
     usage_topic = ledger_env["STREAMLEDGER_LEDGER_USAGE_TOPIC"]
-    ledger_env.update({"STREAMLEDGER_FABRIC_USER": "User6", "STREAMLEDGER_LEDGER_ANCHORING": "false",
-                       "STREAMLEDGER_LEDGER_SETTLE_GRACE_SECONDS": "1"})
-    ledger = services("ledger")
-    client_id = (await client.who_am_i())["Account"]
-    provider_id = (await provider.who_am_i())["Account"]
+    ledger_env.update({"STREAMLEDGER_LEDGER_ANCHORING": "false", "STREAMLEDGER_LEDGER_SETTLE_GRACE_SECONDS": "1"})
+    ledger = services("ledger")  # settles as `settlement`
+    client_id = await account_of(client)
+    provider_id = await acts_for(provider)
     await admin.mint(client_id, 100)
     await ledger.logged('"event": "settlement_started"')
     hold_id = f"{uuid.uuid4().hex[:8]}-over"
@@ -453,47 +462,69 @@ async def test_usage_beyond_the_frozen_amount_is_charged_up_to_it_and_the_excess
     assert ledger.stop() == 0
 
 
+REVOKED_PROVIDER = "User8"
+"""Org1's user that settles as a provider acting for itself, until this test revokes its role."""
+OTHER_PROVIDER = "User7"
+"""Org1's user made a provider acting for itself: another provider than the service's."""
+
+
 async def test_a_settle_the_contract_refuses_is_dead_lettered_and_recorded_as_refused(
         bootstrap, mongo_db, ledger_env, services, parties) -> None:
-    """The service settles as User6, but this hold's provider is User7: the contract refuses
-    (FORBIDDEN); the hold stays open for its own provider, nothing is charged."""
+    """The service settles as Org1's User8, a provider acting for itself; once a hold for it is
+    frozen, Org1's Admin revokes its provider role, so the contract refuses Settle (FORBIDDEN):
+    the hold stays open for its provider, nothing is charged. Usage of a hold that pays another
+    provider is not this service's to settle at all: `other_provider`."""
     admin, client, _ = parties
     usage_topic = ledger_env["STREAMLEDGER_LEDGER_USAGE_TOPIC"]
-    ledger_env.update({"STREAMLEDGER_FABRIC_USER": "User6", "STREAMLEDGER_LEDGER_ANCHORING": "false",
+    own_id = await made_provider(admin, REVOKED_PROVIDER)
+    other_id = await made_provider(admin, OTHER_PROVIDER)
+    ledger_env.update({"STREAMLEDGER_FABRIC_USER": REVOKED_PROVIDER, "STREAMLEDGER_LEDGER_ANCHORING": "false",
                        "STREAMLEDGER_LEDGER_SETTLE_GRACE_SECONDS": "1"})
     ledger = services("ledger")
-    async with LedgerClient.connect(LedgerSettings(fabric_user="User7")) as other_provider:
-        client_id = (await client.who_am_i())["Account"]
-        other_id = (await other_provider.who_am_i())["Account"]
-        await admin.mint(client_id, 50)
+    async with LedgerClient.connect(identity(REVOKED_PROVIDER)) as own_provider:
+        client_id = await account_of(client)
+        await admin.mint(client_id, 80)
         await ledger.logged('"event": "settlement_started"')
-        hold_id = f"{uuid.uuid4().hex[:8]}-refused"
-        await client.freeze(hold_id, client_id, other_id, 50, int(time.time()) + 6)
-        async with kafka.producer(bootstrap) as producer:
-            for n in range(2):
-                await producer.send(usage_topic, key=hold_id.encode(),
-                                    value=usage_record(hold_id, n, client_id, 3, 2))
-            await producer.flush()
+        run = uuid.uuid4().hex[:8]
+        hold_id, theirs = f"{run}-refused", f"{run}-theirs"
+        await client.freeze(hold_id, client_id, own_id, 50, int(time.time()) + 6)
+        await client.freeze(theirs, client_id, other_id, 30, int(time.time()) + 6)
+        try:
+            await admin.revoke_role(own_id, "provider")
+            async with kafka.producer(bootstrap) as producer:
+                for n in range(2):
+                    await producer.send(usage_topic, key=hold_id.encode(),
+                                        value=usage_record(hold_id, n, client_id, 3, 2))
+                await producer.send(usage_topic, key=theirs.encode(), value=usage_record(theirs, 0, client_id, 1, 1))
+                await producer.flush()
 
-        async def recorded() -> bool:
-            return await mongo_db["settlements"].find_one({"_id": hold_id}) is not None
-        await wait_until(recorded, 60, f"the outcome of hold {hold_id}", ledger.tail)
+            async def recorded() -> bool:
+                return await mongo_db["settlements"].find_one({"_id": hold_id}) is not None
+            await wait_until(recorded, 60, f"the outcome of hold {hold_id}", ledger.tail)
+        finally:
+            await admin.grant_role(own_id, "provider", own_id)
         outcome = await mongo_db["settlements"].find_one({"_id": hold_id})
         assert (outcome["status"], outcome["charged"], outcome["units"], outcome["price"]) == ("REFUSED", 0, 6, 2)
-        assert "FORBIDDEN" in outcome["error"] and "only the provider" in outcome["error"], outcome
+        assert "FORBIDDEN" in outcome["error"] and "needs the provider role" in outcome["error"], outcome
         hold = await client.get_hold(hold_id)
         assert (hold["status"], hold["charged"]) == ("OPEN", 0), hold
-        await other_provider.release(hold_id)  # its own provider may; the credit goes back to the client
+        await own_provider.release(hold_id)  # its own provider may; the credit goes back to the client
+        assert await mongo_db["settlements"].find_one({"_id": theirs}) is None
+        async with LedgerClient.connect(identity(OTHER_PROVIDER)) as other_provider:
+            await other_provider.release(theirs)
 
     letters: list[dict] = []
 
-    async def letter() -> bool:
+    async def two_letters() -> bool:
         letters[:] = await ledger_letters(bootstrap, ledger_env["STREAMLEDGER_LEDGER_DEADLETTER_TOPIC"])
-        return bool(letters)
-    await wait_until(letter, 30, "a dead letter for the refused Settle", ledger.tail)
-    assert [d["reason"] for d in letters] == ["settlement_refused"]
-    assert letters[0]["key"] == hold_id and letters[0]["source_topic"] == usage_topic
-    assert f"Settle of hold {hold_id!r}" in letters[0]["error"] and "FORBIDDEN" in letters[0]["error"]
+        return len(letters) >= 2
+    await wait_until(two_letters, 30, "dead letters for the refused Settle and the other provider's hold", ledger.tail)
+    by_reason = {d["reason"]: d for d in letters}
+    assert sorted(by_reason) == ["other_provider", "settlement_refused"]
+    refused = by_reason["settlement_refused"]
+    assert refused["key"] == hold_id and refused["source_topic"] == usage_topic
+    assert f"Settle of hold {hold_id!r}" in refused["error"] and "FORBIDDEN" in refused["error"]
+    assert by_reason["other_provider"]["key"] == theirs and "FORBIDDEN" in by_reason["other_provider"]["error"]
     assert ledger.stop() == 0
 
 
@@ -541,3 +572,19 @@ async def test_a_ledger_that_stays_away_stops_the_service_with_a_logged_error_on
     assert len(failed) == 1 and failed[0]["level"] == "error", ledger.tail()
     assert len(failed[0]["errors"]) == 1 and failed[0]["errors"][0].startswith(
         "RetriesSpent: who_am_i still failed after 3 attempts: EvaluateError: evaluate failed: UNAVAILABLE"), failed
+
+
+async def test_as_an_identity_without_a_loops_role_the_service_does_not_start_and_says_which(
+        ledger_env, services, network) -> None:
+    """Org2's User1 is a client: neither operator (anchoring) nor provider (settlement)."""
+    ledger_env.update({"STREAMLEDGER_FABRIC_MSP_ID": "Org2MSP", "STREAMLEDGER_FABRIC_USER": "User1"})
+    ledger = services("ledger")
+
+    async def exited() -> bool:
+        return not ledger.alive()
+    await wait_until(exited, 60, "the service to refuse to start", ledger.tail)
+    assert ledger.process.returncode == 1, ledger.tail()
+    last = ledger.log_path.read_text().strip().splitlines()[-1]
+    assert last.startswith("ledger: cannot start: ledger identity 'User1' (Org2MSP::CN=User1@org2.streamledger.local"), \
+        ledger.tail()
+    assert "does not hold the operator role (it holds: client)" in last, last
