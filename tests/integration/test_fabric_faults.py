@@ -258,6 +258,7 @@ async def test_200_transfers_all_commit_while_the_raft_leader_is_stopped(
             assert leader is not None
             await asyncio.to_thread(stack().part(f"fabric-{leader.host}").process.stop)
             stopped.append(leader)
+            assert committed < 200, "the stream ended before the leader stopped"
             assert states()[f"fabric-{leader.host}"] == "stopped"
             successor = await asyncio.to_thread(network.wait_for_raft_leader, 60)
             assert successor != leader
@@ -269,7 +270,7 @@ async def test_200_transfers_all_commit_while_the_raft_leader_is_stopped(
         resent = sum(o.failures.get("Submit", 0) + o.codes.get(("CommitStatus", grpc.StatusCode.DEADLINE_EXCEEDED), 0)
                      for o in observed)
         assert sent == 200 + resent
-        assert committed == 200 and stopped and committed > 40
+        assert committed == 200 and stopped
         for i, sender in enumerate(senders):
             assert await balance(auditor, sender) == start[sender] - sum(plan[i])
             assert await balance(auditor, payees[i]) == sum(plan[i])
