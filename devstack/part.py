@@ -52,8 +52,8 @@ class Part(ABC):
         """True when the server answers a real request."""
 
     def settle(self) -> None:
-        """Once healthy (just started or found running): wait for what health does not show,
-        and repair what can be (the Fabric orderer's Raft leader)."""
+        """Once healthy (just started or found running): finish what health does not show
+        (a Fabric orderer joining its channel)."""
 
     def port_in_use(self) -> bool:
         with socket.socket() as sock:

@@ -8,6 +8,8 @@ from streamledger.fabric.errors import (
     CommitError,
     CommitStatusError,
     EndorseError,
+    EndorsementMismatch,
+    EndorsementUnavailable,
     EvaluateError,
     GatewayError,
     PeerDetail,
@@ -24,6 +26,7 @@ from streamledger.retry import NO_RETRY, RetryPolicy
 
 __all__ = [
     "NO_RETRY", "ChaincodeEvent", "Commit", "CommitError", "CommitStatusError", "Committed", "Contract",
-    "EndorseError", "EvaluateError", "Gateway", "GatewayError", "Identity", "IdentityError", "Network", "PeerDetail",
-    "Proposal", "RetryPolicy", "Signer", "SubmitError", "Timeouts", "Transaction", "is_transient", "load_msp",
+    "EndorseError", "EndorsementMismatch", "EndorsementUnavailable", "EvaluateError", "Gateway", "GatewayError",
+    "Identity", "IdentityError", "Network", "PeerDetail", "Proposal", "RetryPolicy", "Signer", "SubmitError",
+    "Timeouts", "Transaction", "is_transient", "load_msp",
 ]

@@ -10,12 +10,15 @@ from dataclasses import dataclass
 
 import grpc
 from fabric_protos.common import common_pb2
+from fabric_protos.discovery import protocol_pb2_grpc
 from fabric_protos.gateway import gateway_pb2, gateway_pb2_grpc
 from fabric_protos.peer import proposal_pb2
 
+from streamledger.fabric.discovery import orgs_without_endorsers
 from streamledger.fabric.errors import (
     CommitStatusError,
     EndorseError,
+    EndorsementUnavailable,
     EvaluateError,
     GatewayError,
     SubmitError,
@@ -32,15 +35,18 @@ class Timeouts:
     endorse: float = 30.0
     submit: float = 30.0
     commit_status: float = 60.0
+    discovery: float = 5.0
+    """Only to name the organisations behind an EndorsementUnavailable."""
 
 
 class GatewayClient:
     def __init__(self, stub: gateway_pb2_grpc.GatewayStub, identity: Identity, signer: Signer,
-                 timeouts: Timeouts = Timeouts()) -> None:
+                 timeouts: Timeouts = Timeouts(), discovery: protocol_pb2_grpc.DiscoveryStub | None = None) -> None:
         self.stub = stub
         self.identity = identity
         self.signer = signer
         self.timeouts = timeouts
+        self.discovery = discovery
 
     async def evaluate(self, transaction_id: str, channel: str, proposal: proposal_pb2.SignedProposal) -> bytes:
         try:
@@ -53,13 +59,19 @@ class GatewayClient:
 
     async def endorse(self, transaction_id: str, channel: str,
                       proposal: proposal_pb2.SignedProposal) -> common_pb2.Envelope:
-        """The endorsed transaction, prepared by the gateway, for the client to sign."""
+        """The endorsed transaction, prepared by the gateway, for the client to sign. When
+        peers could not be reached and the gateway does not say whose, the peer's discovery
+        service is asked which organisations have no live peer (EndorsementUnavailable.orgs)."""
         try:
             response = await self.stub.Endorse(gateway_pb2.EndorseRequest(
                 transaction_id=transaction_id, channel_id=channel, proposed_transaction=proposal),
                 timeout=self.timeouts.endorse)
         except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(EndorseError, "endorse", exc, transaction_id) from exc
+            error = from_rpc_error(EndorseError, "endorse", exc, transaction_id)
+            if isinstance(error, EndorsementUnavailable) and not error.orgs and self.discovery is not None:
+                error = error.naming(await orgs_without_endorsers(self.discovery, self.identity, self.signer, channel,
+                                                                  proposal, self.timeouts.discovery))
+            raise error from exc
         return response.prepared_transaction
 
     async def submit(self, transaction_id: str, channel: str, envelope: common_pb2.Envelope) -> None:

@@ -11,6 +11,11 @@ one) is applied here and only here, around the whole evaluate or submit, to what
 unreachable peer or orderer gets the same proposal or the same signed envelope again (one
 transaction id, so it can never commit twice); a transaction that lost an MVCC or phantom
 read conflict changed nothing, so the next attempt runs it anew as a new transaction.
+
+A transaction the orderer accepted may still never reach a block: a Raft leader that stops
+loses what was forwarded to it and not yet cut. So when the wait for its commit runs out
+(DEADLINE_EXCEEDED), the next attempt submits the same envelope again before waiting: if both
+copies land, the peers mark the second DUPLICATE_TXID and the status is the first's.
 """
 
 from __future__ import annotations
@@ -18,9 +23,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import grpc
+
 from streamledger.fabric.client import GatewayClient
 from streamledger.fabric.commit import Commit, Committed
-from streamledger.fabric.errors import CommitError, is_transient
+from streamledger.fabric.errors import CommitError, CommitStatusError, is_transient
 from streamledger.fabric.proposal import Proposal, signed_proposal
 from streamledger.fabric.transaction import Transaction
 from streamledger.retry import NO_RETRY, RetryPolicy, retry
@@ -56,7 +63,8 @@ class Contract:
 
 class _Submission:
     """One submit across the attempts of its retry policy: each attempt resumes at the step
-    that failed, and a read conflict starts again from a new proposal."""
+    that failed (a commit wait that ran out resumes at the submit of the same envelope), and
+    a read conflict starts again from a new proposal."""
 
     def __init__(self, contract: Contract, function: str, args: tuple[Arg, ...],
                  transient: dict[str, bytes] | None) -> None:
@@ -80,4 +88,8 @@ class _Submission:
         except CommitError as exc:
             if exc.conflict:
                 self.proposal = self.transaction = self.commit = None
+            raise
+        except CommitStatusError as exc:
+            if exc.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                self.commit = None
             raise

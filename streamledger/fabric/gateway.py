@@ -10,7 +10,8 @@
 
 One file per concept, as fabric-gateway's Go `pkg/client`: gateway, network, contract,
 then the steps a submit runs one level down, each with its own error type (errors.py):
-proposal.py (evaluate or endorse) -> transaction.py (submit the signed envelope) ->
+proposal.py (evaluate or endorse; discovery.py names the orgs behind an endorsement that
+found too few reachable peers) -> transaction.py (submit the signed envelope) ->
 commit.py (wait for the commit status); events.py for chaincode events; client.py for the
 gRPC calls themselves, identity.py for who signs.
 
@@ -21,6 +22,7 @@ NO_RETRY by default) is applied once, around each whole evaluate or submit (cont
 from __future__ import annotations
 
 import grpc
+from fabric_protos.discovery import protocol_pb2_grpc
 from fabric_protos.gateway import gateway_pb2_grpc
 
 from streamledger.fabric.client import GatewayClient, Timeouts
@@ -35,7 +37,8 @@ class Gateway:
     def __init__(self, channel: grpc.aio.Channel, identity: Identity, signer: Signer,
                  retry: RetryPolicy = NO_RETRY, timeouts: Timeouts = Timeouts()) -> None:
         self._channel = channel
-        self.client = GatewayClient(gateway_pb2_grpc.GatewayStub(channel), identity, signer, timeouts)
+        self.client = GatewayClient(gateway_pb2_grpc.GatewayStub(channel), identity, signer, timeouts,
+                                    protocol_pb2_grpc.DiscoveryStub(channel))
         self.retry = retry
 
     @classmethod

@@ -127,8 +127,9 @@ async def dashboard(bootstrap: str, unique: str, tmp_path: Path) -> AsyncIterato
 @pytest.fixture
 async def ledger_dashboard(bootstrap: str, unique: str, tmp_path: Path,  # noqa: F811
                            network: FabricNetwork) -> AsyncIterator[Dashboard]:
-    """A dashboard watching the real local Fabric network, reading as the plain user User3."""
-    async with running_dashboard(bootstrap, unique, tmp_path, dashboard_ledger="true", fabric_user="User3",
+    """A dashboard watching the real local Fabric network, reading as its own identity
+    `dashboard` (Org1, auditor)."""
+    async with running_dashboard(bootstrap, unique, tmp_path, dashboard_ledger="true", fabric_user="dashboard",
                                  dashboard_ledger_poll_seconds="0.5",
                                  dashboard_ledger_recheck_seconds="1") as board:
         yield board

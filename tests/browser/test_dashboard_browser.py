@@ -27,7 +27,6 @@ from playwright.async_api import BrowserContext, ConsoleMessage, Page, expect
 from streamledger import kafka
 from streamledger.avro import AvroCodec, SchemaRegistry
 from streamledger.ledger import LedgerClient
-from streamledger.settings import LedgerSettings
 from tests.browser.conftest import (
     CLI,
     REPO,
@@ -35,6 +34,7 @@ from tests.browser.conftest import (
     Dashboard,
     running_dashboard,
 )
+from tests.integration.conftest import identity
 
 pytestmark = pytest.mark.integration
 
@@ -220,19 +220,21 @@ async def test_ledger_panels_show_what_the_real_ledger_holds(
     """Registration, a freeze and its settlement, an open hold and an anchor committed on the
     local Fabric network show on the page; this is also the README's screenshot."""
     topics = ledger_dashboard.topics
-    async with (LedgerClient.connect(LedgerSettings(fabric_user="Admin")) as admin,
-                LedgerClient.connect(LedgerSettings(fabric_user="User5")) as client,
-                LedgerClient.connect(LedgerSettings(fabric_user="User6")) as provider):
-        me, them = (await client.who_am_i())["Account"], (await provider.who_am_i())["Account"]
+    async with (LedgerClient.connect(identity("Admin")) as admin,  # mints
+                LedgerClient.connect(identity("User5", "Org2")) as client,
+                LedgerClient.connect(identity("settlement")) as provider,  # settles for Org1's `provider`
+                LedgerClient.connect(identity("registry")) as registry,
+                LedgerClient.connect(identity("anchoring")) as anchoring):
+        me, them = (await client.who_am_i())["Account"], (await provider.who_am_i())["ActsFor"]
         await admin.mint(me, 1000)
         # Registering the same (model, version, sha256) again is a no-op, so every run may do it.
-        await admin.register_model("fraud-lr", 3, FRAUD_SHA)
+        await registry.register_model("fraud-lr", 3, FRAUD_SHA)
         settled_hold, open_hold = f"hold-{unique[:6]}", f"hold-{unique[6:]}-open"
         await client.freeze(settled_hold, me, them, 100, int(time.time()) + 3600)
         await client.freeze(open_hold, me, them, 80, int(time.time()) + 3600)
-        await admin.settle(settled_hold, 12, 5)
+        await provider.settle(settled_hold, 12, 5)
         batch, root = f"batch-{unique}", "ab" * 32
-        anchored = await admin.anchor_batch(batch, root, 40, 0, 39)
+        anchored = await anchoring.anchor_batch(batch, root, 40, 0, 39)
 
     page, errors = await open_page(chromium, ledger_dashboard.url)
     await expect(page.get_by_test_id("ledger-badge")).to_contain_text("Ledger: connected", timeout=15_000)
@@ -260,7 +262,7 @@ async def test_ledger_panels_show_what_the_real_ledger_holds(
                 await expect(usage.filter(has_text=settled_hold).get_by_test_id("settlement")).to_have_text(
                     "settled", timeout=15_000)
                 await expect(usage.filter(has_text=open_hold).get_by_test_id("settlement")).to_have_text("open")
-                await expect(usage.filter(has_text=open_hold)).to_contain_text("User5 Org1MSP")  # not the whole DN
+                await expect(usage.filter(has_text=open_hold)).to_contain_text("User5 Org2MSP")  # not the whole DN
                 anchor = page.get_by_test_id("topic-anchor").filter(has_text=batch)
                 await expect(anchor.get_by_test_id("anchor-ledger")).to_have_text("confirmed", timeout=15_000)
                 await expect(page.get_by_test_id("group-" + ledger_dashboard.group)).to_contain_text("cleaning",
@@ -277,7 +279,7 @@ async def test_ledger_panels_show_what_the_real_ledger_holds(
 
 async def test_an_unreachable_ledger_says_so_and_the_page_keeps_working(
         chromium: BrowserContext, bootstrap: str, unique: str, tmp_path: Path) -> None:
-    async with running_dashboard(bootstrap, unique, tmp_path, dashboard_ledger="true",
+    async with running_dashboard(bootstrap, unique, tmp_path, dashboard_ledger="true", fabric_user="dashboard",
                                  fabric_peer_endpoint="127.0.0.1:1") as dashboard:
         page, errors = await open_page(chromium, dashboard.url)
         await expect(page.get_by_test_id("ledger-badge")).to_have_text("Ledger: unreachable", timeout=15_000)

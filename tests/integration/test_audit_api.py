@@ -8,6 +8,11 @@ gRPC and the CLI (in-process and --api); editing, altering or deleting stored do
 reported as such, and restored afterwards; a ledger on a closed port is LEDGER_UNREACHABLE.
 Model and account audits run against registrations, holds and settlements made here.
 
+Each party acts as its own identity (deploy/fabric/identities.yaml): the audit service and
+CLI as `audit` (auditor: reads everything), anchors as `anchoring`, registrations as
+`registry`, credit minted by Org1's `Admin`, holds frozen by Org2's client `User5` and
+settled by a provider identity issued for the run (so its account statement is exact).
+
 The ledger keeps its state between runs, so every batch, model, hold and account id
 carries a fresh suffix, and the anchored batch uses a test topic name, never events.clean.
 """
@@ -32,6 +37,8 @@ import httpx
 import pytest
 from pymongo import AsyncMongoClient
 
+from devstack.fabric import FabricNetwork
+from devstack.fabric.identities import issue_client
 from services.audit.app import AuditService
 from services.audit.grpc_api import REPORT_METADATA_KEY, audit_pb2, audit_pb2_grpc
 from services.audit.settings import AuditSettings
@@ -43,6 +50,7 @@ from streamledger.core.canonical import content_hash
 from streamledger.fabric import Committed
 from streamledger.ledger import LedgerClient
 from streamledger.settings import CommonSettings, LedgerSettings
+from tests.integration.conftest import identity
 from tests.tls_certs import self_signed
 
 pytestmark = [pytest.mark.integration, pytest.mark.fabric, pytest.mark.timeout(300)]
@@ -51,6 +59,8 @@ EVENTS = 101  # an odd size: some levels of the tree carry an unpaired node up
 CLI = str(Path(sys.executable).with_name("streamledger"))
 CODEC = AvroCodec(SchemaRegistry.from_dir())
 TOKEN = "integration-auditor-" + uuid.uuid4().hex
+AUDITOR = identity("audit")
+"""The audit service's own identity: the auditor role reads every account, hold and history."""
 
 
 @dataclass
@@ -63,7 +73,7 @@ class World:
     batch_id: str
     committed: Committed
     admin: LedgerClient
-    user1: LedgerClient
+    client: LedgerClient
     service: AuditService
 
     @property
@@ -99,8 +109,8 @@ async def world(network, stack) -> AsyncIterator[World]:
     mongo = AsyncMongoClient(CommonSettings().mongo_url, serverSelectionTimeoutMS=5000, tz_aware=True)
     db_name = f"test_audit_{suffix}"
     db = mongo[db_name]
-    admin = LedgerClient.connect(LedgerSettings(fabric_user="Admin"))
-    user1 = LedgerClient.connect(LedgerSettings(fabric_user="User1"))
+    admin = LedgerClient.connect(identity("Admin"))  # mints, nothing else
+    client = LedgerClient.connect(identity("User5", "Org2"))
     try:
         records = [clean_event(suffix, i) for i in range(EVENTS + 1)]
         await store_through_storage(db, "events.clean", documents.EVENTS, records)
@@ -112,18 +122,18 @@ async def world(network, stack) -> AsyncIterator[World]:
             batch = batcher.add(0, offset, record["event_id"], record["content_hash"], now=time.monotonic())
         assert batch is not None
         tree = batch.tree()
-        committed = await admin.anchor_batch(batch.batch_id, tree.root.hex(), EVENTS, batch.first_offset,
-                                             batch.last_offset)
+        async with LedgerClient.connect(identity("anchoring")) as anchoring:
+            committed = await anchoring.anchor_batch(batch.batch_id, tree.root.hex(), EVENTS, batch.first_offset,
+                                                     batch.last_offset)
         await db["proofs"].insert_many([{**p, "topic": topic, "partition": 0} for p in batch.proofs(tree)])
 
-        service = AuditService(AuditSettings(mongo_db=db_name, audit_http_port=0, audit_grpc_port=0),
-                               LedgerSettings(fabric_user="User2"))  # a plain member identity: the audit only reads
+        service = AuditService(AuditSettings(mongo_db=db_name, audit_http_port=0, audit_grpc_port=0), AUDITOR)
         async with service:  # started and stopped as `serve audit` does
             yield World(suffix, db_name, db, [r["event_id"] for r in records[:EVENTS]], records[EVENTS]["event_id"],
-                        batch.batch_id, committed, admin, user1, service)
+                        batch.batch_id, committed, admin, client, service)
     finally:
         await admin.gateway.close()
-        await user1.gateway.close()
+        await client.gateway.close()
         await mongo.drop_database(db_name)
         await mongo.close()
 
@@ -155,7 +165,8 @@ async def cli(world: World, *args: str, env: dict[str, str] | None = None) -> su
     """`streamledger audit ARGS` in a child process, off the event loop (the servers under test run on it)."""
     return await asyncio.to_thread(
         subprocess.run, [CLI, "audit", *args], capture_output=True, text=True, timeout=120,
-        env={**os.environ, "STREAMLEDGER_MONGO_DB": world.db_name, "COLUMNS": "240", **(env or {})})
+        env={**os.environ, "STREAMLEDGER_MONGO_DB": world.db_name, "STREAMLEDGER_FABRIC_USER": AUDITOR.fabric_user,
+             "COLUMNS": "240", **(env or {})})
 
 
 async def cli_json(world: World, *args: str, env: dict[str, str] | None = None) -> tuple[int, dict]:
@@ -284,7 +295,7 @@ async def test_unknown_pending_and_malformed_ids(world: World) -> None:
 
 async def test_a_ledger_on_a_closed_port_is_unreachable_never_verified(world: World) -> None:
     cut_off = AuditService(AuditSettings(mongo_db=world.db_name, audit_http_port=0, audit_grpc_port=0),
-                           LedgerSettings(fabric_peer_endpoint="127.0.0.1:1"))
+                           identity("audit", fabric_peer_endpoint="127.0.0.1:1"))
     async with cut_off:  # started and stopped as `serve audit` does
         async with httpx.AsyncClient(timeout=60) as http:
             response = await http.get(f"http://127.0.0.1:{cut_off.http_port}/v1/verify/{world.ids[0]}")
@@ -311,8 +322,9 @@ async def test_a_ledger_on_a_closed_port_is_unreachable_never_verified(world: Wo
 async def test_model_provenance_against_registrations_made_here(world: World) -> None:
     model_id = f"audit-model-{world.suffix}"
     registered = {1: "a1" * 32, 2: "b2" * 32}
+    registry = LedgerClient.connect(identity("registry"))  # the learning service's identity: an operator
     for version, sha in registered.items():
-        await world.admin.register_model(model_id, version, sha)
+        await registry.register_model(model_id, version, sha)
     stored = {1: registered[1], 2: "c3" * 32, 3: "d4" * 32}  # v2 altered in storage, v3 never registered
     await store_through_storage(world.db, "models.snapshots", documents.MODELS, [
         {"model_id": model_id, "version": v, "sha256": sha, "format": "pickle/learner-state-v1",
@@ -320,7 +332,8 @@ async def test_model_provenance_against_registrations_made_here(world: World) ->
          "metrics": {"accuracy": 0.8}, "model": b"not a real model", "created": 1_767_000_000_000 + v}
         for v, sha in stored.items()])
     only_on_ledger = f"audit-ledger-only-{world.suffix}"
-    await world.admin.register_model(only_on_ledger, 1, "e5" * 32)
+    await registry.register_model(only_on_ledger, 1, "e5" * 32)
+    await registry.gateway.close()
 
     async with httpx.AsyncClient(timeout=60) as http:
         async def report(model: str, version: int | None = None) -> dict:
@@ -349,16 +362,32 @@ async def test_model_provenance_against_registrations_made_here(world: World) ->
 
 # -- accounts --
 
-async def test_account_statements_from_holds_and_settlements_made_here(world: World) -> None:
-    me = (await world.user1.who_am_i())["Account"]
-    shop = f"audit-shop-{world.suffix}"
-    await world.admin.mint(me, 500)
-    expires = int(time.time()) + 3600
-    settled_hold, released_hold = f"audit-hold-{world.suffix}-1", f"audit-hold-{world.suffix}-2"
-    await world.user1.freeze(settled_hold, me, shop, 300, expires)
-    await world.user1.freeze(released_hold, me, shop, 200, expires)
-    settle = await world.admin.settle(settled_hold, 25, 4)  # charges 100 of 300
-    release = await world.admin.release(released_hold)
+def issue_provider(network: FabricNetwork, name: str, folder: Path) -> LedgerClient:
+    """A ledger client acting as a new Org1 identity `name`, issued by Org1's CA the way the
+    stack issues its named identities (devstack.fabric.identities), into `folder` rather than
+    the stack's crypto: the issuer reads the org's CA and MSP template through symlinks."""
+    org = network.org("Org1")
+    real, org_dir = network.org_dir(org), folder / org.domain
+    (org_dir / "users").mkdir(parents=True)
+    (org_dir / "ca").symlink_to(real / "ca")
+    (org_dir / "users" / f"Admin@{org.domain}").symlink_to(real / "users" / f"Admin@{org.domain}")
+    msp = issue_client(org_dir, org.domain, name)
+    return LedgerClient.connect(LedgerSettings(fabric_msp_id=org.msp_id, fabric_msp_dir=msp))
+
+
+async def test_account_statements_from_holds_and_settlements_made_here(
+        world: World, network: FabricNetwork, tmp_path: Path) -> None:
+    me = (await world.client.who_am_i())["Account"]
+    async with issue_provider(network, f"audit-shop-{world.suffix}", tmp_path) as provider:
+        shop = (await provider.who_am_i())["Account"]  # a new account: its statement holds only what is made here
+        await world.admin.grant_role(shop, "provider")  # acting for itself
+        await world.admin.mint(me, 500)
+        expires = int(time.time()) + 3600
+        settled_hold, released_hold = f"audit-hold-{world.suffix}-1", f"audit-hold-{world.suffix}-2"
+        await world.client.freeze(settled_hold, me, shop, 300, expires)
+        await world.client.freeze(released_hold, me, shop, 200, expires)
+        settle = await provider.settle(settled_hold, 25, 4)  # charges 100 of 300
+        release = await provider.release(released_hold)
 
     async with httpx.AsyncClient(timeout=60) as http:
         response = await http.get(f"{world.http}/v1/accounts/{quote(shop, safe='')}")
@@ -394,7 +423,7 @@ async def test_account_statements_from_holds_and_settlements_made_here(world: Wo
 
 async def test_a_configured_token_is_required_on_every_call(world: World) -> None:
     guarded = AuditService(AuditSettings(mongo_db=world.db_name, audit_http_port=0, audit_grpc_port=0,
-                                         audit_token=TOKEN), LedgerSettings(fabric_user="User2"))
+                                         audit_token=TOKEN), AUDITOR)
     async with guarded:  # started and stopped as `serve audit` does
         url = f"http://127.0.0.1:{guarded.http_port}/v1/verify/{world.ids[0]}"
         async with httpx.AsyncClient(timeout=60) as http:
@@ -417,7 +446,7 @@ async def test_a_configured_token_is_required_on_every_call(world: World) -> Non
 async def test_with_tls_settings_both_servers_answer_over_tls_only(world: World, tmp_path) -> None:
     cert, key = self_signed(tmp_path)
     served = AuditService(AuditSettings(mongo_db=world.db_name, audit_http_port=0, audit_grpc_port=0,
-                                        audit_tls_cert=cert, audit_tls_key=key), LedgerSettings(fabric_user="User2"))
+                                        audit_tls_cert=cert, audit_tls_key=key), AUDITOR)
     async with served:
         path = f"/v1/verify/{world.ids[0]}"
         async with httpx.AsyncClient(base_url=f"https://127.0.0.1:{served.http_port}", timeout=60,

@@ -2,6 +2,9 @@
 registrations, freezes, settlements and anchors this test commits through the gateway client,
 what it reads with point lookups for things committed before it started, and an unreachable peer.
 
+The dashboard reads as its own identity, `dashboard` (an auditor); the commits are made by
+the identity each role needs: Org1's `Admin` mints, `registry` registers, `anchoring`
+anchors, `settlement` settles the holds paid to Org1's `provider`, Org2's `User5` freezes.
 The ledger keeps its state between runs, so every id is unique to the run.
 """
 
@@ -23,6 +26,7 @@ from services.dashboard.board import Board
 from services.dashboard.settings import DashboardSettings
 from streamledger.ledger import LedgerClient
 from streamledger.settings import LedgerSettings
+from tests.integration.conftest import identity
 
 pytestmark = [pytest.mark.integration, pytest.mark.fabric]
 
@@ -100,32 +104,60 @@ def suffix() -> str:
     return uuid.uuid4().hex[:10]
 
 
+DASHBOARD = identity("dashboard")
+
+
+@contextlib.asynccontextmanager
+async def ledger_as(user: str, org: str = "Org1") -> AsyncIterator[LedgerClient]:
+    async with LedgerClient.connect(identity(user, org)) as ledger:
+        yield ledger
+
+
 @pytest.fixture
 async def admin(network: FabricNetwork) -> AsyncIterator[LedgerClient]:
-    async with LedgerClient.connect(LedgerSettings(fabric_user="Admin")) as ledger:
+    """Org1's admin: mints."""
+    async with ledger_as("Admin") as ledger:
         yield ledger
 
 
 @pytest.fixture
 async def user(network: FabricNetwork) -> AsyncIterator[LedgerClient]:
-    async with LedgerClient.connect(LedgerSettings(fabric_user="User5")) as ledger:
+    """A client of Org2."""
+    async with ledger_as("User5", "Org2") as ledger:
+        yield ledger
+
+
+@pytest.fixture
+async def operator(network: FabricNetwork) -> AsyncIterator[tuple[LedgerClient, LedgerClient]]:
+    """The registry (registers models) and anchoring (anchors batches) identities."""
+    async with ledger_as("registry") as registry, ledger_as("anchoring") as anchoring:
+        yield registry, anchoring
+
+
+@pytest.fixture
+async def settler(network: FabricNetwork) -> AsyncIterator[LedgerClient]:
+    """Provider acting for Org1's `provider` account."""
+    async with ledger_as("settlement") as ledger:
         yield ledger
 
 
 async def test_the_watcher_reports_registrations_freezes_settlements_and_anchors_as_they_commit(
-        admin: LedgerClient, user: LedgerClient, suffix: str) -> None:
+        admin: LedgerClient, user: LedgerClient, operator: tuple[LedgerClient, LedgerClient],
+        settler: LedgerClient, suffix: str) -> None:
+    registry, anchoring = operator
     me = (await user.who_am_i())["Account"]
+    provider = (await settler.who_am_i())["ActsFor"]
     await admin.mint(me, 500)
-    # The dashboard reads as a plain user: nothing it does needs more than reading.
-    async with watching(settings(), LedgerSettings(fabric_user="User3")) as board:
+    # The dashboard reads as its own identity, an auditor: nothing it does needs more than reading.
+    async with watching(settings(), DASHBOARD) as board:
         await until(lambda: frame(board)["ledger"]["status"] == "connected", what="ledger connected")
-        assert "User3" in frame(board)["ledger"]["identity"]
+        assert "CN=dashboard@org1" in frame(board)["ledger"]["identity"]
 
         # Models: the current snapshot's hash registered, registered with another hash, not registered.
         good, other, missing = f"dash-ok-{suffix}", f"dash-other-{suffix}", f"dash-missing-{suffix}"
         digest = uuid.uuid4().hex * 2
-        registered = await admin.register_model(good, 2, digest)
-        await admin.register_model(other, 1, uuid.uuid4().hex * 2)
+        registered = await registry.register_model(good, 2, digest)
+        await registry.register_model(other, 1, uuid.uuid4().hex * 2)
         show_snapshot(board, good, 2, digest)
         show_snapshot(board, other, 1, digest)
         show_snapshot(board, missing, 1, digest)
@@ -135,7 +167,7 @@ async def test_the_watcher_reports_registrations_freezes_settlements_and_anchors
         await until(lambda: model_ledger(board, missing)["status"] == "not_registered", what="not registered")
 
         # A freeze, then its settlement: the feed and the usage record's hold follow the ledger.
-        hold, provider = f"dash-hold-{suffix}", f"dash-provider-{suffix}"
+        hold = f"dash-hold-{suffix}"
         show_usage(board, hold, me)
         await until(lambda: settlement(board, hold)["status"] == "not_found", what="hold not on the ledger yet")
         freeze = await user.contract.submit("Freeze", hold, me, provider, 100, int(time.time()) + 3600)
@@ -146,7 +178,7 @@ async def test_the_watcher_reports_registrations_freezes_settlements_and_anchors
             me, provider, 100, freeze.transaction_id, freeze.block_number)
         await until(lambda: settlement(board, hold)["status"] == "open", what="hold open")
 
-        settled = await admin.settle(hold, 3, 20)
+        settled = await settler.settle(hold, 3, 20)
         await until(lambda: feed_entry(board, hold, "settled") is not None, what="settlement in the feed")
         entry = feed_entry(board, hold, "settled")
         assert entry is not None
@@ -158,7 +190,7 @@ async def test_the_watcher_reports_registrations_freezes_settlements_and_anchors
 
         # An anchor on ledger.anchors, confirmed by the ledger's BatchAnchored event.
         batch, root = f"dash-batch-{suffix}", uuid.uuid4().hex * 2
-        anchored = await admin.anchor_batch(batch, root, 42, 1000, 1041)
+        anchored = await anchoring.anchor_batch(batch, root, 42, 1000, 1041)
         show_anchor(board, batch, root, anchored.transaction_id, anchored.block_number)
         await until(lambda: frame(board)["anchors"]["latest"][0]["ledger"]["status"] == "confirmed",
                     what="anchor confirmed")
@@ -170,16 +202,19 @@ async def test_the_watcher_reports_registrations_freezes_settlements_and_anchors
 
 
 async def test_what_was_committed_before_the_watcher_started_is_read_with_point_lookups(
-        admin: LedgerClient, user: LedgerClient, suffix: str) -> None:
+        admin: LedgerClient, user: LedgerClient, operator: tuple[LedgerClient, LedgerClient],
+        settler: LedgerClient, suffix: str) -> None:
+    registry, _ = operator
     me = (await user.who_am_i())["Account"]
+    provider = (await settler.who_am_i())["ActsFor"]
     await admin.mint(me, 200)
     model, digest = f"dash-early-{suffix}", uuid.uuid4().hex * 2
-    await admin.register_model(model, 1, digest)
+    await registry.register_model(model, 1, digest)
     settled_hold, open_hold = f"dash-early-s-{suffix}", f"dash-early-o-{suffix}"
-    await user.freeze(settled_hold, me, f"p-{suffix}", 50, int(time.time()) + 3600)
-    settled = await admin.settle(settled_hold, 1, 30)
-    await user.freeze(open_hold, me, f"p-{suffix}", 20, int(time.time()) + 3600)
-    async with watching(settings(dashboard_ledger_history_blocks=0), LedgerSettings(fabric_user="User3")) as board:
+    await user.freeze(settled_hold, me, provider, 50, int(time.time()) + 3600)
+    settled = await settler.settle(settled_hold, 1, 30)
+    await user.freeze(open_hold, me, provider, 20, int(time.time()) + 3600)
+    async with watching(settings(dashboard_ledger_history_blocks=0), DASHBOARD) as board:
         await until(lambda: frame(board)["ledger"]["status"] == "connected", what="ledger connected")
         show_snapshot(board, model, 1, digest)
         show_usage(board, settled_hold, me)
@@ -193,7 +228,7 @@ async def test_what_was_committed_before_the_watcher_started_is_read_with_point_
 
 
 async def test_an_unreachable_peer_is_shown_and_retried(network: FabricNetwork) -> None:
-    async with watching(settings(), LedgerSettings(fabric_peer_endpoint="127.0.0.1:1")) as board:
+    async with watching(settings(), identity("dashboard", fabric_peer_endpoint="127.0.0.1:1")) as board:
         await until(lambda: frame(board)["ledger"]["status"] == "unreachable", what="ledger unreachable")
         assert "UNAVAILABLE" in frame(board)["ledger"]["error"]
         show_usage(board, "h-any", "someone")

@@ -1,7 +1,12 @@
 """The Python Fabric Gateway client (streamledger/fabric, streamledger/ledger.py)
-against the real local network: every rule of the contract through the Gateway API,
-concurrent transfers with MVCC conflicts retried, chaincode events with resume, and what
-the client wrote read back by Fabric's own `peer chaincode query` (an outside client).
+against the real local two-organisation network: every rule of the contract through the
+Gateway API, concurrent transfers with MVCC conflicts retried, chaincode events with resume,
+and what the client wrote read back by Fabric's own `peer chaincode query` (an outside client).
+
+Each call is made by the identity whose role allows it (deploy/fabric/identities.yaml):
+Org1's `Admin` mints, `anchoring` and `registry` anchor and register, `settlement` settles
+the holds paid to Org1's `provider`, `audit` reads anyone's balance and history; Org2's
+User1..8 are clients.
 """
 
 from __future__ import annotations
@@ -10,11 +15,13 @@ import asyncio
 import json
 import time
 import uuid
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 
-from devstack.fabric import CHAINCODE_NAME, CHANNEL, FabricNetwork
+from devstack.fabric import CHANNEL, FabricNetwork
+from devstack.fabric.network import CHAINCODE_NAME
 from streamledger.core.contract_errors import (
     AlreadySettled,
     Forbidden,
@@ -31,7 +38,7 @@ from streamledger.fabric import (
     load_msp,
 )
 from streamledger.ledger import DEFAULT_RETRY, LedgerClient
-from streamledger.settings import LedgerSettings
+from tests.integration.conftest import identity
 
 pytestmark = [pytest.mark.integration, pytest.mark.fabric]
 
@@ -39,19 +46,34 @@ pytestmark = [pytest.mark.integration, pytest.mark.fabric]
 CONFLICT_RETRY = RetryPolicy(attempts=40, initial_seconds=0.05, max_seconds=1.0)
 
 
-def client(user: str = "Admin", retry: RetryPolicy = DEFAULT_RETRY, **overrides) -> LedgerClient:
-    return LedgerClient.connect(LedgerSettings(fabric_user=user, **overrides), retry=retry)
+def client(user: str, org: str = "Org1", retry: RetryPolicy = DEFAULT_RETRY, **overrides) -> LedgerClient:
+    return LedgerClient.connect(identity(user, org, **overrides), retry=retry)
 
 
 @pytest.fixture
-async def admin(network: FabricNetwork):
+async def admin(network: FabricNetwork) -> AsyncIterator[LedgerClient]:
+    """Org1's admin: mints, nothing else."""
     async with client("Admin") as ledger:
         yield ledger
 
 
 @pytest.fixture
-async def user1(network: FabricNetwork):
-    async with client("User1") as ledger:
+async def user5(network: FabricNetwork) -> AsyncIterator[LedgerClient]:
+    """A client of Org2, through its own org's gateway peer."""
+    async with client("User5", "Org2") as ledger:
+        yield ledger
+
+
+@pytest.fixture
+async def settlement(network: FabricNetwork) -> AsyncIterator[LedgerClient]:
+    """Provider acting for Org1's `provider` account."""
+    async with client("settlement") as ledger:
+        yield ledger
+
+
+@pytest.fixture
+async def auditor(network: FabricNetwork) -> AsyncIterator[LedgerClient]:
+    async with client("audit") as ledger:
         yield ledger
 
 
@@ -64,6 +86,11 @@ async def account_of(ledger: LedgerClient) -> str:
     return (await ledger.who_am_i())["Account"]
 
 
+async def acts_for(ledger: LedgerClient) -> str:
+    """The provider account a provider identity authorizes and settles for."""
+    return (await ledger.who_am_i())["ActsFor"]
+
+
 async def balance_or_zero(ledger: LedgerClient, account: str) -> int:
     try:
         return await ledger.balance(account)
@@ -74,93 +101,98 @@ async def balance_or_zero(ledger: LedgerClient, account: str) -> int:
 
 
 async def test_mint_transfer_balance_read_back_by_the_peer_cli(
-        network: FabricNetwork, admin: LedgerClient, user1: LedgerClient, suffix: str) -> None:
-    me = await account_of(user1)
-    start = await balance_or_zero(admin, me)
+        network: FabricNetwork, admin: LedgerClient, user5: LedgerClient, auditor: LedgerClient,
+        suffix: str) -> None:
+    me = await account_of(user5)
+    start = await balance_or_zero(auditor, me)
     minted = await admin.contract.submit("Mint", me, 500)
     assert minted.transaction_id and minted.block_number > 0
+    assert minted.endorsers == ("Org1MSP", "Org2MSP")
     payee = f"payee-{suffix}"
-    await user1.transfer(payee, 120)
-    assert await admin.balance(payee) == 120
-    assert await user1.balance(me) == start + 380
+    await user5.transfer(payee, 120)
+    assert await auditor.balance(payee) == 120
+    assert await user5.balance(me) == start + 380
     # Fabric's own CLI, a client that shares no code with ours, reads the same state.
-    assert json.loads(network.query("Balance", payee))["balance"] == 120
-    assert json.loads(network.query("Balance", me))["balance"] == start + 380
+    assert json.loads(network.query("Balance", payee, user="audit"))["balance"] == 120
+    assert json.loads(network.query("Balance", me, user="User5", org="Org2"))["balance"] == start + 380
 
 
 async def test_rejections_carry_the_contracts_reason_and_each_peers_detail(
-        admin: LedgerClient, user1: LedgerClient, suffix: str) -> None:
+        admin: LedgerClient, user5: LedgerClient, auditor: LedgerClient, suffix: str) -> None:
     with pytest.raises(EndorseError) as overdraft:
-        await user1.transfer(f"payee-{suffix}", 10**12)
+        await user5.transfer(f"payee-{suffix}", 10**12)
     assert "INSUFFICIENT_FUNDS" in str(overdraft.value)
     assert isinstance(overdraft.value.contract_error, InsufficientFunds)
     assert overdraft.value.contract_error.field == "amount"
     assert overdraft.value.code == grpc.StatusCode.ABORTED
-    assert overdraft.value.details and overdraft.value.details[0].msp_id == "Org1MSP"
+    assert overdraft.value.details and overdraft.value.details[0].msp_id == "Org2MSP"  # the client's own peer
     with pytest.raises(EndorseError, match="must be a positive integer"):
         await admin.mint(f"acct-{suffix}", -5)
     with pytest.raises(EndorseError, match="must be a positive integer"):
         await admin.mint(f"acct-{suffix}", 0)
-    with pytest.raises(EndorseError, match="only the admin identity may mint") as forbidden:
-        await user1.mint(await account_of(user1), 1000)
+    with pytest.raises(EndorseError, match="only an admin of Org1MSP may mint") as forbidden:
+        await user5.mint(await account_of(user5), 1000)
     assert isinstance(forbidden.value.contract_error, Forbidden)
+    assert forbidden.value.contract_error.field == "creator"
     with pytest.raises(EvaluateError) as malformed:
-        await admin.get_hold("not a valid id!")
+        await auditor.get_hold("not a valid id!")
     assert isinstance(malformed.value.contract_error, InvalidArgument)
     assert malformed.value.contract_error.field == "hold_id"
 
 
 async def test_freeze_authorize_settle_then_a_second_settle_is_rejected(
-        admin: LedgerClient, user1: LedgerClient, suffix: str) -> None:
-    me = await account_of(user1)
+        admin: LedgerClient, user5: LedgerClient, settlement: LedgerClient, auditor: LedgerClient,
+        suffix: str) -> None:
+    me, provider = await account_of(user5), await acts_for(settlement)
     await admin.mint(me, 200)
-    before = await user1.balance(me)
-    hold, provider = f"hold-{suffix}", f"provider-{suffix}"
-    await user1.freeze(hold, me, provider, 100, int(time.time()) + 3600)
-    assert await user1.balance(me) == before - 100
-    await admin.authorize(hold, 60)
-    settled = await admin.settle(hold, 3, 20)
+    before, earned = await user5.balance(me), await balance_or_zero(auditor, provider)
+    hold = f"hold-{suffix}"
+    await user5.freeze(hold, me, provider, 100, int(time.time()) + 3600)
+    assert await user5.balance(me) == before - 100
+    await settlement.authorize(hold, 60)
+    settled = await settlement.settle(hold, 3, 20)
     assert settled.json()["charged"] == 60
-    got = await admin.get_hold(hold)
+    got = await settlement.get_hold(hold)
     assert got is not None and (got["status"], got["charged"], got["refunded"]) == ("SETTLED", 60, 40)
-    assert await admin.balance(provider) == 60 and await user1.balance(me) == before - 60
+    assert await auditor.balance(provider) == earned + 60 and await user5.balance(me) == before - 60
     with pytest.raises(EndorseError, match="ALREADY_SETTLED") as again:
-        await admin.settle(hold, 1, 20)
+        await settlement.settle(hold, 1, 20)
     assert isinstance(again.value.contract_error, AlreadySettled)
-    assert await admin.balance(provider) == 60
+    assert await auditor.balance(provider) == earned + 60
     with pytest.raises(EndorseError, match="EXCEEDS_HOLD|exceeds"):
         other = f"hold2-{suffix}"
-        await user1.freeze(other, me, provider, 10, int(time.time()) + 3600)
-        await admin.settle(other, 11, 1)
-    assert await admin.get_hold(f"missing-{suffix}") is None
+        await user5.freeze(other, me, provider, 10, int(time.time()) + 3600)
+        await settlement.settle(other, 11, 1)
+    assert await settlement.get_hold(f"missing-{suffix}") is None
 
 
-async def test_anchor_model_and_history_read_back(admin: LedgerClient, suffix: str) -> None:
+async def test_anchor_model_and_history_read_back(admin: LedgerClient, auditor: LedgerClient, suffix: str) -> None:
     batch, root = f"batch-{suffix}", uuid.uuid4().hex * 2
-    committed = await admin.anchor_batch(batch, root, 42, 1000, 1041)
-    anchor = await admin.get_anchor(batch)
-    assert anchor is not None
-    assert (anchor["merkle_root"], anchor["count"], anchor["tx_id"]) == (root, 42, committed.transaction_id)
-    assert await admin.get_anchor(f"missing-{suffix}") is None
-    model, digest = f"model-{suffix}", uuid.uuid4().hex * 2
-    await admin.register_model(model, 3, digest)
-    assert (await admin.get_model(model, 3))["sha256"] == digest
-    assert await admin.get_model(model, 4) is None
+    async with client("anchoring") as anchoring, client("registry") as registry:
+        committed = await anchoring.anchor_batch(batch, root, 42, 1000, 1041)
+        anchor = await anchoring.get_anchor(batch)
+        assert anchor is not None
+        assert (anchor["merkle_root"], anchor["count"], anchor["tx_id"]) == (root, 42, committed.transaction_id)
+        assert await anchoring.get_anchor(f"missing-{suffix}") is None
+        model, digest = f"model-{suffix}", uuid.uuid4().hex * 2
+        await registry.register_model(model, 3, digest)
+        assert (await registry.get_model(model, 3))["sha256"] == digest
+        assert await registry.get_model(model, 4) is None
     account = f"audited-{suffix}"
     await admin.mint(account, 10)
     await admin.mint(account, 15)
-    entries = await admin.history(f"account:{account}")
+    entries = await auditor.history(f"account:{account}")
     assert sorted(json.loads(e["value"])["balance"] for e in entries) == [10, 25]
 
 
 async def test_200_concurrent_transfers_from_8_tasks_end_with_the_right_balances(
-        network: FabricNetwork, admin: LedgerClient, suffix: str) -> None:
-    users = [client(f"User{i}", retry=CONFLICT_RETRY) for i in range(1, 9)]
+        network: FabricNetwork, admin: LedgerClient, auditor: LedgerClient, suffix: str) -> None:
+    users = [client(f"User{i}", "Org2", retry=CONFLICT_RETRY) for i in range(1, 9)]  # Org2's clients
     try:
         senders = [await account_of(u) for u in users]
         for sender in senders:
             await admin.mint(sender, 10_000)
-        start = {s: await admin.balance(s) for s in senders}
+        start = {s: await auditor.balance(s) for s in senders}
         payees = [f"shared-{suffix}-{k}" for k in range(4)]  # shared: concurrent writers conflict
         plan = {i: [(payees[(i + n) % 4], 1 + (i * 25 + n) % 7) for n in range(25)] for i in range(8)}
 
@@ -173,20 +205,21 @@ async def test_200_concurrent_transfers_from_8_tasks_end_with_the_right_balances
         for u in users:
             await u.gateway.close()
     for i, sender in enumerate(senders):
-        assert await admin.balance(sender) == start[sender] - sum(a for _, a in plan[i])
+        assert await auditor.balance(sender) == start[sender] - sum(a for _, a in plan[i])
     for payee in payees:
         expected = sum(a for steps in plan.values() for p, a in steps if p == payee)
-        assert await admin.balance(payee) == expected
-        assert json.loads(network.query("Balance", payee))["balance"] == expected
+        assert await auditor.balance(payee) == expected
+        assert json.loads(network.query("Balance", payee, user="audit"))["balance"] == expected
 
 
 async def test_chaincode_events_from_a_block_and_resumed_after_a_transaction(
-        admin: LedgerClient, user1: LedgerClient, suffix: str) -> None:
-    me = await account_of(user1)
+        admin: LedgerClient, user5: LedgerClient, settlement: LedgerClient, auditor: LedgerClient,
+        suffix: str) -> None:
+    me, provider = await account_of(user5), await acts_for(settlement)
     await admin.mint(me, 50)
-    first = await user1.contract.submit("Freeze", f"ev1-{suffix}", me, f"p-{suffix}", 5, int(time.time()) + 600)
-    second = await user1.contract.submit("Freeze", f"ev2-{suffix}", me, f"p-{suffix}", 5, int(time.time()) + 600)
-    network = admin.gateway.network(CHANNEL)
+    first = await user5.contract.submit("Freeze", f"ev1-{suffix}", me, provider, 5, int(time.time()) + 600)
+    second = await user5.contract.submit("Freeze", f"ev2-{suffix}", me, provider, 5, int(time.time()) + 600)
+    network = auditor.gateway.network(CHANNEL)
 
     async def events_until(tx_id: str, **start) -> list:
         seen = []
@@ -221,11 +254,11 @@ class CallCounter(grpc.aio.UnaryUnaryClientInterceptor):
 
 
 def unreachable_gateway(counter: CallCounter, **kwargs) -> Gateway:
-    settings = LedgerSettings()
-    identity, signer = load_msp(settings.msp_dir(), settings.fabric_msp_id)
+    settings = identity("User5", "Org2")
+    who, signer = load_msp(settings.msp_dir(), settings.fabric_msp_id)
     channel = grpc.aio.secure_channel("127.0.0.1:1", grpc.ssl_channel_credentials(settings.tls_root().read_bytes()),
                                       interceptors=[counter])
-    return Gateway(channel, identity, signer, **kwargs)
+    return Gateway(channel, who, signer, **kwargs)
 
 
 async def test_an_unreachable_peer_is_a_transient_error_after_bounded_retries(network: FabricNetwork) -> None:

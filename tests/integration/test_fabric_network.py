@@ -1,14 +1,18 @@
 """The local Fabric network, brought up by `Stack` with Fabric enabled, driven through
-Fabric's own CLI (`peer chaincode invoke/query`, TLS on) as two Org1 identities: Admin
-(admin OU: may mint) and User1 (a plain client).
+Fabric's own CLI (`peer chaincode invoke/query`, TLS on) as the identities the stack issues
+(deploy/fabric/identities.yaml): Org1's `Admin` mints, `anchoring` and `registry` (operator)
+anchor and register, `settlement` (provider acting for Org1's `provider` account) authorizes
+and settles, `audit` (auditor) reads; Org2's `User5` is a client.
 
 The `network` fixture (tests/integration/conftest.py) brings Fabric up. The ledger keeps
-its state between runs, so every id here carries a fresh suffix.
+its state between runs, so every id here carries a fresh suffix and balances of the
+long-lived accounts are compared with what they were before.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 import uuid
@@ -22,15 +26,24 @@ from tests.integration.conftest import FABRIC_PARTS
 
 pytestmark = [pytest.mark.integration, pytest.mark.fabric]
 
+CLIENT = {"user": "User5", "org": "Org2"}
+"""The client every test here acts as (Org2 grants its User1..8 the client role)."""
+
 
 @pytest.fixture(scope="module")
 def admin(network: FabricNetwork) -> str:
-    return json.loads(network.query("WhoAmI"))["Account"]
+    return network.account_of("Admin")
 
 
 @pytest.fixture(scope="module")
-def user1(network: FabricNetwork) -> str:
-    return json.loads(network.query("WhoAmI", user="User1"))["Account"]
+def client(network: FabricNetwork) -> str:
+    return network.account_of(**CLIENT)
+
+
+@pytest.fixture(scope="module")
+def provider(network: FabricNetwork) -> str:
+    """Org1's `provider` account: `settlement` authorizes and settles the holds paid to it."""
+    return network.account_of("provider")
 
 
 @pytest.fixture
@@ -38,8 +51,24 @@ def suffix() -> str:
     return uuid.uuid4().hex[:10]
 
 
+def refusal(code: str, field: str, text: str) -> str:
+    """A pattern for the contract's refusal `CODE: "field": text` as the peer CLI prints it
+    (quotes escaped inside its response message)."""
+    return rf'{code}: \\?"{field}\\?": {re.escape(text)}'
+
+
 def balance(network: FabricNetwork, account: str) -> int:
-    return json.loads(network.query("Balance", account))["balance"]
+    """Read as the auditor: admins read nothing, a client reads only its own account."""
+    return json.loads(network.query("Balance", account, user="audit"))["balance"]
+
+
+def balance_or_zero(network: FabricNetwork, account: str) -> int:
+    try:
+        return balance(network, account)
+    except FabricError as exc:
+        if "NOT_FOUND" in str(exc):
+            return 0
+        raise
 
 
 def test_up_twice_changes_nothing_and_status_is_healthy(network: FabricNetwork) -> None:
@@ -49,100 +78,100 @@ def test_up_twice_changes_nothing_and_status_is_healthy(network: FabricNetwork) 
     for name in FABRIC_PARTS:
         assert statuses[name].state == "healthy", statuses[name]
         assert statuses[name].pid == before[name], f"{name} was restarted by a second up"
-    channels = network.peer_cli("channel", "list")
-    assert CHANNEL in channels.split()
+    for org in network.orgs:  # both organisations' peers joined the channel
+        channels = network.peer_cli("channel", "list", org=org.name)
+        assert CHANNEL in channels.split(), (org.name, channels)
 
 
 def test_every_listener_is_on_loopback_only(network: FabricNetwork) -> None:
-    s = network.settings
-    for port in (s.fabric_orderer_port, s.fabric_orderer_admin_port, s.fabric_peer_port, s.fabric_chaincode_port):
+    ports = [port for o in network.orderers for port in (o.port, o.admin_port)]
+    ports += [port for org in network.orgs for port in (org.peer_port, org.chaincode_port)]
+    assert len(set(ports)) == 10  # 3 orderers (node, admin), 2 peers, 2 chaincode servers
+    for port in ports:
         with socket.socket() as sock:
             sock.settimeout(1)
             assert sock.connect_ex(("127.0.0.1", port)) == 0, f"nothing listens on 127.0.0.1:{port}"
 
 
-def test_identities_are_classified(admin: str, user1: str, network: FabricNetwork) -> None:
+def test_identities_are_classified(admin: str, client: str, network: FabricNetwork) -> None:
     me = json.loads(network.query("WhoAmI"))
-    other = json.loads(network.query("WhoAmI", user="User1"))
-    assert me["IsAdmin"] is True and me["MSPID"] == "Org1MSP"
-    assert other["IsAdmin"] is False and "User1@" in user1 and "Admin@" in admin
+    other = json.loads(network.query("WhoAmI", **CLIENT))
+    org2_admin = json.loads(network.query("WhoAmI", org="Org2"))
+    assert me["IsAdmin"] is True and me["MSPID"] == "Org1MSP" and me["Roles"] == []
+    assert other["IsAdmin"] is False and other["MSPID"] == "Org2MSP" and other["Roles"] == ["client"]
+    assert org2_admin["IsAdmin"] is True and org2_admin["MSPID"] == "Org2MSP"
+    assert "User5@org2" in client and "Admin@org1" in admin
 
 
-def test_mint_transfer_balance(network: FabricNetwork, user1: str, suffix: str) -> None:
-    start = balance(network, user1) if _known(network, user1) else 0
-    network.invoke("Mint", user1, "500")
-    assert balance(network, user1) == start + 500
+def test_mint_transfer_balance(network: FabricNetwork, client: str, suffix: str) -> None:
+    start = balance_or_zero(network, client)
+    network.invoke("Mint", client, "500")
+    assert balance(network, client) == start + 500
     payee = f"payee-{suffix}"
-    network.invoke("Transfer", payee, "120", user="User1")
+    network.invoke("Transfer", payee, "120", **CLIENT)
     assert balance(network, payee) == 120
-    assert balance(network, user1) == start + 380
+    assert balance(network, client) == start + 380
+    # The client reads its own account, on its own org's peer.
+    assert json.loads(network.query("Balance", client, **CLIENT))["balance"] == start + 380
 
 
 def test_overdraft_and_non_positive_amounts_are_rejected(network: FabricNetwork, suffix: str) -> None:
-    with pytest.raises(FabricError, match="amount"):
-        network.invoke("Transfer", f"payee-{suffix}", "1000000000000", user="User1")
+    with pytest.raises(FabricError, match=refusal("INSUFFICIENT_FUNDS", "amount", "")):
+        network.invoke("Transfer", f"payee-{suffix}", "1000000000000", **CLIENT)
     with pytest.raises(FabricError, match="must be a positive integer"):
         network.invoke("Mint", f"acct-{suffix}", "-5")
 
 
-def test_mint_by_a_non_admin_is_rejected(network: FabricNetwork, user1: str, suffix: str) -> None:
-    with pytest.raises(FabricError, match="only the admin identity may mint"):
-        network.invoke("Mint", user1, "1000", user="User1")
+def test_mint_by_a_non_admin_is_rejected(network: FabricNetwork, client: str) -> None:
+    with pytest.raises(FabricError, match=refusal("FORBIDDEN", "creator", "only an admin of Org1MSP may mint")):
+        network.invoke("Mint", client, "1000", **CLIENT)
 
 
 def test_freeze_authorize_settle_then_second_settle_rejected(
-    network: FabricNetwork, user1: str, suffix: str
-) -> None:
-    network.invoke("Mint", user1, "200")
-    before = balance(network, user1)
-    hold, provider = f"hold-{suffix}", f"provider-{suffix}"
+        network: FabricNetwork, client: str, provider: str, suffix: str) -> None:
+    network.invoke("Mint", client, "200")
+    before, earned = balance(network, client), balance_or_zero(network, provider)
+    hold = f"hold-{suffix}"
     expires = str(int(time.time()) + 3600)
-    network.invoke("Freeze", hold, user1, provider, "100", expires, user="User1")
-    assert balance(network, user1) == before - 100
-    network.invoke("Authorize", hold, "60")  # the admin may act for the provider
-    network.invoke("Settle", hold, "3", "20")
-    settled = json.loads(network.query("GetHold", hold))
+    network.invoke("Freeze", hold, client, provider, "100", expires, **CLIENT)
+    assert balance(network, client) == before - 100
+    network.invoke("Authorize", hold, "60", user="settlement")  # a provider acting for `provider`
+    network.invoke("Settle", hold, "3", "20", user="settlement")
+    settled = json.loads(network.query("GetHold", hold, user="settlement"))
     assert (settled["status"], settled["charged"], settled["refunded"]) == ("SETTLED", 60, 40)
-    assert balance(network, provider) == 60
-    assert balance(network, user1) == before - 60
+    assert balance(network, provider) == earned + 60
+    assert balance(network, client) == before - 60
     with pytest.raises(FabricError, match=hold):
-        network.invoke("Settle", hold, "1", "20")
-    assert balance(network, provider) == 60  # the rejected settle moved nothing
+        network.invoke("Settle", hold, "1", "20", user="settlement")
+    assert balance(network, provider) == earned + 60  # the rejected settle moved nothing
 
 
 def test_anchor_then_get_anchor(network: FabricNetwork, suffix: str) -> None:
     batch, root = f"batch-{suffix}", uuid.uuid4().hex * 2
-    network.invoke("AnchorBatch", batch, root, "42", "1000", "1041")
-    anchor = json.loads(network.query("GetAnchor", batch))
+    network.invoke("AnchorBatch", batch, root, "42", "1000", "1041", user="anchoring")
+    anchor = json.loads(network.query("GetAnchor", batch, user="anchoring"))
     assert (anchor["batch_id"], anchor["merkle_root"], anchor["count"]) == (batch, root, 42)
     assert anchor["tx_id"]
-    with pytest.raises(FabricError, match="only an operator or the admin may anchor"):
-        network.invoke("AnchorBatch", f"other-{suffix}", root, "1", "0", "0", user="User1")
+    with pytest.raises(FabricError, match=refusal("FORBIDDEN", "creator",
+                                                 "anchoring a batch needs the operator role")):
+        network.invoke("AnchorBatch", f"other-{suffix}", root, "1", "0", "0", **CLIENT)
 
 
 def test_register_model_then_get_model(network: FabricNetwork, suffix: str) -> None:
     model, digest = f"model-{suffix}", uuid.uuid4().hex * 2
-    network.invoke("RegisterModel", model, "3", digest)
-    registered = json.loads(network.query("GetModel", model, "3"))
+    network.invoke("RegisterModel", model, "3", digest, user="registry")
+    registered = json.loads(network.query("GetModel", model, "3", user="registry"))
     assert (registered["model_id"], registered["version"], registered["sha256"]) == (model, 3, digest)
     with pytest.raises(FabricError, match="has no version 4"):
-        network.query("GetModel", model, "4")
+        network.query("GetModel", model, "4", user="registry")
 
 
 def test_history_of_a_key(network: FabricNetwork, suffix: str) -> None:
     account = f"audited-{suffix}"
     network.invoke("Mint", account, "10")
     network.invoke("Mint", account, "15")
-    entries = json.loads(network.query("History", f"account:{account}"))
+    entries = json.loads(network.query("History", f"account:{account}", user="audit"))
     balances = sorted(json.loads(entry["value"])["balance"]
                       for entry in entries)
     assert balances == [10, 25]
     assert all(entry["tx_id"] for entry in entries)
-
-
-def _known(network: FabricNetwork, account: str) -> bool:
-    try:
-        network.query("Balance", account)
-        return True
-    except FabricError:
-        return False

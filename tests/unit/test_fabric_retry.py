@@ -149,7 +149,7 @@ async def test_submit_runs_the_steps_once_when_nothing_fails(signer: Signer) -> 
 
 async def test_a_retried_submit_resumes_at_the_step_that_failed(signer: Signer) -> None:
     stub = ScriptedStub(Endorse=[UNAVAILABLE, endorsed(b"{}")], Submit=[UNAVAILABLE, gateway_pb2.SubmitResponse()],
-                        CommitStatus=[DEADLINE, status()])
+                        CommitStatus=[UNAVAILABLE, status()])
     committed = await contract(stub, signer, RetryPolicy(attempts=4, **FAST)).submit("Mint", "a", 1)
     assert stub.calls() == {"Evaluate": 0, "Endorse": 2, "Submit": 2, "CommitStatus": 2}
     # One transaction throughout: the same proposal re-endorsed, the same signed envelope resent.
@@ -157,6 +157,18 @@ async def test_a_retried_submit_resumes_at_the_step_that_failed(signer: Signer) 
     assert ids == {committed.transaction_id}
     assert stub.requests["Endorse"][0].proposed_transaction == stub.requests["Endorse"][1].proposed_transaction
     assert stub.requests["Submit"][0].prepared_transaction == stub.requests["Submit"][1].prepared_transaction
+
+
+async def test_a_commit_wait_that_runs_out_submits_the_same_envelope_again(signer: Signer) -> None:
+    # The orderer took it but a Raft leader change lost it: waiting again would wait forever.
+    stub = ScriptedStub(Endorse=[endorsed(b"{}")], Submit=[gateway_pb2.SubmitResponse()],
+                        CommitStatus=[DEADLINE, DEADLINE, status(block=12)])
+    committed = await contract(stub, signer, RetryPolicy(attempts=4, **FAST)).submit("Mint", "a", 1)
+    assert committed.block_number == 12
+    assert stub.calls() == {"Evaluate": 0, "Endorse": 1, "Submit": 3, "CommitStatus": 3}
+    envelopes = {r.prepared_transaction.SerializeToString() for r in stub.requests["Submit"]}
+    assert len(envelopes) == 1  # one signed envelope, one transaction id: it cannot commit twice
+    assert {r.transaction_id for r in stub.requests["CommitStatus"]} == {committed.transaction_id}
 
 
 async def test_the_bound_counts_attempts_of_the_whole_submit_not_of_each_step(signer: Signer) -> None:
