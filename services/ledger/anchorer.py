@@ -1,6 +1,6 @@
 """The anchoring loop: events.clean -> Merkle batches -> one AnchorBatch each -> ledger.anchors.
 
-    anchorer = Anchorer(settings, consumer, Ports(ledger, store, producer, codec, retries, letters))
+    anchorer = Anchorer(settings, consumer, Ports(ledger, store, producer, codec, retries, letters), operator)
     await anchorer.run(stop)
 
 Per partition, records are batched by `Batcher` (anchoring.py); each closed batch is recorded
@@ -9,6 +9,11 @@ and published as an Anchor. Up to `ledger_batches_in_flight` batches are on thei
 while all are, reading waits. The offsets committed never pass a batch not yet anchored, and
 every record read is either in a batch or a dead letter (a tombstone, a record that is no
 CleanEvent, a bad content hash): none is dropped.
+
+A topic's anchors belong to the operator account that anchored its first batch (the contract
+binds it, `GetTopic`); `operator` is the account this loop anchors as. A topic bound to another
+operator stops the loop at once with `TopicOwned` (checked before reading, and when the
+contract refuses a batch with FORBIDDEN "batch_id"): retrying cannot help.
 """
 
 from __future__ import annotations
@@ -31,7 +36,10 @@ from services.ledger.ports import Ports
 from services.ledger.settings import LedgerServiceSettings
 from streamledger import metrics
 from streamledger.avro import CodecError
+from streamledger.core.contract_errors import Forbidden
 from streamledger.core.records import Consumed
+from streamledger.fabric import EndorseError
+from streamledger.lifecycle import StartError
 from streamledger.logging import get_logger
 from streamledger.retry import Stopped
 
@@ -41,6 +49,10 @@ ANCHORED = metrics.counter("ledger", "records_anchored", "Clean records anchored
 BATCHES = metrics.counter("ledger", "batches_anchored", "Batches anchored (one Fabric transaction each)")
 ANCHOR_SECONDS = metrics.seconds("ledger", "anchor", "From a batch closing to its anchor on the ledger")
 IN_FLIGHT = metrics.gauge("ledger", "batches_in_flight", "Batches being anchored")
+
+
+class TopicOwned(StartError):
+    """The topic to anchor is bound on the ledger to another operator account."""
 
 
 @dataclass
@@ -53,8 +65,11 @@ class Flight:
 
 
 class Anchorer(ConsumerRebalanceListener):
-    def __init__(self, settings: LedgerServiceSettings, consumer: AIOKafkaConsumer, ports: Ports) -> None:
+    def __init__(self, settings: LedgerServiceSettings, consumer: AIOKafkaConsumer, ports: Ports,
+                 operator: str) -> None:
         self.topic = settings.ledger_clean_topic
+        self.operator = operator
+        """The operator account this loop anchors as."""
         self.anchors_topic = settings.ledger_anchors_topic
         self.consumer = consumer
         self.ports = ports
@@ -68,12 +83,18 @@ class Anchorer(ConsumerRebalanceListener):
         self.prepared: set[int] = set()
         """Partitions whose recorded batches are planned again (see `_prepare`)."""
         self.tasks: set[asyncio.Task] = set()
+        self.failures: list[BaseException] = []
+        """Why batches could not be anchored (retries spent, or refused): the loop stops with the first."""
 
     async def run(self, stop: asyncio.Event) -> None:
+        try:
+            await self._check_owner()
+        except Stopped:
+            return
         self.consumer.subscribe([self.topic], listener=self)
         await self.consumer.start()
         log.info("anchoring_started", extra={"topic": self.topic, "batch_records": self.batcher.max_records,
-                                             "batch_seconds": self.batcher.max_seconds})
+                                             "batch_seconds": self.batcher.max_seconds, "operator": self.operator})
         failed = True
         try:
             while not stop.is_set():
@@ -93,6 +114,18 @@ class Anchorer(ConsumerRebalanceListener):
             failed = False  # asked to stop while waiting for the ledger or MongoDB
         finally:
             await self._finish(failed)
+
+    async def _check_owner(self) -> None:
+        """Refuse to anchor a topic the ledger binds to another operator."""
+        ledger = self.ports.ledger
+        bound = await self.ports.retries.run("get_topic", lambda: ledger.get_topic(self.topic))
+        if bound is not None and bound["owner"] != self.operator:
+            raise self._owned(f"it was bound to {bound['owner']!r} in tx {bound['tx_id']}")
+
+    def _owned(self, how: str) -> TopicOwned:
+        return TopicOwned(f"topic {self.topic!r} is anchored on the ledger by another operator only ({how}); this "
+                          f"service anchors as {self.operator!r}: anchor a topic of its own "
+                          f"(STREAMLEDGER_LEDGER_CLEAN_TOPIC), or act as that operator's identity")
 
     async def _take(self, tp: TopicPartition, message: Any, now: float) -> None:
         """Add one record to its partition's batch, or dead-letter it: every record is one or the other."""
@@ -137,7 +170,7 @@ class Anchorer(ConsumerRebalanceListener):
         self.flights.setdefault(batch.partition, []).append(flight)
         task = asyncio.create_task(self._anchor(flight), name=f"anchor {batch.batch_id}")
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(self._landed)
         IN_FLIGHT.set(len(self.tasks))
 
     async def _anchor(self, flight: Flight) -> None:
@@ -148,8 +181,14 @@ class Anchorer(ConsumerRebalanceListener):
             proofs = list(batch.proofs(tree))
             await self.ports.retries.run("plan", lambda: self.ports.store.record_plan(batch, root))
             await self.ports.retries.run("proofs", lambda: self.ports.store.write_proofs(proofs))
-            committed = await self.ports.retries.run("anchor", lambda: self.ports.ledger.anchor_batch(
-                batch.batch_id, root, len(batch.records), batch.first_offset, batch.last_offset))
+            try:
+                committed = await self.ports.retries.run("anchor", lambda: self.ports.ledger.anchor_batch(
+                    batch.batch_id, root, len(batch.records), batch.first_offset, batch.last_offset))
+            except EndorseError as exc:
+                refusal = exc.contract_error
+                if isinstance(refusal, Forbidden) and refusal.field == "batch_id":
+                    raise self._owned(f"the contract refused batch {batch.batch_id}: {refusal.detail}") from exc
+                raise
             anchor = committed.json()
             block = committed.block_number
             if anchor["tx_id"] != committed.transaction_id:
@@ -176,11 +215,16 @@ class Anchorer(ConsumerRebalanceListener):
             self.slots.release()
             IN_FLIGHT.set(len(self.tasks) - 1)
 
+    def _landed(self, task: asyncio.Task) -> None:
+        # Kept here: a task leaves `tasks` as soon as it is done, before the loop could look at it.
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.failures.append(task.exception())
+
     def _raise_failures(self) -> None:
         """A batch that could not be anchored (retries spent, or refused) stops the service."""
-        for task in list(self.tasks):
-            if task.done() and not task.cancelled() and task.exception() is not None:
-                raise task.exception()
+        if self.failures:
+            raise self.failures[0]
 
     def safe_offsets(self) -> dict[int, int]:
         """Per partition, how far every record is anchored (or dead-lettered)."""
@@ -208,6 +252,8 @@ class Anchorer(ConsumerRebalanceListener):
                     task.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
             await self.committer.commit(self.safe_offsets())
+            if not failed:
+                self._raise_failures()  # a batch that failed while stopping is reported all the same
         finally:
             await self.consumer.stop()
 

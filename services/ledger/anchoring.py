@@ -5,7 +5,9 @@ Records are batched per input partition, in offset order, until a batch holds
 its partition and offset range only (`events.clean:2:1000-1999`), so after a restart the
 same input gives the same batches: `AnchorBatch` of an id already on the ledger is a
 replay, not a second anchor, and the consumer resumes after the last anchored offset, so
-no record is skipped. The Merkle leaves are the records' content hashes (32 raw bytes),
+no record is skipped. The contract requires exactly this form of id, with the count within
+the offset range (`check_topic` refuses a topic whose ids it would not take), and binds a
+topic to the operator account that anchored it first. The Merkle leaves are the records' content hashes (32 raw bytes),
 hashed with RFC 6962's leaf prefix by `MerkleTree`.
 
 A batch closed by time is not reproducible from the input alone (how many records arrived
@@ -16,6 +18,7 @@ exactly its recorded last offset, whatever the size and time limits say.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -30,7 +33,23 @@ class AnchoringError(ValueError):
 
 
 def batch_id(topic: str, partition: int, first_offset: int, last_offset: int) -> str:
+    """The id the contract requires of the batch: `<topic>:<partition>:<first>-<last>`, in decimal."""
     return f"{topic}:{partition}:{first_offset}-{last_offset}"
+
+
+BATCH_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+"""What the contract takes as a batch id (chaincode/ledger/validate.go, recordID)."""
+
+LONGEST_SUFFIX = len(f":{2**31 - 1}:{2**63 - 1}-{2**63 - 1}")
+"""The longest `:<partition>:<first>-<last>` Kafka's numbers allow."""
+
+
+def check_topic(topic: str) -> None:
+    """Refuse a topic whose batch ids the contract would not take, naming the rule."""
+    if not BATCH_ID.fullmatch(batch_id(topic, 2**31 - 1, 2**63 - 1, 2**63 - 1)):
+        raise ValueError(f"topic {topic!r} cannot be anchored: its batch ids <topic>:<partition>:<first>-<last> "
+                         f"must start with a letter or digit, hold only letters, digits, '.', '_', ':' and '-', "
+                         f"and be at most 128 characters (a topic of at most {128 - LONGEST_SUFFIX})")
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,10 @@
                  --> AnchorBatch (one Fabric transaction per batch) --> Anchor on ledger.anchors
                  --> commit offsets, only past batches that are anchored          (anchorer.py)
 
-    usage --> UsageBook (per hold) --> hold expired + grace --> plan (MongoDB) --> Settle
-          --> outcome (MongoDB settlements) --> commit offsets, only past settled holds (settler.py)
+    usage --> UsageBook (per hold: latest valid receipt, usage once per request id)
+          --> hold expired + grace, or settle_by - peers' timewindow - lead if sooner
+          --> plan (MongoDB) --> Settle(hold, receipt) --> outcome (MongoDB settlements)
+          --> commit offsets, only past settled holds                               (settler.py)
 
 Both loops write their intent to MongoDB before the Fabric transaction and commit Kafka offsets
 after it, so after a kill -9 at any point a restart forms the same batches and settlements again:
@@ -28,6 +30,7 @@ from functools import partial
 from aiokafka import AIOKafkaConsumer
 
 from services.ledger.anchorer import Anchorer
+from services.ledger.anchoring import check_topic
 from services.ledger.dead_letters import DeadLetters
 from services.ledger.ports import Ports
 from services.ledger.retries import Retries
@@ -39,7 +42,7 @@ from streamledger.avro import AvroCodec, SchemaRegistry
 from streamledger.fabric import GatewayError
 from streamledger.kafka import topics
 from streamledger.ledger import LedgerClient
-from streamledger.lifecycle import Loop, serve
+from streamledger.lifecycle import Loop, StartError, serve
 from streamledger.logging import get_logger
 from streamledger.mongo import mongo_client
 from streamledger.retry import NO_RETRY, Stopped
@@ -70,6 +73,11 @@ class LedgerService(Loop):
         """Connect each loop's identity and check its role, if the ledger answers now."""
         s = self.settings
         loops = [loop for loop, on in (("anchoring", s.ledger_anchoring), ("settlement", s.ledger_settlement)) if on]
+        if "anchoring" in loops:
+            try:
+                check_topic(s.ledger_clean_topic)
+            except ValueError as exc:
+                raise StartError(f"{exc} (STREAMLEDGER_LEDGER_CLEAN_TOPIC)") from None
         try:
             for loop in loops:
                 # `retries` (run) is the one retry loop: none nested in the gateway.
@@ -113,8 +121,9 @@ class LedgerService(Loop):
                     return Ports(self.ledgers[loop], store, producer, codec, retries, letters)
                 async with asyncio.TaskGroup() as loops:
                     if "anchoring" in self.ledgers:
-                        loops.create_task(Anchorer(s, consumer(s, s.ledger_anchor_group), ports("anchoring"))
-                                          .run(stopping))
+                        operator = self.callers["anchoring"]["Account"]  # the account the topic is bound to
+                        loops.create_task(Anchorer(s, consumer(s, s.ledger_anchor_group), ports("anchoring"),
+                                                   operator).run(stopping))
                     if "settlement" in self.ledgers:
                         paid_to = self.callers["settlement"]["ActsFor"]  # the provider account it settles for
                         loops.create_task(Settler(s, consumer(s, s.ledger_settlement_group), ports("settlement"),

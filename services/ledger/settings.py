@@ -46,9 +46,19 @@ class LedgerServiceSettings(LedgerSettings):
     ledger_batches_in_flight: int = 8
     """Batches being anchored at once (each one Fabric transaction); more stops reading input."""
     ledger_settle_grace_seconds: float = 5.0
-    """A hold settles this long after it expires, so usage still on its way is counted."""
-    ledger_settle_every_seconds: float = 0.0
-    """Settle a hold once it has been open this long, even before it expires (0: off)."""
+    """A hold settles this long after it expires, so usage (and receipts) still on their way
+    are counted, unless its deadline comes first (below)."""
+    ledger_settle_margin_seconds: float = 900.0
+    """The peers' timewindow T (`peer.authentication.timewindow`, 15 min by default): a client
+    may stamp its Release up to T early, so a hold is settled before `settle_by - T`, its
+    deadline. The local stack's peers use 15 s (`StackSettings.fabric_timewindow_seconds`).
+    When it is not shorter than a hold's settlement window, the hold settles at expiry."""
+    ledger_settle_lead_seconds: float = 5.0
+    """Settle at least this long before the deadline: time for the Settle's retries and commit."""
+    ledger_record_receipt_every_seconds: float = 300.0
+    """Record a hold's latest receipt on the ledger (`RecordReceipt`) when it has not been for
+    this long, so that a client's Release pays for it even if settlement is down at the end
+    (0: off)."""
     ledger_settle_tick_seconds: float = 1.0
     """How often holds are checked for settlement."""
     ledger_retry_attempts: int = 200

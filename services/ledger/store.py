@@ -5,10 +5,14 @@
                       it may already have anchored (tx id and block go to ledger.anchors).
     proofs            _id event_id: batch_id, index, size, content_hash, offset, siblings
                       (hex), topic, partition: what `streamledger audit verify` checks.
-    settlement_plans  _id hold_id: units, price, amount, partition, through_offset. Written
-                      before Settle and deleted once its outcome is stored, so a retry after
-                      a crash settles the same units.
-    settlements       _id hold_id: the plan plus tx_id, charged, refunded, status.
+    settlement_plans  _id hold_id: receipt (units, sequence, signature; null: settle on the
+                      one recorded on the ledger), units and price it pays, amount expected,
+                      usage_units, usage_records, duplicates, partition, through_offset,
+                      settle_by, deadline. Written before Settle and deleted once its outcome
+                      is stored, so a retry after a crash settles on the same receipt.
+    settlements       _id hold_id: the plan plus tx_id, charged, refunded, paid_units, status
+                      (SETTLED, REFUSED, or RELEASED/SETTLED with by_another when the hold
+                      was closed by another transaction before this service settled it).
 
 Documents are inserted, never updated (FerretDB's update path is its slow and fragile
 one), and every insert is idempotent: replaying a batch or a settlement changes nothing.

@@ -11,17 +11,19 @@ from __future__ import annotations
 import asyncio
 import json
 
+import grpc
+import pytest
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from services.ledger.anchorer import Anchorer
+from services.ledger.anchorer import Anchorer, TopicOwned
 from services.ledger.dead_letters import DeadLetters
 from services.ledger.ports import Ports
 from services.ledger.retries import Retries
 from services.ledger.settings import LedgerServiceSettings
 from streamledger.avro import AvroCodec, SchemaRegistry
 from streamledger.core.canonical import content_hash
-from streamledger.fabric import Committed
+from streamledger.fabric import Committed, EndorseError
 from streamledger.retry import RetryPolicy
 
 CODEC = AvroCodec(SchemaRegistry.from_dir())
@@ -88,12 +90,28 @@ class Store:
         self.proofs.update({d["_id"]: d for d in documents})
 
 
+OPERATOR = "Org1MSP::CN=anchoring@org1"
+
+
 class Ledger:
-    def __init__(self) -> None:
+    """Anchors as the contract does: a topic is bound to the first operator that anchored it."""
+
+    def __init__(self, owner: str = "") -> None:
         self.anchors: dict[str, tuple] = {}
+        self.owner = owner
+        self.calls = 0
+
+    async def get_topic(self, topic: str) -> dict | None:
+        return {"topic": topic, "owner": self.owner, "tx_id": "tx-bound"} if self.owner else None
 
     async def anchor_batch(self, batch_id: str, merkle_root: str, count: int, first_offset: int,
                            last_offset: int) -> Committed:
+        self.calls += 1
+        if self.owner and self.owner != OPERATOR:
+            raise EndorseError(f'FORBIDDEN: "batch_id": topic "{TOPIC}" of batch "{batch_id}" is anchored by '
+                               f'"{self.owner}" only (since tx tx-bound); caller is "{OPERATOR}"',
+                               code=grpc.StatusCode.UNKNOWN)
+        self.owner = OPERATOR
         self.anchors[batch_id] = (merkle_root, count, first_offset, last_offset)
         return Committed(json.dumps({"tx_id": f"tx-{batch_id}"}).encode(), f"tx-{batch_id}", len(self.anchors))
 
@@ -125,7 +143,8 @@ async def test_records_after_a_tombstone_or_garbage_in_one_fetch_are_all_anchore
                                      ledger_batch_seconds=60)
     retries = Retries(RetryPolicy(attempts=2, initial_seconds=0.001, max_seconds=0.001), stop)
     anchorer = Anchorer(settings, consumer, Ports(ledger, store, producer, CODEC, retries,
-                                                  DeadLetters(producer, CODEC, settings.ledger_deadletter_topic)))
+                                                  DeadLetters(producer, CODEC, settings.ledger_deadletter_topic)),
+                        OPERATOR)
 
     await asyncio.wait_for(anchorer.run(stop), timeout=10)
 
@@ -139,3 +158,38 @@ async def test_records_after_a_tombstone_or_garbage_in_one_fetch_are_all_anchore
         2: "empty_message", 4: "not_single_object", 6: "incompatible_schema", 8: "unanchorable"}
     assert all(d["service"] == "ledger" and d["error"].startswith("CleanEvent: ") for d in letters)
     assert consumer.committed == {TP: len(values)}  # every record is accounted for
+
+
+def anchorer_of(ledger: Ledger, fetches: list[dict]) -> tuple[Anchorer, asyncio.Event, Consumer]:
+    stop = asyncio.Event()
+    consumer, producer = Consumer(fetches, stop), Producer()
+    settings = LedgerServiceSettings(ledger_clean_topic=TOPIC, ledger_anchors_topic="anchors-unit",
+                                     ledger_deadletter_topic="dead-unit", ledger_batch_records=2,
+                                     ledger_batch_seconds=60)
+    retries = Retries(RetryPolicy(attempts=5, initial_seconds=0.001, max_seconds=0.001), stop)
+    ports = Ports(ledger, Store(), producer, CODEC, retries, DeadLetters(producer, CODEC, "dead-unit"))
+    return Anchorer(settings, consumer, ports, OPERATOR), stop, consumer  # type: ignore[arg-type]
+
+
+async def test_a_topic_bound_to_another_operator_stops_anchoring_before_anything_is_read() -> None:
+    other = "Org1MSP::CN=User3@org1"
+    anchorer, stop, consumer = anchorer_of(Ledger(owner=other), [{TP: [message(0, clean_event(0))]}])
+    with pytest.raises(TopicOwned, match=f"topic '{TOPIC}' is anchored on the ledger by another operator only "
+                                         f"\\(it was bound to '{other}' in tx tx-bound\\); this service anchors as "
+                                         f"'{OPERATOR}'"):
+        await asyncio.wait_for(anchorer.run(stop), timeout=10)
+    assert len(consumer.fetches) == 1 and consumer.committed == {}
+
+
+async def test_a_batch_refused_as_another_operators_stops_anchoring_at_once_without_retrying() -> None:
+    class BoundMeanwhile(Ledger):
+        """Another operator binds the topic between the loop's check and its first batch."""
+
+        async def get_topic(self, topic: str) -> dict | None:
+            return None
+
+    ledger = BoundMeanwhile(owner="Org1MSP::CN=User3@org1")
+    anchorer, stop, consumer = anchorer_of(ledger, [{TP: [message(0, clean_event(0)), message(1, clean_event(1))]}])
+    with pytest.raises(TopicOwned, match=f"the contract refused batch {TOPIC}:0:0-1: .*anchored by"):
+        await asyncio.wait_for(anchorer.run(stop), timeout=10)
+    assert ledger.calls == 1 and ledger.anchors == {} and consumer.committed.get(TP, 0) == 0  # nothing passed

@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from services.ledger.anchoring import AnchoringError, Batcher, batch_id
+from services.ledger.anchoring import AnchoringError, Batcher, batch_id, check_topic
 from streamledger.core.merkle import verify_proof
 
 
@@ -96,3 +96,12 @@ def test_plans_must_come_in_order_and_forget_drops_a_partition() -> None:
     batcher.add(0, 0, "a", digest(0), now=0.0)
     batcher.forget(0)
     assert batcher.open_from(0) is None and batcher.drain() == []
+
+
+def test_a_topic_is_anchorable_only_if_every_batch_id_of_it_is_one_the_contract_takes() -> None:
+    check_topic("events.clean")
+    check_topic("clean-" + "x" * 71)  # 77 characters: the longest id of it is 128
+    for topic, why in (("_schemas", "start with a letter or digit"), ("clean-" + "x" * 72, "at most 128"),
+                       ("a b", "only letters")):
+        with pytest.raises(ValueError, match=why):
+            check_topic(topic)

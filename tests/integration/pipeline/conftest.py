@@ -20,6 +20,7 @@ import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from devstack.settings import StackSettings
 from streamledger import kafka
 from streamledger.core.contract_errors import NotFound
 from streamledger.fabric import GatewayError
@@ -111,9 +112,26 @@ def pipeline_env(unique: str, tmp_path: Path, settings) -> dict[str, str]:
         "STREAMLEDGER_LEDGER_CLEAN_TOPIC": topic["clean"],
         "STREAMLEDGER_LEDGER_ANCHORS_TOPIC": topic["anchors"],
         "STREAMLEDGER_LEDGER_DEADLETTER_TOPIC": topic["deadletter"],
+        # The local peers' timewindow: holds are settled before settle_by minus it.
+        "STREAMLEDGER_LEDGER_SETTLE_MARGIN_SECONDS": str(StackSettings().fabric_timewindow_seconds),
         "STREAMLEDGER_LOG_LEVEL": "INFO",
     })
     return env
+
+
+@pytest.fixture
+def ledger_env(pipeline_env: dict[str, str], unique: str, network) -> dict[str, str]:
+    """`pipeline_env` for the ledger service alone, on the Fabric network: its own topics and
+    groups (every variable of the service is `STREAMLEDGER_LEDGER_*`)."""
+    pipeline_env.update({
+        "STREAMLEDGER_LEDGER_CLEAN_TOPIC": f"clean-{unique}",
+        "STREAMLEDGER_LEDGER_ANCHORS_TOPIC": f"anchors-{unique}",
+        "STREAMLEDGER_LEDGER_USAGE_TOPIC": f"usage-{unique}",
+        "STREAMLEDGER_LEDGER_DEADLETTER_TOPIC": f"deadletter-{unique}",
+        "STREAMLEDGER_LEDGER_ANCHOR_GROUP": f"anchoring-{unique}",
+        "STREAMLEDGER_LEDGER_SETTLEMENT_GROUP": f"settlement-{unique}",
+    })
+    return pipeline_env
 
 
 def topic_names(unique: str) -> dict[str, str]:

@@ -3,22 +3,17 @@
 - anchoring: every clean record gets a proof that leads to a root on the ledger, through a
   kill -9 mid-stream and a restart with other batch limits: no record is anchored twice
   (no two batches on the ledger overlap) and none is skipped (the batches tile the log);
-- settlement: usage is totalled per hold and settled once after the hold expires, through
-  a kill -9; the provider gets exactly the sum of the usage, the client the rest, and the
-  credit of client, provider and open holds is conserved; usage for an unknown hold, or
-  after its hold closed, becomes a dead letter with a reason;
+  a topic the ledger binds to another operator stops the service at once, saying whose it is;
 - dead letters: a tombstone, a RawEvent or bytes that are no Avro between clean records are
-  dead-lettered and every valid record around them is anchored; usage beyond the frozen
-  amount is charged up to it (`usage_exceeds_hold`); a Settle the contract refuses is
-  recorded as refused (`settlement_refused`);
+  dead-lettered and every valid record around them is anchored;
 - retries: a call to a ledger that stays away is tried `LEDGER_RETRY_ATTEMPTS` times, each
   retry counted, then the service exits 1 with a logged error;
 - identities: the anchoring loop acts as `anchoring` (operator), the settlement loop as
   `settlement` (a provider acting for Org1's `provider` account, which the holds pay); as an
   identity without a loop's role the service does not start, naming the identity and the role.
 
-Clients are Org2 users, Org1's Admin mints; a test needing another provider makes an Org1 user
-one (acting for itself). Every variable of the service is `STREAMLEDGER_LEDGER_*` (`ledger_env`).
+Settlement (receipts, windows, credit) is driven in test_ledger_settlement.py. Every variable
+of the service is `STREAMLEDGER_LEDGER_*` (`ledger_env`, conftest.py).
 """
 
 from __future__ import annotations
@@ -43,32 +38,13 @@ from streamledger.core.canonical import content_hash
 from streamledger.core.merkle import verify_proof
 from streamledger.ledger import LedgerClient
 from tests.integration.conftest import identity
-from tests.integration.pipeline.conftest import (
-    account_of,
-    acts_for,
-    balance_or_zero,
-    made_provider,
-    wait_until,
-)
+from tests.integration.pipeline.conftest import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.fabric, pytest.mark.timeout(420)]
 
 CODEC = AvroCodec(SchemaRegistry.from_dir())
 PARTITIONS = 2
 EVENTS = 3000
-
-
-@pytest.fixture
-def ledger_env(pipeline_env: dict[str, str], unique: str, network) -> dict[str, str]:
-    pipeline_env.update({
-        "STREAMLEDGER_LEDGER_CLEAN_TOPIC": f"clean-{unique}",
-        "STREAMLEDGER_LEDGER_ANCHORS_TOPIC": f"anchors-{unique}",
-        "STREAMLEDGER_LEDGER_USAGE_TOPIC": f"usage-{unique}",
-        "STREAMLEDGER_LEDGER_DEADLETTER_TOPIC": f"deadletter-{unique}",
-        "STREAMLEDGER_LEDGER_ANCHOR_GROUP": f"anchoring-{unique}",
-        "STREAMLEDGER_LEDGER_SETTLEMENT_GROUP": f"settlement-{unique}",
-    })
-    return pipeline_env
 
 
 def clean_event(run: str, i: int) -> dict:
@@ -239,90 +215,6 @@ async def test_a_ledger_outage_holds_anchoring_back_and_loses_nothing(
     assert ledger.alive() and ledger.stop() == 0
 
 
-async def test_usage_is_settled_once_per_hold_and_credit_is_conserved(
-        bootstrap, mongo_db, ledger_env, services) -> None:
-    usage_topic = ledger_env["STREAMLEDGER_LEDGER_USAGE_TOPIC"]
-    deadletter_topic = ledger_env["STREAMLEDGER_LEDGER_DEADLETTER_TOPIC"]
-    # The service settles as `settlement`, its own identity (the anchoring loop is off): the holds
-    # pay the account it acts for, Org1's `provider`.
-    ledger_env.update({"STREAMLEDGER_LEDGER_ANCHORING": "false", "STREAMLEDGER_LEDGER_SETTLE_GRACE_SECONDS": "1"})
-    run = uuid.uuid4().hex[:8]
-    async with LedgerClient.connect(identity("Admin")) as admin, \
-            LedgerClient.connect(identity("User5", "Org2")) as client, \
-            LedgerClient.connect(identity("settlement")) as provider:
-        client_id = await account_of(client)
-        provider_id = await acts_for(provider)
-        await admin.mint(client_id, 10_000)
-
-        async def credit() -> tuple[int, int, int]:
-            open_holds = sum(h["amount"] for h in await client.holds_of(client_id) if h["status"] == "OPEN")
-            return await client.balance(client_id), await balance_or_zero(provider, provider_id), open_holds
-
-        before = await credit()
-        expires = int(time.time()) + 12
-        holds = {f"{run}-a": 500, f"{run}-b": 300, f"{run}-c": 200}
-        for hold_id, amount in holds.items():
-            await client.freeze(hold_id, client_id, provider_id, amount, expires)
-        assert sum(await credit()) == sum(before)
-
-        def usage(hold_id: str, n: int, units: int, price: int) -> bytes:
-            return CODEC.encode("UsageRecord", {
-                "hold_id": hold_id, "request_id": f"{hold_id}-r{n}", "client": client_id, "model_id": "m",
-                "model_version": 1, "units": units, "price": price, "ts": int(time.time() * 1000)})
-
-        plan = {f"{run}-a": [(4, 3)] * 20, f"{run}-b": [(1, 2), (3, 5), (2, 2)]}  # c: frozen, never used
-        expected = {h: sum(u * p for u, p in uses) for h, uses in plan.items()}
-        ledger = services("ledger")
-        await ledger.logged('"event": "settlement_started"')
-        async with kafka.producer(bootstrap) as producer:
-            for hold_id, uses in plan.items():
-                for n, (units, price) in enumerate(uses[:len(uses) // 2]):
-                    await producer.send(usage_topic, key=hold_id.encode(), value=usage(hold_id, n, units, price))
-            await producer.send(usage_topic, key=b"nope", value=usage(f"{run}-unknown", 0, 1, 1))
-            await producer.flush()
-            await asyncio.sleep(2)
-            ledger.kill9()  # with the first half read and nothing settled yet
-            ledger.start()
-            for hold_id, uses in plan.items():
-                for n, (units, price) in enumerate(uses[len(uses) // 2:], start=len(uses) // 2):
-                    await producer.send(usage_topic, key=hold_id.encode(), value=usage(hold_id, n, units, price))
-            await producer.flush()
-
-            async def settled() -> bool:
-                return await mongo_db["settlements"].count_documents({}) >= len(plan)
-            await wait_until(settled, 60, "both used holds settled", ledger.tail)
-            # Usage after its hold was settled is not charged: it is a dead letter.
-            await producer.send_and_wait(usage_topic, key=f"{run}-a".encode(), value=usage(f"{run}-a", 99, 1, 1))
-
-        for hold_id, amount in holds.items():
-            hold = await client.get_hold(hold_id)
-            if hold_id in expected:
-                assert (hold["status"], hold["charged"], hold["refunded"]) == \
-                    ("SETTLED", expected[hold_id], amount - expected[hold_id]), hold
-            else:
-                assert hold["status"] == "OPEN"  # no usage: nothing to settle; the client releases it
-        outcomes = {d["_id"]: d async for d in mongo_db["settlements"].find({})}
-        assert {h: o["charged"] for h, o in outcomes.items()} == expected
-        assert await mongo_db["settlement_plans"].count_documents({}) == 0
-        after = await credit()
-        assert sum(after) == sum(before), (before, after)
-        assert after[1] - before[1] == sum(expected.values())
-
-        # One dead letter per source message (a replay after the kill may send one twice; the
-        # storage service keeps one document per source offset).
-        letters: dict[tuple[int, int], dict] = {}
-
-        async def two_letters() -> bool:
-            letters.update({(d["source_partition"], d["source_offset"]): d
-                            for d in await read_all(bootstrap, deadletter_topic, "DeadLetter")
-                            if d["service"] == "ledger"})
-            return len(letters) >= 2
-        await wait_until(two_letters, 30, "dead letters for the unknown hold and the late usage", ledger.tail)
-        assert sorted(d["reason"] for d in letters.values()) == ["hold_closed", "unknown_hold"]
-        assert all(run in d["error"] for d in letters.values())
-        assert ledger.stop() == 0
-
-
 async def committed_offset(bootstrap: str, group: str, topic: str) -> int | None:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
     await consumer.start()
@@ -405,127 +297,31 @@ async def test_tombstones_and_records_that_are_no_clean_events_are_dead_lettered
     assert ledger.stop() == 0
 
 
-@pytest.fixture
-async def parties():
-    """Org1's Admin (mints), a client (Org2's User5) and the provider the service settles as
-    (`settlement`, acting for Org1's `provider`), on the ledger."""
-    async with LedgerClient.connect(identity("Admin")) as admin, \
-            LedgerClient.connect(identity("User5", "Org2")) as client, \
-            LedgerClient.connect(identity("settlement")) as provider:
-        yield admin, client, provider
-
-
-def usage_record(hold_id: str, n: int, client_id: str, units: int, price: int) -> bytes:
-    return CODEC.encode("UsageRecord", {
-        "hold_id": hold_id, "request_id": f"{hold_id}-r{n}", "client": client_id, "model_id": "m",
-        "model_version": 1, "units": units, "price": price, "ts": int(time.time() * 1000)})
-
-
-async def test_usage_beyond_the_frozen_amount_is_charged_up_to_it_and_the_excess_dead_lettered(
-        bootstrap, mongo_db, ledger_env, services, parties) -> None:
-    admin, client, provider = parties
-    usage_topic = ledger_env["STREAMLEDGER_LEDGER_USAGE_TOPIC"]
-    ledger_env.update({"STREAMLEDGER_LEDGER_ANCHORING": "false", "STREAMLEDGER_LEDGER_SETTLE_GRACE_SECONDS": "1"})
-    ledger = services("ledger")  # settles as `settlement`
-    client_id = await account_of(client)
-    provider_id = await acts_for(provider)
-    await admin.mint(client_id, 100)
-    await ledger.logged('"event": "settlement_started"')
-    hold_id = f"{uuid.uuid4().hex[:8]}-over"
-    await client.freeze(hold_id, client_id, provider_id, 100, int(time.time()) + 6)
+async def test_a_topic_bound_to_another_operator_stops_anchoring_at_once_naming_the_owner(
+        bootstrap, ledger_env, services) -> None:
+    """`registry` (an operator too) anchors the topic's first batch, so the ledger binds the topic
+    to it; the service, anchoring as `anchoring`, stops with exit 1 instead of retrying."""
+    clean_topic = ledger_env["STREAMLEDGER_LEDGER_CLEAN_TOPIC"]
+    await create_topic(bootstrap, clean_topic, 1)
+    async with LedgerClient.connect(identity("registry")) as squatter:
+        owner = (await squatter.who_am_i())["Account"]
+        await squatter.anchor_batch(f"{clean_topic}:0:0-0", "ab" * 32, 1, 0, 0)
     async with kafka.producer(bootstrap) as producer:
-        for n in range(3):  # 3 x 10 units at 5: 150, against 100 frozen
-            await producer.send(usage_topic, key=hold_id.encode(), value=usage_record(hold_id, n, client_id, 10, 5))
-        await producer.send(usage_topic, key=hold_id.encode(), value=None)  # a tombstone is no usage either
-        await producer.flush()
-
-    async def settled() -> bool:
-        return await mongo_db["settlements"].find_one({"_id": hold_id}) is not None
-    await wait_until(settled, 60, f"hold {hold_id} settled", ledger.tail)
-    hold = await client.get_hold(hold_id)
-    assert (hold["status"], hold["charged"], hold["refunded"]) == ("SETTLED", 100, 0), hold
-    outcome = await mongo_db["settlements"].find_one({"_id": hold_id})
-    assert (outcome["status"], outcome["units"], outcome["price"], outcome["usage_units"]) == ("SETTLED", 20, 5, 30)
-
-    letters: list[dict] = []
-
-    async def two_letters() -> bool:
-        letters[:] = await ledger_letters(bootstrap, ledger_env["STREAMLEDGER_LEDGER_DEADLETTER_TOPIC"])
-        return len(letters) >= 2
-    await wait_until(two_letters, 30, "dead letters for the excess and the tombstone", ledger.tail)
-    by_reason = {d["reason"]: d for d in letters}
-    assert sorted(by_reason) == ["empty_message", "usage_exceeds_hold"]
-    excess = by_reason["usage_exceeds_hold"]
-    assert excess["key"] == hold_id and excess["source_topic"] == usage_topic
-    assert f"usage of hold {hold_id!r} came to 150, more than the 100 frozen; 50 was not charged" in excess["error"]
-    assert json.loads(excess["original"]) == {"hold_id": hold_id, "usage_charge": 150, "frozen": 100, "excess": 50}
-    assert ledger.stop() == 0
-
-
-REVOKED_PROVIDER = "User8"
-"""Org1's user that settles as a provider acting for itself, until this test revokes its role."""
-OTHER_PROVIDER = "User7"
-"""Org1's user made a provider acting for itself: another provider than the service's."""
-
-
-async def test_a_settle_the_contract_refuses_is_dead_lettered_and_recorded_as_refused(
-        bootstrap, mongo_db, ledger_env, services, parties) -> None:
-    """The service settles as Org1's User8, a provider acting for itself; once a hold for it is
-    frozen, Org1's Admin revokes its provider role, so the contract refuses Settle (FORBIDDEN):
-    the hold stays open for its provider, nothing is charged. Usage of a hold that pays another
-    provider is not this service's to settle at all: `other_provider`."""
-    admin, client, _ = parties
-    usage_topic = ledger_env["STREAMLEDGER_LEDGER_USAGE_TOPIC"]
-    own_id = await made_provider(admin, REVOKED_PROVIDER)
-    other_id = await made_provider(admin, OTHER_PROVIDER)
-    ledger_env.update({"STREAMLEDGER_FABRIC_USER": REVOKED_PROVIDER, "STREAMLEDGER_LEDGER_ANCHORING": "false",
-                       "STREAMLEDGER_LEDGER_SETTLE_GRACE_SECONDS": "1"})
+        event = clean_event(uuid.uuid4().hex[:8], 0)
+        await producer.send_and_wait(clean_topic, key=event["event_id"].encode(), value=CODEC.encode("CleanEvent", event))
+    ledger_env.update({"STREAMLEDGER_LEDGER_SETTLEMENT": "false"})
     ledger = services("ledger")
-    async with LedgerClient.connect(identity(REVOKED_PROVIDER)) as own_provider:
-        client_id = await account_of(client)
-        await admin.mint(client_id, 80)
-        await ledger.logged('"event": "settlement_started"')
-        run = uuid.uuid4().hex[:8]
-        hold_id, theirs = f"{run}-refused", f"{run}-theirs"
-        await client.freeze(hold_id, client_id, own_id, 50, int(time.time()) + 6)
-        await client.freeze(theirs, client_id, other_id, 30, int(time.time()) + 6)
-        try:
-            await admin.revoke_role(own_id, "provider")
-            async with kafka.producer(bootstrap) as producer:
-                for n in range(2):
-                    await producer.send(usage_topic, key=hold_id.encode(),
-                                        value=usage_record(hold_id, n, client_id, 3, 2))
-                await producer.send(usage_topic, key=theirs.encode(), value=usage_record(theirs, 0, client_id, 1, 1))
-                await producer.flush()
 
-            async def recorded() -> bool:
-                return await mongo_db["settlements"].find_one({"_id": hold_id}) is not None
-            await wait_until(recorded, 60, f"the outcome of hold {hold_id}", ledger.tail)
-        finally:
-            await admin.grant_role(own_id, "provider", own_id)
-        outcome = await mongo_db["settlements"].find_one({"_id": hold_id})
-        assert (outcome["status"], outcome["charged"], outcome["units"], outcome["price"]) == ("REFUSED", 0, 6, 2)
-        assert "FORBIDDEN" in outcome["error"] and "needs the provider role" in outcome["error"], outcome
-        hold = await client.get_hold(hold_id)
-        assert (hold["status"], hold["charged"]) == ("OPEN", 0), hold
-        await own_provider.release(hold_id)  # its own provider may; the credit goes back to the client
-        assert await mongo_db["settlements"].find_one({"_id": theirs}) is None
-        async with LedgerClient.connect(identity(OTHER_PROVIDER)) as other_provider:
-            await other_provider.release(theirs)
-
-    letters: list[dict] = []
-
-    async def two_letters() -> bool:
-        letters[:] = await ledger_letters(bootstrap, ledger_env["STREAMLEDGER_LEDGER_DEADLETTER_TOPIC"])
-        return len(letters) >= 2
-    await wait_until(two_letters, 30, "dead letters for the refused Settle and the other provider's hold", ledger.tail)
-    by_reason = {d["reason"]: d for d in letters}
-    assert sorted(by_reason) == ["other_provider", "settlement_refused"]
-    refused = by_reason["settlement_refused"]
-    assert refused["key"] == hold_id and refused["source_topic"] == usage_topic
-    assert f"Settle of hold {hold_id!r}" in refused["error"] and "FORBIDDEN" in refused["error"]
-    assert by_reason["other_provider"]["key"] == theirs and "FORBIDDEN" in by_reason["other_provider"]["error"]
-    assert ledger.stop() == 0
+    async def exited() -> bool:
+        return not ledger.alive()
+    await wait_until(exited, 60, "the service to stop", ledger.tail)
+    assert ledger.process.returncode == 1, ledger.tail()
+    lines = [json.loads(line) for line in ledger.log_path.read_text().splitlines() if line.startswith("{")]
+    failed = [e for e in lines if e["event"] == "failed"]
+    assert len(failed) == 1 and failed[0]["errors"][0].startswith(
+        f"topic {clean_topic!r} is anchored on the ledger by another operator only (it was bound to {owner!r}"), \
+        ledger.tail()
+    assert not [e for e in lines if e["event"] in ("retrying", "anchored")], ledger.tail()
 
 
 def free_port() -> int:
