@@ -37,6 +37,12 @@ def _importable(module: str) -> bool:
         return False
 
 
+def local_stack_defaults() -> dict[str, str]:
+    """Settings that fit the local stack rather than a real network (the environment wins):
+    settlement's margin before a hold's settle_by is the local peers' timewindow."""
+    return {"STREAMLEDGER_LEDGER_SETTLE_MARGIN_SECONDS": str(StackSettings().fabric_timewindow_seconds)}
+
+
 @dataclass
 class ServiceGroup:
     env: dict[str, str] = field(default_factory=dict)
@@ -50,7 +56,7 @@ class ServiceGroup:
             log = open(self.log_dir / f"service-{name}.log", "ab")
             self.processes[name] = subprocess.Popen(
                 [cli, "serve", name], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, **self.env},
+                env={**local_stack_defaults(), **os.environ, **self.env},
             )
             log.close()
 
