@@ -1,6 +1,6 @@
-// Fabric binaries (peer, orderer, osnadmin, configtxgen, cryptogen) for the local stack:
-// the Fabric v3.1.5 release (commit 86c1172bec37e6590c6b1ae6f847833df48d65fc). The
-// module path has no /v3, so Go names the release commit by this pseudo-version.
+// Fabric binaries (peer, orderer, osnadmin, configtxgen, configtxlator, cryptogen) for the
+// local stack: the Fabric v3.1.5 release (commit 86c1172bec37e6590c6b1ae6f847833df48d65fc).
+// The module path has no /v3, so Go names the release commit by this pseudo-version.
 // devstack/fabric reads the release name from this comment for the binaries' version.
 module streamledger.local/deploy/fabric
 
@@ -8,6 +8,7 @@ go 1.26.8
 
 tool (
 	github.com/hyperledger/fabric/cmd/configtxgen
+	github.com/hyperledger/fabric/cmd/configtxlator
 	github.com/hyperledger/fabric/cmd/cryptogen
 	github.com/hyperledger/fabric/cmd/orderer
 	github.com/hyperledger/fabric/cmd/osnadmin
@@ -49,6 +50,7 @@ require (
 	github.com/gogo/protobuf v1.3.2 // indirect
 	github.com/golang/protobuf v1.5.4 // indirect
 	github.com/golang/snappy v0.0.4 // indirect
+	github.com/gorilla/handlers v1.5.2 // indirect
 	github.com/gorilla/mux v1.8.1 // indirect
 	github.com/grpc-ecosystem/grpc-gateway/v2 v2.26.3 // indirect
 	github.com/hyperledger-labs/SmartBFT v1.0.1 // indirect

@@ -7,7 +7,9 @@ Opt-in (`STREAMLEDGER_STACK_FABRIC=1` or `streamledger stack up --fabric`).
 
   binaries.py    the Fabric commands (built from deploy/fabric/go.mod, or release binaries)
   identities.py  named client identities issued by an org's CA
-  network.py     orgs, orderers, paths, the peer CLI, channel, chaincode lifecycle, role grants
+  revocation.py  an org's CA revokes a certificate: its CRL in the channel configuration
+  network.py     orgs, orderers, paths, the peer CLI, channel, chaincode lifecycle, role grants,
+                 revocation (`FabricNetwork.revoke`)
   parts.py       the servers as stack parts, and the order they come up in
 """
 

@@ -4,6 +4,7 @@ pinned in deploy/fabric/go.mod, or taken from a folder of official release binar
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 import subprocess
@@ -15,7 +16,8 @@ from devstack.settings import DEPLOY_DIR, REPO_ROOT, StackSettings
 
 MODULE_DIR = DEPLOY_DIR / "fabric"
 FABRIC_MODULE = "github.com/hyperledger/fabric"
-COMMANDS = ("configtxgen", "cryptogen", "orderer", "osnadmin", "peer")
+COMMANDS = ("configtxgen", "configtxlator", "cryptogen", "orderer", "osnadmin", "peer")
+"""Built from go.mod's `tool` block (which must name each), or found in the release folder."""
 CHAINCODE_DIR = REPO_ROOT / "chaincode"
 
 
@@ -49,7 +51,10 @@ class FabricBinaries:
 
     @property
     def build_dir(self) -> Path:
-        return self.settings.home / "fabric" / content_key(MODULE_DIR / "go.mod", MODULE_DIR / "go.sum")
+        # Keyed by the command list too: a build made before a command joined the list lacks it.
+        pins = content_key(MODULE_DIR / "go.mod", MODULE_DIR / "go.sum")
+        key = hashlib.sha256(f"{pins} {' '.join(COMMANDS)}".encode()).hexdigest()[:12]
+        return self.settings.home / "fabric" / key
 
     @property
     def bin(self) -> Path:

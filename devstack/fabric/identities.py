@@ -16,7 +16,8 @@ from cryptography.x509.oid import NameOID
 VALIDITY = datetime.timedelta(days=3650)
 
 
-def _ca(org_dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+def org_ca(org_dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """The org CA's certificate and key (cryptogen's `ca/` folder)."""
     ca_dir = org_dir / "ca"
     cert = x509.load_pem_x509_certificate(next(ca_dir.glob("*-cert.pem")).read_bytes())
     key = serialization.load_pem_private_key((ca_dir / "priv_sk").read_bytes(), password=None)
@@ -25,13 +26,14 @@ def _ca(org_dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     return cert, key
 
 
-def issue_client(org_dir: Path, domain: str, name: str) -> Path:
-    """The MSP folder of client `name@domain`, issued now unless it exists; its path."""
-    user_dir = org_dir / "users" / f"{name}@{domain}"
+def issue_client(org_dir: Path, domain: str, name: str, users_dir: Path | None = None) -> Path:
+    """The MSP folder of client `name@domain`, issued now unless it exists; its path. It goes
+    in the org's `users/` folder, or in `users_dir` (a test's identity outside the stack's crypto)."""
+    user_dir = (users_dir or org_dir / "users") / f"{name}@{domain}"
     msp = user_dir / "msp"
     if (msp / "signcerts").is_dir():
         return msp
-    ca_cert, ca_key = _ca(org_dir)
+    ca_cert, ca_key = org_ca(org_dir)
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
     subject = x509.Name([

@@ -1,15 +1,19 @@
 """The local two-organisation network: who is in it, where their material lives, and the
 one-off admin steps (crypto, channel, chaincode lifecycle, role grants), each skipped when
-already done so `up` twice changes nothing."""
+already done so `up` twice changes nothing; and certificate revocation, a change to the
+channel configuration."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
 import subprocess
+import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +22,7 @@ import yaml
 
 from devstack.fabric.binaries import MODULE_DIR, FabricBinaries
 from devstack.fabric.identities import issue_client
+from devstack.fabric.revocation import revoke_in, revoked_serials, signing_certificate
 from devstack.part import InstallError, run_tool
 from devstack.settings import StackSettings
 
@@ -149,9 +154,11 @@ class FabricNetwork:
     def peer_tls_ca(self, org: Org) -> Path:
         return self.node(org, "peer0") / "tls" / "ca.crt"
 
-    def user_msp(self, user: str, org: str = "Org1") -> Path:
+    def user_msp(self, user: str | Path, org: str = "Org1") -> Path:
         """The MSP folder of a local identity: "Admin", "User1".."User8", or a named one
-        from identities.yaml ("anchoring", "settlement", ...)."""
+        from identities.yaml ("anchoring", "settlement", ...); a Path is taken as the folder."""
+        if isinstance(user, Path):
+            return user
         o = self.org(org)
         msp = self.org_dir(o) / "users" / f"{user}@{o.domain}" / "msp"
         if not msp.is_dir():
@@ -429,3 +436,71 @@ class FabricNetwork:
     def account_of(self, user: str, org: str = "Org1") -> str:
         """The ledger account of a local identity: `<MSP id>::<subject DN>` as the contract names it."""
         return str(json.loads(self.query("WhoAmI", user=user, org=org))["Account"])
+
+    # -- the channel configuration: revoking a certificate --
+    def revoke(self, user: str | Path, org: str = "Org1") -> bool:
+        """Revoke an identity of `org` (a local identity's name, or its MSP folder): `org`'s CA
+        issues a CRL listing its certificate and `org`'s admin puts it in `org`'s MSP in the
+        channel configuration. Returns when both peers enforce it: each refuses the certificate
+        from then on. True if this call revoked it; False if it already was (nothing submitted)."""
+        o = self.org(org)
+        cert = signing_certificate(self.user_msp(user, o.name))
+        original = self.fetch_config(o)
+        updated = copy.deepcopy(original)
+        changed = revoke_in(updated, o.msp_id, cert, self.org_dir(o))
+        if changed:
+            self.update_config(o, original, updated)
+        self.wait_for_config(lambda config: cert.serial_number in revoked_serials(config, o.msp_id))
+        return changed
+
+    def fetch_config(self, org: Org, from_peer: bool = False) -> dict[str, Any]:
+        """The channel configuration (configtxlator's JSON of a common.Config) as `org`'s admin
+        reads it from the orderers' Raft leader, or from `org`'s peer (what that peer enforces)."""
+        source = [] if from_peer else self.orderer_flags(self.wait_for_raft_leader())
+        with tempfile.TemporaryDirectory(prefix="fabric-config-") as work:
+            block = Path(work) / "config.block"
+            self.peer_cli("channel", "fetch", "config", str(block), "-c", CHANNEL, *source, org=org.name,
+                          what=f"peer channel fetch config ({org.name}{' peer' if from_peer else ''})")
+            decoded = json.loads(self.configtxlator("proto_decode", "--type", "common.Block", stdin=block.read_bytes()))
+        return decoded["data"]["data"][0]["payload"]["data"]["config"]
+
+    def update_config(self, org: Org, original: dict[str, Any], updated: dict[str, Any]) -> None:
+        """Submit the change from `original` to `updated` (both as fetch_config reads them),
+        signed by `org`'s admin alone: enough for a change to `org`'s own group, whose
+        mod_policy is its Admins."""
+        with tempfile.TemporaryDirectory(prefix="fabric-config-") as tmp:
+            work = Path(tmp)
+            for name, config in (("original", original), ("updated", updated)):
+                (work / name).write_bytes(self.configtxlator("proto_encode", "--type", "common.Config",
+                                                             stdin=json.dumps(config).encode()))
+            update = self.configtxlator("compute_update", "--channel_id", CHANNEL,
+                                        "--original", str(work / "original"), "--updated", str(work / "updated"))
+            config_update = json.loads(self.configtxlator("proto_decode", "--type", "common.ConfigUpdate",
+                                                          stdin=update))
+            envelope = {"payload": {"header": {"channel_header": {"channel_id": CHANNEL, "type": 2}},  # CONFIG_UPDATE
+                                    "data": {"config_update": config_update}}}
+            (work / "update").write_bytes(self.configtxlator("proto_encode", "--type", "common.Envelope",
+                                                             stdin=json.dumps(envelope).encode()))
+            self.peer_cli("channel", "update", "-f", str(work / "update"), "-c", CHANNEL,
+                          *self.orderer_flags(self.wait_for_raft_leader()), org=org.name,
+                          what=f"peer channel update ({org.name})")
+
+    def wait_for_config(self, holds: Callable[[dict[str, Any]], bool], timeout: float = 60.0) -> None:
+        """Wait until each org's peer enforces a channel configuration that `holds` accepts
+        (a peer applies a configuration block as it commits it)."""
+        deadline = time.monotonic() + timeout
+        for org in self.orgs:
+            while not holds(self.fetch_config(org, from_peer=True)):
+                if time.monotonic() > deadline:
+                    raise FabricError(f"{org.name}'s peer did not apply the new channel configuration within "
+                                      f"{timeout:.0f}s")
+                time.sleep(0.5)
+
+    def configtxlator(self, *args: str, stdin: bytes = b"") -> bytes:
+        """Run Fabric's `configtxlator ARGS` on `stdin`: its output, or FabricError."""
+        result = subprocess.run([self.binaries.tool("configtxlator"), *args], input=stdin, capture_output=True,
+                                check=False)
+        if result.returncode != 0:
+            raise FabricError(f"configtxlator {args[0]} failed (exit {result.returncode}): "
+                              f"{result.stderr.decode(errors='replace').strip()}")
+        return result.stdout
