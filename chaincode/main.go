@@ -9,6 +9,11 @@
 //	CHAINCODE_TLS_DISABLED=true    plain gRPC, for local experiments only
 //	STREAMLEDGER_ADMIN_OU, STREAMLEDGER_ROLE_ATTRIBUTE   how a certificate shows an admin
 //	STREAMLEDGER_MINT_MSPID    whose admins may mint (default Org1MSP; the old STREAMLEDGER_ADMIN_MSPID is read if unset)
+//	STREAMLEDGER_MIN_SETTLEMENT_WINDOW_SECONDS   least settlement window after a hold's expiry
+//	                           (default 1800; must exceed the peers' peer.authentication.timewindow)
+//
+// Every organisation's chaincode server must get the same STREAMLEDGER_ values,
+// or their endorsements differ.
 package main
 
 import (
@@ -48,7 +53,11 @@ func serverFromEnv(lookup func(string) (string, bool), readFile func(string) ([]
 	if err != nil {
 		return nil, err
 	}
-	cc, err := contract.NewChaincode(ledger.PolicyFromEnv(lookup))
+	settings, err := ledger.SettingsFromEnv(lookup)
+	if err != nil {
+		return nil, err
+	}
+	cc, err := contract.NewChaincode(settings)
 	if err != nil {
 		return nil, err
 	}

@@ -69,3 +69,15 @@ func TestServerFromEnv(t *testing.T) {
 		t.Fatalf("TLS opt-out: %+v %v", s, err)
 	}
 }
+
+func TestServerFromEnvRefusesABadSettlementWindow(t *testing.T) {
+	vars := map[string]string{"CHAINCODE_SERVER_ADDRESS": "127.0.0.1:9999", "CORE_CHAINCODE_ID_NAME": "x", "CHAINCODE_TLS_DISABLED": "true",
+		"STREAMLEDGER_MIN_SETTLEMENT_WINDOW_SECONDS": "soon"}
+	if _, err := serverFromEnv(env(vars), files(nil)); err == nil || !strings.Contains(err.Error(), "STREAMLEDGER_MIN_SETTLEMENT_WINDOW_SECONDS") {
+		t.Fatalf("want an error naming the variable, got %v", err)
+	}
+	vars["STREAMLEDGER_MIN_SETTLEMENT_WINDOW_SECONDS"] = "20"
+	if _, err := serverFromEnv(env(vars), files(nil)); err != nil {
+		t.Fatal(err)
+	}
+}

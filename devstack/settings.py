@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streamledger.settings import local_stack_home
@@ -41,6 +41,20 @@ class StackSettings(BaseSettings):
     fabric_org2_peer_chaincode_port: int = 9052
     fabric_org2_peer_operations_port: int = 9446
     fabric_org2_chaincode_port: int = 9998
+    fabric_timewindow_seconds: int = Field(default=15, gt=0)
+    """The peers' tolerance for a proposal's timestamp (`peer.authentication.timewindow`; 900
+    in Fabric's sample). Short here: everything runs on one clock."""
+    fabric_min_settlement_window_seconds: int = Field(default=30, gt=0)
+    """The shortest settlement window a hold may have (the contract's
+    STREAMLEDGER_MIN_SETTLEMENT_WINDOW_SECONDS): it must exceed the peers' timewindow, so a
+    transaction stamped at the edge of what a peer accepts gains nothing."""
+
+    @model_validator(mode="after")
+    def _window_exceeds_timewindow(self) -> StackSettings:
+        if self.fabric_min_settlement_window_seconds <= self.fabric_timewindow_seconds:
+            raise ValueError(f"fabric_min_settlement_window_seconds ({self.fabric_min_settlement_window_seconds}) "
+                             f"must exceed fabric_timewindow_seconds ({self.fabric_timewindow_seconds})")
+        return self
     start_timeout: float = 120.0
     """Seconds a server has to answer its health check after it starts."""
 

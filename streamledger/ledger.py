@@ -34,6 +34,7 @@ from fabric_protos.common import common_pb2, ledger_pb2
 from fabric_protos.peer import transaction_pb2
 
 from streamledger.core.contract_errors import NotFound
+from streamledger.core.receipts import Receipt
 from streamledger.fabric import Committed, Contract, Gateway, load_msp
 from streamledger.fabric.errors import EvaluateError
 from streamledger.lifecycle import StartError
@@ -132,15 +133,30 @@ class LedgerClient:
     async def transfer(self, to: str, amount: int) -> dict[str, Any]:
         return await self._submit("Transfer", to, amount)
 
-    # -- holds --
-    async def freeze(self, hold_id: str, client: str, provider: str, amount: int, expires_at: int) -> dict[str, Any]:
-        return await self._submit("Freeze", hold_id, client, provider, amount, expires_at)
+    # -- holds: the client freezes, the provider reserves, records receipts and settles --
+    async def freeze(self, nonce: str, provider: str, amount: int, price_per_unit: int, expires_at: int,
+                     settlement_window_seconds: int = 0) -> dict[str, Any]:
+        """Freeze `amount` of the caller's credit for `provider` at a price fixed for the hold's
+        life; the hold id is `core.receipts.hold_id(caller, nonce)`. A window of 0 is the
+        contract's minimum."""
+        return await self._submit("Freeze", nonce, provider, amount, price_per_unit, expires_at,
+                                  settlement_window_seconds)
 
     async def authorize(self, hold_id: str, amount: int) -> dict[str, Any]:
+        """Reserve `amount` more of the hold (cumulative, capped by the amount) before serving it."""
         return await self._submit("Authorize", hold_id, amount)
 
-    async def settle(self, hold_id: str, units: int, price: int) -> Committed:
-        return await self.contract.submit("Settle", hold_id, units, price)
+    async def record_receipt(self, receipt: Receipt) -> dict[str, Any]:
+        """Record the client's latest signed receipt without settling (it then bounds a release)."""
+        return await self._submit("RecordReceipt", receipt.hold_id, receipt.units, receipt.sequence,
+                                  receipt.signature)
+
+    async def settle(self, hold_id: str, receipt: Receipt | None) -> Committed:
+        """Charge the receipted units x price (at most what was reserved), refund the rest, once;
+        without a receipt, on the recorded one or nothing."""
+        if receipt is None:
+            return await self.contract.submit("Settle", hold_id, 0, 0, "")
+        return await self.contract.submit("Settle", hold_id, receipt.units, receipt.sequence, receipt.signature)
 
     async def release(self, hold_id: str) -> dict[str, Any]:
         return await self._submit("Release", hold_id)
@@ -165,6 +181,10 @@ class LedgerClient:
 
     async def get_model(self, model_id: str, version: int) -> dict[str, Any] | None:
         return await self._evaluate_or_none("GetModel", model_id, version)
+
+    async def get_topic(self, topic: str) -> dict[str, Any] | None:
+        """Which operator account anchors `topic` (the first to anchor it), or None."""
+        return await self._evaluate_or_none("GetTopic", topic)
 
     async def history(self, key: str) -> list[dict[str, Any]]:
         return await self.contract.evaluate_json("History", key) or []

@@ -17,11 +17,11 @@ const Name = "StreamLedger"
 
 type Contract struct {
 	contractapi.Contract
-	Policy ledger.RolePolicy
+	Settings ledger.Settings
 }
 
-func New(policy ledger.RolePolicy) *Contract {
-	c := &Contract{Policy: policy}
+func New(settings ledger.Settings) *Contract {
+	c := &Contract{Settings: settings}
 	c.Name = Name
 	c.Info.Title = "StreamLedger credit, holds, anchors and model registry"
 	c.Info.Version = "1.0.0"
@@ -31,14 +31,16 @@ func New(policy ledger.RolePolicy) *Contract {
 // GetEvaluateTransactions marks read-only transactions in the metadata, so
 // gateway clients know to evaluate rather than submit them.
 func (c *Contract) GetEvaluateTransactions() []string {
-	return []string{"Balance", "GetHold", "HoldsOf", "GetAnchor", "GetModel", "GetRoles", "History", "WhoAmI"}
+	return []string{"Balance", "GetHold", "HoldsOf", "GetAnchor", "GetTopic", "GetModel", "GetRoles", "History", "WhoAmI"}
 }
 
 // GetIgnoredFunctions keeps the adapter's own helpers out of the chaincode API.
 func (c *Contract) GetIgnoredFunctions() []string { return []string{"GetEvaluateTransactions"} }
 
 // ledgerFor binds the rules to this transaction's state, caller (its
-// certificate; package ledger adds its granted roles) and timestamp.
+// certificate; package ledger adds its granted roles) and timestamp (the
+// client's, which every endorsing peer checks against its own clock within
+// peer.authentication.timewindow).
 func (c *Contract) ledgerFor(ctx contractapi.TransactionContextInterface) (*ledger.Ledger, error) {
 	ci := ctx.GetClientIdentity()
 	if ci == nil {
@@ -52,17 +54,17 @@ func (c *Contract) ledgerFor(ctx contractapi.TransactionContextInterface) (*ledg
 	if err != nil || cert == nil {
 		return nil, fmt.Errorf("%s: %q: the client identity is not an X.509 certificate (%v)", ledger.CodeForbidden, "creator", err)
 	}
-	role, _, err := ci.GetAttributeValue(c.Policy.RoleAttribute)
+	role, _, err := ci.GetAttributeValue(c.Settings.RoleAttribute)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %q: reading attribute %s: %w", ledger.CodeForbidden, "creator", c.Policy.RoleAttribute, err)
+		return nil, fmt.Errorf("%s: %q: reading attribute %s: %w", ledger.CodeForbidden, "creator", c.Settings.RoleAttribute, err)
 	}
-	facts := ledger.IdentityFacts{MSPID: mspID, Subject: cert.Subject.String(), OUs: cert.Subject.OrganizationalUnit, Role: role}
+	facts := ledger.IdentityFacts{MSPID: mspID, Subject: cert.Subject.String(), OUs: cert.Subject.OrganizationalUnit, Role: role, Certificate: cert.Raw}
 	stub := ctx.GetStub()
 	ts, err := stub.GetTxTimestamp()
 	if err != nil {
 		return nil, fmt.Errorf("reading the transaction timestamp: %w", err)
 	}
-	return ledger.New(stubState{stub}, c.Policy, facts, ts.AsTime(), stub.GetTxID())
+	return ledger.New(stubState{stub}, c.Settings, facts, ts.AsTime(), stub.GetTxID())
 }
 
 // Mint creates amount of credit in account (an admin of the mint MSP only).
@@ -105,14 +107,15 @@ func (c *Contract) WhoAmI(ctx contractapi.TransactionContextInterface) (*ledger.
 	return &caller, nil
 }
 
-// Freeze moves amount of the caller's credit into hold holdID for provider
-// until expiresAt (unix seconds).
-func (c *Contract) Freeze(ctx contractapi.TransactionContextInterface, holdID, client, provider string, amount, expiresAt int64) (*ledger.Hold, error) {
+// Freeze moves amount of the caller's credit into hold HoldID(caller,
+// nonce) for provider at pricePerUnit, until expiresAt (unix seconds), with
+// settlementWindowSeconds after it for the provider to settle (0: the minimum).
+func (c *Contract) Freeze(ctx contractapi.TransactionContextInterface, nonce, provider string, amount, pricePerUnit, expiresAt, settlementWindowSeconds int64) (*ledger.Hold, error) {
 	l, err := c.ledgerFor(ctx)
 	if err != nil {
 		return nil, err
 	}
-	h, err := l.Freeze(holdID, client, provider, amount, expiresAt)
+	h, err := l.Freeze(nonce, provider, amount, pricePerUnit, expiresAt, settlementWindowSeconds)
 	return ptr(h, err)
 }
 
@@ -126,17 +129,28 @@ func (c *Contract) Authorize(ctx contractapi.TransactionContextInterface, holdID
 	return ptr(h, err)
 }
 
-// Settle pays units*price to the provider and refunds the rest, once.
-func (c *Contract) Settle(ctx contractapi.TransactionContextInterface, holdID string, units, price int64) (*ledger.Settlement, error) {
+// RecordReceipt keeps the client's latest signed receipt on the hold without settling it.
+func (c *Contract) RecordReceipt(ctx contractapi.TransactionContextInterface, holdID string, units, sequence int64, signature string) (*ledger.Hold, error) {
 	l, err := c.ledgerFor(ctx)
 	if err != nil {
 		return nil, err
 	}
-	s, err := l.Settle(holdID, units, price)
+	h, err := l.RecordReceipt(holdID, units, sequence, signature)
+	return ptr(h, err)
+}
+
+// Settle pays the provider for the client's signed receipt (sequence 0: the
+// one recorded, if any) and refunds the rest, once.
+func (c *Contract) Settle(ctx contractapi.TransactionContextInterface, holdID string, units, sequence int64, signature string) (*ledger.Settlement, error) {
+	l, err := c.ledgerFor(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s, err := l.Settle(holdID, units, sequence, signature)
 	return ptr(s, err)
 }
 
-// Release returns a whole open hold to its client.
+// Release closes an open hold on its recorded receipt, refunding the rest to its client.
 func (c *Contract) Release(ctx contractapi.TransactionContextInterface, holdID string) (*ledger.Hold, error) {
 	l, err := c.ledgerFor(ctx)
 	if err != nil {
@@ -183,6 +197,16 @@ func (c *Contract) GetAnchor(ctx contractapi.TransactionContextInterface, batchI
 	}
 	a, err := l.GetAnchor(batchID)
 	return ptr(a, err)
+}
+
+// GetTopic reads which operator account anchors a topic.
+func (c *Contract) GetTopic(ctx contractapi.TransactionContextInterface, topic string) (*ledger.Topic, error) {
+	l, err := c.ledgerFor(ctx)
+	if err != nil {
+		return nil, err
+	}
+	t, err := l.GetTopic(topic)
+	return ptr(t, err)
 }
 
 // RegisterModel records a model version's snapshot hash (operator only).
@@ -253,8 +277,8 @@ func ptr[T any](v T, err error) (*T, error) {
 }
 
 // NewChaincode builds the chaincode with this contract as the default.
-func NewChaincode(policy ledger.RolePolicy) (*contractapi.ContractChaincode, error) {
-	cc, err := contractapi.NewChaincode(New(policy))
+func NewChaincode(settings ledger.Settings) (*contractapi.ContractChaincode, error) {
+	cc, err := contractapi.NewChaincode(New(settings))
 	if err != nil {
 		return nil, fmt.Errorf("building the StreamLedger chaincode: %w", err)
 	}

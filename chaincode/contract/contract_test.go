@@ -4,8 +4,10 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"math/big"
@@ -121,6 +123,13 @@ func (it *historyIterator) Next() (*queryresult.KeyModification, error) {
 // identity returns a serialized MSP identity with a fresh self-signed certificate.
 func identity(t *testing.T, mspID, cn, ou string) []byte {
 	t.Helper()
+	creator, _ := identityWithKey(t, mspID, cn, ou)
+	return creator
+}
+
+// identityWithKey also returns the identity's private key, to sign receipts.
+func identityWithKey(t *testing.T, mspID, cn, ou string) ([]byte, *ecdsa.PrivateKey) {
+	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -140,7 +149,20 @@ func identity(t *testing.T, mspID, cn, ou string) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return raw
+	return raw, key
+}
+
+// signReceipt signs a receipt the way the Python client does: SHA-256 of the
+// canonical bytes, ECDSA, ASN.1 DER, standard base64.
+func signReceipt(t *testing.T, key *ecdsa.PrivateKey, holdID string, units, sequence int64) string {
+	t.Helper()
+	msg := "streamledger-receipt/v1\n" + holdID + "\n" + itoa(units) + "\n" + itoa(sequence)
+	digest := sha256.Sum256([]byte(msg))
+	sig, err := ecdsa.SignASN1(rand.Reader, key, digest[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return base64.StdEncoding.EncodeToString(sig)
 }
 
 type network struct {
@@ -151,7 +173,7 @@ type network struct {
 }
 
 func newNetwork(t *testing.T) *network {
-	cc, err := NewChaincode(ledger.DefaultRolePolicy)
+	cc, err := NewChaincode(ledger.DefaultSettings)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -196,7 +218,7 @@ func (n *network) rejected(creator []byte, wantInMessage string, args ...string)
 func TestContractEndToEndThroughContractAPI(t *testing.T) {
 	n := newNetwork(t)
 	admin := identity(t, "Org1MSP", "Admin@org1.example.com", "admin")
-	alice := identity(t, "Org1MSP", "alice", "client")
+	alice, aliceKey := identityWithKey(t, "Org1MSP", "alice", "client")
 	bob := identity(t, "Org1MSP", "bob", "client")
 	operator := identity(t, "Org1MSP", "anchoring", "client")
 	auditor := identity(t, "Org1MSP", "audit", "client")
@@ -228,29 +250,50 @@ func TestContractEndToEndThroughContractAPI(t *testing.T) {
 
 	expires := n.stub.now.Unix() + 3600
 	var hold ledger.Hold
-	n.ok(alice, &hold, "Freeze", "h1", me.Account, bobMe.Account, "400", itoa(expires))
-	if n.stub.event != ledger.EventHoldFrozen || hold.Status != ledger.HoldOpen {
+	n.ok(alice, &hold, "Freeze", "order-1", bobMe.Account, "400", "10", itoa(expires), "0")
+	if n.stub.event != ledger.EventHoldFrozen || hold.Status != ledger.HoldOpen || hold.ID != ledger.HoldID(me.Account, "order-1") || hold.PricePerUnit != 10 {
 		t.Fatalf("freeze: event %q hold %+v", n.stub.event, hold)
 	}
-	n.ok(bob, &hold, "Authorize", "h1", "100")
+	// The hold records the very certificate that froze it.
+	var sid msp.SerializedIdentity
+	if err := proto.Unmarshal(alice, &sid); err != nil || hold.ClientCert != string(sid.IdBytes) {
+		t.Fatalf("client_cert %q, want the creator's PEM", hold.ClientCert)
+	}
+	h1 := hold.ID
+	n.ok(bob, &hold, "Authorize", h1, "100")
+	n.ok(bob, &hold, "Authorize", h1, "200")
+	n.ok(bob, &hold, "RecordReceipt", h1, "10", "1", signReceipt(t, aliceKey, h1, 10, 1))
+	if n.stub.event != ledger.EventReceiptRecorded || hold.Receipt == nil || hold.Receipt.Units != 10 || hold.Authorized != 300 {
+		t.Fatalf("record: event %q hold %+v", n.stub.event, hold)
+	}
+	n.rejected(bob, `STALE_RECEIPT: "sequence"`, "Settle", h1, "9", "1", signReceipt(t, aliceKey, h1, 9, 1))
+	n.rejected(bob, `INVALID_RECEIPT: "signature"`, "Settle", h1, "31", "2", signReceipt(t, aliceKey, h1, 30, 2))
 	var s ledger.Settlement
-	n.ok(bob, &s, "Settle", "h1", "30", "10")
-	if s.Charged != 300 || s.Refunded != 100 || n.stub.event != ledger.EventHoldSettled {
+	n.ok(bob, &s, "Settle", h1, "30", "2", signReceipt(t, aliceKey, h1, 30, 2))
+	if s.Charged != 300 || s.Refunded != 100 || s.Units != 30 || s.Receipt.Sequence != 2 || n.stub.event != ledger.EventHoldSettled {
 		t.Fatalf("settlement %+v, event %q", s, n.stub.event)
 	}
-	n.rejected(bob, "ALREADY_SETTLED", "Settle", "h1", "1", "1")
-	n.ok(alice, &hold, "Freeze", "h2", me.Account, bobMe.Account, "50", itoa(expires))
+	n.rejected(bob, `ALREADY_SETTLED: "hold_id"`, "Settle", h1, "0", "0", "")
+	n.ok(alice, &hold, "Freeze", "order-2", bobMe.Account, "50", "5", itoa(expires), "0")
+	h2 := hold.ID
+	n.rejected(alice, `WINDOW_OPEN: "hold_id"`, "Release", h2)
+	n.rejected(alice, `CONFLICT: "nonce"`, "Freeze", "order-2", bobMe.Account, "50", "6", itoa(expires), "0")
 	var holds []ledger.Hold
 	n.ok(bob, &holds, "HoldsOf", bobMe.Account)
-	if len(holds) != 2 || holds[0].ID != "h1" || holds[0].Status != ledger.HoldSettled || holds[1].ID != "h2" || holds[1].Status != ledger.HoldOpen {
+	if len(holds) != 2 {
 		t.Fatalf("bob's holds: %+v", holds)
+	}
+	for _, got := range holds {
+		if (got.ID == h1 && got.Status != ledger.HoldSettled) || (got.ID == h2 && got.Status != ledger.HoldOpen) || (got.ID != h1 && got.ID != h2) {
+			t.Fatalf("bob's holds: %+v", holds)
+		}
 	}
 	n.ok(auditor, &holds, "HoldsOf", "Org9MSP::CN=nobody")
 	if len(holds) != 0 {
 		t.Fatalf("holds of an account without any: %+v", holds)
 	}
-	n.ok(bob, &hold, "Release", "h2")
-	n.rejected(bob, "NOT_FOUND", "Settle", "nope", "1", "1")
+	n.ok(bob, &hold, "Release", h2)
+	n.rejected(bob, "NOT_FOUND", "Settle", "nope", "0", "0", "")
 
 	n.ok(alice, &acct, "Balance", me.Account)
 	if acct.Balance != 700 {
@@ -259,18 +302,25 @@ func TestContractEndToEndThroughContractAPI(t *testing.T) {
 
 	root := strings.Repeat("0f", 32)
 	var anchor ledger.Anchor
-	n.rejected(admin, `FORBIDDEN: "creator"`, "AnchorBatch", "p0-0-9", root, "10", "0", "9")
-	n.ok(operator, &anchor, "AnchorBatch", "p0-0-9", root, "10", "0", "9")
+	n.rejected(admin, `FORBIDDEN: "creator"`, "AnchorBatch", "events.clean:0:0-9", root, "10", "0", "9")
+	n.rejected(operator, `INVALID_ARGUMENT: "batch_id"`, "AnchorBatch", "p0-0-9", root, "10", "0", "9")
+	n.ok(operator, &anchor, "AnchorBatch", "events.clean:0:0-9", root, "10", "0", "9")
 	if n.stub.event != ledger.EventBatchAnchored || anchor.TxID != n.stub.txID {
 		t.Fatalf("anchor %+v, event %q", anchor, n.stub.event)
 	}
-	n.rejected(alice, "FORBIDDEN", "AnchorBatch", "p0-10-19", root, "10", "10", "19")
-	n.ok(bob, &anchor, "GetAnchor", "p0-0-9")
+	n.rejected(alice, "FORBIDDEN", "AnchorBatch", "events.clean:0:10-19", root, "10", "10", "19")
+	n.ok(bob, &anchor, "GetAnchor", "events.clean:0:0-9")
 	if anchor.MerkleRoot != root {
 		t.Fatalf("read back anchor %+v", anchor)
 	}
+	var topic ledger.Topic
+	n.ok(bob, &topic, "GetTopic", "events.clean")
+	if topic.Owner != "Org1MSP::CN=anchoring,OU=client" {
+		t.Fatalf("topic %+v", topic)
+	}
 
 	var model ledger.Model
+	n.rejected(operator, `CONFLICT: "version"`, "RegisterModel", "fraud", "2", root)
 	n.ok(operator, &model, "RegisterModel", "fraud", "1", root)
 	n.ok(bob, &model, "GetModel", "fraud", "0")
 	if model.Version != 1 || model.SHA256 != root {
@@ -388,7 +438,7 @@ func TestMetadataMarksReadsAsEvaluate(t *testing.T) {
 	for _, tx := range meta.Contracts[Name].Transactions {
 		tags[tx.Name] = tx.Tags
 	}
-	for _, name := range []string{"Mint", "Transfer", "Balance", "Freeze", "Authorize", "Settle", "Release", "AnchorBatch", "GetAnchor", "RegisterModel", "GetModel", "History", "WhoAmI", "GetHold", "HoldsOf", "GrantRole", "RevokeRole", "GetRoles"} {
+	for _, name := range []string{"Mint", "Transfer", "Balance", "Freeze", "Authorize", "RecordReceipt", "Settle", "Release", "AnchorBatch", "GetAnchor", "GetTopic", "RegisterModel", "GetModel", "History", "WhoAmI", "GetHold", "HoldsOf", "GrantRole", "RevokeRole", "GetRoles"} {
 		if _, ok := tags[name]; !ok {
 			t.Errorf("transaction %s missing from the metadata (have %v)", name, tags)
 		}
@@ -396,7 +446,7 @@ func TestMetadataMarksReadsAsEvaluate(t *testing.T) {
 	if _, ok := tags["GetEvaluateTransactions"]; ok {
 		t.Error("adapter helper GetEvaluateTransactions leaked into the API")
 	}
-	if !contains(tags["Balance"], "EVALUATE") || contains(tags["Settle"], "EVALUATE") {
+	if !contains(tags["Balance"], "EVALUATE") || !contains(tags["GetTopic"], "EVALUATE") || contains(tags["Settle"], "EVALUATE") || contains(tags["RecordReceipt"], "EVALUATE") {
 		t.Errorf("Balance tags %v, Settle tags %v", tags["Balance"], tags["Settle"])
 	}
 	if !contains(tags["GetRoles"], "EVALUATE") || contains(tags["GrantRole"], "EVALUATE") || contains(tags["RevokeRole"], "EVALUATE") {
@@ -414,3 +464,82 @@ func contains(list []string, s string) bool {
 }
 
 func itoa(v int64) string { return big.NewInt(v).String() }
+
+// TestHoldWireFormat pins the JSON of a hold, a receipt, a settlement and a
+// topic, and the event names: what the Python inference, settlement and
+// client code read.
+func TestHoldWireFormat(t *testing.T) {
+	n := newNetwork(t)
+	admin := identity(t, "Org1MSP", "Admin@org1.example.com", "admin")
+	client, key := identityWithKey(t, "Org2MSP", "User1@org2.example.com", "client")
+	org2Admin := identity(t, "Org2MSP", "Admin@org2.example.com", "admin")
+	settlement := identity(t, "Org1MSP", "settlement", "client")
+	const clientAccount, provider = "Org2MSP::CN=User1@org2.example.com,OU=client", "Org1MSP::CN=provider,OU=client"
+	n.ok(org2Admin, nil, "GrantRole", clientAccount, ledger.RoleClient, "")
+	n.ok(admin, nil, "GrantRole", "Org1MSP::CN=settlement,OU=client", ledger.RoleProvider, provider)
+	n.ok(admin, nil, "Mint", clientAccount, "1000")
+
+	keysOf := func(raw []byte) string {
+		t.Helper()
+		var fields map[string]json.RawMessage
+		if err := json.Unmarshal(raw, &fields); err != nil {
+			t.Fatalf("decoding %s: %v", raw, err)
+		}
+		var names []string
+		for k := range fields {
+			names = append(names, k)
+		}
+		slices.Sort(names)
+		return strings.Join(names, ",")
+	}
+	submit := func(creator []byte, args ...string) []byte {
+		t.Helper()
+		status, payload, msg := n.invoke(creator, args...)
+		if status != shim.OK {
+			t.Fatalf("%v: %s", args, msg)
+		}
+		return payload
+	}
+	const holdKeys = "amount,authorized,charged,client,client_cert,close_tx_id,closed_at,created_at,expires_at,freeze_tx_id,hold_id,nonce,price_per_unit,provider,receipt,refunded,settle_by,settlement_window_seconds,status"
+	expires := n.stub.now.Unix() + 600
+	raw := submit(client, "Freeze", "9d3c", provider, "1000", "7", itoa(expires), "3600")
+	if got := keysOf(raw); got != holdKeys || n.stub.event != ledger.EventHoldFrozen {
+		t.Fatalf("Hold JSON keys %s (event %q)", got, n.stub.event)
+	}
+	var hold map[string]any
+	_ = json.Unmarshal(raw, &hold)
+	if hold["receipt"] != nil || hold["settle_by"] != float64(expires+3600) || hold["status"] != "OPEN" {
+		t.Fatalf("fresh hold %s", raw)
+	}
+	id := hold["hold_id"].(string)
+	submit(settlement, "Authorize", id, "700")
+	raw = submit(settlement, "RecordReceipt", id, "50", "3", signReceipt(t, key, id, 50, 3))
+	const receiptKeys = "hold_id,recorded_at,sequence,signature,tx_id,units"
+	if got := keysOf(n.stub.payload); got != receiptKeys || n.stub.event != ledger.EventReceiptRecorded {
+		t.Fatalf("ReceiptRecorded payload keys %s (event %q)", got, n.stub.event)
+	}
+	var withReceipt struct {
+		Receipt json.RawMessage `json:"receipt"`
+	}
+	_ = json.Unmarshal(raw, &withReceipt)
+	if got := keysOf(withReceipt.Receipt); got != receiptKeys {
+		t.Fatalf("a hold's receipt keys %s", got)
+	}
+	raw = submit(settlement, "Settle", id, "0", "0", "")
+	const settlementKeys = "authorized,charged,client,hold_id,price_per_unit,provider,receipt,refunded,tx_id,units"
+	if got := keysOf(raw); got != settlementKeys || n.stub.event != ledger.EventHoldSettled || keysOf(n.stub.payload) != settlementKeys {
+		t.Fatalf("Settlement JSON keys %s (event %q)", got, n.stub.event)
+	}
+	var s ledger.Settlement
+	_ = json.Unmarshal(raw, &s)
+	if s.Units != 50 || s.Charged != 350 || s.Refunded != 650 || s.Receipt == nil || s.Receipt.Sequence != 3 {
+		t.Fatalf("settlement %+v", s)
+	}
+
+	operator := identity(t, "Org1MSP", "anchoring", "client")
+	n.ok(admin, nil, "GrantRole", "Org1MSP::CN=anchoring,OU=client", ledger.RoleOperator, "")
+	submit(operator, "AnchorBatch", "events.clean:3:0-0", strings.Repeat("ab", 32), "1", "0", "0")
+	if got := keysOf(submit(operator, "GetTopic", "events.clean")); got != "bound_at,owner,topic,tx_id" {
+		t.Fatalf("Topic JSON keys %s", got)
+	}
+}

@@ -48,10 +48,10 @@ func (l *Ledger) debit(field, id string, amount int64) (Account, error) {
 // Mint creates credit; only an admin of the policy's mint organisation may.
 func (l *Ledger) Mint(account string, amount int64) (Account, error) {
 	if !l.caller.IsAdmin {
-		return Account{}, fail(CodeForbidden, "creator", "only an admin of %s may mint; %q is not an admin", l.policy.MintMSPID, l.caller.Account)
+		return Account{}, fail(CodeForbidden, "creator", "only an admin of %s may mint; %q is not an admin", l.settings.MintMSPID, l.caller.Account)
 	}
-	if l.caller.MSPID != l.policy.MintMSPID {
-		return Account{}, fail(CodeForbidden, "creator", "only an admin of %s may mint; %q is an admin of %s", l.policy.MintMSPID, l.caller.Account, l.caller.MSPID)
+	if l.caller.MSPID != l.settings.MintMSPID {
+		return Account{}, fail(CodeForbidden, "creator", "only an admin of %s may mint; %q is an admin of %s", l.settings.MintMSPID, l.caller.Account, l.caller.MSPID)
 	}
 	if err := checkAccountID("account", account); err != nil {
 		return Account{}, err

@@ -54,7 +54,7 @@ func TestMintIsForAdminsOfTheMintOrgOnly(t *testing.T) {
 		t.Errorf("bob balance %d, want 5", got)
 	}
 	// With Org2 as the mint organisation, the roles swap.
-	h.policy.MintMSPID = "Org2MSP"
+	h.settings.MintMSPID = "Org2MSP"
 	h.must(org2Admin, func(l *Ledger) error { _, err := l.Mint(acct(carol), 5); return err })
 	err := h.as(admin, func(l *Ledger) error { _, err := l.Mint(acct(bob), 5); return err })
 	wantErr(t, err, ErrForbidden, "creator")

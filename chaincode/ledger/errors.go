@@ -15,10 +15,13 @@ const (
 	CodeNotFound          Code = "NOT_FOUND"
 	CodeInsufficientFunds Code = "INSUFFICIENT_FUNDS"
 	CodeExceedsHold       Code = "EXCEEDS_HOLD"
-	CodeHoldExpired       Code = "HOLD_EXPIRED"
-	CodeHoldNotExpired    Code = "HOLD_NOT_EXPIRED"
+	CodeHoldExpired       Code = "HOLD_EXPIRED"  // past expires_at: no more reservations
+	CodeWindowOpen        Code = "WINDOW_OPEN"   // before settle_by: the client may not release yet
+	CodeWindowClosed      Code = "WINDOW_CLOSED" // from settle_by on: the provider may no longer settle or record receipts
 	CodeAlreadySettled    Code = "ALREADY_SETTLED"
 	CodeHoldClosed        Code = "HOLD_CLOSED"
+	CodeInvalidReceipt    Code = "INVALID_RECEIPT" // the signature does not verify against the hold's client certificate
+	CodeStaleReceipt      Code = "STALE_RECEIPT"   // a lower sequence, or fewer units, than the receipt recorded
 	CodeConflict          Code = "CONFLICT"
 )
 
@@ -30,9 +33,12 @@ var (
 	ErrInsufficientFunds = &Error{Code: CodeInsufficientFunds}
 	ErrExceedsHold       = &Error{Code: CodeExceedsHold}
 	ErrHoldExpired       = &Error{Code: CodeHoldExpired}
-	ErrHoldNotExpired    = &Error{Code: CodeHoldNotExpired}
+	ErrWindowOpen        = &Error{Code: CodeWindowOpen}
+	ErrWindowClosed      = &Error{Code: CodeWindowClosed}
 	ErrAlreadySettled    = &Error{Code: CodeAlreadySettled}
 	ErrHoldClosed        = &Error{Code: CodeHoldClosed}
+	ErrInvalidReceipt    = &Error{Code: CodeInvalidReceipt}
+	ErrStaleReceipt      = &Error{Code: CodeStaleReceipt}
 	ErrConflict          = &Error{Code: CodeConflict}
 )
 

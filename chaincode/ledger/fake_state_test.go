@@ -1,8 +1,18 @@
 package ledger
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
+	"encoding/pem"
 	"fmt"
+	"math/big"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 )
@@ -57,17 +67,18 @@ func (s *mapState) Emit(name string, payload []byte) error {
 
 // harness runs each rule call as one transaction at a controllable time.
 type harness struct {
-	t      *testing.T
-	state  *mapState
-	now    time.Time
-	policy RolePolicy
+	t        *testing.T
+	state    *mapState
+	now      time.Time
+	settings Settings
 }
 
 // newHarness starts a ledger where each identity below holds the role its
 // name says, granted by the admin of its organisation.
 func newHarness(t *testing.T) *harness {
-	h := &harness{t: t, state: newMapState(), now: time.Unix(1_800_000_000, 0), policy: DefaultRolePolicy}
+	h := &harness{t: t, state: newMapState(), now: time.Unix(1_800_000_000, 0), settings: DefaultSettings}
 	h.grant(operator, RoleOperator, "")
+	h.grant(rival, RoleOperator, "")
 	h.grant(alice, RoleClient, "")
 	h.grant(bob, RoleProvider, "")
 	h.grant(carol, RoleClient, "")
@@ -86,7 +97,57 @@ var (
 	org2Admin = IdentityFacts{MSPID: "Org2MSP", Subject: "CN=Admin@org2.example.com,OU=admin", OUs: []string{"admin"}}
 	// Holds no role at all.
 	stranger = IdentityFacts{MSPID: "Org1MSP", Subject: "CN=stranger,OU=client", OUs: []string{"client"}}
+	// An operator of the other organisation, for squatting attempts.
+	rival = IdentityFacts{MSPID: "Org2MSP", Subject: "CN=rival,OU=client", OUs: []string{"client"}}
 )
+
+// testKey is an identity's signing key and self-signed certificate (DER).
+type testKey struct {
+	key  *ecdsa.PrivateKey
+	cert []byte
+}
+
+var testKeys = struct {
+	sync.Mutex
+	bySubject map[string]testKey
+}{bySubject: map[string]testKey{}}
+
+// keyOf returns f's key, made on first use: one per MSP and subject, like a certificate.
+func keyOf(f IdentityFacts) testKey {
+	testKeys.Lock()
+	defer testKeys.Unlock()
+	id := acct(f)
+	if k, ok := testKeys.bySubject[id]; ok {
+		return k
+	}
+	k := newTestKey(f.Subject)
+	testKeys.bySubject[id] = k
+	return k
+}
+
+func newTestKey(subject string) testKey {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		panic(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: subject},
+		NotBefore: time.Unix(1_700_000_000, 0), NotAfter: time.Unix(1_900_000_000, 0)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		panic(err)
+	}
+	return testKey{key: key, cert: der}
+}
+
+// sign is k's receipt signature, base64 as the contract takes it.
+func (k testKey) sign(holdID string, units, sequence int64) string {
+	digest := sha256.Sum256(ReceiptMessage(holdID, units, sequence))
+	sig, err := ecdsa.SignASN1(rand.Reader, k.key, digest[:])
+	if err != nil {
+		panic(err)
+	}
+	return base64.StdEncoding.EncodeToString(sig)
+}
 
 func acct(f IdentityFacts) string { return AccountID(f.MSPID, f.Subject) }
 
@@ -110,7 +171,10 @@ func (h *harness) as(f IdentityFacts, fn func(l *Ledger) error) error {
 	h.state.tx++
 	txID := fmt.Sprintf("tx%d", h.state.tx)
 	h.state.pending, h.state.pendingIndex, h.state.txEvent = map[string][]byte{}, map[string][]string{}, nil
-	l, err := New(h.state, h.policy, f, h.now, txID)
+	if f.Certificate == nil {
+		f.Certificate = keyOf(f).cert
+	}
+	l, err := New(h.state, h.settings, f, h.now, txID)
 	if err == nil {
 		err = fn(l)
 	}
@@ -159,4 +223,10 @@ func (h *harness) lastEvent() event {
 		h.t.Fatal("no chaincode event was emitted")
 	}
 	return h.state.events[len(h.state.events)-1]
+}
+
+// certIs reports whether certPEM holds exactly the certificate der.
+func certIs(certPEM string, der []byte) bool {
+	block, _ := pem.Decode([]byte(certPEM))
+	return block != nil && block.Type == "CERTIFICATE" && string(block.Bytes) == string(der)
 }

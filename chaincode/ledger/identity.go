@@ -42,6 +42,9 @@ type IdentityFacts struct {
 	Subject string // the certificate subject DN, e.g. "CN=User1@org1.example.com,OU=client,..."
 	OUs     []string
 	Role    string // value of the role attribute, "" when absent
+	// Certificate is the creator's X.509 certificate (DER). Freeze records it
+	// in the hold, so that receipts are checked against the key that froze.
+	Certificate []byte
 }
 
 // Caller is who a transaction runs as: the certificate's account and admin

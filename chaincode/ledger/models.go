@@ -10,9 +10,11 @@ type Model struct {
 	Submitter    string `json:"submitter"`
 }
 
-// RegisterModel records the hash of a model snapshot. Registering the same
-// version with the same hash again is a no-op; a different hash is a conflict,
-// since a version's content must never change.
+// RegisterModel records the hash of a model snapshot. Versions go up by one
+// (the first is 1), and only the operator account that registered a model's
+// latest version registers the next, so nobody can take a future version of
+// someone else's model. Registering a version again with the same hash is a
+// no-op; a different hash is a conflict, since a version never changes.
 func (l *Ledger) RegisterModel(modelID string, version int64, sha256 string) (Model, error) {
 	if err := l.require(RoleOperator, "registering a model"); err != nil {
 		return Model{}, err
@@ -37,18 +39,28 @@ func (l *Ledger) RegisterModel(modelID string, version int64, sha256 string) (Mo
 		}
 		return Model{}, fail(CodeConflict, "sha256", "model %q version %d is registered with sha256 %s", modelID, version, existing.SHA256)
 	}
-	m := Model{ModelID: modelID, Version: version, SHA256: sha256, TxID: l.txID, RegisteredAt: l.timestamp(), Submitter: l.caller.Account}
-	if err := l.store(ModelKey(modelID, version), m); err != nil {
-		return Model{}, err
-	}
 	var latest int64
 	if _, err := l.load(latestModelKey(modelID), &latest); err != nil {
 		return Model{}, err
 	}
-	if version > latest {
-		if err := l.store(latestModelKey(modelID), version); err != nil {
+	if version != latest+1 {
+		return Model{}, fail(CodeConflict, "version", "the next version of model %q is %d, got %d", modelID, latest+1, version)
+	}
+	if latest > 0 {
+		var prev Model
+		if _, err := l.load(ModelKey(modelID, latest), &prev); err != nil {
 			return Model{}, err
 		}
+		if prev.Submitter != l.caller.Account {
+			return Model{}, fail(CodeForbidden, "model_id", "model %q is registered by %q (version %d); caller is %q", modelID, prev.Submitter, latest, l.caller.Account)
+		}
+	}
+	m := Model{ModelID: modelID, Version: version, SHA256: sha256, TxID: l.txID, RegisteredAt: l.timestamp(), Submitter: l.caller.Account}
+	if err := l.store(ModelKey(modelID, version), m); err != nil {
+		return Model{}, err
+	}
+	if err := l.store(latestModelKey(modelID), version); err != nil {
+		return Model{}, err
 	}
 	return m, l.emit(EventModelRegistered, m)
 }

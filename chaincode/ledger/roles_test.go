@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"slices"
 	"testing"
+	"time"
 )
 
 // A provider account and the two service identities that act for it.
@@ -127,17 +128,17 @@ func TestGrantAndRevokeRefusals(t *testing.T) {
 
 func TestRevokedRoleIsRefusedAfterwards(t *testing.T) {
 	h := newHarness(t)
-	h.must(operator, func(l *Ledger) error { _, err := l.AnchorBatch("b1", root1, 1, 0, 0); return err })
+	h.must(operator, func(l *Ledger) error { _, err := l.AnchorBatch("t:0:0-0", root1, 1, 0, 0); return err })
 	h.must(admin, func(l *Ledger) error { _, err := l.RevokeRole(acct(operator), RoleOperator); return err })
 	ev := h.lastEvent()
 	var payload RoleEvent
 	if err := json.Unmarshal(ev.Payload, &payload); err != nil || ev.Name != EventRoleRevoked || payload.Role != RoleOperator || len(payload.Roles) != 0 {
 		t.Fatalf("revoke event %q %s", ev.Name, ev.Payload)
 	}
-	err := h.as(operator, func(l *Ledger) error { _, err := l.AnchorBatch("b2", root1, 1, 1, 1); return err })
+	err := h.as(operator, func(l *Ledger) error { _, err := l.AnchorBatch("t:0:1-1", root1, 1, 1, 1); return err })
 	wantErr(t, err, ErrForbidden, "creator")
 	// With no role left, the shared records are closed to it too.
-	err = h.as(operator, func(l *Ledger) error { _, err := l.GetAnchor("b1"); return err })
+	err = h.as(operator, func(l *Ledger) error { _, err := l.GetAnchor("t:0:0-0"); return err })
 	wantErr(t, err, ErrForbidden, "creator")
 
 	// Revoking a role not held is a no-op: same record, no event.
@@ -155,33 +156,30 @@ func TestRevokedRoleIsRefusedAfterwards(t *testing.T) {
 
 	// A revoked client can no longer freeze, transfer or release.
 	h.must(admin, func(l *Ledger) error { _, err := l.Mint(acct(alice), 100); return err })
-	h.must(alice, func(l *Ledger) error {
-		_, err := l.Freeze("h1", acct(alice), acct(bob), 10, h.now.Unix()+1)
-		return err
-	})
+	h1 := h.freeze(alice, "n1", bob, 10)
 	h.must(admin, func(l *Ledger) error { _, err := l.RevokeRole(acct(alice), RoleClient); return err })
-	h.now = h.now.Add(10)
+	h.now = time.Unix(h1.SettleBy, 0)
 	err = h.as(alice, func(l *Ledger) error {
-		_, err := l.Freeze("h2", acct(alice), acct(bob), 10, h.now.Unix()+60)
+		_, err := l.Freeze("n2", acct(bob), 10, 1, h.now.Unix()+60, 0)
 		return err
 	})
 	wantErr(t, err, ErrForbidden, "creator")
 	err = h.as(alice, func(l *Ledger) error { _, err := l.Transfer(acct(bob), 1); return err })
 	wantErr(t, err, ErrForbidden, "creator")
-	err = h.as(alice, func(l *Ledger) error { _, err := l.Release("h1"); return err })
+	_, err = h.release(alice, h1.ID)
 	wantErr(t, err, ErrForbidden, "creator")
 	// Her own records she still reads: she owns them.
 	if got := h.balance(alice); got != 90 {
 		t.Errorf("alice %d, want 90", got)
 	}
-	h.must(alice, func(l *Ledger) error { _, err := l.GetHold("h1"); return err })
+	h.must(alice, func(l *Ledger) error { _, err := l.GetHold(h1.ID); return err })
 
 	// A revoked provider loses what it acted for.
 	h.must(admin, func(l *Ledger) error { _, err := l.RevokeRole(acct(bob), RoleProvider); return err })
 	if c := h.whoAmI(bob); len(c.Roles) != 0 || c.ActsFor != "" {
 		t.Errorf("bob after revocation %+v", c)
 	}
-	err = h.as(bob, func(l *Ledger) error { _, err := l.Settle("h1", 1, 1); return err })
+	_, err = h.settle(bob, h1.ID, 0, 0, "")
 	wantErr(t, err, ErrForbidden, "creator")
 }
 
@@ -196,13 +194,14 @@ func TestProviderActsForOneAccountOnly(t *testing.T) {
 		t.Errorf("a provider granted without acts_for acts for itself: %+v", c)
 	}
 	h.must(admin, func(l *Ledger) error { _, err := l.Mint(acct(alice), 1000); return err })
-	expires := h.now.Unix() + 3600
-	h.must(alice, func(l *Ledger) error { _, err := l.Freeze("hp", acct(alice), acct(shop), 100, expires); return err })
-	h.must(alice, func(l *Ledger) error { _, err := l.Freeze("hq", acct(alice), acct(bob), 100, expires); return err })
+	hp := h.freeze(alice, "hp", shop, 100).ID
+	hq := h.freeze(alice, "hq", bob, 100).ID
 
 	// The shop's services serve and settle the shop's hold; the shop is paid.
-	h.must(inference, func(l *Ledger) error { _, err := l.Authorize("hp", 40); return err })
-	h.must(settlement, func(l *Ledger) error { _, err := l.Settle("hp", 4, 10); return err })
+	h.must(inference, func(l *Ledger) error { _, err := l.Authorize(hp, 40); return err })
+	if _, err := h.settle(settlement, hp, 4, 1, keyOf(alice).sign(hp, 4, 1)); err != nil {
+		t.Fatal(err)
+	}
 	if got := h.balance(shop); got != 40 {
 		t.Errorf("shop %d, want 40", got)
 	}
@@ -212,22 +211,24 @@ func TestProviderActsForOneAccountOnly(t *testing.T) {
 
 	// Not another provider's hold, in either direction.
 	for _, who := range []IdentityFacts{inference, settlement} {
-		err := h.as(who, func(l *Ledger) error { _, err := l.Authorize("hq", 1); return err })
+		err := h.as(who, func(l *Ledger) error { _, err := l.Authorize(hq, 1); return err })
 		wantErr(t, err, ErrForbidden, "hold_id")
-		err = h.as(who, func(l *Ledger) error { _, err := l.Settle("hq", 1, 1); return err })
+		_, err = h.settle(who, hq, 1, 1, keyOf(alice).sign(hq, 1, 1))
 		wantErr(t, err, ErrForbidden, "hold_id")
-		err = h.as(who, func(l *Ledger) error { _, err := l.Release("hq"); return err })
+		err = h.record(who, hq, 1, 1, keyOf(alice).sign(hq, 1, 1))
 		wantErr(t, err, ErrForbidden, "hold_id")
-		err = h.as(who, func(l *Ledger) error { _, err := l.GetHold("hq"); return err })
+		_, err = h.release(who, hq)
+		wantErr(t, err, ErrForbidden, "hold_id")
+		err = h.as(who, func(l *Ledger) error { _, err := l.GetHold(hq); return err })
 		wantErr(t, err, ErrForbidden, "hold_id")
 		err = h.as(who, func(l *Ledger) error { _, err := l.Balance(acct(bob)); return err })
 		wantErr(t, err, ErrForbidden, "account")
 	}
-	h.must(alice, func(l *Ledger) error { _, err := l.Freeze("hp2", acct(alice), acct(shop), 10, expires); return err })
-	err := h.as(bob, func(l *Ledger) error { _, err := l.Settle("hp2", 1, 1); return err })
+	hp2 := h.freeze(alice, "hp2", shop, 10).ID
+	_, err := h.settle(bob, hp2, 0, 0, "")
 	wantErr(t, err, ErrForbidden, "hold_id")
 	// The provider account's owner without the provider role cannot settle its own holds.
-	err = h.as(shop, func(l *Ledger) error { _, err := l.Settle("hp2", 1, 1); return err })
+	_, err = h.settle(shop, hp2, 0, 0, "")
 	wantErr(t, err, ErrForbidden, "creator")
 
 	// What it acts for, it reads.
@@ -238,17 +239,14 @@ func TestProviderActsForOneAccountOnly(t *testing.T) {
 		}
 		return err
 	})
-	h.must(inference, func(l *Ledger) error { _, err := l.GetHold("hp"); return err })
+	h.must(inference, func(l *Ledger) error { _, err := l.GetHold(hp); return err })
 }
 
 func TestReadsNeedARoleOrAPart(t *testing.T) {
 	h := newHarness(t)
 	h.must(admin, func(l *Ledger) error { _, err := l.Mint(acct(alice), 100); return err })
-	h.must(alice, func(l *Ledger) error {
-		_, err := l.Freeze("h1", acct(alice), acct(bob), 10, h.now.Unix()+60)
-		return err
-	})
-	h.must(operator, func(l *Ledger) error { _, err := l.AnchorBatch("b1", root1, 1, 0, 0); return err })
+	h1 := h.freeze(alice, "n1", bob, 10).ID
+	h.must(operator, func(l *Ledger) error { _, err := l.AnchorBatch("t:0:0-0", root1, 1, 0, 0); return err })
 	h.must(operator, func(l *Ledger) error { _, err := l.RegisterModel("m", 1, root1); return err })
 
 	// Anyone may ask who it is, role or not.
@@ -260,13 +258,13 @@ func TestReadsNeedARoleOrAPart(t *testing.T) {
 		read  func(l *Ledger) error
 		field string
 	}{
-		{"GetAnchor", func(l *Ledger) error { _, err := l.GetAnchor("b1"); return err }, "creator"},
+		{"GetAnchor", func(l *Ledger) error { _, err := l.GetAnchor("t:0:0-0"); return err }, "creator"},
 		{"GetModel", func(l *Ledger) error { _, err := l.GetModel("m", 0); return err }, "creator"},
 		{"GetRoles", func(l *Ledger) error { _, err := l.GetRoles(acct(alice)); return err }, "creator"},
 		{"Balance", func(l *Ledger) error { _, err := l.Balance(acct(alice)); return err }, "account"},
 		{"HoldsOf", func(l *Ledger) error { _, err := l.HoldsOf(acct(alice)); return err }, "account"},
-		{"GetHold", func(l *Ledger) error { _, err := l.GetHold("h1"); return err }, "hold_id"},
-		{"History", func(l *Ledger) error { _, err := l.History(AnchorKey("b1")); return err }, "creator"},
+		{"GetHold", func(l *Ledger) error { _, err := l.GetHold(h1); return err }, "hold_id"},
+		{"History", func(l *Ledger) error { _, err := l.History(AnchorKey("t:0:0-0")); return err }, "creator"},
 		{"History of roles", func(l *Ledger) error { _, err := l.History(RoleKey(acct(alice))); return err }, "creator"},
 	}
 	for _, r := range refused {
@@ -274,7 +272,7 @@ func TestReadsNeedARoleOrAPart(t *testing.T) {
 		t.Run(r.name, func(t *testing.T) { wantErr(t, err, ErrForbidden, r.field) })
 	}
 	// A client reads the shared records but not another client's account or hold.
-	h.must(carol, func(l *Ledger) error { _, err := l.GetAnchor("b1"); return err })
+	h.must(carol, func(l *Ledger) error { _, err := l.GetAnchor("t:0:0-0"); return err })
 	h.must(carol, func(l *Ledger) error { _, err := l.GetModel("m", 0); return err })
 	for _, r := range refused[3:] {
 		err := h.as(carol, r.read)
@@ -299,7 +297,7 @@ func TestReadsNeedARoleOrAPart(t *testing.T) {
 		}
 	}
 	// The provider of a hold reads it and its own account.
-	h.must(bob, func(l *Ledger) error { _, err := l.GetHold("h1"); return err })
+	h.must(bob, func(l *Ledger) error { _, err := l.GetHold(h1); return err })
 	h.must(bob, func(l *Ledger) error { _, err := l.HoldsOf(acct(bob)); return err })
 }
 
@@ -309,11 +307,12 @@ func TestAdminDoesNothingButMintAndGrant(t *testing.T) {
 	expires := h.now.Unix() + 60
 	attempts := map[string]func(l *Ledger) error{
 		"Transfer":      func(l *Ledger) error { _, err := l.Transfer(acct(bob), 1); return err },
-		"Freeze":        func(l *Ledger) error { _, err := l.Freeze("h1", acct(admin), acct(bob), 1, expires); return err },
-		"AnchorBatch":   func(l *Ledger) error { _, err := l.AnchorBatch("b1", root1, 1, 0, 0); return err },
+		"Freeze":        func(l *Ledger) error { _, err := l.Freeze("n1", acct(bob), 1, 1, expires, 0); return err },
+		"AnchorBatch":   func(l *Ledger) error { _, err := l.AnchorBatch("t:0:0-0", root1, 1, 0, 0); return err },
 		"RegisterModel": func(l *Ledger) error { _, err := l.RegisterModel("m", 1, root1); return err },
 		"Authorize":     func(l *Ledger) error { _, err := l.Authorize("h1", 1); return err },
-		"Settle":        func(l *Ledger) error { _, err := l.Settle("h1", 1, 1); return err },
+		"Settle":        func(l *Ledger) error { _, err := l.Settle("h1", 0, 0, ""); return err },
+		"RecordReceipt": func(l *Ledger) error { _, err := l.RecordReceipt("h1", 1, 1, "AA=="); return err },
 	}
 	for name, attempt := range attempts {
 		err := h.as(admin, attempt)

@@ -40,6 +40,7 @@ const (
 	modelPrefix   = "model:"
 	latestPrefix  = "model-latest:"
 	rolePrefix    = "role:"
+	topicPrefix   = "topic:"
 	// holdsByAccount indexes every hold under its client and its provider.
 	holdsByAccount = "holdOf"
 )
@@ -52,25 +53,27 @@ func ModelKey(id string, version int64) string {
 }
 func latestModelKey(id string) string { return latestPrefix + id }
 func RoleKey(account string) string   { return rolePrefix + account }
+func TopicKey(topic string) string    { return topicPrefix + topic }
 
 // Ledger applies the contract's rules for one transaction: who calls, when
 // (the transaction timestamp, identical on every endorser), and its tx id.
 type Ledger struct {
-	state  State
-	policy RolePolicy
-	caller Caller
-	now    time.Time
-	txID   string
+	state       State
+	settings    Settings
+	caller      Caller
+	certificate []byte // the caller's X.509 certificate (DER), recorded in the holds it freezes
+	now         time.Time
+	txID        string
 }
 
 // New binds the rules to one transaction by identity id: it classifies the
 // certificate and reads the roles granted to its account, once.
-func New(state State, policy RolePolicy, id IdentityFacts, now time.Time, txID string) (*Ledger, error) {
-	caller, err := policy.Classify(id)
+func New(state State, settings Settings, id IdentityFacts, now time.Time, txID string) (*Ledger, error) {
+	caller, err := settings.Classify(id)
 	if err != nil {
 		return nil, err
 	}
-	l := &Ledger{state: state, policy: policy, now: now.UTC(), txID: txID}
+	l := &Ledger{state: state, settings: settings, certificate: id.Certificate, now: now.UTC(), txID: txID}
 	grants, err := l.roleRecord(caller.Account, caller.MSPID)
 	if err != nil {
 		return nil, err

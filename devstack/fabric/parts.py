@@ -120,7 +120,7 @@ class FabricPeerPart(_FabricPart):
         self.network.write_peer_config()
 
     def command(self) -> tuple[list[str], dict[str, str]]:
-        net, org = self.network, self.org
+        net, org, s = self.network, self.org, self.settings
         node = net.node(org, "peer0")
         data = net.root / f"peer-{org.key}"
         data.mkdir(parents=True, exist_ok=True)
@@ -143,6 +143,7 @@ class FabricPeerPart(_FabricPart):
             "CORE_PEER_FILESYSTEMPATH": str(data),
             "CORE_LEDGER_SNAPSHOTS_ROOTDIR": str(data / "snapshots"),
             "CORE_OPERATIONS_LISTENADDRESS": f"127.0.0.1:{org.peer_operations_port}",
+            "CORE_PEER_AUTHENTICATION_TIMEWINDOW": f"{s.fabric_timewindow_seconds}s",
         }
         return [net.binaries.tool("peer"), "node", "start"], env
 
@@ -175,6 +176,7 @@ class FabricChaincodePart(_FabricPart):
             "CHAINCODE_TLS_KEY_FILE": str(tls / "server.key"),
             # Both orgs' servers must apply the same rules, or their endorsements differ.
             "STREAMLEDGER_MINT_MSPID": MINT_MSPID,
+            "STREAMLEDGER_MIN_SETTLEMENT_WINDOW_SECONDS": str(self.settings.fabric_min_settlement_window_seconds),
         }
         return [str(self.network.binaries.chaincode)], env
 

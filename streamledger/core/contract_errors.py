@@ -71,9 +71,24 @@ class HoldExpired(ContractError):
     code = "HOLD_EXPIRED"
 
 
-class HoldNotExpired(ContractError):
-    """The client asked to release its hold before it expired."""
-    code = "HOLD_NOT_EXPIRED"
+class WindowOpen(ContractError):
+    """The client asked to release its hold before its settlement window closed."""
+    code = "WINDOW_OPEN"
+
+
+class WindowClosed(ContractError):
+    """The provider settled or recorded a receipt after the hold's settlement window."""
+    code = "WINDOW_CLOSED"
+
+
+class InvalidReceipt(ContractError):
+    """The receipt's signature does not verify against the client certificate of the hold."""
+    code = "INVALID_RECEIPT"
+
+
+class StaleReceipt(ContractError):
+    """The receipt does not supersede the recorded one (an older sequence or fewer units)."""
+    code = "STALE_RECEIPT"
 
 
 class AlreadySettled(ContractError):

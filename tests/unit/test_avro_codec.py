@@ -70,7 +70,7 @@ SAMPLES = {
     "Prediction": {"request_id": "r-1", "model_id": "fraud", "model_version": 7, "client": None, "inputs": "{}", "outputs": "[0.2]",
                    "latency_ms": 1.25, "ts": EPOCH},
     "UsageRecord": {"hold_id": "h-1", "request_id": "r-1", "client": "bank", "model_id": "fraud", "model_version": 7, "units": 3,
-                    "price": 10, "ts": EPOCH},
+                    "price": 10, "receipt_units": 3, "receipt_sequence": 2, "receipt_signature": "MEUCIQ==", "ts": EPOCH},
     "Anchor": {"batch_id": "b-1", "merkle_root": "ef" * 32, "count": 100, "topic": "events.clean", "partition": 0,
                "first_offset": 0, "last_offset": 99, "tx_id": None, "block": None, "ts": EPOCH},
 }

@@ -49,7 +49,8 @@ def test_each_code_is_parsed_with_its_field_and_detail(code: str) -> None:
 def test_the_subclasses_are_named_after_their_codes() -> None:
     assert isinstance(parse("INSUFFICIENT_FUNDS: x"), contract_errors.InsufficientFunds)
     assert isinstance(parse("ALREADY_SETTLED: x"), contract_errors.AlreadySettled)
-    assert isinstance(parse("HOLD_NOT_EXPIRED: x"), contract_errors.HoldNotExpired)
+    assert isinstance(parse("WINDOW_OPEN: x"), contract_errors.WindowOpen)
+    assert isinstance(parse("STALE_RECEIPT: \"sequence\": x"), contract_errors.StaleReceipt)
     assert isinstance(parse("CONFLICT: x"), contract_errors.Conflict)
 
 
