@@ -231,7 +231,7 @@ async def test_ledger_panels_show_what_the_real_ledger_holds(
                 LedgerClient.connect(identity("anchoring")) as anchoring):
         me, them = (await client.who_am_i())["Account"], (await provider.who_am_i())["ActsFor"]
         await admin.mint(me, 1000)
-        # Versions go up by one from 1, each registered by the model's first registrant: a model of this run.
+        # Versions go up by one from 1, and only the registrant of the latest adds the next: a model of this run.
         for version in (1, 2):
             await registry.register_model(model_id, version, f"{version:02d}" * 32)
         await registry.register_model(model_id, 3, FRAUD_SHA)
