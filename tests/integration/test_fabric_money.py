@@ -91,10 +91,9 @@ class Money:
 
     async def credit(self) -> int:
         """Every unit the parties have: balances plus the clients' open holds."""
-        balances = sum([await self.balance(p) for p in (self.client, self.other, self.shop, self.rival)])
-        held = sum(h["amount"] for p in (self.client, self.other) for h in await self.auditor.holds_of(p.account)
-                   if h["status"] == "OPEN")
-        return balances + held
+        balances = [await self.balance(p) for p in (self.client, self.other, self.shop, self.rival)]
+        holds = [h for p in (self.client, self.other) for h in await self.auditor.holds_of(p.account)]
+        return sum(balances) + sum(h["amount"] for h in holds if h["status"] == "OPEN")
 
     async def assert_conserved(self) -> None:
         assert await self.credit() == sum(MINTED.values()), "credit was created or lost"
