@@ -152,10 +152,12 @@ class LedgerView:
             self._feed("released", hold, tx_id, block, _seconds(payload.get("closed_at")))
         elif name == "HoldSettled":
             charged, refunded = int(payload["charged"]), int(payload["refunded"])
+            # The price frozen with the hold; settlements the contract made before issue 21 said `price`.
+            price = payload["price_per_unit"] if "price_per_unit" in payload else payload["price"]
             hold = {"hold_id": payload["hold_id"], "client": payload["client"], "provider": payload["provider"],
                     "amount": charged + refunded,  # the contract refunds exactly what it did not charge
                     "status": SETTLED, "charged": charged, "refunded": refunded,
-                    "units": int(payload["units"]), "price": int(payload["price"]),
+                    "units": int(payload["units"]), "price": int(price),
                     "close_tx_id": payload.get("tx_id") or tx_id}
             self._put_hold(now, {**hold, "block": block})
             self.charged_total += charged

@@ -26,6 +26,7 @@ from playwright.async_api import BrowserContext, ConsoleMessage, Page, expect
 
 from streamledger import kafka
 from streamledger.avro import AvroCodec, SchemaRegistry
+from streamledger.core.receipts import hold_id, sign_receipt
 from streamledger.ledger import LedgerClient
 from tests.browser.conftest import (
     CLI,
@@ -35,6 +36,7 @@ from tests.browser.conftest import (
     running_dashboard,
 )
 from tests.integration.conftest import identity
+from tests.integration.paying import in_an_hour, new_nonce, signer_of
 
 pytestmark = pytest.mark.integration
 
@@ -187,8 +189,9 @@ async def consume_and_commit(consumer: AIOKafkaConsumer) -> None:
 
 
 async def publish_feed_records(producer, topics: dict[str, str], holds: tuple[str, ...] = ("hold-1",),
-                               client: str = "acme") -> None:
-    """A dead letter, a model's metric stream with one drift, its snapshot, and a usage record per hold."""
+                               client: str = "acme", model_id: str = "fraud-lr") -> None:
+    """A dead letter, a model's metric stream with one drift (`model_id`), its snapshot, and a
+    usage record per hold."""
     await producer.send(topics["deadletter_topic"], CODEC.encode("DeadLetter", {
         "key": "e-bad", "source_topic": topics["raw_topic"], "source_partition": 0, "source_offset": 7,
         "service": "cleaning", "reason": "missing_field", "error": "features: 'amount' is required by rule fraud",
@@ -197,22 +200,22 @@ async def publish_feed_records(producer, topics: dict[str, str], holds: tuple[st
         accuracy = 0.6 + 0.01 * step if step <= 20 else 0.55 + 0.005 * step
         drift = {"detector": "ADWIN", "position": 2000, "metric_before": 0.8, "metric_after": 0.6} if step == 20 else None
         await producer.send(topics["model_metrics_topic"], CODEC.encode("ModelMetrics", {
-            "model_id": "fraud-lr", "version": 1 + step // 12, "position": step * 100,
+            "model_id": model_id, "version": 1 + step // 12, "position": step * 100,
             "metrics": {"Accuracy": accuracy}, "drift": drift, "ts": now_ms()}))
         await producer.send(topics["model_metrics_topic"], CODEC.encode("ModelMetrics", {
             "model_id": "latency-tree", "version": 1, "position": step * 80,
             "metrics": {"MAE": 40.0 / (1 + 0.2 * step) + (step % 4)}, "drift": None, "ts": now_ms()}))
-    await producer.send(topics["snapshots_topic"], key=b"fraud-lr", value=CODEC.encode("ModelSnapshot", {
-        "model_id": "fraud-lr", "version": 3, "sha256": "c0ffee" * 10 + "beef", "format": "pickle",
+    await producer.send(topics["snapshots_topic"], key=model_id.encode(), value=CODEC.encode("ModelSnapshot", {
+        "model_id": model_id, "version": 3, "sha256": "c0ffee" * 10 + "beef", "format": "pickle",
         "offsets": [], "events_seen": 3000, "metrics": {"Accuracy": 0.7}, "model": b"", "created": now_ms()}))
     for n, hold in enumerate(holds):
         await producer.send(topics["usage_topic"], CODEC.encode("UsageRecord", {
-            "hold_id": hold, "request_id": f"r-{n}", "client": client, "model_id": "fraud-lr", "model_version": 3,
+            "hold_id": hold, "request_id": f"r-{n}", "client": client, "model_id": model_id, "model_version": 3,
             "units": 12, "price": 5, "ts": now_ms()}))
     await producer.flush()
 
 
-FRAUD_SHA = "c0ffee" * 10 + "beef"  # the snapshot publish_feed_records writes for fraud-lr version 3
+FRAUD_SHA = "c0ffee" * 10 + "beef"  # the snapshot publish_feed_records writes for version 3
 
 
 async def test_ledger_panels_show_what_the_real_ledger_holds(
@@ -220,6 +223,7 @@ async def test_ledger_panels_show_what_the_real_ledger_holds(
     """Registration, a freeze and its settlement, an open hold and an anchor committed on the
     local Fabric network show on the page; this is also the README's screenshot."""
     topics = ledger_dashboard.topics
+    model_id = f"fraud-lr-{unique[:6]}"
     async with (LedgerClient.connect(identity("Admin")) as admin,  # mints
                 LedgerClient.connect(identity("User5", "Org2")) as client,
                 LedgerClient.connect(identity("settlement")) as provider,  # settles for Org1's `provider`
@@ -227,13 +231,18 @@ async def test_ledger_panels_show_what_the_real_ledger_holds(
                 LedgerClient.connect(identity("anchoring")) as anchoring):
         me, them = (await client.who_am_i())["Account"], (await provider.who_am_i())["ActsFor"]
         await admin.mint(me, 1000)
-        # Registering the same (model, version, sha256) again is a no-op, so every run may do it.
-        await registry.register_model("fraud-lr", 3, FRAUD_SHA)
-        settled_hold, open_hold = f"hold-{unique[:6]}", f"hold-{unique[6:]}-open"
-        await client.freeze(settled_hold, me, them, 100, int(time.time()) + 3600)
-        await client.freeze(open_hold, me, them, 80, int(time.time()) + 3600)
-        await provider.settle(settled_hold, 12, 5)
-        batch, root = f"batch-{unique}", "ab" * 32
+        # Versions go up by one from 1, and only the registrant of the latest adds the next: a model of this run.
+        for version in (1, 2):
+            await registry.register_model(model_id, version, f"{version:02d}" * 32)
+        await registry.register_model(model_id, 3, FRAUD_SHA)
+        settling, staying_open = new_nonce(), new_nonce()
+        settled_hold, open_hold = hold_id(me, settling), hold_id(me, staying_open)
+        await client.freeze(settling, them, 100, 5, in_an_hour())  # 5 a unit
+        await client.freeze(staying_open, them, 80, 5, in_an_hour())
+        await provider.authorize(settled_hold, 60)
+        await provider.settle(settled_hold, sign_receipt(signer_of("User5"), settled_hold, 12, 1))
+        # <topic>:<partition>:<first>-<last>, on this dashboard's own (unique) clean topic
+        batch, root = f"{topics['clean_topic']}:0:0-39", "ab" * 32
         anchored = await anchoring.anchor_batch(batch, root, 40, 0, 39)
 
     page, errors = await open_page(chromium, ledger_dashboard.url)
@@ -245,13 +254,14 @@ async def test_ledger_panels_show_what_the_real_ledger_holds(
             await cleaner.start()
             keep_up = asyncio.create_task(consume_and_commit(cleaner))
             try:
-                await publish_feed_records(producer, topics, holds=(open_hold, settled_hold), client=me)
+                await publish_feed_records(producer, topics, holds=(open_hold, settled_hold), client=me,
+                                           model_id=model_id)
                 await producer.send_and_wait(topics["anchors_topic"], CODEC.encode("Anchor", {
                     "batch_id": batch, "merkle_root": root, "count": 40, "topic": topics["clean_topic"],
                     "partition": 0, "first_offset": 0, "last_offset": 39, "tx_id": anchored.transaction_id,
                     "block": anchored.block_number, "ts": now_ms()}))
 
-                model = page.get_by_test_id("model-fraud-lr")
+                model = page.get_by_test_id(f"model-{model_id}")
                 await expect(model.get_by_test_id("ledger")).to_have_text("registered", timeout=15_000)
                 await expect(page.get_by_test_id("model-latency-tree").get_by_test_id("ledger")).to_have_text(
                     "no snapshot yet")

@@ -10,8 +10,9 @@ Model and account audits run against registrations, holds and settlements made h
 
 Each party acts as its own identity (deploy/fabric/identities.yaml): the audit service and
 CLI as `audit` (auditor: reads everything), anchors as `anchoring`, registrations as
-`registry`, credit minted by Org1's `Admin`, holds frozen by Org2's client `User5` and
-settled by a provider identity issued for the run (so its account statement is exact).
+`registry`, credit minted by Org1's `Admin`, holds frozen by Org2's client `User5` (which
+signs the receipt settled on) and settled by a provider identity issued for the run (so its
+account statement is exact).
 
 The ledger keeps its state between runs, so every batch, model, hold and account id
 carries a fresh suffix, and the anchored batch uses a test topic name, never events.clean.
@@ -38,7 +39,6 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from devstack.fabric import FabricNetwork
-from devstack.fabric.identities import issue_client
 from services.audit.app import AuditService
 from services.audit.grpc_api import REPORT_METADATA_KEY, audit_pb2, audit_pb2_grpc
 from services.audit.settings import AuditSettings
@@ -47,10 +47,12 @@ from services.storage import documents
 from services.storage.sink import MongoSink
 from streamledger.avro import AvroCodec, SchemaRegistry
 from streamledger.core.canonical import content_hash
+from streamledger.core.receipts import hold_id, sign_receipt
 from streamledger.fabric import Committed
 from streamledger.ledger import LedgerClient
-from streamledger.settings import CommonSettings, LedgerSettings
+from streamledger.settings import CommonSettings
 from tests.integration.conftest import identity
+from tests.integration.paying import in_an_hour, issue_identity, new_nonce, signer_of
 from tests.tls_certs import self_signed
 
 pytestmark = [pytest.mark.integration, pytest.mark.fabric, pytest.mark.timeout(300)]
@@ -362,32 +364,22 @@ async def test_model_provenance_against_registrations_made_here(world: World) ->
 
 # -- accounts --
 
-def issue_provider(network: FabricNetwork, name: str, folder: Path) -> LedgerClient:
-    """A ledger client acting as a new Org1 identity `name`, issued by Org1's CA the way the
-    stack issues its named identities (devstack.fabric.identities), into `folder` rather than
-    the stack's crypto: the issuer reads the org's CA and MSP template through symlinks."""
-    org = network.org("Org1")
-    real, org_dir = network.org_dir(org), folder / org.domain
-    (org_dir / "users").mkdir(parents=True)
-    (org_dir / "ca").symlink_to(real / "ca")
-    (org_dir / "users" / f"Admin@{org.domain}").symlink_to(real / "users" / f"Admin@{org.domain}")
-    msp = issue_client(org_dir, org.domain, name)
-    return LedgerClient.connect(LedgerSettings(fabric_msp_id=org.msp_id, fabric_msp_dir=msp))
-
-
 async def test_account_statements_from_holds_and_settlements_made_here(
         world: World, network: FabricNetwork, tmp_path: Path) -> None:
     me = (await world.client.who_am_i())["Account"]
-    async with issue_provider(network, f"audit-shop-{world.suffix}", tmp_path) as provider:
+    shop_identity = issue_identity(network, "Org1", f"audit-shop-{world.suffix}", tmp_path)
+    async with LedgerClient.connect(shop_identity) as provider:
         shop = (await provider.who_am_i())["Account"]  # a new account: its statement holds only what is made here
         await world.admin.grant_role(shop, "provider")  # acting for itself
         await world.admin.mint(me, 500)
-        expires = int(time.time()) + 3600
-        settled_hold, released_hold = f"audit-hold-{world.suffix}-1", f"audit-hold-{world.suffix}-2"
-        await world.client.freeze(settled_hold, me, shop, 300, expires)
-        await world.client.freeze(released_hold, me, shop, 200, expires)
-        settle = await provider.settle(settled_hold, 25, 4)  # charges 100 of 300
-        release = await provider.release(released_hold)
+        settling, releasing = new_nonce(), new_nonce()
+        settled_hold, released_hold = hold_id(me, settling), hold_id(me, releasing)
+        await world.client.freeze(settling, shop, 300, 4, in_an_hour())  # 4 a unit
+        await world.client.freeze(releasing, shop, 200, 4, in_an_hour())
+        await provider.authorize(settled_hold, 100)
+        receipt = sign_receipt(signer_of("User5"), settled_hold, 25, 1)  # the client's, for 25 units
+        settle = await provider.settle(settled_hold, receipt)  # charges 100 of 300
+        release = await provider.release(released_hold)  # no receipt: refunds all
 
     async with httpx.AsyncClient(timeout=60) as http:
         response = await http.get(f"{world.http}/v1/accounts/{quote(shop, safe='')}")
@@ -479,7 +471,7 @@ async def test_with_tls_settings_both_servers_answer_over_tls_only(world: World,
 
 def test_serving_beyond_loopback_without_a_token_refuses_to_start() -> None:
     env = {k: v for k, v in os.environ.items() if k != "STREAMLEDGER_AUDIT_TOKEN"}
-    done = subprocess.run([CLI, "serve", "audit"], capture_output=True, text=True, timeout=60,
+    done = subprocess.run([CLI, "serve", "audit"], check=False, capture_output=True, text=True, timeout=60,
                           env={**env, "STREAMLEDGER_AUDIT_HOST": "0.0.0.0", "STREAMLEDGER_AUDIT_HTTP_PORT": "0",
                                "STREAMLEDGER_AUDIT_GRPC_PORT": "0"})
     assert done.returncode == 1 and "audit: cannot start" in done.stderr and "STREAMLEDGER_AUDIT_TOKEN" in done.stderr

@@ -4,7 +4,8 @@ what it reads with point lookups for things committed before it started, and an 
 
 The dashboard reads as its own identity, `dashboard` (an auditor); the commits are made by
 the identity each role needs: Org1's `Admin` mints, `registry` registers, `anchoring`
-anchors, `settlement` settles the holds paid to Org1's `provider`, Org2's `User5` freezes.
+anchors, `settlement` settles the holds paid to Org1's `provider`, Org2's `User5` freezes and
+signs the receipts they settle on.
 The ledger keeps its state between runs, so every id is unique to the run.
 """
 
@@ -24,9 +25,11 @@ from devstack.fabric import FabricNetwork
 from services.dashboard.app import build_board, build_ledger_watch
 from services.dashboard.board import Board
 from services.dashboard.settings import DashboardSettings
+from streamledger.core.receipts import hold_id, sign_receipt
 from streamledger.ledger import LedgerClient
 from streamledger.settings import LedgerSettings
 from tests.integration.conftest import identity
+from tests.integration.paying import in_an_hour, new_nonce, signer_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.fabric]
 
@@ -156,6 +159,7 @@ async def test_the_watcher_reports_registrations_freezes_settlements_and_anchors
         # Models: the current snapshot's hash registered, registered with another hash, not registered.
         good, other, missing = f"dash-ok-{suffix}", f"dash-other-{suffix}", f"dash-missing-{suffix}"
         digest = uuid.uuid4().hex * 2
+        await registry.register_model(good, 1, uuid.uuid4().hex * 2)  # versions go up by one from 1
         registered = await registry.register_model(good, 2, digest)
         await registry.register_model(other, 1, uuid.uuid4().hex * 2)
         show_snapshot(board, good, 2, digest)
@@ -167,10 +171,11 @@ async def test_the_watcher_reports_registrations_freezes_settlements_and_anchors
         await until(lambda: model_ledger(board, missing)["status"] == "not_registered", what="not registered")
 
         # A freeze, then its settlement: the feed and the usage record's hold follow the ledger.
-        hold = f"dash-hold-{suffix}"
+        nonce = new_nonce()
+        hold = hold_id(me, nonce)
         show_usage(board, hold, me)
         await until(lambda: settlement(board, hold)["status"] == "not_found", what="hold not on the ledger yet")
-        freeze = await user.contract.submit("Freeze", hold, me, provider, 100, int(time.time()) + 3600)
+        freeze = await user.contract.submit("Freeze", nonce, provider, 100, 20, in_an_hour(), 0)  # 20 a unit
         await until(lambda: feed_entry(board, hold, "frozen") is not None, what="freeze in the feed")
         entry = feed_entry(board, hold, "frozen")
         assert entry is not None
@@ -178,7 +183,8 @@ async def test_the_watcher_reports_registrations_freezes_settlements_and_anchors
             me, provider, 100, freeze.transaction_id, freeze.block_number)
         await until(lambda: settlement(board, hold)["status"] == "open", what="hold open")
 
-        settled = await settler.settle(hold, 3, 20)
+        await settler.authorize(hold, 60)
+        settled = await settler.settle(hold, sign_receipt(signer_of("User5"), hold, 3, 1))  # the client's receipt
         await until(lambda: feed_entry(board, hold, "settled") is not None, what="settlement in the feed")
         entry = feed_entry(board, hold, "settled")
         assert entry is not None
@@ -189,7 +195,7 @@ async def test_the_watcher_reports_registrations_freezes_settlements_and_anchors
         assert frame(board)["usage"]["feed"][0]["hold_id"] == hold  # newest first
 
         # An anchor on ledger.anchors, confirmed by the ledger's BatchAnchored event.
-        batch, root = f"dash-batch-{suffix}", uuid.uuid4().hex * 2
+        batch, root = f"dash-{suffix}:0:1000-1041", uuid.uuid4().hex * 2  # <topic>:<partition>:<first>-<last>
         anchored = await anchoring.anchor_batch(batch, root, 42, 1000, 1041)
         show_anchor(board, batch, root, anchored.transaction_id, anchored.block_number)
         await until(lambda: frame(board)["anchors"]["latest"][0]["ledger"]["status"] == "confirmed",
@@ -210,10 +216,12 @@ async def test_what_was_committed_before_the_watcher_started_is_read_with_point_
     await admin.mint(me, 200)
     model, digest = f"dash-early-{suffix}", uuid.uuid4().hex * 2
     await registry.register_model(model, 1, digest)
-    settled_hold, open_hold = f"dash-early-s-{suffix}", f"dash-early-o-{suffix}"
-    await user.freeze(settled_hold, me, provider, 50, int(time.time()) + 3600)
-    settled = await settler.settle(settled_hold, 1, 30)
-    await user.freeze(open_hold, me, provider, 20, int(time.time()) + 3600)
+    settling, staying_open = new_nonce(), new_nonce()
+    settled_hold, open_hold = hold_id(me, settling), hold_id(me, staying_open)
+    await user.freeze(settling, provider, 50, 30, in_an_hour())
+    await settler.authorize(settled_hold, 30)
+    settled = await settler.settle(settled_hold, sign_receipt(signer_of("User5"), settled_hold, 1, 1))
+    await user.freeze(staying_open, provider, 20, 5, in_an_hour())
     async with watching(settings(dashboard_ledger_history_blocks=0), DASHBOARD) as board:
         await until(lambda: frame(board)["ledger"]["status"] == "connected", what="ledger connected")
         show_snapshot(board, model, 1, digest)

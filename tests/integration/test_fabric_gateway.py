@@ -6,7 +6,7 @@ and what the client wrote read back by Fabric's own `peer chaincode query` (an o
 Each call is made by the identity whose role allows it (deploy/fabric/identities.yaml):
 Org1's `Admin` mints, `anchoring` and `registry` anchor and register, `settlement` settles
 the holds paid to Org1's `provider`, `audit` reads anyone's balance and history; Org2's
-User1..8 are clients.
+User1..8 are clients (they freeze, and sign the receipts a provider settles on).
 """
 
 from __future__ import annotations
@@ -24,11 +24,13 @@ from devstack.fabric import CHANNEL, FabricNetwork
 from devstack.fabric.network import CHAINCODE_NAME
 from streamledger.core.contract_errors import (
     AlreadySettled,
+    ExceedsHold,
     Forbidden,
     InsufficientFunds,
     InvalidArgument,
     NotFound,
 )
+from streamledger.core.receipts import hold_id, sign_receipt
 from streamledger.fabric import (
     EndorseError,
     EvaluateError,
@@ -39,6 +41,7 @@ from streamledger.fabric import (
 )
 from streamledger.ledger import DEFAULT_RETRY, LedgerClient
 from tests.integration.conftest import identity
+from tests.integration.paying import in_an_hour, new_nonce, signer_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.fabric]
 
@@ -146,38 +149,44 @@ async def test_freeze_authorize_settle_then_a_second_settle_is_rejected(
     me, provider = await account_of(user5), await acts_for(settlement)
     await admin.mint(me, 200)
     before, earned = await user5.balance(me), await balance_or_zero(auditor, provider)
-    hold = f"hold-{suffix}"
-    await user5.freeze(hold, me, provider, 100, int(time.time()) + 3600)
+    nonce = new_nonce()
+    hold = hold_id(me, nonce)
+    frozen = await user5.freeze(nonce, provider, 100, 20, in_an_hour())  # 100 credit at 20 a unit
+    assert (frozen["hold_id"], frozen["price_per_unit"], frozen["client"]) == (hold, 20, me)
     assert await user5.balance(me) == before - 100
     await settlement.authorize(hold, 60)
-    settled = await settlement.settle(hold, 3, 20)
+    signed = sign_receipt(signer_of("User5"), hold, 3, 1)  # the client signs for 3 units
+    settled = await settlement.settle(hold, signed)
     assert settled.json()["charged"] == 60
     got = await settlement.get_hold(hold)
     assert got is not None and (got["status"], got["charged"], got["refunded"]) == ("SETTLED", 60, 40)
     assert await auditor.balance(provider) == earned + 60 and await user5.balance(me) == before - 60
     with pytest.raises(EndorseError, match="ALREADY_SETTLED") as again:
-        await settlement.settle(hold, 1, 20)
+        await settlement.settle(hold, signed)
     assert isinstance(again.value.contract_error, AlreadySettled)
     assert await auditor.balance(provider) == earned + 60
-    with pytest.raises(EndorseError, match="EXCEEDS_HOLD|exceeds"):
-        other = f"hold2-{suffix}"
-        await user5.freeze(other, me, provider, 10, int(time.time()) + 3600)
-        await settlement.settle(other, 11, 1)
-    assert await settlement.get_hold(f"missing-{suffix}") is None
+    other_nonce = new_nonce()
+    other = hold_id(me, other_nonce)
+    await user5.freeze(other_nonce, provider, 10, 1, in_an_hour())  # pays for 10 units at most
+    with pytest.raises(EndorseError, match="EXCEEDS_HOLD") as beyond:
+        await settlement.settle(other, sign_receipt(signer_of("User5"), other, 11, 1))
+    assert isinstance(beyond.value.contract_error, ExceedsHold) and beyond.value.contract_error.field == "units"
+    assert await settlement.get_hold(hold_id(me, f"missing-{suffix}")) is None
 
 
 async def test_anchor_model_and_history_read_back(admin: LedgerClient, auditor: LedgerClient, suffix: str) -> None:
-    batch, root = f"batch-{suffix}", uuid.uuid4().hex * 2
+    batch, root = f"gw-{suffix}:0:1000-1041", uuid.uuid4().hex * 2  # <topic>:<partition>:<first>-<last>
     async with client("anchoring") as anchoring, client("registry") as registry:
         committed = await anchoring.anchor_batch(batch, root, 42, 1000, 1041)
         anchor = await anchoring.get_anchor(batch)
         assert anchor is not None
         assert (anchor["merkle_root"], anchor["count"], anchor["tx_id"]) == (root, 42, committed.transaction_id)
-        assert await anchoring.get_anchor(f"missing-{suffix}") is None
+        assert await anchoring.get_anchor(f"gw-{suffix}:0:0-999") is None
         model, digest = f"model-{suffix}", uuid.uuid4().hex * 2
-        await registry.register_model(model, 3, digest)
-        assert (await registry.get_model(model, 3))["sha256"] == digest
-        assert await registry.get_model(model, 4) is None
+        await registry.register_model(model, 1, uuid.uuid4().hex * 2)  # versions go up by one from 1
+        await registry.register_model(model, 2, digest)
+        assert (await registry.get_model(model, 2))["sha256"] == digest
+        assert await registry.get_model(model, 3) is None
     account = f"audited-{suffix}"
     await admin.mint(account, 10)
     await admin.mint(account, 15)
@@ -213,12 +222,12 @@ async def test_200_concurrent_transfers_from_8_tasks_end_with_the_right_balances
 
 
 async def test_chaincode_events_from_a_block_and_resumed_after_a_transaction(
-        admin: LedgerClient, user5: LedgerClient, settlement: LedgerClient, auditor: LedgerClient,
-        suffix: str) -> None:
+        admin: LedgerClient, user5: LedgerClient, settlement: LedgerClient, auditor: LedgerClient) -> None:
     me, provider = await account_of(user5), await acts_for(settlement)
     await admin.mint(me, 50)
-    first = await user5.contract.submit("Freeze", f"ev1-{suffix}", me, provider, 5, int(time.time()) + 600)
-    second = await user5.contract.submit("Freeze", f"ev2-{suffix}", me, provider, 5, int(time.time()) + 600)
+    nonces = new_nonce(), new_nonce()
+    first = await user5.contract.submit("Freeze", nonces[0], provider, 5, 1, in_an_hour(), 0)
+    second = await user5.contract.submit("Freeze", nonces[1], provider, 5, 1, in_an_hour(), 0)
     network = auditor.gateway.network(CHANNEL)
 
     async def events_until(tx_id: str, **start) -> list:
@@ -232,7 +241,7 @@ async def test_chaincode_events_from_a_block_and_resumed_after_a_transaction(
 
     seen = await events_until(second.transaction_id, start_block=first.block_number)
     frozen = [e for e in seen if e.name == "HoldFrozen"]
-    assert [json.loads(e.payload)["hold_id"] for e in frozen[:2]] == [f"ev1-{suffix}", f"ev2-{suffix}"]
+    assert [json.loads(e.payload)["hold_id"] for e in frozen[:2]] == [hold_id(me, n) for n in nonces]
     assert frozen[0].block_number == first.block_number
     resumed = await events_until(second.transaction_id, start_block=first.block_number,
                                  after_transaction_id=first.transaction_id)

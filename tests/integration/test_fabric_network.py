@@ -2,7 +2,8 @@
 Fabric's own CLI (`peer chaincode invoke/query`, TLS on) as the identities the stack issues
 (deploy/fabric/identities.yaml): Org1's `Admin` mints, `anchoring` and `registry` (operator)
 anchor and register, `settlement` (provider acting for Org1's `provider` account) authorizes
-and settles, `audit` (auditor) reads; Org2's `User5` is a client.
+and settles, `audit` (auditor) reads; Org2's `User5` is a client: it freezes, and signs the
+receipts the provider settles on.
 
 The `network` fixture (tests/integration/conftest.py) brings Fabric up. The ledger keeps
 its state between runs, so every id here carries a fresh suffix and balances of the
@@ -14,7 +15,6 @@ from __future__ import annotations
 import json
 import re
 import socket
-import time
 import uuid
 
 import pytest
@@ -22,7 +22,10 @@ import pytest
 from devstack import Stack
 from devstack.fabric import CHANNEL, FabricError, FabricNetwork
 from devstack.settings import StackSettings
+from streamledger.core.receipts import hold_id, sign_receipt
+from streamledger.fabric import load_msp
 from tests.integration.conftest import FABRIC_PARTS
+from tests.integration.paying import Sign, in_an_hour, new_nonce
 
 pytestmark = [pytest.mark.integration, pytest.mark.fabric]
 
@@ -55,6 +58,11 @@ def refusal(code: str, field: str, text: str) -> str:
     """A pattern for the contract's refusal `CODE: "field": text` as the peer CLI prints it
     (quotes escaped inside its response message)."""
     return rf'{code}: \\?"{field}\\?": {re.escape(text)}'
+
+
+def client_signer(network: FabricNetwork) -> Sign:
+    """The client's own key, which signs its receipts."""
+    return load_msp(network.user_msp(**CLIENT), network.org(CLIENT["org"]).msp_id)[1].sign
 
 
 def balance(network: FabricNetwork, account: str) -> int:
@@ -131,39 +139,41 @@ def test_freeze_authorize_settle_then_second_settle_rejected(
         network: FabricNetwork, client: str, provider: str, suffix: str) -> None:
     network.invoke("Mint", client, "200")
     before, earned = balance(network, client), balance_or_zero(network, provider)
-    hold = f"hold-{suffix}"
-    expires = str(int(time.time()) + 3600)
-    network.invoke("Freeze", hold, client, provider, "100", expires, **CLIENT)
+    nonce = new_nonce()
+    hold = hold_id(client, nonce)  # the contract derives it from the client and its nonce
+    expires = str(in_an_hour())
+    network.invoke("Freeze", nonce, provider, "100", "20", expires, "0", **CLIENT)  # 100 at 20 a unit
     assert balance(network, client) == before - 100
     network.invoke("Authorize", hold, "60", user="settlement")  # a provider acting for `provider`
-    network.invoke("Settle", hold, "3", "20", user="settlement")
+    signed = sign_receipt(client_signer(network), hold, 3, 1)  # the client signs for 3 units
+    network.invoke("Settle", hold, "3", "1", signed.signature, user="settlement")
     settled = json.loads(network.query("GetHold", hold, user="settlement"))
     assert (settled["status"], settled["charged"], settled["refunded"]) == ("SETTLED", 60, 40)
     assert balance(network, provider) == earned + 60
     assert balance(network, client) == before - 60
-    with pytest.raises(FabricError, match=hold):
-        network.invoke("Settle", hold, "1", "20", user="settlement")
+    with pytest.raises(FabricError, match=refusal("ALREADY_SETTLED", "hold_id", "hold ") + rf'\\?"{hold}\\?" was'):
+        network.invoke("Settle", hold, "3", "1", signed.signature, user="settlement")
     assert balance(network, provider) == earned + 60  # the rejected settle moved nothing
 
 
 def test_anchor_then_get_anchor(network: FabricNetwork, suffix: str) -> None:
-    batch, root = f"batch-{suffix}", uuid.uuid4().hex * 2
+    batch, root = f"net-{suffix}:0:1000-1041", uuid.uuid4().hex * 2  # <topic>:<partition>:<first>-<last>
     network.invoke("AnchorBatch", batch, root, "42", "1000", "1041", user="anchoring")
     anchor = json.loads(network.query("GetAnchor", batch, user="anchoring"))
     assert (anchor["batch_id"], anchor["merkle_root"], anchor["count"]) == (batch, root, 42)
     assert anchor["tx_id"]
     with pytest.raises(FabricError, match=refusal("FORBIDDEN", "creator",
                                                  "anchoring a batch needs the operator role")):
-        network.invoke("AnchorBatch", f"other-{suffix}", root, "1", "0", "0", **CLIENT)
+        network.invoke("AnchorBatch", f"other-{suffix}:0:0-0", root, "1", "0", "0", **CLIENT)
 
 
 def test_register_model_then_get_model(network: FabricNetwork, suffix: str) -> None:
     model, digest = f"model-{suffix}", uuid.uuid4().hex * 2
-    network.invoke("RegisterModel", model, "3", digest, user="registry")
-    registered = json.loads(network.query("GetModel", model, "3", user="registry"))
-    assert (registered["model_id"], registered["version"], registered["sha256"]) == (model, 3, digest)
-    with pytest.raises(FabricError, match="has no version 4"):
-        network.query("GetModel", model, "4", user="registry")
+    network.invoke("RegisterModel", model, "1", digest, user="registry")  # a new model starts at version 1
+    registered = json.loads(network.query("GetModel", model, "1", user="registry"))
+    assert (registered["model_id"], registered["version"], registered["sha256"]) == (model, 1, digest)
+    with pytest.raises(FabricError, match="has no version 2"):
+        network.query("GetModel", model, "2", user="registry")
 
 
 def test_history_of_a_key(network: FabricNetwork, suffix: str) -> None:

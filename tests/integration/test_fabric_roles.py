@@ -14,7 +14,6 @@ then revoked operator by each run.
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -27,9 +26,11 @@ from streamledger.core.contract_errors import (
     InvalidArgument,
     NotFound,
 )
+from streamledger.core.receipts import hold_id, sign_receipt
 from streamledger.fabric import EndorseError, EvaluateError, GatewayError
 from streamledger.ledger import LedgerClient
 from tests.integration.conftest import identity
+from tests.integration.paying import in_an_hour, new_nonce, signer_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.fabric]
 
@@ -93,7 +94,7 @@ async def test_mint_is_refused_to_every_identity_but_an_org1_admin(
 
 async def test_anchoring_and_registering_need_the_operator_role(
         ledgers: dict[str, LedgerClient], suffix: str) -> None:
-    batch = f"roles-batch-{suffix}"
+    batch = f"roles-{suffix}:0:0-0"  # <topic>:<partition>:<first>-<last>
     for who in ("client", "settlement", "admin"):
         with pytest.raises(EndorseError) as failure:
             await ledgers[who].anchor_batch(batch, ROOT, 1, 0, 0)
@@ -121,15 +122,17 @@ async def user6_provider(ledgers: dict[str, LedgerClient]) -> str:
 
 
 async def test_a_provider_settles_only_the_holds_it_acts_for(
-        ledgers: dict[str, LedgerClient], user6_provider: str, suffix: str) -> None:
+        ledgers: dict[str, LedgerClient], user6_provider: str) -> None:
     client, settlement, user6 = ledgers["client"], ledgers["settlement"], ledgers["user6"]
     me = await account_of(client)
     await ledgers["admin"].mint(me, 100)
-    hold = f"roles-hold-{suffix}"
-    await client.freeze(hold, me, user6_provider, 50, int(time.time()) + 3600)  # paid to User6
+    nonce = new_nonce()
+    hold = hold_id(me, nonce)
+    await client.freeze(nonce, user6_provider, 50, 10, in_an_hour())  # paid to User6, 10 a unit
+    two_units = sign_receipt(signer_of("User5"), hold, 2, 1)  # the client's own receipt
 
     with pytest.raises(EndorseError) as failure:
-        await settlement.settle(hold, 1, 10)  # a provider, but acting for Org1's `provider`
+        await settlement.settle(hold, two_units)  # a provider, but acting for Org1's `provider`
     refused = refusal(failure)
     assert isinstance(refused, Forbidden) and refused.field == "hold_id"
     assert f'hold "{hold}" is paid to "{user6_provider}"' in refused.detail
@@ -137,7 +140,7 @@ async def test_a_provider_settles_only_the_holds_it_acts_for(
         await settlement.authorize(hold, 10)
     assert isinstance(refusal(failure), Forbidden) and refusal(failure).field == "hold_id"
     with pytest.raises(EndorseError) as failure:
-        await client.settle(hold, 0, 1)  # the client cannot settle its own hold
+        await client.settle(hold, two_units)  # the client cannot settle its own hold
     refused = refusal(failure)
     assert isinstance(refused, Forbidden) and refused.field == "creator"
     assert refused.detail.startswith("settling a hold needs the provider role")
@@ -146,7 +149,8 @@ async def test_a_provider_settles_only_the_holds_it_acts_for(
     assert isinstance(refusal(failure), Forbidden) and refusal(failure).field == "hold_id"
 
     assert (await user6.get_hold(hold))["status"] == "OPEN"  # the refusals changed nothing
-    settled = (await user6.settle(hold, 2, 10)).json()
+    await user6.authorize(hold, 20)
+    settled = (await user6.settle(hold, two_units)).json()
     assert (settled["charged"], settled["refunded"], settled["provider"]) == (20, 30, user6_provider)
 
 
@@ -192,13 +196,13 @@ async def test_a_revoked_role_is_refused_afterwards_and_both_changes_are_in_hist
     granted = await admin.grant_role(account, "operator")
     assert "operator" in granted["roles"] and granted["tx_id"]
     assert "operator" in (await user8.who_am_i())["Roles"]
-    first = await user8.anchor_batch(f"revoke-1-{suffix}", ROOT, 1, 0, 0)
+    first = await user8.anchor_batch(f"revoke-{suffix}:0:0-0", ROOT, 1, 0, 0)
     assert first.transaction_id
 
     revoked = await admin.revoke_role(account, "operator")
     assert "operator" not in revoked["roles"] and revoked["tx_id"] != granted["tx_id"]
     with pytest.raises(EndorseError) as failure:
-        await user8.anchor_batch(f"revoke-2-{suffix}", ROOT, 1, 0, 0)
+        await user8.anchor_batch(f"revoke-{suffix}:0:1-1", ROOT, 1, 1, 1)
     refused = refusal(failure)
     assert isinstance(refused, Forbidden) and refused.field == "creator"
     assert refused.detail.startswith("anchoring a batch needs the operator role")

@@ -23,6 +23,7 @@ from fabric_protos.peer import policy_pb2
 
 from devstack.fabric import CHANNEL, ENDORSEMENT_POLICY, FabricError, FabricNetwork
 from devstack.fabric.network import CHAINCODE_NAME
+from streamledger.core.receipts import hold_id
 from streamledger.ledger import LedgerClient
 from tests.integration.conftest import identity
 
@@ -114,20 +115,21 @@ async def test_what_a_client_writes_through_the_org1_gateway_the_org2_peer_retur
     provider = network.account_of("provider")
     minted = await admin.contract.submit("Mint", me, 100)
     assert minted.endorsers == ("Org1MSP", "Org2MSP")
-    hold = f"two-orgs-{suffix}"
-    frozen = await client_via_org1.contract.submit("Freeze", hold, me, provider, 40, int(time.time()) + 3600)
+    nonce = f"two-orgs-{suffix}"
+    hold = hold_id(me, nonce)
+    frozen = await client_via_org1.contract.submit("Freeze", nonce, provider, 40, 4, int(time.time()) + 3600, 0)
     assert frozen.endorsers == ("Org1MSP", "Org2MSP")  # neither org could have committed it alone
 
     on_org2 = json.loads(wait_for(lambda: network.query("GetHold", hold, user="User5", org="Org2"),
                                   what=f"hold {hold} on the Org2 peer"))
-    assert (on_org2["hold_id"], on_org2["client"], on_org2["provider"], on_org2["amount"], on_org2["status"],
-            on_org2["freeze_tx_id"]) == (hold, me, provider, 40, "OPEN", frozen.transaction_id)
+    assert (on_org2["hold_id"], on_org2["client"], on_org2["provider"], on_org2["amount"], on_org2["price_per_unit"],
+            on_org2["status"], on_org2["freeze_tx_id"]) == (hold, me, provider, 40, 4, "OPEN", frozen.transaction_id)
     assert json.loads(network.query("Balance", me, user="User5", org="Org2")) == \
         json.loads(network.query("Balance", me, user="audit", org="Org1"))
 
 
 async def test_what_org1_anchors_the_org2_peer_returns(network: FabricNetwork, suffix: str) -> None:
-    batch, root = f"two-orgs-batch-{suffix}", uuid.uuid4().hex * 2
+    batch, root = f"two-orgs-{suffix}:0:0-6", uuid.uuid4().hex * 2  # <topic>:<partition>:<first>-<last>
     async with LedgerClient.connect(identity("anchoring")) as anchoring:
         anchored = await anchoring.anchor_batch(batch, root, 7, 0, 6)
     assert anchored.endorsers == ("Org1MSP", "Org2MSP")

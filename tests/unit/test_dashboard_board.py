@@ -243,8 +243,10 @@ def frozen(hold_id: str, amount: int = 100) -> dict:
 
 
 def settled(hold_id: str, units: int = 3, price: int = 20, amount: int = 100) -> dict:
-    return {"hold_id": hold_id, "client": CLIENT, "provider": PROVIDER, "units": units, "price": price,
-            "charged": units * price, "refunded": amount - units * price, "tx_id": "tx-s"}
+    """The contract's HoldSettled payload (chaincode/ledger/settlement.go)."""
+    return {"hold_id": hold_id, "client": CLIENT, "provider": PROVIDER, "units": units, "price_per_unit": price,
+            "authorized": units * price, "charged": units * price, "refunded": amount - units * price,
+            "receipt": None, "tx_id": "tx-s"}
 
 
 def model_ledger(board: Board, now: float = 1.0) -> dict:
@@ -315,6 +317,7 @@ def test_freezes_and_settlements_feed_and_the_usage_records_hold_status() -> Non
     assert (first["event"], first["hold_id"], first["charged"], first["refunded"], first["amount"], first["block"],
             first["tx_id"], first["client"], first["provider"]) == ("settled", "h1", 60, 40, 100, 11, "tx-s", CLIENT,
                                                                     PROVIDER)
+    assert (first["units"], first["price"]) == (3, 20)
     assert (second["event"], second["amount"], second["ts"]) == ("frozen", 100, pytest.approx(1767323045.123456))
     board.ledger.on_hold(3.0, "h1", frozen("h1"))  # a GetHold answer read before the settlement
     assert board.frame(3.0)["usage"]["records"][0]["settlement"]["status"] == "settled"
