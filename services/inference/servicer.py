@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -62,6 +62,18 @@ class Metering:
 
     meter: CreditMeter
     client_cas: dict[str, x509.Certificate]
+    clients: dict[bytes, str] = field(default_factory=dict)
+    """Client identity by TLS certificate (PEM) already named: a connection's calls check it once."""
+
+    def client(self, certificate_pem: bytes | None) -> str:
+        """`client_identity` of a peer certificate, remembered (a few thousand at most)."""
+        known = self.clients.get(certificate_pem) if certificate_pem else None
+        if known is None:
+            known = client_identity(certificate_pem, self.client_cas)
+            if len(self.clients) >= 4096:
+                self.clients.clear()
+            self.clients[certificate_pem] = known
+        return known
 
     @classmethod
     def of(cls, settings: InferenceSettings, holds: HoldSource, provider: str | None) -> Metering:
@@ -184,7 +196,7 @@ class InferenceServicer:
     async def _charge(self, context: grpc.aio.ServicerContext, rows: int) -> tuple[str, Charge]:
         metering = self.metering
         certificates = (context.auth_context() or {}).get("x509_pem_cert") or [None]
-        client = client_identity(certificates[0], metering.client_cas)
+        client = metering.client(certificates[0])
         metadata = dict(context.invocation_metadata() or ())
         return client, await metering.meter.charge(metadata.get(HOLD_METADATA), client, rows,
                                                    metadata.get(RECEIPT_METADATA))
