@@ -2,7 +2,7 @@
 client's latest signed receipt plus a credit window, and within credit this server reserved
 on the ledger.
 
-    meter = CreditMeter(source, window_units=100, reserve_units=1000, provider=acts_for)
+    meter = CreditMeter(source, window_units=100, reserve_units=1000, check_seconds=0.005, provider=acts_for)
     charge = await meter.charge(hold_id, client, units=rows, receipt=header)  # or an AuthorizationError
     ...                                                    # serve; if it fails: meter.refund(charge)
 
@@ -14,11 +14,17 @@ Per hold, this server keeps a `CreditLine`:
   (`window_units`). So a client that stops signing gets at most W more units from this server,
   and a new or restarted server starts from the latest receipt the client sends (or the ledger
   recorded), never from zero. A client with no receipt yet is served W units.
-- **receipts**: a request's `streamledger-receipt` is checked only when it changes (the same
-  header again costs one string comparison): it must name the request's hold, supersede the one
-  accepted (a higher sequence, no fewer units) or repeat it, stay within the units the hold pays
-  for, and verify against the certificate that froze the hold. The ledger's recorded receipt counts as
-  accepted.
+- **receipts**: a request's `streamledger-receipt` is looked at only when it changes (the same
+  header again costs one string comparison). It must name the request's hold, supersede the one
+  accepted (a higher sequence, no fewer units) or repeat it, and stay within the units the hold
+  pays for, or the request is refused at once. Its signature (an ECDSA verification, ~70 us: more
+  than the rest of a request's metering) is checked against the certificate that froze the hold
+  before the receipt counts: at once with `check_seconds` 0, else `check_seconds` later in the
+  background, for the newest receipt received by then only (an honest client sends a new one with
+  every request: one check covers all of them), and at once whenever a request needs it, i.e.
+  would not fit the window with the receipt accepted so far. A receipt that does not verify is
+  refused then, and on sight when it comes again. The window only ever counts checked receipts,
+  and so do the usage records. The ledger's recorded receipt counts as accepted.
 - **reservations**: this server serves at most the credit it reserved itself (its `Authorize`
   amounts, summed), so the contract, which charges at most what was reserved, can charge every
   unit a receipt covers. Before serving beyond it, the server reserves the next chunk,
@@ -118,6 +124,12 @@ class CreditLine:
     """Credit this server reserved on the hold."""
     reserved_at: float = float("-inf")
     key: ReceiptKey | None = None
+    pending: Receipt | None = None
+    """The newest receipt received that supersedes `receipt`, its signature not checked yet."""
+    pending_header: str | None = None
+    forged: str | None = None
+    """The last receipt header whose signature did not verify: refused on sight."""
+    checking: asyncio.TimerHandle | None = None
     reserving: asyncio.Future | None = None
     refreshing: asyncio.Future | None = None
 
@@ -143,10 +155,12 @@ class CreditMeter:
     """
 
     def __init__(self, source: HoldSource, *, window_units: int, reserve_units: int, cache_seconds: float = 5.0,
-                 provider: str | None = None, clock: Callable[[], float] = time.time) -> None:
+                 check_seconds: float = 0.0, provider: str | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.source = source
         self.window_units = window_units
         self.reserve_units = reserve_units
+        self.check_seconds = check_seconds
         self.cache_seconds = cache_seconds
         self.provider = provider
         self.clock = clock
@@ -173,8 +187,8 @@ class CreditMeter:
         if not hold.live:
             raise HoldClosed(f"hold {hold_id!r} is settled or released")
         self._check_expiry(hold)
-        if receipt is not None and receipt != line.header:
-            self._accept(line, receipt)
+        if receipt is not None and receipt != line.header and receipt != line.pending_header:
+            self._take(line, receipt)
         cost = units * hold.price_per_unit
         while True:
             self._check_window(line, units)
@@ -248,8 +262,9 @@ class CreditMeter:
 
     # -- receipts --
 
-    def _accept(self, line: CreditLine, header: str) -> None:
-        """Take `header`'s receipt as the hold's latest, or raise saying what is wrong with it."""
+    def _take(self, line: CreditLine, header: str) -> None:
+        """A request's receipt, not seen before: refuse it if it is malformed, for another hold, older
+        than the one accepted or beyond the hold; else check its signature now or soon (`check_seconds`)."""
         hold = line.hold
         try:
             receipt = receipt_from_header(header)
@@ -258,46 +273,82 @@ class CreditMeter:
         if receipt.hold_id != hold.hold_id:
             raise ReceiptForAnotherHold(f"the receipt (sequence {receipt.sequence}) is for hold {receipt.hold_id!r}; "
                                         f"the request is charged to hold {hold.hold_id!r}")
+        if header == line.forged:
+            raise self._not_signed(line, receipt, "found out before")
         last = line.receipt
-        again = last is not None and (receipt.sequence, receipt.units) == (last.sequence, last.units)
-        if again and receipt.signature == last.signature:
+        if last is not None and (receipt.sequence, receipt.units) == (last.sequence, last.units):
+            self._verify(line, receipt)  # the accepted receipt signed anew (ECDSA signatures differ each time)
             line.header = header
             return
-        if last is not None and not again:
-            if receipt.sequence <= last.sequence:
-                raise StaleReceipt(f"hold {hold.hold_id!r}: receipt sequence {receipt.sequence} is not newer than "
-                                   f"the one accepted, sequence {last.sequence} for {last.units} units; send the "
-                                   f"latest receipt")
-            if receipt.units < last.units:
-                raise StaleReceipt(f"hold {hold.hold_id!r}: receipt sequence {receipt.sequence} is for {receipt.units} "
-                                   f"units, fewer than the {last.units} of sequence {last.sequence} accepted; units "
-                                   f"never decrease")
+        if last is not None and receipt.sequence <= last.sequence:
+            raise StaleReceipt(f"hold {hold.hold_id!r}: receipt sequence {receipt.sequence} is not newer than the one "
+                               f"accepted, sequence {last.sequence} for {last.units} units; send the latest receipt")
+        if last is not None and receipt.units < last.units:
+            raise StaleReceipt(f"hold {hold.hold_id!r}: receipt sequence {receipt.sequence} is for {receipt.units} "
+                               f"units, fewer than the {last.units} of sequence {last.sequence} accepted; units "
+                               f"never decrease")
         if receipt.units > hold.units:
             raise ReceiptBeyondHold(f"hold {hold.hold_id!r} pays for at most {hold.units} units ({hold.amount} at "
                                     f"{hold.price_per_unit}); the receipt says {receipt.units}")
+        if line.pending is None or receipt.supersedes(line.pending):
+            line.pending, line.pending_header = receipt, header
+        if self.check_seconds <= 0:
+            self._check_pending(line)
+        elif line.checking is None:
+            line.checking = asyncio.get_running_loop().call_later(self.check_seconds, self._check_later, line)
+
+    def _check_pending(self, line: CreditLine) -> None:
+        """Accept the newest receipt received, once its signature verifies; `ReceiptNotSigned` if it does not."""
+        receipt, header = line.pending, line.pending_header
+        line.pending = line.pending_header = None
+        if receipt is None:
+            return
+        try:
+            self._verify(line, receipt)
+        except ReceiptNotSigned:
+            line.forged = header
+            raise
+        if receipt.supersedes(line.receipt):  # (the ledger's recorded receipt may have overtaken it)
+            line.receipt, line.header = receipt, header
+            line.served = max(line.served, receipt.units)
+            RECEIPTS.inc()
+
+    def _check_later(self, line: CreditLine) -> None:
+        line.checking = None
+        try:
+            self._check_pending(line)
+        except ReceiptNotSigned as exc:  # refused when it comes again, or when the window needs it
+            log.warning("receipt_not_signed", extra={"hold_id": line.hold.hold_id, "error": str(exc)})
+
+    def _verify(self, line: CreditLine, receipt: Receipt) -> None:
         try:
             if line.key is None:
-                line.key = ReceiptKey(hold.client_cert)
+                line.key = ReceiptKey(line.hold.client_cert)
             line.key.verify(receipt)
         except InvalidReceipt as exc:
-            raise ReceiptNotSigned(f"hold {hold.hold_id!r}: receipt sequence {receipt.sequence} is not signed by the "
-                                   f"certificate of client {hold.client!r} that froze the hold ({exc})") from None
-        if again:  # the accepted receipt signed anew (ECDSA signatures differ each time): the same receipt
-            return
-        line.receipt, line.header = receipt, header
-        line.served = max(line.served, receipt.units)
-        RECEIPTS.inc()
+            raise self._not_signed(line, receipt, str(exc)) from None
+
+    @staticmethod
+    def _not_signed(line: CreditLine, receipt: Receipt, why: str) -> ReceiptNotSigned:
+        return ReceiptNotSigned(f"hold {line.hold.hold_id!r}: receipt sequence {receipt.sequence} is not signed by the "
+                                f"certificate of client {line.hold.client!r} that froze the hold ({why})")
 
     def _check_window(self, line: CreditLine, units: int) -> None:
-        receipt = line.receipt
-        covered = receipt.units if receipt is not None else 0
+        if line.pending is not None and line.served + units > self._covered(line) + self.window_units:
+            self._check_pending(line)  # the request needs the newer receipt: check it now
+        covered = self._covered(line)
         if line.served + units > covered + self.window_units:
+            receipt = line.receipt
             known = (f"the latest receipt covers {covered} (sequence {receipt.sequence})" if receipt is not None
                      else "no receipt yet")
             raise ReceiptNeeded(
                 f"hold {line.hold.hold_id!r}: {line.served} units served, {known}, credit window {self.window_units} "
                 f"units: {units} more need a receipt for at least {line.served + units - self.window_units} units; "
                 f"send a newer receipt in the {RECEIPT_METADATA!r} request metadata")
+
+    @staticmethod
+    def _covered(line: CreditLine) -> int:
+        return line.receipt.units if line.receipt is not None else 0
 
     # -- reservations --
 

@@ -80,7 +80,8 @@ class Metering:
         """Paid mode's metering as the settings say, holds read from `holds` (they must pay `provider`)."""
         meter = CreditMeter(holds, window_units=settings.inference_credit_window_units,
                             reserve_units=settings.inference_reserve_units,
-                            cache_seconds=settings.inference_hold_cache_seconds, provider=provider)
+                            cache_seconds=settings.inference_hold_cache_seconds,
+                            check_seconds=settings.inference_receipt_check_seconds, provider=provider)
         return cls(meter, tls.client_cas(settings))
 
 

@@ -47,6 +47,10 @@ class InferenceSettings(CommonSettings):
     inference_reserve_units: int = 1000
     """Units (x the hold's price) a server reserves on the ledger (`Authorize`) at a time; the
     chunk doubles while each lasts less than 10 s."""
+    inference_receipt_check_seconds: float = 0.005
+    """How long a new receipt may wait before its signature is checked, so that one check covers
+    the receipts that came meanwhile (only the newest is checked); a request that needs the receipt
+    has it checked at once. 0: every new receipt is checked on its request's path."""
     inference_hold_cache_seconds: float = 5.0
     """How long a hold read from the ledger is trusted before it is read again (in the background)."""
     inference_records_stop_seconds: float = 10.0
@@ -75,8 +79,9 @@ class InferenceSettings(CommonSettings):
         for name in ("inference_credit_window_units", "inference_reserve_units"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1; got {getattr(self, name)}")
-        if self.inference_records_stop_seconds < 0:
-            raise ValueError("inference_records_stop_seconds must not be negative")
+        for name in ("inference_records_stop_seconds", "inference_receipt_check_seconds"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative; got {getattr(self, name)}")
         return self
 
     def topic_specs(self) -> list[kafka.TopicSpec]:

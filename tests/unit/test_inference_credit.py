@@ -312,3 +312,48 @@ async def test_a_hold_paying_another_provider_is_refused():
     credit = meter(FakeLedger(a_hold(provider="Org1MSP::CN=other")))
     with pytest.raises(NotHoldProvider, match="pays provider 'Org1MSP::CN=other', not this server"):
         await credit.charge("h", ALICE, 1)
+
+
+async def until(condition, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.001)
+
+
+async def test_with_a_check_delay_receipts_are_checked_in_the_background_newest_only(monkeypatch):
+    checked: list[int] = []
+    original = ReceiptKey.verify
+    monkeypatch.setattr(ReceiptKey, "verify", lambda key, r: (checked.append(r.sequence), original(key, r)))
+    credit = CreditMeter(FakeLedger(a_hold(amount=10_000)), window_units=50, reserve_units=1000, check_seconds=0.05,
+                          clock=Clock())
+    received, header = 0, None
+    for sequence in range(1, 11):  # ten receipts within the window: none checked on a request's path
+        received += (await credit.charge("h", ALICE, 2, header)).units
+        header = receipt(received, sequence)
+    assert checked == [] and credit.line("h").receipt is None
+    await until(lambda: credit.line("h").receipt is not None)
+    assert checked == [9], "one check, of the newest receipt received"
+    assert (await credit.charge("h", ALICE, 2, header)).receipt.sequence == 9, "usage carries checked receipts"
+
+
+async def test_a_receipt_the_window_needs_is_checked_on_the_path_and_a_forged_one_refused():
+    credit = CreditMeter(FakeLedger(a_hold(amount=10_000)), window_units=10, reserve_units=1000, check_seconds=60,
+                          clock=Clock())
+    await credit.charge("h", ALICE, 10)
+    assert (await credit.charge("h", ALICE, 5, receipt(10, 1))).receipt.sequence == 1  # needed: checked at once
+    await credit.charge("h", ALICE, 5, receipt(15, 2, signer=MALLORY_KEY))  # 20 <= 10 + 10: not needed, not checked
+    with pytest.raises(ReceiptNotSigned, match="receipt sequence 3 is not signed by the certificate of client"):
+        await credit.charge("h", ALICE, 5, receipt(20, 3, signer=MALLORY_KEY))  # 25 > 20: needed, checked, refused
+    assert credit.line("h").receipt.sequence == 1
+
+
+async def test_a_forged_receipt_found_out_in_the_background_is_refused_on_sight():
+    credit = CreditMeter(FakeLedger(a_hold(amount=10_000)), window_units=100, reserve_units=1000, check_seconds=0.001,
+                          clock=Clock())
+    await credit.charge("h", ALICE, 1)
+    forged = receipt(1, 1, signer=MALLORY_KEY)
+    await credit.charge("h", ALICE, 1, forged)  # within the window: served meanwhile
+    await until(lambda: credit.line("h").forged == forged)
+    with pytest.raises(ReceiptNotSigned, match="found out before"):
+        await credit.charge("h", ALICE, 1, forged)
+    assert (await credit.charge("h", ALICE, 1, receipt(3, 1))).units == 1  # its own receipt is fine

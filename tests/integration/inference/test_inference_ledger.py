@@ -39,7 +39,7 @@ from tritonclient.utils import InferenceServerException
 from services.inference import app as inference_app
 from services.inference.ledger_holds import LedgerHoldSource
 from services.inference.settings import InferenceSettings
-from streamledger.core.receipts import sign_receipt
+from streamledger.core.receipts import Receipt, sign_receipt
 from streamledger.fabric import RetryPolicy
 from streamledger.fabric.identity import load_msp
 from streamledger.ledger import LedgerClient, MissingRole
@@ -176,7 +176,8 @@ def test_an_honest_client_paying_by_receipts_is_served_within_what_the_server_re
 
 def test_a_client_that_stops_signing_gets_w_more_units_and_receipts_not_its_own_are_refused(paid_settings, nonce):
     settings, server_ca, topics = paid_settings
-    settings = settings.model_copy(update={"inference_credit_window_units": 10})
+    # Every receipt checked on its request's path, so that the receipts in the usage records are exact.
+    settings = settings.model_copy(update={"inference_credit_window_units": 10, "inference_receipt_check_seconds": 0})
     hold, other = holds(("User5", f"w-{nonce}", 1_000, 1), ("User5", f"w-other-{nonce}", 1_000, 1))
     with ServerThread.of(settings, ledger=LedgerSettings()) as server:
         user5, user6 = Client("User5", server.port, server_ca), Client("User6", server.port, server_ca)
@@ -336,8 +337,13 @@ def test_the_readme_example_pays_streamledger_serve_inference_by_receipts(paid_s
     assert (hold["client"], hold["receipt"]["units"], hold["receipt"]["sequence"]) == (user1, 4, 4)
     assert hold["authorized"] >= 4 * hold["price_per_unit"]
     usage = asyncio.run(read_usage(settings.kafka_bootstrap, topics["usage"], 4))
-    assert sorted((r["hold_id"], r["receipt_units"], r["receipt_sequence"]) for r in usage) == [
-        (receipt.hold_id, n, n) for n in range(4)]
+    assert {r["hold_id"] for r in usage} == {receipt.hold_id} and sum(r["units"] for r in usage) == 4
+    carried = sorted((r["receipt_sequence"], r["receipt_units"], r["receipt_signature"]) for r in usage)
+    assert carried[0][:2] == (0, 0), "the first request had no receipt yet"
+    for sequence, units, signature in carried:  # receipts checked in the background lag, never lead
+        assert sequence == units <= 3
+        if sequence:
+            Receipt(receipt.hold_id, units, sequence, signature).verify(hold["client_cert"])
 
 
 async def read_usage(bootstrap: str, topic: str, count: int) -> list[dict]:
