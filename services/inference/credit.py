@@ -21,7 +21,7 @@ Per hold, this server keeps a `CreditLine`:
   than the rest of a request's metering) is checked against the certificate that froze the hold
   before the receipt counts: at once with `check_seconds` 0, else `check_seconds` later in the
   background, for the newest receipt received by then only (an honest client sends a new one with
-  every request: one check covers all of them), and at once whenever a request needs it, i.e.
+  every request: one check covers those of every request in between), and at once whenever a request needs it, i.e.
   would not fit the window with the receipt accepted so far. A receipt that does not verify is
   refused then, and on sight when it comes again. The window only ever counts checked receipts,
   and so do the usage records. The ledger's recorded receipt counts as accepted.
