@@ -36,7 +36,7 @@ from services.learning.prequential import OnlineModel
 from streamledger.core import receipts
 from streamledger.core.snapshots import seal
 from streamledger.declarations import load_declarations
-from streamledger.fabric import RetryPolicy
+from streamledger.fabric import EndorseError, RetryPolicy
 from streamledger.ledger import LedgerClient, MissingRole
 from streamledger.lifecycle import run_until
 from streamledger.settings import LedgerSettings
@@ -160,11 +160,14 @@ async def test_the_registry_knows_exactly_the_registered_hash(registry_ledger, s
     assert await registry.latest_version(model_id) == 0
     await registry.register(model_id, 1, sha)
     await registry.register(model_id, 1, sha)  # a retried registration is a no-op
-    await registry.register(model_id, 3, other)
+    await registry.register(model_id, 2, other)
     assert await registry.is_registered(model_id, 1, sha)
     assert not await registry.is_registered(model_id, 1, other)
-    assert not await registry.is_registered(model_id, 2, sha)  # never registered
-    assert await registry.latest_version(model_id) == 3
+    assert not await registry.is_registered(model_id, 2, sha)  # registered with another hash
+    assert not await registry.is_registered(model_id, 3, sha)  # never registered
+    assert await registry.latest_version(model_id) == 2
+    with pytest.raises(EndorseError, match='CONFLICT: "version": the next version of model .* is 3, got 4'):
+        await registry.register(model_id, 4, sha)  # versions only go up by one (issue 21, rule 6)
 
 
 # -- learning with the ledger --
