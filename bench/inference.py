@@ -38,6 +38,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import statistics
@@ -125,6 +126,7 @@ class PaidCalls:
     def __init__(self, book) -> None:
         self.book = book
         self.refused: dict[str, int] = {}
+        """Refusals by status and the start of their message (hold id and numbers as N)."""
 
     def caller(self, call, rows: int) -> Callable[[bytes], Awaitable[bytes]]:
         from streamledger.core.receipts import HOLD_METADATA, RECEIPT_METADATA
@@ -137,10 +139,11 @@ class PaidCalls:
             try:
                 answer = await call(payload, metadata=metadata)
             except grpc.aio.AioRpcError as exc:
-                key = f"{exc.code().name}: {exc.details()[:80]}"
+                key = f"{exc.code().name}: {re.sub(r'[0-9a-f]{32}|[0-9]+', 'N', exc.details())[:100]}"
                 self.refused[key] = self.refused.get(key, 0) + 1
                 return b""
-            book.received(rows)
+            # Signed right after the answer, once the caller has taken the time: client work, not latency.
+            asyncio.get_running_loop().call_soon(book.received, rows)
             return answer
         return paid
 
@@ -367,9 +370,10 @@ def main() -> None:
                 print(f"{'':>10}{'; '.join(notes)} ({goal})")
         if paying:
             total = reservations(metrics_port)
+            refused = sum(paying.refused.values())
             print(f"paid: {total:.0f} reservations for {requests['paid']} requests "
                   f"({total * 1000 / max(requests['paid'], 1):.2f} per 1,000); receipts signed {paying.book.sequence}; "
-                  f"refused: {paying.refused or 'none'}")
+                  f"refused {refused}" + "".join(f"\n  {count} x {why}" for why, count in paying.refused.items()))
     finally:
         for server in servers:
             server.send_signal(signal.SIGTERM)

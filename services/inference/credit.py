@@ -15,9 +15,11 @@ Per hold, this server keeps a `CreditLine`:
   and a new or restarted server starts from the latest receipt the client sends (or the ledger
   recorded), never from zero. A client with no receipt yet is served W units.
 - **receipts**: a request's `streamledger-receipt` is looked at only when it changes (the same
-  header again costs one string comparison). It must name the request's hold, supersede the one
-  accepted (a higher sequence, no fewer units) or repeat it, and stay within the units the hold
-  pays for, or the request is refused at once. Its signature (an ECDSA verification, ~70 us: more
+  header again costs one string comparison). It must name the request's hold, have no fewer
+  units than the one accepted, and stay within the units the hold pays for, or the request is
+  refused at once. One with an older sequence supersedes nothing: as requests sent at once may
+  arrive out of order, it is ignored while the request fits the window without it and refused
+  (INVALID_ARGUMENT, "not newer than the one accepted") when the request needs a newer one. Its signature (an ECDSA verification, ~70 us: more
   than the rest of a request's metering) is checked against the certificate that froze the hold
   before the receipt counts: at once with `check_seconds` 0, else `check_seconds` later in the
   background, for the newest receipt received by then only (an honest client sends a new one with
@@ -187,11 +189,12 @@ class CreditMeter:
         if not hold.live:
             raise HoldClosed(f"hold {hold_id!r} is settled or released")
         self._check_expiry(hold)
+        older = None
         if receipt is not None and receipt != line.header and receipt != line.pending_header:
-            self._take(line, receipt)
+            older = self._take(line, receipt)
         cost = units * hold.price_per_unit
         while True:
-            self._check_window(line, units)
+            self._check_window(line, units, older)
             if line.unspent >= cost:
                 break
             await self._reserve(line, cost - line.unspent)
@@ -262,9 +265,10 @@ class CreditMeter:
 
     # -- receipts --
 
-    def _take(self, line: CreditLine, header: str) -> None:
-        """A request's receipt, not seen before: refuse it if it is malformed, for another hold, older
-        than the one accepted or beyond the hold; else check its signature now or soon (`check_seconds`)."""
+    def _take(self, line: CreditLine, header: str) -> Receipt | None:
+        """A request's receipt, not seen before: refuse it if it is malformed, for another hold, with
+        fewer units than the one accepted or beyond the hold; return it if it has an older sequence
+        (it supersedes nothing); else check its signature now or soon (`check_seconds`)."""
         hold = line.hold
         try:
             receipt = receipt_from_header(header)
@@ -279,10 +283,11 @@ class CreditMeter:
         if last is not None and (receipt.sequence, receipt.units) == (last.sequence, last.units):
             self._verify(line, receipt)  # the accepted receipt signed anew (ECDSA signatures differ each time)
             line.header = header
-            return
+            return None
         if last is not None and receipt.sequence <= last.sequence:
-            raise StaleReceipt(f"hold {hold.hold_id!r}: receipt sequence {receipt.sequence} is not newer than the one "
-                               f"accepted, sequence {last.sequence} for {last.units} units; send the latest receipt")
+            # Requests sent at once may arrive out of order: an older receipt is refused only when
+            # the request needs a newer one (`_check_window`), else ignored.
+            return receipt
         if last is not None and receipt.units < last.units:
             raise StaleReceipt(f"hold {hold.hold_id!r}: receipt sequence {receipt.sequence} is for {receipt.units} "
                                f"units, fewer than the {last.units} of sequence {last.sequence} accepted; units "
@@ -296,6 +301,7 @@ class CreditMeter:
             self._check_pending(line)
         elif line.checking is None:
             line.checking = asyncio.get_running_loop().call_later(self.check_seconds, self._check_later, line)
+        return None
 
     def _check_pending(self, line: CreditLine) -> None:
         """Accept the newest receipt received, once its signature verifies; `ReceiptNotSigned` if it does not."""
@@ -333,12 +339,17 @@ class CreditMeter:
         return ReceiptNotSigned(f"hold {line.hold.hold_id!r}: receipt sequence {receipt.sequence} is not signed by the "
                                 f"certificate of client {line.hold.client!r} that froze the hold ({why})")
 
-    def _check_window(self, line: CreditLine, units: int) -> None:
+    def _check_window(self, line: CreditLine, units: int, older: Receipt | None) -> None:
+        """Refuse the request unless it fits the window; `older`: its receipt, if that superseded nothing."""
         if line.pending is not None and line.served + units > self._covered(line) + self.window_units:
             self._check_pending(line)  # the request needs the newer receipt: check it now
         covered = self._covered(line)
         if line.served + units > covered + self.window_units:
             receipt = line.receipt
+            if older is not None:
+                raise StaleReceipt(f"hold {line.hold.hold_id!r}: receipt sequence {older.sequence} is not newer than "
+                                   f"the one accepted, sequence {receipt.sequence} for {receipt.units} units; send "
+                                   f"the latest receipt")
             known = (f"the latest receipt covers {covered} (sequence {receipt.sequence})" if receipt is not None
                      else "no receipt yet")
             raise ReceiptNeeded(

@@ -165,7 +165,7 @@ async def test_a_receipt_that_supersedes_nothing_or_is_not_the_clients_is_refuse
     await credit.charge("h", ALICE, 2, receipt(2, 1))
     await credit.charge("h", ALICE, 1, receipt(4, 2))
     with pytest.raises(error) as refused:
-        await credit.charge("h", ALICE, 1, header())
+        await credit.charge("h", ALICE, 10, header())  # 15 > 4 + 10: the request needs a newer receipt
     assert message in str(refused.value)
     assert refused.value.code == ("PERMISSION_DENIED" if error is ReceiptNotSigned else "INVALID_ARGUMENT")
     assert credit.line("h").receipt.sequence == 2, "the accepted receipt stays"
@@ -357,3 +357,14 @@ async def test_a_forged_receipt_found_out_in_the_background_is_refused_on_sight(
     with pytest.raises(ReceiptNotSigned, match="found out before"):
         await credit.charge("h", ALICE, 1, forged)
     assert (await credit.charge("h", ALICE, 1, receipt(3, 1))).units == 1  # its own receipt is fine
+
+
+async def test_an_older_receipt_is_ignored_while_the_request_does_not_need_a_newer_one():
+    """Requests sent at once may arrive out of order: the older receipt is no refusal by itself."""
+    credit = meter(FakeLedger(a_hold()), window=10)
+    await credit.charge("h", ALICE, 4)
+    first, second = receipt(2, 1), receipt(4, 2)
+    await credit.charge("h", ALICE, 2, second)  # sent after `first`, arrived before it
+    assert (await credit.charge("h", ALICE, 2, first)).receipt.sequence == 2
+    with pytest.raises(StaleReceipt, match="receipt sequence 1 is not newer than the one accepted, sequence 2"):
+        await credit.charge("h", ALICE, 7, first)  # 15 > 4 + 10: it needed a newer one
