@@ -114,7 +114,7 @@ class Target:
         return grpc.aio.secure_channel(f"127.0.0.1:{self.port}", self.credentials,
                                        options=[("grpc.ssl_target_name_override", "localhost")])
 
-    def caller(self, channel: grpc.aio.Channel, rows: int) -> Callable[[bytes], Awaitable[bytes]]:
+    def caller(self, channel: grpc.aio.Channel, rows: int) -> Callable[[bytes], Awaitable[object]]:
         call = channel.unary_unary(INFER)
         return call if self.paying is None else self.paying.caller(call, rows)
 
@@ -128,29 +128,31 @@ class PaidCalls:
         self.refused: dict[str, int] = {}
         """Refusals by status and the start of their message (hold id and numbers as N)."""
 
-    def caller(self, call, rows: int) -> Callable[[bytes], Awaitable[bytes]]:
+    def caller(self, call, rows: int) -> Callable[[bytes], Awaitable[Callable[[], None] | None]]:
         from streamledger.core.receipts import HOLD_METADATA, RECEIPT_METADATA
 
         book, hold = self.book, (HOLD_METADATA, self.book.hold_id)
 
-        async def paid(payload: bytes) -> bytes:
+        def sign() -> None:
+            book.received(rows)
+
+        async def paid(payload: bytes) -> Callable[[], None] | None:
             header = book.header
             metadata = (hold,) if header is None else (hold, (RECEIPT_METADATA, header))
             try:
-                answer = await call(payload, metadata=metadata)
+                await call(payload, metadata=metadata)
             except grpc.aio.AioRpcError as exc:
                 key = f"{exc.code().name}: {re.sub(r'[0-9a-f]{32}|[0-9]+', 'N', exc.details())[:100]}"
                 self.refused[key] = self.refused.get(key, 0) + 1
-                return b""
-            # Signed right after the answer, once the caller has taken the time: client work, not latency.
-            asyncio.get_running_loop().call_soon(book.received, rows)
-            return answer
+                return None
+            return sign  # signed once the answer's latency is taken, before the next call: client work
         return paid
 
 
 async def load(call, payload: bytes, concurrency: int, seconds: float) -> tuple[list[float], float]:
     """Latencies of `concurrency` callers sending `payload` back to back for `seconds`, and the wall time
-    it took (the calls in flight at the deadline finish after it)."""
+    it took (the calls in flight at the deadline finish after it). `call` may return a function, the
+    caller's work after the answer (a receipt to sign): run before the next call, not timed."""
     latencies: list[float] = []
     began = time.perf_counter()
     deadline = began + seconds
@@ -158,8 +160,10 @@ async def load(call, payload: bytes, concurrency: int, seconds: float) -> tuple[
     async def worker() -> None:
         while time.perf_counter() < deadline:
             started = time.perf_counter()
-            await call(payload)
+            after = await call(payload)
             latencies.append(time.perf_counter() - started)
+            if callable(after):
+                after()
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return latencies, time.perf_counter() - began

@@ -2,7 +2,7 @@
 client's latest signed receipt plus a credit window, and within credit this server reserved
 on the ledger.
 
-    meter = CreditMeter(source, window_units=100, reserve_units=1000, check_seconds=0.005, provider=acts_for)
+    meter = CreditMeter(source, window_units=100, reserve_units=1000, check_seconds=0.02, provider=acts_for)
     charge = await meter.charge(hold_id, client, units=rows, receipt=header)  # or an AuthorizationError
     ...                                                    # serve; if it fails: meter.refund(charge)
 

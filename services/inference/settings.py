@@ -47,7 +47,7 @@ class InferenceSettings(CommonSettings):
     inference_reserve_units: int = 1000
     """Units (x the hold's price) a server reserves on the ledger (`Authorize`) at a time; the
     chunk doubles while each lasts less than 10 s."""
-    inference_receipt_check_seconds: float = 0.005
+    inference_receipt_check_seconds: float = 0.02
     """How long a new receipt may wait before its signature is checked, so that one check covers
     the receipts that came meanwhile (only the newest is checked); a request that needs the receipt
     has it checked at once. 0: every new receipt is checked on its request's path."""
