@@ -1,33 +1,44 @@
-"""Latency and throughput of the inference service next to two floors measured in the same run.
+"""Latency and throughput of the inference service, free and paid, next to two floors measured in the same run.
 
-    .venv/bin/python bench/inference.py [--seconds 2] [--sample 1.0]
+    .venv/bin/python bench/inference.py [--seconds 2] [--sample 1.0] [--free-only]
 
-Needs the local stack (Kafka). A phishing logistic regression is trained with the learning
-package's own code, published as a snapshot to a fresh topic, and served by the real
-`streamledger serve inference` in a subprocess (free mode). For 1-row and 64-row requests
-at concurrency 1, 8 and 64 it prints p50/p99 latency, requests/s and rows/s of:
+Needs the local stack (Kafka) and, for paid mode, the local Fabric network with the money
+contract. A phishing logistic regression is trained with the learning package's own code,
+published as a snapshot to a fresh topic, and served by the real `streamledger serve inference`
+in two subprocesses: free mode, and paid mode (mutual TLS, acting as the `inference` identity,
+`CREDIT_WINDOW_UNITS` 10,000 so that 64 requests of 64 rows in flight fit, `RESERVE_UNITS` the
+default). For paid mode Org1's Admin mints credit to Org2's User8, which freezes one hold for the
+account `inference` acts for; every paid call carries the hold id and User8's latest receipt as
+metadata, and after each response the client signs the next receipt with User8's key (as
+`streamledger.client` does). For 1-row and 64-row requests at concurrency 1, 8 and 64 it prints
+p50/p99 latency, requests/s and rows/s of:
   - river:     the same model's `predict_proba_one` called in-process (no gRPC at all);
   - echo:      a bare grpc.aio server in a subprocess answering each ModelInfer call with the
                request's own bytes (same payload size: the floor Python gRPC sets here);
-  - inference: the service.
-The client is one grpc.aio process sending pre-serialized requests to both servers, so
-client costs are the same for both. Each cell warms both connections up (not measured),
-then alternates short slices of load between echo and inference (which goes first
-alternates too) until each has had `--seconds`: both sides see the same background load of
-a shared machine, and their ratio compares like with like. Rates are requests (rows) over
-the wall time the measured slices took, from their first request sent to their last answer. At the end it counts the records
-on the run's predictions topic against the inference requests sent (a record dropped because
-the server's buffer was full shows there). Asserts nothing.
+  - free:      the service in free mode;
+  - paid:      the service in paid mode (TLS, receipts checked, credit reserved on the ledger).
+The client is one grpc.aio process sending pre-serialized requests to every server, so
+client costs are the same for all (the paid client also signs a receipt after each answer).
+Each cell warms every connection up (not measured), then alternates short slices of load
+between the targets (the order rotates) until each has had `--seconds`: all see the same
+background load of a shared machine, and their ratios compare like with like. Rates are
+requests (rows) over the wall time the measured slices took, from their first request sent to
+their last answer. Per cell it prints the reservation (Authorize) transactions the paid server
+made per 1,000 paid requests, read from its `/metrics`. At the end it counts the records on
+the run's predictions topics against the requests sent (a record dropped because a server's
+buffer was full shows there) and the usage records against the paid requests. Asserts nothing.
 
-Goals (issue 7): 1-row p99 within 1.5x of the echo floor at each concurrency; at least
-10,000 rows/s with 64-row requests.
+Goals: 1-row p99 of free mode within 1.5x of the echo floor at each concurrency (issue 7), of
+paid mode within 1.2x of free mode (issue 21); at least 10,000 rows/s with 64-row requests.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import re
 import signal
 import socket
 import statistics
@@ -35,7 +46,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -54,6 +67,11 @@ task = "binary"
 metrics = ["Accuracy"]
 pipeline = [ { class = "preprocessing.StandardScaler" }, { class = "linear_model.LogisticRegression" } ]
 """
+PAYING_USER = "User8"
+"""Org2's user that pays in the bench (the tests pay as User5, User6 and User1)."""
+HOLD_AMOUNT = 20_000_000
+WINDOW_UNITS = 10_000
+"""Paid mode's credit window in the bench: 64 requests of 64 rows in flight, unreceipted, fit."""
 
 
 def free_port() -> int:
@@ -83,9 +101,58 @@ def request_bytes(rows: list[dict], names: list[str]) -> bytes:
     return request.SerializeToString()
 
 
+class Target:
+    """One server the client loads: how to reach it (a channel) and how to call it (bytes in, bytes out)."""
+
+    def __init__(self, port: int, credentials: grpc.ChannelCredentials | None = None,
+                 paying: PaidCalls | None = None) -> None:
+        self.port, self.credentials, self.paying = port, credentials, paying
+
+    def channel(self) -> grpc.aio.Channel:
+        if self.credentials is None:
+            return grpc.aio.insecure_channel(f"127.0.0.1:{self.port}")
+        return grpc.aio.secure_channel(f"127.0.0.1:{self.port}", self.credentials,
+                                       options=[("grpc.ssl_target_name_override", "localhost")])
+
+    def caller(self, channel: grpc.aio.Channel, rows: int) -> Callable[[bytes], Awaitable[object]]:
+        call = channel.unary_unary(INFER)
+        return call if self.paying is None else self.paying.caller(call, rows)
+
+
+class PaidCalls:
+    """A paying client's side: every call carries the hold and the latest receipt; every answer is
+    signed for (`streamledger.client.ReceiptBook`, as `PaidInferenceClient` does)."""
+
+    def __init__(self, book) -> None:
+        self.book = book
+        self.refused: dict[str, int] = {}
+        """Refusals by status and the start of their message (hold id and numbers as N)."""
+
+    def caller(self, call, rows: int) -> Callable[[bytes], Awaitable[Callable[[], None] | None]]:
+        from streamledger.core.receipts import HOLD_METADATA, RECEIPT_METADATA
+
+        book, hold = self.book, (HOLD_METADATA, self.book.hold_id)
+
+        def sign() -> None:
+            book.received(rows)
+
+        async def paid(payload: bytes) -> Callable[[], None] | None:
+            header = book.header
+            metadata = (hold,) if header is None else (hold, (RECEIPT_METADATA, header))
+            try:
+                await call(payload, metadata=metadata)
+            except grpc.aio.AioRpcError as exc:
+                key = f"{exc.code().name}: {re.sub(r'[0-9a-f]{32}|[0-9]+', 'N', exc.details())[:100]}"
+                self.refused[key] = self.refused.get(key, 0) + 1
+                return None
+            return sign  # signed once the answer's latency is taken, before the next call: client work
+        return paid
+
+
 async def load(call, payload: bytes, concurrency: int, seconds: float) -> tuple[list[float], float]:
     """Latencies of `concurrency` callers sending `payload` back to back for `seconds`, and the wall time
-    it took (the calls in flight at the deadline finish after it)."""
+    it took (the calls in flight at the deadline finish after it). `call` may return a function, the
+    caller's work after the answer (a receipt to sign): run before the next call, not timed."""
     latencies: list[float] = []
     began = time.perf_counter()
     deadline = began + seconds
@@ -93,34 +160,38 @@ async def load(call, payload: bytes, concurrency: int, seconds: float) -> tuple[
     async def worker() -> None:
         while time.perf_counter() < deadline:
             started = time.perf_counter()
-            await call(payload)
+            after = await call(payload)
             latencies.append(time.perf_counter() - started)
+            if callable(after):
+                after()
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return latencies, time.perf_counter() - began
 
 
-async def interleaved(ports: dict[str, int], payload: bytes, concurrency: int, seconds: float, slice_seconds: float,
-                      warmup: float) -> tuple[dict[str, list[float]], dict[str, float], dict[str, int]]:
+async def interleaved(targets: dict[str, Target], payload: bytes, rows: int, concurrency: int, seconds: float,
+                      slice_seconds: float, warmup: float
+                      ) -> tuple[dict[str, list[float]], dict[str, float], dict[str, int]]:
     """Latencies per target, measured in alternating slices until each target had `seconds`, the wall
     time its measured slices took, and the number of requests each target was sent (warm-up included)."""
-    channels = {target: grpc.aio.insecure_channel(f"127.0.0.1:{port}") for target, port in ports.items()}
+    channels = {name: target.channel() for name, target in targets.items()}
     try:
-        # bytes in, bytes out: the same client work for both servers
-        calls = {target: channel.unary_unary(INFER) for target, channel in channels.items()}
-        sent = {target: 0 for target in ports}
-        for target, call in calls.items():
-            sent[target] += len((await load(call, payload, concurrency, warmup))[0])  # warm-up: not measured
-        latencies: dict[str, list[float]] = {target: [] for target in ports}
-        elapsed = {target: 0.0 for target in ports}
-        order = list(ports)
+        # bytes in, bytes out: the same client work for every server (and a receipt signed for paid answers)
+        calls = {name: targets[name].caller(channel, rows) for name, channel in channels.items()}
+        sent = {name: 0 for name in targets}
+        for name, call in calls.items():
+            sent[name] += len((await load(call, payload, concurrency, warmup))[0])  # warm-up: not measured
+        latencies: dict[str, list[float]] = {name: [] for name in targets}
+        elapsed = {name: 0.0 for name in targets}
+        order = list(targets)
         for index in range(max(1, round(seconds / slice_seconds))):
-            for target in (order if index % 2 == 0 else order[::-1]):
-                measured, took = await load(calls[target], payload, concurrency, slice_seconds)
-                latencies[target] += measured
-                elapsed[target] += took
-        for target in ports:
-            sent[target] += len(latencies[target])
+            shift = index % len(order)
+            for name in order[shift:] + order[:shift]:
+                measured, took = await load(calls[name], payload, concurrency, slice_seconds)
+                latencies[name] += measured
+                elapsed[name] += took
+        for name in targets:
+            sent[name] += len(latencies[name])
         return latencies, elapsed, sent
     finally:
         for channel in channels.values():
@@ -146,20 +217,68 @@ def river_baseline(model, rows: list[dict], seconds: float) -> tuple[float, floa
     return summary(latencies, time.perf_counter() - began, len(rows))
 
 
-def wait_ready(port: int, timeout: float = 60.0) -> None:
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    stub = InferenceStub(channel)
+def wait_ready(target: Target, timeout: float = 60.0) -> None:
+    async def ready() -> bool:
+        async with target.channel() as channel:
+            stub = InferenceStub(channel)
+            return (await stub.ServerReady(pb.ServerReadyRequest(), timeout=1)).ready and \
+                (await stub.ModelReady(pb.ModelReadyRequest(name="phishing-logreg"), timeout=1)).ready
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if stub.ServerReady(pb.ServerReadyRequest(), timeout=1).ready and \
-                    stub.ModelReady(pb.ModelReadyRequest(name="phishing-logreg"), timeout=1).ready:
-                channel.close()
+            if asyncio.run(ready()):
                 return
         except grpc.RpcError:
             pass
         time.sleep(0.2)
-    raise TimeoutError(f"server on port {port} not ready")
+    raise TimeoutError(f"server on port {target.port} not ready")
+
+
+def reservations(metrics_port: int) -> float:
+    """Authorize transactions the paid server made so far (its `/metrics`)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    for family in text_string_to_metric_families(text):
+        if family.name == "streamledger_inference_reservations":
+            return sum(sample.value for sample in family.samples if sample.name.endswith("_total"))
+    return 0.0
+
+
+def paid_setup(folder: Path, env: dict[str, str]) -> tuple[dict[str, str], PaidCalls, grpc.ChannelCredentials]:
+    """Credit frozen by Org2's User8 for the account `inference` acts for, the paid server's
+    environment (mutual TLS with a fresh server certificate, Org2's CA for clients), and the paying
+    client's calls and TLS credentials."""
+    from streamledger.client import ReceiptBook
+    from streamledger.fabric.identity import load_msp
+    from streamledger.ledger import LedgerClient
+    from streamledger.settings import LedgerSettings, local_org_dir
+    from tests.integration.inference.test_inference_paid import Issuer
+
+    async def freeze() -> dict:
+        async with (LedgerClient.connect(LedgerSettings(fabric_user="Admin")) as admin,
+                    LedgerClient.connect(LedgerSettings(fabric_user="inference")) as server,
+                    LedgerClient.connect(LedgerSettings(fabric_msp_id="Org2MSP", fabric_user=PAYING_USER)) as user):
+            provider = (await server.who_am_i())["ActsFor"]
+            await admin.mint((await user.who_am_i())["Account"], HOLD_AMOUNT)
+            return await user.freeze(uuid.uuid4().hex, provider, HOLD_AMOUNT, 1, int(time.time()) + 3600)
+    hold = asyncio.run(freeze())
+    org2 = local_org_dir("Org2MSP")
+    msp = org2 / "users" / f"{PAYING_USER}@{org2.name}" / "msp"
+    server_ca = Issuer(folder, "ca.server", "Provider")
+    cert, key, _ = server_ca.issue("localhost", server=True)
+    paid_env = {**env, "STREAMLEDGER_INFERENCE_MODE": "paid", "STREAMLEDGER_INFERENCE_HOST": "127.0.0.1",
+                "STREAMLEDGER_INFERENCE_TLS_CERT": str(cert), "STREAMLEDGER_INFERENCE_TLS_KEY": str(key),
+                "STREAMLEDGER_INFERENCE_CLIENT_CAS": json.dumps(
+                    {"Org2MSP": str(next((org2 / "msp" / "cacerts").glob("*.pem")))}),
+                "STREAMLEDGER_INFERENCE_CREDIT_WINDOW_UNITS": str(WINDOW_UNITS)}
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=server_ca.cert_file.read_bytes(),
+        private_key=next((msp / "keystore").iterdir()).read_bytes(),
+        certificate_chain=next((msp / "signcerts").glob("*.pem")).read_bytes())
+    book = ReceiptBook(load_msp(msp, "Org2MSP")[1].sign, hold["hold_id"])
+    return paid_env, PaidCalls(book), credentials
 
 
 def main() -> None:
@@ -168,6 +287,7 @@ def main() -> None:
     parser.add_argument("--slice", type=float, default=0.5, help="length of one alternating slice")
     parser.add_argument("--warmup", type=float, default=0.25, help="unmeasured load per cell and target")
     parser.add_argument("--sample", type=float, default=1.0, help="share of requests written to the predictions topic")
+    parser.add_argument("--free-only", action="store_true", help="no paid mode (no Fabric network needed)")
     parser.add_argument("--echo-server", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.echo_server:
@@ -191,44 +311,73 @@ def main() -> None:
 
     names = sorted(phishing[0][0])
     batches = {n: [{k: x[k] for k in names} for x, _ in phishing[:n]] for n in (1, 64)}
-    inference_port, echo_port = free_port(), free_port()
-    env = {**os.environ, "STREAMLEDGER_INFERENCE_PORT": str(inference_port),
-           "STREAMLEDGER_INFERENCE_MODELS_FILE": str(models_file), "STREAMLEDGER_INFERENCE_SNAPSHOT_TOPIC": topic,
-           "STREAMLEDGER_INFERENCE_PREDICTIONS_TOPIC": f"bench.predictions.{run_id}",
-           "STREAMLEDGER_INFERENCE_PREDICTIONS_SAMPLE": str(args.sample), "STREAMLEDGER_LOG_LEVEL": "WARNING",
-           "STREAMLEDGER_INFERENCE_MODE": "free"}
+    ports = {"echo": free_port(), "free": free_port(), "paid": free_port()}
+    metrics_port = free_port()
+    env = {**os.environ, "STREAMLEDGER_INFERENCE_MODELS_FILE": str(models_file),
+           "STREAMLEDGER_INFERENCE_SNAPSHOT_TOPIC": topic,
+           "STREAMLEDGER_INFERENCE_PREDICTIONS_SAMPLE": str(args.sample), "STREAMLEDGER_LOG_LEVEL": "WARNING"}
+    free_env = {**env, "STREAMLEDGER_INFERENCE_PORT": str(ports["free"]), "STREAMLEDGER_INFERENCE_MODE": "free",
+                "STREAMLEDGER_INFERENCE_PREDICTIONS_TOPIC": f"bench.predictions.{run_id}"}
+    targets = {"echo": Target(ports["echo"]), "free": Target(ports["free"])}
     servers = [
-        subprocess.Popen([str(REPO / ".venv/bin/streamledger"), "serve", "inference"], env=env, cwd=REPO),
-        subprocess.Popen([sys.executable, __file__, "--echo-server", str(echo_port)], cwd=REPO),
+        subprocess.Popen([str(REPO / ".venv/bin/streamledger"), "serve", "inference"], env=free_env, cwd=REPO),
+        subprocess.Popen([sys.executable, __file__, "--echo-server", str(ports["echo"])], cwd=REPO),
     ]
-    requests = 0  # inference requests sent, each of which should leave a prediction record
+    topics = [topic, free_env["STREAMLEDGER_INFERENCE_PREDICTIONS_TOPIC"]]
+    paying = None
+    if not args.free_only:
+        paid_env, paying, credentials = paid_setup(folder, env)
+        paid_env.update({"STREAMLEDGER_INFERENCE_PORT": str(ports["paid"]),
+                         "STREAMLEDGER_INFERENCE_PREDICTIONS_TOPIC": f"bench.predictions.paid.{run_id}",
+                         "STREAMLEDGER_INFERENCE_USAGE_TOPIC": f"bench.usage.{run_id}",
+                         "STREAMLEDGER_METRICS_PORT": str(metrics_port)})
+        servers.append(subprocess.Popen([str(REPO / ".venv/bin/streamledger"), "serve", "inference"], env=paid_env,
+                                        cwd=REPO))
+        targets["paid"] = Target(ports["paid"], credentials, paying)
+        topics += [paid_env["STREAMLEDGER_INFERENCE_PREDICTIONS_TOPIC"], paid_env["STREAMLEDGER_INFERENCE_USAGE_TOPIC"]]
+    requests = {name: 0 for name in targets}
     try:
-        wait_ready(inference_port)
-        print(f"inference service: free mode, predictions sample {args.sample}, {args.seconds:g} s per cell and target "
-              f"in alternating {args.slice:g} s slices after {args.warmup:g} s warm-up, "
-              f"{os.cpu_count()} cores shared by client and servers; rates over the measured wall time")
+        for name in ("free", "paid"):
+            if name in targets:
+                wait_ready(targets[name])
+        print(f"inference service: free and {'no paid' if args.free_only else 'paid'} mode, predictions sample "
+              f"{args.sample}, {args.seconds:g} s per cell and target in alternating {args.slice:g} s slices after "
+              f"{args.warmup:g} s warm-up, {os.cpu_count()} cores shared by client and servers; rates over the "
+              f"measured wall time" + ("" if args.free_only else f"; paid: credit window {WINDOW_UNITS} units"))
         print(f"{'rows':>4} {'conc':>4} {'target':<9} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9} {'rows/s':>10}")
         for rows in (1, 64):
             payload = request_bytes(batches[rows], names)
             check = pb.ModelInferResponse.FromString(
-                grpc.insecure_channel(f"127.0.0.1:{inference_port}").unary_unary(INFER)(payload))
+                grpc.insecure_channel(f"127.0.0.1:{ports['free']}").unary_unary(INFER)(payload))
             assert check.outputs[1].name == "probabilities", check
-            requests += 1
+            requests["free"] += 1
             p50, p99, rate, row_rate = river_baseline(online.model, batches[rows], args.seconds)
             print(f"{rows:>4} {'1':>4} {'river':<9} {p50:>8.3f} {p99:>8.3f} {rate:>9.0f} {row_rate:>10.0f}")
             for concurrency in (1, 8, 64):
+                reserved_before = reservations(metrics_port) if paying else 0.0
                 figures = {}
-                measured, elapsed, sent = asyncio.run(interleaved({"echo": echo_port, "inference": inference_port},
-                                                                  payload, concurrency, args.seconds, args.slice,
-                                                                  args.warmup))
-                requests += sent["inference"]
-                for target, latencies in measured.items():
-                    figures[target] = summary(latencies, elapsed[target], rows)
-                    p50, p99, rate, row_rate = figures[target]
-                    print(f"{rows:>4} {concurrency:>4} {target:<9} {p50:>8.3f} {p99:>8.3f} {rate:>9.0f} {row_rate:>10.0f}")
-                ratio = figures["inference"][1] / figures["echo"][1]
-                goal = "goal <= 1.5" if rows == 1 else f"rows/s {figures['inference'][3]:.0f}, goal >= 10000"
-                print(f"{'':>10}inference/echo p99 ratio {ratio:.2f} ({goal})")
+                measured, elapsed, sent = asyncio.run(interleaved(targets, payload, rows, concurrency, args.seconds,
+                                                                  args.slice, args.warmup))
+                for name, latencies in measured.items():
+                    requests[name] += sent[name]
+                    figures[name] = summary(latencies, elapsed[name], rows)
+                    p50, p99, rate, row_rate = figures[name]
+                    print(f"{rows:>4} {concurrency:>4} {name:<9} {p50:>8.3f} {p99:>8.3f} {rate:>9.0f} {row_rate:>10.0f}")
+                notes = [f"free/echo p99 {figures['free'][1] / figures['echo'][1]:.2f}"]
+                if paying:
+                    per_1000 = (reservations(metrics_port) - reserved_before) * 1000 / sent["paid"]
+                    notes.append(f"paid/free p99 {figures['paid'][1] / figures['free'][1]:.2f}")
+                    notes.append(f"reservations {per_1000:.2f} per 1,000 paid requests")
+                goal = "goals: free/echo <= 1.5, paid/free <= 1.2" if rows == 1 else \
+                    f"rows/s free {figures['free'][3]:.0f}" + (f", paid {figures['paid'][3]:.0f}" if paying else "") + \
+                    ", goal >= 10000"
+                print(f"{'':>10}{'; '.join(notes)} ({goal})")
+        if paying:
+            total = reservations(metrics_port)
+            refused = sum(paying.refused.values())
+            print(f"paid: {total:.0f} reservations for {requests['paid']} requests "
+                  f"({total * 1000 / max(requests['paid'], 1):.2f} per 1,000); receipts signed {paying.book.sequence}; "
+                  f"refused {refused}" + "".join(f"\n  {count} x {why}" for why, count in paying.refused.items()))
     finally:
         for server in servers:
             server.send_signal(signal.SIGTERM)
@@ -237,11 +386,15 @@ def main() -> None:
                 server.wait(30)
             except subprocess.TimeoutExpired:
                 server.kill()
-        predictions = env["STREAMLEDGER_INFERENCE_PREDICTIONS_TOPIC"]
-        # The server has drained on SIGTERM: every record it accepted is on the topic by now.
-        print(f"{asyncio.run(records_on(bootstrap, predictions))} prediction records on {predictions} "
-              f"for {requests} inference requests (sample {args.sample:g})")
-        asyncio.run(delete_topics(bootstrap, [topic, predictions]))
+        # The servers have drained on SIGTERM: every record they accepted is on the topics by now.
+        for name, predictions in (("free", topics[1]), ("paid", topics[2] if paying else None)):
+            if predictions:
+                print(f"{name}: {asyncio.run(records_on(bootstrap, predictions))} prediction records on {predictions} "
+                      f"for {requests[name]} requests (sample {args.sample:g})")
+        if paying:
+            print(f"paid: {asyncio.run(records_on(bootstrap, topics[3]))} usage records for "
+                  f"{paying.book.sequence} paid answers")
+        asyncio.run(delete_topics(bootstrap, topics))
 
 
 async def records_on(bootstrap: str, topic: str) -> int:

@@ -4,10 +4,11 @@
     gRPC ModelInfer --> InferenceServicer: tensors -> rows --> (paid: mTLS identity, hold) --> River
                                            +--> RecordSink --> record writer process --> predictions, usage
 
-Paid mode (`STREAMLEDGER_INFERENCE_MODE=paid`, the default) reads holds from the ledger
-(`STREAMLEDGER_FABRIC_*`) as its own identity, `inference` (provider), and learns with `WhoAmI`
-the account it acts for: holds must pay that account (`ActsFor`). An identity without the
-provider role cannot start the service. Free mode never touches the ledger. If the snapshot
+Paid mode (`STREAMLEDGER_INFERENCE_MODE=paid`, the default) reads and reserves holds on the
+ledger (`STREAMLEDGER_FABRIC_*`) as its own identity, `inference` (provider), and learns with
+`WhoAmI` the account it acts for: holds must pay that account (`ActsFor`). A request is served
+within the client's latest signed receipt plus the credit window and within credit this server
+reserved (`credit.py`). An identity without the provider role cannot start the service. Free mode never touches the ledger. If the snapshot
 follower or the record writer dies, the service stops: it must not go stale silently, nor
 serve unrecorded.
 """
@@ -107,7 +108,7 @@ class Inference(Loop):
         if self.following is not None:
             self.following.cancel()
             await asyncio.gather(self.following, return_exceptions=True)
-        await self.resources.aclose()  # the record sink drains (every record delivered), the ledger closes
+        await self.resources.aclose()  # the record sink delivers what it holds (usage retried), the ledger closes
         log.info("inference_stopped")
 
 

@@ -1,28 +1,28 @@
-"""Pay-per-use authorization: a request is served only against a live ledger hold of its caller.
+"""Who may be served in paid mode, and the holds they pay from: the identity, the hold, the refusals.
 
-    authorizer = HoldAuthorizer(source, cache_seconds=5.0)
-    client = client_identity(peer_certificate_pem, {"Org1MSP": org1_ca})
-    charge = await authorizer.charge(hold_id, client, units=rows, price=2)
-    ...                                     # serve; on failure: authorizer.refund(charge)
+    client = client_identity(peer_certificate_pem, {"Org2MSP": org2_ca})   # "Org2MSP::CN=User1@...,OU=client"
+    hold = await source.hold(hold_id)                                        # Hold(...) or None
+    hold = await source.reserve(hold_id, credit)                             # the ledger's Authorize
 
-The ledger is reached through `HoldSource`, the one seam to Fabric: it looks a hold up
-(its client, its provider, the credit left, its expiry); `LedgerHoldSource` in
-`ledger_holds.py` reads it with the Fabric Gateway client. Holds are cached for a short time and the
-credit is counted down locally per request, so a request costs no ledger round trip.
-The local count assumes one inference replica per hold; the `usage` topic carries every
-charge for settlement.
+The ledger is reached through `HoldSource`, the one seam to Fabric: it reads a hold (its
+client and that client's certificate, its provider, amount, price per unit, what all servers
+reserved so far, the receipt recorded, its expiry) and reserves credit on it;
+`LedgerHoldSource` in `ledger_holds.py` does both with the Fabric Gateway client. What is
+served against a hold, and when to reserve, is `credit.py`.
 
 Identity: the client proves who it is by mutual TLS. Its certificate must be issued by
 one of the organisations' client CAs (TLS checks the chain, `client_identity` names the
 organisation), and the identity is written like the contract's account ids:
 `<MSP id>::<certificate subject DN>` (RFC 4514 order and attribute names, as Go prints a
 subject). A hold id alone grants nothing: the hold's client must be that identity.
+
+Every refusal is an `AuthorizationError` whose `code` is the gRPC status to answer with and
+whose message names the hold, receipt or setting at fault.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -30,28 +30,56 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import NameOID
 
+from streamledger.core.receipts import Receipt
+
 
 @dataclass(frozen=True)
 class Hold:
+    """A hold as the ledger keeps it (chaincode/ledger/holds.go), when it was read."""
+
     hold_id: str
     client: str
     """Account id of the client the credit was frozen for: `<MSP id>::<subject DN>`."""
-    remaining: int
-    """Credit of the hold not yet authorized or charged, when it was read."""
     expires_at: float
-    """Unix seconds."""
+    """Unix seconds; nothing is served or reserved from then on."""
+    provider: str = ""
+    """Account id the credit is frozen for; only servers acting for it may serve the hold."""
+    amount: int = 0
+    """Credit frozen."""
+    price_per_unit: int = 1
+    """Credit per unit (row) served, fixed at Freeze."""
+    authorized: int = 0
+    """Credit reserved so far by every server of the provider (`Authorize`), at most `amount`."""
+    client_cert: str = ""
+    """PEM of the certificate that froze the hold: the client's receipts verify against it."""
+    receipt: Receipt | None = None
+    """The latest receipt recorded on the ledger (`RecordReceipt`), if any."""
     live: bool = True
     """False once the hold is settled or released."""
-    provider: str = ""
-    """Account id the credit is frozen for; only that provider can settle the hold."""
+
+    @property
+    def remaining(self) -> int:
+        """Credit no server has reserved yet (nothing once the hold is closed)."""
+        return self.amount - self.authorized if self.live else 0
+
+    @property
+    def units(self) -> int:
+        """The most units the hold pays for: its amount at its price."""
+        return self.amount // self.price_per_unit if self.price_per_unit > 0 else 0
 
 
 class HoldSource(Protocol):
-    """Where holds are read from: the ledger (Fabric gateway) in production."""
+    """Where holds are read and reserved: the ledger (Fabric gateway) in production."""
 
     async def hold(self, hold_id: str) -> Hold | None:
         """The hold, or None if the ledger has no hold with this id; raise `HoldUnavailable`
         when the ledger cannot be read (the caller may retry)."""
+
+    async def reserve(self, hold_id: str, credit: int) -> Hold:
+        """Reserve `credit` more of the hold for this provider (the contract's `Authorize`) and
+        return the hold after it; raise `NothingToReserve` when the hold has less left than
+        `credit`, `HoldExpired` or `HoldClosed` when it can no longer be reserved, `HoldUnavailable`
+        when the ledger cannot be reached."""
 
 
 class AuthorizationError(Exception):
@@ -90,79 +118,48 @@ class HoldClosed(AuthorizationError):
     pass
 
 
-class InsufficientCredit(AuthorizationError):
+class HoldExhausted(AuthorizationError):
+    """The hold has no credit left that this server could reserve: the client freezes a new one."""
+
     code = "RESOURCE_EXHAUSTED"
+
+
+class NothingToReserve(Exception):
+    """The ledger refused a reservation: the hold has less credit left than asked (EXCEEDS_HOLD)."""
+
+
+class ReceiptNeeded(AuthorizationError):
+    """Serving the request would take the hold beyond the client's latest receipt plus the credit window."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+
+class MalformedReceipt(AuthorizationError):
+    code = "INVALID_ARGUMENT"
+
+
+class ReceiptForAnotherHold(AuthorizationError):
+    code = "INVALID_ARGUMENT"
+
+
+class StaleReceipt(AuthorizationError):
+    """An older sequence than the receipt accepted, or fewer units: it supersedes nothing."""
+
+    code = "INVALID_ARGUMENT"
+
+
+class ReceiptBeyondHold(AuthorizationError):
+    """More units than the hold pays for: the contract would refuse to settle on it."""
+
+    code = "INVALID_ARGUMENT"
+
+
+class ReceiptNotSigned(AuthorizationError):
+    """The receipt's signature does not verify against the certificate that froze the hold."""
 
 
 class UnknownClient(AuthorizationError):
     """No certificate, or one not issued by a configured client CA."""
-
-
-@dataclass(frozen=True)
-class Charge:
-    hold_id: str
-    client: str
-    units: int
-    price: int
-
-    @property
-    def cost(self) -> int:
-        return self.units * self.price
-
-
-class HoldAuthorizer:
-    """Checks and counts down holds, reading each from the `HoldSource` at most every `cache_seconds`.
-
-    With `provider` set (the account this server acts for, its identity's `ActsFor`), a hold frozen
-    for another provider is refused.
-    """
-
-    def __init__(self, source: HoldSource, cache_seconds: float = 5.0, clock: Callable[[], float] = time.time,
-                 provider: str | None = None) -> None:
-        self.source = source
-        self.provider = provider
-        self.cache_seconds = cache_seconds
-        self.clock = clock
-        self._cached: dict[str, tuple[Hold, float]] = {}
-        self._spent: dict[str, int] = {}
-
-    async def charge(self, hold_id: str | None, client: str, units: int, price: int) -> Charge:
-        """Reserve `units * price` of the hold's credit for `client`, or raise an `AuthorizationError` saying why."""
-        if not hold_id:
-            raise NoHold("no hold named: send the hold id in the 'streamledger-hold-id' request metadata")
-        hold = await self._hold(hold_id)
-        if hold.client != client:
-            raise NotHoldClient(f"hold {hold_id!r} belongs to another client; the caller is {client!r}")
-        if self.provider is not None and hold.provider != self.provider:
-            raise NotHoldProvider(f"hold {hold_id!r} pays provider {hold.provider!r}, not this server ({self.provider!r})")
-        if not hold.live:
-            raise HoldClosed(f"hold {hold_id!r} is settled or released")
-        if self.clock() >= hold.expires_at:
-            raise HoldExpired(f"hold {hold_id!r} expired at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(hold.expires_at))}")
-        cost = units * price
-        left = hold.remaining - self._spent.get(hold_id, 0)
-        if cost > left:
-            raise InsufficientCredit(f"hold {hold_id!r} has {left} credit left; {units} rows at {price} cost {cost}")
-        self._spent[hold_id] = self._spent.get(hold_id, 0) + cost
-        return Charge(hold_id, client, units, price)
-
-    def refund(self, charge: Charge) -> None:
-        """Give back a charge whose request was not served."""
-        self._spent[charge.hold_id] -= charge.cost
-
-    def spent(self, hold_id: str) -> int:
-        return self._spent.get(hold_id, 0)
-
-    async def _hold(self, hold_id: str) -> Hold:
-        cached = self._cached.get(hold_id)
-        if cached is not None and self.clock() - cached[1] < self.cache_seconds:
-            return cached[0]
-        hold = await self.source.hold(hold_id)
-        if hold is None:
-            self._cached.pop(hold_id, None)
-            raise NoHold(f"hold {hold_id!r} does not exist on the ledger")
-        self._cached[hold_id] = (hold, self.clock())
-        return hold
 
 
 # Go's pkix.Name.String() names these attributes so; cryptography's RFC 4514 output differs for two.

@@ -9,6 +9,8 @@ process (`record_writer.py`, started with `streamledger.child`) that builds, enc
 produces the records and acknowledges each frame once Kafka has it. So the serving process does no JSON, no Avro and
 no producing, and a record counts against `queue_size` from `offer` until its delivery.
 
+The writer sends a usage record again until Kafka has it (its frame stays unacknowledged
+meanwhile); at shutdown it gives up after its `stop_seconds` and logs each one left in full.
 A full buffer is reported to the caller (`offer` returns False), so a slow broker slows
 nothing but the records: the server drops sampled predictions (counted) and refuses paid
 requests it could not meter. If the writer dies, `offer` refuses from then on, `alive` is
@@ -36,6 +38,8 @@ _TICK = 0.005
 """How long offered records gather before they leave as one frame: one pickle and one write
 per tick instead of per request; the writer lingers far longer anyway."""
 WRITER = "services.inference.record_writer"
+_STUCK_SECONDS = 20.0
+"""Beyond its own `stop_seconds`, how long a stopping writer may take (its producer's last flush)."""
 
 
 class RecordSink:
@@ -73,10 +77,8 @@ class RecordSink:
         return self
 
     async def __aexit__(self, *_exc: object) -> None:
-        try:
-            await self.drain()
-        finally:
-            await self.close()
+        self._flush()
+        await self.close()  # the writer delivers all it was given (usage retried, within its stop_seconds)
 
     async def start(self) -> None:
         """Start the writer process and wait until its producer is connected (`ChildDied` if it cannot).
@@ -110,11 +112,17 @@ class RecordSink:
         await self._idle.wait()
 
     async def close(self) -> None:
-        """Close the connection: the writer sends what it holds, acknowledges it and exits."""
+        """Close the connection: the writer sends what it holds, acknowledges it and exits (killed if it
+        has not `_STUCK_SECONDS` after its `stop_seconds`; then every usage record it owes is logged)."""
         if self._writer is not None:
             self._writer.finish()
         if self._receiving is not None:
-            await self._receiving
+            done, _ = await asyncio.wait({self._receiving}, timeout=self.settings.stop_seconds + _STUCK_SECONDS)
+            if not done:  # killed, so that every usage record it still owes is logged as not recorded
+                log.error("record_writer_stuck", extra={"pid": self.pid, "waited_s": self.settings.stop_seconds
+                                                        + _STUCK_SECONDS})
+                self._writer.process.kill()
+                await self._receiving
         if self._writer is not None:
             await self._writer.close(timeout=30)
         self._alive = False

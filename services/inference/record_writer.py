@@ -15,8 +15,15 @@ A record costs an encode and a batch append rather than a `send()` of its own, a
 sees one produce request per partition and linger. While the previous batch of a partition
 is still on its way, the next wave waits for it and leaves larger: the busier, the cheaper.
 
+A usage record is billing data: a batch of them that Kafka did not take (a send or a delivery
+failed) is sent again, with backoff (`USAGE_REDELIVERY`), until it is delivered, and its frame is
+acknowledged only then (meanwhile it counts against the server's queue). Only at shutdown does
+the writer give up, `stop_seconds` after being asked to stop: it logs every usage record still
+undelivered in full (`usage_not_recorded`, for an operator to replay) and counts it failed.
+Predictions are sent once.
+
 The writer stops when the serving side closes the connection (or dies): it sends what it
-holds, waits for every delivery, acknowledges it and exits. It is a child process of the
+holds, waits for every delivery (usage retried as above), acknowledges it and exits. It is a child process of the
 server (`streamledger.child`); its settings are its hello (`WriterHello`), frames and
 acknowledgements the messages.
 """
@@ -34,14 +41,17 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
-from services.inference.records import RECORDS, record_topics
+from services.inference.records import RECORDS, USAGE, record_topics
 from services.inference.settings import InferenceSettings
 from streamledger import child, kafka
 from streamledger.avro import AvroCodec, CodecError, SchemaRegistry
 from streamledger.child import Hello, Parent
 from streamledger.logging import get_logger
+from streamledger.retry import RetryPolicy, retry
 
 log = get_logger("inference")
+USAGE_REDELIVERY = RetryPolicy(attempts=2**31, initial_seconds=0.2, max_seconds=5.0, jitter=0.5)
+"""Usage batches are sent again until delivered (only a shutdown ends the retries)."""
 
 
 class WriterHello(Hello):
@@ -51,11 +61,26 @@ class WriterHello(Hello):
     topics: dict[str, str]
     """Record kind -> its topic."""
     linger_seconds: float = 0.05
+    stop_seconds: float = 10.0
+    """After the server asks it to stop, how long undelivered usage is still retried."""
 
     @classmethod
     def of(cls, settings: InferenceSettings) -> WriterHello:
         return cls(bootstrap=settings.kafka_bootstrap, topics=record_topics(settings),
-                   linger_seconds=settings.inference_records_linger_seconds, log_level=settings.log_level)
+                   linger_seconds=settings.inference_records_linger_seconds,
+                   stop_seconds=settings.inference_records_stop_seconds, log_level=settings.log_level)
+
+
+@dataclass
+class _Delivery:
+    """One batch handed to the producer: its records, and the future of its delivery (None: the
+    producer refused it at once, `error` says why)."""
+
+    topic: str
+    partition: int
+    records: list[tuple[bytes, bytes]]
+    future: asyncio.Future | None
+    error: str = ""
 
 
 @dataclass
@@ -74,19 +99,23 @@ class RecordWriter:
     """Frames in, batches out to `producer`, acknowledgements back through `acks`."""
 
     def __init__(self, producer: AIOKafkaProducer, codec: AvroCodec, topics: dict[str, str],
-                 acks: Callable[[Any], None]) -> None:
+                 acks: Callable[[Any], None], redelivery: RetryPolicy = USAGE_REDELIVERY) -> None:
         self.producer = producer
         self.codec = codec
         self.topics = topics
         self.acks = acks
         """Called with each acknowledgement (seqs, {topic: (sent, failed)})."""
+        self.redelivery = redelivery
+        self._usage_topic = topics.get(USAGE)
         self._wave = _Wave()
         self._partitioner = DefaultPartitioner()
         self._deliveries: set[asyncio.Task] = set()
+        self._redeliveries: set[asyncio.Task] = set()
 
-    async def run(self, frames: asyncio.Queue, linger: float) -> None:
+    async def run(self, frames: asyncio.Queue, linger: float, stop_seconds: float = 10.0) -> None:
         """Add each frame from `frames` (None ends), sending a wave `linger` after its first frame;
-        then send the last wave and wait until every record is delivered and acknowledged."""
+        then send the last wave and wait until every record is delivered and acknowledged (usage
+        still undelivered `stop_seconds` after the end: logged and counted failed)."""
         loop = asyncio.get_running_loop()
         deadline: float | None = None
         while True:
@@ -105,6 +134,10 @@ class RecordWriter:
                 await self.send()
                 deadline = None
         await self.send()
+        if self._deliveries:
+            await asyncio.wait(set(self._deliveries), timeout=stop_seconds)
+        for redelivery in list(self._redeliveries):
+            redelivery.cancel()  # shutting down: its usage is logged and counted failed
         await asyncio.gather(*self._deliveries)
 
     async def add(self, seq: int, items: list[tuple[str, Any]]) -> None:
@@ -124,6 +157,8 @@ class RecordWriter:
             except (CodecError, TypeError, ValueError) as exc:
                 wave.failed[topic] += 1
                 log.error("record_not_sent", extra={"topic": topic, "error": repr(exc)})
+                if kind == USAGE:
+                    log.error("usage_not_recorded", extra={"usage": _usage_fields(pieces)})
                 continue
             key_bytes = key.encode()
             known = wave.partitions[topic]
@@ -136,25 +171,71 @@ class RecordWriter:
         wave, self._wave = self._wave, _Wave()
         if not wave.seqs:
             return
-        delivered: list[tuple[asyncio.Future, str, int]] = []
+        delivered: list[_Delivery] = []
         for (topic, partition), records in wave.batches.items():
             await self._send_partition(wave, topic, partition, records, delivered)
         task = asyncio.create_task(self._acknowledge(wave, delivered))
         self._deliveries.add(task)
         task.add_done_callback(self._deliveries.discard)
 
-    async def _acknowledge(self, wave: _Wave, delivered: list[tuple[asyncio.Future, str, int]]) -> None:
-        if delivered:
-            await asyncio.wait([future for future, _, _ in delivered])
+    async def _acknowledge(self, wave: _Wave, delivered: list[_Delivery]) -> None:
+        pending = [d.future for d in delivered if d.future is not None]
+        if pending:
+            await asyncio.wait(pending)
         sent: Counter[str] = Counter()
-        for future, topic, count in delivered:
-            if future.cancelled() or future.exception() is not None:
-                wave.failed[topic] += count
-                error = "cancelled" if future.cancelled() else repr(future.exception())
-                log.error("records_not_sent", extra={"topic": topic, "records": count, "error": error})
-            else:
+        redeliveries: list[tuple[_Delivery, asyncio.Task]] = []
+        for delivery in delivered:
+            future, topic, count = delivery.future, delivery.topic, len(delivery.records)
+            if future is not None and not future.cancelled() and future.exception() is None:
                 sent[topic] += count
+                continue
+            error = delivery.error or ("cancelled" if future.cancelled() else repr(future.exception()))
+            if topic == self._usage_topic:
+                log.warning("usage_not_delivered_yet", extra={"topic": topic, "records": count, "error": error})
+                task = asyncio.create_task(self._redeliver(delivery))
+                self._redeliveries.add(task)
+                task.add_done_callback(self._redeliveries.discard)
+                redeliveries.append((delivery, task))
+                continue
+            wave.failed[topic] += count
+            log.error("records_not_sent", extra={"topic": topic, "records": count, "error": error})
+        if redeliveries:
+            await asyncio.wait([task for _, task in redeliveries])
+        for delivery, task in redeliveries:
+            if not task.cancelled() and task.exception() is None:
+                sent[delivery.topic] += len(delivery.records)
+                continue
+            wave.failed[delivery.topic] += len(delivery.records)
+            error = "shutting down" if task.cancelled() else repr(task.exception())
+            log.error("records_not_sent", extra={"topic": delivery.topic, "records": len(delivery.records),
+                                                 "error": error})
+            for _, value in delivery.records:
+                log.error("usage_not_recorded", extra={"usage": self._decoded(value)})
         self.acks((wave.seqs, {topic: (sent[topic], wave.failed[topic]) for topic in sent | wave.failed}))
+
+    async def _redeliver(self, delivery: _Delivery) -> None:
+        """Send a usage batch again until Kafka has it (cancelled at shutdown)."""
+        async def send_again() -> None:
+            builder = self.producer.create_batch()
+            for key, value in delivery.records:
+                builder.append(key=key, value=value, timestamp=None)  # they fitted one batch before
+            builder.close()
+            await (await self.producer.send_batch(builder, delivery.topic, partition=delivery.partition))
+
+        def retrying(attempt: int, exc: BaseException, delay: float) -> None:
+            log.warning("usage_redelivery_failed", extra={"topic": delivery.topic, "records": len(delivery.records),
+                                                          "attempt": attempt + 1, "retry_in_s": round(delay, 2),
+                                                          "error": repr(exc)})
+        await asyncio.sleep(self.redelivery.delay(0))
+        await retry(send_again, self.redelivery, is_transient=lambda exc: isinstance(exc, KafkaError),
+                    on_retry=retrying)
+        log.info("usage_redelivered", extra={"topic": delivery.topic, "records": len(delivery.records)})
+
+    def _decoded(self, value: bytes) -> Any:
+        try:
+            return self.codec.decode(value, reader=USAGE)
+        except CodecError:
+            return value.hex()
 
     async def _partitions_of(self, topic: str) -> list[int]:
         try:
@@ -163,32 +244,40 @@ class RecordWriter:
             return [0]  # metadata not known: send_batch below waits for it and reports the error
 
     async def _send_partition(self, wave: _Wave, topic: str, partition: int, records: list[tuple[bytes, bytes]],
-                              delivered: list[tuple[asyncio.Future, str, int]]) -> None:
-        builder, count = self.producer.create_batch(), 0
+                              delivered: list[_Delivery]) -> None:
+        builder, batch = self.producer.create_batch(), []
         for key, value in records:
             if builder.append(key=key, value=value, timestamp=None) is None:  # full (and now closed)
-                if count:
-                    await self._submit(wave, builder, topic, partition, count, delivered)
-                builder, count = self.producer.create_batch(), 0
+                if batch:
+                    delivered.append(await self._submit(builder, topic, partition, batch))
+                builder, batch = self.producer.create_batch(), []
                 if builder.append(key=key, value=value, timestamp=None) is None:  # alone larger than a batch
                     wave.failed[topic] += 1
                     log.error("record_not_sent", extra={"topic": topic, "key": key.decode(), "error": "record too large"})
+                    if topic == self._usage_topic:
+                        log.error("usage_not_recorded", extra={"usage": self._decoded(value)})
                     builder = self.producer.create_batch()
                     continue
-            count += 1
-        if count:
-            await self._submit(wave, builder, topic, partition, count, delivered)
+            batch.append((key, value))
+        if batch:
+            delivered.append(await self._submit(builder, topic, partition, batch))
 
-    async def _submit(self, wave: _Wave, builder: Any, topic: str, partition: int, count: int,
-                      delivered: list[tuple[asyncio.Future, str, int]]) -> None:
+    async def _submit(self, builder: Any, topic: str, partition: int, records: list[tuple[bytes, bytes]]) -> _Delivery:
         builder.close()  # complete: the producer sends it as it is, without lingering again
         try:
             # Returns once the batch is queued, after the partition's previous batch left;
             # delivery (acks=all, idempotent retries) completes in the background.
-            delivered.append((await self.producer.send_batch(builder, topic, partition=partition), topic, count))
+            return _Delivery(topic, partition, records, await self.producer.send_batch(builder, topic,
+                                                                                       partition=partition))
         except KafkaError as exc:
-            wave.failed[topic] += count
-            log.error("records_not_sent", extra={"topic": topic, "records": count, "error": repr(exc)})
+            return _Delivery(topic, partition, records, None, repr(exc))
+
+
+def _usage_fields(pieces: Any) -> Any:
+    try:
+        return RECORDS[USAGE](pieces)[1]
+    except (TypeError, ValueError, IndexError):
+        return repr(pieces)
 
 
 def _lower_priority() -> None:
@@ -216,7 +305,7 @@ async def serve(hello: WriterHello, parent: Parent, producer: AIOKafkaProducer |
         records = RecordWriter(connected, AvroCodec(SchemaRegistry.from_dir()), hello.topics, parent.send)
         parent.ready()
         receiving = asyncio.create_task(receive())
-        await records.run(frames, hello.linger_seconds)
+        await records.run(frames, hello.linger_seconds, hello.stop_seconds)
         await receiving
         await connected.flush()
 

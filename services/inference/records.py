@@ -24,10 +24,12 @@ PredictionPieces = tuple[str, str, int, "str | None", list[dict[str, Any]], Sequ
                          dict[str, str], float, int]
 """request id, model id, model version, client, rows, every output, the outputs requested, the
 response parameters, latency in seconds, timestamp in ms."""
-UsagePieces = tuple[str, str, str, str, int, int, int, int]
-"""hold id, request id, client, model id, model version, units, price, timestamp in ms."""
+UsagePieces = tuple[str, str, str, str, int, int, int, int, int, str, int]
+"""hold id, request id, client, model id, model version, units, price (the hold's), the receipt the
+server had accepted (units, sequence, signature; 0, 0, "" before the first), timestamp in ms."""
 
-_USAGE_FIELDS = ("hold_id", "request_id", "client", "model_id", "model_version", "units", "price", "ts")
+_USAGE_FIELDS = ("hold_id", "request_id", "client", "model_id", "model_version", "units", "price",
+                 "receipt_units", "receipt_sequence", "receipt_signature", "ts")
 
 
 def prediction_record(pieces: PredictionPieces) -> tuple[str, dict[str, Any]]:

@@ -1,8 +1,10 @@
 """The `inference.GRPCInferenceService` RPCs: requests in, the shelf's models answer.
 
 ModelInfer, step by step: find the model (latest or pinned version) -> rows from the input
-tensors -> (paid) charge the caller's hold -> River predicts -> output tensors -> hand the
-usage and the (sampled) prediction pieces to the record sink, which builds no record here.
+tensors -> (paid) charge the caller's hold by the money rule of `credit.py` (the hold id and the
+client's latest receipt come in the request metadata `streamledger-hold-id` and
+`streamledger-receipt`) -> River predicts -> output tensors -> hand the usage (with the receipt
+accepted) and the (sampled) prediction pieces to the record sink, which builds no record here.
 Every refusal is a gRPC status whose message names the model, version, tensor or hold at
 fault; nothing a caller sends stops the server.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -22,11 +24,10 @@ from google.protobuf.message import DecodeError
 from services.inference import tls
 from services.inference.authorization import (
     AuthorizationError,
-    Charge,
-    HoldAuthorizer,
     HoldSource,
     client_identity,
 )
+from services.inference.credit import Charge, CreditMeter
 from services.inference.metrics import SERVING
 from services.inference.models import (
     InvalidVersion,
@@ -41,10 +42,10 @@ from services.inference.record_sink import RecordSink
 from services.inference.records import PREDICTION, USAGE
 from services.inference.settings import InferenceSettings
 from services.inference.tensors import InvalidInput, check_requested, split_head
+from streamledger.core.receipts import HOLD_METADATA, RECEIPT_METADATA
 from streamledger.logging import get_logger
 
 log = get_logger("inference")
-HOLD_METADATA = "streamledger-hold-id"
 
 _STATUS = {
     UnknownModel: grpc.StatusCode.NOT_FOUND,
@@ -57,17 +58,31 @@ _STATUS = {
 
 @dataclass(frozen=True)
 class Metering:
-    """Paid mode: who may call (client CAs by MSP id), the holds they pay from, and the price."""
+    """Paid mode: who may call (client CAs by MSP id) and the holds they pay from (the price is each hold's)."""
 
-    authorizer: HoldAuthorizer
+    meter: CreditMeter
     client_cas: dict[str, x509.Certificate]
-    price_per_row: int
+    clients: dict[bytes, str] = field(default_factory=dict)
+    """Client identity by TLS certificate (PEM) already named: a connection's calls check it once."""
+
+    def client(self, certificate_pem: bytes | None) -> str:
+        """`client_identity` of a peer certificate, remembered (a few thousand at most)."""
+        known = self.clients.get(certificate_pem) if certificate_pem else None
+        if known is None:
+            known = client_identity(certificate_pem, self.client_cas)
+            if len(self.clients) >= 4096:
+                self.clients.clear()
+            self.clients[certificate_pem] = known
+        return known
 
     @classmethod
     def of(cls, settings: InferenceSettings, holds: HoldSource, provider: str | None) -> Metering:
         """Paid mode's metering as the settings say, holds read from `holds` (they must pay `provider`)."""
-        return cls(HoldAuthorizer(holds, settings.inference_hold_cache_seconds, provider=provider),
-                   tls.client_cas(settings), settings.inference_price_per_row)
+        meter = CreditMeter(holds, window_units=settings.inference_credit_window_units,
+                            reserve_units=settings.inference_reserve_units,
+                            cache_seconds=settings.inference_hold_cache_seconds,
+                            check_seconds=settings.inference_receipt_check_seconds, provider=provider)
+        return cls(meter, tls.client_cas(settings))
 
 
 class InferenceServicer:
@@ -130,7 +145,7 @@ class InferenceServicer:
             await context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
         except tuple(_STATUS) as exc:
             if charge is not None:
-                self.metering.authorizer.refund(charge)
+                self.metering.meter.refund(charge)
             status = _STATUS[type(exc)]
             SERVING.refused(model_id or _model_named(data, exc), status.name)
             await context.abort(status, str(exc))
@@ -139,10 +154,12 @@ class InferenceServicer:
         response = model.responses.write(request_id, prediction, outputs)
         now_ms = int(time.time() * 1000)
         if charge is not None:
+            receipt = charge.receipt
             usage = (charge.hold_id, request_id, charge.client, model_id, model.version, charge.units, charge.price,
-                     now_ms)
+                     receipt.units if receipt else 0, receipt.sequence if receipt else 0,
+                     receipt.signature if receipt else "", now_ms)
             if not self.sink.offer(USAGE, usage):
-                self.metering.authorizer.refund(charge)
+                self.metering.meter.refund(charge)
                 SERVING.refused(model_id, "UNAVAILABLE")
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "usage cannot be recorded right now (queue full "
                                     "or record writer down); retry")
@@ -180,9 +197,10 @@ class InferenceServicer:
     async def _charge(self, context: grpc.aio.ServicerContext, rows: int) -> tuple[str, Charge]:
         metering = self.metering
         certificates = (context.auth_context() or {}).get("x509_pem_cert") or [None]
-        client = client_identity(certificates[0], metering.client_cas)
-        hold_id = dict(context.invocation_metadata() or ()).get(HOLD_METADATA)
-        return client, await metering.authorizer.charge(hold_id, client, rows, metering.price_per_row)
+        client = metering.client(certificates[0])
+        metadata = dict(context.invocation_metadata() or ())
+        return client, await metering.meter.charge(metadata.get(HOLD_METADATA), client, rows,
+                                                   metadata.get(RECEIPT_METADATA))
 
 
 def _installed_version() -> str:

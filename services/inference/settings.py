@@ -40,10 +40,22 @@ class InferenceSettings(CommonSettings):
     """paid (the default): mutual TLS + a live ledger hold per request, metered to the usage
     topic. free: anyone on the network is served unmetered, for local development."""
     inference_usage_topic: str = topics.USAGE
-    inference_price_per_row: int = 1
-    """Credit charged per predicted row in paid mode."""
+    inference_credit_window_units: int = 100
+    """W: units (rows) served on a hold beyond the client's latest signed receipt, per server; the
+    provider's risk per server and hold. An honest client signs after each response, so W must
+    cover its largest request times the requests it has in flight at once."""
+    inference_reserve_units: int = 1000
+    """Units (x the hold's price) a server reserves on the ledger (`Authorize`) at a time; the
+    chunk doubles while each lasts less than 10 s."""
+    inference_receipt_check_seconds: float = 0.02
+    """How long a new receipt may wait before its signature is checked, so that one check covers
+    the receipts that came meanwhile (only the newest is checked); a request that needs the receipt
+    has it checked at once. 0: every new receipt is checked on its request's path."""
     inference_hold_cache_seconds: float = 5.0
-    """How long a hold read from the ledger is trusted before it is read again."""
+    """How long a hold read from the ledger is trusted before it is read again (in the background)."""
+    inference_records_stop_seconds: float = 10.0
+    """At shutdown, how long the record writer keeps retrying usage records Kafka has not taken;
+    then it logs each in full (`usage_not_recorded`) and exits."""
     inference_tls_cert: Path | None = None
     inference_tls_key: Path | None = None
     inference_client_cas: dict[str, Path] = {}
@@ -64,8 +76,12 @@ class InferenceSettings(CommonSettings):
                 )
         if self.inference_records_linger_seconds < 0:
             raise ValueError("inference_records_linger_seconds must not be negative")
-        if self.inference_price_per_row < 0:
-            raise ValueError("inference_price_per_row must not be negative")
+        for name in ("inference_credit_window_units", "inference_reserve_units"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1; got {getattr(self, name)}")
+        for name in ("inference_records_stop_seconds", "inference_receipt_check_seconds"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative; got {getattr(self, name)}")
         return self
 
     def topic_specs(self) -> list[kafka.TopicSpec]:

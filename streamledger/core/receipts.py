@@ -64,7 +64,12 @@ class Receipt:
 
     def verify(self, client_cert_pem: str | bytes) -> None:
         """Raise InvalidReceipt unless the certificate's key signed this receipt."""
-        verify_signature(client_cert_pem, receipt_message(self.hold_id, self.units, self.sequence), self.signature)
+        ReceiptKey(client_cert_pem).verify(self)
+
+    @property
+    def header(self) -> str:
+        """The receipt as the `streamledger-receipt` metadata value of a paid request."""
+        return f"{self.hold_id},{self.units},{self.sequence},{self.signature}"
 
 
 def sign_receipt(sign: Callable[[bytes], bytes], hold: str, units: int, sequence: int) -> Receipt:
@@ -74,20 +79,62 @@ def sign_receipt(sign: Callable[[bytes], bytes], hold: str, units: int, sequence
 
 
 def verify_signature(cert_pem: str | bytes, message: bytes, signature_b64: str) -> None:
-    try:
-        signature = base64.b64decode(signature_b64, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidReceipt(f"signature is not base64: {exc}") from exc
-    try:
-        key = x509.load_pem_x509_certificate(cert_pem.encode() if isinstance(cert_pem, str) else cert_pem).public_key()
-    except ValueError as exc:
-        raise InvalidReceipt(f"the client certificate cannot be read: {exc}") from exc
-    try:
-        if isinstance(key, ec.EllipticCurvePublicKey):
-            key.verify(signature, message, ec.ECDSA(hashes.SHA256()))
-        elif isinstance(key, ed25519.Ed25519PublicKey):
-            key.verify(signature, message)
-        else:
-            raise InvalidReceipt(f"the client certificate's key ({type(key).__name__}) cannot sign receipts")
-    except InvalidSignature as exc:
-        raise InvalidReceipt("the signature does not verify against the hold's client certificate") from exc
+    ReceiptKey(cert_pem).verify_signature(message, signature_b64)
+
+
+class ReceiptKey:
+    """The public key of a hold's client certificate, read once, that checks receipts signed by it
+    (a server checking many receipts of one hold parses the certificate only once)."""
+
+    def __init__(self, cert_pem: str | bytes) -> None:
+        try:
+            certificate = x509.load_pem_x509_certificate(cert_pem.encode() if isinstance(cert_pem, str) else cert_pem)
+        except ValueError as exc:
+            raise InvalidReceipt(f"the client certificate cannot be read: {exc}") from exc
+        self.key = certificate.public_key()
+        if not isinstance(self.key, (ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey)):
+            raise InvalidReceipt(f"the client certificate's key ({type(self.key).__name__}) cannot sign receipts")
+
+    def verify(self, receipt: Receipt) -> None:
+        """Raise InvalidReceipt unless this key signed `receipt`."""
+        self.verify_signature(receipt_message(receipt.hold_id, receipt.units, receipt.sequence), receipt.signature)
+
+    def verify_signature(self, message: bytes, signature_b64: str) -> None:
+        try:
+            signature = base64.b64decode(signature_b64, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidReceipt(f"signature is not base64: {exc}") from exc
+        try:
+            if isinstance(self.key, ec.EllipticCurvePublicKey):
+                self.key.verify(signature, message, ec.ECDSA(hashes.SHA256()))
+            else:
+                self.key.verify(signature, message)
+        except InvalidSignature as exc:
+            raise InvalidReceipt("the signature does not verify against the hold's client certificate") from exc
+
+
+# -- receipts as gRPC request metadata (a paid inference call carries both) --
+
+HOLD_METADATA = "streamledger-hold-id"
+"""The hold a paid request is charged to."""
+RECEIPT_METADATA = "streamledger-receipt"
+"""The client's latest receipt on that hold: `<hold id>,<units>,<sequence>,<signature>` (`Receipt.header`)."""
+
+
+def receipt_from_header(text: str) -> Receipt:
+    """The receipt a `streamledger-receipt` metadata value carries; InvalidReceipt names what is malformed.
+
+    >>> receipt_from_header("f898c8e3fcf5d04a8186f04a431e5a78,42,7,MEUCIQ==")
+    Receipt(hold_id='f898c8e3fcf5d04a8186f04a431e5a78', units=42, sequence=7, signature='MEUCIQ==')
+    """
+    parts = text.split(",")
+    if len(parts) != 4:
+        raise InvalidReceipt(f"a receipt is '<hold id>,<units>,<sequence>,<signature>'; got {len(parts)} "
+                             f"comma-separated fields")
+    hold, units, sequence, signature = parts
+    if not all(n.isascii() and n.isdigit() for n in (units, sequence)) or not hold or not signature:
+        raise InvalidReceipt(f"a receipt is '<hold id>,<units>,<sequence>,<signature>' with decimal units and "
+                             f"sequence; got {text[:200]!r}")
+    if int(sequence) < 1:
+        raise InvalidReceipt(f"a receipt's sequence starts at 1, got {sequence}")
+    return Receipt(hold, int(units), int(sequence), signature)

@@ -1,7 +1,7 @@
 """The services' two ledger seams on the real local Fabric network, no fakes of the ledger:
-`LedgerHoldSource` (inference paid mode) and `LedgerModelRegistry` (learning), plus both
-services run with them: a paid inference server charging real holds, and a learner whose
-snapshots must be registered to be resumed.
+`LedgerHoldSource` (inference paid mode: GetHold and Authorize) and `LedgerModelRegistry`
+(learning), plus the learner run with it, whose snapshots must be registered to be resumed.
+The paid inference server on real holds, paid by receipts: tests/integration/inference/test_inference_ledger.py.
 
 Each acts as its own identity: inference as `inference` (a provider acting for Org1's
 `provider` account, which the holds pay), learning as `registry` (operator); Org1's Admin
@@ -20,37 +20,28 @@ import logging
 import socket
 import time
 import uuid
-from collections.abc import Callable
 
 import pytest
-import tritonclient.grpc as triton
-from tritonclient.utils import InferenceServerException
 
-from services.inference import app as inference_app
-from services.inference.authorization import HoldUnavailable, InvalidHoldId
+from services.inference.authorization import (
+    HoldClosed,
+    HoldUnavailable,
+    InvalidHoldId,
+    NothingToReserve,
+)
 from services.inference.ledger_holds import LedgerHoldSource
-from services.inference.settings import InferenceSettings
 from services.learning import app as learning_app
 from services.learning.ledger_seam import LedgerModelRegistry
 from services.learning.prequential import OnlineModel
+from streamledger.core import receipts
 from streamledger.core.snapshots import seal
 from streamledger.declarations import load_declarations
-from streamledger.fabric import RetryPolicy
+from streamledger.fabric import EndorseError, RetryPolicy
 from streamledger.ledger import LedgerClient, MissingRole
 from streamledger.lifecycle import run_until
-from streamledger.settings import LedgerSettings, local_org_dir
+from streamledger.settings import LedgerSettings
 from tests.integration.conftest import identity
-from tests.integration.inference.support import MODELS as INFERENCE_MODELS
-from tests.integration.inference.support import PHISHING as INFERENCE_ROWS
-from tests.integration.inference.support import (
-    ServerThread,
-    publish,
-    serve_until,
-    snapshot_record,
-    train,
-)
-from tests.integration.inference.test_inference_paid import Issuer, infer
-from tests.integration.pipeline.conftest import account_of, acts_for, made_provider
+from tests.integration.pipeline.conftest import account_of, acts_for
 from tests.integration.test_learning_service import MODELS as LEARNING_MODELS
 from tests.integration.test_learning_service import (
     PHISHING,
@@ -66,9 +57,6 @@ from tests.integration.test_learning_service import (
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.fabric, pytest.mark.timeout(240)]
-
-OTHER_PROVIDER = "User7"
-"""Org1's user made a provider acting for itself: the provider the server does not act for."""
 
 
 @pytest.fixture
@@ -104,15 +92,16 @@ async def registry_ledger(network):
         yield ledger
 
 
-async def frozen_hold(admin: LedgerClient, client: LedgerClient, hold_id: str, amount: int, provider: str,
-                      expires_in: int = 3600) -> tuple[str, int]:
-    """A hold of `amount` frozen by `client` (after Admin mints it the credit) for `provider`.
-    Returns (client account, expires_at)."""
+async def frozen_hold(admin: LedgerClient, client: LedgerClient, nonce: str, amount: int, provider: str,
+                      price: int = 1, expires_in: int = 3600) -> tuple[str, str, int]:
+    """A hold of `amount` at `price` per unit frozen by `client` (after Admin mints it the credit) for
+    `provider`. Returns (hold id, client account, expires_at)."""
     me = await account_of(client)
     await admin.mint(me, amount)
     expires_at = int(time.time()) + expires_in
-    await client.freeze(hold_id, me, provider, amount, expires_at)
-    return me, expires_at
+    hold = await client.freeze(nonce, provider, amount, price, expires_at)
+    assert hold["hold_id"] == receipts.hold_id(me, nonce)
+    return hold["hold_id"], me, expires_at
 
 
 def free_port() -> int:
@@ -124,20 +113,26 @@ def free_port() -> int:
 # -- LedgerHoldSource --
 
 async def test_the_hold_source_reads_a_frozen_hold_as_the_contract_keeps_it(admin, client, inference, suffix):
-    hold_id = f"hold-{suffix}"
     provider = await acts_for(inference)
-    me, expires_at = await frozen_hold(admin, client, hold_id, 250, provider)
+    hold_id, me, expires_at = await frozen_hold(admin, client, f"hold-{suffix}", 250, provider, price=5)
     source = LedgerHoldSource(inference)
 
     hold = await source.hold(hold_id)
     assert (hold.hold_id, hold.client, hold.provider) == (hold_id, me, provider)
-    assert (hold.remaining, hold.expires_at, hold.live) == (250, float(expires_at), True)
+    assert (hold.amount, hold.price_per_unit, hold.units) == (250, 5, 50)
+    assert (hold.remaining, hold.expires_at, hold.live, hold.receipt) == (250, float(expires_at), True, None)
+    assert "BEGIN CERTIFICATE" in hold.client_cert  # the certificate receipts verify against
 
-    await inference.authorize(hold_id, 40)  # the provider reserves part of it
+    reserved = await source.reserve(hold_id, 40)  # the provider reserves part of it (Authorize)
+    assert (reserved.authorized, reserved.remaining) == (40, 210)
     assert (await source.hold(hold_id)).remaining == 210
+    with pytest.raises(NothingToReserve, match="EXCEEDS_HOLD"):
+        await source.reserve(hold_id, 211)
     await inference.release(hold_id)
     closed = await source.hold(hold_id)
     assert (closed.live, closed.remaining) == (False, 0)
+    with pytest.raises(HoldClosed, match="settled or released"):
+        await source.reserve(hold_id, 1)
 
 
 async def test_the_hold_source_says_none_for_an_unknown_hold_and_refuses_a_malformed_id(inference, suffix):
@@ -151,7 +146,7 @@ async def test_the_hold_source_says_none_for_an_unknown_hold_and_refuses_a_malfo
 async def test_an_unreachable_ledger_is_unavailable_not_a_refusal(network):
     settings = identity("inference", fabric_peer_endpoint=f"127.0.0.1:{free_port()}")  # nothing listens there
     async with LedgerClient.connect(settings, retry=RetryPolicy(attempts=2, initial_seconds=0.05)) as dead:
-        with pytest.raises(HoldUnavailable, match="cannot be read right now") as caught:
+        with pytest.raises(HoldUnavailable, match="cannot be reached right now to read hold") as caught:
             await LedgerHoldSource(dead).hold("hold-anything")
     assert caught.value.code == "UNAVAILABLE"
 
@@ -165,107 +160,14 @@ async def test_the_registry_knows_exactly_the_registered_hash(registry_ledger, s
     assert await registry.latest_version(model_id) == 0
     await registry.register(model_id, 1, sha)
     await registry.register(model_id, 1, sha)  # a retried registration is a no-op
-    await registry.register(model_id, 3, other)
+    await registry.register(model_id, 2, other)
     assert await registry.is_registered(model_id, 1, sha)
     assert not await registry.is_registered(model_id, 1, other)
-    assert not await registry.is_registered(model_id, 2, sha)  # never registered
-    assert await registry.latest_version(model_id) == 3
-
-
-# -- inference in paid mode, holds read from the ledger --
-
-ORG2 = local_org_dir("Org2MSP")
-
-
-@pytest.fixture
-def paid_settings(network, stack, bootstrap, unique, tmp_path):
-    """Paid-mode settings on fresh topics; the client CA is Org2's Fabric CA, so Org2 User5's own
-    enrollment certificate is the TLS client identity the hold names."""
-    models = tmp_path / "models.toml"
-    models.write_text(INFERENCE_MODELS)
-    server_ca = Issuer(tmp_path, "ca.server", "Provider")
-    server_cert, server_key, _ = server_ca.issue("localhost", server=True)
-    topics = {"snapshots": f"test.snapshots.{unique}", "usage": f"test.usage.{unique}",
-              "predictions": f"test.predictions.{unique}"}
-    publish(bootstrap, topics["snapshots"],
-            [snapshot_record("phishing-logreg", 1, train(models, "phishing-logreg", INFERENCE_ROWS[:300]))])
-    settings = InferenceSettings(
-        kafka_bootstrap=bootstrap, inference_port=0, inference_host="localhost", inference_models_file=models,
-        inference_snapshot_topic=topics["snapshots"], inference_predictions_topic=topics["predictions"],
-        inference_usage_topic=topics["usage"], inference_mode="paid", inference_price_per_row=2,
-        inference_tls_cert=server_cert, inference_tls_key=server_key,
-        inference_client_cas={"Org2MSP": next((ORG2 / "msp" / "cacerts").glob("*.pem"))})
-    return settings, server_ca
-
-
-def client_of(port: int, server_ca: Issuer) -> triton.InferenceServerClient:
-    """A Triton client whose TLS certificate is Org2 User5's, the paying client of the holds."""
-    msp = ORG2 / "users" / "User5@org2.streamledger.local" / "msp"
-    return triton.InferenceServerClient(f"localhost:{port}", ssl=True, root_certificates=str(server_ca.cert_file),
-                                        private_key=str(next((msp / "keystore").iterdir())),
-                                        certificate_chain=str(next((msp / "signcerts").glob("*.pem"))))
-
-
-def wait_ready(triton_client, model_id: str = "phishing-logreg") -> None:
-    deadline = time.monotonic() + 30
-    while not triton_client.is_model_ready(model_id):
-        assert time.monotonic() < deadline, f"paid server never served {model_id}"
-        time.sleep(0.05)
-
-
-def refused(call, code: str, fragment: str) -> None:
-    with pytest.raises(InferenceServerException) as caught:
-        call()
-    assert caught.value.status() == f"StatusCode.{code}", caught.value
-    assert fragment in caught.value.message(), caught.value.message()
-
-
-def test_paid_mode_started_by_serve_charges_real_ledger_holds(paid_settings, suffix):
-    settings, server_ca = paid_settings
-
-    async def holds() -> tuple[str, str]:
-        async with (LedgerClient.connect(identity("Admin")) as admin,
-                    LedgerClient.connect(identity("User5", "Org2")) as client,
-                    LedgerClient.connect(identity("inference")) as server):
-            ours, theirs = f"paid-{suffix}", f"paid-other-{suffix}"
-            await frozen_hold(admin, client, ours, 30, await acts_for(server))  # the account the server acts for
-            await frozen_hold(admin, client, theirs, 30, await made_provider(admin, OTHER_PROVIDER))
-            return ours, theirs
-    ours, theirs = asyncio.run(holds())
-
-    with ServerThread.of(settings, ledger=LedgerSettings()) as server:  # as `inference`, its own identity
-        user5 = client_of(server.port, server_ca)
-        wait_ready(user5)
-        assert infer(user5, 10, ours).as_numpy("label").shape == (10,)  # 10 rows x 2 = 20 of 30
-        refused(lambda: infer(user5, 6, ours), "RESOURCE_EXHAUSTED", "10 credit left")
-        assert infer(user5, 5, ours).as_numpy("label").shape == (5,)
-        refused(lambda: infer(user5, 1, theirs), "PERMISSION_DENIED", "pays another provider")
-        refused(lambda: infer(user5, 1, f"no-such-hold-{suffix}"), "PERMISSION_DENIED", "does not exist")
-        refused(lambda: infer(user5, 1, "bad id!"), "INVALID_ARGUMENT", "refused by the ledger")
-        user5.close()
-
-
-def test_paid_mode_answers_unavailable_while_the_ledger_cannot_be_read(paid_settings, suffix):
-    settings, server_ca = paid_settings
-    dead = identity("inference", fabric_peer_endpoint=f"127.0.0.1:{free_port()}")
-
-    async def main(stop: asyncio.Event, started: Callable[[int], None]) -> None:
-        async with LedgerClient.connect(dead, retry=RetryPolicy(attempts=2, initial_seconds=0.05)) as ledger:
-            await serve_until(inference_app.Inference(settings, hold_source=LedgerHoldSource(ledger)), stop, started)
-
-    with ServerThread(main) as server:
-        user5 = client_of(server.port, server_ca)
-        wait_ready(user5)
-        refused(lambda: infer(user5, 1, f"paid-{suffix}"), "UNAVAILABLE", "ledger cannot be read")
-        user5.close()
-
-
-async def test_paid_mode_as_an_identity_without_the_provider_role_cannot_start(paid_settings):
-    """Org2's User1 is a client: the server refuses to start, naming the identity and the role."""
-    settings, _ = paid_settings
-    with pytest.raises(MissingRole, match=r"ledger identity 'User1' \(Org2MSP::CN=User1@org2\.streamledger\.local.*\) "
-                                          r"does not hold the provider role \(it holds: client\)"):
-        await inference_app.Inference(settings, identity("User1", "Org2")).start()
+    assert not await registry.is_registered(model_id, 2, sha)  # registered with another hash
+    assert not await registry.is_registered(model_id, 3, sha)  # never registered
+    assert await registry.latest_version(model_id) == 2
+    with pytest.raises(EndorseError, match='CONFLICT: "version": the next version of model .* is 3, got 4'):
+        await registry.register(model_id, 4, sha)  # versions only go up by one (issue 21, rule 6)
 
 
 # -- learning with the ledger --

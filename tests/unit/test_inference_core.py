@@ -1,4 +1,5 @@
-"""Inference core without servers: tensors -> rows, the model shelf, snapshot loading, holds, identity."""
+"""Inference core without servers: tensors -> rows, the model shelf, snapshot loading, identity
+(holds and credit: test_inference_credit.py)."""
 
 from __future__ import annotations
 
@@ -12,16 +13,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from services.inference.authorization import (
-    Hold,
-    HoldAuthorizer,
-    HoldExpired,
-    InsufficientCredit,
-    NoHold,
-    NotHoldClient,
-    UnknownClient,
-    client_identity,
-)
+from services.inference.authorization import UnknownClient, client_identity
 from services.inference.models import (
     InvalidVersion,
     ModelShelf,
@@ -157,50 +149,6 @@ def test_shelf_swaps_latest_keeps_recent_versions_and_names_what_is_missing():
     with pytest.raises(UnknownModel, match="'nope'"):
         shelf.get("nope")
     assert shelf.ready("r", "3") and not shelf.ready("r", "1") and not shelf.ready("m")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class FakeHolds:
-    def __init__(self, **holds: Hold) -> None:
-        self.holds = holds
-        self.reads = 0
-
-    async def hold(self, hold_id: str) -> Hold | None:
-        self.reads += 1
-        return self.holds.get(hold_id)
-
-
-async def test_holds_are_cached_counted_down_and_refunded():
-    clock = Clock()
-    source = FakeHolds(h=Hold("h", "Org1MSP::CN=alice", remaining=10, expires_at=2_000.0))
-    authorizer = HoldAuthorizer(source, cache_seconds=5.0, clock=clock)
-    charge = await authorizer.charge("h", "Org1MSP::CN=alice", units=3, price=2)
-    assert charge.cost == 6 and authorizer.spent("h") == 6
-    with pytest.raises(InsufficientCredit, match="4 credit left; 3 rows at 2 cost 6"):
-        await authorizer.charge("h", "Org1MSP::CN=alice", units=3, price=2)
-    authorizer.refund(charge)
-    await authorizer.charge("h", "Org1MSP::CN=alice", units=5, price=2)
-    assert source.reads == 1
-    clock.now += 6  # cache expired: read again; local spending still counts
-    with pytest.raises(InsufficientCredit):
-        await authorizer.charge("h", "Org1MSP::CN=alice", units=1, price=1)
-    assert source.reads == 2
-    with pytest.raises(NotHoldClient, match="belongs to another client"):
-        await authorizer.charge("h", "Org1MSP::CN=bob", units=1, price=0)
-    with pytest.raises(NoHold, match="no hold named"):
-        await authorizer.charge(None, "Org1MSP::CN=alice", units=1, price=1)
-    with pytest.raises(NoHold, match="'x' does not exist"):
-        await authorizer.charge("x", "Org1MSP::CN=alice", units=1, price=1)
-    clock.now = 2_000.0
-    with pytest.raises(HoldExpired, match="'h' expired"):
-        await authorizer.charge("h", "Org1MSP::CN=alice", units=0, price=1)
 
 
 def _cert(subject: str, issuer: str, issuer_key, key=None) -> tuple[x509.Certificate, object]:

@@ -14,6 +14,7 @@ import signal
 from pathlib import Path
 
 import pytest
+from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
 from prometheus_client import REGISTRY
 
 from services.inference import record_writer
@@ -23,6 +24,7 @@ from services.inference.records import PREDICTION, USAGE, prediction_record
 from services.inference.tensors import Output
 from streamledger import child
 from streamledger.avro import AvroCodec, SchemaRegistry
+from streamledger.retry import RetryPolicy
 
 codec = AvroCodec(SchemaRegistry.from_dir())
 TOPICS = {PREDICTION: "predictions", USAGE: "usage"}
@@ -47,13 +49,17 @@ class Batch:
 
 class Producer:
     """The calls the record writer makes, recorded (and, given a `log` file, appended to it as JSON
-    lines, so a test can read what a writer process sent). `deliver=False`: no batch is ever acked."""
+    lines, so a test can read what a writer process sent). `deliver=False`: no batch is ever acked;
+    `failures`: that many sends fail (`refused`: at once, else in delivery), then they succeed."""
 
-    def __init__(self, partitions: int = 1, room: int = 1000, log: Path | None = None, deliver: bool = True) -> None:
+    def __init__(self, partitions: int = 1, room: int = 1000, log: Path | None = None, deliver: bool = True,
+                 failures: float = 0, refused: bool = False) -> None:
         self.partitions = partitions
         self.room = room
         self.log = log
         self.deliver = deliver
+        self.failures = failures
+        self.refused = refused
         self.sent: list[tuple[str, int, list[tuple[bytes, bytes]]]] = []
         self.flushed = False
 
@@ -71,11 +77,18 @@ class Producer:
 
     async def send_batch(self, batch: Batch, topic: str, *, partition: int) -> asyncio.Future:
         assert batch.closed, "a batch is complete when handed over"
+        failing = self.failures > 0
+        self.failures -= 1
+        if failing and self.refused:
+            raise KafkaConnectionError("broker down")
+        delivered = asyncio.get_running_loop().create_future()
+        if failing:
+            delivered.set_exception(KafkaTimeoutError("not delivered in time"))
+            return delivered
         self.sent.append((topic, partition, batch.records))
         if self.log is not None:
             with self.log.open("a") as f:
                 f.write(json.dumps([topic, partition, [[k.decode(), v.hex()] for k, v in batch.records]]) + "\n")
-        delivered = asyncio.get_running_loop().create_future()
         if self.deliver:
             delivered.set_result(None)
         return delivered
@@ -98,7 +111,7 @@ def fake_writer(log: Path, deliver: bool = True, queue_size: int = 100) -> Recor
 
 
 def usage(n: int) -> tuple:
-    return (f"h{n}", f"r{n}", "Org1MSP::CN=c", "m", 1, 1, 2, 1_700_000_000_000)
+    return (f"h{n}", f"r{n}", "Org1MSP::CN=c", "m", 1, 1, 2, n, n + 1, f"sig{n}", 1_700_000_000_000)
 
 
 def prediction(n: int) -> tuple:
@@ -117,13 +130,16 @@ def test_a_prediction_record_is_built_from_the_servicers_pieces():
     assert codec.decode(codec.encode("Prediction", record))["request_id"] == "p7"
 
 
-async def write(producer: Producer, frames: list[tuple[int, list]]) -> list:
+FAST = RetryPolicy(attempts=2**31, initial_seconds=0.01, max_seconds=0.02)
+
+
+async def write(producer: Producer, frames: list[tuple[int, list]], stop_seconds: float = 10.0) -> list:
     acks: list = []
-    writer = RecordWriter(producer, codec, TOPICS, acks.append)
+    writer = RecordWriter(producer, codec, TOPICS, acks.append, redelivery=FAST)
     queue: asyncio.Queue = asyncio.Queue()
     for frame in frames + [None]:
         queue.put_nowait(frame)
-    await asyncio.wait_for(writer.run(queue, linger=0.01), 5)
+    await asyncio.wait_for(writer.run(queue, linger=0.01, stop_seconds=stop_seconds), 5)
     return acks
 
 
@@ -153,10 +169,30 @@ async def test_keys_keep_their_partition_and_full_batches_are_split():
 
 async def test_an_invalid_record_is_skipped_and_counted_failed():
     producer = Producer()
-    bad = ("h-bad", "r-bad", "c", "m", "not a version", 1, 2, 0)
+    bad = ("h-bad", "r-bad", "c", "m", "not a version", 1, 2, 0, 0, "", 0)
     acks = await write(producer, [(5, [(USAGE, usage(1)), (USAGE, bad), (USAGE, usage(2))])])
     assert [codec.decode(v)["request_id"] for _, _, records in producer.sent for _, v in records] == ["r1", "r2"]
     assert acks == [([5], {"usage": (2, 1)})]
+
+
+@pytest.mark.parametrize("refused", [False, True], ids=["failed in delivery", "refused at once"])
+async def test_usage_kafka_did_not_take_is_sent_again_until_delivered_predictions_once(refused, inference_log):
+    producer = Producer(failures=3, refused=refused)  # the usage batch and the prediction batch fail, then usage again
+    acks = await write(producer, [(1, [(USAGE, usage(1)), (USAGE, usage(2))]), (2, [(PREDICTION, prediction(1))])])
+    assert [(topic, [codec.decode(v)["request_id"] for _, v in records]) for topic, _, records in producer.sent] == [
+        ("usage", ["r1", "r2"])]
+    assert acks == [([1, 2], {"usage": (2, 0), "predictions": (0, 1)})]
+    assert [r.getMessage() for r in inference_log if r.getMessage().startswith("usage_")] == [
+        "usage_not_delivered_yet", "usage_redelivery_failed"]
+
+
+async def test_at_shutdown_usage_still_undelivered_is_logged_in_full_and_counted_failed(inference_log):
+    producer = Producer(failures=float("inf"))
+    acks = await write(producer, [(1, [(USAGE, usage(7))])], stop_seconds=0.2)
+    assert acks == [([1], {"usage": (0, 1)})]
+    lost = [r.usage for r in inference_log if r.getMessage() == "usage_not_recorded"]
+    assert [(u["hold_id"], u["request_id"], u["units"], u["receipt_sequence"], u["receipt_signature"]) for u in lost] \
+        == [("h7", "r7", 1, 8, "sig7")]
 
 
 def sent_count(topic: str) -> float:
@@ -206,7 +242,8 @@ async def test_when_the_writer_dies_the_sink_refuses_and_logs_every_usage_record
         assert not sink.offer(PREDICTION, prediction(2)) and not sink.offer(USAGE, usage(2))
         lost = [r.usage for r in inference_log if r.getMessage() == "usage_not_recorded"]
         assert lost == [{"hold_id": "h1", "request_id": "r1", "client": "Org1MSP::CN=c", "model_id": "m",
-                         "model_version": 1, "units": 1, "price": 2, "ts": 1_700_000_000_000}]
+                         "model_version": 1, "units": 1, "price": 2, "receipt_units": 1, "receipt_sequence": 2,
+                         "receipt_signature": "sig1", "ts": 1_700_000_000_000}]
         (died,) = [r for r in inference_log if r.getMessage() == "record_writer_died"]
         assert (died.records_lost, died.usage_records_lost) == (2, 1) and died.exit_code == -9
         assert sink.failure.exit_code == -9 and "record writer process exited" in str(sink.failure)

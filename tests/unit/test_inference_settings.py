@@ -10,7 +10,7 @@ from services.inference.settings import InferenceSettings
 
 @pytest.fixture(autouse=True)
 def _no_inference_environment(monkeypatch) -> None:
-    for name in ("MODE", "TLS_CERT", "TLS_KEY", "CLIENT_CAS"):
+    for name in ("MODE", "TLS_CERT", "TLS_KEY", "CLIENT_CAS", "CREDIT_WINDOW_UNITS", "RESERVE_UNITS"):
         monkeypatch.delenv(f"STREAMLEDGER_INFERENCE_{name}", raising=False)
 
 
@@ -38,6 +38,20 @@ def test_free_mode_is_a_setting_and_needs_no_tls(monkeypatch) -> None:
     monkeypatch.setenv("STREAMLEDGER_INFERENCE_MODE", "open")
     with pytest.raises(ValidationError, match="inference_mode"):
         InferenceSettings()
+
+
+def test_the_credit_window_and_the_reservation_chunk_are_settings_of_at_least_one(monkeypatch) -> None:
+    monkeypatch.setenv("STREAMLEDGER_INFERENCE_MODE", "free")
+    defaults = InferenceSettings()
+    assert (defaults.inference_credit_window_units, defaults.inference_reserve_units) == (100, 1000)
+    monkeypatch.setenv("STREAMLEDGER_INFERENCE_CREDIT_WINDOW_UNITS", "16")
+    monkeypatch.setenv("STREAMLEDGER_INFERENCE_RESERVE_UNITS", "64")
+    assert (InferenceSettings().inference_credit_window_units, InferenceSettings().inference_reserve_units) == (16, 64)
+    for name in ("CREDIT_WINDOW_UNITS", "RESERVE_UNITS"):
+        monkeypatch.setenv(f"STREAMLEDGER_INFERENCE_{name}", "0")
+        with pytest.raises(ValidationError, match=f"inference_{name.lower()} must be at least 1; got 0"):
+            InferenceSettings()
+        monkeypatch.setenv(f"STREAMLEDGER_INFERENCE_{name}", "16")
 
 
 def test_paid_mode_with_unreadable_tls_files_refuses_the_start_in_one_line_naming_the_setting(tmp_path) -> None:
