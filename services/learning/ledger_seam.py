@@ -8,9 +8,9 @@
 `LedgerModelRegistry` implements it over the contract's `RegisterModel` / `GetModel`
 (chaincode/ledger/models.go). With `STREAMLEDGER_LEARNING_LEDGER=true`, `app.py` passes
 it in: the learner registers each snapshot after writing it, refuses at restart a
-snapshot that is not registered with exactly its sha256, and numbers new versions above
-the highest one registered or seen (a version's hash can never change on the ledger, and
-a refused snapshot's version must be superseded for readers that loaded it). Without it
+snapshot that is not registered with exactly its sha256, and numbers new versions from
+the latest registered one (the contract registers only latest + 1, and a version's hash can
+never change on the ledger). Without it
 (the default) the service runs with `registry=None`: snapshots are then verified only
 against the SHA-256 carried in their own record, which catches corruption and naive
 tampering but not a writer who rewrites both the bytes and the hash.

@@ -39,11 +39,11 @@ async def resume(learners: LearnerSet, bootstrap: str, topic: str, codec: AvroCo
             candidates = registered
         version, refusals = learners.resume(model_id, candidates)
         if registry is not None:
-            # New snapshots are numbered above every registered version (its hash can never change)
-            # and every refused one (a reader may have loaded it: the next version must supersede it).
+            # The contract registers only the next version (latest + 1), so new snapshots are
+            # numbered from the ledger's latest; a refused snapshot's number may be reused, with
+            # another hash: a reader that checks the ledger never loaded it.
             tracked = learners.models[model_id]
-            tracked.version = max(tracked.version, await registry.latest_version(model_id),
-                                  *(s["version"] for s in found.get(model_id, [])))
+            tracked.version = max(tracked.version, await registry.latest_version(model_id))
         for refusal in refusals:
             reason = getattr(refusal.error, "reason", "declaration_changed")
             REFUSED.labels(reason).inc()

@@ -235,7 +235,10 @@ async def test_the_learner_registers_snapshots_and_resumes_only_registered_ones(
     resumed = [r for r in captured.records if r.getMessage() == "model_resumed" and r.model_id == model_id]
     assert resumed[0].version == newest["version"]
     final = latest(after)[model_id]
-    assert final["events_seen"] == 500 and final["version"] > forged["version"]  # supersedes the forgery
+    # Numbered from the ledger's latest (the contract's rule), so it may reuse the forgery's
+    # number, never its hash.
+    assert final["events_seen"] == 500 and final["version"] > newest["version"]
+    assert not await registry.is_registered(model_id, forged["version"], forged["sha256"])
     assert await registry.is_registered(model_id, final["version"], final["sha256"])
 
 

@@ -14,7 +14,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from devstack.fabric import ENDORSEMENT_POLICY, FabricNetwork
-from devstack.fabric.binaries import COMMANDS, FabricBinaries, pinned_commit, pinned_release
+from devstack.fabric.binaries import (
+    COMMANDS,
+    FabricBinaries,
+    pinned_commit,
+    pinned_release,
+)
 from devstack.fabric.identities import issue_client
 from devstack.fabric.network import load_grants
 from devstack.part import InstallError

@@ -6,7 +6,13 @@ from __future__ import annotations
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from streamledger.core.receipts import InvalidReceipt, Receipt, hold_id, receipt_message, sign_receipt
+from streamledger.core.receipts import (
+    InvalidReceipt,
+    Receipt,
+    hold_id,
+    receipt_message,
+    sign_receipt,
+)
 from streamledger.fabric.identity import Signer
 
 VECTOR_CERT = """-----BEGIN CERTIFICATE-----
