@@ -146,9 +146,10 @@ def final_snapshots(end_offset: int, topic: str, model_ids) -> callable:
 
 
 def latest(records: list[dict]) -> dict[str, dict]:
+    """Each model's highest version; at a tie (a refused snapshot's number reused), the later record."""
     newest: dict[str, dict] = {}
     for r in records:
-        if r["model_id"] not in newest or r["version"] > newest[r["model_id"]]["version"]:
+        if r["model_id"] not in newest or r["version"] >= newest[r["model_id"]]["version"]:
             newest[r["model_id"]] = r
     return newest
 
