@@ -18,13 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import yaml
+from fabric_protos.discovery import protocol_pb2_grpc
 
 from devstack.fabric.binaries import MODULE_DIR, FabricBinaries
 from devstack.fabric.identities import issue_client
 from devstack.fabric.revocation import revoke_in, revoked_serials, signing_certificate
 from devstack.part import InstallError, run_tool
 from devstack.settings import StackSettings
+from streamledger.fabric.discovery import discovery_request, orgs_without_peers
+from streamledger.fabric.identity import load_msp
 
 CHANNEL = "streamledger"
 CHAINCODE_NAME = "streamledger"
@@ -412,6 +416,32 @@ class FabricNetwork:
                 if "approved" not in str(exc).lower() or time.monotonic() > deadline:
                     raise
             time.sleep(0.5)
+
+    def wait_for_gossip(self, timeout: float = 120.0) -> None:
+        """Until each peer's discovery service sees a live peer of every org running the contract,
+        its gateway cannot collect the other org's endorsement ("no combination of peers can be
+        derived"): gossip takes some seconds after a peer starts."""
+        deadline = time.monotonic() + timeout
+        for org in self.orgs:
+            identity, signer = load_msp(self.user_msp("Admin", org.name), org.msp_id)
+            request = discovery_request(identity, signer, CHANNEL, CHAINCODE_NAME)
+            credentials = grpc.ssl_channel_credentials(self.peer_tls_ca(org).read_bytes())
+            with grpc.secure_channel(org.peer_address, credentials) as channel:
+                stub = protocol_pb2_grpc.DiscoveryStub(channel)
+                while True:
+                    try:
+                        response = stub.Discover(request, timeout=5)
+                        answered = len(response.results) == 2 and not any(r.HasField("error")
+                                                                           for r in response.results)
+                        missing = orgs_without_peers(response) if answered else ("(discovery refused)",)
+                        if not missing:
+                            break
+                    except grpc.RpcError as exc:
+                        missing = (f"(discovery unanswered: {exc.code().name})",)
+                    if time.monotonic() > deadline:
+                        raise FabricError(f"{org.name}'s peer does not see a peer of {', '.join(missing)} running "
+                                          f"the contract after {timeout:.0f}s (gossip)")
+                    time.sleep(0.5)
 
     # -- roles on the ledger --
     def grant_roles(self) -> None:

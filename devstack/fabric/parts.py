@@ -207,6 +207,7 @@ class FabricChaincodePart(_FabricPart):
     def settle(self) -> None:
         if self.org is self.network.orgs[-1]:  # both servers answer now
             self.network.grant_roles()
+            self.network.wait_for_gossip()
 
 
 def fabric_parts(settings: StackSettings) -> list[Part]:
