@@ -319,12 +319,10 @@ async def test_two_orderers_stopped_refuse_submits_clearly_until_one_is_back(
         error = refusal[0]
         assert error.code == grpc.StatusCode.UNAVAILABLE and is_transient(error), error
         assert str(error).startswith("submit failed: UNAVAILABLE: no orderers could successfully process transaction")
-        # A detail for each stopped orderer; the survivor's refusal (SERVICE_UNAVAILABLE, no Raft
-        # leader) comes with or without one, never as a refused connection.
+        # A refused connection for each stopped orderer; the survivor's refusal (no Raft leader: it
+        # may itself fail to reach the stopped leader) comes with or without a detail.
         said = {d.address: d.message for d in error.details}
-        stopped = {leader.address, other.address}
-        assert stopped <= set(said), error
-        assert all(("connection refused" in message) == (address in stopped) for address, message in said.items()), error
+        assert all("connection refused" in said.get(o.address, "") for o in (leader, other)), said
 
         # A retrying submit keeps failing while two are down, and commits once one is back.
         observed = Observed(retrying)
@@ -338,8 +336,12 @@ async def test_two_orderers_stopped_refuse_submits_clearly_until_one_is_back(
         resubmitted = await (await transaction.submit()).status()  # the envelope refused earlier
         assert resubmitted.transaction_id == transaction.transaction_id
 
-        assert await balance(auditor, first) == 7
-        assert await balance(auditor, second) == 5
+        # The payer's commit status comes from its own org's peer; the auditor reads Org1's,
+        # which may be a block behind just after the orderers came back.
+        async def both_transfers_visible() -> bool:
+            return await balance(auditor, first) == 7 and await balance(auditor, second) == 5
+        await wait_until(both_transfers_visible, 30, "both transfers on the auditor's peer")
+        assert await balance(auditor, first) == 7 and await balance(auditor, second) == 5  # once each
         await asyncio.to_thread(stack().up)
         assert all(states()[name] == "healthy" for name in FABRIC_PARTS)
         await both_orgs_commit(admin)
