@@ -34,6 +34,10 @@ from streamledger.retry import NO_RETRY, RetryPolicy, retry
 
 Arg = str | bytes | int
 
+FRESH_PROPOSAL_SECONDS = 10.0
+"""An endorse is retried with the same proposal while it is younger than this (under the
+peers' timewindow: 15 s on the local stack, 15 min by default), else with a new one."""
+
 
 class Contract:
     def __init__(self, client: GatewayClient, channel: str, name: str, retry: RetryPolicy = NO_RETRY) -> None:
@@ -77,7 +81,9 @@ class _Submission:
         self.commit: Commit | None = None
 
     async def attempt(self) -> Committed:
-        if self.proposal is None:
+        if self.proposal is None or (self.transaction is None and self.proposal.age > FRESH_PROPOSAL_SECONDS):
+            # An endorse retried long after signing would be refused for its timestamp; a
+            # proposal never endorsed was never ordered, so a new one cannot commit twice.
             self.proposal = self.contract.new_proposal(self.function, *self.args, transient=self.transient)
         if self.transaction is None:
             self.transaction = await self.proposal.endorse()

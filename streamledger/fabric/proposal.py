@@ -34,6 +34,12 @@ class Proposal:
         self.transaction_id = transaction_id
         self.channel = channel
         self.signed = signed
+        self.created = time.monotonic()
+
+    @property
+    def age(self) -> float:
+        """Seconds since it was signed: peers refuse one stamped beyond their timewindow."""
+        return time.monotonic() - self.created
 
     async def evaluate(self) -> bytes:
         """The function's answer from one peer, without ordering it."""

@@ -159,6 +159,17 @@ async def test_a_retried_submit_resumes_at_the_step_that_failed(signer: Signer) 
     assert stub.requests["Submit"][0].prepared_transaction == stub.requests["Submit"][1].prepared_transaction
 
 
+async def test_an_endorse_retried_after_the_proposal_went_stale_signs_a_new_one(signer: Signer, monkeypatch) -> None:
+    monkeypatch.setattr("streamledger.fabric.contract.FRESH_PROPOSAL_SECONDS", 0.0)
+    stub = ScriptedStub(Endorse=[UNAVAILABLE, endorsed(b"{}")], Submit=[UNAVAILABLE, gateway_pb2.SubmitResponse()],
+                        CommitStatus=[status()])
+    committed = await contract(stub, signer, RetryPolicy(attempts=4, **FAST)).submit("Mint", "a", 1)
+    first, second = stub.requests["Endorse"]
+    assert first.transaction_id != second.transaction_id == committed.transaction_id
+    # Once endorsed, the envelope is what is retried, however old: it may already be ordered.
+    assert stub.requests["Submit"][0].prepared_transaction == stub.requests["Submit"][1].prepared_transaction
+
+
 async def test_a_commit_wait_that_runs_out_submits_the_same_envelope_again(signer: Signer) -> None:
     # The orderer took it but a Raft leader change lost it: waiting again would wait forever.
     stub = ScriptedStub(Endorse=[endorsed(b"{}")], Submit=[gateway_pb2.SubmitResponse()],
