@@ -8,8 +8,8 @@ the commit) for the common case; `new_proposal` for callers that want each step.
 The contract's retry policy (the gateway's by default, NO_RETRY unless the caller gives
 one) is applied here and only here, around the whole evaluate or submit, to what
 `errors.is_transient` accepts. A retried submit resumes at the step that failed: an
-unreachable peer or orderer gets the same proposal or the same signed envelope again (one
-transaction id, so it can never commit twice); a transaction that lost an MVCC or phantom
+unreachable peer or orderer gets the same proposal (while it is fresh: FRESH_PROPOSAL_SECONDS)
+or the same signed envelope again (one transaction id, so it can never commit twice); a transaction that lost an MVCC or phantom
 read conflict changed nothing, so the next attempt runs it anew as a new transaction.
 
 A transaction the orderer accepted may still never reach a block: a Raft leader that stops
