@@ -16,6 +16,11 @@ the cost of the second endorsement. A block is cut when it fills or when the ord
 BatchTimeout passes (printed, read from the channel's config block), so one sequential
 submit waits about that long for its commit and concurrency is what raises throughput.
 
+The official Go client (github.com/hyperledger/fabric-gateway v1.7.1, bench/ledger_go) runs the
+same Mint submits on the two-org channel at each level, right after the Python client, as the
+same identity against the same peer: the Python client's rate as a share of Go's is printed.
+The Go program is built once into the stack's cache folder (`go` is needed; --no-go skips it).
+
     .venv/bin/python bench/ledger_tx.py --concurrency 1,16,64 --evaluations 400 --sequential 20
 """
 
@@ -23,7 +28,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
+import os
 import subprocess
 import time
 import urllib.request
@@ -146,6 +153,40 @@ def ensure_solo_channel(network: FabricNetwork) -> None:
         time.sleep(1)
 
 
+# -- the official Go client --
+GO_CLIENT_DIR = Path(__file__).parent / "ledger_go"
+
+
+def go_client(stack: StackSettings) -> Path:
+    """The Go client bench program, built once per source version into the stack's cache."""
+    digest = hashlib.sha256(b"".join((GO_CLIENT_DIR / name).read_bytes()
+                                     for name in ("go.mod", "go.sum", "main.go"))).hexdigest()[:16]
+    binary = stack.home / "bench" / f"ledger-go-{digest}"
+    if not binary.exists():
+        binary.parent.mkdir(parents=True, exist_ok=True)
+        partial = binary.with_suffix(".partial")
+        built = subprocess.run(["go", "build", "-o", str(partial), "."], cwd=GO_CLIENT_DIR, capture_output=True,
+                               text=True, env={**os.environ, "GOFLAGS": "-mod=mod"})
+        if built.returncode != 0:
+            raise SystemExit(f"building {GO_CLIENT_DIR} failed: {built.stderr.strip()}")
+        partial.rename(binary)
+    return binary
+
+
+async def go_submits(binary: Path, settings: LedgerSettings, level: int, total: int, prefix: str) -> dict:
+    """Run the Go client's `total` Mint submits over `level` goroutines: its JSON result."""
+    process = await asyncio.create_subprocess_exec(
+        str(binary), "--peer", settings.peer_endpoint(), "--tls-root", str(settings.tls_root()),
+        "--server-name", settings.fabric_peer_server_name, "--msp-id", settings.fabric_msp_id,
+        "--msp-dir", str(settings.msp_dir()), "--channel", settings.fabric_channel,
+        "--chaincode", settings.fabric_chaincode, "--concurrency", str(level), "--total", str(total),
+        "--prefix", prefix, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await process.communicate()
+    if process.returncode not in (0, 1) or not out.strip():
+        raise SystemExit(f"the Go client failed ({process.returncode}): {err.decode().strip()}")
+    return json.loads(out)
+
+
 # -- measuring --
 class EndorseFailures:
     """Wraps a client's gateway stub to count endorsements that failed and were retried
@@ -239,8 +280,11 @@ def transactions_at(level: int, minimum: int, rounds: int) -> int:
     return max(minimum, rounds * level)
 
 
-async def main(concurrency: list[int], minimum: int, rounds: int, evaluations: int, sequential: int) -> None:
-    network = FabricNetwork(StackSettings(fabric=True))
+async def main(concurrency: list[int], minimum: int, rounds: int, evaluations: int, sequential: int,
+               with_go: bool) -> None:
+    stack = StackSettings(fabric=True)
+    network = FabricNetwork(stack)
+    go_binary = go_client(stack) if with_go else None
     started = time.perf_counter()
     await asyncio.to_thread(ensure_solo_channel, network)
     print(f"one-org channel {ONE_ORG} ready in {time.perf_counter() - started:.1f} s (created on first use, "
@@ -251,6 +295,7 @@ async def main(concurrency: list[int], minimum: int, rounds: int, evaluations: i
                                           retry=DEFAULT_RETRY) for name, channel in channels.items()}
     failures = {name: EndorseFailures(ledger) for name, ledger in ledgers.items()}
     rates: dict[tuple[str, int], float] = {}
+    go_rates: dict[int, float] = {}
     try:
         me = (await ledgers["one org"].who_am_i())["Account"]
         for ledger in ledgers.values():
@@ -266,6 +311,13 @@ async def main(concurrency: list[int], minimum: int, rounds: int, evaluations: i
                 rates[name, level] = total / seconds
                 print(line(f"{name}, concurrency {level} ({total})", seconds, lat,
                            f"   endorsements retried {failures[name].count - before}"))
+            if go_binary is not None:
+                go = await go_submits(go_binary, LedgerSettings(fabric_user="Admin", fabric_channel=TWO_ORGS),
+                                      level, total, f"bench-{run}-go-{level}")
+                go_rates[level] = go["committed"] / go["seconds"]
+                print(f"  {f'Go client, two orgs, c{level} ({total})':<30} {go_rates[level]:8.1f}/s   "
+                      f"p50 {go['p50_ms']:7.1f} ms   p99 {go['p99_ms']:7.1f} ms   failed {go['failed']}"
+                      + (f" (first: {go['first_error']})" if go.get("first_error") else ""))
         print(f"evaluate (Balance, own account), {evaluations} calls per level:")
         for level in (1, 16):
             for name, ledger in ledgers.items():
@@ -286,6 +338,11 @@ async def main(concurrency: list[int], minimum: int, rounds: int, evaluations: i
         for level in concurrency:
             two, one = rates["two orgs", level], rates["one org", level]
             print(f"  concurrency {level}: {two:.1f} tx/s with two orgs, {one:.1f} with one ({two / one:.0%})")
+        if go_rates:
+            print("the Python gateway client next to the official Go client (two orgs, same run):")
+            for level, go in go_rates.items():
+                python = rates["two orgs", level]
+                print(f"  concurrency {level}: Python {python:.1f} tx/s, Go {go:.1f} tx/s ({python / go:.2f}x)")
         for name, ledger in ledgers.items():
             print(f"orderer BatchTimeout on {channels[name]}: {await configured_batch_timeout(ledger)} "
                   f"(configuration, read from the channel's config block, not measured)")
@@ -301,6 +358,7 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=6, help="submits per task (when more than --minimum)")
     parser.add_argument("--evaluations", type=int, default=400, help="evaluates per concurrency level")
     parser.add_argument("--sequential", type=int, default=20, help="sequential submits timed step by step")
+    parser.add_argument("--no-go", dest="go", action="store_false", help="skip the official Go client")
     args = parser.parse_args()
     asyncio.run(main([int(c) for c in args.concurrency.split(",")], args.minimum, args.rounds, args.evaluations,
-                     args.sequential))
+                     args.sequential, args.go))
