@@ -18,8 +18,10 @@ import itertools
 import json
 import random
 import secrets
+import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 from aiokafka import TopicPartition
@@ -28,15 +30,23 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from devstack.fabric import FabricNetwork
+from devstack.fabric.identities import issue_server_tls
 from devstack.runner import ServiceGroup
+from devstack.settings import StackSettings
 from streamledger import kafka
 from streamledger.avro import AvroCodec, SchemaRegistry
+from streamledger.core.contract_errors import NotFound
+from streamledger.fabric import EvaluateError
 from streamledger.kafka import topics
+from streamledger.ledger import LedgerClient
 from streamledger.mongo import mongo_client
-from streamledger.settings import CommonSettings
+from streamledger.settings import CommonSettings, LedgerSettings
 
 SMOKE_TOPIC = "demo.smoke"
 TENANT = "demo"
+DEMO_CLIENT = "demo"
+"""The Org2 identity the demo's paying application acts as (deploy/fabric/identities.yaml)."""
 SHOWN_TOPICS = (topics.RAW, topics.CLEAN, topics.DEADLETTER, topics.SNAPSHOTS, topics.MODEL_METRICS,
                 topics.PREDICTIONS, topics.ANCHORS)
 
@@ -134,48 +144,112 @@ class DemoStream:
 
 @dataclass
 class DemoClient:
-    """An application calling the live model over KServe V2 gRPC, a few rows at a time."""
+    """An Org2 application paying per call (the stack's `demo` client identity): it freezes
+    credit for the provider on the ledger, calls the live model over KServe V2 gRPC with mutual
+    TLS and tritonclient (streamledger.client), signs a receipt for each answer, and freezes a
+    fresh hold when one runs out or expires; the ledger service settles each expired hold."""
 
+    tls: Path
+    """The inference server's TLS folder (its `ca.crt` is what the client trusts)."""
     address: str = "127.0.0.1:8001"
     model: str = "phishing-logreg"
+    hold_amount: int = 400
+    hold_seconds: float = 45.0
     ok: int = 0
     failed: int = 0
     last: str = "-"
+    account: str = ""
+    holds: dict[str, dict] = field(default_factory=dict)
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     async def run_forever(self, rows: int = 8, every_s: float = 1.0) -> None:
-        import grpc
-        from river import datasets
+        try:
+            await asyncio.to_thread(self._run, rows, every_s)
+        finally:
+            self.stopping.set()
 
-        from services.inference.protocol import InferenceStub, pb
+    def _run(self, rows: int, every_s: float) -> None:
+        import numpy as np
+        import tritonclient.grpc as triton
+        from river import datasets
+        from tritonclient.utils import InferenceServerException
+
+        from streamledger.client import PaidInferenceClient
 
         samples = [x for x, _ in itertools.islice(datasets.Phishing(), 200)]
-        async with grpc.aio.insecure_channel(self.address) as channel:
-            stub = InferenceStub(channel)
+        network = FabricNetwork(StackSettings(fabric=True))
+        provider = network.account_of("provider", "Org1")
+        msp = network.user_msp(DEMO_CLIENT, "Org2")
+        self.account = network.account_of(DEMO_CLIENT, "Org2")
+        asyncio.run(fund(self.account, 20 * self.hold_amount))
+        with PaidInferenceClient(self.address, msp_dir=msp, msp_id="Org2MSP", server_ca=self.tls / "ca.crt",
+                                 refreeze=True) as client:
             self.last = f"waiting for {self.model} to be ready"  # as an application would: no calls before
-            while True:
+            while not self.stopping.is_set():
                 try:
-                    if (await stub.ModelReady(pb.ModelReadyRequest(name=self.model), timeout=2)).ready:
+                    if client.triton.is_model_ready(self.model):
                         break
-                except grpc.aio.AioRpcError as exc:  # the server is still starting
-                    self.last = f"waiting for {self.model}: {exc.code().name}"
-                await asyncio.sleep(0.5)
+                except InferenceServerException as exc:  # the server is still starting
+                    self.last = f"waiting for {self.model}: {exc.message()}"
+                self.stopping.wait(0.5)
+            if self.stopping.is_set():
+                return
+            names = [t.name for t in client.triton.get_model_metadata(self.model).inputs]
+            client.freeze(provider=provider, amount=self.hold_amount, price_per_unit=1, expires_in=self.hold_seconds)
             for start in itertools.cycle(range(0, len(samples), rows)):
+                if self.stopping.is_set():
+                    return
                 batch = samples[start:start + rows]
-                request = pb.ModelInferRequest(model_name=self.model, inputs=[
-                    pb.ModelInferRequest.InferInputTensor(
-                        name=name, datatype="FP64", shape=[len(batch)],
-                        contents=pb.InferTensorContents(fp64_contents=[float(x[name]) for x in batch]))
-                    for name in batch[0]
-                ])
+                inputs = []
+                for name in names:
+                    tensor = triton.InferInput(name, [len(batch)], "FP64")
+                    tensor.set_data_from_numpy(np.array([float(x.get(name, 0.0)) for x in batch]))
+                    inputs.append(tensor)
                 try:
-                    response = await stub.ModelInfer(request, timeout=5)
+                    result = client.infer(self.model, inputs)
                     self.ok += 1
-                    outputs = ", ".join(f"{o.name}{list(o.shape)}" for o in response.outputs)
-                    self.last = f"model v{response.model_version}: {outputs}"
-                except grpc.aio.AioRpcError as exc:
+                    response = result.get_response()
+                    receipt = client.receipt
+                    self.last = (f"model v{response.model_version}: {len(batch)} rows, receipt #{receipt.sequence} "
+                                 f"for {receipt.units} units on hold {client.hold_id[:12]}…")
+                except InferenceServerException as exc:
                     self.failed += 1
-                    self.last = f"{exc.code().name}: {exc.details()}"
-                await asyncio.sleep(every_s)
+                    self.last = f"{exc.status()}: {exc.message()}"
+                self.stopping.wait(every_s)
+
+    async def refresh_holds(self) -> None:
+        """The client's holds as the ledger has them (status, charged, refunded)."""
+        if self.account:
+            async with LedgerClient.connect(LedgerSettings(fabric_msp_id="Org2MSP", fabric_user=DEMO_CLIENT)) as ledger:
+                self.holds = {h["hold_id"]: h for h in await ledger.holds_of(self.account)}
+
+
+async def fund(account: str, amount: int) -> None:
+    """Top the demo client's `account` up to `amount` credit (it reads its own balance), minted
+    by Org1's admin (the stack's minter)."""
+    async with LedgerClient.connect(LedgerSettings(fabric_msp_id="Org2MSP", fabric_user=DEMO_CLIENT)) as own:
+        try:
+            balance = await own.balance(account)
+        except EvaluateError as exc:
+            if not isinstance(exc.contract_error, NotFound):
+                raise
+            balance = 0  # no account until credit is first minted to it
+    if balance < amount:
+        async with LedgerClient.connect(LedgerSettings(fabric_user="Admin")) as admin:
+            await admin.mint(account, amount - balance)
+
+
+def inference_tls() -> tuple[Path, dict[str, str]]:
+    """The provider's inference server certificate (issued by Org1's TLS CA, once) and the
+    paid-mode settings that serve Org2's clients by mutual TLS."""
+    network = FabricNetwork(StackSettings(fabric=True))
+    org1, org2 = network.org("Org1"), network.org("Org2")
+    tls = issue_server_tls(network.org_dir(org1), org1.domain, "inference")
+    client_ca = next((network.org_dir(org2) / "msp" / "cacerts").glob("*.pem"))
+    return tls, {"STREAMLEDGER_INFERENCE_MODE": "paid",
+                 "STREAMLEDGER_INFERENCE_TLS_CERT": str(tls / "server.crt"),
+                 "STREAMLEDGER_INFERENCE_TLS_KEY": str(tls / "server.key"),
+                 "STREAMLEDGER_INFERENCE_CLIENT_CAS": json.dumps({"Org2MSP": str(client_ca)})}
 
 
 class PipelineView:
@@ -239,13 +313,18 @@ def render(stream: DemoStream, client: DemoClient, sizes: dict[str, int], stored
         flow.add_row(f"Kafka {topic}", f"{size:,}")
     flow.add_row("MongoDB events (tenant demo)", f"{stored[0]:,}")
     flow.add_row("records anchored on the ledger (proofs)", f"{stored[1]:,}")
-    flow.add_row(f"inference calls to {client.model} ok / failed", f"{client.ok:,} / {client.failed:,}")
+    flow.add_row(f"paid inference calls to {client.model} ok / failed", f"{client.ok:,} / {client.failed:,}")
     flow.add_row("  last answer", client.last)
+    settled = [h for h in client.holds.values() if h["status"] != "OPEN"]
+    flow.add_row("  holds frozen / closed on the ledger", f"{len(client.holds)} / {len(settled)}")
+    flow.add_row("  credit charged / refunded (closed holds)",
+                 f"{sum(h['charged'] for h in settled):,} / {sum(h['refunded'] for h in settled):,}")
     models = Table(title="online models (prequential)")
     for column in ("model", "version", "events", "metrics", "drift"):
         models.add_column(column)
     for model_id, record in sorted(view.metrics.items()):
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(record["metrics"].items()))
+        # a model that has learned nothing has no metric yet: "–", not a score of 0
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(record["metrics"].items())) if record["position"] else "–"
         drift = record.get("drift")
         models.add_row(model_id, str(record["version"]), f"{record['position']:,}", shown,
                        f"at {drift['position']:,}" if drift else "-")
@@ -268,22 +347,25 @@ async def run_demo(settings: CommonSettings, console: Console, seconds: float | 
 
     await smoke_round_trip(settings, console)
     api_key = secrets.token_urlsafe(24)
-    # The demo's inference caller is an anonymous local client, so inference runs in free mode.
-    group = ServiceGroup(env={"STREAMLEDGER_INGESTION_API_KEYS": json.dumps({TENANT: [hash_key(api_key)]}),
-                              "STREAMLEDGER_INFERENCE_MODE": "free"})
+    tls, paid = inference_tls()
+    group = ServiceGroup(env={"STREAMLEDGER_INGESTION_API_KEYS": json.dumps({TENANT: [hash_key(api_key)]}), **paid})
     console.print(f"starting services: {', '.join(names)} (logs in {group.log_dir}/service-*.log)")
     group.start(names)
+    client = DemoClient(tls)
     try:
         await wait_for_ingestion(group)
         stream = DemoStream(url="http://127.0.0.1:8080/v1/events", api_key=api_key)
         producer = asyncio.create_task(stream.run_forever(rate))
-        client = DemoClient()
         caller = asyncio.create_task(client.run_forever()) if "inference" in names else None
         started = time.monotonic()
         async with PipelineView(settings) as view:
             with Live(console=console, refresh_per_second=2) as live:
-                while seconds is None or time.monotonic() - started < seconds:
+                for tick in itertools.count():
+                    if seconds is not None and time.monotonic() - started >= seconds:
+                        break
                     await view.poll_metrics()
+                    if tick % 5 == 0:
+                        await client.refresh_holds()
                     live.update(render(stream, client, await view.topic_sizes(), await view.stored_events(), view,
                                        group, time.monotonic() - started))
                     for task in (producer, caller):
@@ -291,14 +373,31 @@ async def run_demo(settings: CommonSettings, console: Console, seconds: float | 
                             task.result()  # surfaces the task's error
                     await asyncio.sleep(1.0)
         producer.cancel()
+        client.stopping.set()
         if caller is not None:
-            caller.cancel()
+            await asyncio.wait_for(caller, timeout=30)
+            await client.refresh_holds()
+            summarise_holds(console, client)
     finally:
+        client.stopping.set()
         group.stop()
     for name, code in group.exited().items():
         if code not in (0, -15):
             console.print(f"[red]{name} exited with {code}[/]; its last log lines:\n{group.log_tail(name)}")
     console.print("services stopped; the stack keeps running (`streamledger stack down` stops it)")
+
+
+def summarise_holds(console: Console, client: DemoClient) -> None:
+    """The paying client's holds as the ledger has them: terms, what was charged and refunded."""
+    table = Table(title=f"the demo client's holds on the ledger ({client.account.split('::')[0]})")
+    for column in ("hold", "status", "amount", "price", "receipt (units #seq)", "charged", "refunded"):
+        table.add_column(column)
+    for hold in sorted(client.holds.values(), key=lambda h: h["created_at"]):
+        receipt = hold.get("receipt") or {}
+        table.add_row(hold["hold_id"][:16] + "…", hold["status"], str(hold["amount"]), str(hold["price_per_unit"]),
+                      f"{receipt.get('units', 0)} #{receipt.get('sequence', 0)}" if receipt else "-",
+                      str(hold["charged"]), str(hold["refunded"]))
+    console.print(table)
 
 
 async def wait_for_ingestion(group: ServiceGroup, timeout: float = 60.0) -> None:

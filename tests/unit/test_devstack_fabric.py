@@ -4,6 +4,7 @@ set as YAML, the release pin, and release binaries named by a setting (no server
 from __future__ import annotations
 
 import datetime
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from devstack.fabric.binaries import (
     pinned_commit,
     pinned_release,
 )
-from devstack.fabric.identities import issue_client
+from devstack.fabric.identities import issue_client, issue_server_tls
 from devstack.fabric.network import load_grants
 from devstack.part import InstallError
 from devstack.settings import StackSettings
@@ -29,22 +30,30 @@ from streamledger.fabric.identity import load_msp
 DOMAIN = "org1.example"
 
 
-def _org_with_ca(root: Path) -> Path:
-    """A cryptogen-shaped org folder: ca/ (cert + priv_sk) and Admin's msp/ template."""
+def _ca(folder: Path, name: str) -> bytes:
+    """A self-signed CA as cryptogen makes one (its key id a SHA-256 of the key) in `folder`; its PEM."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"ca.{DOMAIN}")])
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     start = datetime.datetime.now(datetime.UTC) + datetime.timedelta(minutes=2)  # cryptogen rounds up
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+    point = key.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
             .serial_number(1).not_valid_before(start).not_valid_after(start + datetime.timedelta(days=1))
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier(hashlib.sha256(point).digest()), critical=False)
             .sign(key, hashes.SHA256()))
-    org = root / DOMAIN
-    (org / "ca").mkdir(parents=True)
+    folder.mkdir(parents=True)
     pem = cert.public_bytes(serialization.Encoding.PEM)
-    (org / "ca" / f"ca.{DOMAIN}-cert.pem").write_bytes(pem)
-    (org / "ca" / "priv_sk").write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                           serialization.PrivateFormat.PKCS8,
-                                                           serialization.NoEncryption()))
+    (folder / f"{name}-cert.pem").write_bytes(pem)
+    (folder / "priv_sk").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()))
+    return pem
+
+
+def _org_with_ca(root: Path) -> Path:
+    """A cryptogen-shaped org folder: ca/ and tlsca/ (cert + priv_sk) and Admin's msp/ template."""
+    org = root / DOMAIN
+    pem = _ca(org / "ca", f"ca.{DOMAIN}")
+    _ca(org / "tlsca", f"tlsca.{DOMAIN}")
     msp = org / "users" / f"Admin@{DOMAIN}" / "msp"
     for folder in ("cacerts", "tlscacerts"):
         (msp / folder).mkdir(parents=True)
@@ -66,6 +75,36 @@ def test_an_issued_identity_is_a_client_signed_by_the_org_ca_within_its_validity
     identity, _signer = load_msp(msp, "Org1MSP")
     assert not identity.is_admin
     assert (msp / "config.yaml").exists() and (msp / "cacerts").is_dir()
+
+
+def _key_id(cert: x509.Certificate, kind: type) -> bytes:
+    value = cert.extensions.get_extension_for_class(kind).value
+    return value.key_identifier if kind is x509.AuthorityKeyIdentifier else value.digest
+
+
+def test_an_issued_certificate_names_its_issuer_by_the_ca_s_own_key_id(tmp_path: Path) -> None:
+    """TLS stacks find a certificate's issuer by its authority key id: it must be the one the CA
+    certificate states (cryptogen's SHA-256), or mutual TLS fails with "unable to get local issuer"."""
+    org = _org_with_ca(tmp_path)
+    ca = x509.load_pem_x509_certificate((org / "ca" / f"ca.{DOMAIN}-cert.pem").read_bytes())
+    cert = x509.load_pem_x509_certificate(next((issue_client(org, DOMAIN, "demo") / "signcerts").iterdir()).read_bytes())
+    assert _key_id(cert, x509.AuthorityKeyIdentifier) == _key_id(ca, x509.SubjectKeyIdentifier)
+
+
+def test_a_server_certificate_is_issued_by_the_org_s_tls_ca_for_the_local_names(tmp_path: Path) -> None:
+    org = _org_with_ca(tmp_path)
+    folder = issue_server_tls(org, DOMAIN, "inference")
+    ca = x509.load_pem_x509_certificate((folder / "ca.crt").read_bytes())
+    cert = x509.load_pem_x509_certificate((folder / "server.crt").read_bytes())
+    cert.verify_directly_issued_by(ca)
+    assert ca.subject.rfc4514_string() == f"CN=tlsca.{DOMAIN}"
+    assert _key_id(cert, x509.AuthorityKeyIdentifier) == _key_id(ca, x509.SubjectKeyIdentifier)
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["localhost"]
+    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    assert (folder / "server.key").stat().st_mode & 0o777 == 0o600
+    assert issue_server_tls(org, DOMAIN, "inference") == folder  # once: the same files the second time
+    assert x509.load_pem_x509_certificate((folder / "server.crt").read_bytes()) == cert
 
 
 def test_issuing_twice_keeps_the_first_identity(tmp_path: Path) -> None:
