@@ -217,5 +217,16 @@ def audit_account(account: str = typer.Argument(..., help="account id, e.g. 'Org
     raise typer.Exit(run_audit("account", {"account": account}, as_json, api, token, console, ca))
 
 
+@audit_app.command("bill")
+def audit_bill(hold_id: str = typer.Argument(..., help="the hold id (32 hex digits)"),
+               as_json: bool = _AUDIT_JSON, api: str = _AUDIT_API, token: str = _AUDIT_TOKEN,
+               ca: Path = _AUDIT_CA) -> None:
+    """A hold's terms, its client-signed receipts (verified), the usage behind them, the settlement and
+    the model versions paid for: VERIFIED, DISPUTED, NOT_SETTLED_YET or NOT_FOUND."""
+    from services.audit.command import run_audit
+
+    raise typer.Exit(run_audit("bill", {"hold_id": hold_id}, as_json, api, token, console, ca))
+
+
 if __name__ == "__main__":
     app()
