@@ -40,7 +40,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -286,7 +286,7 @@ def _usage_summary(usage: Mapping[str, Any], records: Sequence[Mapping[str, Any]
         units += 0 if duplicate else _int(r.get("units"))
         rows.append(jsonable({"request_id": r.get("request_id"), "model_id": r.get("model_id"),
                               "model_version": r.get("model_version"), "units": r.get("units"),
-                              "price": r.get("price"), "ts": r.get("ts"), "receipt_units": r.get("receipt_units"),
+                              "price": r.get("price"), "ts": _instant(r.get("ts")), "receipt_units": r.get("receipt_units"),
                               "receipt_sequence": r.get("receipt_sequence"), "partition": r.get("partition"),
                               "offset": r.get("offset"), "duplicate": duplicate}))
     return {"topic": usage.get("topic"), "records": rows, "requests": len(seen), "units": units,
@@ -317,6 +317,13 @@ def _since_ms(hold: Mapping[str, Any]) -> int:
     except ValueError:
         return 0  # an unreadable time: read the whole topic rather than miss usage
     return max(0, int((created - USAGE_SLACK).timestamp() * 1000))
+
+
+def _instant(ts: Any) -> Any:
+    """A usage time as ISO-8601: Avro gives a datetime; a record built by hand may hold epoch ms."""
+    if isinstance(ts, int) and not isinstance(ts, bool):
+        return datetime.fromtimestamp(ts / 1000, timezone.utc)
+    return ts
 
 
 def _subject(pem: Any) -> str | None:
