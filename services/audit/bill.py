@@ -40,14 +40,20 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
 from cryptography import x509
 
 from services.audit.jsonable import jsonable
-from services.audit.ports import EvidenceStore, InvalidArgument, LedgerReader, LedgerUnreachable, StoreUnreachable
+from services.audit.ports import (
+    EvidenceStore,
+    InvalidArgument,
+    LedgerReader,
+    LedgerUnreachable,
+    StoreUnreachable,
+)
 from services.audit.provenance import compare_model
 from streamledger.core.hold_receipts import check_receipts
 
@@ -142,12 +148,12 @@ async def audit_bill(ledger: LedgerReader, usage: UsageLog, store: EvidenceStore
             bill.settlement["tx_validation"] = block.get("validation_code") if block else None
         bill.models = [await _model(ledger, store, anchors, used) for used in models_used(found.get("records", []))]
     except LedgerUnreachable as exc:
-        bill.status, bill.detail = BillStatus.LEDGER_UNREACHABLE, f"the ledger could not be read, so nothing is " \
-                                                                  f"verified: {exc}"
+        bill.status = BillStatus.LEDGER_UNREACHABLE
+        bill.detail = f"the ledger could not be read, so nothing is verified: {exc}"
         return bill
     except StoreUnreachable as exc:
-        bill.status, bill.detail = BillStatus.STORE_UNREACHABLE, f"the usage or MongoDB could not be read, so " \
-                                                                 f"nothing is verified: {exc}"
+        bill.status = BillStatus.STORE_UNREACHABLE
+        bill.detail = f"the usage topic or MongoDB could not be read, so nothing is verified: {exc}"
         return bill
     for model in bill.models:
         if model["status"] != "MATCH":
@@ -322,7 +328,7 @@ def _since_ms(hold: Mapping[str, Any]) -> int:
 def _instant(ts: Any) -> Any:
     """A usage time as ISO-8601: Avro gives a datetime; a record built by hand may hold epoch ms."""
     if isinstance(ts, int) and not isinstance(ts, bool):
-        return datetime.fromtimestamp(ts / 1000, timezone.utc)
+        return datetime.fromtimestamp(ts / 1000, UTC)
     return ts
 
 

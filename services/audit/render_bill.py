@@ -3,14 +3,14 @@ the hold's terms, each receipt checked, the usage, the settlement, the models pa
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from services.audit.render import STYLE, _headline, _mark, _table
+from services.audit.render import STYLE, _mark, _table
 
 BILL_STYLE = {**STYLE, "DISPUTED": "bold red", "NOT_SETTLED_YET": "bold yellow"}
 USAGE_ROWS_SHOWN = 20
@@ -98,4 +98,4 @@ def render_bill(console: Console, b: dict[str, Any]) -> None:
 def _when(seconds: Any) -> str:
     if not isinstance(seconds, int) or isinstance(seconds, bool):
         return str(seconds)
-    return datetime.fromtimestamp(seconds, timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")

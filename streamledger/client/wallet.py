@@ -27,7 +27,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from rich.console import Console
@@ -228,7 +228,7 @@ def _since_ms(hold: dict[str, Any]) -> int:
         created = datetime.fromisoformat(str(hold.get("created_at")))
     except ValueError:
         return 0
-    return max(0, int((created.timestamp() * 1000)) - USAGE_SLACK_MS)
+    return max(0, int(created.timestamp() * 1000) - USAGE_SLACK_MS)
 
 
 # -- the command line: ask, print, exit by status --
@@ -315,7 +315,7 @@ def _hold_line(hold: dict[str, Any]) -> str:
 def _when(seconds: Any) -> str:
     if not isinstance(seconds, int) or isinstance(seconds, bool):
         return str(seconds)
-    return (datetime.fromtimestamp(seconds, timezone.utc).replace(microsecond=0).isoformat()
+    return (datetime.fromtimestamp(seconds, UTC).replace(microsecond=0).isoformat()
             .replace("+00:00", "Z"))
 
 

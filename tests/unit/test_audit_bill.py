@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import io
 import json
+from datetime import UTC, datetime
 from typing import Any
-
-from datetime import datetime, timezone
 
 import pytest
 from rich.console import Console
@@ -168,7 +167,7 @@ async def test_an_honest_settled_hold_is_verified_with_its_evidence() -> None:
 async def test_usage_is_read_from_before_the_freeze() -> None:
     usage_log = FakeUsage([])
     await audit_bill(FakeLedger(hold()), usage_log, FakeStore(), FakeAnchors(), HOLD_ID)
-    created = datetime(2026, 12, 4, 23, 0, 0, 123456, tzinfo=timezone.utc)  # hold()'s created_at
+    created = datetime(2026, 12, 4, 23, 0, 0, 123456, tzinfo=UTC)  # hold()'s created_at
     assert usage_log.since == int(created.timestamp() * 1000) - 5 * 60 * 1000
 
 

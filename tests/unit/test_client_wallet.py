@@ -12,7 +12,15 @@ import pytest
 from rich.console import Console
 
 from streamledger.client import wallet as wallet_module
-from streamledger.client.wallet import EXIT_CODES, Wallet, WalletError, expiry, render, run_wallet, wallet_settings
+from streamledger.client.wallet import (
+    EXIT_CODES,
+    Wallet,
+    WalletError,
+    expiry,
+    render,
+    run_wallet,
+    wallet_settings,
+)
 from streamledger.fabric.errors import EndorseError, EvaluateError
 from streamledger.kafka.usage import HoldUsage, UsageUnreadable
 from tests.unit.test_audit_bill import FORGER, HOLD_ID, hold, usage
