@@ -22,7 +22,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 from streamledger.avro import AvroCodec, CodecError
-from streamledger.kafka.clients import consumer
+from streamledger.kafka.clients import consumer, partitions_of
 
 RECORD = "UsageRecord"
 
@@ -51,9 +51,8 @@ async def usage_of(bootstrap: str, topic: str, hold_id: str, *, since_ms: int, c
                 await reader.start()
                 if topic not in await reader.topics():
                     return found
-                tps = [TopicPartition(topic, p) for p in sorted(reader.partitions_for_topic(topic) or ())]
-                if not tps:
-                    return found
+                # The consumer knows the topic's name now, not yet its partitions: ask the cluster.
+                tps = [TopicPartition(t, p) for t, p in await partitions_of(bootstrap, [topic], timeout_s)]
                 reader.assign(tps)
                 starts = await reader.offsets_for_times({tp: since_ms for tp in tps})
                 ends = await reader.end_offsets(tps)
