@@ -141,7 +141,8 @@ async def audit_bill(ledger: LedgerReader, usage: UsageLog, store: EvidenceStore
         bill.terms = terms_of(hold)
         found = await usage.usage_of(hold_id, _since_ms(hold))
         judge_bill(bill, hold, found)
-        bill.history = [_write(entry) for entry in await ledger.history(f"hold:{hold_id}")]
+        writes = [_write(entry) for entry in await ledger.history(f"hold:{hold_id}")]
+        bill.history = sorted(writes, key=lambda w: _moment(w["timestamp"]))  # the peer gives newest first
         if bill.settlement is not None and bill.settlement.get("tx_id"):
             block = await ledger.transaction_block(bill.settlement["tx_id"])
             bill.settlement["block_number"] = block.get("block_number") if block else None
@@ -323,6 +324,14 @@ def _since_ms(hold: Mapping[str, Any]) -> int:
     except ValueError:
         return 0  # an unreadable time: read the whole topic rather than miss usage
     return max(0, int((created - USAGE_SLACK).timestamp() * 1000))
+
+
+def _moment(timestamp: Any) -> datetime:
+    try:
+        moment = datetime.fromisoformat(str(timestamp))
+    except ValueError:
+        return datetime.max.replace(tzinfo=UTC)  # unknown times last
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _instant(ts: Any) -> Any:

@@ -77,9 +77,10 @@ class FakeLedger:
 
     async def history(self, key: str) -> list[dict[str, Any]]:
         assert key == f"hold:{HOLD_ID}"
-        return [{"tx_id": "tx-freeze", "timestamp": "t0", "is_delete": False,
-                 "value": json.dumps({**self._hold, "status": "OPEN", "receipt": None})},
-                {"tx_id": "tx-close", "timestamp": "t1", "is_delete": False, "value": json.dumps(self._hold)}]
+        return [{"tx_id": "tx-close", "timestamp": "2026-12-04T23:01:00.5Z", "is_delete": False,  # newest first
+                 "value": json.dumps(self._hold)},
+                {"tx_id": "tx-freeze", "timestamp": "2026-12-04T23:00:00.123456789Z", "is_delete": False,
+                 "value": json.dumps({**self._hold, "status": "OPEN", "receipt": None})}]
 
     async def transaction_block(self, tx_id: str) -> dict[str, Any] | None:
         return {"block_number": 42, "validation_code": "VALID"} if tx_id == "tx-close" else None
