@@ -60,7 +60,8 @@ from streamledger.core.hold_receipts import check_receipts
 # The contract's record-id rule (chaincode/ledger/validate.go): a hold id outside it was never frozen.
 _RECORD_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 USAGE_SLACK = timedelta(minutes=5)
-"""Usage is read from this long before the hold's Freeze (clocks of the peers and brokers differ)."""
+"""Usage is read from this long before the hold's Freeze to this long after it closed (clocks of
+the peers and brokers differ)."""
 TERM_FIELDS = ("hold_id", "client", "provider", "amount", "price_per_unit", "authorized", "status", "expires_at",
                "settlement_window_seconds", "settle_by", "created_at", "freeze_tx_id")
 OPEN = "OPEN"
@@ -85,8 +86,9 @@ class Reason(StrEnum):
 class UsageLog(Protocol):
     """The usage topic's side. May raise StoreUnreachable."""
 
-    async def usage_of(self, hold_id: str, since_ms: int) -> dict[str, Any]:
-        """{"topic", "records": [UsageRecord + partition, offset], "skipped"} of the hold, from `since_ms`."""
+    async def usage_of(self, hold_id: str, since_ms: int, until_ms: int | None = None) -> dict[str, Any]:
+        """{"topic", "records": [UsageRecord + partition, offset], "skipped"} of the hold, written from
+        `since_ms` (and before `until_ms`, when given)."""
 
 
 class AnchorIndex(Protocol):
@@ -139,7 +141,7 @@ async def audit_bill(ledger: LedgerReader, usage: UsageLog, store: EvidenceStore
             bill.detail = f"the ledger has no hold {hold_id!r}"
             return bill
         bill.terms = terms_of(hold)
-        found = await usage.usage_of(hold_id, _since_ms(hold))
+        found = await usage.usage_of(hold_id, _since_ms(hold), _until_ms(hold))
         judge_bill(bill, hold, found)
         writes = [_write(entry) for entry in await ledger.history(f"hold:{hold_id}")]
         bill.history = sorted(writes, key=lambda w: _moment(w["timestamp"]))  # the peer gives newest first
@@ -324,6 +326,17 @@ def _since_ms(hold: Mapping[str, Any]) -> int:
     except ValueError:
         return 0  # an unreadable time: read the whole topic rather than miss usage
     return max(0, int((created - USAGE_SLACK).timestamp() * 1000))
+
+
+def _until_ms(hold: Mapping[str, Any]) -> int | None:
+    """A closed hold's usage is all written before it closed (plus the slack); an open one's is not."""
+    if hold.get("status") == OPEN:
+        return None
+    try:
+        closed = datetime.fromisoformat(str(hold.get("closed_at")))
+    except ValueError:
+        return None
+    return int((closed + USAGE_SLACK).timestamp() * 1000)
 
 
 def _moment(timestamp: Any) -> datetime:

@@ -28,10 +28,10 @@ class KafkaUsageLog:
         self.timeout_s = timeout_s
         self.codec = codec or AvroCodec(SchemaRegistry.from_dir())
 
-    async def usage_of(self, hold_id: str, since_ms: int) -> dict[str, Any]:
+    async def usage_of(self, hold_id: str, since_ms: int, until_ms: int | None = None) -> dict[str, Any]:
         try:
             found = await usage_of(self.bootstrap, self.topic, hold_id, since_ms=since_ms, codec=self.codec,
-                                   timeout_s=self.timeout_s)
+                                   timeout_s=self.timeout_s, until_ms=until_ms)
         except UsageUnreadable as exc:
             raise StoreUnreachable(f"usage: {exc}") from exc
         return {"topic": found.topic, "records": found.records, "skipped": found.skipped}

@@ -45,7 +45,8 @@ from streamledger.settings import LedgerSettings
 
 T = TypeVar("T")
 USAGE_SLACK_MS = 5 * 60 * 1000
-"""Usage is read from this long before the hold's Freeze (peer and broker clocks differ)."""
+"""Usage is read from this long before the hold's Freeze to this long after it closed (peer and
+broker clocks differ)."""
 
 EXIT_CODES = {
     "OK": 0, "VERIFIED": 0,
@@ -182,7 +183,8 @@ class Wallet:
             raise WalletError("NOT_FOUND", f"the ledger has no hold {hold_id!r}", "hold_id")
         try:
             found = await usage_of(self.kafka_bootstrap, self.usage_topic, hold_id, since_ms=_since_ms(hold),
-                                   codec=AvroCodec(SchemaRegistry.from_dir()), timeout_s=self.usage_timeout_s)
+                                   until_ms=_until_ms(hold), codec=AvroCodec(SchemaRegistry.from_dir()),
+                                   timeout_s=self.usage_timeout_s)
         except UsageUnreadable as exc:
             raise WalletError("STORE_UNREACHABLE", f"the usage topic could not be read, so its receipts are "
                                                    f"unknown: {exc}") from exc
@@ -229,6 +231,16 @@ def _since_ms(hold: dict[str, Any]) -> int:
     except ValueError:
         return 0
     return max(0, int(created.timestamp() * 1000) - USAGE_SLACK_MS)
+
+
+def _until_ms(hold: dict[str, Any]) -> int | None:
+    """A closed hold's usage was written before it closed (plus the slack); an open one's goes on."""
+    if hold.get("status") == "OPEN":
+        return None
+    try:
+        return int(datetime.fromisoformat(str(hold.get("closed_at"))).timestamp() * 1000) + USAGE_SLACK_MS
+    except ValueError:
+        return None
 
 
 # -- the command line: ask, print, exit by status --

@@ -5,7 +5,7 @@
 
 Usage records are keyed by hold id, but the record's own `hold_id` is what counts: every record
 of every partition from `since_ms` (Kafka's time index: a hold's usage cannot precede its Freeze)
-to the end offsets at the start of the call is decoded, and those of the hold are returned in
+to `until_ms` (or the end offsets at the start of the call) is decoded, and those of the hold are returned in
 offset order. Records that do not decode as a UsageRecord are counted in `skipped`, never
 guessed at. A topic that does not exist has no usage. Anything that stops the reading (broker
 away, `timeout_s` passed) is `UsageUnreadable`, so no caller mistakes an unread topic for an
@@ -41,8 +41,9 @@ class HoldUsage:
 
 
 async def usage_of(bootstrap: str, topic: str, hold_id: str, *, since_ms: int, codec: AvroCodec,
-                   timeout_s: float = 30.0) -> HoldUsage:
-    """Every usage record of `hold_id` written at or after `since_ms` (unix milliseconds)."""
+                   timeout_s: float = 30.0, until_ms: int | None = None) -> HoldUsage:
+    """Every usage record of `hold_id` written at or after `since_ms` (unix milliseconds), and
+    before `until_ms` when given (a closed hold's usage ends with it: no need to read on)."""
     found = HoldUsage(topic)
     reader = consumer(bootstrap, request_timeout_ms=int(timeout_s * 1000))
     try:
@@ -56,6 +57,9 @@ async def usage_of(bootstrap: str, topic: str, hold_id: str, *, since_ms: int, c
                 reader.assign(tps)
                 starts = await reader.offsets_for_times({tp: since_ms for tp in tps})
                 ends = await reader.end_offsets(tps)
+                if until_ms is not None:
+                    stops = await reader.offsets_for_times({tp: until_ms for tp in tps})
+                    ends = {tp: stops[tp].offset if stops.get(tp) is not None else ends[tp] for tp in tps}
                 pending = set()
                 for tp in tps:
                     start = starts.get(tp)

@@ -97,11 +97,12 @@ class FakeUsage:
         self.records = records
         self.down = down
         self.since: int | None = None
+        self.until: int | None = None
 
-    async def usage_of(self, hold_id: str, since_ms: int) -> dict[str, Any]:
+    async def usage_of(self, hold_id: str, since_ms: int, until_ms: int | None = None) -> dict[str, Any]:
         if self.down:
             raise StoreUnreachable("usage: topic 'usage' could not be read")
-        self.since = since_ms
+        self.since, self.until = since_ms, until_ms
         return {"topic": "usage", "records": self.records, "skipped": 1}
 
 
@@ -165,11 +166,15 @@ async def test_an_honest_settled_hold_is_verified_with_its_evidence() -> None:
     assert exit_code(bill.status.value) == 0
 
 
-async def test_usage_is_read_from_before_the_freeze() -> None:
+async def test_usage_is_read_from_before_the_freeze_to_after_the_close() -> None:
     usage_log = FakeUsage([])
     await audit_bill(FakeLedger(hold()), usage_log, FakeStore(), FakeAnchors(), HOLD_ID)
     created = datetime(2026, 12, 4, 23, 0, 0, 123456, tzinfo=UTC)  # hold()'s created_at
+    closed = datetime(2026, 12, 4, 23, 1, 0, tzinfo=UTC)
     assert usage_log.since == int(created.timestamp() * 1000) - 5 * 60 * 1000
+    assert usage_log.until == int(closed.timestamp() * 1000) + 5 * 60 * 1000
+    await audit_bill(FakeLedger(hold("OPEN")), usage_log, FakeStore(), FakeAnchors(), HOLD_ID)
+    assert usage_log.until is None  # an open hold's usage goes on
 
 
 async def test_a_charge_with_no_receipt_behind_it_is_disputed() -> None:

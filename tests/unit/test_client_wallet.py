@@ -144,7 +144,7 @@ async def test_a_ledger_that_does_not_answer_is_unreachable_exit_5() -> None:
 # -- receipts --
 
 def with_usage(monkeypatch, records: list[dict[str, Any]] | Exception) -> None:
-    async def usage_of(bootstrap, topic, hold_id, *, since_ms, codec, timeout_s):
+    async def usage_of(bootstrap, topic, hold_id, *, since_ms, until_ms, codec, timeout_s):
         if isinstance(records, Exception):
             raise records
         return HoldUsage(topic, records)
