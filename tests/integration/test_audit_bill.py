@@ -221,7 +221,10 @@ async def test_an_unknown_or_malformed_hold_and_an_open_one(world: World) -> Non
         unknown = await auditor.bill(uuid.uuid4().hex)
         nonce = new_nonce()
         hold = (await world.client.ledger.freeze(nonce, world.shop.account, 10, 2, in_an_hour()))["hold_id"]
-        pending = await auditor.bill(hold)
+        deadline = time.monotonic() + 20
+        # Committed on Org2's peer (the client's); the auditor reads Org1's, which may be a block behind.
+        while (pending := await auditor.bill(hold)).status.value == "NOT_FOUND" and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
     assert unknown.status.value == "NOT_FOUND"
     assert pending.status.value == "NOT_SETTLED_YET" and pending.settlement is None
     code, answer = await asyncio.to_thread(cli, world, "audit", "bill", "not a hold")
