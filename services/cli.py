@@ -217,5 +217,83 @@ def audit_account(account: str = typer.Argument(..., help="account id, e.g. 'Org
     raise typer.Exit(run_audit("account", {"account": account}, as_json, api, token, console, ca))
 
 
+@audit_app.command("bill")
+def audit_bill(hold_id: str = typer.Argument(..., help="the hold id (32 hex digits)"),
+               as_json: bool = _AUDIT_JSON, api: str = _AUDIT_API, token: str = _AUDIT_TOKEN,
+               ca: Path = _AUDIT_CA) -> None:
+    """A hold's terms, its client-signed receipts (verified), the usage behind them, the settlement and
+    the model versions paid for: VERIFIED, DISPUTED, NOT_SETTLED_YET or NOT_FOUND."""
+    from services.audit.command import run_audit
+
+    raise typer.Exit(run_audit("bill", {"hold_id": hold_id}, as_json, api, token, console, ca))
+
+
+# -- wallet: a paying client's credit, holds and receipts (issue 25) ------------------------
+
+wallet_app = typer.Typer(help="A paying client's credit on the ledger, acting as its own identity: an MSP folder "
+                              "(--msp-dir, --msp-id) or a local user of the stack (--user User5 --org Org2).",
+                         no_args_is_help=True)
+app.add_typer(wallet_app, name="wallet")
+_WALLET_MSP_DIR = typer.Option(None, "--msp-dir", help="MSP folder of the identity (signcerts/, keystore/)")
+_WALLET_MSP_ID = typer.Option(None, "--msp-id", help="its organisation's MSP id, e.g. Org2MSP")
+_WALLET_USER = typer.Option(None, "--user", help="a local user of the stack, e.g. User5")
+_WALLET_ORG = typer.Option("Org2", "--org", help="the local user's organisation")
+_WALLET_JSON = typer.Option(False, "--json", help="print the answer as JSON")
+
+
+def _wallet(action: str, ask, msp_dir: Path | None, msp_id: str | None, user: str | None, org: str,
+            as_json: bool, usage_topic: str | None = None) -> None:
+    from streamledger.client.wallet import run_wallet, wallet_settings
+
+    raise typer.Exit(run_wallet(action, ask, lambda: wallet_settings(msp_dir and str(msp_dir), msp_id, user, org),
+                                as_json, console, **({"usage_topic": usage_topic} if usage_topic else {})))
+
+
+@wallet_app.command("balance")
+def wallet_balance(msp_dir: Path = _WALLET_MSP_DIR, msp_id: str = _WALLET_MSP_ID, user: str = _WALLET_USER,
+                   org: str = _WALLET_ORG, as_json: bool = _WALLET_JSON) -> None:
+    """Your spendable credit, and what is frozen in your open holds."""
+    _wallet("balance", lambda w: w.balance(), msp_dir, msp_id, user, org, as_json)
+
+
+@wallet_app.command("freeze")
+def wallet_freeze(provider: str = typer.Option(..., "--provider", help="the provider's account id"),
+                  amount: int = typer.Option(..., "--amount", help="credit to freeze"),
+                  price: int = typer.Option(..., "--price", help="price per unit, fixed for the hold's life"),
+                  expires: str = typer.Option(..., "--expires", help="seconds from now (3600) or an ISO-8601 time"),
+                  window: int = typer.Option(0, "--window", help="settlement window in seconds (0: the minimum)"),
+                  msp_dir: Path = _WALLET_MSP_DIR, msp_id: str = _WALLET_MSP_ID, user: str = _WALLET_USER,
+                  org: str = _WALLET_ORG, as_json: bool = _WALLET_JSON) -> None:
+    """Freeze credit for a provider at a fixed price; prints the hold id."""
+    from streamledger.client.wallet import expiry
+
+    _wallet("freeze", lambda w: w.freeze(provider, amount, price, expiry(expires), window), msp_dir, msp_id, user,
+            org, as_json)
+
+
+@wallet_app.command("holds")
+def wallet_holds(msp_dir: Path = _WALLET_MSP_DIR, msp_id: str = _WALLET_MSP_ID, user: str = _WALLET_USER,
+                 org: str = _WALLET_ORG, as_json: bool = _WALLET_JSON) -> None:
+    """Every hold naming you (HoldsOf), with its receipt and settlement."""
+    _wallet("holds", lambda w: w.holds(), msp_dir, msp_id, user, org, as_json)
+
+
+@wallet_app.command("release")
+def wallet_release(hold: str = typer.Argument(..., help="the hold id"),
+                   msp_dir: Path = _WALLET_MSP_DIR, msp_id: str = _WALLET_MSP_ID, user: str = _WALLET_USER,
+                   org: str = _WALLET_ORG, as_json: bool = _WALLET_JSON) -> None:
+    """Take back what no receipt covers, once the hold's settlement window has passed (settle_by)."""
+    _wallet("release", lambda w: w.release(hold), msp_dir, msp_id, user, org, as_json)
+
+
+@wallet_app.command("receipts")
+def wallet_receipts(hold: str = typer.Argument(..., help="the hold id"),
+                    usage_topic: str = typer.Option(None, "--usage-topic", help="where usage is (default: usage)"),
+                    msp_dir: Path = _WALLET_MSP_DIR, msp_id: str = _WALLET_MSP_ID, user: str = _WALLET_USER,
+                    org: str = _WALLET_ORG, as_json: bool = _WALLET_JSON) -> None:
+    """The receipt recorded on the ledger and those the usage topic carries, each verified."""
+    _wallet("receipts", lambda w: w.receipts(hold), msp_dir, msp_id, user, org, as_json, usage_topic)
+
+
 if __name__ == "__main__":
     app()

@@ -4,6 +4,7 @@
         verification = await auditor.verify("evt-42")
         report = await auditor.model("phishing-logreg")          # latest version
         statement = await auditor.account("Org1MSP::CN=...")
+        bill = await auditor.bill("f898c8e3fcf5d04a8186f04a431e5a78")  # a hold, its receipts and usage
 
 The HTTP and gRPC servers and the in-process CLI all ask through it, so they give the same
 answers; `open_auditor` wires the real adapters (MongoDB, the Fabric gateway).
@@ -14,6 +15,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from services.audit.bill import AnchorIndex, Bill, UsageLog, audit_bill
+from services.audit.bill_sources import KafkaUsageLog, MongoAnchorIndex
 from services.audit.ledger_reader import FabricLedgerReader, UnreachableLedger
 from services.audit.ledger_retry import RetriedLedgerReads
 from services.audit.mongo_store import MongoEvidenceStore
@@ -35,9 +38,12 @@ ROLE = "auditor"
 
 
 class Auditor:
-    def __init__(self, store: EvidenceStore, ledger: LedgerReader) -> None:
+    def __init__(self, store: EvidenceStore, ledger: LedgerReader, usage: UsageLog | None = None,
+                 anchors: AnchorIndex | None = None) -> None:
         self.store = store
         self.ledger = ledger
+        self.usage = usage
+        self.anchors = anchors
 
     async def verify(self, event_id: str) -> Verification:
         return await verify(self.store, self.ledger, event_id)
@@ -47,6 +53,11 @@ class Auditor:
 
     async def account(self, account: str) -> AccountStatement:
         return await account_statement(self.ledger, account)
+
+    async def bill(self, hold_id: str) -> Bill:
+        if self.usage is None or self.anchors is None:
+            raise RuntimeError("this Auditor was built without a usage log and an anchor index: it cannot audit bills")
+        return await audit_bill(self.ledger, self.usage, self.store, self.anchors, hold_id)
 
 
 @asynccontextmanager
@@ -60,17 +71,19 @@ async def open_auditor(settings: AuditSettings, ledger_settings: LedgerSettings)
     mongo = mongo_client(settings.mongo_url, tz_aware=True, serverSelectionTimeoutMS=timeout,
                          connectTimeoutMS=timeout, socketTimeoutMS=max(timeout, 10_000))
     store = MongoEvidenceStore(mongo[settings.mongo_db])
+    usage = KafkaUsageLog(settings.kafka_bootstrap, settings.audit_usage_topic, settings.audit_usage_timeout_seconds)
+    anchors = MongoAnchorIndex(mongo[settings.mongo_db])
     try:
         try:
             # RetriedLedgerReads retries: the client does not.
             client = LedgerClient.connect(ledger_settings, retry=NO_RETRY, service_identity=IDENTITY)
         except (IdentityError, OSError) as exc:
-            yield Auditor(store, UnreachableLedger(f"no connection to the ledger can be set up: {exc}"))
+            yield Auditor(store, UnreachableLedger(f"no connection to the ledger can be set up: {exc}"), usage, anchors)
             return
         # An audit answers within a bound: a hung peer becomes LEDGER_UNREACHABLE, not a hung request.
         client.gateway.timeouts = Timeouts(evaluate=settings.audit_ledger_timeout_seconds)
         policy = RetryPolicy(attempts=settings.audit_ledger_attempts, initial_seconds=0.1, max_seconds=1.0)
         async with client:
-            yield Auditor(store, FabricLedgerReader(RetriedLedgerReads(client, policy)))
+            yield Auditor(store, FabricLedgerReader(RetriedLedgerReads(client, policy)), usage, anchors)
     finally:
         await mongo.close()

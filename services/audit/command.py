@@ -1,4 +1,4 @@
-"""`streamledger audit verify|model|account`: ask the audit, print the answer, exit by verdict.
+"""`streamledger audit verify|model|account|bill`: ask the audit, print the answer, exit by verdict.
 
 By default the command runs the audit core in-process, reading MongoDB and the ledger itself
 with this machine's `STREAMLEDGER_*` settings and Fabric identity: an auditor then trusts no
@@ -9,9 +9,10 @@ API's certificate, when it is not one the system trusts), for auditors who hold 
 ledger credentials. Both print the
 same answer: readable by default, the API's JSON with `--json`.
 
-Exit codes: 0 VERIFIED / MATCH / FOUND; 1 TAMPERED, DELETED or MISMATCH; 2 a malformed
-argument, bad settings or a refused token; 3 NOT_ANCHORED_YET (ask again later); 4 UNKNOWN,
-NOT_REGISTERED, NO_SNAPSHOT or NOT_FOUND; 5 the ledger, MongoDB or the API could not be reached.
+Exit codes: 0 VERIFIED / MATCH / FOUND; 1 TAMPERED, DELETED, MISMATCH or DISPUTED (a bill); 2 a
+malformed argument, bad settings or a refused token; 3 NOT_ANCHORED_YET or NOT_SETTLED_YET (ask
+again later); 4 UNKNOWN, NOT_REGISTERED, NO_SNAPSHOT or NOT_FOUND; 5 the ledger, MongoDB, the
+usage topic or the API could not be reached.
 """
 
 from __future__ import annotations
@@ -30,14 +31,15 @@ from rich.console import Console
 from services.audit.auditor import open_auditor
 from services.audit.ports import InvalidArgument
 from services.audit.render import RENDERERS, render_error
+from services.audit.render_bill import render_bill
 from services.audit.settings import AuditSettings
 from streamledger.settings import LedgerSettings
 
 EXIT_CODES = {
     "VERIFIED": 0, "MATCH": 0, "FOUND": 0,
-    "TAMPERED": 1, "DELETED": 1, "MISMATCH": 1,
+    "TAMPERED": 1, "DELETED": 1, "MISMATCH": 1, "DISPUTED": 1,
     "INVALID_ARGUMENT": 2, "UNAUTHENTICATED": 2, "CONFIGURATION": 2,
-    "NOT_ANCHORED_YET": 3,
+    "NOT_ANCHORED_YET": 3, "NOT_SETTLED_YET": 3,
     "UNKNOWN": 4, "NOT_REGISTERED": 4, "NO_SNAPSHOT": 4, "NOT_FOUND": 4,
     "LEDGER_UNREACHABLE": 5, "STORE_UNREACHABLE": 5, "API_UNREACHABLE": 5,
 }
@@ -63,7 +65,7 @@ def exit_code(status: str) -> int:
 
 def run_audit(query: str, args: dict[str, Any], as_json: bool, api_url: str | None, token: str | None,
               console: Console, ca: Path | None = None) -> int:
-    """Answer `query` ("verify", "model" or "account") for `args`, print it; the exit code. `ca`: the
+    """Answer `query` ("verify", "model", "account" or "bill") for `args`, print it; the exit code. `ca`: the
     CA certificate (PEM) to trust for an https API."""
     try:
         if api_url:
@@ -84,7 +86,7 @@ def run_audit(query: str, args: dict[str, Any], as_json: bool, api_url: str | No
     elif "error" in answer:
         render_error(console, answer)
     else:
-        RENDERERS[query](console, answer)
+        {**RENDERERS, "bill": render_bill}[query](console, answer)
     return exit_code(answer["status"])
 
 
@@ -94,6 +96,8 @@ async def _ask_in_process(query: str, args: dict[str, Any]) -> dict[str, Any]:
             return (await auditor.verify(args["event_id"])).as_dict()
         if query == "model":
             return (await auditor.model(args["model_id"], args.get("version"))).as_dict()
+        if query == "bill":
+            return (await auditor.bill(args["hold_id"])).as_dict()
         return (await auditor.account(args["account"])).as_dict()
 
 
@@ -107,6 +111,8 @@ def ask_api(client: httpx.Client, api_url: str, token: str | None, query: str, a
         url = f"{base}/v1/models/{quote(args['model_id'], safe='')}"
         if args.get("version") is not None:
             params["version"] = args["version"]
+    elif query == "bill":
+        url = f"{base}/v1/bills/{quote(args['hold_id'], safe='')}"
     else:
         url = f"{base}/v1/accounts/{quote(args['account'], safe='')}"
     headers = {"Authorization": f"Bearer {token}"} if token else {}

@@ -52,6 +52,9 @@ class AuditServicer(audit_pb2_grpc.AuditServicer):
         return await self._answer(context, "account", audit_pb2.AccountStatement,
                                   lambda: self.auditor.account(request.account))
 
+    async def Bill(self, request, context: grpc.aio.ServicerContext):  # noqa: N802
+        return await self._answer(context, "bill", audit_pb2.BillReport, lambda: self.auditor.bill(request.hold_id))
+
     async def _answer(self, context: grpc.aio.ServicerContext, query: str, message_type: type,
                       ask: Callable[[], Awaitable[Any]]) -> Any:
         started = time.perf_counter()

@@ -3,6 +3,7 @@
     GET /v1/verify/{event_id}              Verification (services/audit/verification.py)
     GET /v1/models/{model_id}[?version=N]  ModelReport (latest version without `version`)
     GET /v1/accounts/{account}             AccountStatement
+    GET /v1/bills/{hold_id}                Bill (services/audit/bill.py)
     GET /healthz                           liveness, no token needed (it reveals nothing)
     GET /metrics                           Prometheus
 
@@ -67,6 +68,9 @@ def build_http_app(auditor: Auditor, token: BearerToken) -> Starlette:
     async def account(request: Request):
         return await auditor.account(request.path_params["account"])
 
+    async def bill(request: Request):
+        return await auditor.bill(request.path_params["hold_id"])
+
     async def healthz(_request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -79,6 +83,7 @@ def build_http_app(auditor: Auditor, token: BearerToken) -> Starlette:
         Route("/v1/verify/{event_id:path}", answering("verify", verify), methods=["GET"]),
         Route("/v1/models/{model_id}", answering("model", model), methods=["GET"]),
         Route("/v1/accounts/{account:path}", answering("account", account), methods=["GET"]),
+        Route("/v1/bills/{hold_id}", answering("bill", bill), methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ])

@@ -54,6 +54,9 @@ class FabricLedgerReader:
     async def holds_of(self, account: str) -> list[dict[str, Any]]:
         return await self._ask("HoldsOf", "account", self.client.holds_of(account))
 
+    async def hold(self, hold_id: str) -> dict[str, Any] | None:
+        return await self._ask("GetHold", "hold_id", self.client.get_hold(hold_id))
+
     async def history(self, key: str) -> list[dict[str, Any]]:
         return await self._ask("History", "key", self.client.history(key))
 
@@ -82,4 +85,4 @@ class UnreachableLedger:
     async def _refuse(self, *_args: object) -> Any:
         raise LedgerUnreachable(self.why)
 
-    require_role = anchor = transaction_block = model = balance = holds_of = history = _refuse
+    require_role = anchor = transaction_block = model = balance = holds_of = hold = history = _refuse

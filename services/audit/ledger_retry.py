@@ -51,6 +51,9 @@ class RetriedLedgerReads:
     async def holds_of(self, account: str) -> list[dict[str, Any]]:
         return await self._retried("HoldsOf", lambda: self.client.holds_of(account))
 
+    async def get_hold(self, hold_id: str) -> dict[str, Any] | None:
+        return await self._retried("GetHold", lambda: self.client.get_hold(hold_id))
+
     async def history(self, key: str) -> list[dict[str, Any]]:
         return await self._retried("History", lambda: self.client.history(key))
 

@@ -66,5 +66,8 @@ class LedgerReader(Protocol):
     async def holds_of(self, account: str) -> list[dict[str, Any]]:
         """Every hold naming the account as client or provider (the contract's JSON holds)."""
 
+    async def hold(self, hold_id: str) -> dict[str, Any] | None:
+        """GetHold: the contract's JSON hold (terms, client_cert, receipt, ...), None when there is none."""
+
     async def history(self, key: str) -> list[dict[str, Any]]:
         """Every committed write of a contract key: tx_id, timestamp, is_delete, value (JSON text)."""

@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, model_validator
 
 from streamledger.access import exposure_problem
+from streamledger.kafka import topics
 from streamledger.settings import CommonSettings
 from streamledger.tls import pair_problem
 
@@ -36,6 +37,10 @@ class AuditSettings(CommonSettings):
     counted in `streamledger_audit_ledger_retries_total`)."""
     audit_mongo_timeout_seconds: float = Field(default=5.0, gt=0)
     """How long to wait for MongoDB before the answer is STORE_UNREACHABLE."""
+    audit_usage_topic: str = topics.USAGE
+    """Where `bill` reads a hold's usage records (and the receipts they carry)."""
+    audit_usage_timeout_seconds: float = Field(default=30.0, gt=0)
+    """How long reading a hold's usage may take before the answer is STORE_UNREACHABLE."""
 
     @model_validator(mode="after")
     def _exposed_needs_a_token(self) -> AuditSettings:
