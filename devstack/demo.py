@@ -378,6 +378,7 @@ async def run_demo(settings: CommonSettings, console: Console, seconds: float | 
             await asyncio.wait_for(caller, timeout=30)
             await client.refresh_holds()
             summarise_holds(console, client)
+            await show_a_bill(console, client)
     finally:
         client.stopping.set()
         group.stop()
@@ -398,6 +399,19 @@ def summarise_holds(console: Console, client: DemoClient) -> None:
                       f"{receipt.get('units', 0)} #{receipt.get('sequence', 0)}" if receipt else "-",
                       str(hold["charged"]), str(hold["refunded"]))
     console.print(table)
+
+
+async def show_a_bill(console: Console, client: DemoClient) -> None:
+    """What an auditor sees for the latest settled hold: `streamledger audit bill HOLD`."""
+    from services.audit.command import run_audit
+
+    settled = sorted((h for h in client.holds.values() if h["status"] == "SETTLED"), key=lambda h: h["closed_at"])
+    if not settled:
+        console.print("no hold settled yet (a hold settles about 50 s after it was frozen): run the demo longer")
+        return
+    hold_id = settled[-1]["hold_id"]
+    console.print(f"\n[bold]$ streamledger audit bill {hold_id}[/]")
+    await asyncio.to_thread(run_audit, "bill", {"hold_id": hold_id}, False, None, None, console)
 
 
 async def wait_for_ingestion(group: ServiceGroup, timeout: float = 60.0) -> None:
