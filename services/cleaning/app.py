@@ -120,7 +120,8 @@ def build_app(settings: CleaningSettings, codec: AvroCodec, rules: RuleBook, par
         store="memory://",  # the changelog topic is the durable copy of the dedup table
         key_serializer="raw", value_serializer="raw", topic_partitions=partitions, topic_replication_factor=1,
         producer_acks=-1, producer_compression_type="lz4", consumer_auto_offset_reset="earliest",
-        broker_commit_interval=settings.cleaning_commit_interval_seconds, web_enabled=False,
+        broker_commit_interval=settings.cleaning_commit_interval_seconds,
+        broker_session_timeout=settings.cleaning_session_timeout_seconds, web_enabled=False,
     )
     raw_topic = app.topic(settings.cleaning_raw_topic, key_type=bytes, value_type=bytes)
     output = {"clean": app.topic(settings.cleaning_clean_topic, key_type=bytes, value_type=bytes),
