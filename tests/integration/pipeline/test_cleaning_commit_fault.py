@@ -22,7 +22,12 @@ from aiokafka.admin import AIOKafkaAdminClient
 from streamledger import kafka
 from streamledger.avro import AvroCodec, SchemaRegistry
 from tests.integration.pipeline import reference
-from tests.integration.pipeline.conftest import caught_up, create_topics, read_all, wait_until
+from tests.integration.pipeline.conftest import (
+    caught_up,
+    create_topics,
+    read_all,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.timeout(90)]
 

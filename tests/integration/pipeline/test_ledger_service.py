@@ -35,8 +35,8 @@ from devstack.settings import StackSettings
 from streamledger import kafka
 from streamledger.avro import AvroCodec, SchemaRegistry
 from streamledger.core.canonical import content_hash
-from streamledger.core.scoped import scoped_id
 from streamledger.core.merkle import verify_proof
+from streamledger.core.scoped import scoped_id
 from streamledger.ledger import LedgerClient
 from tests.integration.conftest import identity
 from tests.integration.pipeline.conftest import wait_until
