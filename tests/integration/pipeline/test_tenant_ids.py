@@ -41,17 +41,17 @@ async def test_two_tenants_with_the_same_event_ids_are_stored_and_verified_apart
     await ledger.logged('"event": "anchoring_started"')
 
     ids = [f"{unique}-{i}" for i in range(PER_TENANT)]
-    async with IngestionService(ingestion_settings(raw_topic)) as ingestion:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ingestion.http_port}", timeout=30) as http:
-            for tenant in ("acme", "globex"):
-                events = [{"event_id": i, "source": "tenants", "ts": 1_767_225_600_000 + n,
-                           "features": {"amount": AMOUNT[tenant] + n}} for n, i in enumerate(ids)]
-                answer = await http.post("/v1/events", json=events, headers={"X-API-Key": KEYS[tenant]})
-                assert answer.status_code == 200, answer.text
-            # globex sends one of its ids again with other content: a duplicate within globex only.
-            again = [{"event_id": ids[0], "source": "tenants", "ts": 1, "features": {"amount": -1.0}}]
-            answer = await http.post("/v1/events", json=again, headers={"X-API-Key": KEYS["globex"]})
+    async with IngestionService(ingestion_settings(raw_topic)) as ingestion, \
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{ingestion.http_port}", timeout=30) as http:
+        for tenant in ("acme", "globex"):
+            events = [{"event_id": i, "source": "tenants", "ts": 1_767_225_600_000 + n,
+                       "features": {"amount": AMOUNT[tenant] + n}} for n, i in enumerate(ids)]
+            answer = await http.post("/v1/events", json=events, headers={"X-API-Key": KEYS[tenant]})
             assert answer.status_code == 200, answer.text
+        # globex sends one of its ids again with other content: a duplicate within globex only.
+        again = [{"event_id": ids[0], "source": "tenants", "ts": 1, "features": {"amount": -1.0}}]
+        answer = await http.post("/v1/events", json=again, headers={"X-API-Key": KEYS["globex"]})
+        assert answer.status_code == 200, answer.text
 
     expected = {(tenant, i) for tenant in AMOUNT for i in ids}
 
