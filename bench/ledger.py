@@ -134,7 +134,7 @@ async def main(events: int, rate: float, verify_count: int, batch_records: int) 
         async with open_auditor(audit, LedgerSettings()) as auditor, LedgerClient.connect(LedgerSettings(), service_identity="audit") as client:
             for i in sample:
                 started = time.perf_counter()
-                answer = await auditor.verify(f"bench-{run}-{i}")
+                answer = await auditor.verify("bench", f"bench-{run}-{i}")
                 verify_s.append(time.perf_counter() - started)
                 status = getattr(answer.status, "value", answer.status)
                 statuses[status] = statuses.get(status, 0) + 1

@@ -187,12 +187,14 @@ _AUDIT_CA = typer.Option(None, "--ca", envvar="STREAMLEDGER_AUDIT_API_CA", show_
 
 @audit_app.command("verify")
 def audit_verify(event_id: str = typer.Argument(..., help="the event id of a stored record"),
+                 tenant: str = typer.Option(None, "--tenant", show_default=False,
+                                            help="the tenant that sent the event (required: event ids are per tenant)"),
                  as_json: bool = _AUDIT_JSON, api: str = _AUDIT_API, token: str = _AUDIT_TOKEN,
                  ca: Path = _AUDIT_CA) -> None:
     """VERIFIED, TAMPERED, NOT_ANCHORED_YET, DELETED or UNKNOWN, with the chain of evidence."""
     from services.audit.command import run_audit
 
-    raise typer.Exit(run_audit("verify", {"event_id": event_id}, as_json, api, token, console, ca))
+    raise typer.Exit(run_audit("verify", {"tenant": tenant, "event_id": event_id}, as_json, api, token, console, ca))
 
 
 @audit_app.command("model")

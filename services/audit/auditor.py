@@ -1,7 +1,7 @@
 """`Auditor`: the three audit questions over one evidence store and one ledger reader.
 
     async with open_auditor(AuditSettings(), LedgerSettings()) as auditor:
-        verification = await auditor.verify("evt-42")
+        verification = await auditor.verify("acme", "evt-42")
         report = await auditor.model("phishing-logreg")          # latest version
         statement = await auditor.account("Org1MSP::CN=...")
         bill = await auditor.bill("f898c8e3fcf5d04a8186f04a431e5a78")  # a hold, its receipts and usage
@@ -45,8 +45,8 @@ class Auditor:
         self.usage = usage
         self.anchors = anchors
 
-    async def verify(self, event_id: str) -> Verification:
-        return await verify(self.store, self.ledger, event_id)
+    async def verify(self, tenant: str, event_id: str) -> Verification:
+        return await verify(self.store, self.ledger, tenant, event_id)
 
     async def model(self, model_id: str, version: int | None = None) -> ModelReport:
         return await audit_model(self.store, self.ledger, model_id, version)

@@ -33,6 +33,7 @@ from services.audit.ports import InvalidArgument
 from services.audit.render import RENDERERS, render_error
 from services.audit.render_bill import render_bill
 from services.audit.settings import AuditSettings
+from services.audit.verification import check_event_id, check_tenant
 from streamledger.settings import LedgerSettings
 
 EXIT_CODES = {
@@ -91,9 +92,12 @@ def run_audit(query: str, args: dict[str, Any], as_json: bool, api_url: str | No
 
 
 async def _ask_in_process(query: str, args: dict[str, Any]) -> dict[str, Any]:
+    if query == "verify":  # a malformed or missing part is said before connecting to anything
+        check_event_id(args["event_id"])
+        check_tenant(args.get("tenant"))
     async with open_auditor(AuditSettings(), LedgerSettings()) as auditor:
         if query == "verify":
-            return (await auditor.verify(args["event_id"])).as_dict()
+            return (await auditor.verify(args.get("tenant"), args["event_id"])).as_dict()
         if query == "model":
             return (await auditor.model(args["model_id"], args.get("version"))).as_dict()
         if query == "bill":
@@ -107,6 +111,8 @@ def ask_api(client: httpx.Client, api_url: str, token: str | None, query: str, a
     params: dict[str, Any] = {}
     if query == "verify":
         url = f"{base}/v1/verify/{quote(args['event_id'], safe='')}"
+        if args.get("tenant") is not None:  # without it the API answers INVALID_ARGUMENT naming the tenant
+            params["tenant"] = args["tenant"]
     elif query == "model":
         url = f"{base}/v1/models/{quote(args['model_id'], safe='')}"
         if args.get("version") is not None:

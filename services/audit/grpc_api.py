@@ -41,7 +41,7 @@ class AuditServicer(audit_pb2_grpc.AuditServicer):
 
     async def Verify(self, request, context: grpc.aio.ServicerContext):  # noqa: N802 - gRPC method name
         return await self._answer(context, "verify", audit_pb2.Verification,
-                                  lambda: self.auditor.verify(request.event_id))
+                                  lambda: self.auditor.verify(request.tenant, request.event_id))
 
     async def Model(self, request, context: grpc.aio.ServicerContext):  # noqa: N802
         version = request.version if request.HasField("version") else None

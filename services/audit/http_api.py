@@ -1,6 +1,6 @@
 """HTTP JSON interface of the audit API (Starlette), read-only: GET only.
 
-    GET /v1/verify/{event_id}              Verification (services/audit/verification.py)
+    GET /v1/verify/{event_id}?tenant=T     Verification (services/audit/verification.py)
     GET /v1/models/{model_id}[?version=N]  ModelReport (latest version without `version`)
     GET /v1/accounts/{account}             AccountStatement
     GET /v1/bills/{hold_id}                Bill (services/audit/bill.py)
@@ -8,7 +8,7 @@
     GET /metrics                           Prometheus
 
 Path parts are percent-encoded (an account id holds ',', '=' and spaces; an event id may
-hold '/'). Answers: 200 with the verdict in `status` (VERIFIED and TAMPERED alike: the
+hold '/'); the tenant is a query parameter, required (event ids are per tenant). Answers: 200 with the verdict in `status` (VERIFIED and TAMPERED alike: the
 audit itself succeeded); 400 `{"status": "INVALID_ARGUMENT", "field", "error"}`; 401 without
 the auditor token when one is configured; 503 + Retry-After when the ledger or MongoDB
 cannot be read, with `status` LEDGER_UNREACHABLE or STORE_UNREACHABLE and the evidence
@@ -60,7 +60,7 @@ def build_http_app(auditor: Auditor, token: BearerToken) -> Starlette:
         return endpoint
 
     async def verify(request: Request):
-        return await auditor.verify(request.path_params["event_id"])
+        return await auditor.verify(request.query_params.get("tenant"), request.path_params["event_id"])
 
     async def model(request: Request):
         return await auditor.model(request.path_params["model_id"], _version(request.query_params.get("version")))

@@ -1,7 +1,10 @@
 """`MongoEvidenceStore`: the audit's reads of MongoDB (`events`, `proofs`, `models`), read-only.
 
     store = MongoEvidenceStore(mongo_client(settings.mongo_url)[settings.mongo_db])
-    record = await store.event("evt-42")
+    record = await store.event("acme", "evt-42")
+
+Events and proofs are read by `scoped_id(tenant, event_id)`, the `_id` storage and the ledger
+service give them (streamledger/core/scoped.py).
 
 Any failure to read (server away, timeout, refused) is `StoreUnreachable`: the audit then
 says it could not read storage rather than guessing.
@@ -16,6 +19,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
 from services.audit.ports import StoreUnreachable
+from streamledger.core.scoped import scoped_id
 
 
 class MongoEvidenceStore:
@@ -24,11 +28,11 @@ class MongoEvidenceStore:
         self.proofs = db["proofs"]
         self.models = db["models"]
 
-    async def event(self, event_id: str) -> dict[str, Any] | None:
-        return await self._find_one(self.events, event_id)
+    async def event(self, tenant: str, event_id: str) -> dict[str, Any] | None:
+        return await self._find_one(self.events, scoped_id(tenant, event_id))
 
-    async def proof(self, event_id: str) -> dict[str, Any] | None:
-        return await self._find_one(self.proofs, event_id)
+    async def proof(self, tenant: str, event_id: str) -> dict[str, Any] | None:
+        return await self._find_one(self.proofs, scoped_id(tenant, event_id))
 
     async def snapshot(self, model_id: str, version: int | None) -> dict[str, Any] | None:
         if version is not None:

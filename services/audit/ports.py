@@ -15,7 +15,7 @@ class AuditError(Exception):
 
 
 class InvalidArgument(AuditError, ValueError):
-    """A malformed question; `field` names the part at fault (event_id, model_id, version, account)."""
+    """A malformed question; `field` names the part at fault (tenant, event_id, model_id, version, account)."""
 
     def __init__(self, field: str, why: str) -> None:
         self.field = field
@@ -33,11 +33,11 @@ class StoreUnreachable(AuditError):
 class EvidenceStore(Protocol):
     """MongoDB's side: what was stored. Every method may raise StoreUnreachable."""
 
-    async def event(self, event_id: str) -> dict[str, Any] | None:
-        """The `events` document with this `_id`."""
+    async def event(self, tenant: str, event_id: str) -> dict[str, Any] | None:
+        """The `events` document of this tenant's event id."""
 
-    async def proof(self, event_id: str) -> dict[str, Any] | None:
-        """The `proofs` document with this `_id`."""
+    async def proof(self, tenant: str, event_id: str) -> dict[str, Any] | None:
+        """The `proofs` document of this tenant's event id."""
 
     async def snapshot(self, model_id: str, version: int | None) -> dict[str, Any] | None:
         """The `models` document of this version; the highest version when `version` is None."""

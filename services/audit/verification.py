@@ -1,8 +1,12 @@
 """Verifying one stored record against the ledger: a verdict and its chain of evidence.
 
-    verification = await verify(store, ledger, "evt-42")
+    verification = await verify(store, ledger, "acme", "evt-42")
     verification.status        # Status.VERIFIED, TAMPERED, NOT_ANCHORED_YET, UNKNOWN, DELETED, ...
     verification.as_dict()     # the JSON answer of the HTTP API (and the fields of the gRPC one)
+
+A record is named by its tenant and event id: event ids are chosen by each tenant, so two
+tenants may use the same one (storage and the ledger service key their documents by both,
+streamledger/core/scoped.py).
 
 The chain: the stored `events` document -> its content hash recomputed from the canonical
 encoding (schemas/CANONICAL.md) -> the `proofs` document (the Merkle leaf is the content
@@ -24,7 +28,7 @@ Verdicts:
   on the ledger yet (anchoring is asynchronous; ask again later).
 - DELETED: a proof exists, so the ledger service anchored the record, but the stored record
   is gone. The proof is still checked against the ledger and reported as evidence.
-- UNKNOWN: neither a record nor a proof has this id.
+- UNKNOWN: neither a record nor a proof has this id for this tenant.
 - LEDGER_UNREACHABLE / STORE_UNREACHABLE: the audit could not be completed; whatever was
   gathered before is returned, and the checks done so far are in `problems`. Whenever a
   proof exists the verdict needs the ledger, so an unreachable ledger never yields VERIFIED.
@@ -84,6 +88,7 @@ class Problem:
 
 @dataclass
 class Verification:
+    tenant: str
     event_id: str
     status: Status
     detail: str = ""
@@ -102,7 +107,7 @@ class Verification:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "event_id": self.event_id, "status": self.status.value, "reason": self.reason, "detail": self.detail,
+            "tenant": self.tenant, "event_id": self.event_id, "status": self.status.value, "reason": self.reason, "detail": self.detail,
             "problems": [{"reason": p.reason.value, "detail": p.detail} for p in self.problems],
             "record": self.record, "recomputed_hash": self.recomputed_hash, "stored_hash": self.stored_hash,
             "proof": self.proof, "computed_root": self.computed_root, "anchor": self.anchor,
@@ -111,31 +116,45 @@ class Verification:
 
 def check_event_id(event_id: Any) -> str:
     """The event id if it could name a stored record, else InvalidArgument saying why."""
-    if not isinstance(event_id, str):
-        raise InvalidArgument("event_id", f"must be a string, got {type(event_id).__name__}")
-    if not event_id.strip():
-        raise InvalidArgument("event_id", "must not be empty or only white space")
-    if len(event_id) > MAX_EVENT_ID_LENGTH:
-        raise InvalidArgument("event_id", f"is {len(event_id)} characters, more than the {MAX_EVENT_ID_LENGTH} "
-                                          "an event id may have")
+    return _check_name("event_id", "an event id", event_id)
+
+
+def check_tenant(tenant: Any) -> str:
+    """The tenant if given and well formed, else InvalidArgument saying why (and how to give it)."""
+    if tenant is None or (isinstance(tenant, str) and not tenant):
+        raise InvalidArgument("tenant", "is required: event ids are unique only within a tenant, so name the "
+                                        "tenant that sent the event (--tenant, ?tenant=, VerifyRequest.tenant)")
+    return _check_name("tenant", "a tenant", tenant)
+
+
+def _check_name(field: str, what: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise InvalidArgument(field, f"must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise InvalidArgument(field, "must not be empty or only white space")
+    if len(value) > MAX_EVENT_ID_LENGTH:
+        raise InvalidArgument(field, f"is {len(value)} characters, more than the {MAX_EVENT_ID_LENGTH} "
+                                     f"{what} may have")
     try:
-        event_id.encode("utf-8")
+        value.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise InvalidArgument("event_id", f"contains {event_id[exc.start]!r}, which is not valid Unicode") from None
-    if "\x00" in event_id:
-        raise InvalidArgument("event_id", "must not contain NUL characters")
-    return event_id
+        raise InvalidArgument(field, f"contains {value[exc.start]!r}, which is not valid Unicode") from None
+    if "\x00" in value:
+        raise InvalidArgument(field, "must not contain NUL characters")
+    return value
 
 
-async def verify(store: EvidenceStore, ledger: LedgerReader, event_id: str) -> Verification:
-    """The verdict on the record `event_id` (InvalidArgument when the id is malformed)."""
+async def verify(store: EvidenceStore, ledger: LedgerReader, tenant: str, event_id: str) -> Verification:
+    """The verdict on `tenant`'s record `event_id` (InvalidArgument when either is missing or malformed)."""
     event_id = check_event_id(event_id)
+    tenant = check_tenant(tenant)
     try:
-        record, proof = await asyncio.gather(store.event(event_id), store.proof(event_id))
+        record, proof = await asyncio.gather(store.event(tenant, event_id), store.proof(tenant, event_id))
     except StoreUnreachable as exc:
-        return Verification(event_id, Status.STORE_UNREACHABLE, f"MongoDB could not be read: {exc}")
+        return Verification(tenant, event_id, Status.STORE_UNREACHABLE, f"MongoDB could not be read: {exc}")
     if record is None and proof is None:
-        return Verification(event_id, Status.UNKNOWN, "no stored record and no Merkle proof has this id")
+        return Verification(tenant, event_id, Status.UNKNOWN,
+                            f"no stored record and no Merkle proof has this id for tenant {tenant!r}")
     batch_id = proof.get("batch_id") if proof is not None else None
     anchor = block = None
     if isinstance(batch_id, str) and _RECORD_ID.fullmatch(batch_id):
@@ -144,18 +163,18 @@ async def verify(store: EvidenceStore, ledger: LedgerReader, event_id: str) -> V
             if anchor is not None and anchor.get("tx_id"):
                 block = await ledger.transaction_block(anchor["tx_id"])
         except LedgerUnreachable as exc:
-            found = local_evidence(event_id, record, proof)
+            found = local_evidence(tenant, event_id, record, proof)
             found.status = Status.LEDGER_UNREACHABLE
             found.detail = f"the ledger could not be read, so nothing is verified: {exc}"
             return found
         except InvalidArgument as exc:  # the stored batch id passed our check but not the contract's
-            found = local_evidence(event_id, record, proof)
+            found = local_evidence(tenant, event_id, record, proof)
             found.problems.append(Problem(Reason.PROOF_MALFORMED, f"the ledger refuses the proof's batch id: {exc}"))
             return _decide(found, None)
-    return judge(event_id, record, proof, anchor, block)
+    return judge(tenant, event_id, record, proof, anchor, block)
 
 
-def judge(event_id: str, record: Mapping[str, Any] | None, proof: Mapping[str, Any] | None,
+def judge(tenant: str, event_id: str, record: Mapping[str, Any] | None, proof: Mapping[str, Any] | None,
           anchor: Mapping[str, Any] | None, block: Mapping[str, Any] | None) -> Verification:
     """The verdict from what storage and the ledger hold, without any I/O.
 
@@ -163,7 +182,7 @@ def judge(event_id: str, record: Mapping[str, Any] | None, proof: Mapping[str, A
     anchor of the proof's batch (None when the ledger has none), `block` where the anchor's
     transaction was committed (None when unknown).
     """
-    found, parsed = _local(event_id, record, proof)
+    found, parsed = _local(tenant, event_id, record, proof)
     if anchor is not None:
         found.anchor = {**jsonable(dict(anchor)),
                         "block_number": block.get("block_number") if block else None,
@@ -173,15 +192,15 @@ def judge(event_id: str, record: Mapping[str, Any] | None, proof: Mapping[str, A
     return _decide(found, anchor)
 
 
-def local_evidence(event_id: str, record: Mapping[str, Any] | None,
+def local_evidence(tenant: str, event_id: str, record: Mapping[str, Any] | None,
                    proof: Mapping[str, Any] | None) -> Verification:
     """Everything that needs no ledger: the record's hashes, the proof's root, and their checks."""
-    return _local(event_id, record, proof)[0]
+    return _local(tenant, event_id, record, proof)[0]
 
 
-def _local(event_id: str, record: Mapping[str, Any] | None,
+def _local(tenant: str, event_id: str, record: Mapping[str, Any] | None,
            proof: Mapping[str, Any] | None) -> tuple[Verification, _Proof | None]:
-    found = Verification(event_id, Status.UNKNOWN, record=jsonable(dict(record)) if record is not None else None,
+    found = Verification(tenant, event_id, Status.UNKNOWN, record=jsonable(dict(record)) if record is not None else None,
                          proof=jsonable(dict(proof)) if proof is not None else None)
     problems = found.problems
     if record is not None:

@@ -3,10 +3,19 @@
 Data path: faust consumes the raw topic (raw bytes: our codec is Avro single-object, not
 faust's), `Cleaner.handle` decodes, cleans, hashes and dedups each message, and the result
 goes to the clean topic, or to the dead-letter topic with the rule and reason. Duplicates
-are dropped. faust commits a source offset only after flushing the producer, so every
-consumed message reaches its output topic at least once; outputs are keyed by event_id, so
-a replay after a crash changes nothing downstream. The dedup window is a faust Table whose
-changelog topic restores it after a restart.
+are dropped. The dedup window is a faust Table whose changelog topic restores it after a
+restart.
+
+At least once, checked (issue 22): faust-streaming acks a message when the agent moves on
+and, before committing, flushes the producer; but `topic.send()` only queues the output, and
+the flush returns once every batch is *settled*, delivered or failed, so an output Kafka
+refused in the end was committed past and lost. So the stream is `noack()`: a message is
+acked (its offset becomes committable) only in the done-callback of its output's delivery,
+once Kafka acknowledged it (acks=all); a failed delivery is never acked, which holds every
+later offset of its partition back, and crashes the service. The producer is idempotent
+(`IdempotentProducer`: faust enables idempotence only for transactions), so the broker drops
+the copies its own retries would add. A replay after a crash re-emits what was not committed;
+outputs are keyed by event_id, so downstream stores converge.
 
 faust's App is a `mode` service, run inside `serve()` like every other service: entering
 starts it (and returns once the dedup table is recovered), leaving stops it (the agent
@@ -18,6 +27,7 @@ from __future__ import annotations
 import asyncio
 
 import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
 from services.cleaning.cleaner import Cleaner
@@ -75,15 +85,43 @@ class CleaningService(Loop):
         await self.app.stop()
 
 
+class IdempotentProducer(faust_aiokafka.Producer):
+    """faust's aiokafka producer with acks=all and idempotence, which faust sets only in transactions."""
+
+    def _settings_extra(self) -> dict:
+        return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}
+
+
+class CleaningApp(faust.App):
+    def _new_producer(self) -> IdempotentProducer:
+        return IdempotentProducer(self.transport, loop=self.loop, beacon=self.beacon)
+
+
+def ack_once_delivered(app: faust.App, event: faust.EventT, delivery: asyncio.Future) -> None:
+    """Ack `event` (its offset may then be committed) once Kafka acknowledged its output; on a
+    failed delivery leave it unacked, so nothing from its offset on is committed, and crash."""
+    def settle(done: asyncio.Future) -> None:
+        error = None if not done.cancelled() else asyncio.CancelledError("the delivery was cancelled")
+        error = error or done.exception()
+        if error is None:
+            event.ack()
+            return
+        m = event.message
+        log.error("output_not_delivered", extra={"partition": m.partition, "offset": m.offset, "error": str(error)})
+        asyncio.ensure_future(app.crash(error))
+    delivery.add_done_callback(settle)
+
+
 def build_app(settings: CleaningSettings, codec: AvroCodec, rules: RuleBook, partitions: int) -> faust.App:
     settings.cleaning_data_dir.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
-    app = faust.App(
+    app = CleaningApp(
         settings.cleaning_group, broker=f"kafka://{settings.kafka_bootstrap}",
         datadir=str(settings.cleaning_data_dir / settings.cleaning_group),
         store="memory://",  # the changelog topic is the durable copy of the dedup table
         key_serializer="raw", value_serializer="raw", topic_partitions=partitions, topic_replication_factor=1,
         producer_acks=-1, producer_compression_type="lz4", consumer_auto_offset_reset="earliest",
-        broker_commit_interval=settings.cleaning_commit_interval_seconds, web_enabled=False,
+        broker_commit_interval=settings.cleaning_commit_interval_seconds,
+        broker_session_timeout=settings.cleaning_session_timeout_seconds, web_enabled=False,
     )
     raw_topic = app.topic(settings.cleaning_raw_topic, key_type=bytes, value_type=bytes)
     output = {"clean": app.topic(settings.cleaning_clean_topic, key_type=bytes, value_type=bytes),
@@ -96,12 +134,15 @@ def build_app(settings: CleaningSettings, codec: AvroCodec, rules: RuleBook, par
     @app.agent(raw_topic, name="clean")
     async def clean(stream: faust.StreamT) -> None:
         handled = 0
-        async for event in stream.events():
+        async for event in stream.noack().events():  # acked by hand: see the module's docstring
             m = event.message  # faust gives the timestamp in seconds, as a float
             message = Consumed(m.tp, m.topic, m.partition, m.offset, m.key, m.value, round(m.timestamp * 1000))
             outcome = counted_handle(cleaner, message)
-            if outcome.value is not None:
-                await output[outcome.kind].send(key=outcome.key, value=outcome.value)
+            if outcome.value is None:
+                event.ack()  # a dropped duplicate has nothing to deliver
+            else:
+                delivery = await output[outcome.kind].send(key=outcome.key, value=outcome.value)
+                ack_once_delivered(app, event, delivery)
             handled += 1
             if handled % LAG_EVERY == 0 and (highwater := app.consumer.highwater(TP(m.topic, m.partition))) is not None:
                 LAG.labels(str(m.partition)).set(max(highwater - m.offset - 1, 0))

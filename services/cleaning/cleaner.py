@@ -20,6 +20,7 @@ from services.cleaning.rules import Rejected, RuleBook, clean_event
 from streamledger.avro import AvroCodec, CodecError
 from streamledger.core.canonical import CanonicalEncodingError, content_hash
 from streamledger.core.records import Consumed, dead_letter
+from streamledger.core.scoped import scoped_id
 
 SERVICE = "cleaning"
 
@@ -76,9 +77,10 @@ class Cleaner:
         except CodecError as exc:
             return self.dead_letter(message, event_id, exc.reason, f"event {event_id!r}: {exc}")
         # Only events that made it this far count for dedup: a rejected first copy does not
-        # shadow a valid second one.
+        # shadow a valid second one. Event ids are the tenant's own: another tenant's event
+        # with the same id is not a duplicate.
         at_ms = message.timestamp_ms if message.timestamp_ms is not None else self.clock_ms()
-        seen = self.dedup.observe(event_id, message.partition, message.offset, at_ms)
+        seen = self.dedup.observe(scoped_id(raw["tenant"], event_id), message.partition, message.offset, at_ms)
         if seen is Seen.DUPLICATE:
             return Outcome("duplicate", event_id.encode(), None)
         return Outcome("clean", event_id.encode(), clean)

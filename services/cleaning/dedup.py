@@ -1,9 +1,12 @@
-"""Duplicate `event_id`s within a time window, over any mutable mapping.
+"""Duplicate events within a time window, over any mutable mapping.
+
+An event is known by its key: `scoped_id(tenant, event_id)` (streamledger/core/scoped.py),
+since event ids are chosen per tenant.
 
 In the service the mapping is a faust Table (backed by a changelog topic, so the window
 survives restarts); in tests it is a dict. Each entry remembers where the event was first
 seen, so a message re-read after a crash (same partition and offset) is told apart from a
-real duplicate (same event_id at another offset) and is emitted again rather than lost:
+real duplicate (same key at another offset) and is emitted again rather than lost:
 
     window = DedupWindow({}, window_ms=60_000)
     window.observe("e1", partition=0, offset=7, at_ms=1_000)   # Seen.FIRST
@@ -24,7 +27,7 @@ class Seen(StrEnum):
     REPLAY = "replay"
     """The very message seen before (re-delivered after a restart): keep it again."""
     DUPLICATE = "duplicate"
-    """Another message with an event_id seen within the window: drop it."""
+    """Another message with a key seen within the window: drop it."""
 
 
 Entry = list[int]
@@ -38,9 +41,9 @@ class DedupWindow:
         self.store = store
         self.window_ms = window_ms
 
-    def observe(self, event_id: str, partition: int, offset: int, at_ms: int) -> Seen:
+    def observe(self, key: str, partition: int, offset: int, at_ms: int) -> Seen:
         """Classify the message and remember it if it is the first within the window."""
-        entry = self.store.get(event_id)
+        entry = self.store.get(key)
         if entry is not None:
             first_partition, first_offset, first_ms = entry
             if (first_partition, first_offset) == (partition, offset):
@@ -48,21 +51,21 @@ class DedupWindow:
             if 0 <= at_ms - first_ms <= self.window_ms or at_ms < first_ms:
                 # at_ms < first_ms: an earlier timestamp on a later offset is still a repeat.
                 return Seen.DUPLICATE
-        self.store[event_id] = [partition, offset, at_ms]
+        self.store[key] = [partition, offset, at_ms]
         return Seen.FIRST
 
     def expired(self, now_ms: int, partition: int | None = None) -> list[str]:
-        """Event ids whose window ended before `now_ms` (optionally only those of one partition)."""
+        """Keys whose window ended before `now_ms` (optionally only those of one partition)."""
         horizon = now_ms - self.window_ms
         return [
-            event_id
-            for event_id, (entry_partition, _offset, first_ms) in list(self.store.items())
+            key
+            for key, (entry_partition, _offset, first_ms) in list(self.store.items())
             if first_ms < horizon and (partition is None or entry_partition == partition)
         ]
 
     def expire(self, now_ms: int, partition: int | None = None) -> int:
         """Forget entries whose window ended; returns how many were removed."""
         stale = self.expired(now_ms, partition)
-        for event_id in stale:
-            del self.store[event_id]
+        for key in stale:
+            del self.store[key]
         return len(stale)

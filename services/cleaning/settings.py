@@ -28,7 +28,10 @@ class CleaningSettings(CommonSettings):
     cleaning_max_message_bytes: int = 256 * 1024
     """Raw messages larger than this are dead-lettered unread (reason too_large)."""
     cleaning_commit_interval_seconds: float = 1.0
-    """How often faust commits the offsets of handled messages (after flushing their outputs)."""
+    """How often faust commits the offsets of handled messages (those whose outputs Kafka acknowledged)."""
+    cleaning_session_timeout_seconds: float = 60.0
+    """The consumer group's session timeout (faust's default): after a crash the group waits this
+    long for the lost member before a restarted one is given its partitions."""
 
     def rule_book(self) -> RuleBook:
         if self.cleaning_rules_file is None:

@@ -136,7 +136,8 @@ class Anchorer(ConsumerRebalanceListener):
             return
         try:
             record = self.ports.codec.decode(message.value, reader="CleanEvent")
-            batch = self.batcher.add(tp.partition, message.offset, record["event_id"], record["content_hash"], now)
+            batch = self.batcher.add(tp.partition, message.offset, record["event_id"], record["content_hash"], now,
+                                     tenant=record["tenant"])
         except (CodecError, AnchoringError) as exc:
             await self.ports.letters.send(consumed, exc.reason, f"CleanEvent: {exc}")
             return

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from streamledger.core.merkle import MerkleTree
+from streamledger.core.scoped import scoped_id
 
 
 class AnchoringError(ValueError):
@@ -54,6 +55,7 @@ def check_topic(topic: str) -> None:
 
 @dataclass(frozen=True)
 class AnchoredRecord:
+    tenant: str
     event_id: str
     offset: int
     content_hash: bytes
@@ -82,9 +84,11 @@ class Batch:
         return MerkleTree([r.content_hash for r in self.records])
 
     def proofs(self, tree: MerkleTree) -> Iterator[dict]:
-        """One inclusion-proof document per record, keyed by event id, for MongoDB."""
+        """One inclusion-proof document per record, for MongoDB, keyed like its stored event:
+        `scoped_id(tenant, event_id)`, since event ids are unique only within a tenant."""
         for index, record in enumerate(self.records):
-            yield {"_id": record.event_id, "batch_id": self.batch_id, "topic": self.topic, "partition": self.partition,
+            yield {"_id": scoped_id(record.tenant, record.event_id), "tenant": record.tenant,
+                   "event_id": record.event_id, "batch_id": self.batch_id, "topic": self.topic, "partition": self.partition,
                    "index": index, "size": len(self.records),
                    "content_hash": record.content_hash.hex(), "offset": record.offset,
                    "siblings": [s.hex() for s in tree.proof(index)]}
@@ -119,8 +123,9 @@ class Batcher:
         self._open.pop(partition, None)
         self._planned.pop(partition, None)
 
-    def add(self, partition: int, offset: int, event_id: str, content_hash: str, now: float) -> Batch | None:
-        """Add a record; the partition's batch if this record filled it (or ended its plan)."""
+    def add(self, partition: int, offset: int, event_id: str, content_hash: str, now: float, *,
+            tenant: str) -> Batch | None:
+        """Add `tenant`'s record; the partition's batch if this record filled it (or ended its plan)."""
         try:
             digest = bytes.fromhex(content_hash)
         except ValueError:
@@ -131,7 +136,7 @@ class Batcher:
         batch = self._open.setdefault(partition, Batch(self.topic, partition, now))
         if batch.records and offset <= batch.records[-1].offset:
             raise AnchoringError(f"offset {offset} on partition {partition} is not after {batch.records[-1].offset}")
-        batch.records.append(AnchoredRecord(event_id, offset, digest))
+        batch.records.append(AnchoredRecord(tenant, event_id, offset, digest))
         plan = self._plan_of(partition, batch.first_offset)
         if plan is not None:
             if offset >= plan[1]:

@@ -50,6 +50,7 @@ from streamledger.avro import CodecError
 from streamledger.core.contract_errors import AlreadySettled, Forbidden, StaleReceipt
 from streamledger.core.receipts import InvalidReceipt, Receipt
 from streamledger.core.records import Consumed
+from streamledger.core.scoped import scoped_id
 from streamledger.core.settlement import (
     HoldTerms,
     SettlementClock,
@@ -163,7 +164,9 @@ class Settler(ConsumerRebalanceListener):
                 await self.ports.letters.send(consumed, "invalid_receipt",
                                               f"usage {record['request_id']!r}: {exc}; the record was not counted")
                 return
-        if not self.book.add(hold_id, message.offset, record["request_id"], record["units"]):
+        # Request ids are the client's own: counted once per (client, request id).
+        request = scoped_id(record["client"], record["request_id"])
+        if not self.book.add(hold_id, message.offset, request, record["units"]):
             DUPLICATES.inc()
             log.info("duplicate_usage", extra={"hold_id": hold_id, "request_id": record["request_id"],
                                                "offset": message.offset})

@@ -3,8 +3,10 @@
     anchor_plans      _id batch_id: topic, partition, first/last offset, count, merkle_root.
                       Written before AnchorBatch, so a restart re-forms exactly the batches
                       it may already have anchored (tx id and block go to ledger.anchors).
-    proofs            _id event_id: batch_id, index, size, content_hash, offset, siblings
-                      (hex), topic, partition: what `streamledger audit verify` checks.
+    proofs            _id scoped_id(tenant, event_id) (streamledger/core/scoped.py), as the
+                      stored event: tenant, event_id, batch_id, index, size, content_hash,
+                      offset, siblings (hex), topic, partition: what `streamledger audit
+                      verify` checks.
     settlement_plans  _id hold_id: receipt (units, sequence, signature; null: settle on the
                       one recorded on the ledger), units and price it pays, amount expected,
                       usage_units, usage_records, duplicates, partition, through_offset,

@@ -6,7 +6,10 @@
     plan.commit_offsets       # {TopicPartition-like key: next offset} to commit once written
 
 Each topic maps to one collection and one record type, and each record to the `_id` that
-makes its write idempotent: replaying a message replaces a document with itself.
+makes its write idempotent: replaying a message replaces a document with itself. Event ids
+and request ids are chosen by tenants and clients, so those `_id`s are scoped by their owner
+(`scoped_id(tenant, event_id)`, `scoped_id(client, request_id)`, streamledger/core/scoped.py):
+one tenant's event never replaces another's with the same id.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any, Hashable
 
 from streamledger.avro import AvroCodec, CodecError
 from streamledger.core.records import Consumed, dead_letter
+from streamledger.core.scoped import scoped_id
 
 SERVICE = "storage"
 
@@ -60,8 +64,9 @@ def _dead_letter_id(record: Mapping[str, Any]) -> str:
     return f"{record['service']}:{record['source_topic']}:{record.get('key') or ''}:{digest}"
 
 
-EVENTS = Route("CleanEvent", "events", lambda r: _field(r, "event_id"))
-PREDICTIONS = Route("Prediction", "predictions", lambda r: _field(r, "request_id"))
+EVENTS = Route("CleanEvent", "events", lambda r: scoped_id(_field(r, "tenant"), _field(r, "event_id")))
+# An unauthenticated request has no client (null): its id is scoped by the empty owner.
+PREDICTIONS = Route("Prediction", "predictions", lambda r: scoped_id(r.get("client"), _field(r, "request_id")))
 ANCHORS = Route("Anchor", "anchors", lambda r: _field(r, "batch_id"))
 MODELS = Route(
     "ModelSnapshot",

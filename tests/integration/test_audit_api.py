@@ -48,6 +48,7 @@ from services.storage.sink import MongoSink
 from streamledger.avro import AvroCodec, SchemaRegistry
 from streamledger.core.canonical import content_hash
 from streamledger.core.receipts import hold_id, sign_receipt
+from streamledger.core.scoped import scoped_id
 from streamledger.fabric import Committed
 from streamledger.ledger import LedgerClient
 from streamledger.settings import CommonSettings
@@ -61,6 +62,8 @@ EVENTS = 101  # an odd size: some levels of the tree carry an unpaired node up
 CLI = str(Path(sys.executable).with_name("streamledger"))
 CODEC = AvroCodec(SchemaRegistry.from_dir())
 TOKEN = "integration-auditor-" + uuid.uuid4().hex
+TENANT = "acme"
+"""Every record here is this tenant's: `audit verify` names it (event ids are per tenant)."""
 AUDITOR = identity("audit")
 """The audit service's own identity: the auditor role reads every account, hold and history."""
 
@@ -97,7 +100,7 @@ async def store_through_storage(db, topic: str, route: documents.Route, records:
 
 
 def clean_event(suffix: str, i: int) -> dict:
-    record = {"event_id": f"audit-{suffix}-{i}", "tenant": "acme", "source": "pos",
+    record = {"event_id": f"audit-{suffix}-{i}", "tenant": TENANT, "source": "pos",
               "ts": 1_767_000_000_000 + i * 1000,
               "features": {"amount": 12.5 * (i + 1), "country": "FR", "card_present": i % 2 == 0},
               "label": "fraud" if i % 5 == 0 else None, "raw_partition": 0, "raw_offset": 500 + i}
@@ -121,7 +124,8 @@ async def world(network, stack) -> AsyncIterator[World]:
         batcher = Batcher(topic, max_records=EVENTS)
         batch = None
         for offset, record in enumerate(records[:EVENTS], start=1000):
-            batch = batcher.add(0, offset, record["event_id"], record["content_hash"], now=time.monotonic())
+            batch = batcher.add(0, offset, record["event_id"], record["content_hash"], now=time.monotonic(),
+                                tenant=record["tenant"])
         assert batch is not None
         tree = batch.tree()
         async with LedgerClient.connect(identity("anchoring")) as anchoring:
@@ -140,9 +144,15 @@ async def world(network, stack) -> AsyncIterator[World]:
         await mongo.close()
 
 
-async def http_verify(world: World, event_id: str) -> httpx.Response:
+def stored_id(event_id: str) -> str:
+    """The `_id` of the record's events and proofs documents."""
+    return scoped_id(TENANT, event_id)
+
+
+async def http_verify(world: World, event_id: str, tenant: str | None = TENANT) -> httpx.Response:
     async with httpx.AsyncClient(timeout=60) as http:
-        return await http.get(f"{world.http}/v1/verify/{quote(event_id, safe='')}")
+        return await http.get(f"{world.http}/v1/verify/{quote(event_id, safe='')}",
+                              params={"tenant": tenant} if tenant is not None else {})
 
 
 async def verdicts(world: World) -> dict[str, dict]:
@@ -151,7 +161,8 @@ async def verdicts(world: World) -> dict[str, dict]:
     async with httpx.AsyncClient(timeout=60) as http:
         async def one(event_id: str) -> dict:
             async with limit:
-                response = await http.get(f"{world.http}/v1/verify/{quote(event_id, safe='')}")
+                response = await http.get(f"{world.http}/v1/verify/{quote(event_id, safe='')}",
+                                          params={"tenant": TENANT})
                 assert response.status_code == 200, response.text
                 return response.json()
         answers = await asyncio.gather(*(one(i) for i in world.ids))
@@ -197,7 +208,7 @@ async def test_every_anchored_record_verifies_over_http_with_the_chain_of_eviden
 
 async def test_every_anchored_record_verifies_over_grpc(world: World) -> None:
     for event_id in world.ids:
-        v = await grpc_call(world, "Verify", audit_pb2.VerifyRequest(event_id=event_id))
+        v = await grpc_call(world, "Verify", audit_pb2.VerifyRequest(tenant=TENANT, event_id=event_id))
         assert v.status == audit_pb2.Verification.VERIFIED, (event_id, v.detail)
         assert v.anchor.tx_id == world.committed.transaction_id
         assert v.anchor.block_number == world.committed.block_number
@@ -205,11 +216,11 @@ async def test_every_anchored_record_verifies_over_grpc(world: World) -> None:
 
 
 async def test_the_cli_verifies_in_process_and_through_the_api(world: World) -> None:
-    rc, answer = await cli_json(world, "verify", world.ids[0])
+    rc, answer = await cli_json(world, "verify", "--tenant", TENANT, world.ids[0])
     assert (rc, answer["status"], answer["anchor"]["block_number"]) == (0, "VERIFIED", world.committed.block_number)
-    rc, answer = await cli_json(world, "verify", world.ids[1], "--api", world.http)
+    rc, answer = await cli_json(world, "verify", "--tenant", TENANT, world.ids[1], "--api", world.http)
     assert (rc, answer["status"], answer["anchor"]["tx_id"]) == (0, "VERIFIED", world.committed.transaction_id)
-    readable = await cli(world, "verify", world.ids[2])
+    readable = await cli(world, "verify", "--tenant", TENANT, world.ids[2])
     assert readable.returncode == 0, readable.stderr
     assert readable.stdout.startswith("VERIFIED") and world.committed.transaction_id in readable.stdout
     assert "✓ = ledger root" in readable.stdout
@@ -219,52 +230,52 @@ async def test_the_cli_verifies_in_process_and_through_the_api(world: World) -> 
 
 async def test_editing_one_stored_record_makes_exactly_that_one_tampered(world: World) -> None:
     target = world.ids[7]
-    original = await world.db["events"].find_one({"_id": target})
-    await world.db["events"].update_one({"_id": target}, {"$set": {"features.amount": 999_999.0}})
+    original = await world.db["events"].find_one({"_id": stored_id(target)})
+    await world.db["events"].update_one({"_id": stored_id(target)}, {"$set": {"features.amount": 999_999.0}})
     try:
         answers = await verdicts(world)
         assert {i for i, a in answers.items() if a["status"] != "VERIFIED"} == {target}
         assert (answers[target]["status"], answers[target]["reason"]) == ("TAMPERED", "record_changed")
         assert answers[target]["record"]["features"]["amount"] == 999_999.0
-        v = await grpc_call(world, "Verify", audit_pb2.VerifyRequest(event_id=target))
+        v = await grpc_call(world, "Verify", audit_pb2.VerifyRequest(tenant=TENANT, event_id=target))
         assert (v.status, v.reason) == (audit_pb2.Verification.TAMPERED, "record_changed")
-        rc, answer = await cli_json(world, "verify", target)
+        rc, answer = await cli_json(world, "verify", "--tenant", TENANT, target)
         assert (rc, answer["status"]) == (1, "TAMPERED")
     finally:
-        await world.db["events"].replace_one({"_id": target}, original)
+        await world.db["events"].replace_one({"_id": stored_id(target)}, original)
     assert (await http_verify(world, target)).json()["status"] == "VERIFIED"
 
 
 async def test_an_altered_sibling_in_a_stored_proof_is_tampered(world: World) -> None:
     target = world.ids[12]
-    original = await world.db["proofs"].find_one({"_id": target})
+    original = await world.db["proofs"].find_one({"_id": stored_id(target)})
     sibling = original["siblings"][2]
     altered = ("f" if sibling[0] != "f" else "e") + sibling[1:]
-    await world.db["proofs"].update_one({"_id": target}, {"$set": {"siblings.2": altered}})
+    await world.db["proofs"].update_one({"_id": stored_id(target)}, {"$set": {"siblings.2": altered}})
     try:
         answer = (await http_verify(world, target)).json()
         assert (answer["status"], answer["reason"]) == ("TAMPERED", "proof_mismatch")
         assert answer["proof"]["siblings"][2] == altered
         assert answer["computed_root"] != answer["anchor"]["merkle_root"]
         assert (await http_verify(world, world.ids[13])).json()["status"] == "VERIFIED"
-        rc, answer = await cli_json(world, "verify", target, "--api", world.http)
+        rc, answer = await cli_json(world, "verify", "--tenant", TENANT, target, "--api", world.http)
         assert (rc, answer["reason"]) == (1, "proof_mismatch")
     finally:
-        await world.db["proofs"].replace_one({"_id": target}, original)
+        await world.db["proofs"].replace_one({"_id": stored_id(target)}, original)
     assert (await http_verify(world, target)).json()["status"] == "VERIFIED"
 
 
 async def test_a_deleted_record_is_deleted(world: World) -> None:
     target = world.ids[20]
-    original = await world.db["events"].find_one({"_id": target})
-    await world.db["events"].delete_one({"_id": target})
+    original = await world.db["events"].find_one({"_id": stored_id(target)})
+    await world.db["events"].delete_one({"_id": stored_id(target)})
     try:
         answer = (await http_verify(world, target)).json()
         assert answer["status"] == "DELETED" and answer["record"] is None
         assert answer["computed_root"] == answer["anchor"]["merkle_root"]  # its proof still shows it was anchored
-        v = await grpc_call(world, "Verify", audit_pb2.VerifyRequest(event_id=target))
+        v = await grpc_call(world, "Verify", audit_pb2.VerifyRequest(tenant=TENANT, event_id=target))
         assert v.status == audit_pb2.Verification.DELETED
-        rc, answer = await cli_json(world, "verify", target)
+        rc, answer = await cli_json(world, "verify", "--tenant", TENANT, target)
         assert (rc, answer["status"]) == (1, "DELETED")
     finally:
         await world.db["events"].insert_one(original)
@@ -273,24 +284,39 @@ async def test_a_deleted_record_is_deleted(world: World) -> None:
 async def test_unknown_pending_and_malformed_ids(world: World) -> None:
     unknown = f"never-{world.suffix}"
     assert (await http_verify(world, unknown)).json()["status"] == "UNKNOWN"
-    v = await grpc_call(world, "Verify", audit_pb2.VerifyRequest(event_id=unknown))
+    v = await grpc_call(world, "Verify", audit_pb2.VerifyRequest(tenant=TENANT, event_id=unknown))
     assert v.status == audit_pb2.Verification.UNKNOWN
-    rc, answer = await cli_json(world, "verify", unknown)
+    rc, answer = await cli_json(world, "verify", "--tenant", TENANT, unknown)
     assert (rc, answer["status"]) == (4, "UNKNOWN")
 
     pending = (await http_verify(world, world.pending_id)).json()
     assert pending["status"] == "NOT_ANCHORED_YET" and pending["recomputed_hash"] == pending["stored_hash"]
-    rc, _ = await cli_json(world, "verify", world.pending_id)
+    rc, _ = await cli_json(world, "verify", "--tenant", TENANT, world.pending_id)
     assert rc == 3
 
     for bad in ("", "x" * 300):
         response = await http_verify(world, bad)
         assert response.status_code == 400 and response.json()["field"] == "event_id", response.text
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await grpc_call(world, "Verify", audit_pb2.VerifyRequest(event_id="x" * 300))
+        await grpc_call(world, "Verify", audit_pb2.VerifyRequest(tenant=TENANT, event_id="x" * 300))
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "event_id" in refused.value.details()
-    rc, answer = await cli_json(world, "verify", " ")
+    rc, answer = await cli_json(world, "verify", "--tenant", TENANT, " ")
     assert (rc, answer["status"], answer["field"]) == (2, "INVALID_ARGUMENT", "event_id")
+
+
+async def test_verify_needs_the_tenant_and_another_tenants_id_is_unknown(world: World) -> None:
+    missing = await http_verify(world, world.ids[0], tenant=None)
+    assert missing.status_code == 400 and missing.json()["field"] == "tenant", missing.text
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await grpc_call(world, "Verify", audit_pb2.VerifyRequest(event_id=world.ids[0]))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and refused.value.details().startswith("tenant")
+    done = await cli(world, "verify", world.ids[0], "--json")
+    assert (done.returncode, json.loads(done.stdout)["field"]) == (2, "tenant")
+
+    other = (await http_verify(world, world.ids[0], tenant="globex")).json()
+    assert (other["status"], other["tenant"]) == ("UNKNOWN", "globex")
+    rc, answer = await cli_json(world, "verify", "--tenant", "globex", world.ids[0], "--api", world.http)
+    assert (rc, answer["status"]) == (4, "UNKNOWN")
 
 
 # -- the ledger out of reach --
@@ -300,7 +326,8 @@ async def test_a_ledger_on_a_closed_port_is_unreachable_never_verified(world: Wo
                            identity("audit", fabric_peer_endpoint="127.0.0.1:1"))
     async with cut_off:  # started and stopped as `serve audit` does
         async with httpx.AsyncClient(timeout=60) as http:
-            response = await http.get(f"http://127.0.0.1:{cut_off.http_port}/v1/verify/{world.ids[0]}")
+            response = await http.get(f"http://127.0.0.1:{cut_off.http_port}/v1/verify/{world.ids[0]}",
+                                      params={"tenant": TENANT})
             model = await http.get(f"http://127.0.0.1:{cut_off.http_port}/v1/models/any-model")
         assert response.status_code == 503 and response.headers["retry-after"]
         answer = response.json()
@@ -309,13 +336,14 @@ async def test_a_ledger_on_a_closed_port_is_unreachable_never_verified(world: Wo
         assert model.status_code == 503 and model.json()["status"] == "LEDGER_UNREACHABLE"
         async with grpc.aio.insecure_channel(f"127.0.0.1:{cut_off.grpc_port}") as channel:
             with pytest.raises(grpc.aio.AioRpcError) as unavailable:
-                await audit_pb2_grpc.AuditStub(channel).Verify(audit_pb2.VerifyRequest(event_id=world.ids[0]),
+                await audit_pb2_grpc.AuditStub(channel).Verify(audit_pb2.VerifyRequest(tenant=TENANT, event_id=world.ids[0]),
                                                                timeout=60)
         assert unavailable.value.code() == grpc.StatusCode.UNAVAILABLE
         assert unavailable.value.details().startswith("LEDGER_UNREACHABLE")
         partial = dict(unavailable.value.trailing_metadata())[REPORT_METADATA_KEY]
         assert audit_pb2.Verification.FromString(partial).status == audit_pb2.Verification.LEDGER_UNREACHABLE
-    rc, answer = await cli_json(world, "verify", world.ids[0], env={"STREAMLEDGER_FABRIC_PEER_ENDPOINT": "127.0.0.1:1"})
+    rc, answer = await cli_json(world, "verify", "--tenant", TENANT, world.ids[0],
+                                env={"STREAMLEDGER_FABRIC_PEER_ENDPOINT": "127.0.0.1:1"})
     assert (rc, answer["status"]) == (5, "LEDGER_UNREACHABLE")
 
 
@@ -417,7 +445,7 @@ async def test_a_configured_token_is_required_on_every_call(world: World) -> Non
     guarded = AuditService(AuditSettings(mongo_db=world.db_name, audit_http_port=0, audit_grpc_port=0,
                                          audit_token=TOKEN), AUDITOR)
     async with guarded:  # started and stopped as `serve audit` does
-        url = f"http://127.0.0.1:{guarded.http_port}/v1/verify/{world.ids[0]}"
+        url = f"http://127.0.0.1:{guarded.http_port}/v1/verify/{world.ids[0]}?tenant={TENANT}"
         async with httpx.AsyncClient(timeout=60) as http:
             assert (await http.get(url)).status_code == 401
             assert (await http.get(url, headers={"Authorization": "Bearer wrong"})).status_code == 401
@@ -426,12 +454,13 @@ async def test_a_configured_token_is_required_on_every_call(world: World) -> Non
         async with grpc.aio.insecure_channel(f"127.0.0.1:{guarded.grpc_port}") as channel:
             stub = audit_pb2_grpc.AuditStub(channel)
             with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await stub.Verify(audit_pb2.VerifyRequest(event_id=world.ids[0]), timeout=30)
+                await stub.Verify(audit_pb2.VerifyRequest(tenant=TENANT, event_id=world.ids[0]), timeout=30)
             assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
-            ok = await stub.Verify(audit_pb2.VerifyRequest(event_id=world.ids[0]), timeout=30,
+            ok = await stub.Verify(audit_pb2.VerifyRequest(tenant=TENANT, event_id=world.ids[0]), timeout=30,
                                    metadata=(("authorization", f"Bearer {TOKEN}"),))
             assert ok.status == audit_pb2.Verification.VERIFIED
-    rc, answer = await cli_json(world, "verify", world.ids[0], "--api", f"http://127.0.0.1:{guarded.http_port}")
+    rc, answer = await cli_json(world, "verify", "--tenant", TENANT, world.ids[0],
+                                "--api", f"http://127.0.0.1:{guarded.http_port}")
     assert (rc, answer["status"]) == (5, "API_UNREACHABLE")  # stopped now: said so, not a verdict
 
 
@@ -440,7 +469,7 @@ async def test_with_tls_settings_both_servers_answer_over_tls_only(world: World,
     served = AuditService(AuditSettings(mongo_db=world.db_name, audit_http_port=0, audit_grpc_port=0,
                                         audit_tls_cert=cert, audit_tls_key=key), AUDITOR)
     async with served:
-        path = f"/v1/verify/{world.ids[0]}"
+        path = f"/v1/verify/{world.ids[0]}?tenant={TENANT}"
         async with httpx.AsyncClient(base_url=f"https://127.0.0.1:{served.http_port}", timeout=60,
                                      verify=ssl.create_default_context(cafile=str(cert))) as https:
             assert (await https.get("/healthz")).status_code == 200
@@ -451,21 +480,23 @@ async def test_with_tls_settings_both_servers_answer_over_tls_only(world: World,
                 await http.get("/healthz")
         credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
         async with grpc.aio.secure_channel(f"127.0.0.1:{served.grpc_port}", credentials) as channel:
-            ok = await audit_pb2_grpc.AuditStub(channel).Verify(audit_pb2.VerifyRequest(event_id=world.ids[0]),
-                                                                 timeout=30)
+            ok = await audit_pb2_grpc.AuditStub(channel).Verify(
+                audit_pb2.VerifyRequest(tenant=TENANT, event_id=world.ids[0]), timeout=30)
             assert ok.status == audit_pb2.Verification.VERIFIED
         async with grpc.aio.insecure_channel(f"127.0.0.1:{served.grpc_port}") as channel:
             with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await audit_pb2_grpc.AuditStub(channel).Verify(audit_pb2.VerifyRequest(event_id=world.ids[0]),
-                                                               timeout=10)
+                await audit_pb2_grpc.AuditStub(channel).Verify(
+                    audit_pb2.VerifyRequest(tenant=TENANT, event_id=world.ids[0]), timeout=10)
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
         https_api = f"https://127.0.0.1:{served.http_port}"
-        rc, answer = await cli_json(world, "verify", world.ids[0], "--api", https_api,
+        rc, answer = await cli_json(world, "verify", "--tenant", TENANT, world.ids[0], "--api", https_api,
                                     env={"STREAMLEDGER_AUDIT_API_CA": str(cert)})
         assert (rc, answer["status"]) == (0, "VERIFIED")
-        rc, answer = await cli_json(world, "verify", world.ids[0], "--api", https_api)  # the system's CAs only
+        # The system's CAs only:
+        rc, answer = await cli_json(world, "verify", "--tenant", TENANT, world.ids[0], "--api", https_api)
         assert (rc, answer["status"]) == (5, "API_UNREACHABLE") and "CERTIFICATE_VERIFY_FAILED" in answer["error"]
-        rc, answer = await cli_json(world, "verify", world.ids[0], "--api", https_api, "--ca", str(tmp_path / "no.pem"))
+        rc, answer = await cli_json(world, "verify", "--tenant", TENANT, world.ids[0], "--api", https_api,
+                                    "--ca", str(tmp_path / "no.pem"))
         assert (rc, answer["status"]) == (2, "CONFIGURATION") and "STREAMLEDGER_AUDIT_API_CA" in answer["error"]
 
 

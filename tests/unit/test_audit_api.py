@@ -49,10 +49,10 @@ async def test_http_verify_answers_every_verdict_with_200(world) -> None:
     store, ledger, ids, slashed = world
     store.events[ids[1]]["label"] = "edited"
     async with client(store, ledger) as http:
-        ok = await http.get(f"/v1/verify/{ids[0]}")
-        tampered = await http.get(f"/v1/verify/{ids[1]}")
-        unknown = await http.get("/v1/verify/nope")
-        pending = await http.get(f"/v1/verify/{quote(slashed, safe='')}")
+        ok = await http.get(f"/v1/verify/{ids[0]}", params={"tenant": "acme"})
+        tampered = await http.get(f"/v1/verify/{ids[1]}", params={"tenant": "acme"})
+        unknown = await http.get("/v1/verify/nope", params={"tenant": "acme"})
+        pending = await http.get(f"/v1/verify/{quote(slashed, safe='')}", params={"tenant": "acme"})
     assert ok.status_code == tampered.status_code == unknown.status_code == pending.status_code == 200
     assert ok.json()["status"] == "VERIFIED" and ok.json()["anchor"]["block_number"] == 7
     assert (tampered.json()["status"], tampered.json()["reason"]) == ("TAMPERED", "record_changed")
@@ -63,11 +63,14 @@ async def test_http_verify_answers_every_verdict_with_200(world) -> None:
 async def test_http_malformed_questions_are_400_naming_the_field(world) -> None:
     store, ledger, *_ = world
     async with client(store, ledger) as http:
-        empty = await http.get("/v1/verify/")
-        long = await http.get(f"/v1/verify/{'x' * 300}")
+        empty = await http.get("/v1/verify/", params={"tenant": "acme"})
+        long = await http.get(f"/v1/verify/{'x' * 300}", params={"tenant": "acme"})
         version = await http.get("/v1/models/phishing-logreg", params={"version": "two"})
         model = await http.get("/v1/models/bad%20id")
-    for answer, field in ((empty, "event_id"), (long, "event_id"), (version, "version"), (model, "model_id")):
+        no_tenant = await http.get("/v1/verify/evt-1")
+    assert "required" in no_tenant.json()["error"]
+    for answer, field in ((empty, "event_id"), (long, "event_id"), (version, "version"), (model, "model_id"),
+                          (no_tenant, "tenant")):
         assert answer.status_code == 400, answer.text
         assert answer.json()["status"] == "INVALID_ARGUMENT" and answer.json()["field"] == field
 
@@ -76,7 +79,7 @@ async def test_http_unreachable_ledger_is_503_with_the_evidence_so_far(world) ->
     store, ledger, ids, _ = world
     ledger.down = True
     async with client(store, ledger) as http:
-        answer = await http.get(f"/v1/verify/{ids[0]}")
+        answer = await http.get(f"/v1/verify/{ids[0]}", params={"tenant": "acme"})
         model = await http.get("/v1/models/phishing-logreg")
         account = await http.get(f"/v1/accounts/{quote(ME, safe='')}")
     assert answer.status_code == 503 and answer.headers["retry-after"]
@@ -99,10 +102,10 @@ async def test_http_model_and_account(world) -> None:
 async def test_http_token_is_checked_on_every_call_when_configured(world) -> None:
     store, ledger, ids, _ = world
     async with client(store, ledger, TOKEN) as http:
-        missing = await http.get(f"/v1/verify/{ids[0]}")
-        wrong = await http.get(f"/v1/verify/{ids[0]}", headers={"Authorization": "Bearer nope"})
+        missing = await http.get(f"/v1/verify/{ids[0]}", params={"tenant": "acme"})
+        wrong = await http.get(f"/v1/verify/{ids[0]}", params={"tenant": "acme"}, headers={"Authorization": "Bearer nope"})
         metrics = await http.get("/metrics")
-        right = await http.get(f"/v1/verify/{ids[0]}", headers={"Authorization": f"Bearer {TOKEN}"})
+        right = await http.get(f"/v1/verify/{ids[0]}", params={"tenant": "acme"}, headers={"Authorization": f"Bearer {TOKEN}"})
         health = await http.get("/healthz")
     assert missing.status_code == wrong.status_code == metrics.status_code == 401
     assert right.status_code == 200 and right.json()["status"] == "VERIFIED"
@@ -139,15 +142,15 @@ class FakeContext:
 async def test_grpc_verify_model_account_mirror_the_json(world) -> None:
     store, ledger, ids, _ = world
     servicer = AuditServicer(Auditor(store, ledger), BearerToken(None))
-    v = await servicer.Verify(audit_pb2.VerifyRequest(event_id=ids[2]), FakeContext())
-    assert v.status == audit_pb2.Verification.VERIFIED and v.anchor.block_number == 7
+    v = await servicer.Verify(audit_pb2.VerifyRequest(tenant="acme", event_id=ids[2]), FakeContext())
+    assert v.status == audit_pb2.Verification.VERIFIED and v.anchor.block_number == 7 and v.tenant == "acme"
     assert v.record["event_id"] == ids[2] and v.proof["batch_id"] == v.anchor.batch_id
     assert v.computed_root == v.anchor.merkle_root and len(v.recomputed_hash) == 64
     m = await servicer.Model(audit_pb2.ModelRequest(model_id="phishing-logreg"), FakeContext())
     assert m.status == audit_pb2.ModelReport.MATCH and m.version == 1 and m.registered.block_number == 11
     a = await servicer.Account(audit_pb2.AccountRequest(account=ME), FakeContext())
     assert a.status == audit_pb2.AccountStatement.FOUND and a.balance == 10 and a.holds[0].role == "client"
-    unknown = await servicer.Verify(audit_pb2.VerifyRequest(event_id="nope"), FakeContext())
+    unknown = await servicer.Verify(audit_pb2.VerifyRequest(tenant="acme", event_id="nope"), FakeContext())
     assert unknown.status == audit_pb2.Verification.UNKNOWN and not unknown.HasField("record")
 
 
@@ -156,14 +159,19 @@ async def test_grpc_errors_and_the_partial_report(world) -> None:
     servicer = AuditServicer(Auditor(store, ledger), BearerToken(TOKEN))
     context = FakeContext()
     with pytest.raises(Aborted):
-        await servicer.Verify(audit_pb2.VerifyRequest(event_id=ids[0]), context)
+        await servicer.Verify(audit_pb2.VerifyRequest(tenant="acme", event_id=ids[0]), context)
     assert context.code is grpc.StatusCode.UNAUTHENTICATED
 
     authorized = (("authorization", f"Bearer {TOKEN}"),)
     context = FakeContext(authorized)
     with pytest.raises(Aborted):
-        await servicer.Verify(audit_pb2.VerifyRequest(event_id=""), context)
+        await servicer.Verify(audit_pb2.VerifyRequest(tenant="acme", event_id=""), context)
     assert context.code is grpc.StatusCode.INVALID_ARGUMENT and "event_id" in context.details
+
+    context = FakeContext(authorized)
+    with pytest.raises(Aborted):
+        await servicer.Verify(audit_pb2.VerifyRequest(event_id=ids[0]), context)  # no tenant
+    assert context.code is grpc.StatusCode.INVALID_ARGUMENT and context.details.startswith("tenant: is required")
 
     context = FakeContext(authorized)
     with pytest.raises(Aborted):
@@ -173,7 +181,7 @@ async def test_grpc_errors_and_the_partial_report(world) -> None:
     ledger.down = True
     context = FakeContext(authorized)
     with pytest.raises(Aborted):
-        await servicer.Verify(audit_pb2.VerifyRequest(event_id=ids[0]), context)
+        await servicer.Verify(audit_pb2.VerifyRequest(tenant="acme", event_id=ids[0]), context)
     assert context.code is grpc.StatusCode.UNAVAILABLE and context.details.startswith("LEDGER_UNREACHABLE")
     [(key, value)] = context.trailing
     partial = audit_pb2.Verification.FromString(value)

@@ -38,13 +38,23 @@ def recording(answer: dict, status: int = 200) -> tuple[httpx.Client, list[httpx
 
 def test_the_api_is_asked_with_encoded_paths_and_the_token() -> None:
     http, seen = recording({"status": "VERIFIED"})
-    assert ask_api(http, API + "/", "tok", "verify", {"event_id": "a/b c"})["status"] == "VERIFIED"
+    assert ask_api(http, API + "/", "tok", "verify", {"tenant": "acme co", "event_id": "a/b c"})["status"] == "VERIFIED"
     ask_api(http, API, None, "account", {"account": ME})
     ask_api(http, API, None, "model", {"model_id": "m1", "version": 3})
     ask_api(http, API, None, "model", {"model_id": "m1", "version": None})
-    assert seen[0].url.raw_path == b"/v1/verify/a%2Fb%20c" and seen[0].headers["authorization"] == "Bearer tok"
+    assert seen[0].url.raw_path == b"/v1/verify/a%2Fb%20c?tenant=acme+co" and seen[0].headers["authorization"] == "Bearer tok"
     assert seen[1].url.raw_path.startswith(b"/v1/accounts/Org1MSP%3A%3ACN%3DUser1") and "authorization" not in seen[1].headers
     assert seen[2].url.raw_path == b"/v1/models/m1?version=3" and seen[3].url.raw_path == b"/v1/models/m1"
+
+
+def test_verify_without_a_tenant_exits_2_naming_it(capsys) -> None:
+    http, seen = recording({"status": "VERIFIED"})
+    ask_api(http, API, None, "verify", {"tenant": None, "event_id": "x"})
+    assert seen[0].url.raw_path == b"/v1/verify/x"  # the API then answers INVALID_ARGUMENT naming the tenant
+
+    code = command.run_audit("verify", {"tenant": None, "event_id": "x"}, True, None, None, Console())
+    answer = json.loads(capsys.readouterr().out)
+    assert code == 2 and (answer["status"], answer["field"]) == ("INVALID_ARGUMENT", "tenant")
 
 
 def test_api_answers_that_are_not_audit_answers() -> None:

@@ -15,11 +15,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from services.audit.mongo_store import MongoEvidenceStore
 from services.audit.ports import InvalidArgument, LedgerUnreachable, StoreUnreachable
 from services.audit.verification import Reason, Status, check_event_id, judge, verify
 from services.ledger.anchoring import Batcher
 from streamledger.core.canonical import content_hash
 from streamledger.core.merkle import MerkleTree
+from streamledger.core.scoped import scoped_id
 
 TOPIC = "events.clean"
 
@@ -37,13 +39,13 @@ class FakeStore:
         if self.down:
             raise StoreUnreachable("fake store is down")
 
-    async def event(self, event_id: str) -> dict[str, Any] | None:
+    async def event(self, tenant: str, event_id: str) -> dict[str, Any] | None:
         self._check()
-        return copy.deepcopy(self.events.get(event_id))
+        return copy.deepcopy(_of_tenant(self.events.get(event_id), tenant))
 
-    async def proof(self, event_id: str) -> dict[str, Any] | None:
+    async def proof(self, tenant: str, event_id: str) -> dict[str, Any] | None:
         self._check()
-        return copy.deepcopy(self.proofs.get(event_id))
+        return copy.deepcopy(_of_tenant(self.proofs.get(event_id), tenant))
 
     async def snapshot(self, model_id: str, version: int | None) -> dict[str, Any] | None:
         self._check()
@@ -99,6 +101,11 @@ class FakeLedger:
         return self.histories.get(key, [])
 
 
+def _of_tenant(document: dict[str, Any] | None, tenant: str) -> dict[str, Any] | None:
+    """The fake keys documents by event id alone; a document of another tenant is not found."""
+    return document if document is not None and document.get("tenant") == tenant else None
+
+
 def clean_event(i: int, prefix: str = "evt") -> dict[str, Any]:
     """An `events` document as storage writes it (ts a UTC datetime), with its real content hash."""
     record = {"event_id": f"{prefix}-{i}", "tenant": "acme", "source": "pos",
@@ -106,7 +113,7 @@ def clean_event(i: int, prefix: str = "evt") -> dict[str, Any]:
               "features": {"amount": 10.5 + i, "country": "FR", "card_present": i % 2 == 0},
               "label": "fraud" if i % 3 == 0 else None, "raw_partition": 0, "raw_offset": 100 + i}
     record["content_hash"] = content_hash(record)
-    record["_id"] = record["event_id"]
+    record["_id"] = scoped_id(record["tenant"], record["event_id"])
     return record
 
 
@@ -118,11 +125,12 @@ def anchored_batch(store: FakeStore, ledger: FakeLedger, size: int, partition: i
     records = [clean_event(i, prefix) for i in range(size)]
     for offset, record in enumerate(records, start=first_offset):
         store.events[record["event_id"]] = record
-        batch = batcher.add(partition, offset, record["event_id"], record["content_hash"], now=0.0)
+        batch = batcher.add(partition, offset, record["event_id"], record["content_hash"], now=0.0,
+                            tenant=record["tenant"])
     assert batch is not None
     tree = batch.tree()
     for proof in batch.proofs(tree):
-        store.proofs[proof["_id"]] = {**proof, "topic": TOPIC, "partition": partition}
+        store.proofs[proof["event_id"]] = {**proof, "topic": TOPIC, "partition": partition}
     tx_id = f"tx-{batch.batch_id}"
     ledger.anchors[batch.batch_id] = {
         "batch_id": batch.batch_id, "merkle_root": tree.root.hex(), "count": size,
@@ -148,7 +156,7 @@ def ledger() -> FakeLedger:
 async def test_every_record_of_an_odd_sized_batch_verifies_with_the_whole_chain(store, ledger) -> None:
     ids = anchored_batch(store, ledger, 7)
     for event_id in ids:
-        v = await verify(store, ledger, event_id)
+        v = await verify(store, ledger, "acme", event_id)
         assert v.status is Status.VERIFIED, v.detail
         assert v.problems == [] and v.reason == ""
         record = store.events[event_id]
@@ -161,24 +169,24 @@ async def test_every_record_of_an_odd_sized_batch_verifies_with_the_whole_chain(
 
 async def test_a_single_record_batch_verifies(store, ledger) -> None:
     [only] = anchored_batch(store, ledger, 1)
-    v = await verify(store, ledger, only)
+    v = await verify(store, ledger, "acme", only)
     assert v.status is Status.VERIFIED and v.proof["siblings"] == []
 
 
 async def test_the_answer_is_plain_json(store, ledger) -> None:
     [event_id, *_] = anchored_batch(store, ledger, 3)
     store.events[event_id]["features"]["weird"] = float("nan")  # tampered into something JSON cannot carry
-    answer = (await verify(store, ledger, event_id)).as_dict()
+    answer = (await verify(store, ledger, "acme", event_id)).as_dict()
     text = json.dumps(answer, allow_nan=False)
     assert json.loads(text)["status"] == "TAMPERED"
-    assert set(answer) == {"event_id", "status", "reason", "detail", "problems", "record", "recomputed_hash",
+    assert set(answer) == {"tenant", "event_id", "status", "reason", "detail", "problems", "record", "recomputed_hash",
                            "stored_hash", "proof", "computed_root", "anchor"}
 
 
 async def test_a_block_the_peer_cannot_find_leaves_the_number_unset_but_the_root_still_decides(store, ledger) -> None:
     [event_id] = anchored_batch(store, ledger, 1)
     ledger.blocks.clear()
-    v = await verify(store, ledger, event_id)
+    v = await verify(store, ledger, "acme", event_id)
     assert v.status is Status.VERIFIED and v.anchor["block_number"] is None
     assert "block not found" in v.detail
 
@@ -188,7 +196,7 @@ async def test_a_block_the_peer_cannot_find_leaves_the_number_unset_but_the_root
 async def test_editing_one_record_makes_exactly_that_one_tampered(store, ledger) -> None:
     ids = anchored_batch(store, ledger, 10)
     store.events[ids[4]]["features"]["amount"] = 1_000_000.0
-    verdicts = {i: (await verify(store, ledger, i)) for i in ids}
+    verdicts = {i: (await verify(store, ledger, "acme", i)) for i in ids}
     assert [i for i, v in verdicts.items() if v.status is not Status.VERIFIED] == [ids[4]]
     v = verdicts[ids[4]]
     assert v.status is Status.TAMPERED and v.reason == Reason.RECORD_CHANGED
@@ -200,14 +208,14 @@ async def test_a_record_edited_with_its_hash_rewritten_is_still_caught(store, le
     record = store.events[ids[1]]
     record["label"] = "legit"
     record["content_hash"] = content_hash(record)
-    v = await verify(store, ledger, ids[1])
+    v = await verify(store, ledger, "acme", ids[1])
     assert (v.status, v.reason) == (Status.TAMPERED, Reason.RECORD_CHANGED)
 
 
 async def test_only_the_content_hash_field_edited(store, ledger) -> None:
     ids = anchored_batch(store, ledger, 4)
     store.events[ids[2]]["content_hash"] = "ab" * 32
-    v = await verify(store, ledger, ids[2])
+    v = await verify(store, ledger, "acme", ids[2])
     assert (v.status, v.reason) == (Status.TAMPERED, Reason.STORED_HASH_CHANGED)
     assert v.recomputed_hash == v.proof["content_hash"]  # the content itself is intact
 
@@ -215,7 +223,7 @@ async def test_only_the_content_hash_field_edited(store, ledger) -> None:
 async def test_a_field_changed_into_something_without_canonical_form(store, ledger) -> None:
     ids = anchored_batch(store, ledger, 3)
     store.events[ids[0]]["ts"] = "yesterday"
-    v = await verify(store, ledger, ids[0])
+    v = await verify(store, ledger, "acme", ids[0])
     assert (v.status, v.reason) == (Status.TAMPERED, Reason.RECORD_NOT_CANONICAL)
     assert "ts" in v.detail
 
@@ -224,10 +232,10 @@ async def test_an_altered_sibling_does_not_lead_to_the_ledgers_root(store, ledge
     ids = anchored_batch(store, ledger, 9)
     proof = store.proofs[ids[3]]
     proof["siblings"][1] = ("0" if proof["siblings"][1][0] != "0" else "1") + proof["siblings"][1][1:]
-    v = await verify(store, ledger, ids[3])
+    v = await verify(store, ledger, "acme", ids[3])
     assert (v.status, v.reason) == (Status.TAMPERED, Reason.PROOF_MISMATCH)
     assert v.computed_root != v.anchor["merkle_root"] and "root" in v.detail
-    assert (await verify(store, ledger, ids[2])).status is Status.VERIFIED  # its neighbour is untouched
+    assert (await verify(store, ledger, "acme", ids[2])).status is Status.VERIFIED  # its neighbour is untouched
 
 
 async def test_record_and_leaf_rewritten_together_fail_at_the_ledgers_root(store, ledger) -> None:
@@ -236,7 +244,7 @@ async def test_record_and_leaf_rewritten_together_fail_at_the_ledgers_root(store
     record["features"]["amount"] = 0.0
     record["content_hash"] = content_hash(record)
     store.proofs[ids[0]]["content_hash"] = record["content_hash"]
-    v = await verify(store, ledger, ids[0])
+    v = await verify(store, ledger, "acme", ids[0])
     assert (v.status, v.reason) == (Status.TAMPERED, Reason.PROOF_MISMATCH)
 
 
@@ -249,7 +257,7 @@ async def test_record_and_leaf_rewritten_together_fail_at_the_ledgers_root(store
 async def test_altered_proof_fields(store, ledger, edit) -> None:
     ids = anchored_batch(store, ledger, 6)
     edit(store.proofs[ids[1]])
-    v = await verify(store, ledger, ids[1])
+    v = await verify(store, ledger, "acme", ids[1])
     assert v.status is Status.TAMPERED
     assert v.reason in (Reason.PROOF_MISMATCH, Reason.PROOF_MALFORMED)
 
@@ -264,7 +272,7 @@ async def test_altered_proof_fields(store, ledger, edit) -> None:
 async def test_malformed_proof_documents_name_what_is_wrong(store, ledger, edit, names) -> None:
     ids = anchored_batch(store, ledger, 5)
     edit(store.proofs[ids[0]])
-    v = await verify(store, ledger, ids[0])
+    v = await verify(store, ledger, "acme", ids[0])
     assert (v.status, v.reason) == (Status.TAMPERED, Reason.PROOF_MALFORMED)
     assert names in v.detail
 
@@ -273,7 +281,7 @@ async def test_a_proof_with_an_impossible_batch_id_is_tampered_without_asking_th
     ids = anchored_batch(store, ledger, 2)
     store.proofs[ids[0]]["batch_id"] = "no spaces allowed"
     ledger.calls.clear()
-    v = await verify(store, ledger, ids[0])
+    v = await verify(store, ledger, "acme", ids[0])
     assert (v.status, v.reason) == (Status.TAMPERED, Reason.PROOF_MALFORMED)
     assert ledger.calls == []
 
@@ -281,7 +289,7 @@ async def test_a_proof_with_an_impossible_batch_id_is_tampered_without_asking_th
 async def test_another_records_proof_copied_over_is_caught(store, ledger) -> None:
     ids = anchored_batch(store, ledger, 4)
     store.proofs[ids[1]] = {**store.proofs[ids[2]], "_id": ids[1]}
-    v = await verify(store, ledger, ids[1])
+    v = await verify(store, ledger, "acme", ids[1])
     assert (v.status, v.reason) == (Status.TAMPERED, Reason.RECORD_CHANGED)
 
 
@@ -290,7 +298,7 @@ async def test_another_records_proof_copied_over_is_caught(store, ledger) -> Non
 async def test_a_deleted_record_with_its_proof_is_deleted_and_the_proof_still_checks(store, ledger) -> None:
     ids = anchored_batch(store, ledger, 3)
     del store.events[ids[1]]
-    v = await verify(store, ledger, ids[1])
+    v = await verify(store, ledger, "acme", ids[1])
     assert v.status is Status.DELETED and v.record is None
     assert v.computed_root == v.anchor["merkle_root"] and v.problems == []
     assert "gone" in v.detail and v.anchor["tx_id"] in v.detail
@@ -299,21 +307,21 @@ async def test_a_deleted_record_with_its_proof_is_deleted_and_the_proof_still_ch
 async def test_an_unknown_id_is_unknown_and_the_ledger_is_not_asked(store, ledger) -> None:
     anchored_batch(store, ledger, 2)
     ledger.calls.clear()
-    v = await verify(store, ledger, "never-seen")
+    v = await verify(store, ledger, "acme", "never-seen")
     assert v.status is Status.UNKNOWN and ledger.calls == []
 
 
 async def test_a_stored_record_without_proof_is_not_anchored_yet(store, ledger) -> None:
     record = clean_event(1, "pending")
     store.events[record["event_id"]] = record
-    v = await verify(store, ledger, record["event_id"])
+    v = await verify(store, ledger, "acme", record["event_id"])
     assert v.status is Status.NOT_ANCHORED_YET and v.recomputed_hash == record["content_hash"]
 
 
 async def test_a_proof_whose_batch_is_not_on_the_ledger_yet(store, ledger) -> None:
     ids = anchored_batch(store, ledger, 3)
     ledger.anchors.clear()
-    v = await verify(store, ledger, ids[0])
+    v = await verify(store, ledger, "acme", ids[0])
     assert v.status is Status.NOT_ANCHORED_YET and v.anchor is None and "not on the ledger" in v.detail
 
 
@@ -321,7 +329,7 @@ async def test_an_unanchored_record_whose_hash_field_was_edited_is_tampered(stor
     record = clean_event(1, "pending")
     record["content_hash"] = "00" * 32
     store.events[record["event_id"]] = record
-    v = await verify(store, ledger, record["event_id"])
+    v = await verify(store, ledger, "acme", record["event_id"])
     assert (v.status, v.reason) == (Status.TAMPERED, Reason.STORED_HASH_CHANGED)
 
 
@@ -332,11 +340,11 @@ async def test_an_unreachable_ledger_is_said_so_never_verified(store, ledger) ->
     store.events[ids[2]]["label"] = "changed"
     ledger.down = True
     for event_id in ids:
-        v = await verify(store, ledger, event_id)
+        v = await verify(store, ledger, "acme", event_id)
         assert v.status is Status.LEDGER_UNREACHABLE, v.status
         assert v.anchor is None and "could not be read" in v.detail
         assert v.recomputed_hash and v.computed_root  # the evidence gathered before the ledger
-    v = await verify(store, ledger, ids[2])
+    v = await verify(store, ledger, "acme", ids[2])
     assert v.reason == Reason.RECORD_CHANGED  # local checks still reported
 
 
@@ -344,12 +352,12 @@ async def test_a_deleted_record_with_the_ledger_down_is_unreachable_not_deleted(
     ids = anchored_batch(store, ledger, 2)
     del store.events[ids[0]]
     ledger.down = True
-    assert (await verify(store, ledger, ids[0])).status is Status.LEDGER_UNREACHABLE
+    assert (await verify(store, ledger, "acme", ids[0])).status is Status.LEDGER_UNREACHABLE
 
 
 async def test_an_unreachable_store(store, ledger) -> None:
     store.down = True
-    v = await verify(store, ledger, "evt-1")
+    v = await verify(store, ledger, "acme", "evt-1")
     assert v.status is Status.STORE_UNREACHABLE and "MongoDB" in v.detail
 
 
@@ -359,8 +367,42 @@ async def test_an_unreachable_store(store, ledger) -> None:
 ])
 async def test_malformed_event_ids_are_refused_by_name(store, ledger, bad, why) -> None:
     with pytest.raises(InvalidArgument) as refused:
-        await verify(store, ledger, bad)
+        await verify(store, ledger, "acme", bad)
     assert refused.value.field == "event_id" and why in str(refused.value)
+
+
+async def test_another_tenants_event_id_is_unknown(store, ledger) -> None:
+    ids = anchored_batch(store, ledger, 2)
+    v = await verify(store, ledger, "globex", ids[0])
+    assert v.status is Status.UNKNOWN and v.tenant == "globex" and "'globex'" in v.detail
+    assert (await verify(store, ledger, "acme", ids[0])).as_dict()["tenant"] == "acme"
+
+
+@pytest.mark.parametrize("bad, why", [(None, "required"), ("", "required"), ("  ", "empty"), ("t" * 257, "257"),
+                                      ("a\x00b", "NUL"), (7, "string")])
+async def test_a_missing_or_malformed_tenant_is_refused_by_name(store, ledger, bad, why) -> None:
+    [event_id] = anchored_batch(store, ledger, 1)
+    with pytest.raises(InvalidArgument) as refused:
+        await verify(store, ledger, bad, event_id)
+    assert refused.value.field == "tenant" and why in str(refused.value)
+
+
+async def test_the_mongo_store_reads_events_and_proofs_by_tenant_and_event_id() -> None:
+    class Collection:
+        def __init__(self, name: str, documents: list[dict[str, Any]]) -> None:
+            self.name, self.documents = name, {d["_id"]: d for d in documents}
+
+        async def find_one(self, query: dict[str, Any]) -> dict[str, Any] | None:
+            return self.documents.get(query["_id"])
+
+    ours, theirs = clean_event(1), {**clean_event(1), "tenant": "acme:evt"}
+    theirs["_id"] = scoped_id("acme:evt", theirs["event_id"])
+    db = {"events": Collection("events", [ours, theirs]), "proofs": Collection("proofs", []),
+          "models": Collection("models", [])}
+    store = MongoEvidenceStore(db)  # type: ignore[arg-type]
+    assert (await store.event("acme", "evt-1"))["tenant"] == "acme"
+    assert (await store.event("acme:evt", "evt-1"))["tenant"] == "acme:evt"
+    assert await store.event("acme:evt-1", "") is None and await store.proof("acme", "evt-1") is None
 
 
 def test_ids_that_ingestion_accepts_pass() -> None:
@@ -382,11 +424,11 @@ def test_any_leaf_verifies_and_any_flipped_bit_of_its_path_is_caught(size: int, 
     anchor = {"batch_id": "events.clean:0:0-9", "merkle_root": tree.root.hex(), "count": size,
               "first_offset": 0, "last_offset": 9, "tx_id": "t"}
     record = None  # the leaf alone is judged here: a missing record makes it DELETED, with the proof checked
-    assert judge("e", record, proof, anchor, None).problems == []
+    assert judge("acme", "e", record, proof, anchor, None).problems == []
     if siblings:
         depth = data.draw(st.integers(0, len(siblings) - 1))
         bit = data.draw(st.integers(0, 255))
         flipped = bytearray(bytes.fromhex(siblings[depth]))
         flipped[bit // 8] ^= 1 << (bit % 8)
         bad = {**proof, "siblings": [*siblings[:depth], flipped.hex(), *siblings[depth + 1:]]}
-        assert [p.reason for p in judge("e", record, bad, anchor, None).problems] == [Reason.PROOF_MISMATCH]
+        assert [p.reason for p in judge("acme", "e", record, bad, anchor, None).problems] == [Reason.PROOF_MISMATCH]

@@ -107,6 +107,15 @@ def test_duplicates_are_dropped_and_replays_are_emitted_again(cleaner: Cleaner) 
     assert cleaner.handle(message(value, offset=2)).kind == "duplicate"
 
 
+def test_the_same_event_id_from_another_tenant_is_not_a_duplicate(cleaner: Cleaner) -> None:
+    ours = CODEC.encode("RawEvent", raw_event())
+    theirs = CODEC.encode("RawEvent", {**raw_event(), "tenant": "globex"})
+    assert cleaner.handle(message(ours, offset=1)).kind == "clean"
+    other = cleaner.handle(message(theirs, offset=2))
+    assert other.kind == "clean" and CODEC.decode(other.value)["tenant"] == "globex"
+    assert cleaner.handle(message(theirs, offset=3)).kind == "duplicate"  # still a duplicate within globex
+
+
 def test_a_rejected_copy_does_not_shadow_a_valid_one(cleaner: Cleaner) -> None:
     assert cleaner.handle(message(CODEC.encode("RawEvent", raw_event(x=math.nan)), offset=1)).kind == "deadletter"
     assert cleaner.handle(message(CODEC.encode("RawEvent", raw_event(x=1.0)), offset=2)).kind == "clean"
@@ -117,7 +126,7 @@ def test_a_message_without_a_timestamp_is_dated_by_the_clock_for_dedup() -> None
     cleaner = Cleaner(CODEC, RuleBook(), window, clock_ms=lambda: NOW)
     value = CODEC.encode("RawEvent", raw_event())
     assert cleaner.handle(Consumed(("events.raw", 0), "events.raw", 0, 1, b"e1", value)).kind == "clean"
-    assert window.store["e1"] == [0, 1, NOW]
+    assert window.store["4:acme:e1"] == [0, 1, NOW]  # scoped_id("acme", "e1")
 
 
 def test_a_bug_in_the_handler_becomes_an_internal_error_dead_letter(cleaner: Cleaner, monkeypatch) -> None:

@@ -150,7 +150,7 @@ async def test_records_after_a_tombstone_or_garbage_in_one_fetch_are_all_anchore
 
     assert ledger.anchors == {f"{TOPIC}:0:0-3": (store.plans[f"{TOPIC}:0:0-3"], 3, 0, 3),
                               f"{TOPIC}:0:5-9": (store.plans[f"{TOPIC}:0:5-9"], 3, 5, 9)}
-    assert set(store.proofs) == {"e0", "e1", "e3", "e5", "e7", "e9"}
+    assert set(store.proofs) == {f"4:acme:e{i}" for i in (0, 1, 3, 5, 7, 9)}  # scoped_id("acme", event id)
     published = [CODEC.decode(v, reader="Anchor") for t, _, v in producer.sent if t == "anchors-unit"]
     assert sorted(a["batch_id"] for a in published) == sorted(ledger.anchors)
     letters = [CODEC.decode(v, reader="DeadLetter") for t, _, v in producer.sent if t == "dead-unit"]

@@ -135,9 +135,9 @@ def hold(hold_id: str, provider: str = OURS, *, expires_in: float = -10, window:
 
 
 def usage(offset: int, hold_id: str, *, request: str | None = None, units: int = 2,
-          receipt: Receipt | None = None) -> ConsumerRecord:
+          receipt: Receipt | None = None, client: str = "c") -> ConsumerRecord:
     value = CODEC.encode("UsageRecord", {
-        "hold_id": hold_id, "request_id": request or f"r{offset}", "client": "c", "model_id": "m",
+        "hold_id": hold_id, "request_id": request or f"r{offset}", "client": client, "model_id": "m",
         "model_version": 1, "units": units, "price": 3, "ts": 1_767_225_600_000,
         "receipt_units": receipt.units if receipt else 0, "receipt_sequence": receipt.sequence if receipt else 0,
         "receipt_signature": receipt.signature if receipt else ""})
@@ -200,6 +200,18 @@ async def test_a_due_hold_is_settled_once_on_the_latest_valid_receipt_not_on_the
     assert "is not signed by its client" in letters[3]["error"] and "not counted" in letters[3]["error"]
     assert consumer.committed == {TP: len(records)}  # settled: every record is accounted for
     assert store.plans == {}
+
+
+async def test_the_same_request_id_of_two_clients_is_counted_for_each() -> None:
+    ledger = Ledger({"h": hold("h", expires_in=3600)})
+    records = [usage(0, "h", request="r1"), usage(1, "h", request="r1", client="other"),
+               usage(2, "h", request="r1")]
+    settler, stop, _, _ = settler_of(ledger, Store(), [{TP: records}])
+
+    await asyncio.wait_for(settler.run(stop), timeout=10)
+
+    tally = settler.book.tallies["h"]
+    assert (tally.units, tally.records, tally.duplicates) == (4, 2, 1)
 
 
 async def test_a_restart_rebuilds_the_same_tally_from_the_replayed_records_and_settles_once() -> None:

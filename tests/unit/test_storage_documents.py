@@ -20,9 +20,9 @@ ROUTES = {
 TS = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
-def clean_event(event_id: str, x: float) -> bytes:
+def clean_event(event_id: str, x: float, tenant: str = "acme") -> bytes:
     return CODEC.encode("CleanEvent", {
-        "event_id": event_id, "tenant": "acme", "source": "unit", "ts": TS, "features": {"x": x},
+        "event_id": event_id, "tenant": tenant, "source": "unit", "ts": TS, "features": {"x": x},
         "label": None, "content_hash": "ab" * 32, "raw_partition": 0, "raw_offset": 1,
     })
 
@@ -31,16 +31,37 @@ def consumed(topic: str, offset: int, value: bytes | None, partition: int = 0) -
     return Consumed((topic, partition), topic, partition, offset, None, value)
 
 
-def test_events_are_keyed_by_event_id_and_the_last_copy_wins() -> None:
+def test_events_are_keyed_by_tenant_and_event_id_and_the_last_copy_wins() -> None:
     plan = plan_batch(
         [consumed("clean", 10, clean_event("e1", 1.0)), consumed("clean", 11, clean_event("e2", 2.0)),
          consumed("clean", 12, clean_event("e1", 3.0))],
         CODEC, ROUTES, now_ms=0,
     )
     events = plan.writes["events"]
-    assert set(events) == {"e1", "e2"} and plan.document_count == 2
-    assert events["e1"].document["features"] == {"x": 3.0} and events["e1"].document["_id"] == "e1"
+    assert set(events) == {"4:acme:e1", "4:acme:e2"} and plan.document_count == 2
+    assert events["4:acme:e1"].document["features"] == {"x": 3.0}
+    assert events["4:acme:e1"].document["_id"] == "4:acme:e1"
     assert plan.commit_offsets == {("clean", 0): 13}
+
+
+def test_two_tenants_with_the_same_event_id_keep_a_document_each() -> None:
+    plan = plan_batch([consumed("clean", 1, clean_event("e1", 1.0, tenant="acme")),
+                       consumed("clean", 2, clean_event("e1", 2.0, tenant="acme:e1")),
+                       consumed("clean", 3, clean_event("e1", 3.0, tenant="globex"))], CODEC, ROUTES, now_ms=0)
+    events = plan.writes["events"]
+    assert {i: w.document["features"]["x"] for i, w in events.items()} == {
+        "4:acme:e1": 1.0, "7:acme:e1:e1": 2.0, "6:globex:e1": 3.0}
+
+
+def test_predictions_are_keyed_by_client_and_request_id() -> None:
+    def prediction(client: str | None, answer: str) -> bytes:
+        return CODEC.encode("Prediction", {"request_id": "r1", "model_id": "m", "model_version": 1, "client": client,
+                                           "inputs": "[]", "outputs": answer, "latency_ms": 1.0, "ts": TS})
+
+    plan = plan_batch([consumed("pred", 1, prediction("alice", "1")), consumed("pred", 2, prediction("bob", "2")),
+                       consumed("pred", 3, prediction(None, "3"))], CODEC, ROUTES, now_ms=0)
+    assert {i: w.document["outputs"] for i, w in plan.writes["predictions"].items()} == {
+        "5:alice:r1": "1", "3:bob:r1": "2", "0::r1": "3"}
 
 
 def test_undecodable_messages_become_dead_letters_and_are_still_committed() -> None:

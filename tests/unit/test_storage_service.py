@@ -80,7 +80,7 @@ async def test_a_batch_is_written_then_dead_lettered_then_committed() -> None:
     log: list = []
     junk = Consumed(CLEAN, "clean", 0, 7, b"junk", b"\x00not avro")
     await service(log).store([clean_event(5), clean_event(6), junk])
-    assert log == [("write", {"events": ["e5", "e6"]}), ("send", "dead", "not_single_object"), ("flush",),
+    assert log == [("write", {"events": ["4:acme:e5", "4:acme:e6"]}), ("send", "dead", "not_single_object"), ("flush",),
                    ("commit", {CLEAN: 8})]
 
 
@@ -89,7 +89,7 @@ async def test_mongo_unavailable_is_retried_and_each_retry_counted() -> None:
     before = retries()
     await service(log, failures=2, attempts=3).store([clean_event(1)])
     assert retries() - before == 2
-    assert log == [("write", {"events": ["e1"]}), ("commit", {CLEAN: 2})]
+    assert log == [("write", {"events": ["4:acme:e1"]}), ("commit", {CLEAN: 2})]
 
 
 async def test_retries_are_bounded_and_nothing_is_committed_when_they_run_out() -> None:

@@ -103,6 +103,21 @@ async def test_nan_and_infinity_are_rejected_by_field(client) -> None:
     assert answer.json()["accepted"] == 0
 
 
+@pytest.mark.parametrize("content_type", ["application/json", "application/x-ndjson"])
+async def test_a_number_of_more_than_4300_digits_rejects_its_event_only(client, content_type) -> None:
+    # Python converts at most 4,300 digits (a ValueError, not a JSONDecodeError): once a 500 for all.
+    huge = "9" * 5000
+    events = ['{"event_id": "d1", "source": "s", "ts": 1, "features": {"a": 1.5}}',
+              f'{{"event_id": "d2", "source": "s", "ts": 1, "features": {{"big": {huge}}}}}',
+              f'{{"event_id": "d3", "source": "s", "ts": {huge}}}']
+    body = f"[{', '.join(events)}]" if content_type == "application/json" else "\n".join(events)
+    answer = await client.post("/v1/events", content=body, headers=ACME | {"Content-Type": content_type})
+    assert answer.status_code == 207, answer.text
+    assert answer.json()["event_ids"] == ["d1"]
+    assert [(r["index"], r["field"]) for r in answer.json()["rejected"]] == [(1, "features.big"), (2, "ts")]
+    assert "5000 digits" in answer.json()["rejected"][0]["error"]
+
+
 @pytest.mark.parametrize(
     ("headers", "why"),
     [({}, "missing API key"), ({"X-API-Key": "wrong"}, "unknown API key"),

@@ -17,6 +17,7 @@ from services.audit.ports import InvalidArgument
 from services.audit.settings import AuditSettings
 from streamledger import kafka
 from streamledger.avro import AvroCodec, SchemaRegistry
+from streamledger.core.scoped import scoped_id
 from streamledger.settings import LedgerSettings
 from tests.integration.pipeline import reference
 from tests.integration.pipeline.conftest import wait_until
@@ -25,6 +26,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.fabric, pytest.mark.timeout(6
 
 CODEC = AvroCodec(SchemaRegistry.from_dir())
 EVENTS = int(os.environ.get("AUDIT_PIPELINE_EVENTS", "10000"))  # fewer for a quick local run
+TENANT = "acme"
 
 
 async def verdicts(auditor, event_ids: list[str], concurrency: int = 4) -> dict[str, str]:
@@ -35,7 +37,7 @@ async def verdicts(auditor, event_ids: list[str], concurrency: int = 4) -> dict[
     async def worker() -> None:
         while queue:
             event_id = queue.pop()
-            results[event_id] = str((await auditor.verify(event_id)).status)
+            results[event_id] = str((await auditor.verify(TENANT, event_id)).status)
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return results
@@ -54,7 +56,7 @@ async def test_ten_thousand_events_verify_and_exactly_the_edited_one_is_tampered
     ids = []
     async with kafka.producer(bootstrap) as producer:
         for i in range(EVENTS):
-            raw, _ = reference.valid_event(i, tenant=f"t-{unique}")
+            raw, _ = reference.valid_event(i, tenant=TENANT)
             raw["event_id"] = f"{unique}-{i:05d}"
             ids.append(raw["event_id"])
             await producer.send(pipeline_env["STREAMLEDGER_CLEANING_RAW_TOPIC"], key=raw["event_id"].encode(),
@@ -71,7 +73,7 @@ async def test_ten_thousand_events_verify_and_exactly_the_edited_one_is_tampered
     audit = AuditSettings(mongo_db=mongo_db.name)
     async with open_auditor(audit, LedgerSettings()) as auditor:
         async def all_anchored() -> bool:  # proofs are written just before their AnchorBatch commits
-            return (await auditor.verify(ids[-1])).status == "VERIFIED"
+            return (await auditor.verify(TENANT, ids[-1])).status == "VERIFIED"
         await wait_until(all_anchored, 60, "the last batch on the ledger", ledger.tail)
 
         started = time.monotonic()
@@ -80,16 +82,18 @@ async def test_ten_thousand_events_verify_and_exactly_the_edited_one_is_tampered
         assert Counter(first.values()) == {"VERIFIED": EVENTS}
 
         edited, deleted = ids[EVENTS * 43 // 100], ids[EVENTS * 87 // 100]
-        changed = await mongo_db["events"].update_one({"_id": edited}, {"$set": {"features.x": 1.5}})
+        changed = await mongo_db["events"].update_one({"_id": scoped_id(TENANT, edited)},
+                                                      {"$set": {"features.x": 1.5}})
         assert changed.modified_count == 1
-        await mongo_db["events"].delete_one({"_id": deleted})
+        await mongo_db["events"].delete_one({"_id": scoped_id(TENANT, deleted)})
 
         second = await verdicts(auditor, ids)
         assert {i: s for i, s in second.items() if s != "VERIFIED"} == {edited: "TAMPERED", deleted: "DELETED"}
-        tampered = await auditor.verify(edited)
+        tampered = await auditor.verify(TENANT, edited)
         assert tampered.problems[0].reason == "record_changed"
         assert tampered.anchor["merkle_root"] == tampered.computed_root  # the proof itself still holds
 
-        assert (await auditor.verify(f"{unique}-no-such-event")).status == "UNKNOWN"
+        assert (await auditor.verify(TENANT, f"{unique}-no-such-event")).status == "UNKNOWN"
+        assert (await auditor.verify("another-tenant", ids[0])).status == "UNKNOWN"
         with pytest.raises(InvalidArgument, match="event_id"):
-            await auditor.verify("\x00bad")
+            await auditor.verify(TENANT, "\x00bad")

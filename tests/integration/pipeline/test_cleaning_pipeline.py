@@ -10,6 +10,7 @@ from aiokafka import AIOKafkaProducer
 
 from streamledger import kafka
 from streamledger.avro import AvroCodec, SchemaRegistry
+from streamledger.core.scoped import scoped_id
 from tests.integration.pipeline import reference
 from tests.integration.pipeline.conftest import create_topics, read_all, wait_until
 
@@ -73,7 +74,8 @@ async def test_valid_events_reach_mongo_and_bad_input_becomes_dead_letters(
     await wait_until(all_stored, 150, "every event and dead letter in MongoDB",
                      lambda: cleaning.tail() + "\n" + storage.tail())
 
-    stored = {doc["_id"]: doc async for doc in events.find({})}
+    stored = {doc["event_id"]: doc async for doc in events.find({})}
+    assert all(doc["_id"] == scoped_id(doc["tenant"], doc["event_id"]) for doc in stored.values())
     assert {i: d["content_hash"] for i, d in stored.items()} == expected_hash
     first = stored["ev-000001"]
     x = reference.valid_event(1)[0]["features"]["X"]

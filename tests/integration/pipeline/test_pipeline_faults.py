@@ -106,7 +106,8 @@ async def test_no_loss_through_kills_and_a_mongo_outage(bootstrap, mongo_db, pip
 
     await wait_until(complete, 180, f"{len(hashes)} events and {len(bad)} dead letters stored", logs)
 
-    stored = {doc["_id"]: doc["content_hash"] async for doc in events.find({}, {"content_hash": 1})}
+    stored = {doc["event_id"]: doc["content_hash"]
+              async for doc in events.find({}, {"event_id": 1, "content_hash": 1})}
     assert len(stored) == len(hashes)
     assert stored == hashes
     dead = {doc["source_offset"]: doc["reason"] async for doc in letters.find({}, {"source_offset": 1, "reason": 1})}

@@ -8,11 +8,13 @@ import pytest
 
 from streamledger import kafka
 from streamledger.avro import AvroCodec, SchemaRegistry
+from streamledger.core.scoped import scoped_id
 from tests.integration.pipeline.conftest import caught_up, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 CODEC = AvroCodec(SchemaRegistry.from_dir())
+E0, E1 = scoped_id("acme", "e0"), scoped_id("acme", "e1")  # storage's _id: events are keyed per tenant
 TS = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
@@ -67,7 +69,7 @@ async def test_sink_stores_every_topic_by_key_and_a_replay_changes_nothing(
         return await counts() == expected
 
     await wait_until(stored, 60, f"collections to hold {expected}", storage.tail)
-    assert (await mongo_db["events"].find_one({"_id": "e0"}))["features"] == {"x": 3.0}
+    assert (await mongo_db["events"].find_one({"_id": E0}))["features"] == {"x": 3.0}
     model = await mongo_db["models"].find_one({"_id": "m:2"})
     assert model["model_bytes"] == 100_000 and "model" not in model and model["metrics"] == {"mae": 0.5}
     letter = await mongo_db["deadletters"].find_one({})
@@ -79,9 +81,9 @@ async def test_sink_stores_every_topic_by_key_and_a_replay_changes_nothing(
     before = await documents(mongo_db, expected)
 
     # Damage the store behind the sink's back: one document changed, one deleted.
-    await mongo_db["events"].delete_one({"_id": "e1"})
-    await mongo_db["events"].insert_one({**before["events"]["e1"], "features": {"x": -1.0}})
-    await mongo_db["predictions"].delete_one({"_id": "r3"})
+    await mongo_db["events"].delete_one({"_id": E1})
+    await mongo_db["events"].insert_one({**before["events"][E1], "features": {"x": -1.0}})
+    await mongo_db["predictions"].delete_one({"_id": scoped_id(None, "r3")})
 
     # A new consumer group re-reads every topic from the start: upserts by key put back exactly
     # what the first run stored, and change nothing else.
@@ -100,7 +102,7 @@ async def test_sink_stores_every_topic_by_key_and_a_replay_changes_nothing(
     assert [{k: v for k, v in d.items() if k != "ts"} for d in again.pop("deadletters").values()] == \
            [{k: v for k, v in d.items() if k != "ts"} for d in before.pop("deadletters").values()]
     assert again == before
-    assert again["events"]["e1"]["features"] == {"x": 2.0} and again["events"]["e0"]["features"] == {"x": 3.0}
+    assert again["events"][E1]["features"] == {"x": 2.0} and again["events"][E0]["features"] == {"x": 3.0}
     assert replay.stop() == 0, replay.tail()
 
 
