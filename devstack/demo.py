@@ -268,9 +268,10 @@ async def run_demo(settings: CommonSettings, console: Console, seconds: float | 
 
     await smoke_round_trip(settings, console)
     api_key = secrets.token_urlsafe(24)
-    # The demo's inference caller is an anonymous local client, so inference runs in free mode.
+    # The demo's inference caller is an anonymous local client, so inference runs in free mode; the
+    # ledger runs, so it serves only the snapshots the ledger vouches for (learning registers them).
     group = ServiceGroup(env={"STREAMLEDGER_INGESTION_API_KEYS": json.dumps({TENANT: [hash_key(api_key)]}),
-                              "STREAMLEDGER_INFERENCE_MODE": "free"})
+                              "STREAMLEDGER_INFERENCE_MODE": "free", "STREAMLEDGER_INFERENCE_SNAPSHOT_LEDGER": "true"})
     console.print(f"starting services: {', '.join(names)} (logs in {group.log_dir}/service-*.log)")
     group.start(names)
     try:

@@ -8,6 +8,12 @@ the recorded value raises `SnapshotHashMismatch` and is never loaded. Even a mat
 snapshot is unpickled by `SafeUnpickler`, which resolves only the exact (module, name) pairs
 River models are made of, so a snapshot written by something else cannot run arbitrary code.
 
+The record's own hash catches corruption, not a writer who rewrites bytes and hash together.
+Whenever a ledger is configured, a snapshot is first vouched for by the ledger's model registry:
+`ledger_verdict` says whether `GetModel(model, version)` holds exactly its SHA-256, submitted by
+the model registrant (`streamledger.snapshot_vouching` asks the ledger; inference and learning
+call `unseal` only after it); otherwise `SnapshotNotVouched`, with its reason.
+
 Formats (the record's `format`, checked before unpickling; every format ever written stays
 readable):
 - "pickle/learner-state-v2" (written): the pickled `dict` of `OnlineModel.state()`; its "model"
