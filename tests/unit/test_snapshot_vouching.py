@@ -17,7 +17,6 @@ import datetime
 import hashlib
 import logging
 import time
-from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -163,7 +162,7 @@ def test_the_local_registrant_is_read_from_the_registry_identitys_certificate_al
                       x509.NameAttribute(NameOID.LOCALITY_NAME, "San Francisco"),
                       x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "client"),
                       x509.NameAttribute(NameOID.COMMON_NAME, "registry@org1.streamledger.local")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
             .sign(key, hashes.SHA256()))
@@ -214,11 +213,11 @@ async def test_inference_serves_a_vouched_snapshot_and_asks_nothing_without_a_le
 
 
 def test_snapshots_are_vouched_for_in_paid_mode_by_default_and_on_request_in_free_mode():
-    free = dict(kafka_bootstrap="127.0.0.1:1", inference_mode="free")
+    free = {"kafka_bootstrap": "127.0.0.1:1", "inference_mode": "free"}
     assert not InferenceSettings(**free).snapshots_vouched
     assert InferenceSettings(**free, inference_snapshot_ledger=True).snapshots_vouched
-    paid = dict(inference_mode="paid", inference_tls_cert="c.pem", inference_tls_key="k.pem",
-                inference_client_cas={"Org2MSP": "ca.pem"})
+    paid = {"inference_mode": "paid", "inference_tls_cert": "c.pem", "inference_tls_key": "k.pem",
+            "inference_client_cas": {"Org2MSP": "ca.pem"}}
     assert InferenceSettings(**paid).snapshots_vouched
     assert not InferenceSettings(**paid, inference_snapshot_ledger=False).snapshots_vouched
     with pytest.raises(ValidationError, match="inference_snapshot_registration_wait_seconds"):
