@@ -57,8 +57,9 @@ class SnapshotVouching:
         self.registrant = registrant
         self.wait = wait
 
-    async def check(self, model_id: str, version: int, sha256: str) -> None:
-        """Return if the ledger vouches for the snapshot; raise `SnapshotNotVouched` otherwise."""
+    async def check(self, model_id: str, version: int, sha256: str, wait: bool = True) -> None:
+        """Return if the ledger vouches for the snapshot; raise `SnapshotNotVouched` otherwise (at
+        once with `wait=False`: for a snapshot too old to be waiting for its registration)."""
         async def look_up() -> None:
             try:
                 registered = await self.reader.get_model(model_id, version)
@@ -69,7 +70,7 @@ class SnapshotVouching:
             if verdict is not None:
                 raise verdict
 
-        await retry(look_up, self.wait, is_transient=_may_yet_be_registered)
+        await retry(look_up, self.wait if wait else NO_RETRY, is_transient=_may_yet_be_registered)
 
 
 def _may_yet_be_registered(exc: BaseException) -> bool:

@@ -13,12 +13,17 @@ a snapshot is unpickled only once the ledger vouches for it (`streamledger.snaps
 registered with exactly its sha256 by the model registrant. The records of one fetch are
 looked up together, so a snapshot that waits for its registration to commit delays that fetch
 by at most the bounded wait, not by one wait per record; they are then loaded in offset order.
+Only a snapshot created in the last `RECENT_SECONDS` is waited for: an old one that was never
+registered (written before learning registered by default) is refused at once, so it cannot
+hold up start-up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import time
+from datetime import datetime
 from typing import Any
 
 from aiokafka.errors import KafkaError
@@ -40,6 +45,9 @@ log = get_logger("inference")
 LOADED = metrics.counter("inference", "snapshots_loaded", "Snapshots verified and served", ("model_id",))
 REFUSED = metrics.counter("inference", "snapshots_refused", "Snapshots refused", ("model_id", "reason"))
 SERVED_VERSION = metrics.gauge("inference", "model_version", "Latest version served", ("model_id",))
+RECENT_SECONDS = 300.0
+"""A snapshot created (its record's `created`, by this machine's clock) longer ago than this is not
+waited for: its registration, if any, committed long ago."""
 
 
 async def follow_snapshots(bootstrap: str, topic: str, codec: AvroCodec, shelf: ModelShelf,
@@ -85,7 +93,8 @@ async def vouched_for(vouching: SnapshotVouching | None, shelf: ModelShelf, reco
     if vouching is None or record["model_id"] not in shelf.declarations:
         return True
     try:
-        await vouching.check(record["model_id"], record["version"], record["sha256"])
+        recent = time.time() - _seconds(record["created"]) < RECENT_SECONDS
+        await vouching.check(record["model_id"], record["version"], record["sha256"], wait=recent)
     except SnapshotNotVouched as exc:
         refuse(record, exc.reason, str(exc))
         return False
@@ -115,3 +124,8 @@ def refuse(record: dict[str, Any], reason: str, error: str) -> None:
     REFUSED.labels(record["model_id"], reason).inc()
     log.error("snapshot_refused", extra={"model_id": record["model_id"], "version": record["version"],
                                          "reason": reason, "error": error})
+
+
+def _seconds(created: datetime | int) -> float:
+    """A ModelSnapshot's `created` in seconds since the epoch (Avro decodes timestamp-millis to a datetime)."""
+    return created.timestamp() if isinstance(created, datetime) else created / 1000

@@ -212,6 +212,17 @@ async def test_inference_serves_a_vouched_snapshot_and_asks_nothing_without_a_le
     assert registry.lookups == [("m", 4)]  # a model not declared here is not asked about
 
 
+async def test_inference_waits_for_the_registration_of_a_recent_snapshot_only():
+    registry, record = FakeRegistry(appears_after=2), snapshot()
+    registry.register("m", 1, record["sha256"])
+    vouching, shelf = SnapshotVouching(registry, REGISTRANT, wait_for(5.0)), ModelShelf(DECLARATIONS)
+    assert not await snapshot_feed.vouched_for(vouching, shelf, record)  # created long ago: refused at once
+    assert registry.lookups == [("m", 1)]
+    now = datetime.datetime.now(datetime.UTC)  # as the Avro codec decodes `created`
+    assert await snapshot_feed.vouched_for(vouching, shelf, dict(record, created=now))
+    assert registry.lookups == [("m", 1)] * 3
+
+
 def test_snapshots_are_vouched_for_in_paid_mode_by_default_and_on_request_in_free_mode():
     free = {"kafka_bootstrap": "127.0.0.1:1", "inference_mode": "free"}
     assert not InferenceSettings(**free).snapshots_vouched

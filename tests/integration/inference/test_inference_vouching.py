@@ -119,7 +119,7 @@ def test_only_snapshots_registered_by_the_registrant_are_served(network, stack, 
         assert not marker.exists()
 
         # Seen on Kafka before its registration commits: waited for, then served.
-        later = snapshot_record(ours, 2, train(models, ours, PHISHING[:400]))
+        later = dict(snapshot_record(ours, 2, train(models, ours, PHISHING[:400])), created=int(time.time() * 1000))
         publish(bootstrap, settings.inference_snapshot_topic, [later])
         register("registry", ours, 2, later["sha256"])
         wait_for(lambda: client.is_model_ready(ours, "2"), "the registered version 2", timeout=30)
