@@ -297,7 +297,7 @@ def main() -> None:
     from river import datasets
 
     from streamledger.settings import CommonSettings
-    from tests.integration.inference.support import publish, snapshot_record, train
+    from tests.integration.inference.support import publish, registered, snapshot_record, train
 
     bootstrap = CommonSettings().kafka_bootstrap
     run_id = uuid.uuid4().hex[:8]
@@ -307,7 +307,9 @@ def main() -> None:
     phishing = [({k: float(v) for k, v in x.items()}, y) for x, y in datasets.Phishing()]
     online = train(models_file, "phishing-logreg", phishing)
     topic = f"bench.snapshots.{run_id}"
-    publish(bootstrap, topic, [snapshot_record("phishing-logreg", 1, online)])
+    record = snapshot_record("phishing-logreg", 1, online)
+    # Paid mode serves only what the ledger vouches for: registered as the learning service would.
+    publish(bootstrap, topic, [record if args.free_only else registered(record)])
 
     names = sorted(phishing[0][0])
     batches = {n: [{k: x[k] for k in names} for x, _ in phishing[:n]] for n in (1, 64)}

@@ -56,6 +56,8 @@ class ModelView:
     """The version `sha256` belongs to (metrics may already count a newer one)."""
     events_seen: int | None = None
     snapshot_ts: float | None = None
+    seen: deque[tuple[int, str]] = field(default_factory=lambda: deque(maxlen=16))
+    """(version, sha256) of the recent snapshots on the topic, each checked against the ledger."""
 
 
 @dataclass
@@ -155,6 +157,8 @@ class Board:
             if model is None:
                 return
             version = int(record["version"])
+            if (version, record["sha256"]) not in model.seen:
+                model.seen.append((version, record["sha256"]))
             if model.snapshot_version is None or version >= model.snapshot_version:
                 # The newest snapshot's hash is what the ledger must hold; metrics may name a later version.
                 model.version = max(model.version or 0, version)
@@ -184,11 +188,12 @@ class Board:
 
     def ledger_lookups(self, now: float, limit: int = 16) -> list[Lookup]:
         """Ledger reads that would complete what the page shows: each model's current
-        snapshot, the hold of each usage record shown, each anchor shown."""
+        snapshot (and the recent ones seen), the hold of each usage record shown, each anchor shown."""
         return self.ledger.due(
             now,
-            models=[(m.model_id, m.snapshot_version) for m in self.models.values()
-                    if m.snapshot_version is not None and m.sha256],
+            models=[*((m.model_id, m.snapshot_version) for m in self.models.values()
+                      if m.snapshot_version is not None and m.sha256),
+                    *((m.model_id, version) for m in self.models.values() for version, _ in m.seen)],
             holds=[r["hold_id"] for r in self.usage],
             anchors=[a["batch_id"] for a in self.anchors],
             limit=limit)
@@ -241,6 +246,9 @@ class Board:
                 "snapshot_version": model.snapshot_version, "events_seen": model.events_seen,
                 "snapshot_ts": model.snapshot_ts,
                 "ledger": self.ledger.model_status(model.model_id, model.snapshot_version, model.sha256),
+                # Snapshots seen that the ledger does not vouch for: inference and learning refuse them.
+                "unvouched": sum(self.ledger.model_status(model.model_id, version, sha256)["status"]
+                                 in ("mismatch", "not_registered") for version, sha256 in model.seen),
                 "metric": metric, "latest": latest,
                 "series": [[pos, m[metric]] for pos, _, m in model.points if metric in m],
                 "drifts": list(model.drifts)}

@@ -19,6 +19,18 @@ class InferenceSettings(CommonSettings):
     inference_models_file: Path = DEFAULT_MODELS_FILE
     """The learning service's `[[model]]` declarations: the models served and their tasks."""
     inference_snapshot_topic: str = topics.SNAPSHOTS
+    inference_snapshot_ledger: bool | None = None
+    """Load a snapshot only if the ledger vouches for it (`GetModel` holds exactly its sha256, registered
+    by `inference_snapshot_registrant`), read as this service's identity `inference`. Default (None):
+    on in paid mode, which has the ledger anyway; off in free mode, which then warns at start that
+    snapshots are unverified. true in free mode where a ledger runs (the demo); false in paid mode
+    only for a test without Fabric."""
+    inference_snapshot_registrant: str = ""
+    """The ledger account (`<MSP id>::<certificate subject>`) whose registrations vouch for snapshots:
+    the learning service's identity; default: the local identity `registry` of `STREAMLEDGER_FABRIC_MSP_ID`."""
+    inference_snapshot_registration_wait_seconds: float = 10.0
+    """How long a snapshot not (yet) registered is looked up again before it is refused: the learning
+    service registers before it publishes, so this only covers a peer that has not committed it yet."""
     inference_versions_kept: int = 3
     """Recent snapshot versions kept per model, so a request may pin `model_version`."""
     inference_max_request_bytes: int = 16 * 1024 * 1024
@@ -79,10 +91,16 @@ class InferenceSettings(CommonSettings):
         for name in ("inference_credit_window_units", "inference_reserve_units"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1; got {getattr(self, name)}")
-        for name in ("inference_records_stop_seconds", "inference_receipt_check_seconds"):
+        for name in ("inference_records_stop_seconds", "inference_receipt_check_seconds",
+                     "inference_snapshot_registration_wait_seconds"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative; got {getattr(self, name)}")
         return self
+
+    @property
+    def snapshots_vouched(self) -> bool:
+        """Whether snapshots must be vouched for by the ledger (`inference_snapshot_ledger`, else paid mode)."""
+        return self.inference_mode == "paid" if self.inference_snapshot_ledger is None else self.inference_snapshot_ledger
 
     def topic_specs(self) -> list[kafka.TopicSpec]:
         """The topics this service reads and writes, as the topic table describes them."""

@@ -4,10 +4,13 @@
         Publisher (publisher.py) <-- dead letters, drifts; every N events or T seconds the
         snapshots (then the offsets are committed); models.metrics at a fixed cadence
 
-At start each model resumes from its newest verified snapshot (`snapshot_topic.resume`; with
-`STREAMLEDGER_LEARNING_LEDGER=true` only from snapshots registered on the ledger, where every
-new one is registered by the identity `registry`, which must hold the operator role) and the
-reader seeks each partition to the offsets those record. A dead reader stops the service
+At start each model resumes from its newest verified snapshot (`snapshot_topic.resume`: with a
+ledger, `STREAMLEDGER_LEARNING_LEDGER=true` by default, only from snapshots the ledger vouches for,
+registered with exactly their hash by this service's identity, `registry`, an operator, which
+registers every new one before publishing it) and the reader seeks each partition to the offsets
+those record. Without a ledger (`STREAMLEDGER_LEARNING_LEDGER=false`) it warns at start, and
+`streamledger_learning_snapshots_unverified` is 1: snapshots are then checked only against their
+own record's hash. A dead reader stops the service
 (`ChildDied`, exit 1), to be restarted from the last snapshot.
 """
 
@@ -37,6 +40,8 @@ from streamledger.settings import LedgerSettings
 log = get_logger("learning")
 EVENTS = metrics.counter("learning", "events", "Input records consumed")
 BATCH = metrics.seconds("learning", "batch", "Time to process one fetched batch")
+UNVERIFIED = metrics.gauge("learning", "snapshots_unverified",
+                           "1: no ledger vouches for snapshots (STREAMLEDGER_LEARNING_LEDGER=false)")
 IDENTITY = "registry"
 """The local ledger identity that registers snapshots (deploy/fabric/identities.yaml): an operator."""
 
@@ -45,7 +50,7 @@ class Learning(Loop):
     def __init__(self, settings: LearningSettings, ledger: LedgerSettings | None = None) -> None:
         super().__init__()
         self.settings = settings
-        self.ledger = ledger  # where the ledger is, when `learning_ledger` is set (default: LedgerSettings())
+        self.ledger = ledger  # where the ledger is, when `learning_ledger` is on (default: LedgerSettings())
         self.resources = AsyncExitStack()
 
     async def start(self) -> None:
@@ -74,14 +79,18 @@ class Learning(Loop):
 
     async def _registry(self) -> ModelRegistry | None:
         if not self.settings.learning_ledger:
-            log.warning("ledger_registration_disabled", extra={"why": "STREAMLEDGER_LEARNING_LEDGER is false"})
+            UNVERIFIED.set(1)
+            log.warning("snapshots_unverified", extra={
+                "why": "STREAMLEDGER_LEARNING_LEDGER is false: no ledger registers or vouches for snapshots",
+                "risk": "a snapshot rewritten with its own hash on the snapshots topic would be loaded at restart"})
             return None
+        UNVERIFIED.set(0)
         settings = self.ledger or LedgerSettings()
         ledger = await self.resources.enter_async_context(LedgerClient.connect(settings, service_identity=IDENTITY))
         me = await ledger.require_role("operator")  # registering models; MissingRole: the service cannot start
         log.info("ledger_connected", extra={"peer": settings.peer_endpoint(), "identity": ledger.identity,
                                             "account": me["Account"]})
-        return LedgerModelRegistry(ledger)
+        return LedgerModelRegistry(ledger, registrant=me["Account"])
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Learn until `stopping` is set, then write a last snapshot of every model that moved."""

@@ -223,6 +223,11 @@ class LearnerSet:
         tracked.last_snapshot_at = self.clock()
         tracked.snapshot_offsets = {(o["topic"], o["partition"]): o["offset"] for o in record["offsets"]}
 
+    def snapshot_registered(self, tracked: TrackedModel, record: dict[str, Any]) -> None:
+        """The ledger holds the record's version now: the next snapshot takes the next one, even if
+        this one never reaches Kafka (a version's hash never changes on the ledger)."""
+        tracked.version = record["version"]
+
     def snapshot_failed(self, tracked: TrackedModel, backoff_seconds: float) -> None:
         tracked.retry_at = self.clock() + backoff_seconds
 

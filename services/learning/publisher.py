@@ -1,5 +1,5 @@
 """Where the learner's outputs go: dead letters, metrics and snapshots to Kafka, snapshots to the
-ledger's model registry, and the group's offsets committed once snapshots are durable.
+ledger's model registry (before Kafka), and the group's offsets committed once snapshots are durable.
 
     publisher = Publisher(producer, committer, codec, settings, learners, registry)
     await publisher.publish(learners.handle_batch(batch))
@@ -55,7 +55,7 @@ class Publisher:
                                         value=self.codec.encode(output.record_name, output.record))
 
     async def write_snapshots(self, due: list[TrackedModel]) -> None:
-        """Write each due model's snapshot (registering it on the ledger), then commit the offsets."""
+        """Write each due model's snapshot (registering it on the ledger first), then commit the offsets."""
         for tracked in due:
             await self._write_snapshot(tracked)
         if due:
@@ -63,18 +63,22 @@ class Publisher:
 
     async def _write_snapshot(self, tracked: TrackedModel) -> None:
         snapshot = self.learners.snapshot(tracked)
+        record = snapshot.record
         await self.producer.flush()  # dead letters and drifts it moved past are durable first
+        if self.registry is not None:
+            # Registered first, published after: whoever reads it on Kafka finds it on the ledger.
+            # A registration that fails raises (the service stops and resumes from its last snapshot).
+            await self.registry.register(tracked.model_id, record["version"], record["sha256"])
+            self.learners.snapshot_registered(tracked, record)
         try:
             await (await self._send(snapshot))
         except KafkaError as exc:
             self.learners.snapshot_failed(tracked, self.retry_seconds)
             log.error("snapshot_failed", extra={"model_id": tracked.model_id, "error": repr(exc)})
             return
-        self.learners.snapshot_written(tracked, snapshot.record)
+        self.learners.snapshot_written(tracked, record)
         SNAPSHOTS.labels(tracked.model_id).inc()
-        log.info("snapshot_written", extra={k: snapshot.record[k] for k in ("model_id", "version", "sha256", "events_seen")})
-        if self.registry is not None:
-            await self.registry.register(tracked.model_id, snapshot.record["version"], snapshot.record["sha256"])
+        log.info("snapshot_written", extra={k: record[k] for k in ("model_id", "version", "sha256", "events_seen")})
 
     async def _commit(self) -> None:
         """Commit what every model's snapshot reflects, so the group's lag shows the learner's real position."""

@@ -25,10 +25,12 @@ class LearningSettings(CommonSettings):
     learning_metrics_every_seconds: float = 5.0
     learning_fetch_max_records: int = 2_000
     """Upper bound of one fetched batch, so snapshot and metrics cadences are checked often."""
-    learning_ledger: bool = False
-    """Register every snapshot's sha256 on the ledger and resume only from registered ones
-    (the ledger is reached with `LedgerSettings`, `STREAMLEDGER_FABRIC_*`, as the identity
-    `registry` unless they name another; it must hold the operator role)."""
+    learning_ledger: bool = True
+    """A ledger is configured (the default, and the local stack's): register every snapshot's sha256
+    on the ledger before publishing it, and resume only from snapshots the ledger vouches for
+    (reached with `LedgerSettings`, `STREAMLEDGER_FABRIC_*`, as the identity `registry` unless they
+    name another; it must hold the operator role). false: no ledger (a machine without Fabric, or a
+    test of learning alone); the service then warns at start that its snapshots are unverified."""
 
     def topic_specs(self) -> list[kafka.TopicSpec]:
         """The topics this service reads and writes, as the topic table describes them."""

@@ -12,31 +12,36 @@ from services.learning.learners import LearnerSet
 from services.learning.ledger_seam import ModelRegistry
 from streamledger import kafka, metrics
 from streamledger.avro import AvroCodec, CodecError
+from streamledger.core.snapshots import SnapshotNotVouched
 from streamledger.kafka import topics
 from streamledger.logging import get_logger
 
 log = get_logger("learning")
-REFUSED = metrics.counter("learning", "snapshots_refused", "Snapshots refused at start-up", ("reason",))
+REFUSED = metrics.counter("learning", "snapshots_refused", "Snapshots refused at start-up", ("model_id", "reason"))
 
 
 async def resume(learners: LearnerSet, bootstrap: str, topic: str, codec: AvroCodec,
                  registry: ModelRegistry | None) -> None:
-    """Load each model's newest snapshot that verifies (and, with a registry, is registered on the
-    ledger with exactly its hash); log and count every refused one."""
+    """Load each model's newest snapshot that verifies (and, with a registry, that the ledger vouches
+    for: registered with exactly its hash by this service's account); log and count every refused one."""
     found, undecodable = await read_snapshots(bootstrap, topic, codec)
     for error in undecodable:
-        REFUSED.labels(error.reason).inc()
+        REFUSED.labels("", error.reason).inc()
         log.error("snapshot_refused", extra={"reason": error.reason, "error": str(error)})
     for model_id in learners.models:
         candidates = found.get(model_id, [])
         if registry is not None:
-            registered = [s for s in candidates if await registry.is_registered(model_id, s["version"], s["sha256"])]
+            vouched = []
             for s in candidates:
-                if s not in registered:
-                    REFUSED.labels("not_registered").inc()
+                try:
+                    await registry.vouch(model_id, s["version"], s["sha256"])
+                except SnapshotNotVouched as exc:
+                    REFUSED.labels(model_id, exc.reason).inc()
                     log.error("snapshot_refused", extra={"model_id": model_id, "version": s["version"],
-                                                         "reason": "not_registered"})
-            candidates = registered
+                                                         "reason": exc.reason, "error": str(exc)})
+                    continue
+                vouched.append(s)
+            candidates = vouched
         version, refusals = learners.resume(model_id, candidates)
         if registry is not None:
             # The contract registers only the next version (latest + 1), so new snapshots are
@@ -46,7 +51,7 @@ async def resume(learners: LearnerSet, bootstrap: str, topic: str, codec: AvroCo
             tracked.version = max(tracked.version, await registry.latest_version(model_id))
         for refusal in refusals:
             reason = getattr(refusal.error, "reason", "declaration_changed")
-            REFUSED.labels(reason).inc()
+            REFUSED.labels(model_id, reason).inc()
             log.error("snapshot_refused", extra={"model_id": model_id, "version": refusal.version,
                                                  "reason": reason, "error": str(refusal.error)})
         tracked = learners.models[model_id]

@@ -8,6 +8,12 @@ the recorded value raises `SnapshotHashMismatch` and is never loaded. Even a mat
 snapshot is unpickled by `SafeUnpickler`, which resolves only the exact (module, name) pairs
 River models are made of, so a snapshot written by something else cannot run arbitrary code.
 
+The record's own hash catches corruption, not a writer who rewrites bytes and hash together.
+Whenever a ledger is configured, a snapshot is first vouched for by the ledger's model registry:
+`ledger_verdict` says whether `GetModel(model, version)` holds exactly its SHA-256, submitted by
+the model registrant (`streamledger.snapshot_vouching` asks the ledger; inference and learning
+call `unseal` only after it); otherwise `SnapshotNotVouched`, with its reason.
+
 Formats (the record's `format`, checked before unpickling; every format ever written stays
 readable):
 - "pickle/learner-state-v2" (written): the pickled `dict` of `OnlineModel.state()`; its "model"
@@ -54,7 +60,7 @@ import io
 import pickle
 import random
 import statistics
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import FunctionType, MethodType
 from typing import Any
@@ -136,6 +142,42 @@ class ForbiddenGlobal(SnapshotError):
     """The pickle names a global that is not one of the exact (module, name) pairs models are made of."""
 
     reason = "snapshot_forbidden_global"
+
+
+class SnapshotNotVouched(SnapshotError):
+    """The ledger's model registry does not vouch for the snapshot (checked before unpickling);
+    `reason` says why: one of `NOT_VOUCHED`."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+NOT_VOUCHED = {
+    "not_registered": "the ledger has no such version of the model",
+    "registered_with_another_hash": "the ledger registered this version with another SHA-256",
+    "registered_by_another_account": "this version was registered by another account than the expected registrant",
+    "ledger_unreachable": "the ledger could not be read",
+}
+"""Why a snapshot is refused by the ledger check: reason -> what it means."""
+
+
+def ledger_verdict(registered: Mapping[str, Any] | None, model_id: str, version: int, sha256: str,
+                   registrant: str) -> SnapshotNotVouched | None:
+    """None when `registered` (the contract's `GetModel(model_id, version)` record, or None if it has
+    none) holds exactly `sha256` and was submitted by `registrant`; otherwise why not."""
+    where = f"model {model_id!r} version {version}"
+    if registered is None:
+        return SnapshotNotVouched("not_registered", f"{where}: not registered on the ledger (GetModel found none)")
+    if str(registered.get("sha256", "")).lower() != sha256.lower():
+        return SnapshotNotVouched("registered_with_another_hash",
+                                  f"{where}: the ledger registered sha256 {registered.get('sha256')}, "
+                                  f"the snapshot's is {sha256}")
+    if registered.get("submitter") != registrant:
+        return SnapshotNotVouched("registered_by_another_account",
+                                  f"{where}: registered by {registered.get('submitter')!r}, "
+                                  f"not by the model registrant {registrant!r}")
+    return None
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,9 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 from cryptography.x509.oid import NameOID
 from fabric_protos.msp import identities_pb2
 
+# Go's pkix.Name.String() names these attributes so; cryptography's RFC 4514 output differs for two.
+_GO_NAMES = {NameOID.SERIAL_NUMBER: "SERIALNUMBER", NameOID.POSTAL_CODE: "POSTALCODE"}
+
 # Order of the P-256 group; S above half of it is "high".
 P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
@@ -36,6 +39,13 @@ class Identity:
     def serialized(self) -> bytes:
         """The `SerializedIdentity` every proposal and request carries as its creator."""
         return identities_pb2.SerializedIdentity(mspid=self.msp_id, id_bytes=self.certificate).SerializeToString()
+
+    @property
+    def account(self) -> str:
+        """The ledger account of this identity, `<MSP id>::<subject DN>`, as the contract names it
+        (Go's `pkix.Name.String()`, which RFC 4514 matches but for two attribute names)."""
+        subject = x509.load_pem_x509_certificate(self.certificate).subject
+        return f"{self.msp_id}::{subject.rfc4514_string(_GO_NAMES)}"
 
     @property
     def is_admin(self) -> bool:

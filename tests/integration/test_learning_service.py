@@ -99,7 +99,8 @@ def settings_for(bootstrap: str, names: dict, **overrides) -> LearningSettings:
                   learning_input_topics=[names["input"]], learning_snapshot_topic=names["snapshots"],
                   learning_metrics_topic=names["metrics"], learning_deadletter_topic=names["deadletter"],
                   learning_group_id=names["group"], learning_snapshot_every_events=500,
-                  learning_snapshot_every_seconds=1.0, learning_metrics_every_seconds=1.0)
+                  learning_snapshot_every_seconds=1.0, learning_metrics_every_seconds=1.0,
+                  learning_ledger=False)  # learning alone; with the ledger: tests/integration/test_ledger_seams.py
     values.update(overrides)
     return LearningSettings(**values)
 
@@ -215,6 +216,7 @@ def serve(names: dict, bootstrap: str, **overrides: str) -> subprocess.Popen:
                STREAMLEDGER_LEARNING_METRICS_TOPIC=names["metrics"],
                STREAMLEDGER_LEARNING_DEADLETTER_TOPIC=names["deadletter"],
                STREAMLEDGER_LEARNING_GROUP_ID=names["group"],
+               STREAMLEDGER_LEARNING_LEDGER="false",
                **overrides)
     return subprocess.Popen([str(REPO / ".venv/bin/streamledger"), "serve", "learning"], env=env, cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -34,7 +34,7 @@ from services.learning import app as learning_app
 from services.learning.ledger_seam import LedgerModelRegistry
 from services.learning.prequential import OnlineModel
 from streamledger.core import receipts
-from streamledger.core.snapshots import seal
+from streamledger.core.snapshots import SnapshotNotVouched, seal
 from streamledger.declarations import load_declarations
 from streamledger.fabric import EndorseError, RetryPolicy
 from streamledger.ledger import LedgerClient, MissingRole
@@ -154,7 +154,7 @@ async def test_an_unreachable_ledger_is_unavailable_not_a_refusal(network):
 # -- LedgerModelRegistry --
 
 async def test_the_registry_knows_exactly_the_registered_hash(registry_ledger, suffix):
-    registry = LedgerModelRegistry(registry_ledger)
+    registry = LedgerModelRegistry(registry_ledger, await account_of(registry_ledger))
     model_id = f"model-{suffix}"
     sha, other = hashlib.sha256(b"v1").hexdigest(), hashlib.sha256(b"forged").hexdigest()
     assert await registry.latest_version(model_id) == 0
@@ -168,6 +168,22 @@ async def test_the_registry_knows_exactly_the_registered_hash(registry_ledger, s
     assert await registry.latest_version(model_id) == 2
     with pytest.raises(EndorseError, match='CONFLICT: "version": the next version of model .* is 3, got 4'):
         await registry.register(model_id, 4, sha)  # versions only go up by one (issue 21, rule 6)
+
+
+async def test_the_registry_vouches_only_for_the_hash_registered_by_its_own_account(registry_ledger, suffix):
+    registry = LedgerModelRegistry(registry_ledger, await account_of(registry_ledger))
+    model_id, foreign = f"model-{suffix}", f"model-anchoring-{suffix}"
+    sha, other = hashlib.sha256(b"v1").hexdigest(), hashlib.sha256(b"forged").hexdigest()
+    await registry.register(model_id, 1, sha)
+    await registry.vouch(model_id, 1, sha)
+    async with LedgerClient.connect(identity("anchoring")) as anchoring:  # an operator too, not the registrant
+        await anchoring.register_model(foreign, 1, sha)
+    for model, version, digest, reason in [(model_id, 1, other, "registered_with_another_hash"),
+                                           (model_id, 2, sha, "not_registered"),
+                                           (foreign, 1, sha, "registered_by_another_account")]:
+        with pytest.raises(SnapshotNotVouched) as refused:
+            await registry.vouch(model, version, digest)
+        assert refused.value.reason == reason, (model, version)
 
 
 # -- learning with the ledger --
@@ -194,7 +210,7 @@ class LearningService:
 async def test_the_learner_registers_snapshots_and_resumes_only_registered_ones(network, bootstrap, ledger_names,
                                                                                 registry_ledger):
     names, model_id = ledger_names, ledger_names["model_id"]
-    registry = LedgerModelRegistry(registry_ledger)
+    registry = LedgerModelRegistry(registry_ledger, await account_of(registry_ledger))
     await produce(bootstrap, names["input"], encoded(PHISHING[:400]))
     service = LearningService(settings_for(bootstrap, names, learning_ledger=True, learning_snapshot_every_events=200,
                                            learning_snapshot_every_seconds=3600))

@@ -426,3 +426,21 @@ def test_an_event_missing_its_fields_is_refused_and_unknown_events_are_only_coun
         view.on_event(1.0, "HoldSettled", {"hold_id": "h1"}, "tx", 3)
     view.on_event(1.0, "SomethingNew", {"anything": 1}, "tx", 4)
     assert view.summary(1.0)["events"] == 2 and view.feed == deque()
+
+
+def test_a_snapshot_the_ledger_does_not_vouch_for_stays_counted_after_a_registered_one_replaces_it() -> None:
+    board = ledger_board()
+    board.on_record("snap", snapshot("m1", 1))
+    board.ledger.on_model(1.0, "m1", 1, {"model_id": "m1", "version": 1, "sha256": SHA, "tx_id": "tx-1"})
+    assert board.frame(1.0)["models"][0]["unvouched"] == 0
+    forged = "ef" * 32
+    board.on_record("snap", snapshot("m1", 2, sha256=forged))  # self-consistent on Kafka, not on the ledger
+    assert Lookup("model", ("m1", 2)) in board.ledger_lookups(1.0)
+    board.ledger.on_model(1.0, "m1", 2, None)
+    assert board.frame(1.0)["models"][0]["unvouched"] == 1
+    # The learner registers its own version 2 and publishes it: shown as registered, the forgery still counted.
+    board.ledger.on_event(2.0, "ModelRegistered", {"model_id": "m1", "version": 2, "sha256": "cd" * 32,
+                                                   "tx_id": "tx-2", "registered_at": "", "submitter": ADMIN}, "tx-2", 9)
+    board.on_record("snap", snapshot("m1", 2, sha256="cd" * 32))
+    model = board.frame(2.0)["models"][0]
+    assert model["ledger"]["status"] == "registered" and model["unvouched"] == 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib
 import io
 import itertools
 import operator
@@ -22,7 +23,9 @@ import numpy
 import numpy.lib.format
 import pytest
 import river.stream
+import river.stream.utils
 import scipy.io
+import scipy.io.wavfile
 from river import base, datasets
 
 import streamledger
@@ -88,12 +91,37 @@ def gadgets(tmp_path: Path, marker: Path) -> dict[str, tuple[bytes, bool]]:
         "subprocess.run": (snapshot(Call(subprocess.run, ["touch", str(marker)])), True),
         "subprocess.Popen": (snapshot(Call(subprocess.Popen, ["touch", str(marker)])), False),  # not waited for
         "raw opcodes: posix.system": (b"cposix\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR.", True),
+        "builtins.exec": (snapshot(Call(exec, f"import os; os.system('touch {marker}')")), True),
+        "builtins.__import__": (snapshot(Call(__import__, "os")), False),
+        "importlib.import_module": (snapshot(Call(importlib.import_module, "os")), False),
+        "pickle.loads": (snapshot(Call(pickle.loads, pickle.dumps(touch(marker)))), True),
+        "numpy.load": (snapshot(Call(numpy.load, str(npy), None, True)), False),  # a touch inside, unrun until used
+        "numpy.lib.format.write_array": (snapshot(Call(numpy.lib.format.write_array, Call(open, str(marker), "wb"),
+                                                       numpy.arange(2))), True),
+        "numpy.lib.format.open_memmap": (snapshot(Call(numpy.lib.format.open_memmap, str(marker), "w+", "f8", (2,))),
+                                         True),
+        "numpy.fromfile": (snapshot(Call(numpy.fromfile, str(npy))), False),
+        "scipy.io.savemat": (snapshot(Call(scipy.io.savemat, str(marker), {"x": 1}, False)), True),
+        "scipy.io.mmread": (snapshot(Call(scipy.io.mmread, str(tmp_path / "absent.mtx"))), False),
+        "scipy.io.wavfile.read": (snapshot(Call(scipy.io.wavfile.read, str(tmp_path / "absent.wav"))), False),
+        "river.stream.iter_arff": (snapshot(Call(river.stream.iter_arff, str(tmp_path / "absent.arff"))), False),
+        "river.stream.utils.open_filepath": (snapshot(Call(river.stream.utils.open_filepath,
+                                                           str(tmp_path / "absent.csv"), None)), False),
+        "river.stream.Cache": (snapshot(Call(river.stream.Cache, str(tmp_path / "cache"))), False),
+        "river.datasets.base.FileDataset": (snapshot(Call(datasets.base.FileDataset, "absent.csv", str(tmp_path))),
+                                            False),
+        "functools.partial(eval)": (snapshot(Call(functools.partial(eval, f"__import__('os').system('touch {marker}')"))),
+                                    True),
     }
 
 
 GADGETS = ["numpy.savetxt+numpy.load", "numpy.lib.format.read_array", "scipy.io.loadmat", "river.stream.iter_csv",
            "river.datasets.Phishing", "operator.attrgetter", "functools.partial(os.system)", "builtins.eval",
-           "builtins.getattr", "os.system", "subprocess.run", "subprocess.Popen", "raw opcodes: posix.system"]
+           "builtins.getattr", "os.system", "subprocess.run", "subprocess.Popen", "raw opcodes: posix.system",
+           "builtins.exec", "builtins.__import__", "importlib.import_module", "pickle.loads", "numpy.load",
+           "numpy.lib.format.write_array", "numpy.lib.format.open_memmap", "numpy.fromfile", "scipy.io.savemat",
+           "scipy.io.mmread", "scipy.io.wavfile.read", "river.stream.iter_arff", "river.stream.utils.open_filepath",
+           "river.stream.Cache", "river.datasets.base.FileDataset", "functools.partial(eval)"]
 
 
 @pytest.mark.parametrize("name", GADGETS)

@@ -79,6 +79,21 @@ def publish(bootstrap: str, topic: str, records: list[dict]) -> None:
     asyncio.run(send())
 
 
+def registered(record: dict, user: str = "registry") -> dict:
+    """`record` renumbered as the next version of its model on the ledger, registered there with its
+    sha256 by `user` (the learning service's identity, the model registrant, by default)."""
+    from streamledger.ledger import LedgerClient
+    from streamledger.settings import LedgerSettings
+
+    async def register() -> dict:
+        async with LedgerClient.connect(LedgerSettings(fabric_user=user)) as ledger:
+            latest = await ledger.get_model(record["model_id"], 0)
+            version = 1 if latest is None else int(latest["version"]) + 1
+            await ledger.register_model(record["model_id"], version, record["sha256"])
+            return dict(record, version=version)
+    return asyncio.run(register())
+
+
 async def serve_until(service: app.Inference, stop: asyncio.Event, started: Callable[[int], None]) -> None:
     """Run the inference service as `streamledger serve` does, `stop` standing for the signal;
     `started(port)` once it serves."""

@@ -54,6 +54,7 @@ from .support import (
     ServerThread,
     codec,
     publish,
+    registered,
     serve_until,
     snapshot_record,
     train,
@@ -122,8 +123,9 @@ def paid_settings(network, stack, bootstrap, unique, tmp_path) -> tuple[Inferenc
     server_cert, server_key, _ = server_ca.issue("localhost", server=True)
     topics = {"snapshots": f"test.snapshots.{unique}", "usage": f"test.usage.{unique}",
               "predictions": f"test.predictions.{unique}"}
+    # Paid mode serves only what the ledger vouches for: the snapshot is registered as `registry` does.
     publish(bootstrap, topics["snapshots"],
-            [snapshot_record("phishing-logreg", 1, train(models, "phishing-logreg", PHISHING[:300]))])
+            [registered(snapshot_record("phishing-logreg", 1, train(models, "phishing-logreg", PHISHING[:300])))])
     settings = InferenceSettings(
         kafka_bootstrap=bootstrap, inference_port=0, inference_host="localhost", inference_models_file=models,
         inference_snapshot_topic=topics["snapshots"], inference_predictions_topic=topics["predictions"],

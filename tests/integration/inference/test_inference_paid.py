@@ -152,6 +152,7 @@ def paid(stack, bootstrap, unique, models_file, tmp_path):  # noqa: F811
         kafka_bootstrap=bootstrap, inference_port=0, inference_host="localhost", inference_models_file=models_file,
         inference_snapshot_topic=topics["snapshots"], inference_predictions_topic=topics["predictions"],
         inference_usage_topic=topics["usage"], inference_mode="paid", inference_credit_window_units=WINDOW,
+        inference_snapshot_ledger=False,  # no ledger here (holds are faked): snapshots unverified, said at start
         inference_receipt_check_seconds=0,  # every receipt checked on its request's path: the usage records' are exact
         inference_tls_cert=server_cert, inference_tls_key=server_key,
         inference_client_cas={"Org1MSP": org1.cert_file, "Org2MSP": org2.cert_file},
