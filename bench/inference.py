@@ -1,6 +1,6 @@
 """Latency and throughput of the inference service, free and paid, next to two floors measured in the same run.
 
-    .venv/bin/python bench/inference.py [--seconds 2] [--sample 1.0] [--free-only]
+    .venv/bin/python bench/inference.py [--seconds 2] [--sample 1.0] [--free-only] [--quick]
 
 Needs the local stack (Kafka) and, for paid mode, the local Fabric network with the money
 contract. A phishing logistic regression is trained with the learning package's own code,
@@ -9,8 +9,10 @@ in two subprocesses: free mode, and paid mode (mutual TLS, acting as the `infere
 `CREDIT_WINDOW_UNITS` 10,000 so that 64 requests of 64 rows in flight fit, `RESERVE_UNITS` the
 default). For paid mode Org1's Admin mints credit to Org2's User8, which freezes one hold for the
 account `inference` acts for; every paid call carries the hold id and User8's latest receipt as
-metadata, and after each response the client signs the next receipt with User8's key (as
-`streamledger.client` does). For 1-row and 64-row requests at concurrency 1, 8 and 64 it prints
+metadata, and the client counts the rows of each answer and signs a receipt for all of them with
+User8's key once 10 rows came since the last one (`streamledger.client`'s default,
+`SIGN_EVERY_UNITS`: every 10th 1-row answer, every 64-row answer). The paid server checks each new
+receipt's signature in the background, in a worker thread (`RECEIPT_CHECK_SECONDS` the default). For 1-row and 64-row requests at concurrency 1, 8 and 64 it prints
 p50/p99 latency, requests/s and rows/s of:
   - river:     the same model's `predict_proba_one` called in-process (no gRPC at all);
   - echo:      a bare grpc.aio server in a subprocess answering each ModelInfer call with the
@@ -18,7 +20,7 @@ p50/p99 latency, requests/s and rows/s of:
   - free:      the service in free mode;
   - paid:      the service in paid mode (TLS, receipts checked, credit reserved on the ledger).
 The client is one grpc.aio process sending pre-serialized requests to every server, so
-client costs are the same for all (the paid client also signs a receipt after each answer).
+client costs are the same for all (the paid client also signs its receipts, between its calls, untimed).
 Each cell warms every connection up (not measured), then alternates short slices of load
 between the targets (the order rotates) until each has had `--seconds`: all see the same
 background load of a shared machine, and their ratios compare like with like. Rates are
@@ -120,11 +122,12 @@ class Target:
 
 
 class PaidCalls:
-    """A paying client's side: every call carries the hold and the latest receipt; every answer is
-    signed for (`streamledger.client.ReceiptBook`, as `PaidInferenceClient` does)."""
+    """A paying client's side: every call carries the hold and the latest receipt; the answers are
+    signed for every `SIGN_EVERY_UNITS` rows (`streamledger.client.ReceiptBook`, as `PaidInferenceClient` does)."""
 
     def __init__(self, book) -> None:
         self.book = book
+        self.answers = 0
         self.refused: dict[str, int] = {}
         """Refusals by status and the start of their message (hold id and numbers as N)."""
 
@@ -134,6 +137,7 @@ class PaidCalls:
         book, hold = self.book, (HOLD_METADATA, self.book.hold_id)
 
         def sign() -> None:
+            self.answers += 1
             book.received(rows)
 
         async def paid(payload: bytes) -> Callable[[], None] | None:
@@ -288,11 +292,15 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=0.25, help="unmeasured load per cell and target")
     parser.add_argument("--sample", type=float, default=1.0, help="share of requests written to the predictions topic")
     parser.add_argument("--free-only", action="store_true", help="no paid mode (no Fabric network needed)")
+    parser.add_argument("--quick", action="store_true", help="1 s per cell and target in 0.25 s slices (a noisier, "
+                                                             "shorter run)")
     parser.add_argument("--echo-server", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.echo_server:
         asyncio.run(echo_server(args.echo_server))
         return
+    if args.quick:
+        args.seconds, args.slice = 1.0, 0.25
 
     from river import datasets
 
@@ -376,7 +384,8 @@ def main() -> None:
             total = reservations(metrics_port)
             refused = sum(paying.refused.values())
             print(f"paid: {total:.0f} reservations for {requests['paid']} requests "
-                  f"({total * 1000 / max(requests['paid'], 1):.2f} per 1,000); receipts signed {paying.book.sequence}; "
+                  f"({total * 1000 / max(requests['paid'], 1):.2f} per 1,000); receipts signed {paying.book.sequence} for "
+                  f"{paying.answers} answers; "
                   f"refused {refused}" + "".join(f"\n  {count} x {why}" for why, count in paying.refused.items()))
     finally:
         for server in servers:
@@ -393,7 +402,7 @@ def main() -> None:
                       f"for {requests[name]} requests (sample {args.sample:g})")
         if paying:
             print(f"paid: {asyncio.run(records_on(bootstrap, topics[3]))} usage records for "
-                  f"{paying.book.sequence} paid answers")
+                  f"{paying.answers} paid answers")
         asyncio.run(delete_topics(bootstrap, topics))
 
 
