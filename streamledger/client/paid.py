@@ -24,7 +24,9 @@ What it does, step by step:
 The server serves a hold only up to the client's latest receipt plus its credit window, so a
 client may be told to send a newer receipt (rows received and not signed for yet, or earlier
 answers still on their way when it sends several requests at once): `infer` then signs for every
-row received and sends the request once more if its receipt has advanced. Any other refusal is tritonclient's `InferenceServerException`, naming what is wrong.
+row received and sends the request once more if its receipt has advanced. A hold frozen moments ago that the server does not find yet (it reads another peer, which may
+lag) is asked for again for up to `FRESH_HOLD_SECONDS`. Any other refusal is tritonclient's
+`InferenceServerException`, naming what is wrong.
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ from streamledger.settings import LedgerSettings
 
 EXPIRY_MARGIN_SECONDS = 5.0
 """With `refreeze`, a hold this close to its expiry is replaced before a request."""
+FRESH_HOLD_SECONDS = 10.0
+"""A hold this client froze this recently that the server does not find yet is asked for again: the
+server reads another peer than the one the client froze through, which may not have its block yet."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,8 @@ class PaidInferenceClient:
         """The tritonclient underneath: metadata, readiness, everything but paid `infer`."""
         self.terms: HoldTerms | None = None
         self.receipts: ReceiptBook | None = None
+        self._frozen_at = float("-inf")
+        """When (monotonic) the current hold was frozen here."""
         self._expires_in, self._window = 3600.0, 0
         """How long, and with which settlement window, the last `freeze` froze (repeated by `refreeze`)."""
 
@@ -99,6 +106,7 @@ class PaidInferenceClient:
                                         settlement_window_seconds))
         self._expires_in, self._window = expires_in, settlement_window_seconds
         self.terms = HoldTerms(hold["hold_id"], provider, amount, price_per_unit, float(hold["expires_at"]))
+        self._frozen_at = time.monotonic()
         self.receipts = ReceiptBook(self.signer.sign, hold["hold_id"], every_units=self.sign_every_units)
         return hold["hold_id"]
 
@@ -106,6 +114,7 @@ class PaidInferenceClient:
         """Pay from a hold frozen elsewhere; `units` and `sequence`: the last receipt signed on it, if any."""
         self.terms = HoldTerms(hold_id)
         self.receipts = ReceiptBook(self.signer.sign, hold_id, units, sequence, every_units=self.sign_every_units)
+        self._frozen_at = float("-inf")
 
     @property
     def hold_id(self) -> str | None:
@@ -143,6 +152,17 @@ class PaidInferenceClient:
         return result
 
     def _call(self, model_name: str, inputs: list[triton.InferInput], headers: dict[str, str],
+              kwargs: dict[str, Any]) -> triton.InferResult:
+        """One paid call; sent again while the server does not find the hold this client just froze."""
+        while True:
+            try:
+                return self._send(model_name, inputs, headers, kwargs)
+            except InferenceServerException as exc:
+                if not (_not_found(exc) and time.monotonic() < self._frozen_at + FRESH_HOLD_SECONDS):
+                    raise
+            time.sleep(0.2)
+
+    def _send(self, model_name: str, inputs: list[triton.InferInput], headers: dict[str, str],
               kwargs: dict[str, Any]) -> triton.InferResult:
         paid = dict(headers)
         paid[HOLD_METADATA] = self.receipts.hold_id
@@ -196,6 +216,10 @@ def _rows_of(result: triton.InferResult) -> int:
 def _about_the_receipt(exc: InferenceServerException) -> bool:
     return exc.status() in ("StatusCode.RESOURCE_EXHAUSTED", "StatusCode.INVALID_ARGUMENT") \
         and "receipt" in (exc.message() or "")
+
+
+def _not_found(exc: InferenceServerException) -> bool:
+    return exc.status() == "StatusCode.PERMISSION_DENIED" and "does not exist on the ledger" in (exc.message() or "")
 
 
 def _used_up(exc: InferenceServerException) -> bool:

@@ -162,6 +162,24 @@ def test_with_refreeze_a_hold_that_would_not_pay_for_the_next_rows_is_replaced(c
     assert [c[HOLD_METADATA] for c in client.triton.calls[3:]] == ["hold-2", "hold-3"]
 
 
+def test_a_hold_just_frozen_that_the_server_does_not_find_yet_is_asked_for_again(client, monkeypatch):
+    async def freeze(nonce, provider, amount, price, expires_at, window):
+        return {"hold_id": "fresh", "expires_at": expires_at}
+    monkeypatch.setattr(client, "_freeze", freeze)
+    monkeypatch.setattr("streamledger.client.paid.time.sleep", lambda _s: None)
+    missing = InferenceServerException("hold 'fresh' does not exist on the ledger",
+                                       status="StatusCode.PERMISSION_DENIED")
+    client.freeze(provider="Org1MSP::CN=p", amount=20, price_per_unit=1)
+    client.triton.refusals = [missing, missing]  # the server's peer has not the block yet
+    client.infer("m", inputs(1))
+    assert len(client.triton.calls) == 3
+
+    client.use_hold("elsewhere")  # not frozen here (nor just now): the refusal stands
+    client.triton.refusals = [missing]
+    with pytest.raises(InferenceServerException, match="does not exist"):
+        client.infer("m", inputs(1))
+
+
 def test_without_a_hold_there_is_nothing_to_pay_from(client):
     with pytest.raises(RuntimeError, match="call freeze"):
         client.infer("m", inputs(1))
