@@ -26,7 +26,8 @@ between the targets (the order rotates) until each has had `--seconds`: all see 
 background load of a shared machine, and their ratios compare like with like. Rates are
 requests (rows) over the wall time the measured slices took, from their first request sent to
 their last answer. Per cell it prints the reservation (Authorize) transactions the paid server
-made per 1,000 paid requests, read from its `/metrics`. At the end it counts the records on
+made per 1,000 paid requests, read from its `/metrics`, and the CPU time each server (with its
+record writer) spent per request, read from /proc (steadier than latency on a busy machine). At the end it counts the records on
 the run's predictions topics against the requests sent (a record dropped because a server's
 buffer was full shows there) and the usage records against the paid requests. Asserts nothing.
 
@@ -250,6 +251,21 @@ def reservations(metrics_port: int) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and of its children (the record writer), from /proc: the
+    server's cost, however busy the shared machine is (latency percentiles are not)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # state, ppid, ..., utime (12th), stime (13th)
+        except (OSError, IndexError):
+            continue
+        if stat.parent.name == str(pid) or fields[1] == str(pid):
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def paid_setup(folder: Path, env: dict[str, str]) -> tuple[dict[str, str], PaidCalls, grpc.ChannelCredentials]:
     """Credit frozen by Org2's User8 for the account `inference` acts for, the paid server's
     environment (mutual TLS with a fresh server certificate, Org2's CA for clients), and the paying
@@ -343,6 +359,7 @@ def main() -> None:
                                         cwd=REPO))
         targets["paid"] = Target(ports["paid"], credentials, paying)
         topics += [paid_env["STREAMLEDGER_INFERENCE_PREDICTIONS_TOPIC"], paid_env["STREAMLEDGER_INFERENCE_USAGE_TOPIC"]]
+    server_pids = {"free": servers[0].pid, **({"paid": servers[2].pid} if paying else {})}
     requests = {name: 0 for name in targets}
     try:
         for name in ("free", "paid"):
@@ -363,6 +380,7 @@ def main() -> None:
             print(f"{rows:>4} {'1':>4} {'river':<9} {p50:>8.3f} {p99:>8.3f} {rate:>9.0f} {row_rate:>10.0f}")
             for concurrency in (1, 8, 64):
                 reserved_before = reservations(metrics_port) if paying else 0.0
+                cpu_before = {name: cpu_seconds(pid) for name, pid in server_pids.items()}
                 figures = {}
                 measured, elapsed, sent = asyncio.run(interleaved(targets, payload, rows, concurrency, args.seconds,
                                                                   args.slice, args.warmup))
@@ -371,11 +389,14 @@ def main() -> None:
                     figures[name] = summary(latencies, elapsed[name], rows)
                     p50, p99, rate, row_rate = figures[name]
                     print(f"{rows:>4} {concurrency:>4} {name:<9} {p50:>8.3f} {p99:>8.3f} {rate:>9.0f} {row_rate:>10.0f}")
+                cpu = {name: (cpu_seconds(pid) - cpu_before[name]) * 1e6 / sent[name] for name, pid in server_pids.items()}
                 notes = [f"free/echo p99 {figures['free'][1] / figures['echo'][1]:.2f}"]
                 if paying:
                     per_1000 = (reservations(metrics_port) - reserved_before) * 1000 / sent["paid"]
                     notes.append(f"paid/free p99 {figures['paid'][1] / figures['free'][1]:.2f}")
                     notes.append(f"reservations {per_1000:.2f} per 1,000 paid requests")
+                    notes.append(f"server CPU per request (with its record writer) free {cpu['free']:.0f} us, paid "
+                                 f"{cpu['paid']:.0f} us ({cpu['paid'] / cpu['free']:.2f}x)")
                 goal = "goals: free/echo <= 1.5, paid/free <= 1.2" if rows == 1 else \
                     f"rows/s free {figures['free'][3]:.0f}" + (f", paid {figures['paid'][3]:.0f}" if paying else "") + \
                     ", goal >= 10000"
