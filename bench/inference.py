@@ -281,7 +281,13 @@ def paid_setup(folder: Path, env: dict[str, str]) -> tuple[dict[str, str], PaidC
                     LedgerClient.connect(LedgerSettings(fabric_user="inference")) as server,
                     LedgerClient.connect(LedgerSettings(fabric_msp_id="Org2MSP", fabric_user=PAYING_USER)) as user):
             provider = (await server.who_am_i())["ActsFor"]
-            await admin.mint((await user.who_am_i())["Account"], HOLD_AMOUNT)
+            account = (await user.who_am_i())["Account"]
+            await admin.mint(account, HOLD_AMOUNT)
+            deadline = time.monotonic() + 30
+            while await user.balance(account) < HOLD_AMOUNT:  # minted through Org1's peer; User8 uses Org2's
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the credit minted to {account} never reached Org2's peer")
+                await asyncio.sleep(0.2)
             return await user.freeze(uuid.uuid4().hex, provider, HOLD_AMOUNT, 1, int(time.time()) + 3600)
     hold = asyncio.run(freeze())
     org2 = local_org_dir("Org2MSP")
