@@ -6,10 +6,12 @@ delivery guarantees, reading a compacted topic to its end, and committing offset
     async with kafka.producer(bootstrap) as out: ...
 """
 
-from streamledger.kafka import topics
+from streamledger.kafka import acls, topics
 from streamledger.kafka.clients import (
+           KafkaSecurity,
            admin,
            commit,
+           connection,
            consumer,
            partitions_of,
            producer,
@@ -17,5 +19,5 @@ from streamledger.kafka.clients import (
 )
 from streamledger.kafka.topics import TopicSpec, provision, spec
 
-__all__ = ["TopicSpec", "admin", "commit", "consumer", "partitions_of", "producer", "provision", "read_to_end", "spec",
+__all__ = ["KafkaSecurity", "TopicSpec", "acls", "admin", "commit", "connection", "consumer", "partitions_of", "producer", "provision", "read_to_end", "spec",
            "topics"]
