@@ -4,7 +4,8 @@
         ...
 
 Each service is a principal of its own (`User:<service>`). On a topic of the table its writers
-may write, create and describe it, its readers read and describe it. Every rule names the
+may write, create and describe it, its readers read, create and describe it (whichever service
+starts first creates a missing topic as the table says; creating writes no record). Every rule names the
 topic itself (LITERAL) and the names under it (PREFIXED `<topic>.`), so a run with its own
 topics (`events.raw.<run>`, as tests and benches make) is governed by the same rules. A
 service owns the consumer groups and topics named `streamledger-<service>...` (faust keeps
@@ -21,7 +22,7 @@ from streamledger.kafka import topics
 
 LITERAL, PREFIXED = "LITERAL", "PREFIXED"
 WRITE_OPS = ("WRITE", "CREATE", "DESCRIBE")
-READ_OPS = ("READ", "DESCRIBE")
+READ_OPS = ("READ", "DESCRIBE", "CREATE")
 
 
 @dataclass(frozen=True, order=True)
