@@ -32,7 +32,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import CommitFailedError, IllegalStateError
+from aiokafka.errors import CommitFailedError, IllegalStateError, TopicAuthorizationFailedError
 
 from streamledger.logging import get_logger
 from streamledger.settings import CommonSettings, local_kafka_auth_dir
@@ -184,11 +184,15 @@ async def partitions_of(bootstrap: str, topics: list[str], timeout_s: float = 30
     """Every partition of `topics`, once the cluster describes each with at least one partition.
 
     A topic created a moment ago can be described before its partitions are ready, so this
-    asks again until each has partitions or the timeout passes (then `TimeoutError`).
+    asks again until each has partitions or the timeout passes (then `TimeoutError`). A topic
+    the principal may not describe is a `TopicAuthorizationFailedError` naming it.
     """
     async with admin(bootstrap, security=security) as cluster, asyncio.timeout(timeout_s):
         while True:
             described = await cluster.describe_topics(list(topics))
+            refused = [d["topic"] for d in described if d["error_code"] == TopicAuthorizationFailedError.errno]
+            if refused:  # waiting would not help: this principal may not see them
+                raise TopicAuthorizationFailedError(", ".join(refused))
             found = {d["topic"]: sorted(p["partition"] for p in d["partitions"]) for d in described
                      if d["error_code"] == 0}
             if all(found.get(t) for t in topics):
