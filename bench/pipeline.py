@@ -68,7 +68,7 @@ async def produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
 async def bare_consume(bootstrap: str, topic: str, count: int) -> float:
     """Messages/s of a plain aiokafka consumer reading `count` messages from the start, timed
     from its first fetch to its last (connected and positioned before the clock starts)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, **kafka.connection(), enable_auto_commit=False)
     await consumer.start()
     try:
         tp = TopicPartition(topic, 0)
@@ -165,7 +165,7 @@ async def main(count: int) -> None:
         })
         log = Path(scratch) / "cleaning.log"
         cleaning = serve("cleaning", env, log)
-        watcher = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+        watcher = AIOKafkaConsumer(bootstrap_servers=bootstrap, **kafka.connection())
         await watcher.start()
         try:
             rate = await service_rate(cleaning, log, lambda: end_offset(watcher, topics["clean"]), count, 600)
@@ -176,7 +176,7 @@ async def main(count: int) -> None:
 
         bare_clean = await bare_consume(bootstrap, topics["clean"], count)
         print(line("bare aiokafka loop, clean topic", bare_clean))
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **kafka.connection())
         await admin.start()
         log = Path(scratch) / "storage.log"
         storage = serve("storage", env, log)

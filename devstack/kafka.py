@@ -107,8 +107,8 @@ class KafkaPart(Part):
             "listener.security.protocol.map=CONTROLLER:SSL,INTERNAL:SSL,SASL_SSL:SASL_SSL,PLAINTEXT:PLAINTEXT",
             "sasl.enabled.mechanisms=SCRAM-SHA-512",
             # The broker only verifies SCRAM (the users live in the cluster metadata): no password here.
-            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config="
-            "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            ("listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config="
+             "org.apache.kafka.common.security.scram.ScramLoginModule required;"),
             "ssl.keystore.type=PEM",
             f"ssl.keystore.location={self.auth.broker_pem}",
             "ssl.truststore.type=PEM",
@@ -219,7 +219,7 @@ class KafkaPart(Part):
                 "-Dlog4j2.level=WARN", "-cp", f"{self.libs}/*", str(DEPLOY_DIR / "kafka" / "Provision.java")]
         deadline = time.monotonic() + self.settings.start_timeout
         while True:  # the controller may still be electing itself a moment after the port opens
-            result = subprocess.run(java, input=self.provisioning_input(), capture_output=True, text=True,
+            result = subprocess.run(java, input=self.provisioning_input(), capture_output=True, text=True, check=False,
                                     timeout=self.settings.start_timeout)
             if result.returncode == 0:
                 break

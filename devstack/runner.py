@@ -21,11 +21,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from devstack.settings import StackSettings
+from streamledger.kafka.clients import child_environment
 
 
 def built_services(names: Iterable[str]) -> list[str]:
@@ -48,14 +49,11 @@ def local_stack_defaults() -> dict[str, str]:
 
 def kafka_identity(service: str) -> dict[str, str]:
     """The environment that makes a child connect to Kafka as `service`'s own principal."""
-    from streamledger.kafka.clients import local_password_file
-    return {"STREAMLEDGER_KAFKA_SASL_USERNAME": service,
-            "STREAMLEDGER_KAFKA_SASL_PASSWORD_FILE": str(local_password_file(service))}
+    return {k: v for k, v in child_environment(username=service).items() if k != "STREAMLEDGER_KAFKA_BOOTSTRAP"}
 
 
-def _without_kafka_identity(env: dict[str, str] | os._Environ) -> dict[str, str]:
-    return {k: v for k, v in env.items() if k not in ("STREAMLEDGER_KAFKA_SASL_USERNAME", "STREAMLEDGER_KAFKA_SASL_PASSWORD",
-                                                      "STREAMLEDGER_KAFKA_SASL_PASSWORD_FILE")}
+def _without_kafka_identity(env: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if not k.startswith("STREAMLEDGER_KAFKA_SASL_")}
 
 
 @dataclass

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from importlib import resources
 from pathlib import Path
-
 from typing import Literal
 
 from pydantic import SecretStr

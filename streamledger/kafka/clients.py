@@ -32,7 +32,11 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import CommitFailedError, IllegalStateError, TopicAuthorizationFailedError
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    TopicAuthorizationFailedError,
+)
 
 from streamledger.logging import get_logger
 from streamledger.settings import CommonSettings, local_kafka_auth_dir
@@ -102,6 +106,26 @@ def _read_secret(path: Path, what: str) -> str:
     except OSError as exc:
         raise KafkaCredentialsError(f"{what}: cannot read {path} ({exc.strerror}); set STREAMLEDGER_KAFKA_SASL_PASSWORD"
                                     "_FILE, or run `streamledger stack up` for the local stack") from None
+
+
+def child_environment(settings: CommonSettings | None = None, username: str = "") -> dict[str, str]:
+    """The `STREAMLEDGER_KAFKA_*` variables that make a child process connect as this one does
+    (or as `username`, with the local stack's password file): files by absolute path; a password
+    only when the settings hold one and no other user is asked for."""
+    s = settings or CommonSettings()
+    env = {"STREAMLEDGER_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
+           "STREAMLEDGER_KAFKA_SECURITY_PROTOCOL": s.kafka_security_protocol}
+    if s.kafka_security_protocol == "PLAINTEXT":
+        return env
+    user = username or s.kafka_sasl_username or ADMIN
+    env.update({"STREAMLEDGER_KAFKA_SASL_MECHANISM": s.kafka_sasl_mechanism, "STREAMLEDGER_KAFKA_SASL_USERNAME": user,
+                "STREAMLEDGER_KAFKA_SSL_CAFILE": str(s.kafka_ssl_cafile or local_kafka_auth_dir() / "ca.crt")})
+    if not username and s.kafka_sasl_password.get_secret_value():
+        env["STREAMLEDGER_KAFKA_SASL_PASSWORD"] = s.kafka_sasl_password.get_secret_value()
+    else:
+        env["STREAMLEDGER_KAFKA_SASL_PASSWORD_FILE"] = str(
+            (None if username else s.kafka_sasl_password_file) or local_password_file(user))
+    return env
 
 
 def connection(security: KafkaSecurity | None = None) -> dict[str, Any]:

@@ -11,7 +11,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from aiokafka.errors import GroupAuthorizationFailedError, KafkaConnectionError, TopicAuthorizationFailedError
+from aiokafka.errors import (
+    GroupAuthorizationFailedError,
+    KafkaConnectionError,
+    TopicAuthorizationFailedError,
+)
 
 from devstack.settings import StackSettings
 from streamledger import kafka

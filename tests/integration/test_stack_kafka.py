@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 
 async def consume_all(bootstrap: str, topic: str, expected: int, timeout: float = 30.0) -> list:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, **kafka.connection(), auto_offset_reset="earliest",
                                 enable_auto_commit=False)
     await consumer.start()
     records: list = []
@@ -51,7 +51,7 @@ async def test_topic_with_partitions_spreads_keys(bootstrap: str, unique: str) -
     topic = f"test.partitions.{unique}"
     await kafka.provision(bootstrap, [kafka.TopicSpec(topic, partitions=4)])
     await kafka.provision(bootstrap, [kafka.TopicSpec(topic, partitions=4)])  # second call is a no-op
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **kafka.connection())
     await admin.start()
     try:
         described = await admin.describe_topics([topic])
@@ -65,7 +65,7 @@ async def test_topic_with_partitions_spreads_keys(bootstrap: str, unique: str) -
     async with kafka.producer(bootstrap) as producer:
         again = [await (await producer.send(topic, b"v", key=f"k{i}".encode())) for i in range(200)]
     assert [m.partition for m in again] == [m.partition for m in sent]
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, **kafka.connection())
     await consumer.start()
     try:
         ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(4)])

@@ -39,6 +39,7 @@ from tritonclient.utils import InferenceServerException
 from services.inference import app as inference_app
 from services.inference.ledger_holds import LedgerHoldSource
 from services.inference.settings import InferenceSettings
+from streamledger import kafka
 from streamledger.core.receipts import Receipt, sign_receipt
 from streamledger.fabric import RetryPolicy
 from streamledger.fabric.identity import load_msp
@@ -347,7 +348,7 @@ def test_the_readme_example_pays_streamledger_serve_inference_by_receipts(paid_s
 
 
 async def read_usage(bootstrap: str, topic: str, count: int) -> list[dict]:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, **kafka.connection(), auto_offset_reset="earliest",
                                 enable_auto_commit=False)
     await consumer.start()
     records: list[dict] = []
