@@ -10,6 +10,7 @@ from streamledger.kafka import acls, topics
 from streamledger.kafka.clients import (
            KafkaSecurity,
            admin,
+           child_environment,
            commit,
            connection,
            consumer,
@@ -20,5 +21,5 @@ from streamledger.kafka.clients import (
 )
 from streamledger.kafka.topics import TopicSpec, provision, spec
 
-__all__ = ["KafkaSecurity", "TopicSpec", "acls", "admin", "commit", "connection", "consumer", "faust_credentials",
+__all__ = ["KafkaSecurity", "TopicSpec", "acls", "admin", "child_environment", "commit", "connection", "consumer", "faust_credentials",
            "partitions_of", "producer", "provision", "read_to_end", "spec", "topics"]

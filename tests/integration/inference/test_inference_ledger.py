@@ -277,8 +277,9 @@ def served_by_the_command(settings: InferenceSettings, tmp_path: Path) -> Iterat
     """`streamledger serve inference` in paid mode, as its own ledger identity (`inference`); its port."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMLEDGER_")}
+    env.update(kafka.child_environment(settings))
     env.update({
-        "STREAMLEDGER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "STREAMLEDGER_INFERENCE_MODE": "paid",
+        "STREAMLEDGER_INFERENCE_MODE": "paid",
         "STREAMLEDGER_INFERENCE_HOST": "localhost", "STREAMLEDGER_INFERENCE_PORT": str(port),
         "STREAMLEDGER_INFERENCE_MODELS_FILE": str(settings.inference_models_file),
         "STREAMLEDGER_INFERENCE_SNAPSHOT_TOPIC": settings.inference_snapshot_topic,

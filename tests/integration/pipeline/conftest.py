@@ -94,8 +94,8 @@ def pipeline_env(unique: str, tmp_path: Path, settings) -> dict[str, str]:
     variables, all pointed at the same unique topics (`topic_names`)."""
     topic = topic_names(unique)
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMLEDGER_")}
+    env.update(kafka.child_environment(settings))
     env.update({
-        "STREAMLEDGER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
         "STREAMLEDGER_MONGO_URL": settings.mongo_url,
         "STREAMLEDGER_MONGO_DB": f"test_{unique}",
         "STREAMLEDGER_CLEANING_RAW_TOPIC": topic["raw"],
