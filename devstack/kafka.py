@@ -30,6 +30,7 @@ from streamledger.kafka.acls import acl_rules
 from streamledger.kafka.clients import ADMIN, KafkaSecurity
 
 POM = DEPLOY_DIR / "kafka" / "pom.xml"
+PROVISION_JAVA = DEPLOY_DIR / "kafka" / "Provision.java"
 
 
 class KafkaPart(Part):
@@ -206,7 +207,7 @@ class KafkaPart(Part):
 
     def _provision_key(self) -> str:
         meta = self.data / "meta.properties"
-        digest = hashlib.sha256(self.provisioning_input().encode())
+        digest = hashlib.sha256(self.provisioning_input().encode() + PROVISION_JAVA.read_bytes())
         digest.update(meta.read_bytes() if meta.exists() else b"")
         return digest.hexdigest()
 
@@ -216,7 +217,7 @@ class KafkaPart(Part):
 
     def _provision(self) -> None:
         java = ["java", f"-Dlog4j2.configurationFile={DEPLOY_DIR / 'kafka' / 'log4j2.properties'}",
-                "-Dlog4j2.level=WARN", "-cp", f"{self.libs}/*", str(DEPLOY_DIR / "kafka" / "Provision.java")]
+                "-cp", f"{self.libs}/*", str(PROVISION_JAVA)]
         deadline = time.monotonic() + self.settings.start_timeout
         while True:  # the controller may still be electing itself a moment after the port opens
             result = subprocess.run(java, input=self.provisioning_input(), capture_output=True, text=True, check=False,

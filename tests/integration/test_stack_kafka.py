@@ -11,6 +11,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from devstack.settings import StackSettings
 from streamledger import kafka
 
 pytestmark = pytest.mark.integration
@@ -74,6 +75,19 @@ async def test_topic_with_partitions_spreads_keys(bootstrap: str, unique: str) -
     assert sum(ends.values()) == 400
 
 
+def kcat_bootstrap(bootstrap: str) -> str:
+    """Where kcat connects. Debian 12's kcat (librdkafka 2.0.2) fails SCRAM against this broker
+    (aiokafka and Kafka's own clients pass with the same password), so on a secured stack it
+    uses the bench's PLAINTEXT listener (STREAMLEDGER_STACK_KAFKA_PLAINTEXT_PORT) or is skipped."""
+    stack = StackSettings()
+    if not stack.kafka_secure:
+        return bootstrap
+    if not stack.kafka_plaintext_port:
+        pytest.skip("kcat (librdkafka 2.0.2) cannot authenticate with SCRAM here; set "
+                    "STREAMLEDGER_STACK_KAFKA_PLAINTEXT_PORT to test it on the bench listener")
+    return f"127.0.0.1:{stack.kafka_plaintext_port}"
+
+
 async def test_kcat_reads_what_we_produced(bootstrap: str, unique: str) -> None:
     kcat = shutil.which("kcat")
     assert kcat, "kcat is missing: `make install` runs deploy/system-deps.sh, which installs it"
@@ -84,10 +98,10 @@ async def test_kcat_reads_what_we_produced(bootstrap: str, unique: str) -> None:
             await (await producer.send(topic, f"hello-{i}".encode(), key=f"key-{i}".encode()))
     result = await asyncio.to_thread(
         subprocess.run,
-        [kcat, "-b", bootstrap, "-C", "-t", topic, "-o", "beginning", "-c", "3", "-e", "-q", "-f", "%k=%s\n"],
+        [kcat, "-b", kcat_bootstrap(bootstrap), "-C", "-t", topic, "-o", "beginning", "-c", "3", "-e", "-q", "-f", "%k=%s\n"],
         capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["key-0=hello-0", "key-1=hello-1", "key-2=hello-2"]
-    listing = subprocess.run([kcat, "-b", bootstrap, "-L"], capture_output=True, text=True, timeout=30)
-    assert "1 brokers:" in listing.stdout and bootstrap in listing.stdout
+    listing = subprocess.run([kcat, "-b", kcat_bootstrap(bootstrap), "-L"], capture_output=True, text=True, timeout=30)
+    assert "1 brokers:" in listing.stdout and kcat_bootstrap(bootstrap) in listing.stdout
