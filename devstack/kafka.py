@@ -3,8 +3,9 @@
 Secured by default (`StackSettings.kafka_secure`): clients connect with SASL_SSL (TLS with a
 CA the stack makes, SCRAM-SHA-512 as their principal), KRaft's StandardAuthorizer allows only
 what `streamledger.kafka.acls` derives from the topic table, and the controller and internal
-(broker-to-broker) listeners take only the broker's own certificate (mutual TLS). Once the broker answers, `settle` creates the
-SCRAM users and ACLs through the broker's internal listener (mutual TLS) (devstack/kafka_auth.py keeps the secrets).
+(broker-to-broker) listeners take only the broker's own certificate (mutual TLS). Once the
+broker answers, `settle` creates the SCRAM users and ACLs through that internal listener
+(devstack/kafka_auth.py keeps the secrets).
 """
 
 from __future__ import annotations
@@ -179,6 +180,12 @@ class KafkaPart(Part):
     def settle(self) -> None:
         """Secured: create every SCRAM user and exactly the ACL table's rules (when they changed
         or the storage was formatted anew), then wait until the admin is answered."""
+        running_secured = "SASL_SSL" in (self.config.read_text() if self.config.exists() else "")
+        if running_secured != self.settings.kafka_secure:
+            raise InstallError(
+                f"Kafka on 127.0.0.1:{self.port} runs {'with' if running_secured else 'without'} authentication, "
+                f"but STREAMLEDGER_STACK_KAFKA_SECURE is {self.settings.kafka_secure}: restart it to switch "
+                "(`streamledger stack down`, then `streamledger stack up`; the data stays)")
         if not self.settings.kafka_secure:
             return
         if not self._provisioned():
@@ -213,7 +220,10 @@ class KafkaPart(Part):
 
     def _provisioned(self) -> bool:
         marker = self.settings.kafka_auth_dir / "provisioned"
-        return marker.exists() and marker.read_text().strip() == self._provision_key()
+        try:
+            return marker.read_text().strip() == self._provision_key()
+        except FileNotFoundError:  # no marker, or no secrets yet
+            return False
 
     def _provision(self) -> None:
         java = ["java", f"-Dlog4j2.configurationFile={DEPLOY_DIR / 'kafka' / 'log4j2.properties'}",

@@ -12,6 +12,7 @@ from cryptography import x509
 
 from devstack.kafka import KafkaPart
 from devstack.kafka_auth import PRINCIPALS, KafkaAuth
+from devstack.part import InstallError
 from devstack.runner import kafka_identity
 from devstack.settings import StackSettings
 from streamledger.kafka import KafkaSecurity, child_environment
@@ -112,3 +113,11 @@ def test_the_secured_broker_config(tmp_path: Path) -> None:
     assert "PLAINTEXT://127.0.0.1:19094" in bench and "User:ANONYMOUS" in bench
     plain = KafkaPart(StackSettings(home=tmp_path, kafka_secure=False)).listener_config()
     assert "SASL" not in plain and "authorizer" not in plain
+
+
+def test_a_running_broker_of_the_other_kind_is_an_error_saying_to_restart(tmp_path: Path) -> None:
+    part = KafkaPart(StackSettings(home=tmp_path))
+    part.config.parent.mkdir(parents=True)
+    part.config.write_text("listeners=PLAINTEXT://127.0.0.1:9092\n")  # started before security was on
+    with pytest.raises(InstallError, match="STREAMLEDGER_STACK_KAFKA_SECURE"):
+        part.settle()
