@@ -9,6 +9,10 @@ topics. Skipped when the stack under test is not secured (`STREAMLEDGER_STACK_KA
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from aiokafka.errors import (
@@ -18,7 +22,9 @@ from aiokafka.errors import (
 )
 
 from devstack.settings import StackSettings
+from services.ingestion.validation import validate_event
 from streamledger import kafka
+from streamledger.avro import AvroCodec, SchemaRegistry
 from streamledger.kafka import KafkaSecurity, topics
 from streamledger.kafka.acls import own_namespace
 
@@ -117,9 +123,50 @@ async def read_in_group(bootstrap: str, topic: str, reader: str, unique: str, wr
     assert keys == set(writers), f"{reader} read {keys} from {topic}"
 
 
+def serve(name: str, env: dict[str, str], log: Path) -> subprocess.Popen:
+    with open(log, "wb") as out:
+        return subprocess.Popen([str(Path(sys.executable).with_name("streamledger")), "serve", name],
+                                env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
 async def count(bootstrap: str, topic: str) -> int:
     n = 0
     async with kafka.consumer(bootstrap, security=as_("admin")) as reader:
         async for records in kafka.read_to_end(reader, bootstrap, topic, 15, security=as_("admin")):
             n += len(records)
     return n
+
+
+async def test_the_cleaning_service_runs_as_its_own_principal(bootstrap: str, own_topics, unique: str,
+                                                               tmp_path: Path) -> None:
+    """`streamledger serve cleaning` (faust: its group, changelog and leader topics in its own
+    namespace) as `cleaning`, fed by `ingestion`, its output read by `storage`."""
+    codec = AvroCodec(SchemaRegistry.from_dir())
+    events = [validate_event({"event_id": f"sec-{unique}-{i}", "source": "test", "ts": 1_700_000_000_000 + i,
+                              "features": {"x": float(i)}, "label": None}, "acme") for i in range(5)]
+    async with kafka.producer(bootstrap, security=as_(topics.INGESTION)) as out:
+        for event in events:
+            await out.send_and_wait(own_topics[topics.RAW], key=event["event_id"].encode(),
+                                    value=codec.encode("RawEvent", event))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMLEDGER_")}
+    env.update(kafka.child_environment(username=topics.CLEANING))
+    env.update({"STREAMLEDGER_CLEANING_RAW_TOPIC": own_topics[topics.RAW],
+                "STREAMLEDGER_CLEANING_CLEAN_TOPIC": own_topics[topics.CLEAN],
+                "STREAMLEDGER_CLEANING_DEADLETTER_TOPIC": own_topics[topics.DEADLETTER],
+                "STREAMLEDGER_CLEANING_GROUP": f"{own_namespace(topics.CLEANING)}-{unique}",
+                "STREAMLEDGER_CLEANING_DATA_DIR": str(tmp_path / "faust")})
+    log = tmp_path / "cleaning.log"
+    cleaning = serve("cleaning", env, log)
+    try:
+        ids: set[str] = set()
+        async with kafka.consumer(bootstrap, own_topics[topics.CLEAN], group_id=f"streamledger-storage-{unique}",
+                                  security=as_(topics.STORAGE)) as inbox, asyncio.timeout(50):
+            while len(ids) < len(events):
+                assert cleaning.poll() is None, log.read_text(errors="replace")[-3000:]
+                for records in (await inbox.getmany(timeout_ms=500)).values():
+                    ids.update(codec.decode(r.value)["event_id"] for r in records)
+        assert ids == {e["event_id"] for e in events}
+        assert "uthoriz" not in log.read_text(errors="replace")
+    finally:
+        cleaning.terminate()
+        cleaning.wait(timeout=30)
