@@ -50,7 +50,7 @@ class TopicSpec:
     writers: frozenset[str] = frozenset()
     """The services that may write it (and create it); no other principal but the admin can."""
     readers: frozenset[str] = frozenset()
-    """The services that may read its records."""
+    """The services that may read its records (and create it, as this table says)."""
 
     def configs(self) -> dict[str, str]:
         configs = {"cleanup.policy": "compact"} if self.compacted else {}
