@@ -450,7 +450,9 @@ async def delete_topics(bootstrap: str, names: list[str]) -> None:
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.errors import KafkaError
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    from streamledger import kafka
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **kafka.connection())
     try:
         await admin.start()
         await admin.delete_topics(names)
