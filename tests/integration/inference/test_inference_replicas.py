@@ -64,7 +64,7 @@ from tests.integration.paying import (
 )
 from tests.integration.test_ledger_seams import free_port
 
-from .support import MODELS, PHISHING, codec, publish, snapshot_record, train
+from .support import MODELS, PHISHING, codec, publish, registered, snapshot_record, train
 from .test_inference_paid import Issuer
 
 pytestmark = [pytest.mark.integration, pytest.mark.fabric, pytest.mark.timeout(120)]
@@ -197,9 +197,10 @@ def environment(parties: Parties, stack, bootstrap: str, unique: str, tmp_path: 
     server_ca = Issuer(tmp_path, "server_ca", "Provider")
     cert, key, _ = server_ca.issue("localhost", server=True)
     snapshots = f"test.snapshots.{unique}"
-    publish(bootstrap, snapshots, [snapshot_record("phishing-logreg", 1, train(models, "phishing-logreg",
-                                                                               PHISHING[:300]))])
+    publish(bootstrap, snapshots, [registered(snapshot_record("phishing-logreg", 1, train(models, "phishing-logreg",
+                                                                                          PHISHING[:300])))])
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMLEDGER_")}
+    env.update(kafka.child_environment())
     env.update({
         "STREAMLEDGER_KAFKA_BOOTSTRAP": bootstrap, "STREAMLEDGER_INFERENCE_MODE": "paid",
         "STREAMLEDGER_INFERENCE_HOST": "localhost", "STREAMLEDGER_INFERENCE_MODELS_FILE": str(models),
@@ -287,7 +288,8 @@ class PayingClient:
 async def usage_of(bootstrap: str, topic: str) -> list[dict]:
     """Every usage record on `topic` (its end read first: nothing more is written to it)."""
     partitions = [TopicPartition(t, p) for t, p in await kafka.partitions_of(bootstrap, [topic])]
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, **kafka.connection(), auto_offset_reset="earliest",
+                                enable_auto_commit=False)
     await consumer.start()
     records: list[dict] = []
     try:
