@@ -67,6 +67,9 @@ class CommonSettings(BaseSettings):
     log_level: str = "INFO"
     metrics_port: int = 0
     """Port for the Prometheus `/metrics` endpoint; 0 leaves it off."""
+    metrics_host: str = "127.0.0.1"
+    """Address the `/metrics` endpoint listens on: loopback unless a scraper elsewhere must reach it
+    (in a Kubernetes pod, `0.0.0.0`; the chart sets it)."""
 
 
 class LedgerSettings(CommonSettings):
