@@ -22,6 +22,7 @@ from cryptography import x509
 from google.protobuf.message import DecodeError
 
 from services.inference import tls
+from services.inference.revocation import Revocations
 from services.inference.authorization import (
     AuthorizationError,
     HoldSource,
@@ -62,18 +63,22 @@ class Metering:
 
     meter: CreditMeter
     client_cas: dict[str, x509.Certificate]
-    clients: dict[bytes, str] = field(default_factory=dict)
-    """Client identity by TLS certificate (PEM) already named: a connection's calls check it once."""
+    revocations: Revocations = field(default_factory=Revocations)
+    clients: dict[bytes, tuple[str, x509.Certificate]] = field(default_factory=dict)
+    """Client identity (and certificate) by TLS certificate (PEM) already named: a connection's
+    calls verify its issuer once; revocation is checked on every call."""
 
     def client(self, certificate_pem: bytes | None) -> str:
-        """`client_identity` of a peer certificate, remembered (a few thousand at most)."""
+        """`client_identity` of a peer certificate (remembered, a few thousand at most), unless revoked."""
         known = self.clients.get(certificate_pem) if certificate_pem else None
         if known is None:
-            known = client_identity(certificate_pem, self.client_cas)
+            known = (client_identity(certificate_pem, self.client_cas), x509.load_pem_x509_certificate(certificate_pem))
             if len(self.clients) >= 4096:
                 self.clients.clear()
             self.clients[certificate_pem] = known
-        return known
+        identity, certificate = known
+        self.revocations.check(identity.split("::", 1)[0], certificate)
+        return identity
 
     @classmethod
     def of(cls, settings: InferenceSettings, holds: HoldSource, provider: str | None) -> Metering:
@@ -82,7 +87,8 @@ class Metering:
                             reserve_units=settings.inference_reserve_units,
                             cache_seconds=settings.inference_hold_cache_seconds,
                             check_seconds=settings.inference_receipt_check_seconds, provider=provider)
-        return cls(meter, tls.client_cas(settings))
+        cas = tls.client_cas(settings)
+        return cls(meter, cas, Revocations.load(settings.inference_client_crls, cas))
 
 
 class InferenceServicer:

@@ -73,6 +73,9 @@ class InferenceSettings(CommonSettings):
     inference_client_cas: dict[str, Path] = {}
     """Paid mode: MSP id -> that organisation's client CA certificate (PEM), as JSON in the
     environment. A client certificate is accepted only if one of these issued it."""
+    inference_client_crls: dict[str, Path] = {}
+    """Paid mode: MSP id -> the certificate revocation list (PEM or DER) its client CA signed, as JSON
+    in the environment; a listed certificate is refused (UNAUTHENTICATED). Re-read when the file changes."""
 
     @model_validator(mode="after")
     def _paid_needs_tls(self) -> InferenceSettings:

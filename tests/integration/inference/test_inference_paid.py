@@ -81,6 +81,18 @@ class Issuer:
         return (self._write(f"{common_name}.crt", cert.public_bytes(serialization.Encoding.PEM)),
                 self._write(f"{common_name}.key", key_pem), subject.rfc4514_string())
 
+    def revoke(self, *cert_files: Path) -> Path:
+        """A CRL this CA signed, listing the certificates of `cert_files`; its PEM file."""
+        now = datetime.datetime.now(datetime.timezone.utc)
+        builder = (x509.CertificateRevocationListBuilder().issuer_name(self.cert.subject).last_update(now)
+                   .next_update(now + datetime.timedelta(days=1)))
+        for path in cert_files:
+            serial = x509.load_pem_x509_certificate(path.read_bytes()).serial_number
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build())
+        crl = builder.sign(self.key, hashes.SHA256())
+        return self._write(f"{self.cert.subject.rfc4514_string()}.crl", crl.public_bytes(serialization.Encoding.PEM))
+
     def _write(self, name: str, data: bytes) -> Path:
         path = self.folder / name
         path.write_bytes(data)
@@ -130,9 +142,9 @@ def paid(stack, bootstrap, unique, models_file, tmp_path):  # noqa: F811
     server_ca = Issuer(tmp_path, "ca.server", "Provider")
     server_cert, server_key, _ = server_ca.issue("localhost", server=True)
     people = {name: Person(*issuer.issue(name)) for name, issuer in
-              [("alice", org1), ("bob", org1), ("carol", org2), ("mallory", rogue)]}
+              [("alice", org1), ("bob", org1), ("carol", org2), ("mallory", rogue), ("eve", org1)]}
     identity = {name: f"{msp}::{people[name].subject}" for name, msp in
-                [("alice", "Org1MSP"), ("bob", "Org1MSP"), ("carol", "Org2MSP")]}
+                [("alice", "Org1MSP"), ("bob", "Org1MSP"), ("carol", "Org2MSP"), ("eve", "Org1MSP")]}
     far = time.time() + 3600
 
     def hold(name: str, owner: str, amount: int, **changes) -> Hold:
@@ -144,6 +156,7 @@ def paid(stack, bootstrap, unique, models_file, tmp_path):  # noqa: F811
         hold("hold-alice-2", "alice", 1_000),
         hold("hold-expired", "alice", 1_000, expires_at=time.time() - 1),
         hold("hold-closed", "alice", 1_000, live=False),
+        hold("hold-eve", "eve", 1_000),
     ]})
     topics = {"snapshots": f"test.snapshots.{unique}", "usage": f"test.usage.{unique}",
               "predictions": f"test.predictions.{unique}"}
@@ -157,6 +170,7 @@ def paid(stack, bootstrap, unique, models_file, tmp_path):  # noqa: F811
         inference_receipt_check_seconds=0,  # every receipt checked on its request's path: the usage records' are exact
         inference_tls_cert=server_cert, inference_tls_key=server_key,
         inference_client_cas={"Org1MSP": org1.cert_file, "Org2MSP": org2.cert_file},
+        inference_client_crls={"Org1MSP": org1.revoke(people["eve"].cert)},  # Org1's CA revoked eve
     )
     running = ServerThread.of(settings, holds).start()
 
@@ -267,3 +281,17 @@ def test_a_client_is_served_the_window_beyond_its_receipts_and_a_receipt_not_its
     assert infer(alice, 10, hold, sign(hold, 35, 3)).as_numpy("label").shape == (10,)  # signing again: served
     for c in (alice, carol):
         c.close()
+
+
+def test_a_revoked_client_certificate_is_refused_before_anything_is_served(paid) -> None:
+    """Org1's CA revoked eve's certificate (a CRL file per client CA): her calls are refused, with
+    her own hold and a receipt she signed, and nothing of hers is reserved; alice, of the same
+    CA, is served."""
+    client, holds, _identity, _topics, people = paid
+    eve, alice = client("eve"), client("alice")
+    refused(lambda: infer(eve, 1, "hold-eve", people["eve"].receipt("hold-eve", 1, 1)), "UNAUTHENTICATED",
+            "is revoked by Org1MSP's CA")
+    assert not [h for h, _ in holds.reserved if h == "hold-eve"]
+    assert infer(alice, 1, "hold-alice-2").as_numpy("label").shape == (1,)
+    eve.close()
+    alice.close()
