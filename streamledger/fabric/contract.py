@@ -96,6 +96,6 @@ class _Submission:
                 self.proposal = self.transaction = self.commit = None
             raise
         except CommitStatusError as exc:
-            if exc.code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                self.commit = None
+            if exc.code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
+                self.commit = None  # the next attempt submits the same envelope again, then waits
             raise

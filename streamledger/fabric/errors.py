@@ -128,7 +128,13 @@ class SubmitError(GatewayError):
 
 
 class CommitStatusError(GatewayError):
-    pass
+    """Waiting for a transaction's commit status failed; the transaction may still commit."""
+
+    @property
+    def transient(self) -> bool:
+        """Also CANCELLED: the peer dropped the wait's stream (seen while an orderer stops). Asking
+        again is safe: the wait reads, and a resubmit carries the same transaction id."""
+        return super().transient or self.code == grpc.StatusCode.CANCELLED
 
 
 class EvaluateError(GatewayError):

@@ -105,6 +105,13 @@ def test_unreachable_or_slow_peers_and_orderers_are_transient(kind, code, transi
     assert is_transient(kind("x", code=code)) is transient
 
 
+@pytest.mark.parametrize("kind", [GatewayError, EndorseError, SubmitError, EvaluateError])
+def test_a_cancelled_stream_is_transient_only_for_the_commit_wait(kind) -> None:
+    # The wait only reads (and a resubmit carries the same transaction id); other steps may not be safe.
+    assert is_transient(CommitStatusError("x", code=grpc.StatusCode.CANCELLED))
+    assert not is_transient(kind("x", code=grpc.StatusCode.CANCELLED))
+
+
 @pytest.mark.parametrize(("status", "transient"), [
     ("MVCC_READ_CONFLICT", True), ("PHANTOM_READ_CONFLICT", True),
     ("ENDORSEMENT_POLICY_FAILURE", False), ("DUPLICATE_TXID", False),

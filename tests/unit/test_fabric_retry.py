@@ -182,6 +182,17 @@ async def test_a_commit_wait_that_runs_out_submits_the_same_envelope_again(signe
     assert {r.transaction_id for r in stub.requests["CommitStatus"]} == {committed.transaction_id}
 
 
+async def test_a_commit_wait_whose_stream_the_peer_cancelled_submits_the_same_envelope_and_waits_again(
+        signer: Signer) -> None:
+    # Seen while the Raft leader stops: the peer drops the wait's stream (RST_STREAM, CANCELLED).
+    stub = ScriptedStub(Endorse=[endorsed(b"{}")], Submit=[gateway_pb2.SubmitResponse()],
+                        CommitStatus=[rpc_error(grpc.StatusCode.CANCELLED, "Stream removed"), status(block=7)])
+    committed = await contract(stub, signer, RetryPolicy(attempts=3, **FAST)).submit("Mint", "a", 1)
+    assert committed.block_number == 7
+    assert stub.calls() == {"Evaluate": 0, "Endorse": 1, "Submit": 2, "CommitStatus": 2}
+    assert len({r.prepared_transaction.SerializeToString() for r in stub.requests["Submit"]}) == 1
+
+
 async def test_the_bound_counts_attempts_of_the_whole_submit_not_of_each_step(signer: Signer) -> None:
     stub = ScriptedStub(Endorse=[UNAVAILABLE, endorsed(b"{}")], Submit=[UNAVAILABLE, gateway_pb2.SubmitResponse()],
                         CommitStatus=[DEADLINE, status()])
