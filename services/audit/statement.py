@@ -16,7 +16,7 @@ import json
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from enum import StrEnum
 from typing import Any
 
@@ -121,8 +121,8 @@ def _instant(timestamp: Any) -> datetime:
     try:
         instant = datetime.fromisoformat(timestamp)
     except (TypeError, ValueError):
-        return datetime.max.replace(tzinfo=UTC)  # unknown times last
-    return instant if instant.tzinfo else instant.replace(tzinfo=UTC)
+        return datetime.max.replace(tzinfo=timezone.utc)  # unknown times last
+    return instant if instant.tzinfo else instant.replace(tzinfo=timezone.utc)
 
 
 def _balance_of(entry: Mapping[str, Any]) -> int | None:
