@@ -1,6 +1,6 @@
 """Latency and throughput of the inference service, free and paid, next to two floors measured in the same run.
 
-    .venv/bin/python bench/inference.py [--seconds 2] [--sample 1.0] [--free-only]
+    .venv/bin/python bench/inference.py [--seconds 2] [--sample 1.0] [--free-only] [--quick]
 
 Needs the local stack (Kafka) and, for paid mode, the local Fabric network with the money
 contract. A phishing logistic regression is trained with the learning package's own code,
@@ -9,8 +9,10 @@ in two subprocesses: free mode, and paid mode (mutual TLS, acting as the `infere
 `CREDIT_WINDOW_UNITS` 10,000 so that 64 requests of 64 rows in flight fit, `RESERVE_UNITS` the
 default). For paid mode Org1's Admin mints credit to Org2's User8, which freezes one hold for the
 account `inference` acts for; every paid call carries the hold id and User8's latest receipt as
-metadata, and after each response the client signs the next receipt with User8's key (as
-`streamledger.client` does). For 1-row and 64-row requests at concurrency 1, 8 and 64 it prints
+metadata, and the client counts the rows of each answer and signs a receipt for all of them with
+User8's key once 10 rows came since the last one (`streamledger.client`'s default,
+`SIGN_EVERY_UNITS`: every 10th 1-row answer, every 64-row answer). The paid server checks each new
+receipt's signature in the background, in a worker thread (`RECEIPT_CHECK_SECONDS` the default). For 1-row and 64-row requests at concurrency 1, 8 and 64 it prints
 p50/p99 latency, requests/s and rows/s of:
   - river:     the same model's `predict_proba_one` called in-process (no gRPC at all);
   - echo:      a bare grpc.aio server in a subprocess answering each ModelInfer call with the
@@ -18,13 +20,14 @@ p50/p99 latency, requests/s and rows/s of:
   - free:      the service in free mode;
   - paid:      the service in paid mode (TLS, receipts checked, credit reserved on the ledger).
 The client is one grpc.aio process sending pre-serialized requests to every server, so
-client costs are the same for all (the paid client also signs a receipt after each answer).
+client costs are the same for all (the paid client also signs its receipts, between its calls, untimed).
 Each cell warms every connection up (not measured), then alternates short slices of load
 between the targets (the order rotates) until each has had `--seconds`: all see the same
 background load of a shared machine, and their ratios compare like with like. Rates are
 requests (rows) over the wall time the measured slices took, from their first request sent to
 their last answer. Per cell it prints the reservation (Authorize) transactions the paid server
-made per 1,000 paid requests, read from its `/metrics`. At the end it counts the records on
+made per 1,000 paid requests, read from its `/metrics`, and the CPU time each server (with its
+record writer) spent per request, read from /proc (steadier than latency on a busy machine). At the end it counts the records on
 the run's predictions topics against the requests sent (a record dropped because a server's
 buffer was full shows there) and the usage records against the paid requests. Asserts nothing.
 
@@ -120,11 +123,12 @@ class Target:
 
 
 class PaidCalls:
-    """A paying client's side: every call carries the hold and the latest receipt; every answer is
-    signed for (`streamledger.client.ReceiptBook`, as `PaidInferenceClient` does)."""
+    """A paying client's side: every call carries the hold and the latest receipt; the answers are
+    signed for every `SIGN_EVERY_UNITS` rows (`streamledger.client.ReceiptBook`, as `PaidInferenceClient` does)."""
 
     def __init__(self, book) -> None:
         self.book = book
+        self.answers = 0
         self.refused: dict[str, int] = {}
         """Refusals by status and the start of their message (hold id and numbers as N)."""
 
@@ -134,6 +138,7 @@ class PaidCalls:
         book, hold = self.book, (HOLD_METADATA, self.book.hold_id)
 
         def sign() -> None:
+            self.answers += 1
             book.received(rows)
 
         async def paid(payload: bytes) -> Callable[[], None] | None:
@@ -246,6 +251,21 @@ def reservations(metrics_port: int) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and of its children (the record writer), from /proc: the
+    server's cost, however busy the shared machine is (latency percentiles are not)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # state, ppid, ..., utime (12th), stime (13th)
+        except (OSError, IndexError):
+            continue
+        if stat.parent.name == str(pid) or fields[1] == str(pid):
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def paid_setup(folder: Path, env: dict[str, str]) -> tuple[dict[str, str], PaidCalls, grpc.ChannelCredentials]:
     """Credit frozen by Org2's User8 for the account `inference` acts for, the paid server's
     environment (mutual TLS with a fresh server certificate, Org2's CA for clients), and the paying
@@ -261,7 +281,13 @@ def paid_setup(folder: Path, env: dict[str, str]) -> tuple[dict[str, str], PaidC
                     LedgerClient.connect(LedgerSettings(fabric_user="inference")) as server,
                     LedgerClient.connect(LedgerSettings(fabric_msp_id="Org2MSP", fabric_user=PAYING_USER)) as user):
             provider = (await server.who_am_i())["ActsFor"]
-            await admin.mint((await user.who_am_i())["Account"], HOLD_AMOUNT)
+            account = (await user.who_am_i())["Account"]
+            await admin.mint(account, HOLD_AMOUNT)
+            deadline = time.monotonic() + 30
+            while await user.balance(account) < HOLD_AMOUNT:  # minted through Org1's peer; User8 uses Org2's
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the credit minted to {account} never reached Org2's peer")
+                await asyncio.sleep(0.2)
             return await user.freeze(uuid.uuid4().hex, provider, HOLD_AMOUNT, 1, int(time.time()) + 3600)
     hold = asyncio.run(freeze())
     org2 = local_org_dir("Org2MSP")
@@ -288,11 +314,15 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=0.25, help="unmeasured load per cell and target")
     parser.add_argument("--sample", type=float, default=1.0, help="share of requests written to the predictions topic")
     parser.add_argument("--free-only", action="store_true", help="no paid mode (no Fabric network needed)")
+    parser.add_argument("--quick", action="store_true", help="1 s per cell and target in 0.25 s slices (a noisier, "
+                                                             "shorter run)")
     parser.add_argument("--echo-server", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.echo_server:
         asyncio.run(echo_server(args.echo_server))
         return
+    if args.quick:
+        args.seconds, args.slice = 1.0, 0.25
 
     from river import datasets
 
@@ -337,6 +367,7 @@ def main() -> None:
                                         cwd=REPO))
         targets["paid"] = Target(ports["paid"], credentials, paying)
         topics += [paid_env["STREAMLEDGER_INFERENCE_PREDICTIONS_TOPIC"], paid_env["STREAMLEDGER_INFERENCE_USAGE_TOPIC"]]
+    server_pids = {"free": servers[0].pid, **({"paid": servers[2].pid} if paying else {})}
     requests = {name: 0 for name in targets}
     try:
         for name in ("free", "paid"):
@@ -357,6 +388,7 @@ def main() -> None:
             print(f"{rows:>4} {'1':>4} {'river':<9} {p50:>8.3f} {p99:>8.3f} {rate:>9.0f} {row_rate:>10.0f}")
             for concurrency in (1, 8, 64):
                 reserved_before = reservations(metrics_port) if paying else 0.0
+                cpu_before = {name: cpu_seconds(pid) for name, pid in server_pids.items()}
                 figures = {}
                 measured, elapsed, sent = asyncio.run(interleaved(targets, payload, rows, concurrency, args.seconds,
                                                                   args.slice, args.warmup))
@@ -365,11 +397,14 @@ def main() -> None:
                     figures[name] = summary(latencies, elapsed[name], rows)
                     p50, p99, rate, row_rate = figures[name]
                     print(f"{rows:>4} {concurrency:>4} {name:<9} {p50:>8.3f} {p99:>8.3f} {rate:>9.0f} {row_rate:>10.0f}")
+                cpu = {name: (cpu_seconds(pid) - cpu_before[name]) * 1e6 / sent[name] for name, pid in server_pids.items()}
                 notes = [f"free/echo p99 {figures['free'][1] / figures['echo'][1]:.2f}"]
                 if paying:
                     per_1000 = (reservations(metrics_port) - reserved_before) * 1000 / sent["paid"]
                     notes.append(f"paid/free p99 {figures['paid'][1] / figures['free'][1]:.2f}")
                     notes.append(f"reservations {per_1000:.2f} per 1,000 paid requests")
+                    notes.append(f"server CPU per request (with its record writer) free {cpu['free']:.0f} us, paid "
+                                 f"{cpu['paid']:.0f} us ({cpu['paid'] / cpu['free']:.2f}x)")
                 goal = "goals: free/echo <= 1.5, paid/free <= 1.2" if rows == 1 else \
                     f"rows/s free {figures['free'][3]:.0f}" + (f", paid {figures['paid'][3]:.0f}" if paying else "") + \
                     ", goal >= 10000"
@@ -378,7 +413,8 @@ def main() -> None:
             total = reservations(metrics_port)
             refused = sum(paying.refused.values())
             print(f"paid: {total:.0f} reservations for {requests['paid']} requests "
-                  f"({total * 1000 / max(requests['paid'], 1):.2f} per 1,000); receipts signed {paying.book.sequence}; "
+                  f"({total * 1000 / max(requests['paid'], 1):.2f} per 1,000); receipts signed {paying.book.sequence} for "
+                  f"{paying.answers} answers; "
                   f"refused {refused}" + "".join(f"\n  {count} x {why}" for why, count in paying.refused.items()))
     finally:
         for server in servers:
@@ -395,7 +431,7 @@ def main() -> None:
                       f"for {requests[name]} requests (sample {args.sample:g})")
         if paying:
             print(f"paid: {asyncio.run(records_on(bootstrap, topics[3]))} usage records for "
-                  f"{paying.book.sequence} paid answers")
+                  f"{paying.answers} paid answers")
         asyncio.run(delete_topics(bootstrap, topics))
 
 
@@ -414,7 +450,9 @@ async def delete_topics(bootstrap: str, names: list[str]) -> None:
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.errors import KafkaError
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    from streamledger import kafka
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **kafka.connection())
     try:
         await admin.start()
         await admin.delete_topics(names)

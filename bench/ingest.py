@@ -11,7 +11,10 @@
 3. http: `streamledger serve ingestion` in its own process; clients POST JSON batches of
    --batch events at each concurrency for --seconds; only acknowledged events count.
 
-Each run writes to fresh topics (bench.*.<random>) so results never mix.
+Each run writes to fresh topics (events.raw.bench.*.<random>) so results never mix. On a
+secured stack everything runs as the ingestion service's principal (its ACLs cover those
+topics); with the stack's bench-only PLAINTEXT listener on (STREAMLEDGER_STACK_KAFKA_PLAINTEXT_PORT),
+the whole run is repeated there and a table gives secured / plaintext for each figure.
 """
 
 from __future__ import annotations
@@ -31,15 +34,22 @@ from pathlib import Path
 import httpx
 from aiokafka.partitioner import DefaultPartitioner
 
-from services.ingestion.auth import hash_key
-from services.ingestion.backfill import BackfillOptions, backfill
-from services.ingestion.settings import IngestionSettings
-from services.ingestion.validation import validate_event
-from streamledger import kafka
-from streamledger.avro import AvroCodec, SchemaRegistry
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.listeners import Listener, compare, listeners  # noqa: E402
+from services.ingestion.auth import hash_key  # noqa: E402
+from services.ingestion.backfill import BackfillOptions, backfill  # noqa: E402
+from services.ingestion.settings import IngestionSettings  # noqa: E402
+from services.ingestion.validation import validate_event  # noqa: E402
+from streamledger import kafka  # noqa: E402
+from streamledger.avro import AvroCodec, SchemaRegistry  # noqa: E402
+from streamledger.kafka import topics  # noqa: E402
 
 CLI = str(Path(sys.executable).with_name("streamledger"))
 KEY = "bench-key-" + uuid.uuid4().hex
+PREFIX = f"{topics.RAW}.bench"
+"""Under the raw topic, so the ingestion principal's ACLs allow the bench's topics."""
 
 
 def sample_event(i: int, rng: random.Random) -> dict:
@@ -57,7 +67,7 @@ def pre_encoded(count: int) -> tuple[list[bytes], list[bytes]]:
 
 async def raw_send_rate(bootstrap: str, keys: list[bytes], values: list[bytes]) -> float:
     """The plain aiokafka way: `send(key, value)` per record, then await every future."""
-    topic = f"bench.raw.{uuid.uuid4().hex[:8]}"
+    topic = f"{PREFIX}.raw.{uuid.uuid4().hex[:8]}"
     await kafka.provision(bootstrap, [kafka.TopicSpec(topic, partitions=3)])
     async with kafka.producer(bootstrap, linger_ms=20, max_batch_size=1 << 20) as producer:
         start = time.perf_counter()
@@ -68,7 +78,7 @@ async def raw_send_rate(bootstrap: str, keys: list[bytes], values: list[bytes]) 
 
 async def raw_batch_rate(bootstrap: str, keys: list[bytes], values: list[bytes]) -> float:
     """aiokafka's batch API (`create_batch`/`send_batch`), the path the ingestion writer uses."""
-    topic = f"bench.rawbatch.{uuid.uuid4().hex[:8]}"
+    topic = f"{PREFIX}.rawbatch.{uuid.uuid4().hex[:8]}"
     await kafka.provision(bootstrap, [kafka.TopicSpec(topic, partitions=3)])
     partitioner = DefaultPartitioner()
     async with kafka.producer(bootstrap, linger_ms=20, max_batch_size=1 << 20) as producer:
@@ -97,7 +107,7 @@ async def backfill_rate(settings: IngestionSettings, count: int) -> float:
             for i in range(count):
                 f.write(f"{1_600_000_000_000 + i},{rng.uniform(1, 500):.2f},m{i % 97},{i % 3 > 0},{i % 50 == 0}\n")
         options = BackfillOptions(tenant="bench", source="bench", label_column="fraud")
-        settings = settings.model_copy(update={"ingestion_raw_topic": f"bench.backfill.{uuid.uuid4().hex[:8]}"})
+        settings = settings.model_copy(update={"ingestion_raw_topic": f"{PREFIX}.backfill.{uuid.uuid4().hex[:8]}"})
         await kafka.provision(settings.kafka_bootstrap, [kafka.TopicSpec(settings.ingestion_raw_topic, partitions=3)])
         start = time.perf_counter()
         report = await backfill(path, options, settings)
@@ -132,7 +142,7 @@ async def http_rate(port: int, concurrency: int, batch: int, seconds: float) -> 
 def start_service(settings: IngestionSettings, port: int) -> subprocess.Popen:
     env = os.environ | {
         "STREAMLEDGER_INGESTION_API_KEYS": json.dumps({"bench": [hash_key(KEY)]}),
-        "STREAMLEDGER_INGESTION_RAW_TOPIC": f"bench.http.{uuid.uuid4().hex[:8]}",
+        "STREAMLEDGER_INGESTION_RAW_TOPIC": f"{PREFIX}.http.{uuid.uuid4().hex[:8]}",
         "STREAMLEDGER_INGESTION_HTTP_PORT": str(port),
         "STREAMLEDGER_INGESTION_GRPC_PORT": "0",
         "STREAMLEDGER_LOG_LEVEL": "WARNING",
@@ -151,22 +161,15 @@ async def wait_healthy(port: int, timeout: float = 30) -> None:
             await asyncio.sleep(0.2)
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=50_000)
-    parser.add_argument("--seconds", type=float, default=4.0)
-    parser.add_argument("--concurrency", default="1,4,16")
-    parser.add_argument("--batch", type=int, default=100)
-    parser.add_argument("--port", type=int, default=18180)
-    args = parser.parse_args()
+async def measure(args: argparse.Namespace, listener: Listener, keys: list[bytes], values: list[bytes]) -> dict[str, float]:
     settings = IngestionSettings()
-
-    keys, values = pre_encoded(args.events)
-    raw = await raw_send_rate(settings.kafka_bootstrap, keys, values)
+    rates: dict[str, float] = {}
+    print(f"-- {listener.name} listener {listener.bootstrap}")
+    raw = rates["raw aiokafka send()"] = await raw_send_rate(settings.kafka_bootstrap, keys, values)
     print(f"raw aiokafka send(), pre-encoded      {raw:>9,.0f} events/s   (baseline \"raw\", {args.events:,} events)")
-    raw_batch = await raw_batch_rate(settings.kafka_bootstrap, keys, values)
+    raw_batch = rates["raw aiokafka send_batch()"] = await raw_batch_rate(settings.kafka_bootstrap, keys, values)
     print(f"raw aiokafka send_batch(), pre-encoded {raw_batch:>8,.0f} events/s   {raw_batch / raw:6.1%} of raw")
-    filled = await backfill_rate(settings, args.events)
+    filled = rates["backfill CSV"] = await backfill_rate(settings, args.events)
     print(f"backfill CSV (streamledger ingest)    {filled:>9,.0f} events/s   {filled / raw:6.1%} of raw (goal >= 50%), "
           f"{filled / raw_batch:.1%} of raw send_batch")
 
@@ -175,11 +178,34 @@ async def main() -> None:
         await wait_healthy(args.port)
         for concurrency in (int(c) for c in args.concurrency.split(",")):
             rate, errors = await http_rate(args.port, concurrency, args.batch, args.seconds)
+            rates[f"http POST x{concurrency}"] = rate
             print(f"http POST x{concurrency:<3} batch {args.batch:<5}         {rate:>9,.0f} events/s   {rate / raw:6.1%} of raw"
                   + (f"   ({errors} non-200 answers)" if errors else ""))
     finally:
         service.terminate()
         service.wait(timeout=30)
+    return rates
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=50_000)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--concurrency", default="1,4,16")
+    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--port", type=int, default=18180)
+    parser.add_argument("--plaintext-port", type=int, default=None,
+                        help="the stack's bench-only PLAINTEXT listener (default: STREAMLEDGER_STACK_KAFKA_PLAINTEXT_PORT)")
+    args = parser.parse_args()
+    # Secured: act as the ingestion service (its principal may write events.raw.*), children too.
+    os.environ.setdefault("STREAMLEDGER_KAFKA_SASL_USERNAME", topics.INGESTION)
+
+    keys, values = pre_encoded(args.events)
+    rates = {}
+    for listener in listeners(args.plaintext_port):
+        with listener.active():
+            rates[listener.name] = await measure(args, listener, keys, values)
+    print(compare(rates))
 
 
 if __name__ == "__main__":

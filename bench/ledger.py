@@ -74,7 +74,7 @@ async def produce(bootstrap: str, topic: str, run: str, count: int,
 
 
 async def anchors_until(bootstrap: str, topic: str, count: int, timeout: float) -> dict[str, dict]:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, **kafka.connection(), auto_offset_reset="earliest",
                                 enable_auto_commit=False)
     await consumer.start()
     anchors: dict[str, dict] = {}

@@ -10,7 +10,11 @@ Needs the local stack (`streamledger stack up`). In one run, on fresh topics:
    last output message;
 5. baseline again on the clean topic, then `streamledger serve storage` as a subprocess:
    clean -> MongoDB, timed by its committed offsets.
-It prints each rate and its ratio to the bare loop on the same topic. Every rate is the
+It prints each rate and its ratio to the bare loop on the same topic. On a secured stack the
+services run as their own principals (cleaning, storage) on topics under the table's names
+(events.raw.bench-<run>, ...); with the stack's bench-only PLAINTEXT listener on
+(STREAMLEDGER_STACK_KAFKA_PLAINTEXT_PORT) the whole run is repeated there, and a table gives
+secured / plaintext for each figure. Every rate is the
 messages handled divided by the measured wall time it took: the bare loop from its first
 fetch to its last (connected beforehand), a service from its `started` log line (faust's
 start-up and the dedup table's recovery done) to its last output.
@@ -36,12 +40,14 @@ from pymongo import AsyncMongoClient
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.listeners import Listener, compare, listeners  # noqa: E402
 from services.cleaning.cleaner import Cleaner  # noqa: E402
 from services.cleaning.dedup import DedupWindow  # noqa: E402
 from services.cleaning.rules import RuleBook  # noqa: E402
 from streamledger import kafka  # noqa: E402
 from streamledger.avro import AvroCodec, SchemaRegistry  # noqa: E402
 from streamledger.core.records import Consumed  # noqa: E402
+from streamledger.kafka import topics as table  # noqa: E402
 from streamledger.settings import CommonSettings  # noqa: E402
 
 CODEC = AvroCodec(SchemaRegistry.from_dir())
@@ -68,7 +74,7 @@ async def produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
 async def bare_consume(bootstrap: str, topic: str, count: int) -> float:
     """Messages/s of a plain aiokafka consumer reading `count` messages from the start, timed
     from its first fetch to its last (connected and positioned before the clock starts)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, **kafka.connection(), enable_auto_commit=False)
     await consumer.start()
     try:
         tp = TopicPartition(topic, 0)
@@ -131,16 +137,19 @@ def line(what: str, rate: float, baseline: float | None = None) -> str:
     return f"{what:<46} {rate:>10,.0f} events/s{ratio}"
 
 
-async def main(count: int) -> None:
+async def measure(count: int, listener: Listener) -> dict[str, float]:
     settings = CommonSettings()
     bootstrap, run = settings.kafka_bootstrap, uuid.uuid4().hex[:8]
-    topics = {"raw": f"bench-raw-{run}", "clean": f"bench-clean-{run}", "dead": f"bench-dead-{run}"}
+    rates: dict[str, float] = {}
+    print(f"-- {listener.name} listener {listener.bootstrap}")
+    topics = {"raw": f"{table.RAW}.bench-{run}", "clean": f"{table.CLEAN}.bench-{run}",
+              "dead": f"{table.DEADLETTER}.bench-{run}"}
     await kafka.provision(bootstrap, [kafka.TopicSpec(name) for name in topics.values()])
     values = CODEC.encode_many("RawEvent", (raw_event(i) for i in range(count)))
     await produce(bootstrap, topics["raw"], values)
     print(f"{count:,} RawEvents ({sum(map(len, values)) / count:.0f} bytes each) on {topics['raw']}\n")
 
-    bare_raw = await bare_consume(bootstrap, topics["raw"], count)
+    bare_raw = rates["bare aiokafka loop, raw topic"] = await bare_consume(bootstrap, topics["raw"], count)
     print(line("bare aiokafka loop, raw topic", bare_raw))
 
     cleaner = Cleaner(CODEC, RuleBook(), DedupWindow({}, 3_600_000))
@@ -157,43 +166,58 @@ async def main(count: int) -> None:
             "STREAMLEDGER_MONGO_DB": f"bench_{run}", "STREAMLEDGER_LOG_LEVEL": "INFO",  # for `started`
             "STREAMLEDGER_CLEANING_RAW_TOPIC": topics["raw"], "STREAMLEDGER_CLEANING_CLEAN_TOPIC": topics["clean"],
             "STREAMLEDGER_CLEANING_DEADLETTER_TOPIC": topics["dead"],
-            "STREAMLEDGER_CLEANING_GROUP": f"bench-cleaning-{run}", "STREAMLEDGER_CLEANING_DATA_DIR": scratch,
+            "STREAMLEDGER_CLEANING_GROUP": f"streamledger-cleaning-bench-{run}", "STREAMLEDGER_CLEANING_DATA_DIR": scratch,
             "STREAMLEDGER_STORAGE_CLEAN_TOPIC": topics["clean"], "STREAMLEDGER_STORAGE_DEADLETTER_TOPIC": topics["dead"],
-            "STREAMLEDGER_STORAGE_PREDICTIONS_TOPIC": f"bench-pred-{run}",
-            "STREAMLEDGER_STORAGE_ANCHORS_TOPIC": f"bench-anch-{run}",
-            "STREAMLEDGER_STORAGE_SNAPSHOTS_TOPIC": f"bench-snap-{run}", "STREAMLEDGER_STORAGE_GROUP": f"bench-storage-{run}",
+            "STREAMLEDGER_STORAGE_PREDICTIONS_TOPIC": f"{table.PREDICTIONS}.bench-{run}",
+            "STREAMLEDGER_STORAGE_ANCHORS_TOPIC": f"{table.ANCHORS}.bench-{run}",
+            "STREAMLEDGER_STORAGE_SNAPSHOTS_TOPIC": f"{table.SNAPSHOTS}.bench-{run}",
+            "STREAMLEDGER_STORAGE_GROUP": f"streamledger-storage-bench-{run}",
         })
         log = Path(scratch) / "cleaning.log"
-        cleaning = serve("cleaning", env, log)
-        watcher = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+        cleaning = serve("cleaning", env | kafka.child_environment(settings, username=table.CLEANING), log)
+        watcher = AIOKafkaConsumer(bootstrap_servers=bootstrap, **kafka.connection())
         await watcher.start()
         try:
             rate = await service_rate(cleaning, log, lambda: end_offset(watcher, topics["clean"]), count, 600)
         finally:
             stop(cleaning)
             await watcher.stop()
+        rates["cleaning service (faust), raw -> clean"] = rate
         print(line("cleaning service (faust), raw -> clean", rate, bare_raw))
 
-        bare_clean = await bare_consume(bootstrap, topics["clean"], count)
+        bare_clean = rates["bare aiokafka loop, clean topic"] = await bare_consume(bootstrap, topics["clean"], count)
         print(line("bare aiokafka loop, clean topic", bare_clean))
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **kafka.connection())
         await admin.start()
         log = Path(scratch) / "storage.log"
-        storage = serve("storage", env, log)
+        storage = serve("storage", env | kafka.child_environment(settings, username=table.STORAGE), log)
         try:
             group = env["STREAMLEDGER_STORAGE_GROUP"]
             rate = await service_rate(storage, log, lambda: committed(admin, group, topics["clean"]), count, 600)
         finally:
             stop(storage)
             await admin.close()
+        rates["storage service, clean -> MongoDB"] = rate
         print(line("storage service, clean -> MongoDB (FerretDB)", rate, bare_clean))
 
     client = AsyncMongoClient(settings.mongo_url)
     await client.drop_database(f"bench_{run}")
     await client.close()
+    return rates
+
+
+async def main(count: int, plaintext_port: int | None) -> None:
+    rates = {}
+    for listener in listeners(plaintext_port):
+        with listener.active():
+            rates[listener.name] = await measure(count, listener)
+    print(compare(rates))
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=20_000)
-    asyncio.run(main(parser.parse_args().events))
+    parser.add_argument("--plaintext-port", type=int, default=None,
+                        help="the stack's bench-only PLAINTEXT listener (default: STREAMLEDGER_STACK_KAFKA_PLAINTEXT_PORT)")
+    arguments = parser.parse_args()
+    asyncio.run(main(arguments.events, arguments.plaintext_port))

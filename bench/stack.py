@@ -48,7 +48,7 @@ async def produce_rate(bootstrap: str, topic: str, count: int) -> float:
 
 
 async def consume_rate(bootstrap: str, topic: str, count: int) -> float:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, **kafka.connection(), auto_offset_reset="earliest",
                                 enable_auto_commit=False, max_partition_fetch_bytes=8 * 2**20)
     await consumer.start()
     try:

@@ -4,6 +4,9 @@ Each service is `streamledger serve NAME` in its own process (so one crash never
 the others down), logging to the stack's log folder; stopping sends SIGTERM to all, then
 SIGKILL to any that outlive the grace period.
 
+On Kafka each service connects as its own principal (`User:<name>`, its password in the
+stack's `kafka-auth/users/<name>.password`), whatever principal the parent uses.
+
 On the ledger each service acts as its own local identity (`anchoring` and `settlement` for the
 ledger service's two loops, `registry`, `inference`, `audit`, `dashboard`), each granted only
 its role by the stack. `STREAMLEDGER_FABRIC_USER` or `_MSP_DIR` in the environment would make
@@ -18,11 +21,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from devstack.settings import StackSettings
+from streamledger.kafka.clients import child_environment
 
 
 def built_services(names: Iterable[str]) -> list[str]:
@@ -43,6 +47,15 @@ def local_stack_defaults() -> dict[str, str]:
     return {"STREAMLEDGER_LEDGER_SETTLE_MARGIN_SECONDS": str(StackSettings().fabric_timewindow_seconds)}
 
 
+def kafka_identity(service: str) -> dict[str, str]:
+    """The environment that makes a child connect to Kafka as `service`'s own principal."""
+    return {k: v for k, v in child_environment(username=service).items() if k != "STREAMLEDGER_KAFKA_BOOTSTRAP"}
+
+
+def _without_kafka_identity(env: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if not k.startswith("STREAMLEDGER_KAFKA_SASL_")}
+
+
 @dataclass
 class ServiceGroup:
     env: dict[str, str] = field(default_factory=dict)
@@ -56,7 +69,8 @@ class ServiceGroup:
             log = open(self.log_dir / f"service-{name}.log", "ab")
             self.processes[name] = subprocess.Popen(
                 [cli, "serve", name], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**local_stack_defaults(), **os.environ, **self.env},
+                env={**local_stack_defaults(), **_without_kafka_identity(os.environ), **kafka_identity(name),
+                     **self.env},
             )
             log.close()
 

@@ -20,6 +20,15 @@ class StackSettings(BaseSettings):
     """Cache for jars and builds, plus data/, logs/ and run/ (pid files). Outside the repo."""
     kafka_port: int = 9092
     kafka_controller_port: int = 9093
+    kafka_internal_port: int = 9094
+    """Secured only: the broker's own listener (mutual TLS, the broker's certificate alone), used
+    between broker and itself and by the stack to create users and ACLs."""
+    kafka_secure: bool = True
+    """SASL_SSL (TLS + SCRAM-SHA-512) on the client listener and ACLs (KRaft's StandardAuthorizer),
+    one principal per service; off: one PLAINTEXT listener without authentication."""
+    kafka_plaintext_port: int = 0
+    """Bench only: also a PLAINTEXT listener on 127.0.0.1 at this port, whose anonymous clients are
+    super users (to measure what authentication costs); 0 (the default) leaves it off."""
     kafka_heap: str = "768m"
     """Kafka's maximum JVM heap (-Xmx); kept under 1 GiB for small machines."""
     mongo_port: int = 27017
@@ -61,6 +70,11 @@ class StackSettings(BaseSettings):
     @property
     def data_dir(self) -> Path:
         return self.home / "data"
+
+    @property
+    def kafka_auth_dir(self) -> Path:
+        """The Kafka CA, the broker's key and every principal's password (devstack/kafka_auth.py)."""
+        return self.data_dir / "kafka-auth"
 
     @property
     def log_dir(self) -> Path:

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import time
 from pathlib import Path
 
@@ -122,6 +123,8 @@ def serve(service: str = typer.Argument(..., help=f"one of: {', '.join(SERVICES)
     if service not in SERVICES:
         console.print(f"[red]unknown service {service!r}[/]; choose one of: {', '.join(SERVICES)}, all")
         raise typer.Exit(2)
+    # On Kafka each service is its own principal (streamledger/kafka/acls.py) unless told otherwise.
+    os.environ.setdefault("STREAMLEDGER_KAFKA_SASL_USERNAME", service)
     try:
         module = importlib.import_module(f"services.{service}.app")
     except ModuleNotFoundError as exc:

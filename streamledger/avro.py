@@ -188,16 +188,10 @@ class SchemaRegistry:
         A value whose fingerprint does not match its key, or that is not a schema, is
         skipped: a reader must never trust a fingerprint it cannot recompute.
         """
-        from aiokafka.admin import AIOKafkaAdminClient  # only this method needs Kafka
+        from streamledger import kafka  # only this method needs Kafka
 
-        from streamledger import kafka
-
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
-        try:
+        async with kafka.admin(bootstrap) as admin:
             (described,) = await admin.describe_topics([topic])
-        finally:
-            await admin.close()
         if described["error_code"] or not described["partitions"]:
             return 0  # no schemas published yet
         learned = 0

@@ -98,7 +98,7 @@ def serve(name: str, load_settings: Callable[[], S], build: Callable[[S], Servic
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors())
         _refuse(name, problems)
     configure_logging(getattr(settings, "log_level", "INFO"))
-    metrics.serve_metrics(getattr(settings, "metrics_port", 0))
+    metrics.serve_metrics(getattr(settings, "metrics_port", 0), getattr(settings, "metrics_host", "127.0.0.1"))
     raise SystemExit(asyncio.run(_serve(name, settings, build)))
 
 

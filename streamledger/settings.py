@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODELS_FILE = Path(str(resources.files("streamledger") / "models.toml"))
@@ -20,6 +22,12 @@ def local_stack_home() -> Path:
     `~/.cache/streamledger` (outside the repo). Services only read the local Fabric network's
     crypto material from it, as their default identity; they never import the stack itself."""
     return Path(os.environ.get("STREAMLEDGER_STACK_HOME") or Path.home() / ".cache" / "streamledger")
+
+
+def local_kafka_auth_dir() -> Path:
+    """The local stack's Kafka credentials: `ca.crt` (the broker's TLS CA) and `users/NAME.password`
+    (one SCRAM password per principal, mode 0600), made by `streamledger stack up`."""
+    return local_stack_home() / "data" / "kafka-auth"
 
 
 LOCAL_PEERS = {"Org1MSP": "127.0.0.1:7051", "Org2MSP": "127.0.0.1:9051"}
@@ -39,12 +47,29 @@ class CommonSettings(BaseSettings):
 
     kafka_bootstrap: str = "127.0.0.1:9092"
     """Kafka bootstrap servers, comma-separated (`host:port,host:port`)."""
+    kafka_security_protocol: Literal["SASL_SSL", "PLAINTEXT"] = "SASL_SSL"
+    """SASL_SSL: TLS to the broker and SCRAM authentication (the local stack's default);
+    PLAINTEXT only for a cluster without authentication."""
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str = ""
+    """The Kafka principal to act as; empty: the service's own (`streamledger serve NAME` sets it),
+    else the local stack's `admin`."""
+    kafka_sasl_password: SecretStr = SecretStr("")
+    """The principal's password; empty: read from `kafka_sasl_password_file`."""
+    kafka_sasl_password_file: Path | None = None
+    """A file holding the password (default: the local stack's `users/<username>.password`)."""
+    kafka_ssl_cafile: Path | None = None
+    """PEM of the CA that signed the broker's certificate (default: the local stack's `ca.crt`);
+    the broker's name is checked against its certificate."""
     mongo_url: str = "mongodb://127.0.0.1:27017"
     """MongoDB connection string (a replica set URI works unchanged)."""
     mongo_db: str = "streamledger"
     log_level: str = "INFO"
     metrics_port: int = 0
     """Port for the Prometheus `/metrics` endpoint; 0 leaves it off."""
+    metrics_host: str = "127.0.0.1"
+    """Address the `/metrics` endpoint listens on: loopback unless a scraper elsewhere must reach it
+    (in a Kubernetes pod, `0.0.0.0`; the chart sets it)."""
 
 
 class LedgerSettings(CommonSettings):

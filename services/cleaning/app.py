@@ -116,6 +116,7 @@ def build_app(settings: CleaningSettings, codec: AvroCodec, rules: RuleBook, par
     settings.cleaning_data_dir.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
     app = CleaningApp(
         settings.cleaning_group, broker=f"kafka://{settings.kafka_bootstrap}",
+        broker_credentials=kafka.faust_credentials(),  # SASL_SSL as the service's principal (settings)
         datadir=str(settings.cleaning_data_dir / settings.cleaning_group),
         store="memory://",  # the changelog topic is the durable copy of the dedup table
         key_serializer="raw", value_serializer="raw", topic_partitions=partitions, topic_replication_factor=1,

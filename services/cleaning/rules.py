@@ -23,6 +23,7 @@ What the rules do, in order:
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import sys
@@ -109,8 +110,7 @@ _MISSING = object()
 
 def normalise_name(name: str, rules: TenantRules) -> str:
     """The feature name as CleanEvent carries it, e.g. " Unit Price (EUR)" -> "unit_price_eur"."""
-    folded = unicodedata.normalize("NFKC", name).casefold()
-    normal = _NOT_WORD.sub("_", folded).strip("_")
+    normal = _normal_name(name)
     if not normal:
         raise Rejected("feature_name", f"feature name {name!r} is empty once normalised")
     if len(normal) > rules.max_name_length:
@@ -119,6 +119,13 @@ def normalise_name(name: str, rules: TenantRules) -> str:
             f"feature name {name[:40]!r}... is {len(normal)} characters, over the limit of {rules.max_name_length}",
         )
     return normal
+
+
+@functools.lru_cache(maxsize=65536)
+def _normal_name(name: str) -> str:
+    """NFKC, case-folded, runs of non-word characters as one `_`: a pure function of the name, and
+    a stream repeats the same few names, so it is remembered (bounded)."""
+    return _NOT_WORD.sub("_", unicodedata.normalize("NFKC", name).casefold()).strip("_")
 
 
 def normalise_value(value: Any, field: str, rules: TenantRules) -> Any:
@@ -131,7 +138,7 @@ def normalise_value(value: Any, field: str, rules: TenantRules) -> Any:
         return float(value)
     if not isinstance(value, str):
         raise Rejected("invalid_type", f"{field} has type {type(value).__name__}, not double, string or boolean")
-    text = unicodedata.normalize("NFC", value).strip()
+    text = (value if value.isascii() else unicodedata.normalize("NFC", value)).strip()
     if not text:
         return _MISSING
     if len(text) > rules.max_string_length:

@@ -22,9 +22,11 @@ Per hold, this server keeps a `CreditLine`:
   (INVALID_ARGUMENT, "not newer than the one accepted") when the request needs a newer one. Its signature (an ECDSA verification, ~70 us: more
   than the rest of a request's metering) is checked against the certificate that froze the hold
   before the receipt counts: at once with `check_seconds` 0, else `check_seconds` later in the
-  background, for the newest receipt received by then only (an honest client sends a new one with
-  every request: one check covers those of every request in between), and at once whenever a request needs it, i.e.
-  would not fit the window with the receipt accepted so far. A receipt that does not verify is
+  background, for the newest receipt received by then only (an honest client sends a new one every
+  few requests: one check covers those of every request in between), in a worker thread (the
+  verification releases the GIL, so requests are served meanwhile, on the event loop), and at once
+  on the request's path whenever a request needs it, i.e. would not fit the window with the
+  receipt accepted so far. A receipt that does not verify is
   refused then, and on sight when it comes again. The window only ever counts checked receipts,
   and so do the usage records. The ledger's recorded receipt counts as accepted.
 - **reservations**: this server serves at most the credit it reserved itself (its `Authorize`
@@ -46,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 
@@ -132,6 +135,8 @@ class CreditLine:
     forged: str | None = None
     """The last receipt header whose signature did not verify: refused on sight."""
     checking: asyncio.TimerHandle | None = None
+    verifying: asyncio.Future | None = None
+    """The background check of a pending receipt, in the worker thread."""
     reserving: asyncio.Future | None = None
     refreshing: asyncio.Future | None = None
 
@@ -170,6 +175,8 @@ class CreditMeter:
         """Reservations (Authorize transactions) this server made."""
         self._lines: dict[str, CreditLine] = {}
         self._opening: dict[str, asyncio.Future] = {}
+        self._verifier: ThreadPoolExecutor | None = None
+        """The one thread background checks verify signatures in (made at the first)."""
 
     async def charge(self, hold_id: str | None, client: str, units: int, receipt: str | None = None) -> Charge:
         """Charge `units` to the hold for `client`, who sent `receipt` (a `streamledger-receipt`
@@ -315,22 +322,67 @@ class CreditMeter:
             line.forged = header
             raise
         if receipt.supersedes(line.receipt):  # (the ledger's recorded receipt may have overtaken it)
-            line.receipt, line.header = receipt, header
-            line.served = max(line.served, receipt.units)
-            RECEIPTS.inc()
+            self._accept(line, receipt, header)
 
     def _check_later(self, line: CreditLine) -> None:
+        """The timer's check: the newest receipt received verified in the worker thread, off the event loop."""
         line.checking = None
+        receipt, header = line.pending, line.pending_header
+        if receipt is None or line.verifying is not None:
+            return  # checked meanwhile on a request's path, or a check is on its way (it looks again when done)
         try:
-            self._check_pending(line)
-        except ReceiptNotSigned as exc:  # refused when it comes again, or when the window needs it
-            log.warning("receipt_not_signed", extra={"hold_id": line.hold.hold_id, "error": str(exc)})
+            key = self._key(line)
+        except ReceiptNotSigned as exc:
+            self._found_forged(line, receipt, header, exc)
+            return
+        if self._verifier is None:
+            self._verifier = ThreadPoolExecutor(1, thread_name_prefix="receipts")
+        line.verifying = asyncio.get_running_loop().run_in_executor(self._verifier, _verifies, key, receipt)
+        line.verifying.add_done_callback(partial(self._checked, line, receipt, header))
+
+    def _checked(self, line: CreditLine, receipt: Receipt, header: str, done: asyncio.Future) -> None:
+        """A background check's outcome: the receipt accepted (if still newer than the one accepted) or found forged."""
+        line.verifying = None
+        if done.cancelled():  # the loop is closing
+            return
+        failed = done.exception()
+        if failed is not None:  # not an answer about the signature: it stays pending, checked again
+            log.error("receipt_not_checked", extra={"hold_id": line.hold.hold_id, "error": repr(failed)})
+        else:
+            if line.pending is receipt:
+                line.pending = line.pending_header = None
+            why = done.result()
+            if why is not None:
+                self._found_forged(line, receipt, header, self._not_signed(line, receipt, why))
+            elif receipt.supersedes(line.receipt):
+                self._accept(line, receipt, header)
+        if line.pending is not None and line.checking is None:  # a newer one came meanwhile
+            line.checking = asyncio.get_running_loop().call_later(self.check_seconds, self._check_later, line)
+
+    def _found_forged(self, line: CreditLine, receipt: Receipt, header: str, exc: ReceiptNotSigned) -> None:
+        line.forged = header  # refused when it comes again, or when the window needs it
+        if line.pending is receipt:
+            line.pending = line.pending_header = None
+        log.warning("receipt_not_signed", extra={"hold_id": line.hold.hold_id, "error": str(exc)})
+
+    def _accept(self, line: CreditLine, receipt: Receipt, header: str | None) -> None:
+        line.receipt, line.header = receipt, header
+        line.served = max(line.served, receipt.units)
+        RECEIPTS.inc()
+
+    def _key(self, line: CreditLine) -> ReceiptKey:
+        """The hold's client key, read from its certificate once."""
+        if line.key is None:
+            try:
+                line.key = ReceiptKey(line.hold.client_cert)
+            except InvalidReceipt as exc:
+                raise ReceiptNotSigned(f"hold {line.hold.hold_id!r}: {exc}") from None
+        return line.key
 
     def _verify(self, line: CreditLine, receipt: Receipt) -> None:
+        key = self._key(line)
         try:
-            if line.key is None:
-                line.key = ReceiptKey(line.hold.client_cert)
-            line.key.verify(receipt)
+            key.verify(receipt)
         except InvalidReceipt as exc:
             raise self._not_signed(line, receipt, str(exc)) from None
 
@@ -434,6 +486,15 @@ class CreditMeter:
             f"hold {hold.hold_id!r} has {max(hold.remaining, 0)} credit left to reserve (amount {hold.amount}, "
             f"reserved by the provider's servers {hold.authorized}, by this server {line.reserved}, of which it "
             f"served {line.own_units * hold.price_per_unit}){need}: the client freezes a new hold")
+
+
+def _verifies(key: ReceiptKey, receipt: Receipt) -> str | None:
+    """None if `key` signed `receipt`, else why not (run in the worker thread)."""
+    try:
+        key.verify(receipt)
+    except InvalidReceipt as exc:
+        return str(exc)
+    return None
 
 
 def _retrieved(done: asyncio.Future) -> None:

@@ -6,12 +6,12 @@
                                  msp_id="Org2MSP", server_ca="server-ca.pem")
     client.freeze(provider=PROVIDER, amount=1_000, price_per_unit=1)   # or client.use_hold(hold_id)
     result = client.infer("phishing-logreg", inputs)                   # tritonclient's InferResult
-    client.receipt                                                     # signed for every row received
+    client.receipt                                                     # a receipt for every row received
 
 `paid.py` is the client, `receipts.py` the receipts it signs.
 """
 
 from streamledger.client.paid import PaidInferenceClient
-from streamledger.client.receipts import ReceiptBook
+from streamledger.client.receipts import SIGN_EVERY_UNITS, ReceiptBook
 
-__all__ = ["PaidInferenceClient", "ReceiptBook"]
+__all__ = ["SIGN_EVERY_UNITS", "PaidInferenceClient", "ReceiptBook"]

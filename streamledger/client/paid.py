@@ -13,16 +13,20 @@ What it does, step by step:
   client role; the ledger's peer and TLS root from `ledger`, default the local network's), or
   `use_hold(hold_id)` takes one frozen elsewhere (`streamledger wallet freeze`);
 - **every `infer`** sends the hold id and the latest receipt as gRPC metadata
-  (`streamledger-hold-id`, `streamledger-receipt`), and after each response signs, with the
-  identity's Fabric key, a receipt for all the rows received on the hold (`ReceiptBook`);
+  (`streamledger-hold-id`, `streamledger-receipt`), and counts the rows of each response; once
+  `sign_every_units` rows (default 10) came since the last receipt it signs, with the identity's
+  Fabric key, a receipt for all the rows received on the hold (`ReceiptBook`), and at once
+  whenever a server asks for a newer receipt or `receipt` is read;
 - **a fresh hold** (with `refreeze=True`, after a `freeze`): when the hold would not pay for the
   next request's rows, is about to expire, or the server says it is used up, the client freezes a
   new one on the same terms and goes on with it.
 
 The server serves a hold only up to the client's latest receipt plus its credit window, so a
-client that sends several requests at once may be told to send a newer receipt while earlier
-answers are on their way: `infer` then sends the request once more if its receipt has advanced
-meanwhile. Any other refusal is tritonclient's `InferenceServerException`, naming what is wrong.
+client may be told to send a newer receipt (rows received and not signed for yet, or earlier
+answers still on their way when it sends several requests at once): `infer` then signs for every
+row received and sends the request once more if its receipt has advanced. A hold frozen moments ago that the server does not find yet (it reads another peer, which may
+lag) is asked for again for up to `FRESH_HOLD_SECONDS`. Any other refusal is tritonclient's
+`InferenceServerException`, naming what is wrong.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from typing import Any
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
-from streamledger.client.receipts import ReceiptBook
+from streamledger.client.receipts import SIGN_EVERY_UNITS, ReceiptBook
 from streamledger.core.receipts import HOLD_METADATA, RECEIPT_METADATA, Receipt
 from streamledger.fabric.identity import load_msp
 from streamledger.ledger import LedgerClient
@@ -45,6 +49,9 @@ from streamledger.settings import LedgerSettings
 
 EXPIRY_MARGIN_SECONDS = 5.0
 """With `refreeze`, a hold this close to its expiry is replaced before a request."""
+FRESH_HOLD_SECONDS = 10.0
+"""A hold this client froze this recently that the server does not find yet is asked for again: the
+server reads another peer than the one the client froze through, which may not have its block yet."""
 
 
 @dataclass(frozen=True)
@@ -61,13 +68,17 @@ class HoldTerms:
 
 class PaidInferenceClient:
     def __init__(self, url: str, *, msp_dir: str | Path, msp_id: str, server_ca: str | Path,
-                 server_name: str = "", ledger: LedgerSettings | None = None, refreeze: bool = False) -> None:
+                 server_name: str = "", ledger: LedgerSettings | None = None, refreeze: bool = False,
+                 sign_every_units: int = SIGN_EVERY_UNITS) -> None:
         """A client of the inference server at `url` acting as the identity of `msp_dir` (of `msp_id`).
 
         `server_name`: the name to check in the server's certificate when it is not `url`'s host.
         `ledger`: where `freeze` submits (default: the local network, as this identity).
         `refreeze`: freeze a fresh hold on the same terms when the current one runs out.
+        `sign_every_units`: rows received between two receipts (keep it well within the server's
+        credit window; 1 signs after every response).
         """
+        self.sign_every_units = sign_every_units
         self.msp_dir, self.msp_id = Path(msp_dir).expanduser(), msp_id
         self.identity, self.signer = load_msp(self.msp_dir, msp_id)
         self.ledger = ledger or LedgerSettings(fabric_msp_id=msp_id, fabric_msp_dir=self.msp_dir)
@@ -79,6 +90,8 @@ class PaidInferenceClient:
         """The tritonclient underneath: metadata, readiness, everything but paid `infer`."""
         self.terms: HoldTerms | None = None
         self.receipts: ReceiptBook | None = None
+        self._frozen_at = float("-inf")
+        """When (monotonic) the current hold was frozen here."""
         self._expires_in, self._window = 3600.0, 0
         """How long, and with which settlement window, the last `freeze` froze (repeated by `refreeze`)."""
 
@@ -93,13 +106,15 @@ class PaidInferenceClient:
                                         settlement_window_seconds))
         self._expires_in, self._window = expires_in, settlement_window_seconds
         self.terms = HoldTerms(hold["hold_id"], provider, amount, price_per_unit, float(hold["expires_at"]))
-        self.receipts = ReceiptBook(self.signer.sign, hold["hold_id"])
+        self._frozen_at = time.monotonic()
+        self.receipts = ReceiptBook(self.signer.sign, hold["hold_id"], every_units=self.sign_every_units)
         return hold["hold_id"]
 
     def use_hold(self, hold_id: str, *, units: int = 0, sequence: int = 0) -> None:
         """Pay from a hold frozen elsewhere; `units` and `sequence`: the last receipt signed on it, if any."""
         self.terms = HoldTerms(hold_id)
-        self.receipts = ReceiptBook(self.signer.sign, hold_id, units, sequence)
+        self.receipts = ReceiptBook(self.signer.sign, hold_id, units, sequence, every_units=self.sign_every_units)
+        self._frozen_at = float("-inf")
 
     @property
     def hold_id(self) -> str | None:
@@ -107,8 +122,8 @@ class PaidInferenceClient:
 
     @property
     def receipt(self) -> Receipt | None:
-        """The latest receipt signed: every row received on the current hold."""
-        return self.receipts.latest if self.receipts is not None else None
+        """A receipt for every row received on the current hold (signed now if the latest does not cover them)."""
+        return self.receipts.sign() if self.receipts is not None else None
 
     async def _freeze(self, nonce: str, provider: str, amount: int, price: int, expires_at: int,
                       window: int) -> dict[str, Any]:
@@ -118,7 +133,7 @@ class PaidInferenceClient:
     # -- paid calls --
 
     def infer(self, model_name: str, inputs: list[triton.InferInput], **kwargs: Any) -> triton.InferResult:
-        """tritonclient's `infer`, charged to the hold, with the latest receipt; signs for the rows received."""
+        """tritonclient's `infer`, charged to the hold, with the latest receipt; counts (and signs for) the rows received."""
         if self.receipts is None:
             raise RuntimeError("no hold to pay from: call freeze(...) or use_hold(hold_id) first")
         if self._runs_out(_rows(inputs)):
@@ -130,13 +145,24 @@ class PaidInferenceClient:
         except InferenceServerException as exc:
             if self.refreeze and _used_up(exc):
                 self._freeze_again()
-            elif not (_about_the_receipt(exc) and self.receipts.header != sent):
+            elif not (_about_the_receipt(exc) and self.receipts.sign() is not None and self.receipts.header != sent):
                 raise
             result = self._call(model_name, inputs, headers, kwargs)  # once more, with the newer receipt or hold
         self.receipts.received(_rows_of(result))
         return result
 
     def _call(self, model_name: str, inputs: list[triton.InferInput], headers: dict[str, str],
+              kwargs: dict[str, Any]) -> triton.InferResult:
+        """One paid call; sent again while the server does not find the hold this client just froze."""
+        while True:
+            try:
+                return self._send(model_name, inputs, headers, kwargs)
+            except InferenceServerException as exc:
+                if not (_not_found(exc) and time.monotonic() < self._frozen_at + FRESH_HOLD_SECONDS):
+                    raise
+            time.sleep(0.2)
+
+    def _send(self, model_name: str, inputs: list[triton.InferInput], headers: dict[str, str],
               kwargs: dict[str, Any]) -> triton.InferResult:
         paid = dict(headers)
         paid[HOLD_METADATA] = self.receipts.hold_id
@@ -190,6 +216,10 @@ def _rows_of(result: triton.InferResult) -> int:
 def _about_the_receipt(exc: InferenceServerException) -> bool:
     return exc.status() in ("StatusCode.RESOURCE_EXHAUSTED", "StatusCode.INVALID_ARGUMENT") \
         and "receipt" in (exc.message() or "")
+
+
+def _not_found(exc: InferenceServerException) -> bool:
+    return exc.status() == "StatusCode.PERMISSION_DENIED" and "does not exist on the ledger" in (exc.message() or "")
 
 
 def _used_up(exc: InferenceServerException) -> bool:

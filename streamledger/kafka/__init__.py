@@ -6,16 +6,20 @@ delivery guarantees, reading a compacted topic to its end, and committing offset
     async with kafka.producer(bootstrap) as out: ...
 """
 
-from streamledger.kafka import topics
+from streamledger.kafka import acls, topics
 from streamledger.kafka.clients import (
+           KafkaSecurity,
            admin,
+           child_environment,
            commit,
+           connection,
            consumer,
+           faust_credentials,
            partitions_of,
            producer,
            read_to_end,
 )
 from streamledger.kafka.topics import TopicSpec, provision, spec
 
-__all__ = ["TopicSpec", "admin", "commit", "consumer", "partitions_of", "producer", "provision", "read_to_end", "spec",
-           "topics"]
+__all__ = ["KafkaSecurity", "TopicSpec", "acls", "admin", "child_environment", "commit", "connection", "consumer", "faust_credentials",
+           "partitions_of", "producer", "provision", "read_to_end", "spec", "topics"]

@@ -14,27 +14,141 @@
 
 Consumers never commit on their own (`enable_auto_commit=False`): a service commits with
 `commit` once what it made of the records is durable (at-least-once).
+
+Every client connects as `KafkaSecurity` says: by default what the `STREAMLEDGER_KAFKA_*`
+settings say (SASL_SSL as the process's principal, see CommonSettings); pass `security=` to
+act as another principal.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import CommitFailedError, IllegalStateError
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    TopicAuthorizationFailedError,
+)
 
 from streamledger.logging import get_logger
+from streamledger.settings import CommonSettings, local_kafka_auth_dir
 
 log = get_logger("kafka")
 
+ADMIN = "admin"
+"""The local stack's super user (it creates topics, users and ACLs)."""
 
-def producer(bootstrap: str, **overrides) -> AIOKafkaProducer:
+
+class KafkaCredentialsError(RuntimeError):
+    """The Kafka password or CA file a secured connection needs is missing or unreadable."""
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """How to connect: TLS + SCRAM as `username` (SASL_SSL), or PLAINTEXT."""
+
+    protocol: str = "SASL_SSL"
+    username: str = ""
+    password: str = field(default="", repr=False)
+    mechanism: str = "SCRAM-SHA-512"
+    cafile: Path | None = None
+
+    @classmethod
+    def from_settings(cls, settings: CommonSettings | None = None, username: str = "") -> KafkaSecurity:
+        """The settings' connection (default: the environment's); `username` acts as that
+        principal instead, its password read from the local stack's credentials."""
+        s = settings or CommonSettings()
+        if s.kafka_security_protocol == "PLAINTEXT":
+            return cls(protocol="PLAINTEXT")
+        user = username or s.kafka_sasl_username or ADMIN
+        password = "" if username else s.kafka_sasl_password.get_secret_value()
+        if not password:
+            path = (None if username else s.kafka_sasl_password_file) or local_password_file(user)
+            password = _read_secret(path, f"Kafka password of {user!r}")
+        cafile = s.kafka_ssl_cafile or local_kafka_auth_dir() / "ca.crt"
+        if not cafile.is_file():
+            raise KafkaCredentialsError(f"Kafka CA file {cafile} does not exist (set STREAMLEDGER_KAFKA_SSL_CAFILE; "
+                                        "the local stack makes it at `streamledger stack up`)")
+        return cls(protocol="SASL_SSL", username=user, password=password, mechanism=s.kafka_sasl_mechanism,
+                   cafile=cafile)
+
+    @property
+    def secured(self) -> bool:
+        return self.protocol != "PLAINTEXT"
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """Verifies the broker's certificate and name against `cafile`."""
+        return ssl.create_default_context(cafile=str(self.cafile) if self.cafile else None)
+
+    def options(self) -> dict[str, Any]:
+        """aiokafka's keyword arguments for this connection (any client: producer, consumer, admin)."""
+        if not self.secured:
+            return {"security_protocol": "PLAINTEXT"}
+        return {"security_protocol": "SASL_SSL", "ssl_context": self.ssl_context(), "sasl_mechanism": self.mechanism,
+                "sasl_plain_username": self.username, "sasl_plain_password": self.password}
+
+
+def local_password_file(username: str) -> Path:
+    return local_kafka_auth_dir() / "users" / f"{username}.password"
+
+
+def _read_secret(path: Path, what: str) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise KafkaCredentialsError(f"{what}: cannot read {path} ({exc.strerror}); set STREAMLEDGER_KAFKA_SASL_PASSWORD"
+                                    "_FILE, or run `streamledger stack up` for the local stack") from None
+
+
+def child_environment(settings: CommonSettings | None = None, username: str = "") -> dict[str, str]:
+    """The `STREAMLEDGER_KAFKA_*` variables that make a child process connect as this one does
+    (or as `username`, with the local stack's password file): files by absolute path; a password
+    only when the settings hold one and no other user is asked for."""
+    s = settings or CommonSettings()
+    env = {"STREAMLEDGER_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
+           "STREAMLEDGER_KAFKA_SECURITY_PROTOCOL": s.kafka_security_protocol}
+    if s.kafka_security_protocol == "PLAINTEXT":
+        return env
+    user = username or s.kafka_sasl_username or ADMIN
+    env.update({"STREAMLEDGER_KAFKA_SASL_MECHANISM": s.kafka_sasl_mechanism, "STREAMLEDGER_KAFKA_SASL_USERNAME": user,
+                "STREAMLEDGER_KAFKA_SSL_CAFILE": str(s.kafka_ssl_cafile or local_kafka_auth_dir() / "ca.crt")})
+    if not username and s.kafka_sasl_password.get_secret_value():
+        env["STREAMLEDGER_KAFKA_SASL_PASSWORD"] = s.kafka_sasl_password.get_secret_value()
+    else:
+        env["STREAMLEDGER_KAFKA_SASL_PASSWORD_FILE"] = str(
+            (None if username else s.kafka_sasl_password_file) or local_password_file(user))
+    return env
+
+
+def connection(security: KafkaSecurity | None = None) -> dict[str, Any]:
+    """The connection options every client is built with: `security`'s, else the environment's."""
+    return (security or KafkaSecurity.from_settings()).options()
+
+
+def faust_credentials(security: KafkaSecurity | None = None):
+    """faust's `broker_credentials` for the same connection (None: PLAINTEXT)."""
+    import faust  # only the cleaning service runs faust
+
+    security = security or KafkaSecurity.from_settings()
+    if not security.secured:
+        return None
+    return faust.SASLCredentials(username=security.username, password=security.password,
+                                 ssl_context=security.ssl_context(), mechanism=security.mechanism)
+
+
+def producer(bootstrap: str, *, security: KafkaSecurity | None = None, **overrides) -> AIOKafkaProducer:
     """An idempotent producer with acks=all, batching and compression (use it with `async with`)."""
     options = dict(
         bootstrap_servers=bootstrap,
+        **connection(security),
         acks="all",
         enable_idempotence=True,
         compression_type="lz4",
@@ -47,14 +161,14 @@ def producer(bootstrap: str, **overrides) -> AIOKafkaProducer:
 
 
 def consumer(bootstrap: str, *topics: str, group_id: str | None = None, max_fetch_bytes: int | None = None,
-             **overrides) -> AIOKafkaConsumer:
+             security: KafkaSecurity | None = None, **overrides) -> AIOKafkaConsumer:
     """A consumer that commits only when told (`commit`), from the earliest offset of a new group.
 
     `topics` subscribes (with `group_id`, the group balances partitions); none: assign by hand
     (`read_to_end`). `max_fetch_bytes` raises the fetch limits for topics of large records.
     """
-    options = dict(bootstrap_servers=bootstrap, group_id=group_id, enable_auto_commit=False,
-                   auto_offset_reset="earliest")
+    options = dict(bootstrap_servers=bootstrap, **connection(security), group_id=group_id,
+                   enable_auto_commit=False, auto_offset_reset="earliest")
     if max_fetch_bytes is not None:
         options.update(fetch_max_bytes=max_fetch_bytes, max_partition_fetch_bytes=max_fetch_bytes)
     options.update(overrides)
@@ -62,9 +176,10 @@ def consumer(bootstrap: str, *topics: str, group_id: str | None = None, max_fetc
 
 
 @contextlib.asynccontextmanager
-async def admin(bootstrap: str, **overrides) -> AsyncIterator[AIOKafkaAdminClient]:
+async def admin(bootstrap: str, *, security: KafkaSecurity | None = None,
+                **overrides) -> AsyncIterator[AIOKafkaAdminClient]:
     """A started admin client, closed on leaving the `async with`."""
-    client = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **overrides)
+    client = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **{**connection(security), **overrides})
     await client.start()
     try:
         yield client
@@ -88,29 +203,30 @@ async def commit(consumer: AIOKafkaConsumer, offsets: Mapping[TopicPartition, in
     return True
 
 
-async def partitions_of(bootstrap: str, topics: list[str], timeout_s: float = 30.0) -> list[tuple[str, int]]:
+async def partitions_of(bootstrap: str, topics: list[str], timeout_s: float = 30.0,
+                        security: KafkaSecurity | None = None) -> list[tuple[str, int]]:
     """Every partition of `topics`, once the cluster describes each with at least one partition.
 
     A topic created a moment ago can be described before its partitions are ready, so this
-    asks again until each has partitions or the timeout passes (then `TimeoutError`).
+    asks again until each has partitions or the timeout passes (then `TimeoutError`). A topic
+    the principal may not describe is a `TopicAuthorizationFailedError` naming it.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        async with asyncio.timeout(timeout_s):
-            while True:
-                described = await admin.describe_topics(list(topics))
-                found = {d["topic"]: sorted(p["partition"] for p in d["partitions"]) for d in described
-                         if d["error_code"] == 0}
-                if all(found.get(t) for t in topics):
-                    return [(t, p) for t in topics for p in found[t]]
-                await asyncio.sleep(0.2)
-    finally:
-        await admin.close()
+    async with admin(bootstrap, security=security) as cluster, asyncio.timeout(timeout_s):
+        while True:
+            described = await cluster.describe_topics(list(topics))
+            refused = [d["topic"] for d in described if d["error_code"] == TopicAuthorizationFailedError.errno]
+            if refused:  # waiting would not help: this principal may not see them
+                raise TopicAuthorizationFailedError(", ".join(refused))
+            found = {d["topic"]: sorted(p["partition"] for p in d["partitions"]) for d in described
+                     if d["error_code"] == 0}
+            if all(found.get(t) for t in topics):
+                return [(t, p) for t in topics for p in found[t]]
+            await asyncio.sleep(0.2)
 
 
 async def read_to_end(consumer: AIOKafkaConsumer, bootstrap: str, topic: str,
-                      timeout_s: float | None = 30.0) -> AsyncIterator[list[ConsumerRecord]]:
+                      timeout_s: float | None = 30.0,
+                      security: KafkaSecurity | None = None) -> AsyncIterator[list[ConsumerRecord]]:
     """Assign every partition of `topic` to the started, group-less `consumer` from the beginning,
     and yield the records in fetched batches until each partition reaches the end offset it had
     when the call began (`TimeoutError` if that takes longer than `timeout_s`).
@@ -120,7 +236,7 @@ async def read_to_end(consumer: AIOKafkaConsumer, bootstrap: str, topic: str,
     """
     loop = asyncio.get_running_loop()
     deadline = None if timeout_s is None else loop.time() + timeout_s
-    tps = [TopicPartition(t, p) for t, p in await partitions_of(bootstrap, [topic], timeout_s or 30.0)]
+    tps = [TopicPartition(t, p) for t, p in await partitions_of(bootstrap, [topic], timeout_s or 30.0, security)]
     consumer.assign(tps)
     await consumer.seek_to_beginning(*tps)
     end = await consumer.end_offsets(tps)

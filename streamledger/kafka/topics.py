@@ -3,7 +3,8 @@
     await provision(bootstrap, [spec(topics.RAW, settings.ingestion_raw_topic), spec(topics.SCHEMAS)])
 
 Every topic the project creates is described here once (`TopicSpec`: partitions, compaction,
-`max.message.bytes`, retention), so whichever service starts first creates it the same way.
+`max.message.bytes`, retention, and which services write and read it), so whichever service
+starts first creates it the same way, and the broker's ACLs (`acls.py`) follow from it.
 A service that reads a topic under another name (a setting) asks for `spec(ROLE, name)`: the
 table's configuration under that name.
 """
@@ -13,8 +14,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.admin import NewTopic
+from aiokafka.errors import TopicAlreadyExistsError, for_code
+
+from streamledger.kafka.clients import KafkaSecurity, admin
 
 RAW = "events.raw"
 CLEAN = "events.clean"
@@ -25,6 +28,11 @@ PREDICTIONS = "predictions"
 USAGE = "usage"
 ANCHORS = "ledger.anchors"
 SCHEMAS = "_schemas"  # compacted: every writer schema, keyed by fingerprint
+
+# The services, each a Kafka principal of its own (a SCRAM user of that name).
+INGESTION, CLEANING, STORAGE, LEARNING, INFERENCE, LEDGER, AUDIT, DASHBOARD = (
+    "ingestion", "cleaning", "storage", "learning", "inference", "ledger", "audit", "dashboard")
+SERVICES = (INGESTION, CLEANING, STORAGE, LEARNING, INFERENCE, LEDGER, AUDIT, DASHBOARD)
 
 MAX_SNAPSHOT_BYTES = 64 * 1024 * 1024
 """The largest model snapshot record: the snapshot topic's `max.message.bytes`, and what
@@ -39,6 +47,10 @@ class TopicSpec:
     max_message_bytes: int | None = None
     retention_ms: int | None = None
     """None: the broker's default retention."""
+    writers: frozenset[str] = frozenset()
+    """The services that may write it (and create it); no other principal but the admin can."""
+    readers: frozenset[str] = frozenset()
+    """The services that may read its records (and create it, as this table says)."""
 
     def configs(self) -> dict[str, str]:
         configs = {"cleanup.policy": "compact"} if self.compacted else {}
@@ -49,18 +61,29 @@ class TopicSpec:
         return configs
 
 
+class TopicCreationError(RuntimeError):
+    """The broker refused to create a topic (the message names each, with Kafka's error)."""
+
+
+def _only(*services: str) -> frozenset[str]:
+    return frozenset(services)
+
+
 TABLE: dict[str, TopicSpec] = {
     spec.name: spec
     for spec in (
-        TopicSpec(RAW, partitions=3),
-        TopicSpec(CLEAN),
-        TopicSpec(DEADLETTER),
-        TopicSpec(SNAPSHOTS, compacted=True, max_message_bytes=MAX_SNAPSHOT_BYTES),
-        TopicSpec(MODEL_METRICS),
-        TopicSpec(PREDICTIONS),
-        TopicSpec(USAGE),
-        TopicSpec(ANCHORS),
-        TopicSpec(SCHEMAS, compacted=True),
+        TopicSpec(RAW, partitions=3, writers=_only(INGESTION), readers=_only(CLEANING)),
+        TopicSpec(CLEAN, writers=_only(CLEANING), readers=_only(STORAGE, LEARNING, LEDGER, AUDIT)),
+        TopicSpec(DEADLETTER, writers=_only(CLEANING, STORAGE, LEARNING, LEDGER), readers=_only(STORAGE, DASHBOARD)),
+        TopicSpec(SNAPSHOTS, compacted=True, max_message_bytes=MAX_SNAPSHOT_BYTES, writers=_only(LEARNING),
+                  readers=_only(LEARNING, INFERENCE, STORAGE, DASHBOARD)),
+        TopicSpec(MODEL_METRICS, writers=_only(LEARNING), readers=_only(DASHBOARD)),
+        TopicSpec(PREDICTIONS, writers=_only(INFERENCE), readers=_only(STORAGE)),
+        TopicSpec(USAGE, writers=_only(INFERENCE), readers=_only(LEDGER, DASHBOARD)),
+        TopicSpec(ANCHORS, writers=_only(LEDGER), readers=_only(STORAGE, AUDIT, DASHBOARD)),
+        # Every writer of Avro records publishes its schemas; every reader resolves them.
+        TopicSpec(SCHEMAS, compacted=True, writers=_only(INGESTION, CLEANING, STORAGE, LEARNING, INFERENCE, LEDGER),
+                  readers=frozenset(SERVICES)),
     )
 }
 COMPACTED = frozenset(name for name, spec in TABLE.items() if spec.compacted)
@@ -81,23 +104,26 @@ def spec(role: str, name: str | None = None, *, partitions: int | None = None) -
     return replace(found, **changes) if changes else found
 
 
-async def provision(bootstrap: str, specs: Iterable[TopicSpec], replication_factor: int = 1) -> None:
+async def provision(bootstrap: str, specs: Iterable[TopicSpec], replication_factor: int = 1,
+                    security: KafkaSecurity | None = None) -> None:
     """Create every topic of `specs` that does not exist yet, as its spec says.
 
     Existing topics are left as they are (another service may have created them a moment ago).
+    On a secured cluster a principal sees, and may create, only the topics its ACLs name.
     """
     wanted = {s.name: s for s in specs}
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
+    async with admin(bootstrap, security=security) as cluster:
+        existing = set(await cluster.list_topics())
         new = [NewTopic(s.name, num_partitions=s.partitions, replication_factor=replication_factor,
                         topic_configs=s.configs())
                for name, s in wanted.items() if name not in existing]
         if new:
             try:
-                await admin.create_topics(new)
+                response = await cluster.create_topics(new)
             except TopicAlreadyExistsError:
-                pass  # another service created it first
-    finally:
-        await admin.close()
+                return  # another service created it first
+            refused = [(error[0], error[1]) for error in response.topic_errors
+                       if error[1] not in (0, TopicAlreadyExistsError.errno)]
+            if refused:
+                raise TopicCreationError(", ".join(f"{name} (error {code}: {for_code(code).__name__})"
+                                                   for name, code in refused))

@@ -123,7 +123,7 @@ async def test_charts_follow_the_stream_and_stopped_parts_show_as_down(
     chart_before = await raw_card.locator("svg").inner_html()
 
     # A consumer group standing in for the cleaning service: reads and commits, then stops.
-    cleaner = AIOKafkaConsumer(topics["raw_topic"], bootstrap_servers=bootstrap, group_id=dashboard.group,
+    cleaner = AIOKafkaConsumer(topics["raw_topic"], bootstrap_servers=bootstrap, **kafka.connection(), group_id=dashboard.group,
                                enable_auto_commit=False, auto_offset_reset="earliest")
     async with kafka.producer(bootstrap) as producer:
         async with steady_stream(producer, topics["raw_topic"]) as sent:
@@ -247,7 +247,7 @@ async def test_ledger_panels_show_what_the_real_ledger_holds(
 
     page, errors = await open_page(chromium, ledger_dashboard.url)
     await expect(page.get_by_test_id("ledger-badge")).to_contain_text("Ledger: connected", timeout=15_000)
-    cleaner = AIOKafkaConsumer(topics["raw_topic"], bootstrap_servers=bootstrap, group_id=ledger_dashboard.group,
+    cleaner = AIOKafkaConsumer(topics["raw_topic"], bootstrap_servers=bootstrap, **kafka.connection(), group_id=ledger_dashboard.group,
                                enable_auto_commit=False, auto_offset_reset="earliest")
     async with kafka.producer(bootstrap) as producer:
         async with steady_stream(producer, topics["raw_topic"]):

@@ -2,10 +2,16 @@
 
 The stack is brought up once per session (or a healthy one is reused); tests isolate
 themselves by unique topic, group and database names, never by stopping servers.
+
+On Kafka the tests act as the stack's admin (their topics and groups are their own, outside the
+services' ACLs), and so do the services they start; a test of the ACLs names a service's
+principal (`KafkaSecurity.from_settings(username=...)`). A stack run with
+`STREAMLEDGER_STACK_KAFKA_SECURE=false` is reached in PLAINTEXT.
 """
 
 from __future__ import annotations
 
+import os
 import uuid
 
 import pytest
@@ -14,9 +20,14 @@ from pymongo import AsyncMongoClient
 from devstack import Stack
 from devstack.fabric import PART_NAMES, FabricNetwork
 from devstack.settings import StackSettings
+from streamledger.kafka.clients import ADMIN
 from streamledger.settings import CommonSettings, LedgerSettings
 
 pytestmark = pytest.mark.integration
+
+os.environ.setdefault("STREAMLEDGER_KAFKA_SASL_USERNAME", ADMIN)
+if not StackSettings().kafka_secure:
+    os.environ.setdefault("STREAMLEDGER_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT")
 
 FABRIC_PARTS = PART_NAMES
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from river import datasets
 
+from streamledger import kafka
 from streamledger.declarations import load_declarations
 from tests.integration.test_learning_service import (  # noqa: F401  (bootstrap is a fixture)
     MODELS,
@@ -50,6 +51,7 @@ async def test_raw_events_through_cleaning_and_learning_match_river(bootstrap, u
     await produce(bootstrap, raw_topic, raw_events())
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMLEDGER_")}
+    env.update(kafka.child_environment())
     env.update(STREAMLEDGER_KAFKA_BOOTSTRAP=bootstrap, STREAMLEDGER_CLEANING_RAW_TOPIC=raw_topic,
                STREAMLEDGER_CLEANING_CLEAN_TOPIC=names["input"],
                STREAMLEDGER_CLEANING_DEADLETTER_TOPIC=names["deadletter"],

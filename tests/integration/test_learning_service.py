@@ -119,7 +119,7 @@ def encoded(events: list[dict]) -> list[tuple[str, bytes]]:
 
 async def read_all(bootstrap: str, topic: str, reader: str, want, timeout_s: float = 60.0) -> list[dict]:
     """Records of `topic` (decoded) read from the start until `want(records)` is true."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, **kafka.connection(), enable_auto_commit=False,
                                 max_partition_fetch_bytes=64 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
     await consumer.start()
     records: list[dict] = []

@@ -11,13 +11,14 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from devstack.settings import StackSettings
 from streamledger import kafka
 
 pytestmark = pytest.mark.integration
 
 
 async def consume_all(bootstrap: str, topic: str, expected: int, timeout: float = 30.0) -> list:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, **kafka.connection(), auto_offset_reset="earliest",
                                 enable_auto_commit=False)
     await consumer.start()
     records: list = []
@@ -51,7 +52,7 @@ async def test_topic_with_partitions_spreads_keys(bootstrap: str, unique: str) -
     topic = f"test.partitions.{unique}"
     await kafka.provision(bootstrap, [kafka.TopicSpec(topic, partitions=4)])
     await kafka.provision(bootstrap, [kafka.TopicSpec(topic, partitions=4)])  # second call is a no-op
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **kafka.connection())
     await admin.start()
     try:
         described = await admin.describe_topics([topic])
@@ -65,13 +66,26 @@ async def test_topic_with_partitions_spreads_keys(bootstrap: str, unique: str) -
     async with kafka.producer(bootstrap) as producer:
         again = [await (await producer.send(topic, b"v", key=f"k{i}".encode())) for i in range(200)]
     assert [m.partition for m in again] == [m.partition for m in sent]
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, **kafka.connection())
     await consumer.start()
     try:
         ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(4)])
     finally:
         await consumer.stop()
     assert sum(ends.values()) == 400
+
+
+def kcat_bootstrap(bootstrap: str) -> str:
+    """Where kcat connects. Debian 12's kcat (librdkafka 2.0.2) fails SCRAM against this broker
+    (aiokafka and Kafka's own clients pass with the same password), so on a secured stack it
+    uses the bench's PLAINTEXT listener (STREAMLEDGER_STACK_KAFKA_PLAINTEXT_PORT) or is skipped."""
+    stack = StackSettings()
+    if not stack.kafka_secure:
+        return bootstrap
+    if not stack.kafka_plaintext_port:
+        pytest.skip("kcat (librdkafka 2.0.2) cannot authenticate with SCRAM here; set "
+                    "STREAMLEDGER_STACK_KAFKA_PLAINTEXT_PORT to test it on the bench listener")
+    return f"127.0.0.1:{stack.kafka_plaintext_port}"
 
 
 async def test_kcat_reads_what_we_produced(bootstrap: str, unique: str) -> None:
@@ -84,10 +98,10 @@ async def test_kcat_reads_what_we_produced(bootstrap: str, unique: str) -> None:
             await (await producer.send(topic, f"hello-{i}".encode(), key=f"key-{i}".encode()))
     result = await asyncio.to_thread(
         subprocess.run,
-        [kcat, "-b", bootstrap, "-C", "-t", topic, "-o", "beginning", "-c", "3", "-e", "-q", "-f", "%k=%s\n"],
+        [kcat, "-b", kcat_bootstrap(bootstrap), "-C", "-t", topic, "-o", "beginning", "-c", "3", "-e", "-q", "-f", "%k=%s\n"],
         capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["key-0=hello-0", "key-1=hello-1", "key-2=hello-2"]
-    listing = subprocess.run([kcat, "-b", bootstrap, "-L"], capture_output=True, text=True, timeout=30)
-    assert "1 brokers:" in listing.stdout and bootstrap in listing.stdout
+    listing = subprocess.run([kcat, "-b", kcat_bootstrap(bootstrap), "-L"], capture_output=True, text=True, timeout=30)
+    assert "1 brokers:" in listing.stdout and kcat_bootstrap(bootstrap) in listing.stdout

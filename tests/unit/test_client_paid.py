@@ -76,18 +76,31 @@ def client(tmp_path):
     paid.close()
 
 
-def test_each_call_sends_the_hold_and_the_receipt_for_every_row_received_before_it(client):
+def test_each_call_sends_the_hold_and_the_latest_receipt_signed_every_ten_rows_received(client):
     client.use_hold("h-1")
-    for rows in (3, 5, 2):
+    for rows in (3, 5, 2, 4, 6):
         client.infer("m", inputs(rows), headers={"x-trace": "t"})
     sent = client.triton.calls
-    assert [c[HOLD_METADATA] for c in sent] == ["h-1"] * 3 and all(c["x-trace"] == "t" for c in sent)
-    assert RECEIPT_METADATA not in sent[0], "nothing received yet: no receipt"
-    receipts = [receipt_from_header(c[RECEIPT_METADATA]) for c in sent[1:]]
-    assert [(r.hold_id, r.units, r.sequence) for r in receipts] == [("h-1", 3, 1), ("h-1", 8, 2)]
+    assert [c[HOLD_METADATA] for c in sent] == ["h-1"] * 5 and all(c["x-trace"] == "t" for c in sent)
+    assert [c.get(RECEIPT_METADATA) for c in sent[:3]] == [None] * 3, "fewer than 10 rows received: no receipt yet"
+    receipts = [receipt_from_header(c[RECEIPT_METADATA]) for c in sent[3:]]
+    assert [(r.hold_id, r.units, r.sequence) for r in receipts] == [("h-1", 10, 1), ("h-1", 10, 1)]
+    assert (client.receipts.latest.units, client.receipts.sequence) == (20, 2)  # 10 more: signed after the 5th
+    assert (client.receipt.units, client.receipt.sequence) == (20, 2), "every row signed for: nothing new to sign"
+    client.infer("m", inputs(1))
+    assert (client.receipt.units, client.receipt.sequence) == (21, 3), "reading it signs for every row received"
     for receipt in receipts + [client.receipt]:
         receipt.verify(client.cert)  # signed with the MSP folder's key
-    assert (client.receipt.units, client.receipt.sequence) == (10, 3)
+
+
+def test_with_sign_every_units_1_each_call_carries_the_receipt_for_every_row_received_before_it(client):
+    client.sign_every_units = 1
+    client.use_hold("h-1")
+    for rows in (3, 5, 2):
+        client.infer("m", inputs(rows))
+    receipts = [receipt_from_header(c[RECEIPT_METADATA]) for c in client.triton.calls[1:]]
+    assert [(r.units, r.sequence) for r in receipts] == [(3, 1), (8, 2)]
+    assert (client.receipts.latest.units, client.receipts.latest.sequence) == (10, 3)
 
 
 def test_a_hold_used_again_goes_on_from_its_last_receipt(client):
@@ -103,9 +116,15 @@ def test_a_refusal_for_want_of_a_receipt_is_sent_again_only_if_the_receipt_advan
     needed = InferenceServerException("hold 'h-3': ... send a newer receipt in the 'streamledger-receipt' request "
                                       "metadata", status="StatusCode.RESOURCE_EXHAUSTED")
     client.triton.refusals = [needed]
+    client.infer("m", inputs(1))  # 2 rows received, not signed for yet: signed now, sent again
+    refused, again = client.triton.calls[1:]
+    assert RECEIPT_METADATA not in refused and receipt_from_header(again[RECEIPT_METADATA]).units == 2
+    assert client.receipt.units == 3  # every row received signed for
+    client.triton.refusals = [needed]
     with pytest.raises(InferenceServerException, match="send a newer receipt"):
-        client.infer("m", inputs(1))  # nothing arrived meanwhile: the refusal stands
-    assert len(client.triton.calls) == 2
+        client.infer("m", inputs(1))  # nothing to sign, nothing arrived meanwhile: the refusal stands
+    assert len(client.triton.calls) == 4
+    client.triton.calls.clear()
 
     class Concurrent(FakeTriton):
         """Another thread's answer arrives while this call is refused."""
@@ -143,16 +162,47 @@ def test_with_refreeze_a_hold_that_would_not_pay_for_the_next_rows_is_replaced(c
     assert [c[HOLD_METADATA] for c in client.triton.calls[3:]] == ["hold-2", "hold-3"]
 
 
+def test_a_hold_just_frozen_that_the_server_does_not_find_yet_is_asked_for_again(client, monkeypatch):
+    async def freeze(nonce, provider, amount, price, expires_at, window):
+        return {"hold_id": "fresh", "expires_at": expires_at}
+    monkeypatch.setattr(client, "_freeze", freeze)
+    monkeypatch.setattr("streamledger.client.paid.time.sleep", lambda _s: None)
+    missing = InferenceServerException("hold 'fresh' does not exist on the ledger",
+                                       status="StatusCode.PERMISSION_DENIED")
+    client.freeze(provider="Org1MSP::CN=p", amount=20, price_per_unit=1)
+    client.triton.refusals = [missing, missing]  # the server's peer has not the block yet
+    client.infer("m", inputs(1))
+    assert len(client.triton.calls) == 3
+
+    client.use_hold("elsewhere")  # not frozen here (nor just now): the refusal stands
+    client.triton.refusals = [missing]
+    with pytest.raises(InferenceServerException, match="does not exist"):
+        client.infer("m", inputs(1))
+
+
 def test_without_a_hold_there_is_nothing_to_pay_from(client):
     with pytest.raises(RuntimeError, match="call freeze"):
         client.infer("m", inputs(1))
 
 
-def test_the_receipt_book_is_safe_to_share_between_threads():
-    book = ReceiptBook(Signer(ec.generate_private_key(ec.SECP256R1())).sign, "h")
+@pytest.mark.parametrize("every", [1, 10, 7])
+def test_the_receipt_book_is_safe_to_share_between_threads(every):
+    book = ReceiptBook(Signer(ec.generate_private_key(ec.SECP256R1())).sign, "h", every_units=every)
     threads = [threading.Thread(target=lambda: [book.received(1) for _ in range(50)]) for _ in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert (book.units, book.sequence, book.latest.units, book.latest.sequence) == (200, 200, 200, 200)
+    assert (book.units, book.sequence, book.latest.units) == (200, 200 // every, 200 // every * every)
+    assert (book.sign().units, book.sequence) == (200, 200 // every + (200 % every > 0))
+
+
+def test_the_receipt_book_signs_once_every_units_came_since_the_last_receipt():
+    book = ReceiptBook(Signer(ec.generate_private_key(ec.SECP256R1())).sign, "h", every_units=10)
+    assert book.sign() is None and book.header is None, "nothing received: nothing to sign"
+    assert book.received(4) is None
+    assert book.received(64).units == 68  # one large response: signed at once
+    assert book.received(9).units == 68 and book.received(1).units == 78
+    assert book.sign() is book.latest and book.sequence == 2, "every unit is signed for already"
+    with pytest.raises(ValueError, match="every_units must be at least 1"):
+        ReceiptBook(book.sign_message, "h", every_units=0)

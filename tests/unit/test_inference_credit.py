@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime
+import threading
 
 import pytest
 from cryptography import x509
@@ -368,3 +369,38 @@ async def test_an_older_receipt_is_ignored_while_the_request_does_not_need_a_new
     assert (await credit.charge("h", ALICE, 2, first)).receipt.sequence == 2
     with pytest.raises(StaleReceipt, match="receipt sequence 1 is not newer than the one accepted, sequence 2"):
         await credit.charge("h", ALICE, 7, first)  # 15 > 4 + 10: it needed a newer one
+
+
+async def test_a_background_check_verifies_in_a_worker_thread_while_requests_are_served(monkeypatch):
+    """ECDSA verification (the costliest step of metering) leaves the event loop: requests are
+    served while it runs, and a receipt that came meanwhile is checked next."""
+    threads: list[str] = []
+    release = threading.Event()
+    original = ReceiptKey.verify
+
+    def slow_verify(key, r):
+        threads.append(threading.current_thread().name)
+        release.wait(5)
+        return original(key, r)
+    monkeypatch.setattr(ReceiptKey, "verify", slow_verify)
+    credit = CreditMeter(FakeLedger(a_hold(amount=10_000)), window_units=50, reserve_units=1000, check_seconds=0.001,
+                          clock=Clock())
+    await credit.charge("h", ALICE, 2)
+    await credit.charge("h", ALICE, 2, receipt(2, 1))
+    await until(lambda: threads)  # the check of receipt 1 is on its way, blocked
+    for n in range(2, 6):  # served meanwhile, with newer receipts
+        assert (await credit.charge("h", ALICE, 2, receipt(2 * n, n))).receipt is None
+    release.set()
+    await until(lambda: credit.line("h").receipt is not None and credit.line("h").receipt.sequence == 5)
+    assert threads and all(name.startswith("receipts") for name in threads), threads
+    assert len(threads) == 2, "receipt 1, then the newest that came meanwhile (5)"
+    assert (await credit.charge("h", ALICE, 2, receipt(12, 6))).receipt.sequence == 5
+
+
+async def test_a_forged_receipt_found_out_in_the_worker_thread_is_not_accepted():
+    credit = CreditMeter(FakeLedger(a_hold(amount=10_000)), window_units=100, reserve_units=1000, check_seconds=0.001,
+                          clock=Clock())
+    await credit.charge("h", ALICE, 5)
+    await credit.charge("h", ALICE, 1, receipt(5, 1, signer=MALLORY_KEY))
+    await until(lambda: credit.line("h").forged is not None)
+    assert credit.line("h").receipt is None and credit.line("h").pending is None

@@ -29,6 +29,7 @@ from tritonclient.utils import InferenceServerException
 
 from services.inference.authorization import Hold, NothingToReserve
 from services.inference.settings import InferenceSettings
+from streamledger import kafka
 from streamledger.core.receipts import HOLD_METADATA, RECEIPT_METADATA, sign_receipt
 from streamledger.fabric.identity import Signer
 
@@ -195,7 +196,7 @@ def refused(call, code: str, fragment: str) -> None:
 
 
 async def usage_records(bootstrap: str, topic: str, count: int) -> list[dict]:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, **kafka.connection(), auto_offset_reset="earliest",
                                 enable_auto_commit=False)
     await consumer.start()
     records: list[dict] = []

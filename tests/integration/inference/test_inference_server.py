@@ -25,6 +25,7 @@ from tritonclient.utils import InferenceServerException
 
 from services.inference.protocol import SERVICE
 from services.inference.settings import InferenceSettings
+from streamledger import kafka
 from streamledger.child import ChildDied
 
 from .support import (  # noqa: F401
@@ -198,7 +199,7 @@ def test_predictions_land_on_the_predictions_topic(server, bootstrap):
         server.client.infer("phishing-logreg", inputs_for(rows, names), request_id=request_id)
 
     async def read() -> dict[str, dict]:
-        consumer = AIOKafkaConsumer(server.topics["predictions"], bootstrap_servers=bootstrap,
+        consumer = AIOKafkaConsumer(server.topics["predictions"], bootstrap_servers=bootstrap, **kafka.connection(),
                                     auto_offset_reset="earliest", enable_auto_commit=False)
         await consumer.start()
         found: dict[str, dict] = {}

@@ -94,8 +94,8 @@ def pipeline_env(unique: str, tmp_path: Path, settings) -> dict[str, str]:
     variables, all pointed at the same unique topics (`topic_names`)."""
     topic = topic_names(unique)
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMLEDGER_")}
+    env.update(kafka.child_environment(settings))
     env.update({
-        "STREAMLEDGER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
         "STREAMLEDGER_MONGO_URL": settings.mongo_url,
         "STREAMLEDGER_MONGO_DB": f"test_{unique}",
         "STREAMLEDGER_CLEANING_RAW_TOPIC": topic["raw"],
@@ -157,7 +157,7 @@ def services(pipeline_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[
 
 async def create_topics(bootstrap: str, names: list[str], config: dict[str, str] | None = None) -> None:
     """Create topics up front (with `config`, e.g. a larger max.message.bytes)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **kafka.connection())
     await admin.start()
     try:
         await admin.create_topics([NewTopic(n, 1, 1, topic_configs=config or {}) for n in names])
@@ -176,7 +176,7 @@ async def read_all(bootstrap: str, topic: str) -> list[ConsumerRecord]:
 
 async def caught_up(bootstrap: str, group: str, topics: list[str]) -> bool:
     """Whether `group` has committed every partition of `topics` up to its end offset."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **kafka.connection())
     await admin.start()
     try:
         committed = await admin.list_consumer_group_offsets(group)

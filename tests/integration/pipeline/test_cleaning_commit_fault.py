@@ -70,7 +70,7 @@ async def test_a_kill_right_after_a_commit_loses_no_raw_event(bootstrap, pipelin
                 await asyncio.sleep(0.02)  # a live stream, not one burst
 
     producing = asyncio.create_task(produce())
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **kafka.connection())
     await admin.start()
     try:
         tp, first_commit, killed_at = TopicPartition(raw_topic, 0), None, None

@@ -53,7 +53,7 @@ async def test_valid_events_reach_mongo_and_bad_input_becomes_dead_letters(
             if i == 100:  # a duplicate event_id: dropped, neither clean nor dead letter
                 await send(CODEC.encode("RawEvent", reference.valid_event(3)[0]), b"ev-000003")
     # Bytes that are not Avro at all, from a plain producer as any foreign client would write them.
-    plain = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    plain = AIOKafkaProducer(bootstrap_servers=bootstrap, **kafka.connection())
     async with plain:
         await plain.send_and_wait(raw_topic, key=b"foreign", value=b'{"event_id": "json-not-avro"}')
     bad[str(offset)] = "not_single_object"

@@ -57,7 +57,7 @@ def clean_event(run: str, i: int) -> dict:
 
 
 async def create_topic(bootstrap: str, name: str, partitions: int) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **kafka.connection())
     await admin.start()
     try:
         await admin.create_topics([NewTopic(name, partitions, 1)])
@@ -66,7 +66,7 @@ async def create_topic(bootstrap: str, name: str, partitions: int) -> None:
 
 
 async def read_all(bootstrap: str, topic: str, reader: str) -> list[dict]:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, **kafka.connection(), auto_offset_reset="earliest",
                                 enable_auto_commit=False)
     await consumer.start()
     records = []
@@ -218,7 +218,7 @@ async def test_a_ledger_outage_holds_anchoring_back_and_loses_nothing(
 
 
 async def committed_offset(bootstrap: str, group: str, topic: str) -> int | None:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, **kafka.connection(), group_id=group, enable_auto_commit=False)
     await consumer.start()
     try:
         return await consumer.committed(TopicPartition(topic, 0))
