@@ -8,8 +8,9 @@ models that learned from it.
 The chain, one link each, each with its evidence and a verdict:
 - `ingested`: the raw record at the clean record's raw_partition/raw_offset of the raw topic
   (Kafka): PRESENT (same tenant and event id), MISMATCH (another record is there), GONE (the
-  offset is below the partition's start: deleted by retention), UNKNOWN (no stored record says
-  where it was);
+  offset is below the partition's start: deleted by retention), UNREADABLE (the audit's Kafka
+  principal may not read the raw topic: on a secured cluster only cleaning may), UNKNOWN (no
+  stored record says where it was);
 - `clean`, `proof`, `anchor`: `verify()` (services/audit/verification.py): the stored record and
   its content hash recomputed, its Merkle proof, the batch's root on the ledger;
 - `transaction`: the anchoring transaction read by id from the peer (qscc GetTransactionByID):
@@ -80,7 +81,7 @@ class Lineage(Protocol):
         """The models the learning service runs (its models file); StoreUnreachable when it cannot be read."""
 
     async def raw_record(self, partition: int, offset: int) -> dict[str, Any]:
-        """The raw topic's record at this position: {"topic", "partition", "offset", "state": "present" | "gone"
+        """The raw topic's record at this position: {"topic", "partition", "offset", "state": "present" | "gone" | "denied"
         | "not_yet", "record": the decoded RawEvent or None, "error": why it does not decode, or None,
         "log_start": the partition's first offset}."""
 
@@ -171,6 +172,8 @@ async def _ingested(lineage: Lineage, record: Mapping[str, Any] | None) -> dict[
     if state == "gone":
         return _link(Link.INGESTED, "GONE", f"{where} was deleted by retention (the partition now starts at "
                                             f"{found.get('log_start')})", found)
+    if state == "denied":
+        return _link(Link.INGESTED, "UNREADABLE", f"{where} could not be read: {found.get('error')}", found)
     if state != "present":
         return _link(Link.INGESTED, "UNKNOWN", f"{where} is past the partition's end: no such record", found)
     if raw is None:
@@ -348,7 +351,7 @@ def _decide(trace: Trace) -> Trace:
                                    "detail": f"model {model['model_id']} v{model['version']}: {model['detail']}"})
         elif model["status"] != "MATCH":
             trace.notes.append(f"model {model['model_id']} v{model['version']}: {model['status']} - {model['detail']}")
-    if ingested is not None and ingested["verdict"] == "GONE":
+    if ingested is not None and ingested["verdict"] in ("GONE", "UNREADABLE"):
         trace.notes.append(ingested["detail"])
     if trace.problems:
         trace.status, trace.detail = Status.TAMPERED, trace.problems[0]["detail"]

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, TopicAuthorizationFailedError
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
@@ -74,6 +74,10 @@ class KafkaMongoLineage:
                             found["error"] = str(exc)
                 finally:
                     await reader.stop()
+        except TopicAuthorizationFailedError as exc:
+            # The raw topic is the cleaning service's alone on a secured cluster (streamledger/kafka/topics.py):
+            # the audit's own principal may not read it, an operator's may.
+            found.update(state="denied", error=f"this Kafka principal may not read {self.raw_topic!r}: {exc}")
         except TimeoutError:
             raise StoreUnreachable(f"raw topic {self.raw_topic!r}[{partition}] was not read within "
                                    f"{self.timeout_s} s") from None

@@ -425,3 +425,15 @@ def test_the_cli_asks_the_api_for_the_trace_with_its_page() -> None:
     assert answer == {"status": "VERIFIED"}
     assert seen[0].path == "/v1/trace/a%2Fb" or seen[0].raw_path.startswith(b"/v1/trace/a%2Fb")
     assert dict(seen[0].params) == {"tenant": "acme", "limit": "5", "page": "2"}
+
+
+async def test_a_raw_topic_the_principal_may_not_read_is_unreadable_and_noted() -> None:
+    store, ledger, lineage, ids = world()
+
+    async def denied(partition: int, offset: int) -> dict[str, Any]:
+        return {"topic": "events.raw", "partition": partition, "offset": offset, "state": "denied",
+                "record": None, "error": "TopicAuthorizationFailedError", "log_start": None}
+    lineage.raw_record = denied
+    trace = await audit_trace(store, ledger, lineage, "acme", ids[0])
+    assert links(trace)["ingested"]["verdict"] == "UNREADABLE"
+    assert trace.status is Status.VERIFIED and any("could not be read" in n for n in trace.notes)
