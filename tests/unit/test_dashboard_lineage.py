@@ -15,7 +15,15 @@ from services.dashboard.board import FEED_LENGTH, Board
 from services.dashboard.ledger_view import LedgerView
 from services.dashboard.web import create_app
 from streamledger.access import BearerToken
-from tests.unit.test_dashboard_board import FEEDS, SHA, frozen, ledger_board, settled, snapshot, ts
+from tests.unit.test_dashboard_board import (
+    FEEDS,
+    SHA,
+    frozen,
+    ledger_board,
+    settled,
+    snapshot,
+    ts,
+)
 
 
 def paid_usage(hold_id: str, request_id: str, units: int, receipt: tuple[int, int], version: int = 3) -> dict:
