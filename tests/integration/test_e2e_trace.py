@@ -101,7 +101,7 @@ def paid_call(port: int, tls: Path, client_ledger, provider: str, model_id: str,
 
 
 async def test_an_events_trace_names_the_model_version_and_the_hold_that_paid_and_the_bill_verifies(
-        network: FabricNetwork, bootstrap, mongo_db, pipeline_env, services, unique, tmp_path) -> None:
+        network: FabricNetwork, bootstrap, mongo_db, pipeline_env, services, unique, tmp_path) -> None:  # noqa: F811
     started = time.monotonic()
     model_id = f"e2e-trace-{unique}"
     models = models_file(tmp_path, model_id)

@@ -437,3 +437,28 @@ async def test_a_raw_topic_the_principal_may_not_read_is_unreadable_and_noted() 
     trace = await audit_trace(store, ledger, lineage, "acme", ids[0])
     assert links(trace)["ingested"]["verdict"] == "UNREADABLE"
     assert trace.status is Status.VERIFIED and any("could not be read" in n for n in trace.notes)
+
+
+async def test_the_grpc_trace_mirrors_the_json_refuses_bad_pages_and_sends_the_partial_trace() -> None:
+    from services.audit.grpc_api import REPORT_METADATA_KEY, AuditServicer
+    from tests.unit.test_audit_api import Aborted, FakeContext
+
+    store, ledger, lineage, ids = world()
+    servicer = AuditServicer(Auditor(store, ledger, lineage=lineage), BearerToken(None))
+    t = await servicer.Trace(audit_pb2.TraceRequest(tenant="acme", event_id=ids[0], limit=2, page=2), FakeContext())
+    assert t.status == audit_pb2.TraceReport.VERIFIED and [m.version for m in t.models] == [3]
+    assert t.page.pages == 2 and [h.hold_id for h in t.holds] == ["hold-a", "hold-b"]
+    assert t.verification.anchor.block_number == 7
+    context = FakeContext()
+    with pytest.raises(Aborted):
+        await servicer.Trace(audit_pb2.TraceRequest(tenant="acme", event_id=ids[0], limit=0), context)
+    assert context.code.name == "INVALID_ARGUMENT" and context.details.startswith("limit")
+    lineage.down = True
+    context = FakeContext()
+    with pytest.raises(Aborted):
+        await servicer.Trace(audit_pb2.TraceRequest(tenant="acme", event_id=ids[0]), context)
+    assert context.code.name == "UNAVAILABLE" and context.details.startswith("STORE_UNREACHABLE")
+    [(key, value)] = context.trailing
+    partial = audit_pb2.TraceReport.FromString(value)
+    assert key == REPORT_METADATA_KEY and partial.status == audit_pb2.TraceReport.STORE_UNREACHABLE
+    assert partial.verification.status == audit_pb2.Verification.VERIFIED
