@@ -273,10 +273,11 @@ class Board:
     def _assigns_by_hand_and_alive(self, service: str | None, view: GroupView, now: float) -> bool:
         """A group with no members whose consumer is alive all the same: the learning service assigns its
         partitions by hand (so Kafka lists no member) and commits only at snapshots; it is connected
-        while it commits progress or publishes model metrics."""
+        while it publishes model metrics. Any member-less group is connected while it commits progress
+        (within `stale_after_s`: one that stopped committing with lag is down, as before)."""
         last = view.progress.last_progress  # the first sighting is no progress: a dead group has old offsets too
         committing = last is not None and view.first_seen is not None and last > view.first_seen \
-            and now - last < self.window_s
+            and now - last < self.stale_after_s
         publishing = service == "learning" and self.metrics_seen is not None \
             and now - self.metrics_seen < 3 * self.stale_after_s
         return committing or publishing

@@ -169,3 +169,14 @@ def test_a_dead_groups_old_offsets_seen_at_start_do_not_make_it_connected() -> N
     board.observe_group(0.0, "g", {("clean", 0): 50}, members=0)
     board.observe_group(1.0, "g", {("clean", 0): 50}, members=0)
     assert not board.frame(1.0)["groups"][0]["connected"]
+
+
+def test_a_member_less_group_that_stopped_committing_is_down_again_after_stale_after() -> None:
+    board = Board({"clean": "clean"}, FEEDS, {}, stale_after_s=10, window_s=60, ledger=LedgerView(enabled=False))
+    board.observe_offsets(0.0, {("clean", 0): 100})
+    board.observe_group(0.0, "g", {("clean", 0): 50}, members=0)
+    board.observe_group(1.0, "g", {("clean", 0): 60}, members=0)
+    assert board.frame(1.0)["groups"][0]["connected"]
+    board.observe_group(20.0, "g", {("clean", 0): 60}, members=0)
+    group = board.frame(20.0)["groups"][0]
+    assert not group["connected"] and group["status"] == "down"
