@@ -61,6 +61,8 @@ MAX_LIMIT = 200
 DEFAULT_LIMIT = 20
 USAGE_SLACK_MS = 5 * 60 * 1000
 """Usage of a version is read from this long before its snapshot was taken (clocks differ)."""
+# The contract's record-id rule (chaincode/ledger/validate.go): no hold outside it was ever frozen.
+_RECORD_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 _BATCH_ID = re.compile(r"(?P<topic>.+):(?P<partition>\d+):(?P<first>\d+)-(?P<last>\d+)")
 
 
@@ -324,6 +326,9 @@ async def _usage(trace: Trace, ledger: LedgerReader, lineage: Lineage, shown: Se
             if version not in entry["versions"]:
                 entry["versions"].append(version)
     for hold_id, entry in holds.items():
+        if not _RECORD_ID.fullmatch(hold_id):  # a usage record naming no hold the contract could have frozen
+            entry.update(status="MALFORMED_ID", charged=None, client=None, provider=None, close_tx_id=None)
+            continue
         hold = await ledger.hold(hold_id)
         entry.update(status=hold.get("status") if hold else "NOT_FOUND",
                      charged=hold.get("charged") if hold else None, client=hold.get("client") if hold else None,

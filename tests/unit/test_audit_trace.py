@@ -462,3 +462,12 @@ async def test_the_grpc_trace_mirrors_the_json_refuses_bad_pages_and_sends_the_p
     partial = audit_pb2.TraceReport.FromString(value)
     assert key == REPORT_METADATA_KEY and partial.status == audit_pb2.TraceReport.STORE_UNREACHABLE
     assert partial.verification.status == audit_pb2.Verification.VERIFIED
+
+
+async def test_a_usage_record_naming_a_malformed_hold_id_is_listed_not_asked_of_the_ledger() -> None:
+    store, ledger, lineage, ids = world()
+    lineage.usage.append(usage("r7", 2, "bad hold/id"))
+    trace = await audit_trace(store, ledger, lineage, "acme", ids[0])
+    assert trace.status is Status.VERIFIED
+    assert {h["hold_id"]: h["status"] for h in trace.holds}["bad hold/id"] == "MALFORMED_ID"
+    assert ledger.calls.count("GetHold") == 3  # hold-a, hold-b, hold-c
