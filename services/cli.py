@@ -233,6 +233,22 @@ def audit_bill(hold_id: str = typer.Argument(..., help="the hold id (32 hex digi
     raise typer.Exit(run_audit("bill", {"hold_id": hold_id}, as_json, api, token, console, ca))
 
 
+@audit_app.command("trace")
+def audit_trace(tenant: str = typer.Argument(..., help="the tenant that sent the event"),
+                event_id: str = typer.Argument(..., help="the event id of a stored record"),
+                limit: int = typer.Option(20, "--limit", help="model versions a page (1-200)"),
+                page: int = typer.Option(1, "--page", help="which page of model versions, from 1"),
+                as_json: bool = _AUDIT_JSON, api: str = _AUDIT_API, token: str = _AUDIT_TOKEN,
+                ca: Path = _AUDIT_CA) -> None:
+    """One event end to end: the record ingested, the clean record and its hash, its Merkle proof, the
+    batch, transaction, block and endorsing organisations, the model versions that learned from it (with
+    their registrations), and the predictions they served and the holds that paid for them."""
+    from services.audit.command import run_audit
+
+    raise typer.Exit(run_audit("trace", {"tenant": tenant, "event_id": event_id, "limit": limit, "page": page},
+                               as_json, api, token, console, ca))
+
+
 # -- wallet: a paying client's credit, holds and receipts (issue 25) ------------------------
 
 wallet_app = typer.Typer(help="A paying client's credit on the ledger, acting as its own identity: an MSP folder "

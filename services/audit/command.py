@@ -1,4 +1,4 @@
-"""`streamledger audit verify|model|account|bill`: ask the audit, print the answer, exit by verdict.
+"""`streamledger audit verify|model|account|bill|trace`: ask the audit, print the answer, exit by verdict.
 
 By default the command runs the audit core in-process, reading MongoDB and the ledger itself
 with this machine's `STREAMLEDGER_*` settings and Fabric identity: an auditor then trusts no
@@ -32,7 +32,9 @@ from services.audit.auditor import open_auditor
 from services.audit.ports import InvalidArgument
 from services.audit.render import RENDERERS, render_error
 from services.audit.render_bill import render_bill
+from services.audit.render_trace import render_trace
 from services.audit.settings import AuditSettings
+from services.audit.trace import DEFAULT_LIMIT, check_page
 from services.audit.verification import check_event_id, check_tenant
 from streamledger.settings import LedgerSettings
 
@@ -66,7 +68,7 @@ def exit_code(status: str) -> int:
 
 def run_audit(query: str, args: dict[str, Any], as_json: bool, api_url: str | None, token: str | None,
               console: Console, ca: Path | None = None) -> int:
-    """Answer `query` ("verify", "model", "account" or "bill") for `args`, print it; the exit code. `ca`: the
+    """Answer `query` ("verify", "model", "account", "bill" or "trace") for `args`, print it; the exit code. `ca`: the
     CA certificate (PEM) to trust for an https API."""
     try:
         if api_url:
@@ -87,14 +89,16 @@ def run_audit(query: str, args: dict[str, Any], as_json: bool, api_url: str | No
     elif "error" in answer:
         render_error(console, answer)
     else:
-        {**RENDERERS, "bill": render_bill}[query](console, answer)
+        {**RENDERERS, "bill": render_bill, "trace": render_trace}[query](console, answer)
     return exit_code(answer["status"])
 
 
 async def _ask_in_process(query: str, args: dict[str, Any]) -> dict[str, Any]:
-    if query == "verify":  # a malformed or missing part is said before connecting to anything
+    if query in ("verify", "trace"):  # a malformed or missing part is said before connecting to anything
         check_event_id(args["event_id"])
         check_tenant(args.get("tenant"))
+    if query == "trace":
+        check_page(args.get("limit", DEFAULT_LIMIT), args.get("page", 1))
     async with open_auditor(AuditSettings(), LedgerSettings()) as auditor:
         if query == "verify":
             return (await auditor.verify(args.get("tenant"), args["event_id"])).as_dict()
@@ -102,6 +106,9 @@ async def _ask_in_process(query: str, args: dict[str, Any]) -> dict[str, Any]:
             return (await auditor.model(args["model_id"], args.get("version"))).as_dict()
         if query == "bill":
             return (await auditor.bill(args["hold_id"])).as_dict()
+        if query == "trace":
+            return (await auditor.trace(args.get("tenant"), args["event_id"], args.get("limit", DEFAULT_LIMIT),
+                                        args.get("page", 1))).as_dict()
         return (await auditor.account(args["account"])).as_dict()
 
 
@@ -119,6 +126,9 @@ def ask_api(client: httpx.Client, api_url: str, token: str | None, query: str, a
             params["version"] = args["version"]
     elif query == "bill":
         url = f"{base}/v1/bills/{quote(args['hold_id'], safe='')}"
+    elif query == "trace":
+        url = f"{base}/v1/trace/{quote(args['event_id'], safe='')}"
+        params.update({k: args[k] for k in ("tenant", "limit", "page") if args.get(k) is not None})
     else:
         url = f"{base}/v1/accounts/{quote(args['account'], safe='')}"
     headers = {"Authorization": f"Bearer {token}"} if token else {}

@@ -18,6 +18,7 @@ from google.protobuf import json_format
 from services.audit.auditor import Auditor
 from services.audit.metrics import observe
 from services.audit.ports import InvalidArgument
+from services.audit.trace import DEFAULT_LIMIT
 from streamledger.access import BearerToken, bearer
 from streamledger.logging import get_logger
 from streamledger.protos import load
@@ -39,21 +40,27 @@ class AuditServicer(audit_pb2_grpc.AuditServicer):
         self.auditor = auditor
         self.token = token
 
-    async def Verify(self, request, context: grpc.aio.ServicerContext):  # noqa: N802 - gRPC method name
+    async def Verify(self, request, context: grpc.aio.ServicerContext):
         return await self._answer(context, "verify", audit_pb2.Verification,
                                   lambda: self.auditor.verify(request.tenant, request.event_id))
 
-    async def Model(self, request, context: grpc.aio.ServicerContext):  # noqa: N802
+    async def Model(self, request, context: grpc.aio.ServicerContext):
         version = request.version if request.HasField("version") else None
         return await self._answer(context, "model", audit_pb2.ModelReport,
                                   lambda: self.auditor.model(request.model_id, version))
 
-    async def Account(self, request, context: grpc.aio.ServicerContext):  # noqa: N802
+    async def Account(self, request, context: grpc.aio.ServicerContext):
         return await self._answer(context, "account", audit_pb2.AccountStatement,
                                   lambda: self.auditor.account(request.account))
 
-    async def Bill(self, request, context: grpc.aio.ServicerContext):  # noqa: N802
+    async def Bill(self, request, context: grpc.aio.ServicerContext):
         return await self._answer(context, "bill", audit_pb2.BillReport, lambda: self.auditor.bill(request.hold_id))
+
+    async def Trace(self, request, context: grpc.aio.ServicerContext):
+        limit = request.limit if request.HasField("limit") else DEFAULT_LIMIT
+        page = request.page if request.HasField("page") else 1
+        return await self._answer(context, "trace", audit_pb2.TraceReport,
+                                  lambda: self.auditor.trace(request.tenant, request.event_id, limit, page))
 
     async def _answer(self, context: grpc.aio.ServicerContext, query: str, message_type: type,
                       ask: Callable[[], Awaitable[Any]]) -> Any:

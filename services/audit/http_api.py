@@ -4,6 +4,7 @@
     GET /v1/models/{model_id}[?version=N]  ModelReport (latest version without `version`)
     GET /v1/accounts/{account}             AccountStatement
     GET /v1/bills/{hold_id}                Bill (services/audit/bill.py)
+    GET /v1/trace/{event_id}?tenant=T[&limit=N&page=P]   Trace (services/audit/trace.py)
     GET /healthz                           liveness, no token needed (it reveals nothing)
     GET /metrics                           Prometheus
 
@@ -30,6 +31,7 @@ from starlette.routing import Route
 from services.audit.auditor import Auditor
 from services.audit.metrics import observe
 from services.audit.ports import InvalidArgument
+from services.audit.trace import DEFAULT_LIMIT
 from streamledger.access import BearerToken, bearer
 from streamledger.logging import get_logger
 
@@ -71,6 +73,12 @@ def build_http_app(auditor: Auditor, token: BearerToken) -> Starlette:
     async def bill(request: Request):
         return await auditor.bill(request.path_params["hold_id"])
 
+    async def trace(request: Request):
+        params = request.query_params
+        return await auditor.trace(params.get("tenant"), request.path_params["event_id"],
+                                   _whole("limit", params.get("limit"), DEFAULT_LIMIT),
+                                   _whole("page", params.get("page"), 1))
+
     async def healthz(_request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -84,6 +92,7 @@ def build_http_app(auditor: Auditor, token: BearerToken) -> Starlette:
         Route("/v1/models/{model_id}", answering("model", model), methods=["GET"]),
         Route("/v1/accounts/{account:path}", answering("account", account), methods=["GET"]),
         Route("/v1/bills/{hold_id}", answering("bill", bill), methods=["GET"]),
+        Route("/v1/trace/{event_id:path}", answering("trace", trace), methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ])
@@ -96,3 +105,12 @@ def _version(text: str | None) -> int | None:
         return int(text)
     except ValueError:
         raise InvalidArgument("version", f"must be a positive integer, got {text!r}") from None
+
+
+def _whole(name: str, text: str | None, default: int) -> int:
+    if text is None or text == "":
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise InvalidArgument(name, f"must be a whole number, got {text!r}") from None

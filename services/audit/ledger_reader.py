@@ -15,10 +15,16 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
+from fabric_protos.common import common_pb2
+from fabric_protos.msp import identities_pb2
+from fabric_protos.peer import transaction_pb2
+from google.protobuf.message import DecodeError
+
 from services.audit.ledger_retry import RetriedLedgerReads
 from services.audit.ports import InvalidArgument, LedgerUnreachable
 from streamledger.core import contract_errors
 from streamledger.fabric import GatewayError
+from streamledger.fabric.transaction import endorsing_orgs
 from streamledger.ledger import LedgerClient
 
 T = TypeVar("T")
@@ -38,6 +44,10 @@ class FabricLedgerReader:
 
     async def transaction_block(self, tx_id: str) -> dict[str, Any] | None:
         return await self._ask("GetBlockByTxID", "tx_id", self.client.transaction_block(tx_id))
+
+    async def transaction(self, tx_id: str) -> dict[str, Any] | None:
+        raw = await self._ask("GetTransactionByID", "tx_id", self.client.processed_transaction(tx_id))
+        return None if raw is None else processed_transaction(raw)
 
     async def model(self, model_id: str, version: int) -> dict[str, Any] | None:
         return await self._ask("GetModel", "model_id", self.client.get_model(model_id, version))
@@ -68,6 +78,27 @@ class FabricLedgerReader:
             raise _translated(function, field, exc) from exc
 
 
+def processed_transaction(raw: bytes) -> dict[str, Any]:
+    """What the audit shows of a committed transaction: its id, the peer's validation code, the
+    MSP of its creator and the MSPs that endorsed it (LedgerUnreachable when the peer's answer
+    does not parse: nothing it says is then known)."""
+    try:
+        processed = transaction_pb2.ProcessedTransaction.FromString(raw)
+        envelope = processed.transactionEnvelope
+        payload = common_pb2.Payload.FromString(envelope.payload)
+        header = common_pb2.ChannelHeader.FromString(payload.header.channel_header)
+        creator = identities_pb2.SerializedIdentity.FromString(
+            common_pb2.SignatureHeader.FromString(payload.header.signature_header).creator)
+        endorsers = list(endorsing_orgs(envelope))
+    except (DecodeError, IndexError) as exc:
+        raise LedgerUnreachable(f"GetTransactionByID: the peer's answer does not parse: {exc}") from exc
+    code = processed.validationCode
+    return {"tx_id": header.tx_id, "channel": header.channel_id,
+            "validation_code": transaction_pb2.TxValidationCode.Name(code)
+            if code in transaction_pb2.TxValidationCode.values() else str(code),
+            "creator_msp": creator.mspid, "endorsers": endorsers}
+
+
 def _translated(function: str, field: str, exc: GatewayError) -> InvalidArgument | LedgerUnreachable:
     if isinstance(exc.contract_error, contract_errors.InvalidArgument):
         return InvalidArgument(field, f"the ledger refused it: {exc.chaincode_message}")
@@ -85,4 +116,4 @@ class UnreachableLedger:
     async def _refuse(self, *_args: object) -> Any:
         raise LedgerUnreachable(self.why)
 
-    require_role = anchor = transaction_block = model = balance = holds_of = hold = history = _refuse
+    require_role = anchor = transaction_block = transaction = model = balance = holds_of = hold = history = _refuse

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from services.audit.metrics import LEDGER_RETRIES
-from streamledger.fabric import GatewayError
+from streamledger.fabric import EvaluateError, GatewayError
 from streamledger.ledger import LedgerClient
 from streamledger.retry import RetryPolicy, retry
 
@@ -41,6 +41,19 @@ class RetriedLedgerReads:
 
     async def transaction_block(self, tx_id: str) -> dict[str, Any] | None:
         return await self._retried("GetBlockByTxID", lambda: self.client.transaction_block(tx_id))
+
+    async def processed_transaction(self, tx_id: str) -> bytes | None:
+        """The peer's ProcessedTransaction of `tx_id` (qscc `GetTransactionByID`, serialized), None when
+        the peer knows no such transaction."""
+        async def read() -> bytes | None:
+            qscc = self.client.gateway.network(self.client.contract.channel).contract("qscc")
+            try:
+                return await qscc.evaluate("GetTransactionByID", self.client.contract.channel, tx_id)
+            except EvaluateError as exc:
+                if "no such transaction" in str(exc) or "not found" in str(exc):
+                    return None
+                raise
+        return await self._retried("GetTransactionByID", read)
 
     async def get_model(self, model_id: str, version: int) -> dict[str, Any] | None:
         return await self._retried("GetModel", lambda: self.client.get_model(model_id, version))

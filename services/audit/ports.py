@@ -57,6 +57,10 @@ class LedgerReader(Protocol):
     async def transaction_block(self, tx_id: str) -> dict[str, Any] | None:
         """Where a transaction was committed: block_number, validation_code (see LedgerClient)."""
 
+    async def transaction(self, tx_id: str) -> dict[str, Any] | None:
+        """The committed transaction (qscc GetTransactionByID): tx_id, channel, validation_code,
+        creator_msp and endorsers (the MSP ids that endorsed it, sorted); None when the peer has none."""
+
     async def model(self, model_id: str, version: int) -> dict[str, Any] | None:
         """GetModel: model_id, version, sha256, tx_id, registered_at, submitter; version 0 = latest."""
 

@@ -13,7 +13,7 @@ from pydantic import Field, SecretStr, model_validator
 
 from streamledger.access import exposure_problem
 from streamledger.kafka import topics
-from streamledger.settings import CommonSettings
+from streamledger.settings import DEFAULT_MODELS_FILE, CommonSettings
 from streamledger.tls import pair_problem
 
 
@@ -41,6 +41,11 @@ class AuditSettings(CommonSettings):
     """Where `bill` reads a hold's usage records (and the receipts they carry)."""
     audit_usage_timeout_seconds: float = Field(default=30.0, gt=0)
     """How long reading a hold's usage may take before the answer is STORE_UNREACHABLE."""
+    audit_raw_topic: str = topics.RAW
+    """Where `trace` reads the record ingested (the clean record's raw_partition and raw_offset)."""
+    learning_models_file: Path = DEFAULT_MODELS_FILE
+    """STREAMLEDGER_LEARNING_MODELS_FILE, the learning service's own setting: `trace` reads which
+    models take an event from the same declarations."""
 
     @model_validator(mode="after")
     def _exposed_needs_a_token(self) -> AuditSettings:

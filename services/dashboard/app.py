@@ -4,6 +4,7 @@
     Fabric --LedgerWatch: chaincode events, point reads (unless DASHBOARD_LEDGER=false)--> Board.ledger
              (as the identity `dashboard`, an auditor; without that role the dashboard cannot start)
     Board  --web: /events (a frame per tick, server-sent), /api/state--> static/dashboard.js (SVG)
+    audit API --web: /api/trace, /api/bills/{hold} (asked when an auditor asks)--> the lineage and bills panels
 
 Both readers only read, show their server being away on the page, and reconnect (bounded,
 counted: reconnect.py); SIGINT or SIGTERM ends the event streams, the readers, then the server.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 
+from services.dashboard.audit_link import AuditLink
 from services.dashboard.board import Board, FeedTopics
 from services.dashboard.kafka_watch import KafkaWatch
 from services.dashboard.ledger_view import LedgerView
@@ -66,8 +68,10 @@ class Dashboard(Loop):
         self.ledger_watch = build_ledger_watch(settings, self.board, ledger_settings)
         self.readers = [reader for reader in (kafka_watch, self.ledger_watch) if reader is not None]
         # `stopping` ends the event streams too, so the server never waits on a browser to leave.
+        audit_token = settings.dashboard_audit_token.get_secret_value() if settings.dashboard_audit_token else None
         app = create_app(self.board, settings.dashboard_tick_seconds, closing=self.stopping,
-                         token=BearerToken(settings.token()))
+                         token=BearerToken(settings.token()),
+                         audit=AuditLink(settings.dashboard_audit_url, audit_token, settings.dashboard_audit_timeout_seconds))
         self.http = EmbeddedHttpServer(app, settings.dashboard_host, settings.dashboard_port)
         self.port = settings.dashboard_port
 

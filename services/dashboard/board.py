@@ -7,7 +7,7 @@ SSE endpoint sends `frame(now)`. No I/O here, so every rule is unit-tested witho
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -66,6 +66,7 @@ class GroupView:
     committed: dict[Partition, int] = field(default_factory=dict)
     members: int = 0
     state: str = ""
+    first_seen: float | None = None
 
 
 def _seconds(ts: Any) -> float | None:
@@ -91,6 +92,10 @@ class Board:
         self.models: dict[str, ModelView] = {}
         self.dead_letters: deque[dict[str, Any]] = deque(maxlen=FEED_LENGTH)
         self.usage: deque[dict[str, Any]] = deque(maxlen=FEED_LENGTH)
+        self.bills: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        """The latest FEED_LENGTH holds the usage topic names: their requests, units and latest receipt."""
+        self.metrics_seen: float | None = None
+        """When the learning service last published model metrics (the record's own time)."""
         self.anchors: deque[dict[str, Any]] = deque(maxlen=FEED_LENGTH)
         self.anchored: dict[Partition, int] = {}
         self.undecodable: dict[str, int] = {}
@@ -116,7 +121,7 @@ class Board:
         """One consumer group's committed offsets (on watched topics) and its live member count."""
         view = self.groups.get(group)
         if view is None:
-            view = self.groups[group] = GroupView(GroupProgress(self.window_s))
+            view = self.groups[group] = GroupView(GroupProgress(self.window_s), first_seen=now)
         view.committed = dict(committed)
         view.members = members
         view.state = state
@@ -147,6 +152,7 @@ class Board:
                 return
             model.points.append((int(record["position"]), _seconds(record.get("ts")) or 0.0,
                                  dict(record.get("metrics") or {})))
+            self.metrics_seen = max(self.metrics_seen or 0.0, _seconds(record.get("ts")) or 0.0)
             model.version = max(model.version or 0, int(record["version"]))
             drift = record.get("drift")
             if drift:
@@ -171,6 +177,7 @@ class Board:
                 "ts": _seconds(record.get("ts")), "hold_id": record["hold_id"], "client": record["client"],
                 "model_id": record["model_id"], "units": record["units"], "price": record["price"],
             })
+            self._bill(record)
         elif topic == f.anchors:
             tp = (record["topic"], int(record["partition"]))
             self.anchored[tp] = max(self.anchored.get(tp, -1), int(record["last_offset"]))
@@ -180,6 +187,26 @@ class Board:
             })
         else:
             raise UnknownFeedTopicError(f"topic {topic!r} is not one of the dashboard's feed topics")
+
+    def _bill(self, record: Mapping[str, Any]) -> None:
+        """One usage record counted in its hold's bill: each request once, the latest receipt it carried."""
+        hold_id = record["hold_id"]
+        bill = self.bills.pop(hold_id, None) or {"hold_id": hold_id, "client": record.get("client"), "requests": 0,
+                                                 "units": 0, "price": record.get("price"), "receipt_units": 0,
+                                                 "receipt_sequence": 0, "models": [], "request_ids": set()}
+        self.bills[hold_id] = bill  # the most recently used last
+        if record.get("request_id") not in bill["request_ids"]:
+            bill["request_ids"].add(record.get("request_id"))
+            bill["requests"] += 1
+            bill["units"] += int(record.get("units") or 0)
+        if int(record.get("receipt_sequence") or 0) >= bill["receipt_sequence"]:
+            bill["receipt_units"] = int(record.get("receipt_units") or 0)
+            bill["receipt_sequence"] = int(record.get("receipt_sequence") or 0)
+        model = f"{record.get('model_id')} v{record.get('model_version')}"
+        if model not in bill["models"]:
+            bill["models"].append(model)
+        while len(self.bills) > FEED_LENGTH:
+            self.bills.popitem(last=False)
 
     def _model(self, model_id: str) -> ModelView | None:
         if model_id not in self.models and len(self.models) >= MAX_MODELS:
@@ -194,7 +221,7 @@ class Board:
             models=[*((m.model_id, m.snapshot_version) for m in self.models.values()
                       if m.snapshot_version is not None and m.sha256),
                     *((m.model_id, version) for m in self.models.values() for version, _ in m.seen)],
-            holds=[r["hold_id"] for r in self.usage],
+            holds=[*(r["hold_id"] for r in self.usage), *self.bills],
             anchors=[a["batch_id"] for a in self.anchors],
             limit=limit)
 
@@ -217,6 +244,7 @@ class Board:
             "ledger": self.ledger.summary(now),
             "usage": {"records": [{**r, "settlement": self.ledger.hold_status(r["hold_id"])} for r in self.usage],
                       "feed": list(self.ledger.feed), "ledger": self.ledger.status},
+            "bills": [self._bill_frame(bill) for bill in reversed(self.bills.values())],
             "dead_letters": list(self.dead_letters),
             "undecodable": dict(self.undecodable),
         }
@@ -233,16 +261,48 @@ class Board:
                 "series": [[round(t, 2), round(r, 2)] for t, r in rate.series()]}
 
     def _group_frame(self, group: str, view: GroupView, now: float) -> dict[str, Any]:
-        return {"group": group, "service": self.service_groups.get(group), "lag": view.progress.lag,
+        service = self.service_groups.get(group)
+        connected = view.members > 0 or self._assigns_by_hand_and_alive(service, view, now)
+        return {"group": group, "service": service, "lag": view.progress.lag,
                 "by_topic": group_lag(view.committed, self.ends), "members": view.members, "state": view.state,
-                "status": view.progress.status(now, view.members, self.stale_after_s),
+                "connected": connected,
+                "status": view.progress.status(now, view.members or int(connected), self.stale_after_s),
                 "stalled_for": round(view.progress.stalled_for(now), 1),
                 "series": [[round(t, 2), lag] for t, lag in view.progress.lag_history]}
+
+    def _assigns_by_hand_and_alive(self, service: str | None, view: GroupView, now: float) -> bool:
+        """A group with no members whose consumer is alive all the same: the learning service assigns its
+        partitions by hand (so Kafka lists no member) and commits only at snapshots; it is connected
+        while it publishes model metrics. Any member-less group is connected while it commits progress
+        (within `stale_after_s`: one that stopped committing with lag is down, as before)."""
+        last = view.progress.last_progress  # the first sighting is no progress: a dead group has old offsets too
+        committing = last is not None and view.first_seen is not None and last > view.first_seen \
+            and now - last < self.stale_after_s
+        publishing = service == "learning" and self.metrics_seen is not None \
+            and now - self.metrics_seen < 3 * self.stale_after_s
+        return committing or publishing
+
+    def _bill_frame(self, bill: Mapping[str, Any]) -> dict[str, Any]:
+        """A hold's usage against its state on the ledger: `verdict` is paid (settled on the receipt:
+        charged = receipt units x price), charge_differs, open, released or unknown (ledger off or not read)."""
+        hold = self.ledger.hold_status(bill["hold_id"])
+        expected = bill["receipt_units"] * int(bill["price"] or 0)
+        status = hold.get("status")
+        verdict = ("paid" if hold.get("charged") == expected else "charge_differs") if status == "settled" else \
+            status if status in ("open", "released") else "unknown"
+        return {**{k: v for k, v in bill.items() if k != "request_ids"}, "expected_charge": expected,
+                "settlement": hold, "verdict": verdict}
 
     def _model_frame(self, model: ModelView) -> dict[str, Any]:
         latest = model.points[-1][2] if model.points else {}
         metric = sorted(latest)[0] if latest else None
+        learned = model.points[-1][0] if model.points else 0
         return {"model_id": model.model_id, "version": model.version, "sha256": model.sha256,
+                # No event learned yet: the metric's initial value says nothing, so the page shows "–".
+                "learned": learned, "value": latest.get(metric) if metric and learned > 0 else None,
+                "versions": [{"version": version, "sha256": sha256,
+                              "ledger": self.ledger.model_status(model.model_id, version, sha256)}
+                             for version, sha256 in sorted(model.seen, reverse=True)],
                 "snapshot_version": model.snapshot_version, "events_seen": model.events_seen,
                 "snapshot_ts": model.snapshot_ts,
                 "ledger": self.ledger.model_status(model.model_id, model.snapshot_version, model.sha256),

@@ -72,6 +72,14 @@ class DashboardSettings(CommonSettings):
     """Tries to reach the ledger in a row before the dashboard gives up and exits 1."""
     dashboard_ledger_retry_max_seconds: float = Field(default=15.0, gt=0)
     """Longest wait between reconnection attempts to an unreachable ledger (backoff from 0.5 s)."""
+    dashboard_audit_url: str = "http://127.0.0.1:8090"
+    """The audit API (`streamledger serve audit`) the lineage panel asks for an event's trace and
+    the bills panel for a hold's bill; the page reaches it only through the dashboard, under the
+    dashboard's own token."""
+    dashboard_audit_token: SecretStr | None = None
+    """The auditor token of that API (STREAMLEDGER_AUDIT_TOKEN there), when it needs one."""
+    dashboard_audit_timeout_seconds: float = Field(default=60.0, gt=0)
+    """How long one trace or bill may take before the panel says the audit did not answer."""
 
     @model_validator(mode="after")
     def _exposed_needs_a_token(self) -> DashboardSettings:

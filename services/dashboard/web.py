@@ -3,6 +3,8 @@
     GET /            static/index.html (static/dashboard.js draws the frames as SVG)
     GET /api/state   the board's frame now
     GET /events      `event: frame` every tick, until the browser leaves or the dashboard stops
+    GET /api/trace?tenant=T&event_id=E[&limit=N&page=P]   the audit API's trace (lineage panel)
+    GET /api/bills/{hold_id}                               the audit API's bill of a hold
 
 With a token (`STREAMLEDGER_DASHBOARD_TOKEN`) every route, static files included, answers 401
 unless the request carries it: `Authorization: Bearer <token>`, `?token=<token>` (which also
@@ -30,6 +32,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.dashboard.audit_link import AuditLink
 from services.dashboard.board import Board
 from streamledger import metrics
 from streamledger.access import BearerToken, bearer
@@ -37,6 +40,7 @@ from streamledger.access import BearerToken, bearer
 STATIC = Path(__file__).parent / "static"
 CLIENTS = metrics.gauge("dashboard", "sse_clients", "Browsers connected to /events")
 COOKIE = "streamledger_dashboard_token"
+NO_AUDIT = {"status": "API_UNREACHABLE", "error": "this dashboard has no audit API to ask (STREAMLEDGER_DASHBOARD_AUDIT_URL)"}
 
 
 class TokenGate:
@@ -75,10 +79,11 @@ def _setting_cookie(send: Send, token: str) -> Send:
 
 
 def create_app(board: Board, tick_seconds: float, closing: asyncio.Event,
-               token: BearerToken | None = None) -> ASGIApp:
+               token: BearerToken | None = None, audit: AuditLink | None = None) -> ASGIApp:
     """The web app over `board`; once `closing` is set every event stream ends, so the server
     can stop without waiting on browsers (they reconnect on their own, 2 s later). With a
-    `token` that is required, every route asks for it (`TokenGate`)."""
+    `token` that is required, every route asks for it (`TokenGate`). `audit`: where the lineage
+    and bills panels ask (none: they say the audit API is not configured)."""
 
     async def index(request: Request) -> FileResponse:
         return FileResponse(STATIC / "index.html")
@@ -101,9 +106,24 @@ def create_app(board: Board, tick_seconds: float, closing: asyncio.Event,
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
+    async def trace(request: Request) -> JSONResponse:
+        if audit is None:
+            return JSONResponse(NO_AUDIT, 503)
+        q = request.query_params
+        status, answer = await audit.trace(q.get("tenant", ""), q.get("event_id", ""), q.get("limit"), q.get("page"))
+        return JSONResponse(answer, status)
+
+    async def bill(request: Request) -> JSONResponse:
+        if audit is None:
+            return JSONResponse(NO_AUDIT, 503)
+        status, answer = await audit.bill(request.path_params["hold_id"])
+        return JSONResponse(answer, status)
+
     app = Starlette(routes=[
         Route("/", index),
         Route("/api/state", state),
+        Route("/api/trace", trace),
+        Route("/api/bills/{hold_id}", bill),
         Route("/events", events),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ])

@@ -79,7 +79,7 @@ TABLE: dict[str, TopicSpec] = {
                   readers=_only(LEARNING, INFERENCE, STORAGE, DASHBOARD)),
         TopicSpec(MODEL_METRICS, writers=_only(LEARNING), readers=_only(DASHBOARD)),
         TopicSpec(PREDICTIONS, writers=_only(INFERENCE), readers=_only(STORAGE)),
-        TopicSpec(USAGE, writers=_only(INFERENCE), readers=_only(LEDGER, DASHBOARD)),
+        TopicSpec(USAGE, writers=_only(INFERENCE), readers=_only(LEDGER, AUDIT, DASHBOARD)),  # bill, trace
         TopicSpec(ANCHORS, writers=_only(LEDGER), readers=_only(STORAGE, AUDIT, DASHBOARD)),
         # Every writer of Avro records publishes its schemas; every reader resolves them.
         TopicSpec(SCHEMAS, compacted=True, writers=_only(INGESTION, CLEANING, STORAGE, LEARNING, INFERENCE, LEDGER),

@@ -15,6 +15,7 @@ empty one.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +45,14 @@ async def usage_of(bootstrap: str, topic: str, hold_id: str, *, since_ms: int, c
                    timeout_s: float = 30.0, until_ms: int | None = None) -> HoldUsage:
     """Every usage record of `hold_id` written at or after `since_ms` (unix milliseconds), and
     before `until_ms` when given (a closed hold's usage ends with it: no need to read on)."""
+    return await usage_where(bootstrap, topic, lambda r: r.get("hold_id") == hold_id, since_ms=since_ms,
+                             codec=codec, timeout_s=timeout_s, until_ms=until_ms)
+
+
+async def usage_where(bootstrap: str, topic: str, wanted: Callable[[Mapping[str, Any]], bool], *, since_ms: int,
+                      codec: AvroCodec, timeout_s: float = 30.0, until_ms: int | None = None) -> HoldUsage:
+    """Every usage record for which `wanted(record)` holds, read as `usage_of` reads (e.g. the
+    predictions of some model versions, for `audit trace`)."""
     found = HoldUsage(topic)
     reader = consumer(bootstrap, request_timeout_ms=int(timeout_s * 1000))
     try:
@@ -71,7 +80,7 @@ async def usage_of(bootstrap: str, topic: str, hold_id: str, *, since_ms: int, c
                     for tp, messages in batches.items():
                         for message in messages:
                             if message.offset < ends[tp]:
-                                _keep(found, message, hold_id, codec)
+                                _keep(found, message, wanted, codec)
                     pending = {tp for tp in pending if await reader.position(tp) < ends[tp]}
             finally:
                 await reader.stop()
@@ -83,7 +92,7 @@ async def usage_of(bootstrap: str, topic: str, hold_id: str, *, since_ms: int, c
     return found
 
 
-def _keep(found: HoldUsage, message: Any, hold_id: str, codec: AvroCodec) -> None:
+def _keep(found: HoldUsage, message: Any, wanted: Callable[[Mapping[str, Any]], bool], codec: AvroCodec) -> None:
     if message.value is None:
         return
     try:
@@ -91,5 +100,5 @@ def _keep(found: HoldUsage, message: Any, hold_id: str, codec: AvroCodec) -> Non
     except CodecError:
         found.skipped += 1
         return
-    if record.get("hold_id") == hold_id:
+    if wanted(record):
         found.records.append({**record, "partition": message.partition, "offset": message.offset})

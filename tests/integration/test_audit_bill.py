@@ -115,7 +115,8 @@ async def world(network: FabricNetwork, stack, tmp_path_factory: pytest.TempPath
         batcher = Batcher(clean_topic, max_records=2)
         batch = None
         for offset in (0, 1):
-            batch = batcher.add(0, offset, f"bill-{suffix}-{offset}", uuid.uuid4().hex * 2, now=time.monotonic())
+            batch = batcher.add(0, offset, f"bill-{suffix}-{offset}", uuid.uuid4().hex * 2, now=time.monotonic(),
+                                tenant="bill")
         assert batch is not None
         root = batch.tree().root.hex()
         await connect(identity("anchoring")).anchor_batch(batch.batch_id, root, 2, 0, 1)

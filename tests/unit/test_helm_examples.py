@@ -38,7 +38,7 @@ ACCESS: dict[str, tuple[set[str], set[str]]] = {
     topics.SNAPSHOTS: ({"learning"}, {"learning", "inference", "storage", "dashboard"}),
     topics.MODEL_METRICS: ({"learning"}, {"dashboard"}),
     topics.PREDICTIONS: ({"inference"}, {"storage"}),
-    topics.USAGE: ({"inference"}, {"ledger", "dashboard"}),
+    topics.USAGE: ({"inference"}, {"ledger", "audit", "dashboard"}),
     topics.ANCHORS: ({"ledger"}, {"storage", "audit", "dashboard"}),
     topics.SCHEMAS: ({"ingestion", "cleaning", "storage", "learning", "inference", "ledger"}, set(SERVICES)),
 }

@@ -168,7 +168,10 @@ function drawGroups(frame) {
     el("td", {}, el("span", { class: `pill ${g.status}`, "data-testid": "status" },
       g.status === "ok" ? (g.lag ? "catching up" : "caught up")
         : `${g.status}: no commit for ${fmtAgo(g.stalled_for)}`)),
-    el("td", { class: "num muted small" }, g.members ? `${g.members} connected` : "none connected")));
+    el("td", { class: "num muted small", "data-testid": "consumers" },
+       g.members ? `${g.members} connected`
+         : g.connected ? el("span", { title: "assigns its partitions itself (no group members): alive by its commits or metrics" },
+                            "connected") : "none connected")));
   box.replaceChildren(el("table", {},
     el("thead", {}, el("tr", {}, el("th", {}, "service / group"), el("th", { class: "num" }, "lag"),
                     el("th", {}, "lag trend"), el("th", {}, "state"), el("th", { class: "num" }, "consumers"))),
@@ -184,7 +187,9 @@ function drawModels(frame) {
   }
   box.replaceChildren(...frame.models.map(m => el("div", { class: "model", "data-testid": `model-${m.model_id}` },
     el("div", { class: "top" }, el("span", { class: "name" }, m.model_id),
-       m.metric ? el("span", { class: "big mid" }, fmtNumber(m.latest[m.metric], 3), el("small", {}, m.metric)) : null),
+       m.metric ? el("span", { class: "big mid", "data-testid": "metric-value",
+                               title: m.learned ? `after ${m.learned} events` : "no event learned yet" },
+                     m.value === null ? "–" : fmtNumber(m.value, 3), el("small", {}, m.metric)) : null),
     el("div", { class: "meta" },
        el("span", {}, "version ", el("strong", {}, m.version ?? "–")),
        el("span", { class: "mono", title: m.sha256 || "" }, "sha256 ", m.sha256 ? m.sha256.slice(0, 16) + "…" : "no snapshot yet"),
@@ -193,6 +198,10 @@ function drawModels(frame) {
                                   title: "snapshots on the topic the ledger does not vouch for: inference and learning refuse them" },
                         `${m.unvouched} refused snapshot${m.unvouched === 1 ? "" : "s"}`) : null,
        el("span", { class: "muted" }, `${m.drifts.length} drift${m.drifts.length === 1 ? "" : "s"}`)),
+    m.versions && m.versions.length ? el("div", { class: "versions", "data-testid": "versions" },
+       el("span", { class: "muted" }, "versions on the ledger:"),
+       ...m.versions.slice(0, 6).map(v => el("span", { "data-testid": "version", "data-version": v.version },
+         `v${v.version} `, ledgerPill(v.ledger, "version-ledger")))) : null,
     lineChart(m.series, { tall: true, height: 90, axis: y => fmtNumber(y, 3), testid: "chart",
                           markers: m.drifts.map(d => d.position), empty: "no metric points yet",
                           xlabel: (a, b) => `events ${fmtNumber(a, 0)} → ${fmtNumber(b, 0)}` }))));
@@ -329,7 +338,124 @@ function drawHeader(frame) {
   document.getElementById("updated").textContent = `updated ${fmtTime(frame.now)}`;
 }
 
-const panels = [drawHeader, drawThroughput, drawGroups, drawModels, drawAnchors, drawUsage, drawDeadLetters];
+// Bills: each hold the usage names, against its settlement on the ledger; "audit" asks for its full bill.
+const BILL_VERDICTS = { paid: ["paid on the receipt", "ok"], charge_differs: ["charge ≠ receipt", "down"],
+                        open: ["open", "info"], released: ["released", "none"], unknown: ["not read yet", "unknown"] };
+
+function drawBills(frame) {
+  const box = document.getElementById("bills");
+  if (!frame.bills.length) {
+    box.replaceChildren(emptyState("No bills yet", "Holds appear here as paid inference calls are served on them."));
+    return;
+  }
+  box.replaceChildren(el("table", { "data-testid": "bill-rows" },
+    el("thead", {}, el("tr", {}, el("th", {}, "hold"), el("th", {}, "client"), el("th", {}, "models"),
+                    el("th", { class: "num" }, "requests / units"), el("th", { class: "num" }, "receipt (units #seq)"),
+                    el("th", { class: "num" }, "charged / expected"), el("th", {}, "verdict"), el("th", {}, ""))),
+    el("tbody", {}, ...frame.bills.slice(0, 10).map(b => {
+      const [text, cls] = BILL_VERDICTS[b.verdict] || [b.verdict, "unknown"];
+      const button = el("button", { class: "link", type: "button", "data-testid": "bill-audit" }, "audit");
+      button.addEventListener("click", () => showBill(b.hold_id));
+      return el("tr", { "data-testid": "bill-row", "data-hold": b.hold_id },
+        el("td", { class: "mono", title: b.hold_id }, short(b.hold_id, 12)), el("td", {}, who(b.client)),
+        el("td", { class: "small" }, b.models.join(", ")),
+        el("td", { class: "num" }, `${b.requests} / ${b.units}`),
+        el("td", { class: "num" }, b.receipt_sequence ? `${b.receipt_units} #${b.receipt_sequence}` : "none yet"),
+        el("td", { class: "num" }, b.settlement.charged === undefined || b.settlement.charged === null
+          ? `– / ${b.expected_charge}` : `${b.settlement.charged} / ${b.expected_charge}`),
+        el("td", {}, el("span", { class: `pill ${cls}`, "data-testid": "bill-verdict", "data-verdict": b.verdict,
+                                  title: b.settlement.error || b.settlement.tx_id || "" }, text)),
+        el("td", {}, button));
+    }))));
+}
+
+const AUDIT_STYLE = { VERIFIED: "ok", MATCH: "ok", PRESENT: "ok", VALID: "ok", COVERED: "ok", PAID: "ok", SETTLED: "ok",
+                      TAMPERED: "down", DELETED: "down", MISMATCH: "down", DISPUTED: "down", NOT_FOUND: "down",
+                      NOT_REGISTERED: "down", INVALID_ARGUMENT: "down", LEDGER_UNREACHABLE: "down",
+                      STORE_UNREACHABLE: "down", API_UNREACHABLE: "down", UNAUTHENTICATED: "down" };
+
+function verdictPill(verdict, testid) {
+  return el("span", { class: `pill ${AUDIT_STYLE[verdict] || "stale"}`, "data-testid": testid, "data-verdict": verdict },
+            verdict);
+}
+
+// An answer of the audit (trace or bill) the audit could not give: its error, never a verdict.
+function auditError(answer) {
+  return el("div", { class: "empty-state", "data-testid": "audit-error" },
+    el("strong", {}, answer.status), answer.error || answer.detail || "");
+}
+
+async function askAudit(path) {
+  try {
+    const response = await fetch(path, { headers: { Accept: "application/json" } });
+    return await response.json();
+  } catch (err) {
+    return { status: "API_UNREACHABLE", error: `the dashboard did not answer: ${err}` };
+  }
+}
+
+async function showBill(holdId) {
+  const box = document.getElementById("bill");
+  box.replaceChildren(el("div", { class: "muted small" }, `asking the audit for the bill of ${holdId}…`));
+  const b = await askAudit(`/api/bills/${encodeURIComponent(holdId)}`);
+  if (b.error) { box.replaceChildren(auditError(b)); return; }
+  const receipts = (b.receipts || []).map(r => el("tr", { "data-testid": "bill-receipt" },
+    el("td", { class: "num" }, r.sequence), el("td", { class: "num" }, r.units), el("td", {}, (r.sources || []).join(", ")),
+    el("td", {}, el("span", { class: `pill ${r.verified ? "ok" : "down"}` }, r.verified ? "signature verifies" : r.problem))));
+  box.replaceChildren(el("h3", {}, "audit bill ", el("span", { class: "mono" }, b.hold_id), " ", verdictPill(b.status, "bill-status")),
+    el("div", { class: "small" }, b.detail || ""),
+    receipts.length ? el("table", { "data-testid": "bill-receipts" },
+      el("thead", {}, el("tr", {}, el("th", { class: "num" }, "receipt #"), el("th", { class: "num" }, "units"),
+                      el("th", {}, "seen on"), el("th", {}, "signature"))), el("tbody", {}, ...receipts))
+      : el("div", { class: "muted small" }, "no signed receipt"),
+    ...(b.problems || []).map(p => el("div", { class: "error" }, `${p.reason}: ${p.detail}`)));
+}
+
+function drawTrace(t) {
+  const box = document.getElementById("lineage");
+  if (t.error) { box.replaceChildren(auditError(t)); return; }
+  const links = el("table", { "data-testid": "trace-links" },
+    el("thead", {}, el("tr", {}, el("th", {}, "link"), el("th", {}, "verdict"), el("th", {}, "evidence"))),
+    el("tbody", {}, ...(t.links || []).map(l => el("tr", { "data-testid": "trace-link", "data-link": l.link },
+      el("td", {}, l.link), el("td", {}, verdictPill(l.verdict, "link-verdict")), el("td", { class: "small" }, l.detail)))));
+  const parts = [el("h3", {}, `${t.tenant} / ${t.event_id} `, verdictPill(t.status, "trace-status")),
+                 el("div", { class: "small", "data-testid": "trace-detail" }, t.detail || ""), links];
+  if ((t.models || []).length) {
+    const page = t.page || {};
+    parts.push(el("h3", {}, "model versions that learned from it ",
+      el("span", { class: "hint" }, `page ${page.page} of ${page.pages}, ${page.versions} in all`)),
+      el("table", { "data-testid": "trace-models" },
+        el("thead", {}, el("tr", {}, el("th", {}, "model"), el("th", {}, "registration"), el("th", { class: "num" }, "predictions"),
+                        el("th", { class: "num" }, "units"), el("th", {}, "holds"))),
+        el("tbody", {}, ...t.models.map(m => el("tr", { "data-testid": "trace-model" },
+          el("td", {}, `${m.model_id} v${m.version}`), el("td", {}, verdictPill(m.status, "model-registration")),
+          el("td", { class: "num" }, m.predictions), el("td", { class: "num" }, m.units),
+          el("td", { class: "mono small" }, (m.holds || []).map(h => short(h, 12)).join(", ") || "–"))))));
+  }
+  if ((t.holds || []).length) {
+    parts.push(el("h3", {}, "holds that paid for its predictions"),
+      el("table", { "data-testid": "trace-holds" },
+        el("thead", {}, el("tr", {}, el("th", {}, "hold"), el("th", { class: "num" }, "requests"), el("th", {}, "status"),
+                        el("th", { class: "num" }, "charged"))),
+        el("tbody", {}, ...t.holds.map(h => el("tr", { "data-testid": "trace-hold", "data-hold": h.hold_id },
+          el("td", { class: "mono" }, h.hold_id), el("td", { class: "num" }, h.requests),
+          el("td", {}, verdictPill(h.status, "hold-status")), el("td", { class: "num" }, h.charged ?? "–"))))));
+  }
+  for (const p of t.problems || []) parts.push(el("div", { class: "error" }, `${p.reason}: ${p.detail}`));
+  for (const n of t.notes || []) parts.push(el("div", { class: "muted small" }, `note: ${n}`));
+  box.replaceChildren(...parts);
+}
+
+document.getElementById("lineage-form").addEventListener("submit", async event => {
+  event.preventDefault();
+  const tenant = document.getElementById("lineage-tenant").value, eventId = document.getElementById("lineage-event").value;
+  const box = document.getElementById("lineage");
+  box.replaceChildren(el("div", { class: "muted small", "data-testid": "trace-waiting" }, `tracing ${tenant} / ${eventId}…`));
+  const query = new URLSearchParams({ tenant, event_id: eventId });
+  drawTrace(await askAudit(`/api/trace?${query}`));
+});
+
+const panels = [drawHeader, drawThroughput, drawGroups, drawModels, drawBills, drawAnchors, drawUsage, drawDeadLetters];
 
 function draw(frame) {
   for (const panel of panels) {
