@@ -378,6 +378,7 @@ async def run_demo(settings: CommonSettings, console: Console, seconds: float | 
             await asyncio.wait_for(caller, timeout=30)
             await client.refresh_holds()
             summarise_holds(console, client)
+            await show_a_trace(console, f"demo-{stream.run}-0")
             await show_a_bill(console, client)
     finally:
         client.stopping.set()
@@ -399,6 +400,17 @@ def summarise_holds(console: Console, client: DemoClient) -> None:
                       f"{receipt.get('units', 0)} #{receipt.get('sequence', 0)}" if receipt else "-",
                       str(hold["charged"]), str(hold["refunded"]))
     console.print(table)
+
+
+async def show_a_trace(console: Console, event_id: str) -> None:
+    """What an auditor sees for the demo's first event: `streamledger audit trace demo EVENT_ID`
+    (ingested, cleaned, proven, anchored and endorsed, the model versions that learned from it,
+    and the holds that paid for their predictions)."""
+    from services.audit.command import run_audit
+
+    console.print(f"\n[bold]$ streamledger audit trace {TENANT} {event_id}[/]")
+    await asyncio.to_thread(run_audit, "trace", {"tenant": TENANT, "event_id": event_id, "limit": 5, "page": 1},
+                            False, None, None, console)
 
 
 async def show_a_bill(console: Console, client: DemoClient) -> None:

@@ -72,7 +72,7 @@ def _only(*services: str) -> frozenset[str]:
 TABLE: dict[str, TopicSpec] = {
     spec.name: spec
     for spec in (
-        TopicSpec(RAW, partitions=3, writers=_only(INGESTION), readers=_only(CLEANING)),
+        TopicSpec(RAW, partitions=3, writers=_only(INGESTION), readers=_only(CLEANING, AUDIT)),  # trace
         TopicSpec(CLEAN, writers=_only(CLEANING), readers=_only(STORAGE, LEARNING, LEDGER, AUDIT)),
         TopicSpec(DEADLETTER, writers=_only(CLEANING, STORAGE, LEARNING, LEDGER), readers=_only(STORAGE, DASHBOARD)),
         TopicSpec(SNAPSHOTS, compacted=True, max_message_bytes=MAX_SNAPSHOT_BYTES, writers=_only(LEARNING),

@@ -32,7 +32,7 @@ WRITE_OPS = {"Write", "Create", "Describe"}
 READ_OPS = {"Read", "Describe", "Create"}
 ACCESS: dict[str, tuple[set[str], set[str]]] = {
     # topic: (writers, readers)
-    topics.RAW: ({"ingestion"}, {"cleaning"}),
+    topics.RAW: ({"ingestion"}, {"cleaning", "audit"}),
     topics.CLEAN: ({"cleaning"}, {"storage", "learning", "ledger", "audit"}),
     topics.DEADLETTER: ({"cleaning", "storage", "learning", "ledger"}, {"storage", "dashboard"}),
     topics.SNAPSHOTS: ({"learning"}, {"learning", "inference", "storage", "dashboard"}),

@@ -28,7 +28,7 @@ def test_the_issues_ownership() -> None:
     assert writers[topics.SNAPSHOTS] == {topics.LEARNING}
     assert writers[topics.USAGE] == {topics.INFERENCE}
     assert writers[topics.PREDICTIONS] == {topics.INFERENCE}
-    assert topics.TABLE[topics.RAW].readers == {topics.CLEANING}
+    assert topics.TABLE[topics.RAW].readers == {topics.CLEANING, topics.AUDIT}  # audit trace: the ingested record
     assert {topics.CLEAN, topics.USAGE} <= {r for r, s in topics.TABLE.items() if topics.LEDGER in s.readers}
     assert topics.LEDGER in topics.TABLE[topics.DEADLETTER].writers
 
