@@ -79,7 +79,7 @@ async def test_a_service_may_not_write_a_topic_it_does_not_own(bootstrap: str, o
     (topics.DASHBOARD, topics.RAW),
     (topics.INGESTION, topics.CLEAN),
     (topics.INFERENCE, topics.CLEAN),
-    (topics.AUDIT, topics.USAGE),
+    (topics.AUDIT, topics.PREDICTIONS),
 ])
 async def test_a_service_may_not_read_a_topic_it_does_not_read(bootstrap: str, own_topics, service: str,
                                                                 role: str) -> None:
