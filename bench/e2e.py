@@ -56,6 +56,9 @@ from streamledger.mongo import mongo_client  # noqa: E402
 from streamledger.settings import CommonSettings  # noqa: E402
 
 CODEC = AvroCodec(SchemaRegistry.from_dir())
+TABLE_NAMES = {"raw": table.RAW, "clean": table.CLEAN, "dead": table.DEADLETTER, "anchors": table.ANCHORS,
+               "metrics": table.MODEL_METRICS, "snapshots": table.SNAPSHOTS, "predictions": table.PREDICTIONS,
+               "usage": table.USAGE, "baseline": table.RAW + ".baseline"}
 STAGES = ("ingested", "cleaned", "stored", "anchored", "learned")
 SERVICE_OF = {"ingested": "ingestion", "cleaned": "cleaning", "stored": "storage", "anchored": "ledger",
               "learned": "learning"}
@@ -123,7 +126,12 @@ class Run:
     api_key: str = field(default_factory=lambda: secrets.token_urlsafe(24))
 
     def topic(self, role: str) -> str:
-        return f"bench-e2e-{self.run}-{role}"
+        """Under the table's name (events.raw.bench-e2e-<run>, ...): each service acts as its own
+        Kafka principal, whose ACLs cover its topics and the names under them."""
+        return f"{TABLE_NAMES[role]}.bench-e2e-{self.run}"
+
+    def group(self, service: str) -> str:
+        return f"streamledger-{service}-bench-e2e-{self.run}"  # a service owns its streamledger-<service>* groups
 
     @property
     def database(self) -> str:
@@ -137,18 +145,18 @@ class Run:
             "STREAMLEDGER_INGESTION_HTTP_PORT": str(self.port), "STREAMLEDGER_INGESTION_GRPC_PORT": str(free_port()),
             "STREAMLEDGER_INGESTION_RAW_TOPIC": t("raw"), "STREAMLEDGER_INGESTION_RAW_PARTITIONS": "1",
             "STREAMLEDGER_CLEANING_RAW_TOPIC": t("raw"), "STREAMLEDGER_CLEANING_CLEAN_TOPIC": t("clean"),
-            "STREAMLEDGER_CLEANING_DEADLETTER_TOPIC": t("dead"), "STREAMLEDGER_CLEANING_GROUP": f"{t('cleaning')}",
+            "STREAMLEDGER_CLEANING_DEADLETTER_TOPIC": t("dead"), "STREAMLEDGER_CLEANING_GROUP": self.group("cleaning"),
             "STREAMLEDGER_CLEANING_DATA_DIR": str(scratch / "cleaning"),
             "STREAMLEDGER_STORAGE_CLEAN_TOPIC": t("clean"), "STREAMLEDGER_STORAGE_DEADLETTER_TOPIC": t("dead"),
             "STREAMLEDGER_STORAGE_PREDICTIONS_TOPIC": t("predictions"), "STREAMLEDGER_STORAGE_ANCHORS_TOPIC": t("anchors"),
-            "STREAMLEDGER_STORAGE_SNAPSHOTS_TOPIC": t("snapshots"), "STREAMLEDGER_STORAGE_GROUP": t("storage"),
-            "STREAMLEDGER_LEARNING_INPUT_TOPICS": json.dumps([t("clean")]), "STREAMLEDGER_LEARNING_GROUP_ID": t("learning"),
+            "STREAMLEDGER_STORAGE_SNAPSHOTS_TOPIC": t("snapshots"), "STREAMLEDGER_STORAGE_GROUP": self.group("storage"),
+            "STREAMLEDGER_LEARNING_INPUT_TOPICS": json.dumps([t("clean")]), "STREAMLEDGER_LEARNING_GROUP_ID": self.group("learning"),
             "STREAMLEDGER_LEARNING_SNAPSHOT_TOPIC": t("snapshots"), "STREAMLEDGER_LEARNING_METRICS_TOPIC": t("metrics"),
             "STREAMLEDGER_LEARNING_DEADLETTER_TOPIC": t("dead"), "STREAMLEDGER_LEARNING_METRICS_EVERY_SECONDS": "1",
             **({"STREAMLEDGER_LEARNING_MODELS_FILE": str(scratch / "models.toml")} if models == "logreg" else {}),
             "STREAMLEDGER_LEDGER_CLEAN_TOPIC": t("clean"), "STREAMLEDGER_LEDGER_ANCHORS_TOPIC": t("anchors"),
             "STREAMLEDGER_LEDGER_USAGE_TOPIC": t("usage"), "STREAMLEDGER_LEDGER_DEADLETTER_TOPIC": t("dead"),
-            "STREAMLEDGER_LEDGER_ANCHOR_GROUP": t("anchoring"), "STREAMLEDGER_LEDGER_SETTLEMENT": "false",
+            "STREAMLEDGER_LEDGER_ANCHOR_GROUP": self.group("ledger-anchoring"), "STREAMLEDGER_LEDGER_SETTLEMENT": "false",
         }
 
 
@@ -211,7 +219,7 @@ class Watch:
     async def positions(self, consumer, admin) -> dict[str, int]:
         raw, clean = TopicPartition(self.run.topic("raw"), 0), TopicPartition(self.run.topic("clean"), 0)
         ends = await consumer.end_offsets([raw, clean])
-        stored = (await admin.list_consumer_group_offsets(self.run.topic("storage"))).get(clean)
+        stored = (await admin.list_consumer_group_offsets(self.run.group("storage"))).get(clean)
         return {"ingested": ends[raw], "cleaned": ends[clean], "stored": stored.offset if stored and stored.offset > 0 else 0,
                 "anchored": self.anchored, "learned": min(self.learned.values(), default=0)}
 

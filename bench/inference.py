@@ -336,7 +336,7 @@ def main() -> None:
     models_file.write_text(MODELS)
     phishing = [({k: float(v) for k, v in x.items()}, y) for x, y in datasets.Phishing()]
     online = train(models_file, "phishing-logreg", phishing)
-    topic = f"bench.snapshots.{run_id}"
+    topic = f"models.snapshots.bench.{run_id}"
     record = snapshot_record("phishing-logreg", 1, online)
     # Paid mode serves only what the ledger vouches for: registered as the learning service would.
     publish(bootstrap, topic, [record if args.free_only else registered(record)])
@@ -349,7 +349,7 @@ def main() -> None:
            "STREAMLEDGER_INFERENCE_SNAPSHOT_TOPIC": topic,
            "STREAMLEDGER_INFERENCE_PREDICTIONS_SAMPLE": str(args.sample), "STREAMLEDGER_LOG_LEVEL": "WARNING"}
     free_env = {**env, "STREAMLEDGER_INFERENCE_PORT": str(ports["free"]), "STREAMLEDGER_INFERENCE_MODE": "free",
-                "STREAMLEDGER_INFERENCE_PREDICTIONS_TOPIC": f"bench.predictions.{run_id}"}
+                "STREAMLEDGER_INFERENCE_PREDICTIONS_TOPIC": f"predictions.bench.{run_id}"}
     targets = {"echo": Target(ports["echo"]), "free": Target(ports["free"])}
     servers = [
         subprocess.Popen([str(REPO / ".venv/bin/streamledger"), "serve", "inference"], env=free_env, cwd=REPO),
@@ -360,8 +360,8 @@ def main() -> None:
     if not args.free_only:
         paid_env, paying, credentials = paid_setup(folder, env)
         paid_env.update({"STREAMLEDGER_INFERENCE_PORT": str(ports["paid"]),
-                         "STREAMLEDGER_INFERENCE_PREDICTIONS_TOPIC": f"bench.predictions.paid.{run_id}",
-                         "STREAMLEDGER_INFERENCE_USAGE_TOPIC": f"bench.usage.{run_id}",
+                         "STREAMLEDGER_INFERENCE_PREDICTIONS_TOPIC": f"predictions.bench.paid.{run_id}",
+                         "STREAMLEDGER_INFERENCE_USAGE_TOPIC": f"usage.bench.{run_id}",
                          "STREAMLEDGER_METRICS_PORT": str(metrics_port)})
         servers.append(subprocess.Popen([str(REPO / ".venv/bin/streamledger"), "serve", "inference"], env=paid_env,
                                         cwd=REPO))

@@ -34,6 +34,7 @@ from services.audit.settings import AuditSettings
 from streamledger import kafka
 from streamledger.avro import AvroCodec, SchemaRegistry
 from streamledger.core.canonical import content_hash
+from streamledger.kafka import topics as table
 from streamledger.ledger import LedgerClient
 from streamledger.settings import CommonSettings, LedgerSettings
 
@@ -93,11 +94,15 @@ async def anchors_until(bootstrap: str, topic: str, count: int, timeout: float) 
 async def main(events: int, rate: float, verify_count: int, batch_records: int) -> None:
     common = CommonSettings()
     run = uuid.uuid4().hex[:8]
-    topics = {name: f"bench-{name}-{run}" for name in ("clean", "anchors", "usage", "deadletter", "predictions",
-                                                       "snapshots")}
+    # Names under the table's (events.clean.bench-<run>, ...): the services act as their own Kafka
+    # principals, whose ACLs cover their topics and the names under them.
+    roles = {"clean": table.CLEAN, "anchors": table.ANCHORS, "usage": table.USAGE, "deadletter": table.DEADLETTER,
+             "predictions": table.PREDICTIONS, "snapshots": table.SNAPSHOTS}
+    topics = {name: f"{role}.bench-{run}" for name, role in roles.items()}
     env = {**os.environ, "STREAMLEDGER_MONGO_DB": f"bench_{run}", "STREAMLEDGER_LEDGER_SETTLEMENT": "false",
            "STREAMLEDGER_LEDGER_BATCH_RECORDS": str(batch_records),
-           "STREAMLEDGER_LEDGER_ANCHOR_GROUP": f"bench-anchoring-{run}", "STREAMLEDGER_STORAGE_GROUP": f"bench-storage-{run}",
+           "STREAMLEDGER_LEDGER_ANCHOR_GROUP": f"streamledger-ledger-anchoring-bench-{run}",
+           "STREAMLEDGER_STORAGE_GROUP": f"streamledger-storage-bench-{run}",
            **{f"STREAMLEDGER_{name.upper()}_TOPIC": topic for name, topic in topics.items()},
            **{f"STREAMLEDGER_LEDGER_{name.upper()}_TOPIC": topics[name] for name in ("clean", "anchors", "usage",
                                                                                       "deadletter")}}
