@@ -3,11 +3,13 @@
 1. A smoke round trip through Kafka and MongoDB (the stack answers real requests).
 2. Every built service starts as a child process (`streamledger serve NAME`), each acting on
    the ledger as its own identity (the ledger service anchors as `anchoring`, the audit and
-   the dashboard read as `audit` and `dashboard`); inference runs in free mode.
+   the dashboard read as `audit` and `dashboard`); inference runs in paid mode with mutual TLS.
 3. A demo producer posts River's Phishing dataset to the ingestion API, in small batches,
-   as tenant "demo" with a fresh API key, plus a few malformed events to show rejections.
+   as tenant "demo" with a fresh API key, plus a few malformed events to show rejections;
+   the stack's Org2 identity `demo` pays for calls to the live model with signed receipts.
 4. A live table shows what each hop holds: topic offsets, stored documents, the models'
-   online metrics; Ctrl-C (or --seconds) stops the services and prints a summary.
+   online metrics, paid calls and holds; Ctrl-C (or --seconds) stops the services and prints
+   the client's holds, one event's audit trace and one bill.
 """
 
 from __future__ import annotations

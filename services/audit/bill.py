@@ -37,7 +37,6 @@ than the hold's, a model version whose registration does not match.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -56,9 +55,10 @@ from services.audit.ports import (
 )
 from services.audit.provenance import compare_model
 from streamledger.core.hold_receipts import check_receipts
+from streamledger.core.ids import RECORD_ID
 
 # The contract's record-id rule (chaincode/ledger/validate.go): a hold id outside it was never frozen.
-_RECORD_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
 USAGE_SLACK = timedelta(minutes=5)
 """Usage is read from this long before the hold's Freeze to this long after it closed (clocks of
 the peers and brokers differ)."""
@@ -124,7 +124,7 @@ class Bill:
 
 
 def check_hold_id(hold_id: Any) -> str:
-    if not isinstance(hold_id, str) or not _RECORD_ID.fullmatch(hold_id):
+    if not isinstance(hold_id, str) or not RECORD_ID.fullmatch(hold_id):
         raise InvalidArgument("hold_id", "must be 1-128 letters, digits, '.', '_', ':' or '-', starting with a "
                                          f"letter or digit (a hold id is 32 hex digits); got {hold_id!r}")
     return hold_id
@@ -255,7 +255,7 @@ def models_used(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 async def _model(ledger: LedgerReader, store: EvidenceStore, anchors: AnchorIndex,
                  used: dict[str, Any]) -> dict[str, Any]:
     model_id, version = used["model_id"], used["version"]
-    registered = await ledger.model(model_id, version) if version >= 1 and _RECORD_ID.fullmatch(model_id) else None
+    registered = await ledger.model(model_id, version) if version >= 1 and RECORD_ID.fullmatch(model_id) else None
     snapshot = await store.snapshot(model_id, version) if version >= 1 else None
     report = compare_model(model_id, version, registered, snapshot, None, None)
     learned = None
@@ -279,7 +279,7 @@ async def _learned_from(ledger: LedgerReader, anchors: AnchorIndex, position: Ma
              "anchored_last": min(_int(last.get("last_offset")), before - 1) if last else None,
              "last_batch_id": last.get("batch_id") if last else None, "last_batch_on_ledger": None}
     batch = entry["last_batch_id"]
-    if isinstance(batch, str) and _RECORD_ID.fullmatch(batch):
+    if isinstance(batch, str) and RECORD_ID.fullmatch(batch):
         anchor = await ledger.anchor(batch)
         entry["last_batch_on_ledger"] = anchor is not None and anchor.get("merkle_root") == last.get("merkle_root")
     return entry

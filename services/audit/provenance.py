@@ -11,7 +11,6 @@ than being hidden behind an older, matching version.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -25,9 +24,8 @@ from services.audit.ports import (
     LedgerUnreachable,
     StoreUnreachable,
 )
+from streamledger.core.ids import RECORD_ID
 
-# The contract's record-id rule (chaincode/ledger/validate.go), which model ids follow.
-_MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 SNAPSHOT_FIELDS = ("model_id", "version", "sha256", "format", "created", "events_seen", "metrics")
 
 
@@ -60,7 +58,7 @@ class ModelReport:
 
 
 def check_model_id(model_id: Any) -> str:
-    if not isinstance(model_id, str) or not _MODEL_ID.fullmatch(model_id):
+    if not isinstance(model_id, str) or not RECORD_ID.fullmatch(model_id):
         raise InvalidArgument("model_id", "must be 1-128 letters, digits, '.', '_', ':' or '-', starting with a "
                                           f"letter or digit; got {model_id!r}")
     return model_id

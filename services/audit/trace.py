@@ -32,7 +32,6 @@ could not be read: what was gathered is returned, never VERIFIED.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -55,15 +54,13 @@ from services.audit.verification import (
     check_tenant,
     verify,
 )
+from streamledger.core.ids import RECORD_ID, parse_batch_id
 from streamledger.core.models import ModelDeclaration
 
 MAX_LIMIT = 200
 DEFAULT_LIMIT = 20
 USAGE_SLACK_MS = 5 * 60 * 1000
 """Usage of a version is read from this long before its snapshot was taken (clocks differ)."""
-# The contract's record-id rule (chaincode/ledger/validate.go): no hold outside it was ever frozen.
-_RECORD_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
-_BATCH_ID = re.compile(r"(?P<topic>.+):(?P<partition>\d+):(?P<first>\d+)-(?P<last>\d+)")
 
 
 class Link(StrEnum):
@@ -236,9 +233,9 @@ def clean_position(v: Verification) -> tuple[str, int, int] | None:
     """(clean topic, partition, offset) of the event, from its proof (its batch id when the proof has no offset)."""
     proof = v.proof or {}
     topic, partition, offset = proof.get("topic"), proof.get("partition"), proof.get("offset")
-    match = _BATCH_ID.fullmatch(str(proof.get("batch_id", "")))
-    if match and not (isinstance(topic, str) and _whole(partition)):
-        topic, partition = match["topic"], int(match["partition"])
+    batch = parse_batch_id(str(proof.get("batch_id", "")))
+    if batch and not (isinstance(topic, str) and _whole(partition)):
+        topic, partition = batch[0], batch[1]
     if isinstance(topic, str) and _whole(partition) and _whole(offset):
         return topic, partition, offset
     return None
@@ -326,7 +323,7 @@ async def _usage(trace: Trace, ledger: LedgerReader, lineage: Lineage, shown: Se
             if version not in entry["versions"]:
                 entry["versions"].append(version)
     for hold_id, entry in holds.items():
-        if not _RECORD_ID.fullmatch(hold_id):  # a usage record naming no hold the contract could have frozen
+        if not RECORD_ID.fullmatch(hold_id):  # a usage record naming no hold the contract could have frozen
             entry.update(status="MALFORMED_ID", charged=None, client=None, provider=None, close_tx_id=None)
             continue
         hold = await ledger.hold(hold_id)

@@ -52,13 +52,12 @@ from services.audit.ports import (
     StoreUnreachable,
 )
 from streamledger.core.canonical import CanonicalEncodingError, content_hash
+from streamledger.core.ids import RECORD_ID
 from streamledger.core.merkle import HASH_SIZE, InvalidProof, compute_root
 
 MAX_EVENT_ID_LENGTH = 256
 """As ingestion accepts (services/ingestion/validation.py): no stored record has a longer id."""
 
-# The contract's record-id rule (chaincode/ledger/validate.go): a batch id outside it was never anchored.
-_RECORD_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 _HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -157,7 +156,7 @@ async def verify(store: EvidenceStore, ledger: LedgerReader, tenant: str, event_
                             f"no stored record and no Merkle proof has this id for tenant {tenant!r}")
     batch_id = proof.get("batch_id") if proof is not None else None
     anchor = block = None
-    if isinstance(batch_id, str) and _RECORD_ID.fullmatch(batch_id):
+    if isinstance(batch_id, str) and RECORD_ID.fullmatch(batch_id):
         try:
             anchor = await ledger.anchor(batch_id)
             if anchor is not None and anchor.get("tx_id"):
@@ -245,7 +244,7 @@ def _parse_proof(proof: Mapping[str, Any], problems: list[Problem]) -> _Proof | 
 
     batch_id, index, size = proof.get("batch_id"), proof.get("index"), proof.get("size")
     leaf, siblings, offset = proof.get("content_hash"), proof.get("siblings"), proof.get("offset")
-    if not isinstance(batch_id, str) or not _RECORD_ID.fullmatch(batch_id):
+    if not isinstance(batch_id, str) or not RECORD_ID.fullmatch(batch_id):
         return malformed(f"has no valid batch_id (got {batch_id!r})")
     for name, value in (("index", index), ("size", size)):
         if isinstance(value, bool) or not isinstance(value, int):

@@ -18,10 +18,10 @@ exactly its recorded last offset, whatever the size and time limits say.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from streamledger.core.ids import RECORD_ID, batch_id
 from streamledger.core.merkle import MerkleTree
 from streamledger.core.scoped import scoped_id
 
@@ -33,21 +33,13 @@ class AnchoringError(ValueError):
     """The dead-letter reason."""
 
 
-def batch_id(topic: str, partition: int, first_offset: int, last_offset: int) -> str:
-    """The id the contract requires of the batch: `<topic>:<partition>:<first>-<last>`, in decimal."""
-    return f"{topic}:{partition}:{first_offset}-{last_offset}"
-
-
-BATCH_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
-"""What the contract takes as a batch id (chaincode/ledger/validate.go, recordID)."""
-
 LONGEST_SUFFIX = len(f":{2**31 - 1}:{2**63 - 1}-{2**63 - 1}")
 """The longest `:<partition>:<first>-<last>` Kafka's numbers allow."""
 
 
 def check_topic(topic: str) -> None:
     """Refuse a topic whose batch ids the contract would not take, naming the rule."""
-    if not BATCH_ID.fullmatch(batch_id(topic, 2**31 - 1, 2**63 - 1, 2**63 - 1)):
+    if not RECORD_ID.fullmatch(batch_id(topic, 2**31 - 1, 2**63 - 1, 2**63 - 1)):
         raise ValueError(f"topic {topic!r} cannot be anchored: its batch ids <topic>:<partition>:<first>-<last> "
                          f"must start with a letter or digit, hold only letters, digits, '.', '_', ':' and '-', "
                          f"and be at most 128 characters (a topic of at most {128 - LONGEST_SUFFIX})")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,7 +28,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-NONCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+from streamledger.core.ids import RECORD_ID
+
+NONCE = RECORD_ID
+"""A client's hold nonce: any id the contract accepts."""
 
 
 class InvalidReceipt(ValueError):

@@ -6,7 +6,8 @@ import hashlib
 
 import pytest
 
-from services.ledger.anchoring import AnchoringError, Batcher, batch_id, check_topic
+from services.ledger.anchoring import AnchoringError, Batcher, check_topic
+from streamledger.core.ids import batch_id, parse_batch_id
 from streamledger.core.merkle import verify_proof
 
 
@@ -114,3 +115,8 @@ def test_a_topic_is_anchorable_only_if_every_batch_id_of_it_is_one_the_contract_
                        ("a b", "only letters")):
         with pytest.raises(ValueError, match=why):
             check_topic(topic)
+
+
+def test_a_batch_id_reads_back_as_its_topic_partition_and_offsets() -> None:
+    assert parse_batch_id(batch_id("events.clean.x:y", 2, 10, 14)) == ("events.clean.x:y", 2, 10, 14)
+    assert parse_batch_id("events.clean:2:10") is None
