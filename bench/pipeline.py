@@ -166,7 +166,7 @@ async def measure(count: int, listener: Listener) -> dict[str, float]:
             "STREAMLEDGER_MONGO_DB": f"bench_{run}", "STREAMLEDGER_LOG_LEVEL": "INFO",  # for `started`
             "STREAMLEDGER_CLEANING_RAW_TOPIC": topics["raw"], "STREAMLEDGER_CLEANING_CLEAN_TOPIC": topics["clean"],
             "STREAMLEDGER_CLEANING_DEADLETTER_TOPIC": topics["dead"],
-            "STREAMLEDGER_CLEANING_GROUP": f"streamledger-cleaning-bench-{run}", "STREAMLEDGER_CLEANING_DATA_DIR": scratch,
+            "STREAMLEDGER_CLEANING_GROUP": f"streamledger-cleaning-bench-{run}",
             "STREAMLEDGER_STORAGE_CLEAN_TOPIC": topics["clean"], "STREAMLEDGER_STORAGE_DEADLETTER_TOPIC": topics["dead"],
             "STREAMLEDGER_STORAGE_PREDICTIONS_TOPIC": f"{table.PREDICTIONS}.bench-{run}",
             "STREAMLEDGER_STORAGE_ANCHORS_TOPIC": f"{table.ANCHORS}.bench-{run}",

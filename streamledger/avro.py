@@ -106,6 +106,13 @@ def fingerprint_of(schema: Mapping[str, Any] | str) -> Fingerprint:
     return bytes.fromhex(schema_fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO"))
 
 
+def _unhex(key: bytes) -> Fingerprint:
+    try:
+        return bytes.fromhex(key.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        return b""
+
+
 def _short_name(schema: Mapping[str, Any]) -> str:
     return str(schema["name"]).rsplit(".", 1)[-1]
 
@@ -201,6 +208,8 @@ class SchemaRegistry:
         return learned
 
     def _learn(self, key: bytes | None, value: bytes) -> bool:
+        if key is not None and self._json.get(_unhex(key), "").encode() == value:
+            return False  # a copy of a schema already known, by its very text: nothing to recompute
         try:
             schema = json.loads(value)
             fp = fingerprint_of(schema)

@@ -3,7 +3,7 @@
 An event is known by its key: `scoped_id(tenant, event_id)` (streamledger/core/scoped.py),
 since event ids are chosen per tenant.
 
-In the service the mapping is a faust Table (backed by a changelog topic, so the window
+In the service the mapping is `app.Changelog` (written to a changelog topic, so the window
 survives restarts); in tests it is a dict. Each entry remembers where the event was first
 seen, so a message re-read after a crash (same partition and offset) is told apart from a
 real duplicate (same key at another offset) and is emitted again rather than lost:
@@ -55,7 +55,8 @@ class DedupWindow:
         return Seen.FIRST
 
     def expired(self, now_ms: int, partition: int | None = None) -> list[str]:
-        """Keys whose window ended before `now_ms` (optionally only those of one partition)."""
+        """Keys whose window ended before `now_ms` (optionally only those of one partition: a
+        partition's time is the timestamp of the last message read from it)."""
         horizon = now_ms - self.window_ms
         return [
             key

@@ -10,7 +10,7 @@ proofs and predictions, the settlement's count of requests), it is scoped by its
 The owner is length-prefixed, so no choice of owner and id can produce another pair's key
 (`("a:b", "c")` is '3:a:b:c', `("a", "b:c")` is '1:a:b:c'). A string rather than a compound
 `{"t": ..., "e": ...}` document: it is hashable (the sink, the dedup table and the Merkle
-batches key Python dicts by it), faust's table keys must be strings, and MongoDB and FerretDB
+batches key Python dicts by it), the dedup changelog's keys are strings, and MongoDB and FerretDB
 compare it exactly, with no field order to get wrong in a query.
 """
 

@@ -14,12 +14,11 @@ from streamledger.kafka.clients import (
            commit,
            connection,
            consumer,
-           faust_credentials,
            partitions_of,
            producer,
            read_to_end,
 )
 from streamledger.kafka.topics import TopicSpec, provision, spec
 
-__all__ = ["KafkaSecurity", "TopicSpec", "acls", "admin", "child_environment", "commit", "connection", "consumer", "faust_credentials",
+__all__ = ["KafkaSecurity", "TopicSpec", "acls", "admin", "child_environment", "commit", "connection", "consumer",
            "partitions_of", "producer", "provision", "read_to_end", "spec", "topics"]

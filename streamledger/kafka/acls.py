@@ -8,8 +8,8 @@ may write, create and describe it, its readers read, create and describe it (whi
 starts first creates a missing topic as the table says; creating writes no record). Every rule names the
 topic itself (LITERAL) and the names under it (PREFIXED `<topic>.`), so a run with its own
 topics (`events.raw.<run>`, as tests and benches make) is governed by the same rules. A
-service owns the consumer groups and topics named `streamledger-<service>...` (faust keeps
-the cleaning service's changelog and leader topics there). The dashboard may also describe
+service owns the consumer groups and topics named `streamledger-<service>...` (the cleaning
+service keeps its dedup changelog there). The dashboard may also describe
 every topic and group (end offsets and lag, never records of topics it does not read).
 The admin is the broker's super user; no other principal gets anything the table does not say.
 """

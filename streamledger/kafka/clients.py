@@ -133,17 +133,6 @@ def connection(security: KafkaSecurity | None = None) -> dict[str, Any]:
     return (security or KafkaSecurity.from_settings()).options()
 
 
-def faust_credentials(security: KafkaSecurity | None = None):
-    """faust's `broker_credentials` for the same connection (None: PLAINTEXT)."""
-    import faust  # only the cleaning service runs faust
-
-    security = security or KafkaSecurity.from_settings()
-    if not security.secured:
-        return None
-    return faust.SASLCredentials(username=security.username, password=security.password,
-                                 ssl_context=security.ssl_context(), mechanism=security.mechanism)
-
-
 def producer(bootstrap: str, *, security: KafkaSecurity | None = None, **overrides) -> AIOKafkaProducer:
     """An idempotent producer with acks=all, batching and compression (use it with `async with`)."""
     options = dict(

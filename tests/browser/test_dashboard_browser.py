@@ -314,7 +314,6 @@ async def test_the_real_cleaning_service_shows_live_then_down_when_stopped(
     """`streamledger serve cleaning` on the dashboard's topics: its output, lag and dead letters
     appear; SIGTERM it while events keep coming and the page shows it down and its output quiet."""
     env = {**dashboard.env, "STREAMLEDGER_CLEANING_GROUP": dashboard.group,
-           "STREAMLEDGER_CLEANING_DATA_DIR": str(tmp_path / "faust"),
            **{f"STREAMLEDGER_CLEANING_{name.upper()}": dashboard.topics[name]
               for name in ("raw_topic", "clean_topic", "deadletter_topic")}}
     log_path = tmp_path / "cleaning.log"

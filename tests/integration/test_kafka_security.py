@@ -139,8 +139,8 @@ async def count(bootstrap: str, topic: str) -> int:
 
 async def test_the_cleaning_service_runs_as_its_own_principal(bootstrap: str, own_topics, unique: str,
                                                                tmp_path: Path) -> None:
-    """`streamledger serve cleaning` (faust: its group, changelog and leader topics in its own
-    namespace) as `cleaning`, fed by `ingestion`, its output read by `storage`."""
+    """`streamledger serve cleaning` (its group and dedup changelog topic in its own namespace)
+    as `cleaning`, fed by `ingestion`, its output read by `storage`."""
     codec = AvroCodec(SchemaRegistry.from_dir())
     events = [validate_event({"event_id": f"sec-{unique}-{i}", "source": "test", "ts": 1_700_000_000_000 + i,
                               "features": {"x": float(i)}, "label": None}, "acme") for i in range(5)]
@@ -153,8 +153,7 @@ async def test_the_cleaning_service_runs_as_its_own_principal(bootstrap: str, ow
     env.update({"STREAMLEDGER_CLEANING_RAW_TOPIC": own_topics[topics.RAW],
                 "STREAMLEDGER_CLEANING_CLEAN_TOPIC": own_topics[topics.CLEAN],
                 "STREAMLEDGER_CLEANING_DEADLETTER_TOPIC": own_topics[topics.DEADLETTER],
-                "STREAMLEDGER_CLEANING_GROUP": f"{own_namespace(topics.CLEANING)}-{unique}",
-                "STREAMLEDGER_CLEANING_DATA_DIR": str(tmp_path / "faust")})
+                "STREAMLEDGER_CLEANING_GROUP": f"{own_namespace(topics.CLEANING)}-{unique}"})
     log = tmp_path / "cleaning.log"
     cleaning = serve("cleaning", env, log)
     try:

@@ -55,8 +55,7 @@ async def test_raw_events_through_cleaning_and_learning_match_river(bootstrap, u
     env.update(STREAMLEDGER_KAFKA_BOOTSTRAP=bootstrap, STREAMLEDGER_CLEANING_RAW_TOPIC=raw_topic,
                STREAMLEDGER_CLEANING_CLEAN_TOPIC=names["input"],
                STREAMLEDGER_CLEANING_DEADLETTER_TOPIC=names["deadletter"],
-               STREAMLEDGER_CLEANING_GROUP=f"cleaning-{unique}",
-               STREAMLEDGER_CLEANING_DATA_DIR=str(tmp_path / "faust"))
+               STREAMLEDGER_CLEANING_GROUP=f"cleaning-{unique}")
     log = tmp_path / "cleaning.log"
     with open(log, "wb") as out:
         cleaning = subprocess.Popen([str(REPO / ".venv/bin/streamledger"), "serve", "cleaning"], env=env, cwd=REPO,

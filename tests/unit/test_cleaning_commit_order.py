@@ -1,60 +1,180 @@
-"""The cleaning app acks a raw message only once its output is delivered, with an idempotent producer."""
+"""The cleaning loop commits a batch's offsets only once Kafka acknowledged its outputs and the
+dedup window's changes, in the order the batches were read; a failed delivery commits nothing
+from that batch on and stops the service. Kafka is faked at the producer's and consumer's
+surface (batches, deliveries, commits); tests/integration/pipeline runs the real thing."""
 
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
 
+import pytest
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaTimeoutError
 
-from services.cleaning.app import IdempotentProducer, ack_once_delivered, build_app
-from services.cleaning.rules import RuleBook
+from services.cleaning.app import Changelog, CleaningService, Outbox
+from services.cleaning.dedup import DedupWindow, Seen
 from services.cleaning.settings import CleaningSettings
-from streamledger.avro import AvroCodec, SchemaRegistry
+
+RAW = TopicPartition("events.raw", 0)
 
 
-class Event:
-    def __init__(self, offset: int) -> None:
-        self.message = SimpleNamespace(partition=0, offset=offset)
-        self.acked = False
+class Batch:
+    def __init__(self, room: int = 1000) -> None:
+        self.records: list[tuple[bytes, bytes | None]] = []
+        self.room = room
 
-    def ack(self) -> bool:
-        self.acked = True
-        return True
+    def append(self, *, key: bytes, value: bytes | None, timestamp: None) -> object | None:
+        if len(self.records) >= self.room:
+            return None
+        self.records.append((key, value))
+        return object()
 
 
-class App:
+class Producer:
+    """Each sent batch gets a delivery future the test resolves, as Kafka's acknowledgement would."""
+
+    def __init__(self, room: int = 1000) -> None:
+        self.sent: list[tuple[str, int, Batch, asyncio.Future]] = []
+        self.room = room
+
+    def create_batch(self) -> Batch:
+        return Batch(self.room)
+
+    async def send_batch(self, batch: Batch, topic: str, *, partition: int) -> asyncio.Future:
+        delivery = asyncio.get_running_loop().create_future()
+        self.sent.append((topic, partition, batch, delivery))
+        return delivery
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return {0, 1, 2}
+
+    def acknowledge(self, failure: Exception | None = None) -> None:
+        for *_, delivery in self.sent:
+            if not delivery.done():
+                delivery.set_exception(failure) if failure else delivery.set_result(object())
+
+
+class Inbox:
     def __init__(self) -> None:
-        self.crashed: list[BaseException] = []
+        self.commits: list[dict[TopicPartition, int]] = []
 
-    async def crash(self, reason: BaseException) -> None:
-        self.crashed.append(reason)
-
-
-async def test_an_event_is_acked_only_after_its_output_is_delivered() -> None:
-    app, event, delivery = App(), Event(7), asyncio.get_running_loop().create_future()
-    ack_once_delivered(app, event, delivery)  # type: ignore[arg-type]
-    await asyncio.sleep(0)
-    assert not event.acked  # queued, not yet acknowledged by Kafka: its offset may not be committed
-    delivery.set_result(object())
-    await asyncio.sleep(0)
-    assert event.acked and app.crashed == []
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.commits.append(dict(offsets))
 
 
-async def test_a_failed_delivery_leaves_the_event_unacked_and_crashes_the_app() -> None:
-    app, event, delivery = App(), Event(8), asyncio.get_running_loop().create_future()
-    ack_once_delivered(app, event, delivery)  # type: ignore[arg-type]
-    delivery.set_exception(KafkaTimeoutError("batch expired"))
-    for _ in range(3):
+def service(in_flight: int = 4) -> CleaningService:
+    cleaning = CleaningService(CleaningSettings(cleaning_batches_in_flight=in_flight))
+    cleaning.producer, cleaning.inbox, cleaning.changelog = Producer(), Inbox(), Changelog("streamledger-cleaning-dedup-changelog")
+    return cleaning
+
+
+async def settle() -> None:
+    for _ in range(10):
         await asyncio.sleep(0)
-    assert not event.acked
-    assert [type(e) for e in app.crashed] == [KafkaTimeoutError]
 
 
-async def test_the_producer_is_idempotent_with_acks_all(tmp_path) -> None:
-    settings = CleaningSettings(cleaning_data_dir=tmp_path, cleaning_group="unit-commit-order")
-    app = build_app(settings, AvroCodec(SchemaRegistry.from_dir()), RuleBook(), partitions=1)
-    assert isinstance(app.producer, IdempotentProducer)
-    client = app.producer._new_producer()  # the aiokafka producer faust would start (no connection yet)
-    assert client._txn_manager is not None  # aiokafka's idempotence state: sequence numbers per partition
-    assert app.producer._settings_extra() == {"acks": "all", "enable_idempotence": True}
+async def test_offsets_are_committed_only_after_outputs_and_dedup_changes_are_acknowledged() -> None:
+    cleaning = service()
+    outbox = Outbox(cleaning.producer)
+    await outbox.add("events.clean", b"e1", b"clean record")
+    cleaning.changelog["0:acme:e1"] = [0, 41, 1_000]
+    await cleaning.send(outbox, {RAW: 42})
+    await settle()
+    assert cleaning.inbox.commits == []  # sent, not acknowledged: nothing committed
+    topics_sent = {(topic, partition) for topic, partition, *_ in cleaning.producer.sent}
+    assert ("streamledger-cleaning-dedup-changelog", 0) in topics_sent  # the window's change, in raw partition 0's
+    cleaning.producer.acknowledge()
+    await cleaning.settled()
+    assert cleaning.inbox.commits == [{RAW: 42}]
+
+
+async def test_batches_commit_in_order_even_when_a_later_one_is_acknowledged_first() -> None:
+    cleaning = service()
+    first, second = Outbox(cleaning.producer), Outbox(cleaning.producer)
+    await first.add("events.clean", b"e1", b"one")
+    await cleaning.send(first, {RAW: 10})
+    await second.add("events.clean", b"e2", b"two")
+    await cleaning.send(second, {RAW: 20})
+    cleaning.producer.sent[1][3].set_result(object())  # the second batch's acknowledgement comes first
+    await settle()
+    assert cleaning.inbox.commits == []
+    cleaning.producer.sent[0][3].set_result(object())
+    await cleaning.settled()
+    assert cleaning.inbox.commits == [{RAW: 10}, {RAW: 20}]
+
+
+async def test_a_failed_delivery_commits_nothing_from_that_batch_on_and_stops_the_service() -> None:
+    cleaning = service(in_flight=1)
+    first, second = Outbox(cleaning.producer), Outbox(cleaning.producer)
+    await first.add("events.clean", b"e1", b"one")
+    await cleaning.send(first, {RAW: 10})
+    await second.add("events.clean", b"e2", b"two")
+    cleaning.producer.sent[0][3].set_exception(KafkaTimeoutError("batch expired"))
+    with pytest.raises(KafkaTimeoutError):
+        await cleaning.send(second, {RAW: 20})  # over the in-flight limit: waits for the first, which failed
+    cleaning.producer.acknowledge()
+    with pytest.raises(KafkaTimeoutError):  # the second waits for the first before committing
+        await cleaning.settled()
+    assert cleaning.inbox.commits == []
+
+
+async def test_the_in_flight_limit_holds_the_next_batch_until_the_oldest_is_committed() -> None:
+    cleaning = service(in_flight=1)
+    first, second = Outbox(cleaning.producer), Outbox(cleaning.producer)
+    await first.add("events.clean", b"e1", b"one")
+    await cleaning.send(first, {RAW: 10})
+    await second.add("events.clean", b"e2", b"two")
+    sending = asyncio.ensure_future(cleaning.send(second, {RAW: 20}))
+    await settle()
+    assert not sending.done()  # two batches would be in flight
+    cleaning.producer.acknowledge()
+    await sending
+    cleaning.producer.acknowledge()
+    await cleaning.settled()
+    assert cleaning.inbox.commits == [{RAW: 10}, {RAW: 20}]
+
+
+async def test_a_full_producer_batch_is_sent_and_the_record_goes_into_a_new_one() -> None:
+    producer = Producer(room=2)
+    outbox = Outbox(producer)
+    for n in range(5):
+        await outbox.add("events.clean", b"same-key", f"v{n}".encode())
+    deliveries = await outbox.send_all()
+    assert [len(batch.records) for *_, batch, _ in producer.sent] == [2, 2, 1]
+    assert len(deliveries) == 3 and {partition for _, partition, *_ in producer.sent} == {partition for _, partition, *_ in producer.sent[:1]}
+
+
+async def test_records_are_spread_over_partitions_by_key_and_the_same_key_stays_put() -> None:
+    producer = Producer()
+    outbox = Outbox(producer)
+    for n in range(60):
+        await outbox.add("events.clean", f"e{n % 30}".encode(), b"v")
+    await outbox.send_all()
+    where: dict[bytes, set[int]] = {}
+    for _, partition, batch, _ in producer.sent:
+        for key, _ in batch.records:
+            where.setdefault(key, set()).add(partition)
+    assert all(len(parts) == 1 for parts in where.values())
+    assert {next(iter(parts)) for parts in where.values()} == {0, 1, 2}
+
+
+def test_the_changelog_records_each_change_in_its_raw_partition_and_tombstones_what_expires() -> None:
+    log = Changelog("changelog")
+    window = DedupWindow(log, window_ms=1_000)
+    assert window.observe("k1", partition=2, offset=5, at_ms=100) is Seen.FIRST
+    assert window.observe("k1", partition=2, offset=5, at_ms=100) is Seen.REPLAY  # no change written
+    assert window.observe("k1", partition=2, offset=9, at_ms=200) is Seen.DUPLICATE
+    assert list(log.drain()) == [(2, b"k1", b"[2, 5, 100]")]
+    assert window.expire(now_ms=5_000, partition=2) == 1
+    assert list(log.drain()) == [(2, b"k1", None)]
+    assert list(log.drain()) == []
+
+
+def test_forgetting_a_partition_drops_its_entries_without_writing_tombstones() -> None:
+    log = Changelog("changelog")
+    log["a"], log["b"] = [0, 1, 10], [1, 1, 10]
+    log.held = {0, 1}
+    list(log.drain())
+    log.forget({1})
+    assert dict(log.items()) == {"a": [0, 1, 10]} and log.held == {0}
+    assert list(log.drain()) == []  # the next owner of partition 1 reads its entries from the changelog

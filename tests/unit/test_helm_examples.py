@@ -2,7 +2,7 @@
 
 - kafka-topics.yaml: every topic of the topic table (`streamledger.kafka.topics.TABLE`) as a
   KafkaTopic with the table's partitions, compaction, max.message.bytes and retention (replicated
-  3 times, min.insync.replicas 2), plus the cleaning service's faust topics, and nothing else;
+  3 times, min.insync.replicas 2), plus the cleaning service's dedup changelog, and nothing else;
 - kafka-users.yaml: one KafkaUser per service with exactly the ACLs of `ACCESS` below (who writes
   and reads each topic; the consumer groups of services/*/settings.py fall under the service's
   own `streamledger-<service>` prefix), and, once the topic table names its writers and readers
@@ -59,13 +59,11 @@ def kafka_topics() -> dict[str, dict]:
     return found
 
 
-def faust_topics() -> dict[str, topics.TopicSpec]:
-    """The topics faust creates for the cleaning service (app id = its group): the dedup table's
-    changelog, with the raw topic's partitions, and the leader topic."""
-    group = CleaningSettings().cleaning_group
-    return {f"{group}-dedup-changelog": topics.TopicSpec(f"{group}-dedup-changelog",
-                                                         partitions=topics.TABLE[topics.RAW].partitions, compacted=True),
-            f"{group}-__assignor-__leader": topics.TopicSpec(f"{group}-__assignor-__leader")}
+def cleaning_topics() -> dict[str, topics.TopicSpec]:
+    """The topic the cleaning service keeps its dedup window in: a compacted changelog with the
+    raw topic's partitions."""
+    name = CleaningSettings().changelog_topic
+    return {name: topics.TopicSpec(name, partitions=topics.TABLE[topics.RAW].partitions, compacted=True)}
 
 
 def acls(user: dict) -> set[tuple[str, str, str, str]]:
@@ -96,10 +94,10 @@ def test_every_topic_of_the_table_has_a_matching_kafka_topic(name: str) -> None:
     assert config == {**spec.configs(), "min.insync.replicas": "2"}
 
 
-def test_the_faust_topics_match_the_cleaning_service_and_nothing_else_is_there() -> None:
+def test_the_changelog_matches_the_cleaning_service_and_nothing_else_is_there() -> None:
     found = kafka_topics()
-    assert set(found) == set(topics.TABLE) | set(faust_topics())
-    for name, spec in faust_topics().items():
+    assert set(found) == set(topics.TABLE) | set(cleaning_topics())
+    for name, spec in cleaning_topics().items():
         assert found[name]["spec"]["partitions"] == spec.partitions, name
         assert {k: str(v) for k, v in found[name]["spec"]["config"].items()} == {**spec.configs(), "min.insync.replicas": "2"}
 

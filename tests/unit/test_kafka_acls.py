@@ -51,8 +51,8 @@ def test_a_service_owns_its_groups_and_state_topics_only() -> None:
     ns = own_namespace(topics.CLEANING)
     assert ns == "streamledger-cleaning"
     assert may(RULES, topics.CLEANING, "READ", "group", ns)
-    assert may(RULES, topics.CLEANING, "WRITE", "topic", f"{ns}-dedup-changelog")  # faust's state
-    assert may(RULES, topics.CLEANING, "CREATE", "topic", f"{ns}-__assignor-__leader")
+    assert may(RULES, topics.CLEANING, "WRITE", "topic", f"{ns}-dedup-changelog")  # its dedup window
+    assert may(RULES, topics.CLEANING, "CREATE", "topic", f"{ns}-dedup-changelog")
     assert not may(RULES, topics.LEARNING, "READ", "group", ns)
     assert not may(RULES, topics.LEARNING, "WRITE", "topic", f"{ns}-dedup-changelog")
 

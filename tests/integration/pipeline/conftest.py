@@ -1,6 +1,6 @@
 """Fixtures for the cleaning and storage services run as real subprocesses.
 
-Each test gets its own topics, consumer groups, faust data dir and MongoDB database
+Each test gets its own topics, consumer groups and MongoDB database
 (`pipeline_env`), so tests never see each other's data, and `services` starts
 `streamledger serve NAME` with that environment and kills whatever is left at the end.
 """
@@ -102,7 +102,6 @@ def pipeline_env(unique: str, tmp_path: Path, settings) -> dict[str, str]:
         "STREAMLEDGER_CLEANING_CLEAN_TOPIC": topic["clean"],
         "STREAMLEDGER_CLEANING_DEADLETTER_TOPIC": topic["deadletter"],
         "STREAMLEDGER_CLEANING_GROUP": f"cleaning-{unique}",
-        "STREAMLEDGER_CLEANING_DATA_DIR": str(tmp_path / "faust"),
         "STREAMLEDGER_STORAGE_CLEAN_TOPIC": topic["clean"],
         "STREAMLEDGER_STORAGE_PREDICTIONS_TOPIC": topic["predictions"],
         "STREAMLEDGER_STORAGE_ANCHORS_TOPIC": topic["anchors"],

@@ -32,7 +32,7 @@ from tests.integration.pipeline.conftest import (
 pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.timeout(90)]
 
 CODEC = AvroCodec(SchemaRegistry.from_dir())
-EVENTS = 3_000  # the cleaner does a few hundred per second on a busy 2-core machine
+EVENTS = 5_000
 INVALID_EVERY = 25  # every 25th raw event has a non-finite feature: a dead letter
 
 
@@ -50,15 +50,11 @@ def raw_messages() -> tuple[list[tuple[bytes, bytes]], set[str], set[str]]:
     return messages, valid, invalid
 
 
-@pytest.mark.xfail(reason="open defect (issue 22): after a kill -9 right after a commit, the restarted faust "
-                          "cleaner re-emits all but a few events that were in flight at the kill (seen: 7 of 3,000, "
-                          "the offsets just past the kill); the fix is the cleaner's own consume/produce/commit loop "
-                          "(issue 23)", strict=False)
 async def test_a_kill_right_after_a_commit_loses_no_raw_event(bootstrap, pipeline_env, services) -> None:
     started = time.monotonic()
     raw_topic = pipeline_env["STREAMLEDGER_CLEANING_RAW_TOPIC"]
     group = pipeline_env["STREAMLEDGER_CLEANING_GROUP"]
-    pipeline_env["STREAMLEDGER_CLEANING_COMMIT_INTERVAL_SECONDS"] = "0.5"
+    pipeline_env["STREAMLEDGER_CLEANING_BATCH_SIZE"] = "200"  # many commits while the stream runs
     pipeline_env["STREAMLEDGER_CLEANING_SESSION_TIMEOUT_SECONDS"] = "10"  # the killed member is let go sooner
     await create_topics(bootstrap, [raw_topic])
     messages, valid, invalid = raw_messages()
@@ -104,14 +100,12 @@ async def test_a_kill_right_after_a_commit_loses_no_raw_event(bootstrap, pipelin
 
     async def every_event_out() -> bool:
         """What at-least-once promises: every raw event on the clean topic or among the dead letters
-        (counted on the topics). Not that the group's offset reaches the end: faust-streaming 0.15.3
-        was seen to leave it where the kill left it after the restarted cleaner had sent everything
-        (a replay then re-sends, it loses nothing); the cleaner's own commit loop is issue 23's."""
+        (counted on the topics), and the group's offset at the end of the raw topic."""
         assert cleaning.alive(), cleaning.tail()
         clean[:] = [CODEC.decode(r.value, reader="CleanEvent")["event_id"] for r in await read_all(bootstrap, clean_topic)]
         letters[:] = [CODEC.decode(r.value, reader="DeadLetter") for r in await read_all(bootstrap, dead_topic)]
         dead = {letter["key"] for letter in letters if letter["reason"] == "non_finite"}
-        return valid <= set(clean) and invalid <= dead
+        return valid <= set(clean) and invalid <= dead and await caught_up(bootstrap, group, [raw_topic])
 
     try:
         await wait_until(every_event_out, 60, "every raw event on the clean topic or among the dead letters",

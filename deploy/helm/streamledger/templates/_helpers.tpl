@@ -59,9 +59,7 @@ cleaning:
   ports: []
   probe: {kind: exec}
   metricsPort: metrics
-  stateDir: /var/lib/streamledger/cleaning
-  env:
-    STREAMLEDGER_CLEANING_DATA_DIR: /var/lib/streamledger/cleaning
+  env: {}
 storage:
   name: storage
   serve: storage
