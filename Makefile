@@ -14,7 +14,7 @@ ifneq ($(wildcard $(GOPROXY_MIRROR)/github.com),)
 export GOPROXY := file://$(GOPROXY_MIRROR),$(shell go env GOPROXY)
 endif
 
-.PHONY: install system-deps stack demo test unit down clean
+.PHONY: install system-deps stack demo test unit bench-deps down clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,14 @@ install: $(VENV)/.installed system-deps
 
 system-deps:
 	@bash deploy/system-deps.sh
+
+# bench/pipeline.py's peer, a Quix Streams app, is not a dependency of the project: Quix
+# Streams 3.28 caps pydantic-settings below the version the project pins, so it goes in
+# without its own pins (its other dependencies by name).
+bench-deps: $(VENV)/.installed
+	$(BIN)/pip install -q --no-deps quixstreams==3.28.1
+	$(BIN)/pip install -q 'confluent-kafka>=2.8.2,<2.13' 'rocksdict>=0.3,<0.4' 'orjson>=3.9,<4' 'jsonlines>=4,<5' \
+		'jsonpath-ng>=1.7,<2' 'jsonschema>=4.3'
 
 stack: install
 	$(CLI) stack up

@@ -1,23 +1,26 @@
-"""Events/s of the cleaning and storage services, next to a bare aiokafka consume loop.
+"""Events/s of the cleaning and storage services, next to a bare aiokafka consume loop, the
+cleaning handler in-process, and a Quix Streams app running that same handler.
 
-    .venv/bin/python bench/pipeline.py [--events 20000]
+    .venv/bin/python bench/pipeline.py [--events 100000]     # `make bench-deps` first (Quix Streams)
 
 Needs the local stack (`streamledger stack up`). In one run, on fresh topics:
-1. produces N RawEvents to a raw topic;
+1. produces N RawEvents, keyed by event id, to a raw topic of 4 partitions;
 2. baseline: a bare aiokafka consumer reads that topic end to end (no decoding);
 3. in-process: `Cleaner.handle` over the same bytes (decode, rules, hash, encode; no Kafka);
-4. `streamledger serve cleaning` as a subprocess: raw -> clean, timed from its start to its
-   last output message;
-5. baseline again on the clean topic, then `streamledger serve storage` as a subprocess:
+4. `streamledger serve cleaning` as a subprocess: raw -> clean; then two replicas of it (one
+   consumer group, two partitions each) on the same raw topic, to fresh output topics;
+5. the peer: `bench/quix_cleaner.py`, a plain Quix Streams app calling `Cleaner.handle`;
+6. baseline again on the clean topic, then `streamledger serve storage` as a subprocess:
    clean -> MongoDB, timed by its committed offsets.
-It prints each rate and its ratio to the bare loop on the same topic. On a secured stack the
-services run as their own principals (cleaning, storage) on topics under the table's names
-(events.raw.bench-<run>, ...); with the stack's bench-only PLAINTEXT listener on
+It prints each rate and its ratio to the bare loop on the same topic, and the cleaning
+service's ratios to the handler, to the Quix app and (two replicas) to one. On a secured
+stack the services run as their own principals (cleaning, storage) on topics under the
+table's names (events.raw.bench-<run>, ...); with the stack's bench-only PLAINTEXT listener on
 (STREAMLEDGER_STACK_KAFKA_PLAINTEXT_PORT) the whole run is repeated there, and a table gives
-secured / plaintext for each figure. Every rate is the
-messages handled divided by the measured wall time it took: the bare loop from its first
-fetch to its last (connected beforehand), a service from its `started` log line (faust's
-start-up and the dedup table's recovery done) to its last output.
+secured / plaintext for each figure. Every rate is the messages handled divided by the
+measured wall time it took: the bare loop from its first fetch to its last (connected
+beforehand); a service or the Quix app from its first output to its last (polled every 50
+ms), so start-up and the consumer group's join are left out of each alike.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from streamledger.kafka import topics as table  # noqa: E402
 from streamledger.settings import CommonSettings  # noqa: E402
 
 CODEC = AvroCodec(SchemaRegistry.from_dir())
+RAW_PARTITIONS = 4
 
 
 def raw_event(i: int) -> dict:
@@ -77,10 +81,11 @@ async def bare_consume(bootstrap: str, topic: str, count: int) -> float:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, **kafka.connection(), enable_auto_commit=False)
     await consumer.start()
     try:
-        tp = TopicPartition(topic, 0)
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
-        await consumer.position(tp)
+        tps = [TopicPartition(t, p) for t, p in await kafka.partitions_of(bootstrap, [topic])]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        for tp in tps:
+            await consumer.position(tp)
         seen, started = 0, time.perf_counter()
         while seen < count:
             batches = await consumer.getmany(timeout_ms=1000, max_records=5000)
@@ -90,37 +95,38 @@ async def bare_consume(bootstrap: str, topic: str, count: int) -> float:
         await consumer.stop()
 
 
-async def service_rate(service: subprocess.Popen, log: Path, progress: Callable[[], Awaitable[int]], count: int,
-                       timeout: float) -> float:
-    """Units/s of `progress` (polled every 50 ms) from the service's `started` line to all `count` done."""
+async def service_rate(services: list[subprocess.Popen], log: Path, progress: Callable[[], Awaitable[int]],
+                       count: int, timeout: float) -> float:
+    """Units/s of `progress` (polled every 50 ms) from its first unit to all `count` done."""
     deadline = time.monotonic() + timeout
-    while '"event": "started"' not in (log.read_text(errors="replace") if log.exists() else ""):
-        if service.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{log.stem} did not start:\n{log.read_text(errors='replace')[-2000:]}")
-        await asyncio.sleep(0.05)
-    started = time.perf_counter()
+    first = started = None
     while (done := await progress()) < count:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"only {done} of {count} done after {timeout}s")
+        if any(service.poll() is not None for service in services) or time.monotonic() > deadline:
+            raise RuntimeError(f"only {done} of {count} done; {log.name}:\n{log.read_text(errors='replace')[-3000:]}")
+        if done and first is None:
+            first, started = done, time.perf_counter()
         await asyncio.sleep(0.05)
-    return count / (time.perf_counter() - started)
+    if first is None:  # all done between two polls
+        raise RuntimeError(f"{count} done before the first poll saw any: run with more --events")
+    return (count - first) / (time.perf_counter() - started)
 
 
-async def end_offset(consumer: AIOKafkaConsumer, topic: str) -> int:
-    tp = TopicPartition(topic, 0)
-    return (await consumer.end_offsets([tp]))[tp]
+async def end_offset(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> int:
+    return sum((await consumer.end_offsets(tps)).values())
 
 
 async def committed(admin: AIOKafkaAdminClient, group: str, topic: str) -> int:
     offsets = await admin.list_consumer_group_offsets(group)
-    meta = offsets.get(TopicPartition(topic, 0))
-    return meta.offset if meta is not None and meta.offset > 0 else 0
+    return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset > 0)
 
 
 def serve(name: str, env: dict[str, str], log: Path) -> subprocess.Popen:
+    return spawn([str(Path(sys.executable).parent / "streamledger"), "serve", name], env, log)
+
+
+def spawn(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     with open(log, "wb") as out:
-        return subprocess.Popen([str(Path(sys.executable).parent / "streamledger"), "serve", name],
-                                env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(command, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -142,50 +148,77 @@ async def measure(count: int, listener: Listener) -> dict[str, float]:
     bootstrap, run = settings.kafka_bootstrap, uuid.uuid4().hex[:8]
     rates: dict[str, float] = {}
     print(f"-- {listener.name} listener {listener.bootstrap}")
-    topics = {"raw": f"{table.RAW}.bench-{run}", "clean": f"{table.CLEAN}.bench-{run}",
-              "dead": f"{table.DEADLETTER}.bench-{run}"}
-    await kafka.provision(bootstrap, [kafka.TopicSpec(name) for name in topics.values()])
+    raw = f"{table.RAW}.bench-{run}"
+    outputs = {who: {"clean": f"{table.CLEAN}.bench-{run}-{who}", "dead": f"{table.DEADLETTER}.bench-{run}-{who}"}
+               for who in ("one", "two", "quix")}
+    await kafka.provision(bootstrap, [kafka.TopicSpec(raw, partitions=RAW_PARTITIONS)] +
+                          [kafka.TopicSpec(name) for names in outputs.values() for name in names.values()])
     values = CODEC.encode_many("RawEvent", (raw_event(i) for i in range(count)))
-    await produce(bootstrap, topics["raw"], values)
-    print(f"{count:,} RawEvents ({sum(map(len, values)) / count:.0f} bytes each) on {topics['raw']}\n")
+    await produce(bootstrap, raw, values)
+    print(f"{count:,} RawEvents ({sum(map(len, values)) / count:.0f} bytes each) on {raw} ({RAW_PARTITIONS} partitions)\n")
 
-    bare_raw = rates["bare aiokafka loop, raw topic"] = await bare_consume(bootstrap, topics["raw"], count)
+    bare_raw = rates["bare aiokafka loop, raw topic"] = await bare_consume(bootstrap, raw, count)
     print(line("bare aiokafka loop, raw topic", bare_raw))
 
     cleaner = Cleaner(CODEC, RuleBook(), DedupWindow({}, 3_600_000))
-    tp = (topics["raw"], 0)
+    tp = (raw, 0)
     started = time.perf_counter()
     for i, value in enumerate(values):
-        cleaner.handle(Consumed(tp, topics["raw"], 0, i, None, value, timestamp_ms=0))
-    print(line("Cleaner.handle in-process (no Kafka)", count / (time.perf_counter() - started), bare_raw))
+        cleaner.handle(Consumed(tp, raw, 0, i, None, value, timestamp_ms=0))
+    handler = rates["Cleaner.handle in-process"] = count / (time.perf_counter() - started)
+    print(line("Cleaner.handle in-process (no Kafka)", handler, bare_raw))
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMLEDGER_")}
+    env.update({"STREAMLEDGER_KAFKA_BOOTSTRAP": bootstrap, "STREAMLEDGER_MONGO_URL": settings.mongo_url,
+                "STREAMLEDGER_MONGO_DB": f"bench_{run}", "STREAMLEDGER_LOG_LEVEL": "INFO",
+                "STREAMLEDGER_CLEANING_RAW_TOPIC": raw,
+                "STREAMLEDGER_STORAGE_CLEAN_TOPIC": outputs["one"]["clean"],
+                "STREAMLEDGER_STORAGE_DEADLETTER_TOPIC": outputs["one"]["dead"],
+                "STREAMLEDGER_STORAGE_PREDICTIONS_TOPIC": f"{table.PREDICTIONS}.bench-{run}",
+                "STREAMLEDGER_STORAGE_ANCHORS_TOPIC": f"{table.ANCHORS}.bench-{run}",
+                "STREAMLEDGER_STORAGE_SNAPSHOTS_TOPIC": f"{table.SNAPSHOTS}.bench-{run}",
+                "STREAMLEDGER_STORAGE_GROUP": f"streamledger-storage-bench-{run}"})
+    cleaning_env = env | kafka.child_environment(settings, username=table.CLEANING)
+    watcher = AIOKafkaConsumer(bootstrap_servers=bootstrap, **kafka.connection())
+    await watcher.start()
     with tempfile.TemporaryDirectory() as scratch:
-        env.update({
-            "STREAMLEDGER_KAFKA_BOOTSTRAP": bootstrap, "STREAMLEDGER_MONGO_URL": settings.mongo_url,
-            "STREAMLEDGER_MONGO_DB": f"bench_{run}", "STREAMLEDGER_LOG_LEVEL": "INFO",  # for `started`
-            "STREAMLEDGER_CLEANING_RAW_TOPIC": topics["raw"], "STREAMLEDGER_CLEANING_CLEAN_TOPIC": topics["clean"],
-            "STREAMLEDGER_CLEANING_DEADLETTER_TOPIC": topics["dead"],
-            "STREAMLEDGER_CLEANING_GROUP": f"streamledger-cleaning-bench-{run}",
-            "STREAMLEDGER_STORAGE_CLEAN_TOPIC": topics["clean"], "STREAMLEDGER_STORAGE_DEADLETTER_TOPIC": topics["dead"],
-            "STREAMLEDGER_STORAGE_PREDICTIONS_TOPIC": f"{table.PREDICTIONS}.bench-{run}",
-            "STREAMLEDGER_STORAGE_ANCHORS_TOPIC": f"{table.ANCHORS}.bench-{run}",
-            "STREAMLEDGER_STORAGE_SNAPSHOTS_TOPIC": f"{table.SNAPSHOTS}.bench-{run}",
-            "STREAMLEDGER_STORAGE_GROUP": f"streamledger-storage-bench-{run}",
-        })
-        log = Path(scratch) / "cleaning.log"
-        cleaning = serve("cleaning", env | kafka.child_environment(settings, username=table.CLEANING), log)
-        watcher = AIOKafkaConsumer(bootstrap_servers=bootstrap, **kafka.connection())
-        await watcher.start()
         try:
-            rate = await service_rate(cleaning, log, lambda: end_offset(watcher, topics["clean"]), count, 600)
-        finally:
-            stop(cleaning)
-            await watcher.stop()
-        rates["cleaning service (faust), raw -> clean"] = rate
-        print(line("cleaning service (faust), raw -> clean", rate, bare_raw))
+            for who, replicas in (("one", 1), ("two", 2)):
+                group_env = cleaning_env | {"STREAMLEDGER_CLEANING_CLEAN_TOPIC": outputs[who]["clean"],
+                                            "STREAMLEDGER_CLEANING_DEADLETTER_TOPIC": outputs[who]["dead"],
+                                            "STREAMLEDGER_CLEANING_GROUP": f"streamledger-cleaning-bench-{run}-{who}"}
+                logs = [Path(scratch) / f"cleaning-{who}-{n}.log" for n in range(replicas)]
+                clean_tps = [TopicPartition(outputs[who]["clean"], 0)]
+                processes = [serve("cleaning", group_env, log) for log in logs]
+                try:
+                    rate = await service_rate(processes, logs[0], lambda: end_offset(watcher, clean_tps), count, 600)
+                finally:
+                    for process in processes:
+                        stop(process)
+                what = f"cleaning service, {replicas} replica{'s' * (replicas > 1)}, raw -> clean"
+                rates[what] = rate
+                print(line(what, rate, bare_raw))
 
-        bare_clean = rates["bare aiokafka loop, clean topic"] = await bare_consume(bootstrap, topics["clean"], count)
+            log = Path(scratch) / "quix.log"
+            quix = spawn([sys.executable, str(REPO / "bench" / "quix_cleaner.py"), raw, outputs["quix"]["clean"],
+                          outputs["quix"]["dead"], f"streamledger-cleaning-bench-{run}-quix"],
+                         env | kafka.child_environment(settings), log)  # as admin: Quix describes topic configs
+            try:
+                quix_tps = [TopicPartition(outputs["quix"]["clean"], 0)]
+                rate = rates["Quix Streams app, same handler"] = await service_rate(
+                    [quix], log, lambda: end_offset(watcher, quix_tps), count, 600)
+            finally:
+                stop(quix)
+            print(line("Quix Streams app, same handler, raw -> clean", rate, bare_raw))
+        finally:
+            await watcher.stop()
+        one = rates["cleaning service, 1 replica, raw -> clean"]
+        print(f"\ncleaning service / handler in-process      {one / handler:8.2f}x   (goal >= 0.8)")
+        print(f"cleaning service / Quix Streams app        {one / rates['Quix Streams app, same handler']:8.2f}x   (goal >= 1.0)")
+        print(f"two replicas / one (4 partitions)          {rates['cleaning service, 2 replicas, raw -> clean'] / one:8.2f}x"
+              f"   (goal >= 1.6; this machine has {os.cpu_count()} cores)\n")
+
+        bare_clean = rates["bare aiokafka loop, clean topic"] = await bare_consume(bootstrap, outputs["one"]["clean"], count)
         print(line("bare aiokafka loop, clean topic", bare_clean))
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **kafka.connection())
         await admin.start()
@@ -193,7 +226,7 @@ async def measure(count: int, listener: Listener) -> dict[str, float]:
         storage = serve("storage", env | kafka.child_environment(settings, username=table.STORAGE), log)
         try:
             group = env["STREAMLEDGER_STORAGE_GROUP"]
-            rate = await service_rate(storage, log, lambda: committed(admin, group, topics["clean"]), count, 600)
+            rate = await service_rate([storage], log, lambda: committed(admin, group, outputs["one"]["clean"]), count, 600)
         finally:
             stop(storage)
             await admin.close()
@@ -216,7 +249,7 @@ async def main(count: int, plaintext_port: int | None) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--plaintext-port", type=int, default=None,
                         help="the stack's bench-only PLAINTEXT listener (default: STREAMLEDGER_STACK_KAFKA_PLAINTEXT_PORT)")
     arguments = parser.parse_args()

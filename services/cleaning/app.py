@@ -38,7 +38,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 
 from services.cleaning.cleaner import Cleaner
 from services.cleaning.dedup import DedupWindow, Entry
-from services.cleaning.metrics import BATCH_SECONDS, EXPIRED, LAG, counted_handle
+from services.cleaning.metrics import BATCH_SECONDS, EXPIRED, LAG, handle_batch
 from services.cleaning.settings import CleaningSettings
 from streamledger import kafka
 from streamledger.avro import AvroCodec, SchemaRegistry
@@ -127,18 +127,18 @@ class CleaningService(Loop):
 
     async def clean(self, polled: dict[TopicPartition, list]) -> None:
         """Handle one polled batch and send its outputs; its offsets are committed by `settle`."""
-        outbox = Outbox(self.producer)
         s = self.settings
+        outbox = await Outbox.to(self.producer, [s.cleaning_clean_topic, s.cleaning_deadletter_topic])
+        output = {"clean": s.cleaning_clean_topic, "deadletter": s.cleaning_deadletter_topic}
         offsets = {}
         for tp, records in polled.items():
             if tp not in self.active:  # revoked since the poll: its next owner re-reads it from the commit
                 continue
-            for m in records:
-                outcome = counted_handle(self.cleaner, Consumed(tp, m.topic, m.partition, m.offset, m.key, m.value,
-                                                                m.timestamp))
+            messages = [Consumed(tp, m.topic, m.partition, m.offset, m.key, m.value, m.timestamp) for m in records]
+            for outcome in handle_batch(self.cleaner, messages):
                 if outcome.value is not None:
-                    topic = s.cleaning_clean_topic if outcome.kind == "clean" else s.cleaning_deadletter_topic
-                    await outbox.add(topic, outcome.key, outcome.value)
+                    outbox.add(output[outcome.kind], outcome.key, outcome.value)
+            await outbox.send_full()
             offsets[tp] = records[-1].offset + 1
             self.latest_ms[tp] = max(self.latest_ms.get(tp, 0), records[-1].timestamp)
             highwater = self.inbox.highwater(tp)
@@ -151,7 +151,7 @@ class CleaningService(Loop):
         Kafka acknowledged them and every earlier batch is committed. The next batch is handled
         meanwhile; at most `cleaning_batches_in_flight` wait for their acknowledgements."""
         for partition, key, value in self.changelog.drain():
-            await outbox.add(self.changelog.topic, key, value, partition=partition)
+            outbox.add(self.changelog.topic, key, value, partition=partition)
         deliveries = await outbox.send_all()
         earlier = self.in_flight[-1] if self.in_flight else None
         self.in_flight.append(asyncio.ensure_future(self.settle(deliveries, offsets, earlier, time.perf_counter())))
@@ -261,7 +261,7 @@ class Changelog(MutableMapping[str, Entry]):
         """The changes since the last drain, as changelog records (partition, key, value)."""
         changes, self.changes = self.changes, []
         for partition, key, entry in changes:
-            yield partition, key.encode(), None if entry is None else json.dumps(entry).encode()
+            yield partition, key.encode(), None if entry is None else b"[%d, %d, %d]" % tuple(entry)  # JSON
 
     def forget(self, partitions: set[int]) -> None:
         """Drop the entries of raw partitions this replica no longer holds (not a change: the
@@ -292,41 +292,48 @@ class Changelog(MutableMapping[str, Entry]):
 
 
 class Outbox:
-    """Records batched per (topic, partition) as aiokafka's producer batches; `send_all` sends
-    them and returns their deliveries (futures set when Kafka acknowledged each batch).
+    """Records batched per (topic, partition) as aiokafka's producer batches: `send_full` sends
+    those that filled up, `send_all` the rest, and both keep the deliveries (futures set when
+    Kafka acknowledged a batch).
 
     A record without a partition goes to the partition its key's CRC-32 picks (cheap, and the
     same for the same key; nothing downstream depends on which partition holds an event).
     """
 
-    def __init__(self, producer: AIOKafkaProducer) -> None:
+    def __init__(self, producer: AIOKafkaProducer, partitions: dict[str, int] | None = None) -> None:
         self.producer = producer
+        self.partitions = partitions or {}
+        """How many partitions each output topic has (`to` asks the producer's metadata)."""
         self.batches: dict[tuple[str, int], object] = {}
+        self.full: list[tuple[str, int, object]] = []
         self.deliveries: list[asyncio.Future] = []
-        self.partitions: dict[str, int] = {}
 
-    async def add(self, topic: str, key: bytes, value: bytes | None, partition: int | None = None) -> None:
+    @classmethod
+    async def to(cls, producer: AIOKafkaProducer, topics: list[str]) -> Outbox:
+        """An outbox for records of `topics` (and records given their partition)."""
+        return cls(producer, {topic: len(await producer.partitions_for(topic)) for topic in topics})
+
+    def add(self, topic: str, key: bytes, value: bytes | None, partition: int | None = None) -> None:
         if partition is None:
-            count = self.partitions.get(topic)
-            if count is None:
-                count = self.partitions[topic] = len(await self.producer.partitions_for(topic))
-            partition = zlib.crc32(key) % count
+            partition = zlib.crc32(key) % self.partitions[topic]
         batch = self.batches.get((topic, partition))
         if batch is None:
             batch = self.batches[topic, partition] = self.producer.create_batch()
-        if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it, start another
-            await self.send(topic, partition)
+        if batch.append(key=key, value=value, timestamp=None) is None:  # full: to be sent, start another
+            self.full.append((topic, partition, batch))
             batch = self.batches[topic, partition] = self.producer.create_batch()
             batch.append(key=key, value=value, timestamp=None)  # an empty batch takes any one record
 
-    async def send(self, topic: str, partition: int) -> None:
-        batch = self.batches.pop((topic, partition))
-        self.deliveries.append(await self.producer.send_batch(batch, topic, partition=partition))
+    async def send_full(self) -> None:
+        full, self.full = self.full, []
+        for topic, partition, batch in full:
+            self.deliveries.append(await self.producer.send_batch(batch, topic, partition=partition))
 
     async def send_all(self) -> list[asyncio.Future]:
         """Send what is left; the deliveries of everything this outbox sent."""
-        for topic, partition in list(self.batches):
-            await self.send(topic, partition)
+        self.full.extend((topic, partition, batch) for (topic, partition), batch in self.batches.items())
+        self.batches = {}
+        await self.send_full()
         deliveries, self.deliveries = self.deliveries, []
         return deliveries
 

@@ -130,13 +130,13 @@ def test_a_message_without_a_timestamp_is_dated_by_the_clock_for_dedup() -> None
 
 
 def test_a_bug_in_the_handler_becomes_an_internal_error_dead_letter(cleaner: Cleaner, monkeypatch) -> None:
-    from services.cleaning.metrics import counted_handle
+    from services.cleaning.metrics import handle_batch
 
     def broken(_raw, _rules):
         raise KeyError("features")
 
     monkeypatch.setattr("services.cleaning.cleaner.clean_event", broken)
-    outcome = counted_handle(cleaner, message(CODEC.encode("RawEvent", raw_event()), offset=4))
+    outcome, = handle_batch(cleaner, [message(CODEC.encode("RawEvent", raw_event()), offset=4)])
     letter = CODEC.decode(outcome.value)
     assert (outcome.kind, letter["reason"], letter["error"]) == ("deadletter", "internal_error", "KeyError: 'features'")
     assert letter["source_offset"] == 4 and letter["key"] == "e1"

@@ -75,8 +75,8 @@ async def settle() -> None:
 
 async def test_offsets_are_committed_only_after_outputs_and_dedup_changes_are_acknowledged() -> None:
     cleaning = service()
-    outbox = Outbox(cleaning.producer)
-    await outbox.add("events.clean", b"e1", b"clean record")
+    outbox = await Outbox.to(cleaning.producer, ["events.clean"])
+    outbox.add("events.clean", b"e1", b"clean record")
     cleaning.changelog["0:acme:e1"] = [0, 41, 1_000]
     await cleaning.send(outbox, {RAW: 42})
     await settle()
@@ -90,10 +90,10 @@ async def test_offsets_are_committed_only_after_outputs_and_dedup_changes_are_ac
 
 async def test_batches_commit_in_order_even_when_a_later_one_is_acknowledged_first() -> None:
     cleaning = service()
-    first, second = Outbox(cleaning.producer), Outbox(cleaning.producer)
-    await first.add("events.clean", b"e1", b"one")
+    first, second = await Outbox.to(cleaning.producer, ["events.clean"]), await Outbox.to(cleaning.producer, ["events.clean"])
+    first.add("events.clean", b"e1", b"one")
     await cleaning.send(first, {RAW: 10})
-    await second.add("events.clean", b"e2", b"two")
+    second.add("events.clean", b"e2", b"two")
     await cleaning.send(second, {RAW: 20})
     cleaning.producer.sent[1][3].set_result(object())  # the second batch's acknowledgement comes first
     await settle()
@@ -105,10 +105,10 @@ async def test_batches_commit_in_order_even_when_a_later_one_is_acknowledged_fir
 
 async def test_a_failed_delivery_commits_nothing_from_that_batch_on_and_stops_the_service() -> None:
     cleaning = service(in_flight=1)
-    first, second = Outbox(cleaning.producer), Outbox(cleaning.producer)
-    await first.add("events.clean", b"e1", b"one")
+    first, second = await Outbox.to(cleaning.producer, ["events.clean"]), await Outbox.to(cleaning.producer, ["events.clean"])
+    first.add("events.clean", b"e1", b"one")
     await cleaning.send(first, {RAW: 10})
-    await second.add("events.clean", b"e2", b"two")
+    second.add("events.clean", b"e2", b"two")
     cleaning.producer.sent[0][3].set_exception(KafkaTimeoutError("batch expired"))
     with pytest.raises(KafkaTimeoutError):
         await cleaning.send(second, {RAW: 20})  # over the in-flight limit: waits for the first, which failed
@@ -120,10 +120,10 @@ async def test_a_failed_delivery_commits_nothing_from_that_batch_on_and_stops_th
 
 async def test_the_in_flight_limit_holds_the_next_batch_until_the_oldest_is_committed() -> None:
     cleaning = service(in_flight=1)
-    first, second = Outbox(cleaning.producer), Outbox(cleaning.producer)
-    await first.add("events.clean", b"e1", b"one")
+    first, second = await Outbox.to(cleaning.producer, ["events.clean"]), await Outbox.to(cleaning.producer, ["events.clean"])
+    first.add("events.clean", b"e1", b"one")
     await cleaning.send(first, {RAW: 10})
-    await second.add("events.clean", b"e2", b"two")
+    second.add("events.clean", b"e2", b"two")
     sending = asyncio.ensure_future(cleaning.send(second, {RAW: 20}))
     await settle()
     assert not sending.done()  # two batches would be in flight
@@ -136,9 +136,9 @@ async def test_the_in_flight_limit_holds_the_next_batch_until_the_oldest_is_comm
 
 async def test_a_full_producer_batch_is_sent_and_the_record_goes_into_a_new_one() -> None:
     producer = Producer(room=2)
-    outbox = Outbox(producer)
+    outbox = await Outbox.to(producer, ["events.clean"])
     for n in range(5):
-        await outbox.add("events.clean", b"same-key", f"v{n}".encode())
+        outbox.add("events.clean", b"same-key", f"v{n}".encode())
     deliveries = await outbox.send_all()
     assert [len(batch.records) for *_, batch, _ in producer.sent] == [2, 2, 1]
     assert len(deliveries) == 3 and {partition for _, partition, *_ in producer.sent} == {partition for _, partition, *_ in producer.sent[:1]}
@@ -146,9 +146,9 @@ async def test_a_full_producer_batch_is_sent_and_the_record_goes_into_a_new_one(
 
 async def test_records_are_spread_over_partitions_by_key_and_the_same_key_stays_put() -> None:
     producer = Producer()
-    outbox = Outbox(producer)
+    outbox = await Outbox.to(producer, ["events.clean"])
     for n in range(60):
-        await outbox.add("events.clean", f"e{n % 30}".encode(), b"v")
+        outbox.add("events.clean", f"e{n % 30}".encode(), b"v")
     await outbox.send_all()
     where: dict[bytes, set[int]] = {}
     for _, partition, batch, _ in producer.sent:
