@@ -128,14 +128,16 @@ def _normal_name(name: str) -> str:
     return _NOT_WORD.sub("_", unicodedata.normalize("NFKC", name).casefold()).strip("_")
 
 
-def normalise_value(value: Any, field: str, rules: TenantRules) -> Any:
-    """A typed value (double, bool or NFC string), or `_MISSING` for null and empty strings."""
+def normalise_value(value: Any, feature: str | None, rules: TenantRules) -> Any:
+    """A typed value (double, bool or NFC string), or `_MISSING` for null and empty strings.
+    `feature` is the feature's name as it arrived, None for the label (errors name it)."""
     if value is None:
         return _MISSING
     if isinstance(value, (bool, float)):
         return value  # doubles are returned as the same object: bit-exact by construction
     if isinstance(value, int):  # not in the Avro union, but a dict from a test or JSON may hold one
         return float(value)
+    field = "label" if feature is None else f"feature {feature!r}"  # built here: only strings and errors need it
     if not isinstance(value, str):
         raise Rejected("invalid_type", f"{field} has type {type(value).__name__}, not double, string or boolean")
     text = (value if value.isascii() else unicodedata.normalize("NFC", value)).strip()
@@ -186,7 +188,7 @@ def clean_features(features: Mapping[str, Any], rules: TenantRules) -> dict[str,
                 f"feature names {original_of[feature]!r} and {name!r} both normalise to {feature!r}",
             )
         original_of[feature] = name
-        value = normalise_value(raw_value, f"feature {name!r}", rules)
+        value = normalise_value(raw_value, name, rules)
         if isinstance(value, float):
             value = _apply_range(value, feature, rules)
         if value is not _MISSING:
@@ -195,7 +197,7 @@ def clean_features(features: Mapping[str, Any], rules: TenantRules) -> dict[str,
 
 
 def clean_label(label: Any, rules: TenantRules) -> float | str | bool | None:
-    value = normalise_value(label, "label", rules)
+    value = normalise_value(label, None, rules)
     if value is _MISSING:
         return None
     if isinstance(value, float) and not math.isfinite(value):

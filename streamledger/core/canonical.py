@@ -28,6 +28,7 @@ _SAFE_INTEGER = 2**53 - 1
 _quote = json.encoder.encode_basestring  # '"' + only '"', '\\', U+0000..U+001F escaped (short forms, \u00xx) + '"'
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MILLISECOND = timedelta(milliseconds=1)
+_INFINITIES = (float("inf"), float("-inf"))
 
 
 class CanonicalEncodingError(ValueError):
@@ -98,25 +99,30 @@ def _features(features: Any) -> dict[str, str]:
         key = _text(name, "feature name")
         if key in out:
             raise CanonicalEncodingError(f"features has two names that are equal after NFC: {key!r}")
-        out[key] = _value(value, f"features[{name!r}]", allow_null=False)
+        out[key] = _value(value, "features", allow_null=False, name=name)
     return out
 
 
-def _value(value: Any, field: str, allow_null: bool) -> str:
-    """A feature or label value written as JCS writes it."""
+def _value(value: Any, field: str, allow_null: bool, name: str | None = None) -> str:
+    """A feature or label value written as JCS writes it (`name`: the feature's, for errors)."""
     if value is None and allow_null:
         return "null"
     if value is True:
         return "true"
     if value is False:
         return "false"
-    if isinstance(value, float):
-        if value != value or value in (float("inf"), float("-inf")):
-            raise CanonicalEncodingError(f"{field} is {value!r}: only finite doubles have a canonical form")
+    if type(value) is float or isinstance(value, float):
+        if value != value or value in _INFINITIES:
+            raise CanonicalEncodingError(f"{_where(field, name)} is {value!r}: only finite doubles have a canonical form")
         return es_number(value)
     if isinstance(value, str):
-        return _quote(_text(value, field))
-    raise CanonicalEncodingError(f"{field} must be a double, string or boolean, got {type(value).__name__}")
+        return _quote(_text(value, _where(field, name)))
+    raise CanonicalEncodingError(f"{_where(field, name)} must be a double, string or boolean, got {type(value).__name__}")
+
+
+def _where(field: str, name: str | None) -> str:
+    """The field an error names, built only when there is an error."""
+    return field if name is None else f"{field}[{name!r}]"
 
 
 def es_number(x: float) -> str:
@@ -125,9 +131,14 @@ def es_number(x: float) -> str:
     ECMA-262's rule: plain from 1e-6 up to below 1e21, else `d.ddde±n`; -0 is `0`."""
     if x == 0:
         return "0"
-    if x.is_integer() and -_SAFE_INTEGER <= x <= _SAFE_INTEGER:  # every digit exact: the shortest ones
-        return str(int(x))
-    text = repr(x)
+    if x.is_integer():
+        if -_SAFE_INTEGER <= x <= _SAFE_INTEGER:  # every digit exact: the shortest ones
+            return str(int(x))
+        text = repr(x)
+    else:
+        text = repr(x)
+        if "e" not in text:  # Python writes 1e-4 <= |x| < 1e16 plainly, inside ECMA-262's plain range
+            return text
     sign = "-" if text[0] == "-" else ""
     mantissa, _, exponent = text.lstrip("-").partition("e")
     whole, _, fraction = mantissa.partition(".")
