@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from devstack.fabric import fabric_parts, fabric_was_started
 from devstack.ferretdb import FerretDBPart
-from devstack.kafka import KafkaPart, kafka_nodes, kafka_nodes_started
+from devstack.kafka import KafkaPart, kafka_nodes, kafka_nodes_started, stop_nodes
 from devstack.part import Part
 from devstack.settings import StackSettings
 
@@ -134,11 +134,7 @@ class Stack:
         parts = list(reversed(self.present_parts()))
         kafka = [p for p in parts if isinstance(p, KafkaPart)]
         stopped = [p.name for p in parts if p not in kafka and p.process.stop()]
-        # A cluster's nodes stop together: the last one alone, without a quorum, would wait out
-        # its controlled shutdown.
-        with ThreadPoolExecutor(max_workers=max(1, len(kafka))) as pool:
-            ran = list(pool.map(lambda part: part.process.stop(), kafka))
-        return stopped + [p.name for p, was_running in zip(kafka, ran, strict=True) if was_running]
+        return stopped + stop_nodes(kafka)  # last, and a cluster's nodes together
 
     def status(self) -> list[PartStatus]:
         return [self._status(part) for part in self.present_parts()]
