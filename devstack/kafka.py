@@ -19,8 +19,8 @@ import contextlib
 import hashlib
 import logging
 import os
-import signal
 import shutil
+import signal
 import string
 import subprocess
 import threading

@@ -83,11 +83,11 @@ class Stack:
                     raise StackError(f"{part.name}: {exc}") from exc
 
     def up(self) -> list[PartStatus]:
-        self.install()
         other_kafka = [p.name for p in self.extra_parts if isinstance(p, KafkaPart) and p.process.pid() is not None]
         if other_kafka:
             raise StackError(f"Kafka runs as {', '.join(other_kafka)}, not as {self.settings.kafka_brokers} node(s): "
                              "`streamledger stack down` first (each size keeps its own data), or ask for that size")
+        self.install()
         # A cluster's nodes start together: none answers before a majority of the quorum runs.
         kafka = [p for p in self.parts if isinstance(p, KafkaPart)]
         with ThreadPoolExecutor(max_workers=max(1, len(kafka))) as pool:

@@ -5,12 +5,13 @@ derives from the cluster's size (no server: `provision` talks to a fake admin cl
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from devstack import Stack
+from devstack import Stack, StackError
 from devstack.kafka import KafkaPart, kafka_nodes, kafka_nodes_started
 from devstack.settings import StackSettings
 from streamledger.kafka import TopicSpec, provision, topics
@@ -145,3 +146,13 @@ async def test_provision_takes_replication_from_the_cluster(monkeypatch: pytest.
     assert explicit == {"t": (2, {"min.insync.replicas": "1"})}
     nothing = FakeCluster(brokers=3, existing=("t",))
     assert await provisioned(monkeypatch, nothing, [TopicSpec("t")]) == {}
+
+
+def test_up_refuses_while_kafka_runs_with_another_size(tmp_path: Path) -> None:
+    settings = StackSettings(home=tmp_path)
+    settings.run_dir.mkdir(parents=True)
+    own_command = Path("/proc/self/cmdline").read_bytes().split(b"\0")[0].decode()
+    for n in (1, 2, 3):  # a running cluster's pid files (this process stands in for each node)
+        (settings.run_dir / f"kafka-{n}.pid").write_text(f"{os.getpid()}\n{own_command}\n")
+    with pytest.raises(StackError, match=r"Kafka runs as kafka-1, kafka-2, kafka-3, not as 1 node"):
+        Stack(settings, say=lambda _msg: None).up()
