@@ -10,6 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from typer.testing import CliRunner
 
 from devstack import Stack, StackError
 from devstack.kafka import KafkaPart, kafka_nodes, kafka_nodes_started
@@ -156,3 +157,26 @@ def test_up_refuses_while_kafka_runs_with_another_size(tmp_path: Path) -> None:
         (settings.run_dir / f"kafka-{n}.pid").write_text(f"{os.getpid()}\n{own_command}\n")
     with pytest.raises(StackError, match=r"Kafka runs as kafka-1, kafka-2, kafka-3, not as 1 node"):
         Stack(settings, say=lambda _msg: None).up()
+
+
+def test_stack_up_takes_the_broker_count_as_a_flag(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import devstack
+    from services.cli import app
+
+    asked: list[StackSettings] = []
+
+    class RecordingStack:
+        def __init__(self, settings: StackSettings, say) -> None:
+            asked.append(settings)
+
+        def up(self) -> list:
+            return []
+
+    monkeypatch.setattr(devstack, "Stack", RecordingStack)
+    monkeypatch.setenv("STREAMLEDGER_STACK_HOME", str(tmp_path))
+    monkeypatch.delenv("STREAMLEDGER_STACK_KAFKA_BROKERS", raising=False)
+    result = CliRunner().invoke(app, ["stack", "up", "--kafka-brokers", "3"])
+    assert result.exit_code == 0, result.output
+    assert "STREAMLEDGER_KAFKA_BOOTSTRAP=127.0.0.1:9092,127.0.0.1:9192,127.0.0.1:9292" in result.output
+    assert CliRunner().invoke(app, ["stack", "up"]).exit_code == 0
+    assert [s.kafka_brokers for s in asked] == [3, 1]
