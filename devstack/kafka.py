@@ -1,22 +1,29 @@
-"""Apache Kafka 4.x as one KRaft node (broker+controller), from Maven Central jars.
+"""Apache Kafka 4.x as KRaft nodes (each broker+controller), from Maven Central jars: one node,
+or with `StackSettings.kafka_brokers` a cluster whose nodes are all voters of the controller
+quorum (`kafka_nodes`), each on its own ports and data dir.
 
 Secured by default (`StackSettings.kafka_secure`): clients connect with SASL_SSL (TLS with a
 CA the stack makes, SCRAM-SHA-512 as their principal), KRaft's StandardAuthorizer allows only
 what `streamledger.kafka.acls` derives from the topic table, and the controller and internal
-(broker-to-broker) listeners take only the broker's own certificate (mutual TLS). Once the
-broker answers, `settle` creates the SCRAM users and ACLs through that internal listener
-(devstack/kafka_auth.py keeps the secrets).
+(broker-to-broker) listeners take only the broker certificate (mutual TLS; every node has the
+same one, valid for 127.0.0.1). Once the brokers answer, `settle` creates the SCRAM users and
+ACLs through the internal listeners (devstack/kafka_auth.py keeps the secrets); they live in the
+cluster's metadata, so once for the whole cluster.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import logging
+import os
 import shutil
+import signal
 import string
 import subprocess
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -26,21 +33,103 @@ from aiokafka import AIOKafkaClient
 
 from devstack.kafka_auth import BROKER_NAME, PRINCIPALS, KafkaAuth
 from devstack.part import InstallError, Part, content_key, run_tool
-from devstack.settings import DEPLOY_DIR
+from devstack.settings import DEPLOY_DIR, StackSettings
 from streamledger.kafka.acls import acl_rules
 from streamledger.kafka.clients import ADMIN, KafkaSecurity
+from streamledger.kafka.topics import replication
 
 POM = DEPLOY_DIR / "kafka" / "pom.xml"
 PROVISION_JAVA = DEPLOY_DIR / "kafka" / "Provision.java"
 
 
+_PREPARING = threading.Lock()
+"""A cluster's nodes are prepared at once (`Stack.up`): their secrets and cluster id are made once."""
+
+TOOL_JVM = ("-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC")
+"""For the one-off tools (formatting, Provision.java): a quick start matters, not peak speed (about
+half the time of the default JIT on two cores)."""
+
+NODE_PORT_STEP = 100
+"""Node N of a cluster listens on each Kafka port + NODE_PORT_STEP * (N - 1)."""
+
+
+def kafka_nodes(settings: StackSettings) -> list[KafkaPart]:
+    """The stack's Kafka: `kafka` alone, or `kafka-1` .. `kafka-N`."""
+    return [KafkaPart(settings, node_id) for node_id in range(1, settings.kafka_brokers + 1)]
+
+
+def kafka_nodes_started(settings: StackSettings) -> list[KafkaPart]:
+    """The Kafka nodes that left a pid file, as started (alone, or a cluster of however many
+    nodes): what `down` and `status` must see even when asked with another broker count."""
+    run = settings.run_dir
+    numbered = [int(f.stem.removeprefix("kafka-")) for f in run.glob("kafka-*.pid")
+                if f.stem.removeprefix("kafka-").isdigit()]
+    if numbered:
+        return kafka_nodes(settings.model_copy(update={"kafka_brokers": max(numbered)}))
+    if (run / "kafka.pid").exists():
+        return kafka_nodes(settings.model_copy(update={"kafka_brokers": 1}))
+    return []
+
+
+def stop_nodes(nodes: list[KafkaPart], timeout: float = 30.0, grace: float = 5.0) -> list[str]:
+    """Stop a cluster's nodes together (SIGTERM to each at once); the names of those that ran.
+
+    Each broker's controlled shutdown needs the controller quorum: a node whose quorum has
+    already gone (a majority of the voters exited) would wait minutes, so after `grace` seconds
+    it is killed, its data kept (nothing more can be acknowledged without a quorum).
+    """
+    ran = [n for n in nodes if n.process.pid() is not None]
+    for pid in [n.process.pid() for n in ran]:
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):  # exited just now
+                os.killpg(pid, signal.SIGTERM)  # its group, as LocalProcess.stop signals it
+    majority = len(nodes) // 2 + 1
+    deadline = time.monotonic() + timeout
+    while (alive := [n for n in ran if n.process.pid() is not None]) and time.monotonic() < deadline:
+        if len(alive) < majority:
+            deadline = min(deadline, time.monotonic() + grace)
+        time.sleep(0.2)
+    for node in ran:
+        node.process.stop(timeout=0)  # SIGKILL if still running; removes the pid file
+    return [n.name for n in ran]
+
+
 class KafkaPart(Part):
-    name = "kafka"
-    marker = "kafka.Kafka"
+    """One KRaft node: `kafka` when it is the only one, else `kafka-<node id>` of a cluster."""
+
+    def __init__(self, settings: StackSettings, node_id: int = 1) -> None:
+        if not 1 <= node_id <= settings.kafka_brokers:
+            raise ValueError(f"node_id must be 1..{settings.kafka_brokers}, got {node_id}")
+        self.node_id = node_id
+        self.clustered = settings.kafka_brokers > 1
+        self.name = f"kafka-{node_id}" if self.clustered else "kafka"
+        self.settings = settings
+        self.marker = f"kafka.Kafka {self.config}"  # the node's own config: never another node's pid
+        super().__init__(settings)
+
+    def _port(self, base: int) -> int:
+        return base + NODE_PORT_STEP * (self.node_id - 1)
 
     @property
     def port(self) -> int:
-        return self.settings.kafka_port
+        return self._port(self.settings.kafka_port)
+
+    @property
+    def controller_port(self) -> int:
+        return self._port(self.settings.kafka_controller_port)
+
+    @property
+    def internal_port(self) -> int:
+        return self._port(self.settings.kafka_internal_port)
+
+    @property
+    def plaintext_port(self) -> int:
+        return self._port(self.settings.kafka_plaintext_port) if self.settings.kafka_plaintext_port else 0
+
+    def siblings(self) -> list[KafkaPart]:
+        """Every node of this node's cluster (itself included), in node id order."""
+        return [self if n == self.node_id else KafkaPart(self.settings, n)
+                for n in range(1, self.settings.kafka_brokers + 1)]
 
     @property
     def version(self) -> str:
@@ -52,12 +141,20 @@ class KafkaPart(Part):
         return self.settings.home / "kafka" / content_key(POM) / "libs"
 
     @property
+    def cluster_data(self) -> Path:
+        """One node: its log dir. A cluster: the folder of its nodes' log dirs and its id; one per
+        size, since the controller quorum's voters are fixed when the storage is formatted."""
+        if not self.clustered:
+            return self.settings.data_dir / "kafka"
+        return self.settings.data_dir / f"kafka-{self.settings.kafka_brokers}-nodes"
+
+    @property
     def data(self) -> Path:
-        return self.settings.data_dir / "kafka"
+        return self.cluster_data / self.name if self.clustered else self.cluster_data
 
     @property
     def config(self) -> Path:
-        return self.settings.home / "kafka" / "server.properties"
+        return self.settings.home / "kafka" / (f"{self.name}.properties" if self.clustered else "server.properties")
 
     def is_installed(self) -> bool:
         return (self.libs / ".complete").exists()
@@ -88,23 +185,41 @@ class KafkaPart(Part):
             return KafkaSecurity(protocol="PLAINTEXT")
         return KafkaSecurity(username=ADMIN, password=self.auth.password(ADMIN), cafile=self.auth.ca_cert)
 
+    def quorum_voters(self) -> str:
+        """`controller.quorum.voters`: every node, by id, at its controller port."""
+        return ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.siblings())
+
+    def replication_config(self) -> str:
+        """server.properties' replication lines: internal and auto-created topics get as many
+        replicas (and min.insync.replicas) as the topic table gives its own on this cluster."""
+        factor, min_insync = replication(self.settings.kafka_brokers)
+        return "\n".join([
+            f"default.replication.factor={factor}",
+            f"min.insync.replicas={min_insync}",
+            f"offsets.topic.replication.factor={factor}",
+            f"transaction.state.log.replication.factor={factor}",
+            f"transaction.state.log.min.isr={min_insync}",
+            f"share.coordinator.state.topic.replication.factor={factor}",
+            f"share.coordinator.state.topic.min.isr={min_insync}",
+        ])
+
     def listener_config(self) -> str:
         """server.properties' listener, TLS, SASL and authorizer lines."""
         s = self.settings
-        plain = [f"PLAINTEXT://127.0.0.1:{s.kafka_plaintext_port}"] if s.kafka_plaintext_port else []
+        plain = [f"PLAINTEXT://127.0.0.1:{self.plaintext_port}"] if self.plaintext_port else []
         if not s.kafka_secure:
             return "\n".join([
-                f"listeners=PLAINTEXT://127.0.0.1:{s.kafka_port},CONTROLLER://127.0.0.1:{s.kafka_controller_port}",
-                f"advertised.listeners=PLAINTEXT://127.0.0.1:{s.kafka_port}",
+                f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
                 "inter.broker.listener.name=PLAINTEXT",
                 "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
             ])
         super_users = [f"User:{ADMIN}", f"User:CN={BROKER_NAME}"] + (["User:ANONYMOUS"] if plain else [])
         return "\n".join([
-            "listeners=" + ",".join([f"SASL_SSL://127.0.0.1:{s.kafka_port}", f"INTERNAL://127.0.0.1:{s.kafka_internal_port}",
-                                     f"CONTROLLER://127.0.0.1:{s.kafka_controller_port}", *plain]),
-            "advertised.listeners=" + ",".join([f"SASL_SSL://127.0.0.1:{s.kafka_port}",
-                                                f"INTERNAL://127.0.0.1:{s.kafka_internal_port}", *plain]),
+            "listeners=" + ",".join([f"SASL_SSL://127.0.0.1:{self.port}", f"INTERNAL://127.0.0.1:{self.internal_port}",
+                                     f"CONTROLLER://127.0.0.1:{self.controller_port}", *plain]),
+            "advertised.listeners=" + ",".join([f"SASL_SSL://127.0.0.1:{self.port}",
+                                                f"INTERNAL://127.0.0.1:{self.internal_port}", *plain]),
             "inter.broker.listener.name=INTERNAL",
             "listener.security.protocol.map=CONTROLLER:SSL,INTERNAL:SSL,SASL_SSL:SASL_SSL,PLAINTEXT:PLAINTEXT",
             "sasl.enabled.mechanisms=SCRAM-SHA-512",
@@ -115,41 +230,58 @@ class KafkaPart(Part):
             f"ssl.keystore.location={self.auth.broker_pem}",
             "ssl.truststore.type=PEM",
             f"ssl.truststore.location={self.auth.ca_cert}",
-            # Only a certificate of the stack's CA (the broker's) gets in on these two.
+            # Only a certificate of the stack's CA (the brokers') gets in on these two.
             "listener.name.controller.ssl.client.auth=required",
             "listener.name.internal.ssl.client.auth=required",
             "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
             "allow.everyone.if.no.acl.found=false",
-            # The broker (its certificate) and the admin; with the bench's PLAINTEXT listener on,
+            # The brokers (their certificate) and the admin; with the bench's PLAINTEXT listener on,
             # its anonymous clients too (see StackSettings.kafka_plaintext_port).
             "super.users=" + ";".join(super_users),
         ])
 
-    def prepare(self) -> None:
-        if self.settings.kafka_secure:
-            self.auth.ensure()
+    def server_properties(self) -> str:
+        """This node's server.properties: deploy/kafka/server.properties filled in."""
         template = string.Template((DEPLOY_DIR / "kafka" / "server.properties").read_text())
-        text = template.substitute(
-            port=self.settings.kafka_port,
-            controller_port=self.settings.kafka_controller_port,
+        return template.substitute(
+            node_id=self.node_id,
+            quorum_voters=self.quorum_voters(),
             data_dir=self.data,
             listener_config=self.listener_config(),
+            replication_config=self.replication_config(),
         )
+
+    def prepare(self) -> None:
+        with _PREPARING:
+            if self.settings.kafka_secure:
+                self.auth.ensure()
+            cluster_id = self._cluster_id()
         self.config.parent.mkdir(parents=True, exist_ok=True)
-        self.config.write_text(text)
+        self.config.write_text(self.server_properties())
         if (self.data / "meta.properties").exists():
             return  # formatted once; reformatting would throw the data away
         self.data.mkdir(parents=True, exist_ok=True)
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         result = subprocess.run(
-            [*self._java(), "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.config)],
+            [*self._java(*TOOL_JVM), "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.config)],
             capture_output=True, text=True,
         )
         if result.returncode != 0:
             raise InstallError(f"formatting Kafka storage in {self.data} failed:\n{result.stdout}{result.stderr}")
 
+    def _cluster_id(self) -> str:
+        """A new id for one node; a cluster's, made by its first node to be formatted and kept
+        beside the nodes' log dirs, since every node must be formatted with the same."""
+        new = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not self.clustered:
+            return new
+        kept = self.cluster_data / "cluster.id"
+        if not kept.exists():
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            kept.write_text(new + "\n")
+        return kept.read_text().strip()
+
     def command(self) -> tuple[list[str], dict[str, str]]:
-        heap = self.settings.kafka_heap
+        heap = self.settings.kafka_node_heap
         argv = [*self._java(f"-Xms{min(256, _mb(heap))}m", f"-Xmx{heap}", "-XX:+UseG1GC",
                             "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true"),
                 "kafka.Kafka", str(self.config)]
@@ -172,14 +304,14 @@ class KafkaPart(Part):
         try:
             # A thread of its own, so the check also works when called from async code.
             with ThreadPoolExecutor(max_workers=1) as pool:
-                bootstrap = f"127.0.0.1:{self.port}"
+                bootstrap = f"127.0.0.1:{self.port}"  # this node itself, not the cluster
                 return pool.submit(asyncio.run, broker_count(bootstrap, self.admin_security())).result() > 0
         except Exception:
             return False
 
     def settle(self) -> None:
         """Secured: create every SCRAM user and exactly the ACL table's rules (when they changed
-        or the storage was formatted anew), then wait until the admin is answered."""
+        or the storage was formatted anew; once per cluster), then wait until the admin is answered."""
         running_secured = "SASL_SSL" in (self.config.read_text() if self.config.exists() else "")
         if running_secured != self.settings.kafka_secure:
             raise InstallError(
@@ -194,15 +326,15 @@ class KafkaPart(Part):
         while not self._answers():
             if time.monotonic() > deadline:
                 raise InstallError(f"Kafka does not answer the admin on 127.0.0.1:{self.port} after its users "
-                                   f"were made; see {self.settings.log_dir / 'kafka.log'}")
+                                   f"were made; see {self.process.logfile}")
             time.sleep(0.5)
 
     def provisioning_input(self) -> str:
-        """Provision.java's stdin: the connection to the broker's internal listener (as the broker,
+        """Provision.java's stdin: the connection to the brokers' internal listeners (as a broker,
         by its certificate), then every user with its password and every ACL rule."""
         auth = self.auth
         lines = [
-            f"bootstrap.servers=127.0.0.1:{self.settings.kafka_internal_port}",
+            "bootstrap.servers=" + ",".join(f"127.0.0.1:{n.internal_port}" for n in self.siblings()),
             "security.protocol=SSL",
             "ssl.keystore.type=PEM", f"ssl.keystore.location={auth.broker_pem}",
             "ssl.truststore.type=PEM", f"ssl.truststore.location={auth.ca_cert}",
@@ -212,22 +344,25 @@ class KafkaPart(Part):
         ]
         return "\n".join(lines) + "\n"
 
+    @property
+    def _provisioned_marker(self) -> Path:
+        name = f"provisioned-{self.settings.kafka_brokers}-nodes" if self.clustered else "provisioned"
+        return self.settings.kafka_auth_dir / name
+
     def _provision_key(self) -> str:
-        meta = self.data / "meta.properties"
+        meta = self.siblings()[0].data / "meta.properties"  # the first node's stands for its cluster
         digest = hashlib.sha256(self.provisioning_input().encode() + PROVISION_JAVA.read_bytes())
         digest.update(meta.read_bytes() if meta.exists() else b"")
         return digest.hexdigest()
 
     def _provisioned(self) -> bool:
-        marker = self.settings.kafka_auth_dir / "provisioned"
         try:
-            return marker.read_text().strip() == self._provision_key()
+            return self._provisioned_marker.read_text().strip() == self._provision_key()
         except FileNotFoundError:  # no marker, or no secrets yet
             return False
 
     def _provision(self) -> None:
-        java = ["java", f"-Dlog4j2.configurationFile={DEPLOY_DIR / 'kafka' / 'log4j2.properties'}",
-                "-cp", f"{self.libs}/*", str(PROVISION_JAVA)]
+        java = [*self._java(*TOOL_JVM), str(PROVISION_JAVA)]
         deadline = time.monotonic() + self.settings.start_timeout
         while True:  # the controller may still be electing itself a moment after the port opens
             result = subprocess.run(java, input=self.provisioning_input(), capture_output=True, text=True, check=False,
@@ -238,7 +373,7 @@ class KafkaPart(Part):
                 tail = "\n".join((result.stdout + result.stderr).splitlines()[-20:])
                 raise InstallError(f"creating Kafka's users and ACLs failed:\n{tail}")
             time.sleep(1.0)
-        (self.settings.kafka_auth_dir / "provisioned").write_text(self._provision_key() + "\n")
+        self._provisioned_marker.write_text(self._provision_key() + "\n")
 
 
 async def broker_count(bootstrap: str, security: KafkaSecurity | None = None) -> int:

@@ -25,8 +25,10 @@ from streamledger.kafka.topics import SERVICES
 
 PRINCIPALS = (ADMIN, *SERVICES)
 BROKER_NAME = "streamledger-kafka"
-"""The broker certificate's common name: `User:CN=streamledger-kafka` is the broker's own principal
-on the controller listener (mutual TLS), a super user with the admin."""
+"""The broker certificate's common name: `User:CN=streamledger-kafka` is the brokers' own principal
+on the controller and internal listeners (mutual TLS), a super user with the admin. Every node of
+a local cluster presents this one certificate (all listen on 127.0.0.1, its subject alternative
+name), so the nodes know each other as the same principal and clients verify each alike."""
 
 
 class KafkaAuth:

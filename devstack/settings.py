@@ -18,19 +18,25 @@ class StackSettings(BaseSettings):
 
     home: Path = Field(default_factory=local_stack_home)
     """Cache for jars and builds, plus data/, logs/ and run/ (pid files). Outside the repo."""
+    kafka_brokers: int = Field(default=1, ge=1, le=9)
+    """How many KRaft nodes (each broker+controller, all of them voters of the controller quorum).
+    Node N (1, 2, 3, ...) listens on each Kafka port below + 100*(N-1) and keeps its own data
+    dir; with 3 nodes every topic the project creates gets 3 replicas and `min.insync.replicas=2`
+    (streamledger/kafka/topics.py `replication`)."""
     kafka_port: int = 9092
     kafka_controller_port: int = 9093
     kafka_internal_port: int = 9094
-    """Secured only: the broker's own listener (mutual TLS, the broker's certificate alone), used
-    between broker and itself and by the stack to create users and ACLs."""
+    """Secured only: the brokers' own listener (mutual TLS, the broker certificate alone), used
+    between brokers and by the stack to create users and ACLs."""
     kafka_secure: bool = True
     """SASL_SSL (TLS + SCRAM-SHA-512) on the client listener and ACLs (KRaft's StandardAuthorizer),
     one principal per service; off: one PLAINTEXT listener without authentication."""
     kafka_plaintext_port: int = 0
     """Bench only: also a PLAINTEXT listener on 127.0.0.1 at this port, whose anonymous clients are
     super users (to measure what authentication costs); 0 (the default) leaves it off."""
-    kafka_heap: str = "768m"
-    """Kafka's maximum JVM heap (-Xmx); kept under 1 GiB for small machines."""
+    kafka_heap: str | None = None
+    """Each Kafka node's maximum JVM heap (-Xmx); unset: 768m for one node, 512m each for a
+    cluster, so three fit a small machine."""
     mongo_port: int = 27017
     fabric: bool = False
     """Also run the local Fabric network (three orderers, two orgs' peers and chaincode servers)."""
@@ -66,6 +72,16 @@ class StackSettings(BaseSettings):
         return self
     start_timeout: float = 120.0
     """Seconds a server has to answer its health check after it starts."""
+
+    @property
+    def kafka_node_heap(self) -> str:
+        return self.kafka_heap or ("768m" if self.kafka_brokers == 1 else "512m")
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        """Every node's client address: what `STREAMLEDGER_KAFKA_BOOTSTRAP` should say, so a client
+        starting while one node is down still finds the cluster."""
+        return ",".join(f"127.0.0.1:{self.kafka_port + 100 * n}" for n in range(self.kafka_brokers))
 
     @property
     def data_dir(self) -> Path:

@@ -45,6 +45,9 @@ def _show(statuses) -> None:
 @stack_app.command()
 def up(
     fabric: bool = typer.Option(False, "--fabric", help="also the local Fabric network (or STREAMLEDGER_STACK_FABRIC=1)"),
+    kafka_brokers: int | None = typer.Option(None, "--kafka-brokers", min=1, max=9,
+                                      help="KRaft nodes (default 1, or STREAMLEDGER_STACK_KAFKA_BROKERS); "
+                                           "3: replication factor 3, min.insync.replicas 2"),
 ) -> None:
     """Install (first run only) and start every part; return once each answers."""
     from devstack import Stack, StackError
@@ -52,12 +55,17 @@ def up(
 
     started = time.monotonic()
     try:
-        settings = StackSettings(fabric=True) if fabric else StackSettings()
+        chosen = {"fabric": True} if fabric else {}
+        if kafka_brokers is not None:
+            chosen["kafka_brokers"] = kafka_brokers
+        settings = StackSettings(**chosen)
         statuses = Stack(settings, say=console.print).up()
     except StackError as exc:
         console.print(f"[red]stack up failed:[/] {exc}", highlight=False)
         raise typer.Exit(1)
     _show(statuses)
+    if settings.kafka_brokers > 1:
+        console.print(f"Kafka clients: STREAMLEDGER_KAFKA_BOOTSTRAP={settings.kafka_bootstrap}", highlight=False)
     console.print(f"stack up in {time.monotonic() - started:.1f}s")
 
 

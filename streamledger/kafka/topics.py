@@ -104,26 +104,50 @@ def spec(role: str, name: str | None = None, *, partitions: int | None = None) -
     return replace(found, **changes) if changes else found
 
 
-async def provision(bootstrap: str, specs: Iterable[TopicSpec], replication_factor: int = 1,
+def replication(brokers: int) -> tuple[int, int]:
+    """(replication factor, `min.insync.replicas`) for a topic created on a cluster of `brokers`:
+    up to 3 replicas, and an acks=all write needs all but one of them, so one broker may be down
+    while producers go on and no acknowledged record lives on a single disk.
+
+    >>> replication(1), replication(3), replication(5)
+    ((1, 1), (3, 2), (3, 2))
+    """
+    if brokers < 1:
+        raise ValueError(f"brokers must be at least 1, got {brokers}")
+    factor = min(3, brokers)
+    return factor, max(1, factor - 1)
+
+
+async def provision(bootstrap: str, specs: Iterable[TopicSpec], replication_factor: int | None = None,
                     security: KafkaSecurity | None = None) -> None:
     """Create every topic of `specs` that does not exist yet, as its spec says.
 
+    Replication follows the cluster (`replication`, from the brokers it lists now) unless
+    `replication_factor` is given; with more than one replica the topic also gets its
+    `min.insync.replicas`. A broker that is down when a topic is created is not counted: the
+    topic gets one replica fewer (Kafka cannot place a replica on it).
     Existing topics are left as they are (another service may have created them a moment ago).
     On a secured cluster a principal sees, and may create, only the topics its ACLs name.
     """
     wanted = {s.name: s for s in specs}
     async with admin(bootstrap, security=security) as cluster:
         existing = set(await cluster.list_topics())
+        missing = [s for name, s in wanted.items() if name not in existing]
+        if not missing:
+            return
+        if replication_factor is None:
+            replication_factor = replication(len((await cluster.describe_cluster())["brokers"]))[0]
+        min_insync = replication(replication_factor)[1]
+        durability = {"min.insync.replicas": str(min_insync)} if replication_factor > 1 else {}
         new = [NewTopic(s.name, num_partitions=s.partitions, replication_factor=replication_factor,
-                        topic_configs=s.configs())
-               for name, s in wanted.items() if name not in existing]
-        if new:
-            try:
-                response = await cluster.create_topics(new)
-            except TopicAlreadyExistsError:
-                return  # another service created it first
-            refused = [(error[0], error[1]) for error in response.topic_errors
-                       if error[1] not in (0, TopicAlreadyExistsError.errno)]
-            if refused:
-                raise TopicCreationError(", ".join(f"{name} (error {code}: {for_code(code).__name__})"
-                                                   for name, code in refused))
+                        topic_configs={**durability, **s.configs()})
+               for s in missing]
+        try:
+            response = await cluster.create_topics(new)
+        except TopicAlreadyExistsError:
+            return  # another service created it first
+        refused = [(error[0], error[1]) for error in response.topic_errors
+                   if error[1] not in (0, TopicAlreadyExistsError.errno)]
+        if refused:
+            raise TopicCreationError(", ".join(f"{name} (error {code}: {for_code(code).__name__})"
+                                               for name, code in refused))
