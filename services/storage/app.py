@@ -1,23 +1,28 @@
 """`streamledger serve storage`: events.clean, predictions, ledger.anchors, models.snapshots
 and events.deadletter -> MongoDB, idempotent by key.
 
-Data path, one batch at a time: poll up to `storage_batch_size` messages; `plan_batch`
-decodes them into one upsert per `_id` (undecodable ones become dead letters); the sink
-bulk-writes each collection unordered; refused documents become dead letters; only then
-are the offsets committed. While MongoDB is down the write is retried (bounded by
-`storage_retry_attempts`, each retry counted) and nothing more is polled, so Kafka holds
-the backlog (back-pressure) and the sink's memory stays at one batch.
+Data path, two stages that overlap: while one batch is being written, the next is polled
+and decoded (`plan_batch`: one upsert per `_id`; undecodable messages become dead letters),
+until it is full (`storage_batch_size` messages or `storage_batch_max_bytes`) or the write is
+done; then it is written.
+Writing a batch: the sink bulk-writes each collection unordered; refused documents become
+dead letters; only then are its offsets committed. Batches are written one at a time, in
+poll order, so offsets are committed in order. While MongoDB is down the write is retried
+(bounded by `storage_retry_attempts`, each retry counted) and, once the next batch is full,
+nothing more is polled: Kafka holds the backlog (back-pressure) and the sink's memory stays
+at two batches, the one being written and the next.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 from pymongo import AsyncMongoClient
 
 from services.storage import documents
-from services.storage.documents import plan_batch
+from services.storage.documents import BatchPlan, plan_batch
 from services.storage.metrics import DEAD_LETTERS, LAG, RETRIES, WRITE_SECONDS, WRITTEN
 from services.storage.settings import StorageSettings
 from services.storage.sink import MongoSink, is_transient
@@ -65,19 +70,57 @@ class StorageService(Loop):
         await self.inbox.start()
 
     async def run(self, stopping: asyncio.Event) -> None:
-        wait_ms = int(self.settings.storage_batch_wait_seconds * 1000)
+        writing: asyncio.Task | None = None  # the batch being written, dead-lettered and committed
         try:
             while not stopping.is_set():
-                polled = await self.inbox.getmany(timeout_ms=wait_ms, max_records=self.settings.storage_batch_size)
-                batch = [Consumed(tp, m.topic, m.partition, m.offset, m.key, m.value, m.timestamp)
-                         for tp, messages in polled.items() for m in messages]
-                if batch:
-                    await self.store(batch)
+                plan = await self.poll(writing)
+                if writing is not None:
+                    await writing  # raises what made a write fail for good
+                    writing = None
+                if plan.message_count:
+                    writing = asyncio.create_task(self.store(plan))
+            if writing is not None:
+                await writing
         except Stopped:
             log.info("stopped_while_waiting_for_mongo")
+        finally:
+            if writing is not None and not writing.done():  # run() itself cancelled
+                writing.cancel()
 
-    async def store(self, batch: list[Consumed]) -> None:
-        plan = plan_batch(batch, self.codec, self.routes, now_ms=_now_ms())
+    async def poll(self, writing: asyncio.Task | None) -> BatchPlan:
+        """The next batch, decoded as it arrives: polled until it is full or `writing` (the
+        batch before) is done, so batches grow while MongoDB is slow. With no write under way,
+        one poll (which waits up to `storage_batch_wait_seconds` for a first message)."""
+        size, max_bytes, plan = self.settings.storage_batch_size, self.settings.storage_batch_max_bytes, BatchPlan()
+        while True:
+            polled = await self.fetch(size - plan.message_count, writing)
+            batch = [Consumed(tp, m.topic, m.partition, m.offset, m.key, m.value, m.timestamp)
+                     for tp, messages in polled.items() for m in messages]
+            self.plan(batch, plan)
+            full = plan.message_count >= size or plan.byte_count >= max_bytes
+            if full or writing is None or writing.done() or self.stopping.is_set():
+                return plan
+
+    async def fetch(self, max_records: int, writing: asyncio.Task | None) -> dict:
+        """One poll; given up when `writing` ends first (aiokafka hands out no message then)."""
+        polling = self.inbox.getmany(timeout_ms=int(self.settings.storage_batch_wait_seconds * 1000),
+                                     max_records=max_records)
+        if writing is None or writing.done():
+            return await polling
+        poll = asyncio.ensure_future(polling)
+        await asyncio.wait((poll, writing), return_when=asyncio.FIRST_COMPLETED)
+        if poll.done():
+            return poll.result()
+        poll.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            return await poll  # the poll may have finished before the cancellation reached it
+        return {}
+
+    def plan(self, batch: list[Consumed], plan: BatchPlan | None = None) -> BatchPlan:
+        return plan_batch(batch, self.codec, self.routes, now_ms=_now_ms(), plan=plan)
+
+    async def store(self, plan: BatchPlan) -> None:
+        """Write one batch, then send its dead letters, then commit its offsets."""
         with WRITE_SECONDS.time():
             rejected = await self.retried(lambda: self.sink.write(plan))
         for collection, writes in plan.writes.items():

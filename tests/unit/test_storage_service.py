@@ -79,7 +79,8 @@ def retries() -> float:
 async def test_a_batch_is_written_then_dead_lettered_then_committed() -> None:
     log: list = []
     junk = Consumed(CLEAN, "clean", 0, 7, b"junk", b"\x00not avro")
-    await service(log).store([clean_event(5), clean_event(6), junk])
+    storage = service(log)
+    await storage.store(storage.plan([clean_event(5), clean_event(6), junk]))
     assert log == [("write", {"events": ["4:acme:e5", "4:acme:e6"]}), ("send", "dead", "not_single_object"), ("flush",),
                    ("commit", {CLEAN: 8})]
 
@@ -87,7 +88,8 @@ async def test_a_batch_is_written_then_dead_lettered_then_committed() -> None:
 async def test_mongo_unavailable_is_retried_and_each_retry_counted() -> None:
     log: list = []
     before = retries()
-    await service(log, failures=2, attempts=3).store([clean_event(1)])
+    storage = service(log, failures=2, attempts=3)
+    await storage.store(storage.plan([clean_event(1)]))
     assert retries() - before == 2
     assert log == [("write", {"events": ["4:acme:e1"]}), ("commit", {CLEAN: 2})]
 
@@ -96,7 +98,8 @@ async def test_retries_are_bounded_and_nothing_is_committed_when_they_run_out() 
     log: list = []
     before = retries()
     with pytest.raises(MongoUnavailable):
-        await service(log, failures=5, attempts=3).store([clean_event(1)])
+        storage = service(log, failures=5, attempts=3)
+        await storage.store(storage.plan([clean_event(1)]))
     assert retries() - before == 2  # 3 tries in all
     assert log == []
 
