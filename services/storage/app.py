@@ -16,7 +16,6 @@ at two batches, the one being written and the next.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
 from pymongo import AsyncMongoClient
@@ -35,6 +34,10 @@ from streamledger.logging import get_logger
 from streamledger.retry import RetryPolicy, Stopped, retry
 
 log = get_logger("storage")
+
+POLL_WHILE_WRITING_MS = 10
+"""Longest wait of one poll while a batch is being written, so the next write starts at most this
+long after the previous one ended."""
 
 
 class StorageService(Loop):
@@ -92,29 +95,19 @@ class StorageService(Loop):
         batch before) is done, so batches grow while MongoDB is slow. With no write under way,
         one poll (which waits up to `storage_batch_wait_seconds` for a first message)."""
         size, max_bytes, plan = self.settings.storage_batch_size, self.settings.storage_batch_max_bytes, BatchPlan()
+        idle_wait_ms = int(self.settings.storage_batch_wait_seconds * 1000)
         while True:
-            polled = await self.fetch(size - plan.message_count, writing)
+            # During a write, short polls, so that its end is seen within one. (A poll raced
+            # against the write and cancelled would be counted by aiokafka as never ending, and
+            # the consumer would then never leave its group after `max_poll_interval`.)
+            wait_ms = idle_wait_ms if writing is None else min(idle_wait_ms, POLL_WHILE_WRITING_MS)
+            polled = await self.inbox.getmany(timeout_ms=wait_ms, max_records=size - plan.message_count)
             batch = [Consumed(tp, m.topic, m.partition, m.offset, m.key, m.value, m.timestamp)
                      for tp, messages in polled.items() for m in messages]
             self.plan(batch, plan)
             full = plan.message_count >= size or plan.byte_count >= max_bytes
             if full or writing is None or writing.done() or self.stopping.is_set():
                 return plan
-
-    async def fetch(self, max_records: int, writing: asyncio.Task | None) -> dict:
-        """One poll; given up when `writing` ends first (aiokafka hands out no message then)."""
-        polling = self.inbox.getmany(timeout_ms=int(self.settings.storage_batch_wait_seconds * 1000),
-                                     max_records=max_records)
-        if writing is None or writing.done():
-            return await polling
-        poll = asyncio.ensure_future(polling)
-        await asyncio.wait((poll, writing), return_when=asyncio.FIRST_COMPLETED)
-        if poll.done():
-            return poll.result()
-        poll.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            return await poll  # the poll may have finished before the cancellation reached it
-        return {}
 
     def plan(self, batch: list[Consumed], plan: BatchPlan | None = None) -> BatchPlan:
         return plan_batch(batch, self.codec, self.routes, now_ms=_now_ms(), plan=plan)
