@@ -3,8 +3,9 @@ and events.deadletter -> MongoDB, idempotent by key.
 
 Data path, two stages that overlap: while one batch is being written, the next is polled
 and decoded (`plan_batch`: one upsert per `_id`; undecodable messages become dead letters),
-until it is full (`storage_batch_size` messages or `storage_batch_max_bytes`) or the write is
-done; then it is written.
+until it is full (`storage_batch_size` messages or `storage_batch_max_bytes`), or the write
+is done and the batch's first message has waited `storage_batch_wait_seconds`; then it is
+written.
 Writing a batch: the sink bulk-writes each collection unordered; refused documents become
 dead letters; only then are its offsets committed. Batches are written one at a time, in
 poll order, so offsets are committed in order. While MongoDB is down the write is retried
@@ -35,7 +36,10 @@ from streamledger.retry import RetryPolicy, Stopped, retry
 
 log = get_logger("storage")
 
-POLL_WHILE_WRITING_MS = 10
+POLL_RECORDS = 1000
+"""Most messages per poll: aiokafka unpacks them on the event loop, where the write under way
+runs too, so a batch is polled in parts, and decoded part by part in a thread."""
+POLL_WHILE_WRITING_S = 0.01
 """Longest wait of one poll while a batch is being written, so the next write starts at most this
 long after the previous one ended."""
 
@@ -91,22 +95,30 @@ class StorageService(Loop):
                 writing.cancel()
 
     async def poll(self, writing: asyncio.Task | None) -> BatchPlan:
-        """The next batch, decoded as it arrives: polled until it is full or `writing` (the
-        batch before) is done, so batches grow while MongoDB is slow. With no write under way,
-        one poll (which waits up to `storage_batch_wait_seconds` for a first message)."""
-        size, max_bytes, plan = self.settings.storage_batch_size, self.settings.storage_batch_max_bytes, BatchPlan()
-        idle_wait_ms = int(self.settings.storage_batch_wait_seconds * 1000)
+        """The next batch, decoded as it arrives. It is handed over when it is full, or once the
+        batch before is written and its own first message has waited `storage_batch_wait_seconds`
+        (at a low rate: a few large writes and commits rather than many small ones); an empty
+        one after one poll with nothing to write."""
+        size, max_bytes = self.settings.storage_batch_size, self.settings.storage_batch_max_bytes
+        linger = self.settings.storage_batch_wait_seconds
+        plan, first_at = BatchPlan(), None
         while True:
+            busy = writing is not None and not writing.done()
             # During a write, short polls, so that its end is seen within one. (A poll raced
             # against the write and cancelled would be counted by aiokafka as never ending, and
             # the consumer would then never leave its group after `max_poll_interval`.)
-            wait_ms = idle_wait_ms if writing is None else min(idle_wait_ms, POLL_WHILE_WRITING_MS)
-            polled = await self.inbox.getmany(timeout_ms=wait_ms, max_records=size - plan.message_count)
+            wait = POLL_WHILE_WRITING_S if busy else linger if first_at is None else first_at + linger - time.monotonic()
+            polled = await self.inbox.getmany(timeout_ms=max(int(wait * 1000), 0),
+                                              max_records=min(size - plan.message_count, POLL_RECORDS))
             batch = [Consumed(tp, m.topic, m.partition, m.offset, m.key, m.value, m.timestamp)
                      for tp, messages in polled.items() for m in messages]
-            self.plan(batch, plan)
-            full = plan.message_count >= size or plan.byte_count >= max_bytes
-            if full or writing is None or writing.done() or self.stopping.is_set():
+            if batch:  # decoded in a thread, so that the write under way goes on meanwhile
+                await asyncio.to_thread(self.plan, batch, plan)
+            if first_at is None and batch:
+                first_at = time.monotonic()
+            if plan.message_count >= size or plan.byte_count >= max_bytes or self.stopping.is_set():
+                return plan
+            if not busy and (first_at is None or time.monotonic() - first_at >= linger):
                 return plan
 
     def plan(self, batch: list[Consumed], plan: BatchPlan | None = None) -> BatchPlan:

@@ -20,7 +20,7 @@ class StorageSettings(CommonSettings):
     """A batch stops filling once its messages hold this many bytes (snapshots and dead letters
     can be large): with the batch being written, the sink holds at most two such batches."""
     storage_batch_wait_seconds: float = 0.2
-    """Longest wait for a poll to fill up."""
+    """Longest wait for a batch to fill up, from its first message, while nothing is being written."""
     storage_retry_attempts: int = 200
     """Tries of a MongoDB write before the service gives up and stops (about 15 min at the 5 s cap)."""
     storage_backoff_initial_seconds: float = 0.2

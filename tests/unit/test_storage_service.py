@@ -1,7 +1,8 @@
 """The storage loop's one batch, on fakes of its sink and Kafka clients: write, dead letters, commit;
 MongoDB retries bounded by `storage_retry_attempts` and counted; settings under their own prefix.
 The loop: the next batch is polled while one is written, commits stay in order, and while a write
-does not end, nothing is polled beyond one more batch."""
+does not end, nothing is polled beyond one more batch; with nothing being written, a batch waits
+`storage_batch_wait_seconds` for more messages."""
 
 from __future__ import annotations
 
@@ -134,8 +135,8 @@ class GatedSink:
 class Topic:
     """A consumer over one partition holding `count` clean events; counts what it handed out."""
 
-    def __init__(self, log: list, count: int) -> None:
-        self.log, self.handed_out = log, 0
+    def __init__(self, log: list, count: int, per_poll: int | None = None) -> None:
+        self.log, self.handed_out, self.per_poll = log, 0, per_poll
         self.records = [SimpleNamespace(topic="clean", partition=0, offset=m.offset, key=m.key, value=m.value,
                                         timestamp=None) for m in map(clean_event, range(count))]
 
@@ -143,7 +144,7 @@ class Topic:
         if self.handed_out == len(self.records):
             await asyncio.sleep(timeout_ms / 1000)  # a poll that finds nothing waits out its timeout
             return {}
-        records = self.records[self.handed_out:self.handed_out + max_records]
+        records = self.records[self.handed_out:self.handed_out + min(max_records, self.per_poll or max_records)]
         self.handed_out += len(records)
         return {CLEAN: records}
 
@@ -190,6 +191,19 @@ async def test_the_next_batch_is_polled_during_a_write_and_no_further_while_it_l
         await asyncio.wait_for(running, 5)
     assert [entry for entry in log if entry[0] == "commit"] == [("commit", {CLEAN: n}) for n in (2, 4, 6, 7)]
     assert [entry[1] for entry in log if entry[0] == "write"] == [[0, 1], [2, 3], [4, 5], [6]]
+
+
+async def test_messages_trickling_in_while_nothing_is_written_wait_for_each_other() -> None:
+    log: list = []
+    storage = service(log, storage_batch_size=100, storage_batch_wait_seconds=0.5)
+    storage.inbox = Topic(log, 5, per_poll=1)  # one message per poll, as at a low rate
+    running = asyncio.create_task(storage.run(storage.stopping))
+    try:
+        await until(lambda: log, "the first write", timeout=5)
+    finally:
+        storage.stopping.set()
+        await asyncio.wait_for(running, 5)
+    assert log[:2] == [("write", {"events": [f"4:acme:e{n}" for n in range(5)]}), ("commit", {CLEAN: 5})]
 
 
 async def test_a_write_that_fails_for_good_stops_the_loop_without_committing() -> None:
