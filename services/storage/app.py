@@ -36,6 +36,11 @@ from streamledger.retry import RetryPolicy, Stopped, retry
 
 log = get_logger("storage")
 
+FETCH_MAX_WAIT_MS = 100
+"""How long the broker holds a fetch that finds no new message (aiokafka's default: 500 ms). The
+five topics share a broker, and aiokafka sends that broker no fetch while one is pending: while
+events.clean's fetched messages are still being stored, it fetches the four quiet topics alone,
+and the next events.clean fetch waited for that one to come back empty (a 0.5 s stall)."""
 POLL_RECORDS = 1000
 """Most messages per poll: aiokafka unpacks them on the event loop, where the write under way
 runs too, so a batch is polled in parts, and decoded part by part in a thread."""
@@ -72,7 +77,7 @@ class StorageService(Loop):
         self.producer = kafka.producer(s.kafka_bootstrap)
         await self.producer.start()
         self.inbox = kafka.consumer(s.kafka_bootstrap, *self.routes, group_id=s.storage_group,
-                                    max_poll_records=s.storage_batch_size,
+                                    max_poll_records=s.storage_batch_size, fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
                                     max_poll_interval_ms=int(s.storage_max_poll_interval_seconds * 1000))
         await self.inbox.start()
 
