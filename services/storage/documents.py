@@ -1,6 +1,7 @@
 """From consumed Kafka messages to MongoDB upserts: pure mapping and batching, no I/O.
 
-    plan = plan_batch(messages, codec, routes)
+    plan = plan_batch(messages, codec, routes, now_ms)
+    plan_batch(more_messages, codec, routes, now_ms, plan)   # a batch polled in parts
     plan.writes["events"]     # {_id: document}, last message per _id wins
     plan.dead_letters         # DeadLetter records for messages that do not decode
     plan.commit_offsets       # {TopicPartition-like key: next offset} to commit once written
@@ -100,6 +101,10 @@ class BatchPlan:
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
     commit_offsets: dict[Hashable, int] = field(default_factory=dict)
     """tp -> next offset to read, to commit once every write of the batch is acknowledged."""
+    message_count: int = 0
+    """Messages planned, written or not (tombstones, dead letters, replaced copies)."""
+    byte_count: int = 0
+    """Bytes of those messages' values."""
 
     @property
     def document_count(self) -> int:
@@ -107,11 +112,15 @@ class BatchPlan:
 
 
 def plan_batch(
-    messages: Iterable[Consumed], codec: AvroCodec, routes: Mapping[str, Route], now_ms: int
+    messages: Iterable[Consumed], codec: AvroCodec, routes: Mapping[str, Route], now_ms: int,
+    plan: BatchPlan | None = None,
 ) -> BatchPlan:
-    """Decode and map a batch; what cannot be stored becomes a dead letter, never an exception."""
-    plan = BatchPlan()
+    """Decode and map a batch (into `plan` when given: later messages extend it and win over
+    its earlier copies); what cannot be stored becomes a dead letter, never an exception."""
+    plan = BatchPlan() if plan is None else plan
     for message in messages:
+        plan.message_count += 1
+        plan.byte_count += len(message.value or b"")
         plan.commit_offsets[message.tp] = max(plan.commit_offsets.get(message.tp, 0), message.offset + 1)
         route = routes.get(message.topic)
         if route is None:

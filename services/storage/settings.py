@@ -13,10 +13,14 @@ class StorageSettings(CommonSettings):
     storage_snapshots_topic: str = topics.SNAPSHOTS
     storage_deadletter_topic: str = topics.DEADLETTER
     storage_group: str = "streamledger-storage"
-    storage_batch_size: int = 2000
-    """Most messages per poll, and so per bulk write."""
+    storage_batch_size: int = 5000
+    """Most messages per batch, and so per bulk write (FerretDB spends about 10% less CPU per
+    document in batches of 5,000 than of 2,000)."""
+    storage_batch_max_bytes: int = 32 * 2**20
+    """A batch stops filling once its messages hold this many bytes (snapshots and dead letters
+    can be large): with the batch being written, the sink holds at most two such batches."""
     storage_batch_wait_seconds: float = 0.2
-    """Longest wait for a poll to fill up."""
+    """Longest wait for a batch to fill up, from its first message, while nothing is being written."""
     storage_retry_attempts: int = 200
     """Tries of a MongoDB write before the service gives up and stops (about 15 min at the 5 s cap)."""
     storage_backoff_initial_seconds: float = 0.2

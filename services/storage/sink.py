@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pymongo import InsertOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, ConnectionFailure, PyMongoError
 
@@ -64,13 +63,13 @@ class MongoSink:
         rejected: list[Rejection] = []
         for collection, writes in plan.writes.items():
             ids = list(writes)
-            existing = await self._bulk(collection, ids, [InsertOne(writes[i].document) for i in ids], writes, rejected)
+            existing = await self._insert(collection, ids, writes, rejected)
             if not existing:
                 continue
             stale = await self._differing(collection, existing, writes)
             if stale:
                 await self._delete(collection, stale)
-                still = await self._bulk(collection, stale, [InsertOne(writes[i].document) for i in stale], writes, rejected)
+                still = await self._insert(collection, stale, writes, rejected)
                 if still:  # another writer inserted in between: retry the batch
                     raise MongoUnavailable(f"{collection}: {len(still)} documents were re-inserted concurrently")
         return rejected
@@ -88,12 +87,13 @@ class MongoSink:
         except ConnectionFailure as exc:
             raise MongoUnavailable(f"{collection}: {exc}") from exc
 
-    async def _bulk(
-        self, collection: str, ids: list[str], operations: list, writes: dict, rejected: list[Rejection]
-    ) -> list[str]:
-        """Run one unordered bulk write; returns the ids that met a duplicate key (11000)."""
+    async def _insert(self, collection: str, ids: list[str], writes: dict, rejected: list[Rejection]) -> list[str]:
+        """Insert the documents of `ids`, unordered; returns the ids that met a duplicate key (11000).
+
+        insert_many rather than bulk_write([InsertOne, ...]): the same one command, at half the
+        client CPU per document."""
         try:
-            await self.db[collection].bulk_write(operations, ordered=False)
+            await self.db[collection].insert_many([writes[i].document for i in ids], ordered=False)
         except BulkWriteError as exc:
             errors = exc.details.get("writeErrors", [])
             if exc.details.get("writeConcernErrors") or any(e.get("code") in _RETRYABLE_CODES for e in errors):

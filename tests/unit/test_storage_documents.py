@@ -107,3 +107,13 @@ def test_dead_letters_are_keyed_by_service_and_source_position() -> None:
 def test_an_unrouted_topic_is_a_dead_letter() -> None:
     plan = plan_batch([consumed("elsewhere", 0, b"x")], CODEC, ROUTES, 0)
     assert plan.dead_letters[0]["reason"] == "unknown_topic" and "'elsewhere'" in plan.dead_letters[0]["error"]
+
+
+def test_a_batch_planned_in_parts_is_one_plan_whose_later_copies_win() -> None:
+    plan = plan_batch([consumed("clean", 10, clean_event("e1", 1.0)), consumed("clean", 11, b"junk")], CODEC, ROUTES, 0)
+    assert plan_batch([consumed("clean", 12, clean_event("e1", 2.0)), consumed("snap", 3, None)],
+                      CODEC, ROUTES, 0, plan) is plan
+    assert {i: w.document["features"] for i, w in plan.writes["events"].items()} == {"4:acme:e1": {"x": 2.0}}
+    assert [d["source_offset"] for d in plan.dead_letters] == [11]
+    assert plan.commit_offsets == {("clean", 0): 13, ("snap", 0): 4}
+    assert (plan.message_count, plan.byte_count) == (4, 2 * len(clean_event("e1", 1.0)) + len(b"junk"))
