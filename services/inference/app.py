@@ -9,7 +9,8 @@ ledger (`STREAMLEDGER_FABRIC_*`) as its own identity, `inference` (provider), an
 `WhoAmI` the account it acts for: holds must pay that account (`ActsFor`). A request is served
 within the client's latest signed receipt plus the credit window and within credit this server
 reserved (`credit.py`). An identity without the provider role cannot start the service. Free mode never touches the
-ledger for requests.
+ledger for requests; it serves plaintext, or TLS when `STREAMLEDGER_INFERENCE_TLS_CERT` and `_KEY` are set
+(mutual TLS with `STREAMLEDGER_INFERENCE_CLIENT_CAS`: nobody is metered, the handshake costs as in paid mode).
 
 Snapshots: whenever a ledger is configured (paid mode; `STREAMLEDGER_INFERENCE_SNAPSHOT_LEDGER=true` in
 free mode, as the demo runs) a snapshot is loaded only if the ledger's `GetModel` holds exactly its
@@ -69,7 +70,7 @@ class Inference(Loop):
             shelf = ModelShelf(load_declarations(s.inference_models_file), s.inference_versions_kept)
         except DeclarationError as exc:
             raise StartError(f"STREAMLEDGER_INFERENCE_MODELS_FILE={s.inference_models_file}: {exc}") from None
-        credentials = tls.server_credentials(s) if s.inference_mode == "paid" else None  # files readable: fail fast
+        credentials = tls.server_credentials(s)  # files readable: fail fast
         ready = asyncio.Event()
         try:
             metering = await self._metering()  # paid: the ledger identity first, refused without its role
