@@ -104,7 +104,8 @@ class Inference(Loop):
             self.hold_process = await self.resources.enter_async_context(HoldProcess(HoldHello.of(
                 self.ledger or LedgerSettings(), IDENTITY, self.settings.log_level)))
             self.hold_source = self.hold_process
-        return Metering.of(self.settings, self.hold_source, self.provider)
+        return Metering.of(self.settings, self.hold_source, self.provider,
+                           self.hold_process.verify if self.hold_process is not None else None)
 
     async def _ledger_client(self) -> LedgerClient:
         """The service's one ledger client, as its identity `inference` (holds, and vouching for snapshots)."""

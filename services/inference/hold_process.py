@@ -4,15 +4,19 @@ server, so that the Fabric Gateway client's CPU never runs on the event loop tha
     async with HoldProcess(HoldHello.of(LedgerSettings(), "inference")) as holds:   # a HoldSource
         hold = await holds.hold(hold_id)             # Hold(...) or None
         hold = await holds.reserve(hold_id, 500)     # 500 credit more reserved; the hold after it
+        why = await holds.verify(client_cert_pem, receipt)   # None: the certificate's key signed it
 
 Why: an `Authorize` costs the gateway client about 4 ms of CPU (protobuf, two ECDSA signatures,
 the commit-status stream) and a `GetHold` about 1 ms, spread over several callbacks of the loop
 that runs them. On the serving loop each callback delays the requests that arrive meanwhile:
-a busy hold's reservations and re-reads showed in paid mode's 1-row p99. In the child
-(`streamledger.child`, a fresh interpreter) they cost the serving process one message each way.
+a busy hold's reservations and re-reads showed in paid mode's 1-row p99. Receipts' signatures
+are checked here too (`CreditMeter`'s background checks): an ECDSA verification (~70-300 us)
+holds the GIL throughout, so in a thread of the server it stalled the serving loop as long. In
+the child (`streamledger.child`, a fresh interpreter) each costs the serving process one message
+each way.
 
 The child runs `LedgerHoldSource` (ledger_holds.py) as the service's identity: every call is a
-message `(call, "hold" | "reserve", args...)` answered by `(call, True, hold)` or `(call, False,
+message `(call, "hold" | "reserve" | "verify", args...)` answered by `(call, True, hold)` or `(call, False,
 error)`, calls run concurrently. The refusals cross as they are (`AuthorizationError`s,
 `NothingToReserve`); anything else the child did not expect becomes `HoldUnavailable` naming it (the
 caller may retry). If the child dies, every call waiting and every later one is `HoldUnavailable`,
@@ -29,6 +33,7 @@ from services.inference.authorization import AuthorizationError, Hold, HoldSourc
 from services.inference.ledger_holds import LedgerHoldSource
 from streamledger import child
 from streamledger.child import Child, ChildDied, Hello, Parent
+from streamledger.core.receipts import InvalidReceipt, Receipt, ReceiptKey
 from streamledger.ledger import LedgerClient
 from streamledger.logging import get_logger
 from streamledger.settings import LedgerSettings
@@ -84,6 +89,11 @@ class HoldProcess:
 
     async def reserve(self, hold_id: str, credit: int) -> Hold:
         return await self._call("reserve", hold_id, credit)
+
+    async def verify(self, client_cert_pem: str, receipt: Receipt) -> str | None:
+        """None if the key of `client_cert_pem` signed `receipt`, else why not (`HoldUnavailable` if the
+        child is gone: the receipt is not checked, not found forged)."""
+        return await self._call("verify", client_cert_pem, receipt)
 
     async def close(self) -> None:
         """Let the child answer the calls in flight, then end it."""
@@ -161,6 +171,8 @@ async def _answer(source: HoldSource, parent: Parent, call: int, kind: str, *arg
             answer = (call, True, await source.hold(*args))
         elif kind == "reserve":
             answer = (call, True, await source.reserve(*args))
+        elif kind == "verify":
+            answer = (call, True, _verified(*args))
         else:
             raise ValueError(f"unknown call {kind!r}")
     except (AuthorizationError, NothingToReserve) as exc:
@@ -172,6 +184,25 @@ async def _answer(source: HoldSource, parent: Parent, call: int, kind: str, *arg
     parent.send(answer)
     if unexpected is not None:
         log.error("hold_call_failed", extra={"call": kind, "arguments": repr(args), "error": repr(unexpected)})
+
+
+_KEYS: dict[str, ReceiptKey] = {}
+"""Client keys by certificate (PEM), each parsed once (a few thousand at most)."""
+
+
+def _verified(client_cert_pem: str, receipt: Receipt) -> str | None:
+    """None if the key of `client_cert_pem` signed `receipt`, else why not."""
+    try:
+        key = _KEYS.get(client_cert_pem)
+        if key is None:
+            key = ReceiptKey(client_cert_pem)
+            if len(_KEYS) >= 4096:
+                _KEYS.clear()
+            _KEYS[client_cert_pem] = key
+        key.verify(receipt)
+    except InvalidReceipt as exc:
+        return str(exc)
+    return None
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from services.inference import hold_process
 from services.inference.authorization import Hold, HoldExpired, HoldUnavailable, NothingToReserve
 from services.inference.hold_process import HoldHello, HoldProcess
 from streamledger import child
-from streamledger.core.receipts import Receipt
+from streamledger.core.receipts import Receipt, sign_receipt
 from streamledger.settings import LedgerSettings
 
 HOLD = Hold("h", "Org2MSP::CN=alice", expires_at=2_000_000_000.0, provider="Org1MSP::CN=provider", amount=100,
@@ -68,6 +68,16 @@ async def test_holds_reservations_and_refusals_cross_the_process_as_they_are():
     assert not source.died.is_set()
     with pytest.raises(HoldUnavailable, match="stopping"):
         await source.hold("h")
+
+
+async def test_receipts_are_verified_in_the_hold_process_against_the_hold_clients_certificate():
+    from tests.unit.test_inference_credit import ALICE_CERT, ALICE_KEY, MALLORY_KEY
+
+    async with holds() as source:
+        assert await source.verify(ALICE_CERT, sign_receipt(ALICE_KEY.sign, "h", 12, 3)) is None
+        forged = await source.verify(ALICE_CERT, sign_receipt(MALLORY_KEY.sign, "h", 12, 3))
+        assert forged == "the signature does not verify against the hold's client certificate"
+        assert "the client certificate cannot be read" in await source.verify("not a PEM", Receipt("h", 1, 1, "c2ln"))
 
 
 async def test_a_dead_hold_process_makes_every_call_unavailable_and_says_so():
