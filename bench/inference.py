@@ -12,7 +12,8 @@ account `inference` acts for; every paid call carries the hold id and User8's la
 metadata, and the client counts the rows of each answer and signs a receipt for all of them with
 User8's key once 10 rows came since the last one (`streamledger.client`'s default,
 `SIGN_EVERY_UNITS`: every 10th 1-row answer, every 64-row answer). The paid server checks each new
-receipt's signature in the background, in a worker thread (`RECEIPT_CHECK_SECONDS` the default). For 1-row and 64-row requests at concurrency 1, 8 and 64 it prints
+receipt's signature in the background, in its hold process (`RECEIPT_CHECK_SECONDS` the default), which
+also makes its reservations: the CPU per request below counts that child process and the record writer. For 1-row and 64-row requests at concurrency 1, 8 and 64 it prints
 p50/p99 latency, requests/s and rows/s of:
   - river:     the same model's `predict_proba_one` called in-process (no gRPC at all);
   - echo:      a bare grpc.aio server in a subprocess answering each ModelInfer call with the

@@ -138,7 +138,7 @@ class CreditLine:
     """The last receipt header whose signature did not verify: refused on sight."""
     checking: asyncio.TimerHandle | None = None
     verifying: asyncio.Future | None = None
-    """The background check of a pending receipt, in the worker thread."""
+    """The background check of a pending receipt, off the event loop."""
     reserving: asyncio.Future | None = None
     refreshing: asyncio.Future | None = None
 
