@@ -29,7 +29,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from services.inference.authorization import AuthorizationError, Hold, HoldSource, HoldUnavailable, NothingToReserve
+from services.inference.authorization import (
+    AuthorizationError,
+    Hold,
+    HoldSource,
+    HoldUnavailable,
+    NothingToReserve,
+)
 from services.inference.ledger_holds import LedgerHoldSource
 from streamledger import child
 from streamledger.child import Child, ChildDied, Hello, Parent

@@ -12,7 +12,12 @@ import signal
 import pytest
 
 from services.inference import hold_process
-from services.inference.authorization import Hold, HoldExpired, HoldUnavailable, NothingToReserve
+from services.inference.authorization import (
+    Hold,
+    HoldExpired,
+    HoldUnavailable,
+    NothingToReserve,
+)
 from services.inference.hold_process import HoldHello, HoldProcess
 from streamledger import child
 from streamledger.core.receipts import Receipt, sign_receipt
