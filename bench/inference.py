@@ -12,13 +12,19 @@ account `inference` acts for; every paid call carries the hold id and User8's la
 metadata, and the client counts the rows of each answer and signs a receipt for all of them with
 User8's key once 10 rows came since the last one (`streamledger.client`'s default,
 `SIGN_EVERY_UNITS`: every 10th 1-row answer, every 64-row answer). The paid server checks each new
-receipt's signature in the background, in a worker thread (`RECEIPT_CHECK_SECONDS` the default). For 1-row and 64-row requests at concurrency 1, 8 and 64 it prints
+receipt's signature in the background, in its hold process (`RECEIPT_CHECK_SECONDS` the default), which
+also makes its reservations: the CPU per request below counts that child process and the record writer. For 1-row and 64-row requests at concurrency 1, 8 and 64 it prints
 p50/p99 latency, requests/s and rows/s of:
   - river:     the same model's `predict_proba_one` called in-process (no gRPC at all);
   - echo:      a bare grpc.aio server in a subprocess answering each ModelInfer call with the
                request's own bytes (same payload size: the floor Python gRPC sets here);
-  - free:      the service in free mode;
-  - paid:      the service in paid mode (TLS, receipts checked, credit reserved on the ledger).
+  - free:      the service in free mode, plaintext (as free mode runs by default);
+  - free-mtls: the service in free mode over the very mutual TLS paid mode uses (same server
+               certificate, client CAs and client certificate): nobody metered, no ledger;
+  - paid:      the service in paid mode (mutual TLS, receipts checked, credit reserved on the ledger,
+               a usage record per request).
+So paid/free is the issue's ratio (what a paid call costs over a free one, TLS included),
+free-mtls/free the part of it mutual TLS takes, and paid/free-mtls the part metering takes.
 The client is one grpc.aio process sending pre-serialized requests to every server, so
 client costs are the same for all (the paid client also signs its receipts, between its calls, untimed).
 Each cell warms every connection up (not measured), then alternates short slices of load
@@ -32,7 +38,8 @@ the run's predictions topics against the requests sent (a record dropped because
 buffer was full shows there) and the usage records against the paid requests. Asserts nothing.
 
 Goals: 1-row p99 of free mode within 1.5x of the echo floor at each concurrency (issue 7), of
-paid mode within 1.2x of free mode (issue 21); at least 10,000 rows/s with 64-row requests.
+paid mode within 1.2x of free mode (issue 21, the `paid/free` figure); at least 10,000 rows/s with
+64-row requests.
 """
 
 from __future__ import annotations
@@ -251,9 +258,10 @@ def reservations(metrics_port: int) -> float:
     return 0.0
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and of its children (the record writer), from /proc: the
-    server's cost, however busy the shared machine is (latency percentiles are not)."""
+def cpu_seconds(pid: int, children: bool = True) -> float:
+    """User + system CPU time of a process and of its children (the record writer; paid mode's hold
+    process) unless `children` is False, from /proc: the server's cost, however busy the shared machine
+    is (latency percentiles are not)."""
     tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -261,15 +269,19 @@ def cpu_seconds(pid: int) -> float:
             fields = stat.read_text().rsplit(")", 1)[1].split()  # state, ppid, ..., utime (12th), stime (13th)
         except (OSError, IndexError):
             continue
-        if stat.parent.name == str(pid) or fields[1] == str(pid):
+        if stat.parent.name == str(pid) or (children and fields[1] == str(pid)):
             total += (int(fields[11]) + int(fields[12])) / tick
     return total
 
 
+TLS_SETTINGS = ("STREAMLEDGER_INFERENCE_TLS_CERT", "STREAMLEDGER_INFERENCE_TLS_KEY", "STREAMLEDGER_INFERENCE_CLIENT_CAS")
+"""Paid mode's mutual TLS settings, which the free-mtls server takes too."""
+
+
 def paid_setup(folder: Path, env: dict[str, str]) -> tuple[dict[str, str], PaidCalls, grpc.ChannelCredentials]:
     """Credit frozen by Org2's User8 for the account `inference` acts for, the paid server's
-    environment (mutual TLS with a fresh server certificate, Org2's CA for clients), and the paying
-    client's calls and TLS credentials."""
+    environment (mutual TLS with a fresh server certificate, Org2's CA for clients: `TLS_SETTINGS`),
+    and the paying client's calls and TLS credentials."""
     from streamledger.client import ReceiptBook
     from streamledger.fabric.identity import load_msp
     from streamledger.ledger import LedgerClient
@@ -343,7 +355,7 @@ def main() -> None:
 
     names = sorted(phishing[0][0])
     batches = {n: [{k: x[k] for k in names} for x, _ in phishing[:n]] for n in (1, 64)}
-    ports = {"echo": free_port(), "free": free_port(), "paid": free_port()}
+    ports = {"echo": free_port(), "free": free_port(), "free-mtls": free_port(), "paid": free_port()}
     metrics_port = free_port()
     env = {**os.environ, "STREAMLEDGER_INFERENCE_MODELS_FILE": str(models_file),
            "STREAMLEDGER_INFERENCE_SNAPSHOT_TOPIC": topic,
@@ -356,6 +368,7 @@ def main() -> None:
         subprocess.Popen([sys.executable, __file__, "--echo-server", str(ports["echo"])], cwd=REPO),
     ]
     topics = [topic, free_env["STREAMLEDGER_INFERENCE_PREDICTIONS_TOPIC"]]
+    server_pids = {"free": servers[0].pid}
     paying = None
     if not args.free_only:
         paid_env, paying, credentials = paid_setup(folder, env)
@@ -363,20 +376,27 @@ def main() -> None:
                          "STREAMLEDGER_INFERENCE_PREDICTIONS_TOPIC": f"predictions.bench.paid.{run_id}",
                          "STREAMLEDGER_INFERENCE_USAGE_TOPIC": f"usage.bench.{run_id}",
                          "STREAMLEDGER_METRICS_PORT": str(metrics_port)})
-        servers.append(subprocess.Popen([str(REPO / ".venv/bin/streamledger"), "serve", "inference"], env=paid_env,
-                                        cwd=REPO))
+        mtls_env = {**free_env, **{name: paid_env[name] for name in TLS_SETTINGS},
+                    "STREAMLEDGER_INFERENCE_PORT": str(ports["free-mtls"]),
+                    "STREAMLEDGER_INFERENCE_PREDICTIONS_TOPIC": f"predictions.bench.mtls.{run_id}"}
+        for name, server_env in (("free-mtls", mtls_env), ("paid", paid_env)):
+            servers.append(subprocess.Popen([str(REPO / ".venv/bin/streamledger"), "serve", "inference"],
+                                            env=server_env, cwd=REPO))
+            server_pids[name] = servers[-1].pid
+        targets["free-mtls"] = Target(ports["free-mtls"], credentials)
         targets["paid"] = Target(ports["paid"], credentials, paying)
-        topics += [paid_env["STREAMLEDGER_INFERENCE_PREDICTIONS_TOPIC"], paid_env["STREAMLEDGER_INFERENCE_USAGE_TOPIC"]]
-    server_pids = {"free": servers[0].pid, **({"paid": servers[2].pid} if paying else {})}
+        topics += [paid_env["STREAMLEDGER_INFERENCE_PREDICTIONS_TOPIC"], paid_env["STREAMLEDGER_INFERENCE_USAGE_TOPIC"],
+                   mtls_env["STREAMLEDGER_INFERENCE_PREDICTIONS_TOPIC"]]
     requests = {name: 0 for name in targets}
     try:
-        for name in ("free", "paid"):
+        for name in ("free", "free-mtls", "paid"):
             if name in targets:
                 wait_ready(targets[name])
         print(f"inference service: free and {'no paid' if args.free_only else 'paid'} mode, predictions sample "
               f"{args.sample}, {args.seconds:g} s per cell and target in alternating {args.slice:g} s slices after "
               f"{args.warmup:g} s warm-up, {os.cpu_count()} cores shared by client and servers; rates over the "
-              f"measured wall time" + ("" if args.free_only else f"; paid: credit window {WINDOW_UNITS} units"))
+              f"measured wall time" + ("" if args.free_only else f"; paid: credit window {WINDOW_UNITS} units; "
+                                                                  "free-mtls: free mode over paid mode's mutual TLS"))
         print(f"{'rows':>4} {'conc':>4} {'target':<9} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9} {'rows/s':>10}")
         for rows in (1, 64):
             payload = request_bytes(batches[rows], names)
@@ -389,6 +409,7 @@ def main() -> None:
             for concurrency in (1, 8, 64):
                 reserved_before = reservations(metrics_port) if paying else 0.0
                 cpu_before = {name: cpu_seconds(pid) for name, pid in server_pids.items()}
+                serving_before = {name: cpu_seconds(pid, children=False) for name, pid in server_pids.items()}
                 figures = {}
                 measured, elapsed, sent = asyncio.run(interleaved(targets, payload, rows, concurrency, args.seconds,
                                                                   args.slice, args.warmup))
@@ -398,13 +419,21 @@ def main() -> None:
                     p50, p99, rate, row_rate = figures[name]
                     print(f"{rows:>4} {concurrency:>4} {name:<9} {p50:>8.3f} {p99:>8.3f} {rate:>9.0f} {row_rate:>10.0f}")
                 cpu = {name: (cpu_seconds(pid) - cpu_before[name]) * 1e6 / sent[name] for name, pid in server_pids.items()}
+                serving = {name: (cpu_seconds(pid, children=False) - serving_before[name]) * 1e6 / sent[name]
+                           for name, pid in server_pids.items()}
                 notes = [f"free/echo p99 {figures['free'][1] / figures['echo'][1]:.2f}"]
                 if paying:
                     per_1000 = (reservations(metrics_port) - reserved_before) * 1000 / sent["paid"]
-                    notes.append(f"paid/free p99 {figures['paid'][1] / figures['free'][1]:.2f}")
+                    p99 = {name: figure[1] for name, figure in figures.items()}
+                    notes.append(f"paid/free p99 {p99['paid'] / p99['free']:.2f} (of which mutual TLS: free-mtls/free "
+                                 f"{p99['free-mtls'] / p99['free']:.2f}, metering: paid/free-mtls "
+                                 f"{p99['paid'] / p99['free-mtls']:.2f})")
                     notes.append(f"reservations {per_1000:.2f} per 1,000 paid requests")
-                    notes.append(f"server CPU per request (with its record writer) free {cpu['free']:.0f} us, paid "
-                                 f"{cpu['paid']:.0f} us ({cpu['paid'] / cpu['free']:.2f}x)")
+                    notes.append(f"server CPU per request (with its child processes; the serving process alone) free "
+                                 f"{cpu['free']:.0f} us ({serving['free']:.0f}), free-mtls {cpu['free-mtls']:.0f} us "
+                                 f"({serving['free-mtls']:.0f}), paid {cpu['paid']:.0f} us ({serving['paid']:.0f}): "
+                                 f"{cpu['paid'] / cpu['free']:.2f}x free, +{cpu['paid'] - cpu['free-mtls']:.0f} us "
+                                 f"(+{serving['paid'] - serving['free-mtls']:.0f}) over free-mtls")
                 goal = "goals: free/echo <= 1.5, paid/free <= 1.2" if rows == 1 else \
                     f"rows/s free {figures['free'][3]:.0f}" + (f", paid {figures['paid'][3]:.0f}" if paying else "") + \
                     ", goal >= 10000"
@@ -425,7 +454,8 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 server.kill()
         # The servers have drained on SIGTERM: every record they accepted is on the topics by now.
-        for name, predictions in (("free", topics[1]), ("paid", topics[2] if paying else None)):
+        for name, predictions in (("free", topics[1]), ("paid", topics[2] if paying else None),
+                                  ("free-mtls", topics[4] if paying else None)):
             if predictions:
                 print(f"{name}: {asyncio.run(records_on(bootstrap, predictions))} prediction records on {predictions} "
                       f"for {requests[name]} requests (sample {args.sample:g})")

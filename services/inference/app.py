@@ -5,19 +5,21 @@
                                            +--> RecordSink --> record writer process --> predictions, usage
 
 Paid mode (`STREAMLEDGER_INFERENCE_MODE=paid`, the default) reads and reserves holds on the
-ledger (`STREAMLEDGER_FABRIC_*`) as its own identity, `inference` (provider), and learns with
+ledger (`STREAMLEDGER_FABRIC_*`) as its own identity, `inference` (provider), in a child process
+(`hold_process.py`: the gateway client's CPU stays off the serving loop), and learns with
 `WhoAmI` the account it acts for: holds must pay that account (`ActsFor`). A request is served
 within the client's latest signed receipt plus the credit window and within credit this server
 reserved (`credit.py`). An identity without the provider role cannot start the service. Free mode never touches the
-ledger for requests.
+ledger for requests; it serves plaintext, or TLS when `STREAMLEDGER_INFERENCE_TLS_CERT` and `_KEY` are set
+(mutual TLS with `STREAMLEDGER_INFERENCE_CLIENT_CAS`: nobody is metered, the handshake costs as in paid mode).
 
 Snapshots: whenever a ledger is configured (paid mode; `STREAMLEDGER_INFERENCE_SNAPSHOT_LEDGER=true` in
 free mode, as the demo runs) a snapshot is loaded only if the ledger's `GetModel` holds exactly its
 sha256, registered by the model registrant (`STREAMLEDGER_INFERENCE_SNAPSHOT_REGISTRANT`, by default the
 local identity `registry`); read as `inference`. Without one the service warns at start and
 `streamledger_inference_snapshots_unverified` is 1. If the snapshot
-follower or the record writer dies, the service stops: it must not go stale silently, nor
-serve unrecorded.
+follower, the record writer or the hold process dies, the service stops: it must not go stale
+silently, nor serve unrecorded or unmetered.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from contextlib import AsyncExitStack
 
 from services.inference import protocol, tls
 from services.inference.authorization import HoldSource
-from services.inference.ledger_holds import LedgerHoldSource
+from services.inference.hold_process import HoldHello, HoldProcess
 from services.inference.models import ModelShelf
 from services.inference.record_sink import RecordSink
 from services.inference.record_writer import WriterHello
@@ -60,6 +62,8 @@ class Inference(Loop):
         self.settings, self.ledger, self.hold_source, self.provider = settings, ledger, hold_source, provider
         self.resources = AsyncExitStack()
         self.server, self.following, self.port, self.ledger_client = None, None, None, None
+        self.hold_process: HoldProcess | None = None
+        """Paid mode's holds, read and reserved in a child process (unless `hold_source` was given)."""
         """The gRPC server, the snapshot follower, the port served on (`inference_port` 0: a free one), and
         the ledger client (paid mode's holds, snapshots' vouching)."""
 
@@ -69,7 +73,7 @@ class Inference(Loop):
             shelf = ModelShelf(load_declarations(s.inference_models_file), s.inference_versions_kept)
         except DeclarationError as exc:
             raise StartError(f"STREAMLEDGER_INFERENCE_MODELS_FILE={s.inference_models_file}: {exc}") from None
-        credentials = tls.server_credentials(s) if s.inference_mode == "paid" else None  # files readable: fail fast
+        credentials = tls.server_credentials(s)  # files readable: fail fast
         ready = asyncio.Event()
         try:
             metering = await self._metering()  # paid: the ledger identity first, refused without its role
@@ -97,8 +101,11 @@ class Inference(Loop):
             self.provider = me["ActsFor"]  # the account the holds pay, which this identity serves for
             log.info("ledger_connected", extra={"identity": ledger.identity, "account": me["Account"],
                                                 "provider": self.provider})
-            self.hold_source = LedgerHoldSource(ledger)
-        return Metering.of(self.settings, self.hold_source, self.provider)
+            self.hold_process = await self.resources.enter_async_context(HoldProcess(HoldHello.of(
+                self.ledger or LedgerSettings(), IDENTITY, self.settings.log_level)))
+            self.hold_source = self.hold_process
+        return Metering.of(self.settings, self.hold_source, self.provider,
+                           self.hold_process.verify if self.hold_process is not None else None)
 
     async def _ledger_client(self) -> LedgerClient:
         """The service's one ledger client, as its identity `inference` (holds, and vouching for snapshots)."""
@@ -132,17 +139,24 @@ class Inference(Loop):
         return SnapshotVouching(ledger, registrant, wait_for(s.inference_snapshot_registration_wait_seconds))
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """Serve until `stopping` is set; raise if the snapshot follower or the record writer ends first."""
+        """Serve until `stopping` is set; raise if the snapshot follower, the record writer or the hold process
+        ends first."""
         stopped, writer_died = asyncio.create_task(stopping.wait()), asyncio.create_task(self.sink.died.wait())
-        done, _ = await asyncio.wait({stopped, self.following, writer_died}, return_when=asyncio.FIRST_COMPLETED)
-        stopped.cancel()
-        writer_died.cancel()
+        watched = {stopped, self.following, writer_died}
+        if self.hold_process is not None:
+            holds_died = asyncio.create_task(self.hold_process.died.wait())
+            watched.add(holds_died)
+        done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+        for task in watched - {self.following}:
+            task.cancel()
         if stopping.is_set():
             return
         if self.following in done:
             self.following.result()
             raise RuntimeError("the snapshot follower stopped unexpectedly")
-        raise self.sink.failure  # ChildDied, with the writer's exit code
+        if self.sink.failure is not None:
+            raise self.sink.failure  # ChildDied, with the writer's exit code
+        raise self.hold_process.failure
 
     async def stop(self) -> None:
         if self.server is not None:

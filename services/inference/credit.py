@@ -23,8 +23,10 @@ Per hold, this server keeps a `CreditLine`:
   than the rest of a request's metering) is checked against the certificate that froze the hold
   before the receipt counts: at once with `check_seconds` 0, else `check_seconds` later in the
   background, for the newest receipt received by then only (an honest client sends a new one every
-  few requests: one check covers those of every request in between), in a worker thread (the
-  verification releases the GIL, so requests are served meanwhile, on the event loop), and at once
+  few requests: one check covers those of every request in between), off the event loop: by
+  `verify` when given (paid mode's hold process, `hold_process.py`: another process, as the
+  verification holds the GIL for its whole ~70-300 us and would stall the requests of a thread of
+  this one), else in a worker thread; and at once
   on the request's path whenever a request needs it, i.e. would not fit the window with the
   receipt accepted so far. A receipt that does not verify is
   refused then, and on sight when it comes again. The window only ever counts checked receipts,
@@ -47,7 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -136,7 +138,7 @@ class CreditLine:
     """The last receipt header whose signature did not verify: refused on sight."""
     checking: asyncio.TimerHandle | None = None
     verifying: asyncio.Future | None = None
-    """The background check of a pending receipt, in the worker thread."""
+    """The background check of a pending receipt, off the event loop."""
     reserving: asyncio.Future | None = None
     refreshing: asyncio.Future | None = None
 
@@ -163,7 +165,8 @@ class CreditMeter:
 
     def __init__(self, source: HoldSource, *, window_units: int, reserve_units: int, cache_seconds: float = 5.0,
                  check_seconds: float = 0.0, provider: str | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 verify: Callable[[str, Receipt], Awaitable[str | None]] | None = None) -> None:
         self.source = source
         self.window_units = window_units
         self.reserve_units = reserve_units
@@ -175,8 +178,11 @@ class CreditMeter:
         """Reservations (Authorize transactions) this server made."""
         self._lines: dict[str, CreditLine] = {}
         self._opening: dict[str, asyncio.Future] = {}
+        self.verify = verify
+        """Where background checks verify a receipt: `verify(client_cert_pem, receipt)` -> None if the
+        certificate's key signed it, else why not; None: in a worker thread of this process."""
         self._verifier: ThreadPoolExecutor | None = None
-        """The one thread background checks verify signatures in (made at the first)."""
+        """The one thread background checks verify signatures in without `verify` (made at the first)."""
 
     async def charge(self, hold_id: str | None, client: str, units: int, receipt: str | None = None) -> Charge:
         """Charge `units` to the hold for `client`, who sent `receipt` (a `streamledger-receipt`
@@ -325,7 +331,7 @@ class CreditMeter:
             self._accept(line, receipt, header)
 
     def _check_later(self, line: CreditLine) -> None:
-        """The timer's check: the newest receipt received verified in the worker thread, off the event loop."""
+        """The timer's check: the newest receipt received verified off the event loop (`verify`, or the worker thread)."""
         line.checking = None
         receipt, header = line.pending, line.pending_header
         if receipt is None or line.verifying is not None:
@@ -335,9 +341,12 @@ class CreditMeter:
         except ReceiptNotSigned as exc:
             self._found_forged(line, receipt, header, exc)
             return
-        if self._verifier is None:
-            self._verifier = ThreadPoolExecutor(1, thread_name_prefix="receipts")
-        line.verifying = asyncio.get_running_loop().run_in_executor(self._verifier, _verifies, key, receipt)
+        if self.verify is not None:
+            line.verifying = asyncio.ensure_future(self.verify(line.hold.client_cert, receipt))
+        else:
+            if self._verifier is None:
+                self._verifier = ThreadPoolExecutor(1, thread_name_prefix="receipts")
+            line.verifying = asyncio.get_running_loop().run_in_executor(self._verifier, _verifies, key, receipt)
         line.verifying.add_done_callback(partial(self._checked, line, receipt, header))
 
     def _checked(self, line: CreditLine, receipt: Receipt, header: str, done: asyncio.Future) -> None:
@@ -489,7 +498,7 @@ class CreditMeter:
 
 
 def _verifies(key: ReceiptKey, receipt: Receipt) -> str | None:
-    """None if `key` signed `receipt`, else why not (run in the worker thread)."""
+    """None if `key` signed `receipt`, else why not (run off the event loop)."""
     try:
         key.verify(receipt)
     except InvalidReceipt as exc:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -43,7 +44,7 @@ from services.inference.record_sink import RecordSink
 from services.inference.records import PREDICTION, USAGE
 from services.inference.settings import InferenceSettings
 from services.inference.tensors import InvalidInput, check_requested, split_head
-from streamledger.core.receipts import HOLD_METADATA, RECEIPT_METADATA
+from streamledger.core.receipts import HOLD_METADATA, RECEIPT_METADATA, Receipt
 from streamledger.logging import get_logger
 
 log = get_logger("inference")
@@ -81,12 +82,14 @@ class Metering:
         return identity
 
     @classmethod
-    def of(cls, settings: InferenceSettings, holds: HoldSource, provider: str | None) -> Metering:
-        """Paid mode's metering as the settings say, holds read from `holds` (they must pay `provider`)."""
+    def of(cls, settings: InferenceSettings, holds: HoldSource, provider: str | None,
+           verify: Callable[[str, Receipt], Awaitable[str | None]] | None = None) -> Metering:
+        """Paid mode's metering as the settings say, holds read from `holds` (they must pay `provider`),
+        receipts checked in the background by `verify` (default: a worker thread, see `CreditMeter`)."""
         meter = CreditMeter(holds, window_units=settings.inference_credit_window_units,
                             reserve_units=settings.inference_reserve_units,
                             cache_seconds=settings.inference_hold_cache_seconds,
-                            check_seconds=settings.inference_receipt_check_seconds, provider=provider)
+                            check_seconds=settings.inference_receipt_check_seconds, provider=provider, verify=verify)
         cas = tls.client_cas(settings)
         return cls(meter, cas, Revocations.load(settings.inference_client_crls, cas))
 
@@ -204,9 +207,13 @@ class InferenceServicer:
         metering = self.metering
         certificates = (context.auth_context() or {}).get("x509_pem_cert") or [None]
         client = metering.client(certificates[0])
-        metadata = dict(context.invocation_metadata() or ())
-        return client, await metering.meter.charge(metadata.get(HOLD_METADATA), client, rows,
-                                                   metadata.get(RECEIPT_METADATA))
+        hold = receipt = None
+        for key, value in context.invocation_metadata() or ():  # the last of each, as a dict would keep
+            if key == HOLD_METADATA:
+                hold = value
+            elif key == RECEIPT_METADATA:
+                receipt = value
+        return client, await metering.meter.charge(hold, client, rows, receipt)
 
 
 def _installed_version() -> str:

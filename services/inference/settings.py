@@ -10,6 +10,7 @@ from pydantic import model_validator
 from streamledger import kafka
 from streamledger.kafka import topics
 from streamledger.settings import DEFAULT_MODELS_FILE, CommonSettings
+from streamledger.tls import pair_problem
 
 
 class InferenceSettings(CommonSettings):
@@ -69,10 +70,12 @@ class InferenceSettings(CommonSettings):
     """At shutdown, how long the record writer keeps retrying usage records Kafka has not taken;
     then it logs each in full (`usage_not_recorded`) and exits."""
     inference_tls_cert: Path | None = None
+    """The server's certificate (PEM): paid mode needs it and its key; free mode serves TLS when both are set."""
     inference_tls_key: Path | None = None
     inference_client_cas: dict[str, Path] = {}
     """Paid mode: MSP id -> that organisation's client CA certificate (PEM), as JSON in the
-    environment. A client certificate is accepted only if one of these issued it."""
+    environment. A client certificate is accepted only if one of these issued it. Free mode over TLS:
+    with client CAs it requires a client certificate too (mutual TLS), unmetered."""
     inference_client_crls: dict[str, Path] = {}
     """Paid mode: MSP id -> the certificate revocation list (PEM or DER) its client CA signed, as JSON
     in the environment; a listed certificate is refused (UNAUTHENTICATED). Re-read when the file changes."""
@@ -89,6 +92,11 @@ class InferenceSettings(CommonSettings):
                     "STREAMLEDGER_INFERENCE_TLS_KEY and STREAMLEDGER_INFERENCE_CLIENT_CAS "
                     f"(missing: {', '.join(missing + ([] if self.inference_client_cas else ['inference_client_cas']))})"
                 )
+        elif problem := pair_problem(self.inference_tls_cert, self.inference_tls_key, "STREAMLEDGER_INFERENCE_TLS"):
+            raise ValueError(problem)
+        elif self.inference_client_cas and self.inference_tls_cert is None:
+            raise ValueError("STREAMLEDGER_INFERENCE_CLIENT_CAS in free mode asks for mutual TLS: set "
+                             "STREAMLEDGER_INFERENCE_TLS_CERT and STREAMLEDGER_INFERENCE_TLS_KEY too")
         if self.inference_records_linger_seconds < 0:
             raise ValueError("inference_records_linger_seconds must not be negative")
         for name in ("inference_credit_window_units", "inference_reserve_units"):

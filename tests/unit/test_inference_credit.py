@@ -397,6 +397,29 @@ async def test_a_background_check_verifies_in_a_worker_thread_while_requests_are
     assert (await credit.charge("h", ALICE, 2, receipt(12, 6))).receipt.sequence == 5
 
 
+async def test_background_checks_go_to_the_verifier_given_which_finds_forgeries_too():
+    """Paid mode verifies in its hold process (`verify`): no thread of the server's, same outcome."""
+    checked: list[int] = []
+
+    async def verify(cert: str, r) -> str | None:
+        checked.append(r.sequence)
+        assert cert == ALICE_CERT, "checked against the certificate that froze the hold"
+        try:
+            ReceiptKey(cert).verify(r)
+        except ValueError as exc:
+            return str(exc)
+        return None
+    credit = CreditMeter(FakeLedger(a_hold(amount=10_000)), window_units=100, reserve_units=1000, check_seconds=0.001,
+                          clock=Clock(), verify=verify)
+    await credit.charge("h", ALICE, 5)
+    await credit.charge("h", ALICE, 1, receipt(5, 1))
+    await until(lambda: credit.line("h").receipt is not None)
+    assert credit.line("h").receipt.sequence == 1 and checked == [1] and credit._verifier is None
+    await credit.charge("h", ALICE, 1, receipt(6, 2, signer=MALLORY_KEY))
+    await until(lambda: credit.line("h").forged is not None)
+    assert credit.line("h").receipt.sequence == 1 and checked == [1, 2]
+
+
 async def test_a_forged_receipt_found_out_in_the_worker_thread_is_not_accepted():
     credit = CreditMeter(FakeLedger(a_hold(amount=10_000)), window_units=100, reserve_units=1000, check_seconds=0.001,
                           clock=Clock())

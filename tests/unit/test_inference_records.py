@@ -165,6 +165,9 @@ async def test_keys_keep_their_partition_and_full_batches_are_split():
             by_key.setdefault(key, set()).add(partition)
     assert len(by_key) == 35 and all(len(p) == 1 for p in by_key.values())
     assert len({p for ps in by_key.values() for p in ps}) > 1, "keys spread over the partitions"
+    from aiokafka.partitioner import DefaultPartitioner
+    assert all(ps == {DefaultPartitioner()(key, [0, 1, 2], [0, 1, 2])} for key, ps in by_key.items()), \
+        "each key where the producer's own `send` would put it"
 
 
 async def test_an_invalid_record_is_skipped_and_counted_failed():

@@ -6,6 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from services.inference.settings import InferenceSettings
+from streamledger.lifecycle import StartError
 
 
 @pytest.fixture(autouse=True)
@@ -38,6 +39,21 @@ def test_free_mode_is_a_setting_and_needs_no_tls(monkeypatch) -> None:
     monkeypatch.setenv("STREAMLEDGER_INFERENCE_MODE", "open")
     with pytest.raises(ValidationError, match="inference_mode"):
         InferenceSettings()
+
+
+def test_free_mode_serves_tls_when_given_a_certificate_and_its_key_mutual_with_client_cas(tmp_path, monkeypatch) -> None:
+    from services.inference import tls
+
+    monkeypatch.setenv("STREAMLEDGER_INFERENCE_MODE", "free")
+    assert tls.server_credentials(InferenceSettings()) is None  # plaintext
+    with pytest.raises(ValidationError, match="STREAMLEDGER_INFERENCE_TLS_KEY is missing"):
+        InferenceSettings(inference_tls_cert=tmp_path / "server.pem")
+    with pytest.raises(ValidationError, match="CLIENT_CAS in free mode asks for mutual TLS"):
+        InferenceSettings(inference_client_cas={"Org2MSP": tmp_path / "ca.pem"})
+    files = {"inference_tls_cert": tmp_path / "server.pem", "inference_tls_key": tmp_path / "server.key"}
+    assert InferenceSettings(**files).inference_client_cas == {}  # server TLS only
+    with pytest.raises(StartError, match="STREAMLEDGER_INFERENCE_TLS_KEY: cannot read"):  # the files are read at start
+        tls.server_credentials(InferenceSettings(**files))
 
 
 def test_the_credit_window_and_the_reservation_chunk_are_settings_of_at_least_one(monkeypatch) -> None:

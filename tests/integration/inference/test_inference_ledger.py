@@ -276,7 +276,8 @@ def readme_example() -> str:
 
 @contextlib.contextmanager
 def served_by_the_command(settings: InferenceSettings, tmp_path: Path) -> Iterator[int]:
-    """`streamledger serve inference` in paid mode, as its own ledger identity (`inference`); its port."""
+    """`streamledger serve inference` in paid mode, as its own ledger identity (`inference`); its port, once
+    it serves the snapshot (the ledger vouched for it)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMLEDGER_")}
     env.update(kafka.child_environment(settings))
@@ -297,7 +298,7 @@ def served_by_the_command(settings: InferenceSettings, tmp_path: Path) -> Iterat
                                    env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
-        while "inference_started" not in log.read_text(errors="replace"):
+        while not all(event in log.read_text(errors="replace") for event in ("inference_started", "model_loaded")):
             assert process.poll() is None, f"streamledger serve inference exited:\n{log.read_text()}"
             assert time.monotonic() < deadline, f"streamledger serve inference never started:\n{log.read_text()}"
             time.sleep(0.1)
