@@ -1,6 +1,6 @@
 """`streamledger serve learning`: River models learning online from events.clean.
 
-    events.clean --> EventReader (a child process: fetch, decode) --> LearnerSet.handle_batch (learners.py)
+    events.clean --> EventReader (a child process: fetch, decode) --> LearnerSet.handle_fetched (learners.py)
         Publisher (publisher.py) <-- dead letters, drifts; every N events or T seconds the
         snapshots (then the offsets are committed); models.metrics at a fixed cadence
 
@@ -101,7 +101,7 @@ class Learning(Loop):
                 batch = await self.reader.next(timeout=0.2)
                 if batch:
                     with BATCH.time():
-                        await publisher.publish(learners.handle_batch(batch))
+                        await publisher.publish(learners.handle_fetched([batch]))
                     EVENTS.inc(len(batch))
                 await publisher.write_snapshots(learners.due_snapshots(s.learning_snapshot_every_events,
                                                                        s.learning_snapshot_every_seconds))

@@ -42,14 +42,13 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 from aiokafka import TopicPartition
 
+from services.learning.fetched import Fetched
 from streamledger import child, kafka
 from streamledger.avro import AvroCodec, SchemaRegistry
 from streamledger.child import Child, Hello, Parent
-from streamledger.core.records import Consumed
 
 Partition = tuple[str, int]
 _BUFFER_BYTES = 512 * 1024
@@ -85,7 +84,7 @@ class EventReader:
     """The reader process, seen from the learner.
 
         async with EventReader(bootstrap, {("events.clean", 0): 1200}, 2000, codec) as reader:
-            batch = await reader.next(timeout=0.2)   # [(Consumed, event | Undecodable)], [] if none came
+            batch = await reader.next(timeout=0.2)   # a Fetched run of one partition, None if none came
     """
 
     def __init__(self, bootstrap: str, start: dict[Partition, int | None], max_records: int, codec: AvroCodec,
@@ -123,8 +122,9 @@ class EventReader:
             self._waits.close()
             self._waits = None
 
-    async def next(self, timeout: float) -> list[tuple[Consumed, dict[str, Any] | Undecodable]]:
-        """The next fetched partition batch in offset order, or [] if none arrived within `timeout`.
+    async def next(self, timeout: float) -> Fetched | None:
+        """The next fetched partition batch in offset order (undecodable records as `Undecodable`),
+        or None if none arrived within `timeout`.
 
         Raises `ChildDied` if the reader process ended.
         """
@@ -134,7 +134,7 @@ class EventReader:
         try:
             topic, partition, offsets, keys, values, events, failures = await self._child.receive(timeout)
         except TimeoutError:
-            return []
+            return None
         if len(events) < len(values):  # the reader left the rest of the batch to decode here
             done = len(events)
             rest, rest_failures = decode(self._codec, values[done:])
@@ -142,10 +142,7 @@ class EventReader:
             failures.update({done + index: failure for index, failure in rest_failures.items()})
         for index, (reason, error) in failures.items():
             events[index] = Undecodable(reason, error)
-        count = len(offsets)
-        consumed = map(Consumed, [(topic, partition)] * count, [topic] * count, [partition] * count, offsets, keys,
-                       values)
-        return list(zip(consumed, events))
+        return Fetched(topic, partition, offsets, keys, values, events)
 
 
 # -- the child process ---------------------------------------------------------------------
@@ -214,19 +211,29 @@ class Balance:
 
 
 def decode(codec: AvroCodec, values: list[bytes]) -> tuple[list[dict | None], dict[int, tuple[str, str]]]:
-    """CleanEvents cut to the fields models read, and the decode errors by index (reason, message)."""
+    """CleanEvents cut to the fields models read, and the decode errors by index (reason, message).
+
+    Logical types stay plain (models never read `ts`: no datetime is built), and each distinct
+    list of feature names is interned once and shared by the events that have it, so the pickle
+    carries each name once and the learner's dict lookups find names by identity."""
     intern = sys.intern
-    decoded = codec.decode_many(values, reader="CleanEvent")
+    names: dict[tuple[str, ...], tuple[str, ...]] = {}
+    decoded = codec.decode_many(values, reader="CleanEvent", logical_types=False)
     events: list[dict | None] = []
+    append = events.append
     failures: dict[int, tuple[str, str]] = {}
     for index, event in enumerate(decoded):
-        if isinstance(event, dict):
-            events.append({"event_id": event["event_id"], "tenant": intern(event["tenant"]),
-                           "source": intern(event["source"]),
-                           "features": {intern(k): v for k, v in event["features"].items()},
-                           "label": event["label"]})
+        if type(event) is dict:
+            features = event["features"]
+            keys = tuple(features)
+            shared = names.get(keys)
+            if shared is None:
+                shared = names[keys] = tuple(map(intern, keys))
+            append({"event_id": event["event_id"], "tenant": intern(event["tenant"]),
+                    "source": intern(event["source"]), "features": dict(zip(shared, features.values())),
+                    "label": event["label"]})
         else:
-            events.append(None)
+            append(None)
             failures[index] = (getattr(event, "reason", "undecodable"), str(event))
     return events, failures
 
