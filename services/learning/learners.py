@@ -56,6 +56,9 @@ class TrackedModel:
     """The offsets the latest durable snapshot reflects."""
     retry_at: float = 0.0
     """After a failed snapshot write, no new attempt before this time."""
+    writing: int | None = None
+    """While a sealed snapshot is being written: the input records it covers (`unsnapshotted` when
+    sealed; learning goes on meanwhile). None: no snapshot in flight."""
 
     @property
     def model_id(self) -> str:
@@ -221,13 +224,15 @@ class LearnerSet:
         now = self.clock()
         return [
             m for m in self.models.values()
-            if m.unsnapshotted and now >= m.retry_at
+            if m.unsnapshotted and m.writing is None and now >= m.retry_at
             and (m.unsnapshotted >= every_events or now - m.last_snapshot_at >= every_seconds)
         ]
 
     def snapshot(self, tracked: TrackedModel) -> Output:
-        """The next ModelSnapshot of a model; call `snapshot_written` once it is durable."""
+        """The next ModelSnapshot of a model, sealed now; then `snapshot_written` once it is durable, or
+        `snapshot_failed` (the model is not due again until one of them)."""
         sealed = seal(tracked.online.state())
+        tracked.writing = tracked.unsnapshotted
         record = {
             "model_id": tracked.model_id,
             "version": tracked.version + 1,
@@ -243,7 +248,9 @@ class LearnerSet:
 
     def snapshot_written(self, tracked: TrackedModel, record: dict[str, Any]) -> None:
         tracked.version = record["version"]
-        tracked.unsnapshotted = 0
+        # What the model moved past while this snapshot was being written stays due.
+        tracked.unsnapshotted -= tracked.unsnapshotted if tracked.writing is None else tracked.writing
+        tracked.writing = None
         tracked.last_snapshot_at = self.clock()
         tracked.snapshot_offsets = {(o["topic"], o["partition"]): o["offset"] for o in record["offsets"]}
 
@@ -253,6 +260,7 @@ class LearnerSet:
         tracked.version = record["version"]
 
     def snapshot_failed(self, tracked: TrackedModel, backoff_seconds: float) -> None:
+        tracked.writing = None
         tracked.retry_at = self.clock() + backoff_seconds
 
     def committed_offsets(self) -> dict[Partition, int]:
