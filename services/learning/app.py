@@ -105,8 +105,8 @@ class Learning(Loop):
                         await publisher.publish(learners.handle_fetched([batch]))
                     EVENTS.inc(len(batch))
                 # Sealed here, at exactly the offsets learned; registered, published, committed meanwhile.
-                publisher.write_in_background(learners.due_snapshots(s.learning_snapshot_every_events,
-                                                                     s.learning_snapshot_every_seconds))
+                await publisher.write_in_background(learners.due_snapshots(s.learning_snapshot_every_events,
+                                                                           s.learning_snapshot_every_seconds))
                 if time.monotonic() >= next_metrics:
                     next_metrics = time.monotonic() + s.learning_metrics_every_seconds
                     await publisher.publish(learners.metrics_records())

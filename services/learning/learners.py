@@ -52,13 +52,14 @@ class TrackedModel:
     unsnapshotted: int = 0
     """Input records this model has moved past since its last snapshot."""
     last_snapshot_at: float = 0.0
+    """When its latest snapshot was sealed (or the model was loaded)."""
     snapshot_offsets: dict[Partition, int] = field(default_factory=dict)
     """The offsets the latest durable snapshot reflects."""
     retry_at: float = 0.0
     """After a failed snapshot write, no new attempt before this time."""
     writing: int | None = None
     """While a sealed snapshot is being written: the input records it covers (`unsnapshotted` when
-    sealed; learning goes on meanwhile). None: no snapshot in flight."""
+    sealed; learning goes on meanwhile). None: none in flight."""
 
     @property
     def model_id(self) -> str:
@@ -221,18 +222,22 @@ class LearnerSet:
     # -- what to publish -------------------------------------------------------------------
 
     def due_snapshots(self, every_events: int, every_seconds: float) -> list[TrackedModel]:
+        """The models that moved `every_events` input records, or `every_seconds`, since their last
+        snapshot was sealed (a snapshot still being written counts as taken)."""
         now = self.clock()
-        return [
-            m for m in self.models.values()
-            if m.unsnapshotted and m.writing is None and now >= m.retry_at
-            and (m.unsnapshotted >= every_events or now - m.last_snapshot_at >= every_seconds)
-        ]
+        due = []
+        for m in self.models.values():
+            moved = m.unsnapshotted - (m.writing or 0)
+            if moved and now >= m.retry_at and (moved >= every_events or now - m.last_snapshot_at >= every_seconds):
+                due.append(m)
+        return due
 
     def snapshot(self, tracked: TrackedModel) -> Output:
         """The next ModelSnapshot of a model, sealed now; then `snapshot_written` once it is durable, or
         `snapshot_failed` (the model is not due again until one of them)."""
         sealed = seal(tracked.online.state())
         tracked.writing = tracked.unsnapshotted
+        tracked.last_snapshot_at = self.clock()
         record = {
             "model_id": tracked.model_id,
             "version": tracked.version + 1,
@@ -251,7 +256,6 @@ class LearnerSet:
         # What the model moved past while this snapshot was being written stays due.
         tracked.unsnapshotted -= tracked.unsnapshotted if tracked.writing is None else tracked.writing
         tracked.writing = None
-        tracked.last_snapshot_at = self.clock()
         tracked.snapshot_offsets = {(o["topic"], o["partition"]): o["offset"] for o in record["offsets"]}
 
     def snapshot_registered(self, tracked: TrackedModel, record: dict[str, Any]) -> None:

@@ -3,15 +3,16 @@ ledger's model registry (before Kafka), and the group's offsets committed once s
 
     publisher = Publisher(producer, committer, codec, settings, learners, registry)
     await publisher.publish(learners.handle_fetched([batch]))
-    publisher.write_in_background(learners.due_snapshots(every_events, every_seconds))  # learning goes on
+    await publisher.write_in_background(learners.due_snapshots(every_events, every_seconds))  # learning goes on
     await publisher.write_snapshots(learners.due_snapshots(every_events=1, every_seconds=0))  # at stop
 
 A snapshot is sealed (pickled and hashed) at once, so it holds exactly the offsets its model has
 learned; registering it on the ledger, publishing it after that and committing the offsets it
 reflects wait for peers and brokers, so `write_in_background` does them in a task of their own
-while the learner learns on, one such task at a time (a model stays due until its snapshot is
-written; the next snapshot of a model is sealed only after the previous one was written or failed,
-so versions follow one another). A registration that fails is raised by the next call.
+while the learner learns on, one such task at a time: when models are due again before it ended,
+the learner waits for it, so the next snapshot of a model is sealed only after the previous one was
+written or failed (versions follow one another) and at its cadence. A registration that fails is
+raised by the next call.
 """
 
 from __future__ import annotations
@@ -69,15 +70,15 @@ class Publisher:
         """Whether snapshots are being written in the background."""
         return self._writing is not None
 
-    def write_in_background(self, due: list[TrackedModel]) -> None:
+    async def write_in_background(self, due: list[TrackedModel]) -> None:
         """Seal each due model's snapshot now, then register, publish and commit them in a background
-        task while learning goes on; nothing new while a previous task still writes (the models stay
-        due). Raises what made the previous task fail (a registration the ledger refused)."""
-        if self._writing is not None:
-            if not self._writing.done():
-                return
-            done, self._writing = self._writing, None
-            done.result()
+        task while learning goes on. Waits for the previous task only when models are due again
+        before it finished, so every snapshot is sealed at its cadence; raises what made the previous
+        task fail (a registration the ledger refused)."""
+        if self._writing is not None and (due or self._writing.done()):
+            await self.finish_writing()
+            now = self.learners.clock()
+            due = [tracked for tracked in due if now >= tracked.retry_at]  # a failed write backs off
         if due:
             sealed = [(tracked, self.learners.snapshot(tracked)) for tracked in due]
             self._writing = asyncio.create_task(self._write_sealed(sealed), name="learning snapshots")
