@@ -167,8 +167,9 @@ class LearnerSet:
 
     def _feed_many(self, tracked: TrackedModel, records: list[tuple[Fetched, int]]) -> list[Output]:
         declaration = tracked.online.declaration
-        taken = [(run, i, run.events[i]) for run, i in records
-                 if declaration.takes(run.events[i]["tenant"], run.events[i]["source"])]
+        taken = [(run, i, run.events[i]) for run, i in records]
+        if not declaration.tenant == declaration.source == "*":
+            taken = [(run, i, e) for run, i, e in taken if declaration.takes(e["tenant"], e["source"])]
         # The ref lets a batch learned later (after more fetches) dead-letter by source position.
         events = [(e["features"], e["label"], (run.topic, run.partition, run.offsets[i], e["event_id"]))
                   for run, i, e in taken]

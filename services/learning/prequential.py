@@ -153,10 +153,12 @@ class OnlineModel:
         """
         outcome = Batched(rejected=[None] * len(events), drifts=[], refused=[])
         size = self.declaration.batch_size
+        check_label, check_features = self.task.check_label, self._check_features
+        names = tuple(self.pending[0][0]) if self.pending else None  # the pending batch's feature names
         for index, (x, label, ref) in enumerate(events):
             try:
-                y = self.task.check_label(label)
-                new_features = self._check_features(x)
+                y = check_label(label)
+                new_features = check_features(x)
             except RejectedEvent as exc:
                 outcome.rejected[index] = exc
                 continue
@@ -165,11 +167,15 @@ class OnlineModel:
             if y is None:
                 self.predicted += 1
                 continue
-            if self.pending and tuple(x) != tuple(self.pending[0][0]):
+            if names is None:
+                names = tuple(x)
+            elif tuple(x) != names:
                 self._learn_pending(outcome)
+                names = tuple(x)
             self.pending.append((x, y, ref))
             if len(self.pending) >= size:
                 self._learn_pending(outcome)
+                names = None
         return outcome
 
     def _learn_pending(self, outcome: Batched) -> None:
