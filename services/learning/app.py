@@ -2,7 +2,8 @@
 
     events.clean --> EventReader (a child process: fetch, decode) --> LearnerSet.handle_fetched (learners.py)
         Publisher (publisher.py) <-- dead letters, drifts; every N events or T seconds the
-        snapshots (then the offsets are committed); models.metrics at a fixed cadence
+        snapshots, sealed in the loop and registered, published and committed in a background
+        task while learning goes on; models.metrics at a fixed cadence
 
 At start each model resumes from its newest verified snapshot (`snapshot_topic.resume`: with a
 ledger, `STREAMLEDGER_LEARNING_LEDGER=true` by default, only from snapshots the ledger vouches for,

@@ -65,11 +65,6 @@ class Publisher:
         return await self.producer.send(self.topics[output.record_name], key=key,
                                         value=self.codec.encode(output.record_name, output.record))
 
-    @property
-    def writing(self) -> bool:
-        """Whether snapshots are being written in the background."""
-        return self._writing is not None
-
     async def write_in_background(self, due: list[TrackedModel]) -> None:
         """Seal each due model's snapshot now, then register, publish and commit them in a background
         task while learning goes on. Waits for the previous task only when models are due again

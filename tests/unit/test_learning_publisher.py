@@ -81,7 +81,7 @@ async def test_a_snapshot_is_sealed_at_once_written_in_the_background_and_learni
     learn(learner_set, 0, 100)
     await publisher.write_in_background(learner_set.due_snapshots(every_events=100, every_seconds=3600))
     await settle()
-    assert publisher.writing and calls == ["register m v1", "publish m"]  # registered before published
+    assert tracked.writing == 100 and calls == ["register m v1", "publish m"]  # registered before published
 
     learn(learner_set, 100, 150)  # while Kafka has not acknowledged it
     assert learner_set.due_snapshots(every_events=100, every_seconds=3600) == []  # 50 since it was sealed
