@@ -1,10 +1,12 @@
 """The learning service's input, fetched from Kafka and decoded in a process of its own.
 
-Decoding a CleanEvent costs about as much as River learning from it (~10 µs each here),
-so a single process doing both learns at half of River's own speed. Here a child process
-(`streamledger.child`: `python -m services.learning.reader`) fetches the input partitions from
-the offsets the models need and decodes every record; the learner receives ready-made batches
-and spends its time on the models, while the reader decodes the next batch on the other core.
+Fetching and decoding a CleanEvent costs a good part of what River spends learning from it
+(fastavro alone ~11 µs each here; `SlimReader`, clean_event.py, reads what models use in a
+third of that), so a single process doing both learns well below River's own speed. Here a
+child process (`streamledger.child`: `python -m services.learning.reader`) fetches the input
+partitions from the offsets the models need and decodes every record; the learner receives
+ready-made batches and spends its time on the models, while the reader decodes the next batch
+on the other core.
 
 What crosses the connection is kept to what the learner uses: per fetched partition batch the
 offsets, keys and raw values (the originals of dead letters), and per record either the
@@ -20,7 +22,7 @@ The reader's settings travel as its hello (`ReaderHello`); it says ready once po
 The two processes balance themselves (`Balance`). The learner counts, in a word of
 shared memory, each time it found no batch and had to wait. When the count moved since
 the reader's previous batch, the reader is the slower one and leaves a larger share of
-each batch undecoded, for the learner to decode itself (the same `decode`, so the same
+each batch undecoded, for the learner to decode itself (the same `SlimReader`, so the same
 events);
 when the reader's last send blocked on a full connection, the learner is the slower one and
 the share shrinks. Fast models (mini-batch ones) thus get both cores' decoding, slow ones
@@ -38,13 +40,13 @@ import gc
 import mmap
 import os
 import struct
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from aiokafka import TopicPartition
 
+from services.learning.clean_event import SlimReader
 from services.learning.fetched import Fetched
 from streamledger import child, kafka
 from streamledger.avro import AvroCodec, SchemaRegistry
@@ -92,7 +94,7 @@ class EventReader:
         self._start = start
         self._hello = dict(bootstrap=bootstrap, start=[(t, p, o) for (t, p), o in start.items()],
                            max_records=max_records, log_level=log_level)
-        self._codec = codec
+        self._slim = SlimReader(codec)
         """Decodes the share of each batch the reader leaves to the learner."""
         self._child: Child | None = None
         self._waits: mmap.mmap | None = None
@@ -137,7 +139,7 @@ class EventReader:
             return None
         if len(events) < len(values):  # the reader left the rest of the batch to decode here
             done = len(events)
-            rest, rest_failures = decode(self._codec, values[done:])
+            rest, rest_failures = self._slim.read(values[done:])
             events.extend(rest)
             failures.update({done + index: failure for index, failure in rest_failures.items()})
         for index, (reason, error) in failures.items():
@@ -165,7 +167,7 @@ def relaxed_gc(young: int = 200_000) -> Iterator[None]:
 
 async def serve(hello: ReaderHello, parent: Parent) -> None:
     """The reader process: fetch, decode and send batches until the learner closes the connection."""
-    codec = AvroCodec(SchemaRegistry.from_dir())
+    slim = SlimReader(AvroCodec(SchemaRegistry.from_dir()))
     waits = mmap.mmap(hello.waits_fd, _WAITS.size)
     async with kafka.consumer(hello.bootstrap) as consumer:
         consumer.assign([TopicPartition(topic, partition) for topic, partition, _ in hello.start])
@@ -185,7 +187,7 @@ async def serve(hello: ReaderHello, parent: Parent) -> None:
                 count = _WAITS.unpack_from(waits)[0]
                 waited, seen = count != seen, count
                 share = balance.update(learner_waited=waited, reader_waited=blocked > _BLOCKED)
-                parent.send((*head, *decode(codec, values[:len(values) - round(len(values) * share)])))
+                parent.send((*head, *slim.read(values[:len(values) - round(len(values) * share)])))
                 sent = time.perf_counter()
                 await parent.drain()  # waits while the connection is full: the learner is behind
                 blocked = time.perf_counter() - sent
@@ -208,34 +210,6 @@ class Balance:
         elif reader_waited:
             self.share = max(0.0, self.share - self.STEP)
         return self.share
-
-
-def decode(codec: AvroCodec, values: list[bytes]) -> tuple[list[dict | None], dict[int, tuple[str, str]]]:
-    """CleanEvents cut to the fields models read, and the decode errors by index (reason, message).
-
-    Logical types stay plain (models never read `ts`: no datetime is built), and each distinct
-    list of feature names is interned once and shared by the events that have it, so the pickle
-    carries each name once and the learner's dict lookups find names by identity."""
-    intern = sys.intern
-    names: dict[tuple[str, ...], tuple[str, ...]] = {}
-    decoded = codec.decode_many(values, reader="CleanEvent", logical_types=False)
-    events: list[dict | None] = []
-    append = events.append
-    failures: dict[int, tuple[str, str]] = {}
-    for index, event in enumerate(decoded):
-        if type(event) is dict:
-            features = event["features"]
-            keys = tuple(features)
-            shared = names.get(keys)
-            if shared is None:
-                shared = names[keys] = tuple(map(intern, keys))
-            append({"event_id": event["event_id"], "tenant": intern(event["tenant"]),
-                    "source": intern(event["source"]), "features": dict(zip(shared, features.values())),
-                    "label": event["label"]})
-        else:
-            append(None)
-            failures[index] = (getattr(event, "reason", "undecodable"), str(event))
-    return events, failures
 
 
 if __name__ == "__main__":
