@@ -82,7 +82,7 @@ def test_a_map_written_in_blocks_with_their_sizes_reads_as_the_codec_reads_it():
 
 
 @pytest.mark.parametrize("damage", ["truncated", "trailing", "bad_utf8", "label_branch", "feature_branch",
-                                    "boolean_byte"])
+                                    "boolean_byte", "timestamp"])
 def test_every_damaged_record_gets_the_codecs_verdict(damage):
     value = codec.encode("CleanEvent", dict(clean_event(7), label=True))
     # Its end: feature "c" (branch 2, boolean, 1), the map's end, label (branch 1, boolean, 1),
@@ -93,5 +93,6 @@ def test_every_damaged_record_gets_the_codecs_verdict(damage):
                "bad_utf8": value[:at] + b"\xff" + value[at + 1:],
                "label_branch": value[:-70] + b"\x0a" + value[-69:],
                "feature_branch": value[:-73] + b"\x06" + value[-72:],
-               "boolean_byte": value[:-69] + b"\x07" + value[-68:]}[damage]
+               "boolean_byte": value[:-69] + b"\x07" + value[-68:],
+               "timestamp": codec.encode("CleanEvent", dict(clean_event(7), ts=2**62))}[damage]
     assert fast_slim(damaged) == codec_slim(damaged)
