@@ -1,8 +1,9 @@
 """`streamledger serve learning`: River models learning online from events.clean.
 
-    events.clean --> EventReader (a child process: fetch, decode) --> LearnerSet.handle_batch (learners.py)
+    events.clean --> EventReader (a child process: fetch, decode) --> LearnerSet.handle_fetched (learners.py)
         Publisher (publisher.py) <-- dead letters, drifts; every N events or T seconds the
-        snapshots (then the offsets are committed); models.metrics at a fixed cadence
+        snapshots, sealed in the loop and registered, published and committed in a background
+        task while learning goes on; models.metrics at a fixed cadence
 
 At start each model resumes from its newest verified snapshot (`snapshot_topic.resume`: with a
 ledger, `STREAMLEDGER_LEARNING_LEDGER=true` by default, only from snapshots the ledger vouches for,
@@ -52,6 +53,7 @@ class Learning(Loop):
         self.settings = settings
         self.ledger = ledger  # where the ledger is, when `learning_ledger` is on (default: LedgerSettings())
         self.resources = AsyncExitStack()
+        self.publisher: Publisher | None = None
 
     async def start(self) -> None:
         s, bootstrap, enter = self.settings, self.settings.kafka_bootstrap, self.resources.enter_async_context
@@ -101,16 +103,21 @@ class Learning(Loop):
                 batch = await self.reader.next(timeout=0.2)
                 if batch:
                     with BATCH.time():
-                        await publisher.publish(learners.handle_batch(batch))
+                        await publisher.publish(learners.handle_fetched([batch]))
                     EVENTS.inc(len(batch))
-                await publisher.write_snapshots(learners.due_snapshots(s.learning_snapshot_every_events,
-                                                                       s.learning_snapshot_every_seconds))
+                # Sealed here, at exactly the offsets learned; registered, published, committed meanwhile.
+                await publisher.write_in_background(learners.due_snapshots(s.learning_snapshot_every_events,
+                                                                           s.learning_snapshot_every_seconds))
                 if time.monotonic() >= next_metrics:
                     next_metrics = time.monotonic() + s.learning_metrics_every_seconds
                     await publisher.publish(learners.metrics_records())
+                await asyncio.sleep(0)  # a batch waiting already is taken without a pause: let the writes run
+        await publisher.finish_writing()
         await publisher.write_snapshots(learners.due_snapshots(every_events=1, every_seconds=0))
 
     async def stop(self) -> None:
+        if self.publisher is not None:
+            await self.publisher.close()  # snapshots still in flight after an error: dropped
         await self.resources.aclose()
         log.info("learning_stopped", extra={"positions": {m: t.online.learned for m, t in self.learners.models.items()}})
 

@@ -21,10 +21,12 @@ its `tp` the (topic, partition) pair) and returns the records to publish, as
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from itertools import groupby
 from typing import Any, Callable
 
+from services.learning.fetched import Fetched
 from services.learning.prequential import Drift, OnlineModel, RejectedEvent
 from streamledger.core.models import ModelDeclaration
 from streamledger.core.records import Consumed, dead_letter
@@ -50,10 +52,14 @@ class TrackedModel:
     unsnapshotted: int = 0
     """Input records this model has moved past since its last snapshot."""
     last_snapshot_at: float = 0.0
+    """When its latest snapshot was sealed (or the model was loaded)."""
     snapshot_offsets: dict[Partition, int] = field(default_factory=dict)
     """The offsets the latest durable snapshot reflects."""
     retry_at: float = 0.0
     """After a failed snapshot write, no new attempt before this time."""
+    writing: int | None = None
+    """While a sealed snapshot is being written: the input records it covers (`unsnapshotted` when
+    sealed; learning goes on meanwhile). None: none in flight."""
 
     @property
     def model_id(self) -> str:
@@ -118,55 +124,65 @@ class LearnerSet:
         return self.handle_batch([(consumed, event)])
 
     def handle_batch(self, records: list[tuple[Consumed, dict[str, Any] | Exception]]) -> list[Output]:
-        """Feed fetched records, in offset order, to every model still behind each one.
+        """Feed consumed records, in offset order per partition, to every model still behind each one."""
+        return self.handle_fetched([Fetched.of(list(run)) for _, run in groupby(records, key=lambda r: r[0].tp)])
+
+    def handle_fetched(self, runs: list[Fetched]) -> list[Output]:
+        """Feed fetched runs of records, each from one partition in offset order, to every model
+        still behind each record.
 
         One-at-a-time models take each event as it comes; mini-batch models (`batch_size`
         above 1) collect theirs and learn them after the loop, within this same call, so a
         snapshot always sees every model exactly at the offsets it records. Outputs come
-        per run of records from one partition: its dead letters for undecodable records
-        first, then each model's, in model order.
+        per run: its dead letters for undecodable records first, then each model's, in
+        model order.
         """
         outputs: list[Output] = []
-        collected: dict[str, list[tuple[Consumed, dict[str, Any]]]] = {}
-        for tp, grouped in groupby(records, key=lambda record: record[0].tp):
-            run = list(grouped)
-            starts = [tracked.offsets.get(tp, 0) for tracked in self.models.values()]
-            first = min(starts)
-            undecodable = [(c, e) for c, e in run if isinstance(e, Exception) and c.offset >= first]
-            for consumed, error in undecodable:
-                outputs.append(self._dead_letter(consumed, getattr(error, "reason", "undecodable"), str(error)))
-            for tracked, start in zip(self.models.values(), starts):
-                mine = run if run[0][0].offset >= start else [(c, e) for c, e in run if c.offset >= start]
-                if not mine:
+        collected: dict[str, list[tuple[Fetched, int]]] = {}
+        models = list(self.models.values())
+        for run in runs:
+            offsets, events = run.offsets, run.events
+            if not offsets:
+                continue
+            tp = (run.topic, run.partition)
+            begins = [bisect_left(offsets, tracked.offsets.get(tp, 0)) for tracked in models]
+            undecodable = {i for i in range(min(begins), len(events)) if isinstance(events[i], Exception)}
+            for index in sorted(undecodable):
+                error = events[index]
+                outputs.append(self._dead_letter(run.consumed(index), getattr(error, "reason", "undecodable"),
+                                                 str(error)))
+            for tracked, begin in zip(models, begins):
+                if begin == len(offsets):
                     continue
-                events = [(c, e) for c, e in mine if not isinstance(e, Exception)] if undecodable else mine
                 if tracked.online.declaration.batch_size > 1:
-                    collected.setdefault(tracked.model_id, []).extend(events)
+                    collected.setdefault(tracked.model_id, []).extend(
+                        (run, i) for i in range(begin, len(events)) if i not in undecodable)
                 else:
-                    feed = self._feed
-                    for consumed, event in events:
-                        fed = feed(tracked, consumed, event)
-                        if fed:
-                            outputs.extend(fed)
-                tracked.offsets[tp] = mine[-1][0].offset + 1
-                tracked.unsnapshotted += len(mine)
-        for model_id, events in collected.items():
-            outputs.extend(self._feed_many(self.models[model_id], events))
+                    outputs.extend(self._feed(tracked, run, begin, undecodable))
+                tracked.offsets[tp] = offsets[-1] + 1
+                tracked.unsnapshotted += len(offsets) - begin
+        for model_id, taken in collected.items():
+            outputs.extend(self._feed_many(self.models[model_id], taken))
         return outputs
 
-    def _feed_many(self, tracked: TrackedModel, records: list[tuple[Consumed, dict[str, Any]]]) -> list[Output]:
+    def _feed_many(self, tracked: TrackedModel, records: list[tuple[Fetched, int]]) -> list[Output]:
         declaration = tracked.online.declaration
-        taken = [(c, e) for c, e in records if declaration.takes(e["tenant"], e["source"])]
+        taken = [(run, i, run.events[i]) for run, i in records]
+        if not declaration.tenant == declaration.source == "*":
+            taken = [(run, i, e) for run, i, e in taken if declaration.takes(e["tenant"], e["source"])]
         # The ref lets a batch learned later (after more fetches) dead-letter by source position.
-        events = [(e["features"], e["label"], (c.topic, c.partition, c.offset, e["event_id"])) for c, e in taken]
+        events = [(e["features"], e["label"], (run.topic, run.partition, run.offsets[i], e["event_id"]))
+                  for run, i, e in taken]
         try:
             outcome = tracked.online.process_many(events)
         except Exception as exc:  # River failed while learning a batch: report each event, keep going
-            return [self._dead_letter(c, "model_error", f"model {tracked.model_id!r}: {type(exc).__name__}: {exc}",
-                                      e["event_id"]) for c, e in taken]
+            return [self._dead_letter(run.consumed(i), "model_error",
+                                      f"model {tracked.model_id!r}: {type(exc).__name__}: {exc}", e["event_id"])
+                    for run, i, e in taken]
         outputs = [
-            self._dead_letter(consumed, rejection.reason, f"model {tracked.model_id!r}: {rejection}", event["event_id"])
-            for (consumed, event), rejection in zip(taken, outcome.rejected) if rejection is not None
+            self._dead_letter(run.consumed(i), rejection.reason, f"model {tracked.model_id!r}: {rejection}",
+                              event["event_id"])
+            for (run, i, event), rejection in zip(taken, outcome.rejected) if rejection is not None
         ]
         for (topic, partition, offset, event_id), error in outcome.refused:
             # Learned in an earlier fetch: the original bytes are no longer at hand, its position is.
@@ -176,34 +192,53 @@ class LearnerSet:
         outputs.extend(self._metrics(tracked, drift) for drift in outcome.drifts)
         return outputs
 
-    def _feed(self, tracked: TrackedModel, consumed: Consumed, event: dict[str, Any]) -> list[Output]:
+    def _feed(self, tracked: TrackedModel, run: Fetched, begin: int, undecodable: set[int]) -> list[Output]:
+        """Events `begin`.. of `run` to a one-at-a-time model: the hot loop, one River step per event."""
+        outputs: list[Output] = []
         declaration = tracked.online.declaration
-        if not declaration.takes(event["tenant"], event["source"]):
-            return []
-        try:
-            step = tracked.online.process(event["features"], event["label"])
-        except RejectedEvent as exc:
-            return [self._dead_letter(consumed, exc.reason, f"model {tracked.model_id!r}: {exc}", event["event_id"])]
-        except Exception as exc:  # River failed while learning: report it, keep serving the other events
-            return [self._dead_letter(consumed, "model_error",
-                                      f"model {tracked.model_id!r}: {type(exc).__name__}: {exc}", event["event_id"])]
-        if step.drift is None:
-            return []
-        return [self._metrics(tracked, step.drift)]
+        takes = None if declaration.tenant == declaration.source == "*" else declaration.takes
+        process = tracked.online.process
+        events = run.events
+        for index in range(begin, len(events)):
+            if undecodable and index in undecodable:
+                continue
+            event = events[index]
+            if takes is not None and not takes(event["tenant"], event["source"]):
+                continue
+            try:
+                step = process(event["features"], event["label"])
+            except RejectedEvent as exc:
+                outputs.append(self._dead_letter(run.consumed(index), exc.reason,
+                                                 f"model {tracked.model_id!r}: {exc}", event["event_id"]))
+                continue
+            except Exception as exc:  # River failed while learning: report it, keep serving the other events
+                outputs.append(self._dead_letter(run.consumed(index), "model_error",
+                                                 f"model {tracked.model_id!r}: {type(exc).__name__}: {exc}",
+                                                 event["event_id"]))
+                continue
+            if step.drift is not None:
+                outputs.append(self._metrics(tracked, step.drift))
+        return outputs
 
     # -- what to publish -------------------------------------------------------------------
 
     def due_snapshots(self, every_events: int, every_seconds: float) -> list[TrackedModel]:
+        """The models that moved `every_events` input records, or `every_seconds`, since their last
+        snapshot was sealed (a snapshot still being written counts as taken)."""
         now = self.clock()
-        return [
-            m for m in self.models.values()
-            if m.unsnapshotted and now >= m.retry_at
-            and (m.unsnapshotted >= every_events or now - m.last_snapshot_at >= every_seconds)
-        ]
+        due = []
+        for m in self.models.values():
+            moved = m.unsnapshotted - (m.writing or 0)
+            if moved and now >= m.retry_at and (moved >= every_events or now - m.last_snapshot_at >= every_seconds):
+                due.append(m)
+        return due
 
     def snapshot(self, tracked: TrackedModel) -> Output:
-        """The next ModelSnapshot of a model; call `snapshot_written` once it is durable."""
+        """The next ModelSnapshot of a model, sealed now; then `snapshot_written` once it is durable, or
+        `snapshot_failed` (the model is not due again until one of them)."""
         sealed = seal(tracked.online.state())
+        tracked.writing = tracked.unsnapshotted
+        tracked.last_snapshot_at = self.clock()
         record = {
             "model_id": tracked.model_id,
             "version": tracked.version + 1,
@@ -219,8 +254,9 @@ class LearnerSet:
 
     def snapshot_written(self, tracked: TrackedModel, record: dict[str, Any]) -> None:
         tracked.version = record["version"]
-        tracked.unsnapshotted = 0
-        tracked.last_snapshot_at = self.clock()
+        # What the model moved past while this snapshot was being written stays due.
+        tracked.unsnapshotted -= tracked.unsnapshotted if tracked.writing is None else tracked.writing
+        tracked.writing = None
         tracked.snapshot_offsets = {(o["topic"], o["partition"]): o["offset"] for o in record["offsets"]}
 
     def snapshot_registered(self, tracked: TrackedModel, record: dict[str, Any]) -> None:
@@ -229,6 +265,7 @@ class LearnerSet:
         tracked.version = record["version"]
 
     def snapshot_failed(self, tracked: TrackedModel, backoff_seconds: float) -> None:
+        tracked.writing = None
         tracked.retry_at = self.clock() + backoff_seconds
 
     def committed_offsets(self) -> dict[Partition, int]:

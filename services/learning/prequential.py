@@ -105,6 +105,7 @@ class OnlineModel:
         """Each metric, and whether it gets the arg-max label instead of the prediction."""
         self._numbers = {name for name, kind in self.feature_kinds.items() if kind == "number"}
         """Features known to be numbers: the fast path of `_check_features`."""
+        self._task_predict, self._task_learn = self.task.predict, self.task.learn  # bound once: called per event
 
     # -- the prequential step --------------------------------------------------------------
 
@@ -113,7 +114,10 @@ class OnlineModel:
         y = self.task.check_label(label)
         new_features = self._check_features(x)
         try:
-            prediction, label_prediction = self._predict(x)
+            if self._needs_proba:
+                prediction, label_prediction = self._predict(x)
+            else:  # the common case, without the call and the pair
+                prediction = label_prediction = self._task_predict(self.model, x)
         except (TypeError, ValueError, KeyError, ArithmeticError) as exc:
             raise ModelRefusedEvent(f"features do not fit model {self.declaration.model_id!r}: {type(exc).__name__}: {exc}") from None
         if new_features:
@@ -129,7 +133,11 @@ class OnlineModel:
             if self.task.supervised:
                 drift = self._watch(y, label_prediction)
         try:
-            self._learn(x, y)
+            if self.background is None:  # the common case, inline
+                self._task_learn(self.model, x, y)
+                self.learned += 1
+            else:
+                self._learn(x, y)
         except (TypeError, ValueError, KeyError, ArithmeticError) as exc:
             # Checks above catch the known misfits; River failing mid-learn may leave part of an update.
             raise ModelRefusedEvent(
@@ -153,10 +161,12 @@ class OnlineModel:
         """
         outcome = Batched(rejected=[None] * len(events), drifts=[], refused=[])
         size = self.declaration.batch_size
+        check_label, check_features = self.task.check_label, self._check_features
+        names = tuple(self.pending[0][0]) if self.pending else None  # the pending batch's feature names
         for index, (x, label, ref) in enumerate(events):
             try:
-                y = self.task.check_label(label)
-                new_features = self._check_features(x)
+                y = check_label(label)
+                new_features = check_features(x)
             except RejectedEvent as exc:
                 outcome.rejected[index] = exc
                 continue
@@ -165,11 +175,15 @@ class OnlineModel:
             if y is None:
                 self.predicted += 1
                 continue
-            if self.pending and tuple(x) != tuple(self.pending[0][0]):
+            if names is None:
+                names = tuple(x)
+            elif tuple(x) != names:
                 self._learn_pending(outcome)
+                names = tuple(x)
             self.pending.append((x, y, ref))
             if len(self.pending) >= size:
                 self._learn_pending(outcome)
+                names = None
         return outcome
 
     def _learn_pending(self, outcome: Batched) -> None:

@@ -2,8 +2,17 @@
 ledger's model registry (before Kafka), and the group's offsets committed once snapshots are durable.
 
     publisher = Publisher(producer, committer, codec, settings, learners, registry)
-    await publisher.publish(learners.handle_batch(batch))
-    await publisher.write_snapshots(learners.due_snapshots(every_events, every_seconds))
+    await publisher.publish(learners.handle_fetched([batch]))
+    await publisher.write_in_background(learners.due_snapshots(every_events, every_seconds))  # learning goes on
+    await publisher.write_snapshots(learners.due_snapshots(every_events=1, every_seconds=0))  # at stop
+
+A snapshot is sealed (pickled and hashed) at once, so it holds exactly the offsets its model has
+learned; registering it on the ledger, publishing it after that and committing the offsets it
+reflects wait for peers and brokers, so `write_in_background` does them in a task of their own
+while the learner learns on, one such task at a time: when models are due again before it ended,
+the learner waits for it, so the next snapshot of a model is sealed only after the previous one was
+written or failed (versions follow one another) and at its cadence. A registration that fails is
+raised by the next call.
 """
 
 from __future__ import annotations
@@ -37,6 +46,8 @@ class Publisher:
         self.learners = learners
         self.registry = registry
         self.retry_seconds = settings.learning_snapshot_every_seconds
+        self._writing: asyncio.Task | None = None
+        """The background task writing sealed snapshots, if any."""
         self.topics = {"DeadLetter": settings.learning_deadletter_topic, "ModelMetrics": settings.learning_metrics_topic,
                        "ModelSnapshot": settings.learning_snapshot_topic}
 
@@ -54,15 +65,46 @@ class Publisher:
         return await self.producer.send(self.topics[output.record_name], key=key,
                                         value=self.codec.encode(output.record_name, output.record))
 
-    async def write_snapshots(self, due: list[TrackedModel]) -> None:
-        """Write each due model's snapshot (registering it on the ledger first), then commit the offsets."""
-        for tracked in due:
-            await self._write_snapshot(tracked)
+    async def write_in_background(self, due: list[TrackedModel]) -> None:
+        """Seal each due model's snapshot now, then register, publish and commit them in a background
+        task while learning goes on. Waits for the previous task only when models are due again
+        before it finished, so every snapshot is sealed at its cadence; raises what made the previous
+        task fail (a registration the ledger refused)."""
+        if self._writing is not None and (due or self._writing.done()):
+            await self.finish_writing()
+            now = self.learners.clock()
+            due = [tracked for tracked in due if now >= tracked.retry_at]  # a failed write backs off
         if due:
+            sealed = [(tracked, self.learners.snapshot(tracked)) for tracked in due]
+            self._writing = asyncio.create_task(self._write_sealed(sealed), name="learning snapshots")
+
+    async def finish_writing(self) -> None:
+        """Wait for the snapshots being written in the background; raises what made them fail."""
+        if self._writing is not None:
+            writing, self._writing = self._writing, None
+            await writing
+
+    async def close(self) -> None:
+        """Stop writing in the background (the service is stopping on an error: the snapshots in flight
+        are dropped; the service resumes from the last written ones)."""
+        if self._writing is not None:
+            self._writing.cancel()
+            await asyncio.gather(self._writing, return_exceptions=True)
+            self._writing = None
+
+    async def write_snapshots(self, due: list[TrackedModel]) -> None:
+        """Write each due model's snapshot (registering it on the ledger first), then commit the offsets;
+        after the snapshots being written in the background."""
+        await self.finish_writing()
+        await self._write_sealed([(tracked, self.learners.snapshot(tracked)) for tracked in due])
+
+    async def _write_sealed(self, sealed: list[tuple[TrackedModel, Output]]) -> None:
+        for tracked, snapshot in sealed:
+            await self._write_snapshot(tracked, snapshot)
+        if sealed:
             await self._commit()
 
-    async def _write_snapshot(self, tracked: TrackedModel) -> None:
-        snapshot = self.learners.snapshot(tracked)
+    async def _write_snapshot(self, tracked: TrackedModel, snapshot: Output) -> None:
         record = snapshot.record
         await self.producer.flush()  # dead letters and drifts it moved past are durable first
         if self.registry is not None:

@@ -1,10 +1,12 @@
 """The learning service's input, fetched from Kafka and decoded in a process of its own.
 
-Decoding a CleanEvent costs about as much as River learning from it (~10 µs each here),
-so a single process doing both learns at half of River's own speed. Here a child process
-(`streamledger.child`: `python -m services.learning.reader`) fetches the input partitions from
-the offsets the models need and decodes every record; the learner receives ready-made batches
-and spends its time on the models, while the reader decodes the next batch on the other core.
+Fetching and decoding a CleanEvent costs a good part of what River spends learning from it
+(fastavro alone ~11 µs each here; `SlimReader`, clean_event.py, reads what models use in a
+third of that), so a single process doing both learns well below River's own speed. Here a
+child process (`streamledger.child`: `python -m services.learning.reader`) fetches the input
+partitions from the offsets the models need and decodes every record; the learner receives
+ready-made batches and spends its time on the models, while the reader decodes the next batch
+on the other core.
 
 What crosses the connection is kept to what the learner uses: per fetched partition batch the
 offsets, keys and raw values (the originals of dead letters), and per record either the
@@ -20,7 +22,7 @@ The reader's settings travel as its hello (`ReaderHello`); it says ready once po
 The two processes balance themselves (`Balance`). The learner counts, in a word of
 shared memory, each time it found no batch and had to wait. When the count moved since
 the reader's previous batch, the reader is the slower one and leaves a larger share of
-each batch undecoded, for the learner to decode itself (the same `decode`, so the same
+each batch undecoded, for the learner to decode itself (the same `SlimReader`, so the same
 events);
 when the reader's last send blocked on a full connection, the learner is the slower one and
 the share shrinks. Fast models (mini-batch ones) thus get both cores' decoding, slow ones
@@ -38,18 +40,17 @@ import gc
 import mmap
 import os
 import struct
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 from aiokafka import TopicPartition
 
+from services.learning.clean_event import SlimReader
+from services.learning.fetched import Fetched
 from streamledger import child, kafka
 from streamledger.avro import AvroCodec, SchemaRegistry
 from streamledger.child import Child, Hello, Parent
-from streamledger.core.records import Consumed
 
 Partition = tuple[str, int]
 _BUFFER_BYTES = 512 * 1024
@@ -85,7 +86,7 @@ class EventReader:
     """The reader process, seen from the learner.
 
         async with EventReader(bootstrap, {("events.clean", 0): 1200}, 2000, codec) as reader:
-            batch = await reader.next(timeout=0.2)   # [(Consumed, event | Undecodable)], [] if none came
+            batch = await reader.next(timeout=0.2)   # a Fetched run of one partition, None if none came
     """
 
     def __init__(self, bootstrap: str, start: dict[Partition, int | None], max_records: int, codec: AvroCodec,
@@ -93,7 +94,7 @@ class EventReader:
         self._start = start
         self._hello = dict(bootstrap=bootstrap, start=[(t, p, o) for (t, p), o in start.items()],
                            max_records=max_records, log_level=log_level)
-        self._codec = codec
+        self._slim = SlimReader(codec)
         """Decodes the share of each batch the reader leaves to the learner."""
         self._child: Child | None = None
         self._waits: mmap.mmap | None = None
@@ -123,8 +124,9 @@ class EventReader:
             self._waits.close()
             self._waits = None
 
-    async def next(self, timeout: float) -> list[tuple[Consumed, dict[str, Any] | Undecodable]]:
-        """The next fetched partition batch in offset order, or [] if none arrived within `timeout`.
+    async def next(self, timeout: float) -> Fetched | None:
+        """The next fetched partition batch in offset order (undecodable records as `Undecodable`),
+        or None if none arrived within `timeout`.
 
         Raises `ChildDied` if the reader process ended.
         """
@@ -134,18 +136,15 @@ class EventReader:
         try:
             topic, partition, offsets, keys, values, events, failures = await self._child.receive(timeout)
         except TimeoutError:
-            return []
+            return None
         if len(events) < len(values):  # the reader left the rest of the batch to decode here
             done = len(events)
-            rest, rest_failures = decode(self._codec, values[done:])
+            rest, rest_failures = self._slim.read(values[done:])
             events.extend(rest)
             failures.update({done + index: failure for index, failure in rest_failures.items()})
         for index, (reason, error) in failures.items():
             events[index] = Undecodable(reason, error)
-        count = len(offsets)
-        consumed = map(Consumed, [(topic, partition)] * count, [topic] * count, [partition] * count, offsets, keys,
-                       values)
-        return list(zip(consumed, events))
+        return Fetched(topic, partition, offsets, keys, values, events)
 
 
 # -- the child process ---------------------------------------------------------------------
@@ -168,7 +167,7 @@ def relaxed_gc(young: int = 200_000) -> Iterator[None]:
 
 async def serve(hello: ReaderHello, parent: Parent) -> None:
     """The reader process: fetch, decode and send batches until the learner closes the connection."""
-    codec = AvroCodec(SchemaRegistry.from_dir())
+    slim = SlimReader(AvroCodec(SchemaRegistry.from_dir()))
     waits = mmap.mmap(hello.waits_fd, _WAITS.size)
     async with kafka.consumer(hello.bootstrap) as consumer:
         consumer.assign([TopicPartition(topic, partition) for topic, partition, _ in hello.start])
@@ -188,7 +187,7 @@ async def serve(hello: ReaderHello, parent: Parent) -> None:
                 count = _WAITS.unpack_from(waits)[0]
                 waited, seen = count != seen, count
                 share = balance.update(learner_waited=waited, reader_waited=blocked > _BLOCKED)
-                parent.send((*head, *decode(codec, values[:len(values) - round(len(values) * share)])))
+                parent.send((*head, *slim.read(values[:len(values) - round(len(values) * share)])))
                 sent = time.perf_counter()
                 await parent.drain()  # waits while the connection is full: the learner is behind
                 blocked = time.perf_counter() - sent
@@ -211,24 +210,6 @@ class Balance:
         elif reader_waited:
             self.share = max(0.0, self.share - self.STEP)
         return self.share
-
-
-def decode(codec: AvroCodec, values: list[bytes]) -> tuple[list[dict | None], dict[int, tuple[str, str]]]:
-    """CleanEvents cut to the fields models read, and the decode errors by index (reason, message)."""
-    intern = sys.intern
-    decoded = codec.decode_many(values, reader="CleanEvent")
-    events: list[dict | None] = []
-    failures: dict[int, tuple[str, str]] = {}
-    for index, event in enumerate(decoded):
-        if isinstance(event, dict):
-            events.append({"event_id": event["event_id"], "tenant": intern(event["tenant"]),
-                           "source": intern(event["source"]),
-                           "features": {intern(k): v for k, v in event["features"].items()},
-                           "label": event["label"]})
-        else:
-            events.append(None)
-            failures[index] = (getattr(event, "reason", "undecodable"), str(event))
-    return events, failures
 
 
 if __name__ == "__main__":
