@@ -37,6 +37,7 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,6 +125,9 @@ class Run:
     run: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     port: int = field(default_factory=free_port)
     api_key: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    numbers: Iterator[int] = field(default_factory=itertools.count)
+    """Event numbers, continued from phase to phase: a number used again would be a duplicate
+    event id, which cleaning drops."""
 
     def topic(self, role: str) -> str:
         """Under the table's name (events.raw.bench-e2e-<run>, ...): each service acts as its own
@@ -229,7 +233,7 @@ async def post_at(run: Run, rate: float, seconds: float, batch: int, sampled: di
     """Post events at `rate` per second for `seconds`; (accepted, refused). With `sampled`, the
     first event of every batch is timed: its id -> when its batch was accepted."""
     url, headers = f"http://127.0.0.1:{run.port}/v1/events", {"Authorization": f"Bearer {run.api_key}"}
-    counter, accepted, refused = itertools.count(), 0, 0
+    counter, accepted, refused = run.numbers, 0, 0
     rng = random.Random(run.run)
     started = time.monotonic()
     per_poster = rate / concurrency
@@ -257,7 +261,7 @@ async def post_at(run: Run, rate: float, seconds: float, batch: int, sampled: di
 
 async def clean_offsets(bootstrap: str, topic: str, wanted: dict[str, float], found: dict[str, int],
                         stop: asyncio.Event) -> None:
-    """Find the clean topic offset of each sampled event id."""
+    """Find the clean topic offset of every event id cleaned from now on (`wanted` are the samples)."""
     consumer = kafka.consumer(bootstrap)
     await consumer.start()
     try:
@@ -267,9 +271,9 @@ async def clean_offsets(bootstrap: str, topic: str, wanted: dict[str, float], fo
         while not stop.is_set():
             for messages in (await consumer.getmany(timeout_ms=200, max_records=5000)).values():
                 for message in messages:
-                    event_id = CODEC.decode(message.value)["event_id"]
-                    if event_id in wanted:
-                        found[event_id] = message.offset
+                    # Every id, not only those sampled so far: a clean record can come before the
+                    # HTTP answer that makes its event a sample.
+                    found[CODEC.decode(message.value)["event_id"]] = message.offset
     finally:
         await consumer.stop()
 
@@ -363,7 +367,11 @@ async def latency(args, run: Run, watch: Watch, bootstrap: str) -> None:
     finder = asyncio.create_task(clean_offsets(bootstrap, run.topic("clean"), sampled, found, stop))
     await post_at(run, args.latency_rate, args.latency_seconds, args.batch, sampled)
     deadline = time.monotonic() + args.drain
-    while time.monotonic() < deadline and (len(found) < len(sampled) or watch.anchored <= max(found.values(), default=0)):
+    def sample_offsets() -> list[int]:
+        return [found[event_id] for event_id in sampled if event_id in found]
+
+    while time.monotonic() < deadline and (len(sample_offsets()) < len(sampled)
+                                           or watch.anchored <= max(sample_offsets(), default=0)):
         await asyncio.sleep(0.5)
     stop.set()
     await finder
