@@ -37,8 +37,8 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
