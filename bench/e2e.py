@@ -18,7 +18,10 @@ One run, on topics, consumer groups and a database of its own:
    window (lag that grows means the stage cannot keep up at that rate).
 4. Latency: posting at `--latency-rate`, the bench times sampled events from the HTTP answer
    (accepted) to the moment it sees an anchor covering the event's clean record.
-5. Where the time goes: each service's CPU seconds (from /proc) per 1,000 events it handled.
+5. Where the time goes: each service's CPU seconds (from /proc, its child processes included)
+   per 1,000 events it handled.
+6. Memory: each service's resident memory (with its child processes) once the services are up,
+   after the throughput phase and after the latency phase, so growth shows.
 
 Learning runs the logistic regression alone by default (`--models all` runs every declared
 model: the adaptive random forest learns far below ingest speed, by design of the model).
@@ -163,10 +166,49 @@ class Run:
         }
 
 
+def family(pid: int) -> list[int]:
+    """`pid` and its live descendants (a service's child processes: learning's reader,
+    inference's record writer), from /proc."""
+    pids, i = [pid], 0
+    while i < len(pids):
+        for task in Path(f"/proc/{pids[i]}/task").glob("*"):
+            try:
+                pids.extend(int(child) for child in (task / "children").read_text().split())
+            except OSError:
+                pass
+        i += 1
+    return pids
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process `pid` and its reaped children, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds of process `pid` and its children (live, and reaped), from /proc."""
+    total = 0.0
+    for member in family(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        total += sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def resident_mib(pid: int) -> float:
+    """Resident memory of `pid` and its live children, MiB (VmRSS from /proc)."""
+    total = 0
+    for member in family(pid):
+        try:
+            status = Path(f"/proc/{member}/status").read_text()
+        except OSError:
+            continue
+        total += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+    return total / 1024
+
+
+def record_memory(group: ServiceGroup, when: str, memory: dict[str, list]) -> None:
+    """Each service's resident memory now, appended to `memory` (and `when` to its "_when")."""
+    for name, process in group.processes.items():
+        memory.setdefault(name, []).append(resident_mib(process.pid))
+    memory.setdefault("_when", []).append(when)
 
 
 async def wait_healthy(group: ServiceGroup, port: int, names: list[str], timeout: float = 120.0) -> None:
@@ -310,8 +352,17 @@ async def main(args: argparse.Namespace) -> None:
             async with kafka.admin(bootstrap) as admin:
                 await wait_healthy(group, run.port, [n for n in names if n != "ingestion"])
                 print(f"services up: {', '.join(names)} (logs: {group.log_dir})")
+                memory: dict[str, list] = {}
+                record_memory(group, "up", memory)
                 await throughput(args, run, watch, group, consumer, admin)
+                record_memory(group, "after throughput", memory)
                 await latency(args, run, watch, bootstrap)
+                record_memory(group, "after latency", memory)
+                when = memory.pop("_when")
+                print("resident memory, MiB (each service with its child processes): "
+                      + ", ".join(f"{w}" for w in when))
+                for name, values in memory.items():
+                    print(f"  {name:<10} " + "  ".join(f"{v:>8.0f}" for v in values))
         finally:
             follower.cancel()
             await consumer.stop()
