@@ -13,8 +13,9 @@ downstream stores converge).
 
 The dedup window (`dedup.py`) lives in memory, one entry per event within the window, and
 is kept durable in the compacted changelog topic `<group>-dedup-changelog`, partition for
-partition with the raw topic (`Changelog`). When the group assigns this replica a partition,
-its entries are read back from the changelog before any of its messages is handled; when a
+partition with the raw topic, one record per batch and partition (`Changelog`). When the
+group assigns this replica a partition, its entries are read back from the changelog before
+any of its messages is handled; when a
 partition is revoked, the batch in hand is finished and committed first, then its entries
 are dropped. A message re-read after a crash is recognised by its partition and offset and
 emitted again, not dropped as a duplicate of itself.
@@ -180,10 +181,14 @@ class CleaningService(Loop):
         """Forget entries whose window ended, in each partition's time (their tombstones go to
         the changelog)."""
         self.next_expiry = time.monotonic() + self.settings.cleaning_expire_every_seconds
-        forgotten = sum(self.cleaner.dedup.expire(self.latest_ms[tp], partition=tp.partition)
-                        for tp in self.active if tp in self.latest_ms)
-        if forgotten:
-            EXPIRED.inc(forgotten)
+        window_ms = self.cleaner.dedup.window_ms
+        forgotten = 0
+        for tp in self.active:
+            if tp in self.latest_ms:
+                forgotten += self.cleaner.dedup.expire(self.latest_ms[tp], partition=tp.partition)
+                self.changelog.expire_segments(tp.partition, self.latest_ms[tp] - window_ms)
+        EXPIRED.inc(forgotten)
+        if self.changelog.tombstones:
             await self.send(Outbox(self.producer), {})
 
     async def revoked(self, partitions: set[TopicPartition]) -> None:
@@ -215,22 +220,35 @@ class Rebalance(ConsumerRebalanceListener):
         """Nothing here: the run loop takes the assignment up before its next batch."""
 
 
+SEGMENT_ENTRIES = 5000
+"""Most dedup entries in one changelog record (about 200 KiB)."""
+
+
 def changelog_spec(name: str, partitions: int) -> topics.TopicSpec:
     """The dedup window's changelog: compacted, one partition per raw partition."""
     return topics.TopicSpec(name, partitions=partitions, compacted=True)
 
 
 class Changelog(MutableMapping[str, Entry]):
-    """The dedup window's entries in memory, every change remembered for the changelog topic.
+    """The dedup window's entries in memory, written to the changelog topic in segments.
 
-    An entry `[partition, offset, first-seen ms]` is written to the changelog partition of its
-    raw partition, keyed by the event's scoped id; a forgotten one as a tombstone.
+    The entries a batch adds for one raw partition go to that partition of the changelog as one
+    record, a segment (at most `SEGMENT_ENTRIES` entries): its key is `<partition>:<offset>`,
+    the first raw offset among them, its value the JSON list of `[scoped id, offset, first-seen
+    ms]`. Read back in order, a later entry of an id replaces an earlier one. A segment whose
+    newest entry has left the window is deleted by a tombstone (`expire_segments`): entries
+    forgotten in memory need no record of their own. One record per batch and partition instead
+    of one per event: the changelog costs the service a few records per batch.
     """
 
     def __init__(self, topic: str) -> None:
         self.topic = topic
         self.entries: dict[str, Entry] = {}
-        self.changes: list[tuple[int, str, Entry | None]] = []
+        self.added: dict[int, list[tuple[str, int, int]]] = {}
+        """Per raw partition, the entries added since the last drain."""
+        self.segments: dict[bytes, tuple[int, int]] = {}
+        """The live segments of the partitions held: key -> (raw partition, newest first-seen ms)."""
+        self.tombstones: list[bytes] = []
         self.held: set[int] = set()
         """The raw partitions whose entries are in memory."""
 
@@ -242,11 +260,14 @@ class Changelog(MutableMapping[str, Entry]):
 
     def __setitem__(self, key: str, entry: Entry) -> None:
         self.entries[key] = entry
-        self.changes.append((entry[0], key, entry))
+        partition, offset, first_ms = entry
+        added = self.added.get(partition)
+        if added is None:
+            added = self.added[partition] = []
+        added.append((key, offset, first_ms))
 
     def __delitem__(self, key: str) -> None:
-        entry = self.entries.pop(key)
-        self.changes.append((entry[0], key, None))
+        del self.entries[key]  # its segment goes when all of that segment has left the window
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.entries)
@@ -257,17 +278,35 @@ class Changelog(MutableMapping[str, Entry]):
     def items(self):
         return self.entries.items()
 
-    def drain(self) -> Iterator[tuple[int, bytes, bytes | None]]:
-        """The changes since the last drain, as changelog records (partition, key, value)."""
-        changes, self.changes = self.changes, []
-        for partition, key, entry in changes:
-            yield partition, key.encode(), None if entry is None else b"[%d, %d, %d]" % tuple(entry)  # JSON
+    def drain(self) -> list[tuple[int, bytes, bytes | None]]:
+        """The changelog records (partition, key, value) of what changed since the last drain:
+        the tombstones of expired segments first, then the new segments."""
+        records: list[tuple[int, bytes, bytes | None]] = [
+            (int(key.split(b":", 1)[0]), key, None) for key in self.tombstones]
+        for partition, added in self.added.items():
+            for start in range(0, len(added), SEGMENT_ENTRIES):
+                part = added[start:start + SEGMENT_ENTRIES]
+                key = b"%d:%d" % (partition, part[0][1])
+                self.segments[key] = (partition, max(first_ms for _, _, first_ms in part))
+                records.append((partition, key, json.dumps(part, separators=(",", ":")).encode()))
+        self.added, self.tombstones = {}, []
+        return records
+
+    def expire_segments(self, partition: int, horizon_ms: int) -> int:
+        """Mark for deletion the segments of `partition` whose every entry was first seen before
+        `horizon_ms`; returns how many."""
+        stale = [key for key, (p, newest) in self.segments.items() if p == partition and newest < horizon_ms]
+        for key in stale:
+            del self.segments[key]
+        self.tombstones.extend(stale)
+        return len(stale)
 
     def forget(self, partitions: set[int]) -> None:
         """Drop the entries of raw partitions this replica no longer holds (not a change: the
         changelog keeps them for the replica that takes the partitions over)."""
         if partitions:
             self.entries = {key: entry for key, entry in self.entries.items() if entry[0] not in partitions}
+            self.segments = {key: seg for key, seg in self.segments.items() if seg[0] not in partitions}
         self.held -= partitions
 
     async def load(self, reader: AIOKafkaConsumer, partitions: set[int]) -> int:
@@ -277,18 +316,31 @@ class Changelog(MutableMapping[str, Entry]):
         await reader.seek_to_beginning(*tps)
         end = await reader.end_offsets(tps)
         pending = {tp for tp in tps if end[tp] > 0}
+        live: dict[bytes, tuple[int, list]] = {}  # in the order last written
         while pending:
             for records in (await reader.getmany(*pending, timeout_ms=500)).values():
                 for record in records:
-                    key = record.key.decode()
-                    if record.value is None:
-                        self.entries.pop(key, None)
-                    else:
-                        self.entries[key] = json.loads(record.value)
+                    live.pop(record.key, None)
+                    if record.value is not None:
+                        live[record.key] = (record.partition, record.value)
             pending = {tp for tp in pending if await reader.position(tp) < end[tp]}
         reader.unsubscribe()
+        for key, (partition, value) in live.items():
+            self.apply(key, partition, value)
         self.held |= partitions
         return sum(1 for entry in self.entries.values() if entry[0] in partitions)
+
+    def apply(self, key: bytes, partition: int, value: bytes) -> None:
+        """One segment read back: its entries into memory (replacing older ones of the same ids)."""
+        try:
+            part = json.loads(value)
+            entries = {str(event): [partition, int(offset), int(first_ms)] for event, offset, first_ms in part}
+        except (ValueError, TypeError):
+            log.warning("changelog_record_skipped", extra={"key": key.decode(errors="replace"), "partition": partition})
+            return
+        self.entries.update(entries)
+        if entries:
+            self.segments[key] = (partition, max(entry[2] for entry in entries.values()))
 
 
 class Outbox:

@@ -158,23 +158,43 @@ async def test_records_are_spread_over_partitions_by_key_and_the_same_key_stays_
     assert {next(iter(parts)) for parts in where.values()} == {0, 1, 2}
 
 
-def test_the_changelog_records_each_change_in_its_raw_partition_and_tombstones_what_expires() -> None:
+def test_a_batch_writes_one_segment_per_raw_partition_and_expired_segments_are_tombstoned() -> None:
     log = Changelog("changelog")
     window = DedupWindow(log, window_ms=1_000)
     assert window.observe("k1", partition=2, offset=5, at_ms=100) is Seen.FIRST
-    assert window.observe("k1", partition=2, offset=5, at_ms=100) is Seen.REPLAY  # no change written
+    assert window.observe("k1", partition=2, offset=5, at_ms=100) is Seen.REPLAY  # nothing added
     assert window.observe("k1", partition=2, offset=9, at_ms=200) is Seen.DUPLICATE
-    assert list(log.drain()) == [(2, b"k1", b"[2, 5, 100]")]
-    assert window.expire(now_ms=5_000, partition=2) == 1
-    assert list(log.drain()) == [(2, b"k1", None)]
-    assert list(log.drain()) == []
+    assert window.observe("k2", partition=2, offset=10, at_ms=300) is Seen.FIRST
+    assert window.observe("k3", partition=0, offset=4, at_ms=300) is Seen.FIRST
+    assert log.drain() == [(2, b"2:5", b'[["k1",5,100],["k2",10,300]]'), (0, b"0:4", b'[["k3",4,300]]')]
+    assert log.drain() == []
+    assert window.expire(now_ms=1_200, partition=2) == 1  # k1 has left the window, k2 not yet
+    assert log.expire_segments(2, horizon_ms=1_200 - 1_000) == 0  # its segment holds k2 still
+    assert log.expire_segments(2, horizon_ms=5_000) == 1
+    assert log.drain() == [(2, b"2:5", None)]
+
+
+def test_segments_read_back_in_order_give_the_window_as_it_was() -> None:
+    written = Changelog("changelog")
+    window = DedupWindow(written, window_ms=1_000)
+    window.observe("k1", partition=1, offset=1, at_ms=100)
+    first = written.drain()
+    window.observe("k1", partition=1, offset=7, at_ms=5_000)  # the window had passed: a new first
+    window.observe("k2", partition=1, offset=8, at_ms=5_000)
+    second = written.drain()
+    read = Changelog("changelog")
+    for partition, key, value in first + second:
+        read.apply(key, partition, value)
+    assert dict(read.items()) == {"k1": [1, 7, 5_000], "k2": [1, 8, 5_000]}
+    read.apply(b"1:9", 1, b"not json")  # skipped, and said so
+    assert len(read) == 2
 
 
 def test_forgetting_a_partition_drops_its_entries_without_writing_tombstones() -> None:
     log = Changelog("changelog")
     log["a"], log["b"] = [0, 1, 10], [1, 1, 10]
     log.held = {0, 1}
-    list(log.drain())
+    log.drain()
     log.forget({1})
-    assert dict(log.items()) == {"a": [0, 1, 10]} and log.held == {0}
-    assert list(log.drain()) == []  # the next owner of partition 1 reads its entries from the changelog
+    assert dict(log.items()) == {"a": [0, 1, 10]} and log.held == {0} and set(log.segments) == {b"0:1"}
+    assert log.drain() == []  # the next owner of partition 1 reads its entries from the changelog
