@@ -122,7 +122,7 @@ class CleaningService(Loop):
             return
         self.changelog.forget(gone)
         started = time.monotonic()
-        entries = await self.changelog.load(self.reader, new) if new else 0
+        entries = await self.changelog.load(self.reader, self.settings.kafka_bootstrap, new) if new else 0
         log.info("partitions_held", extra={"partitions": sorted(numbers), "loaded": sorted(new), "forgotten": sorted(gone),
                                            "dedup_entries": entries, "seconds": round(time.monotonic() - started, 3)})
 
@@ -178,8 +178,8 @@ class CleaningService(Loop):
             await self.in_flight.popleft()
 
     async def expire(self) -> None:
-        """Forget entries whose window ended, in each partition's time (their tombstones go to
-        the changelog)."""
+        """Forget entries whose window ended, in each partition's time, and delete (by tombstone)
+        the changelog segments all of whose entries have."""
         self.next_expiry = time.monotonic() + self.settings.cleaning_expire_every_seconds
         window_ms = self.cleaner.dedup.window_ms
         forgotten = 0
@@ -309,21 +309,14 @@ class Changelog(MutableMapping[str, Entry]):
             self.segments = {key: seg for key, seg in self.segments.items() if seg[0] not in partitions}
         self.held -= partitions
 
-    async def load(self, reader: AIOKafkaConsumer, partitions: set[int]) -> int:
+    async def load(self, reader: AIOKafkaConsumer, bootstrap: str, partitions: set[int]) -> int:
         """Read `partitions` of the changelog to their end into memory; returns the entries now held."""
-        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
-        reader.assign(tps)
-        await reader.seek_to_beginning(*tps)
-        end = await reader.end_offsets(tps)
-        pending = {tp for tp in tps if end[tp] > 0}
-        live: dict[bytes, tuple[int, list]] = {}  # in the order last written
-        while pending:
-            for records in (await reader.getmany(*pending, timeout_ms=500)).values():
-                for record in records:
-                    live.pop(record.key, None)
-                    if record.value is not None:
-                        live[record.key] = (record.partition, record.value)
-            pending = {tp for tp in pending if await reader.position(tp) < end[tp]}
+        live: dict[bytes, tuple[int, bytes]] = {}  # segment key -> its last value, in the order last written
+        async for records in kafka.read_to_end(reader, bootstrap, self.topic, timeout_s=None, partitions=partitions):
+            for record in records:
+                live.pop(record.key, None)
+                if record.value is not None:
+                    live[record.key] = (record.partition, record.value)
         reader.unsubscribe()
         for key, (partition, value) in live.items():
             self.apply(key, partition, value)

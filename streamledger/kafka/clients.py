@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -214,18 +214,22 @@ async def partitions_of(bootstrap: str, topics: list[str], timeout_s: float = 30
 
 
 async def read_to_end(consumer: AIOKafkaConsumer, bootstrap: str, topic: str,
-                      timeout_s: float | None = 30.0,
-                      security: KafkaSecurity | None = None) -> AsyncIterator[list[ConsumerRecord]]:
-    """Assign every partition of `topic` to the started, group-less `consumer` from the beginning,
-    and yield the records in fetched batches until each partition reaches the end offset it had
-    when the call began (`TimeoutError` if that takes longer than `timeout_s`).
+                      timeout_s: float | None = 30.0, security: KafkaSecurity | None = None,
+                      partitions: Iterable[int] | None = None) -> AsyncIterator[list[ConsumerRecord]]:
+    """Assign every partition of `topic` (or only `partitions`) to the started, group-less
+    `consumer` from the beginning, and yield the records in fetched batches until each partition
+    reaches the end offset it had when the call began (`TimeoutError` if that takes longer than
+    `timeout_s`).
 
     The consumer stays assigned where the reading stopped, so a caller can go on following the
     topic live with `getmany`. Tombstones (records without a value) are yielded too.
     """
     loop = asyncio.get_running_loop()
     deadline = None if timeout_s is None else loop.time() + timeout_s
-    tps = [TopicPartition(t, p) for t, p in await partitions_of(bootstrap, [topic], timeout_s or 30.0, security)]
+    if partitions is None:
+        tps = [TopicPartition(t, p) for t, p in await partitions_of(bootstrap, [topic], timeout_s or 30.0, security)]
+    else:
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
     consumer.assign(tps)
     await consumer.seek_to_beginning(*tps)
     end = await consumer.end_offsets(tps)

@@ -68,6 +68,13 @@ def service(in_flight: int = 4) -> CleaningService:
     return cleaning
 
 
+async def one_record(cleaning: CleaningService, key: bytes, value: bytes) -> Outbox:
+    """An outbox of the clean topic holding one record."""
+    outbox = await Outbox.to(cleaning.producer, ["events.clean"])
+    outbox.add("events.clean", key, value)
+    return outbox
+
+
 async def settle() -> None:
     for _ in range(10):
         await asyncio.sleep(0)
@@ -90,10 +97,8 @@ async def test_offsets_are_committed_only_after_outputs_and_dedup_changes_are_ac
 
 async def test_batches_commit_in_order_even_when_a_later_one_is_acknowledged_first() -> None:
     cleaning = service()
-    first, second = await Outbox.to(cleaning.producer, ["events.clean"]), await Outbox.to(cleaning.producer, ["events.clean"])
-    first.add("events.clean", b"e1", b"one")
+    first, second = await one_record(cleaning, b"e1", b"one"), await one_record(cleaning, b"e2", b"two")
     await cleaning.send(first, {RAW: 10})
-    second.add("events.clean", b"e2", b"two")
     await cleaning.send(second, {RAW: 20})
     cleaning.producer.sent[1][3].set_result(object())  # the second batch's acknowledgement comes first
     await settle()
@@ -105,10 +110,8 @@ async def test_batches_commit_in_order_even_when_a_later_one_is_acknowledged_fir
 
 async def test_a_failed_delivery_commits_nothing_from_that_batch_on_and_stops_the_service() -> None:
     cleaning = service(in_flight=1)
-    first, second = await Outbox.to(cleaning.producer, ["events.clean"]), await Outbox.to(cleaning.producer, ["events.clean"])
-    first.add("events.clean", b"e1", b"one")
+    first, second = await one_record(cleaning, b"e1", b"one"), await one_record(cleaning, b"e2", b"two")
     await cleaning.send(first, {RAW: 10})
-    second.add("events.clean", b"e2", b"two")
     cleaning.producer.sent[0][3].set_exception(KafkaTimeoutError("batch expired"))
     with pytest.raises(KafkaTimeoutError):
         await cleaning.send(second, {RAW: 20})  # over the in-flight limit: waits for the first, which failed
@@ -120,10 +123,8 @@ async def test_a_failed_delivery_commits_nothing_from_that_batch_on_and_stops_th
 
 async def test_the_in_flight_limit_holds_the_next_batch_until_the_oldest_is_committed() -> None:
     cleaning = service(in_flight=1)
-    first, second = await Outbox.to(cleaning.producer, ["events.clean"]), await Outbox.to(cleaning.producer, ["events.clean"])
-    first.add("events.clean", b"e1", b"one")
+    first, second = await one_record(cleaning, b"e1", b"one"), await one_record(cleaning, b"e2", b"two")
     await cleaning.send(first, {RAW: 10})
-    second.add("events.clean", b"e2", b"two")
     sending = asyncio.ensure_future(cleaning.send(second, {RAW: 20}))
     await settle()
     assert not sending.done()  # two batches would be in flight
