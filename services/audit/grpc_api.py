@@ -20,9 +20,9 @@ from services.audit.metrics import observe
 from services.audit.ports import InvalidArgument
 from services.audit.trace import DEFAULT_LIMIT
 from streamledger.access import BearerToken, bearer
+from streamledger.listen import grpc_listen_options
 from streamledger.logging import get_logger
 from streamledger.protos import load
-from streamledger.listen import grpc_listen_options
 from streamledger.tls import ServerTls, bind_grpc
 
 audit_pb2, audit_pb2_grpc = load("audit.proto")

@@ -19,9 +19,9 @@ from services.ingestion.intake import IngestResult, Intake
 from services.ingestion.metrics import REQUEST_SECONDS, REQUESTS
 from services.ingestion.settings import IngestionSettings
 from services.ingestion.sink import KafkaUnavailableError
+from streamledger.listen import grpc_listen_options
 from streamledger.logging import get_logger
 from streamledger.protos import load
-from streamledger.listen import grpc_listen_options
 from streamledger.tls import ServerTls, bind_grpc
 
 ingest_pb2, ingest_pb2_grpc = load("ingest.proto")
