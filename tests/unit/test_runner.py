@@ -22,7 +22,11 @@ from devstack.runner import SINGLETONS, ServiceGroup, replica_keys
 from devstack.settings import StackSettings
 from streamledger.http_server import EmbeddedHttpServer
 from streamledger.listen import grpc_listen_options, listening_socket
-from streamledger.settings import LOCAL_KAFKA_BOOTSTRAP, CommonSettings, local_kafka_bootstrap
+from streamledger.settings import (
+    LOCAL_KAFKA_BOOTSTRAP,
+    CommonSettings,
+    local_kafka_bootstrap,
+)
 
 CHILD = ("import json, os, sys, time\n"
          "print(json.dumps({'name': sys.argv[1], 'pid': os.getpid(), 'env': {k: v for k, v in os.environ.items()"
