@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import grpc
 import pytest
@@ -181,3 +182,44 @@ async def test_grpc_and_http_servers_hold_their_ports_unless_shared() -> None:
     finally:
         await two.stop()
         await one.stop()
+
+
+class RecordingGroup:
+    """Stands for `ServiceGroup` in `serve`: records what it was asked to start; its first child
+    has exited at once, so `serve` returns."""
+
+    started: ClassVar[list[tuple[list[str], int]]] = []
+
+    def __init__(self) -> None:
+        self.log_dir = Path("/nonexistent")
+
+    def start(self, names, replicas: int = 1) -> list[str]:
+        RecordingGroup.started.append((list(names), replicas))
+        return [f"{n}-1" for n in names]
+
+    def exited(self) -> dict[str, int]:
+        return {"x-1": 1}
+
+    def log_tail(self, key: str, lines: int = 15) -> str:
+        return ""
+
+    def stop(self, grace: float = 15.0) -> None:
+        pass
+
+
+def test_serve_runs_replicas_through_the_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    import devstack.runner
+    from services.cli import SERVICES, app
+
+    monkeypatch.setattr(devstack.runner, "ServiceGroup", RecordingGroup)
+    RecordingGroup.started = []
+    assert CliRunner().invoke(app, ["serve", "all", "--replicas", "2"]).exit_code == 1  # its child "exited"
+    assert CliRunner().invoke(app, ["serve", "ingestion", "--replicas", "3"]).exit_code == 1
+    assert CliRunner().invoke(app, ["serve", "all"]).exit_code == 1
+    assert RecordingGroup.started == [(devstack.runner.built_services(SERVICES), 2), (["ingestion"], 3),
+                                      (devstack.runner.built_services(SERVICES), 1)]
+    assert CliRunner().invoke(app, ["serve", "nonsense", "--replicas", "2"]).exit_code == 2
+    assert CliRunner().invoke(app, ["serve", "all", "--replicas", "0"]).exit_code == 2
+    assert len(RecordingGroup.started) == 3
