@@ -17,7 +17,8 @@ On Kafka each service connects as its own principal (`User:<name>`, its password
 stack's `kafka-auth/users/<name>.password`), whatever principal the parent uses;
 `kafka_auth_dir` points the children at another local stack's Kafka credentials (a cluster run in
 a home of its own), while everything else (Fabric identities) stays the stack home's. The
-children's bootstrap is what the environment says, else the one that stack recorded (all nodes).
+children's bootstrap is what `env` says, else the parent's `STREAMLEDGER_KAFKA_BOOTSTRAP` (unless
+`kafka_auth_dir` names another stack), else the one the stack recorded: all its nodes.
 
 On the ledger each service acts as its own local identity (`anchoring` and `settlement` for the
 ledger service's two loops, `registry`, `inference`, `audit`, `dashboard`), each granted only
@@ -93,7 +94,8 @@ class ServiceGroup:
     log_dir: Path = field(default_factory=lambda: StackSettings().log_dir)
     kafka_auth_dir: Path | None = None
     """Another local stack's Kafka credentials folder (`<home>/data/kafka-auth`) for the children:
-    its CA, each principal's password file and its recorded bootstrap; None: the local stack's."""
+    its CA, each principal's password file and its recorded bootstrap (the parent's
+    `STREAMLEDGER_KAFKA_BOOTSTRAP` is not passed on; `env` may name one); None: the local stack's."""
     command: Callable[[str], list[str]] = serve_command
     """The argv that runs a service (a test may run a trivial child instead)."""
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
@@ -115,9 +117,12 @@ class ServiceGroup:
         return started
 
     def _environment(self, name: str, shared: bool) -> dict[str, str]:
+        inherited = _without_kafka_identity(os.environ)
+        if self.kafka_auth_dir is not None:  # another stack's Kafka: the parent's bootstrap is not its
+            inherited.pop("STREAMLEDGER_KAFKA_BOOTSTRAP", None)
         replicas = {"STREAMLEDGER_SHARE_PORT": "true"} if shared else {}
-        return {**local_stack_defaults(), **_without_kafka_identity(os.environ),
-                **kafka_identity(name, self.kafka_auth_dir), **replicas, **self.env}
+        return {**local_stack_defaults(), **inherited, **kafka_identity(name, self.kafka_auth_dir), **replicas,
+                **self.env}
 
     def _launch(self, key: str) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)

@@ -112,7 +112,9 @@ def test_kill_waits_for_death_and_restart_runs_the_same_command_into_the_same_lo
     assert set(group.exited()) == {"storage-1", "storage-2"}
 
 
-def test_the_children_can_use_another_stacks_kafka_credentials(group: ServiceGroup, tmp_path: Path) -> None:
+def test_the_children_can_use_another_stacks_kafka_credentials(group: ServiceGroup, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMLEDGER_KAFKA_BOOTSTRAP", "127.0.0.1:9092")  # the parent's: the shared stack
     cluster_auth = tmp_path / "cluster-home" / "data" / "kafka-auth"
     group.kafka_auth_dir = cluster_auth
     group.start(["cleaning"])
