@@ -65,8 +65,8 @@ def up(
         raise typer.Exit(1)
     _show(statuses)
     if settings.kafka_brokers > 1:
-        console.print(f"Kafka clients of this stack default to {settings.kafka_bootstrap} "
-                      f"(recorded in {settings.kafka_auth_dir / 'bootstrap'})", highlight=False)
+        console.print(f"Kafka clients: STREAMLEDGER_KAFKA_BOOTSTRAP={settings.kafka_bootstrap}", highlight=False)
+        console.print(f"(their default, recorded in {settings.kafka_auth_dir / 'bootstrap'})", highlight=False)
     console.print(f"stack up in {time.monotonic() - started:.1f}s")
 
 
