@@ -94,6 +94,20 @@ def stop_nodes(nodes: list[KafkaPart], timeout: float = 30.0, grace: float = 5.0
     return [n.name for n in ran]
 
 
+def record_bootstrap(settings: StackSettings) -> Path:
+    """Write every node's client address (`StackSettings.kafka_bootstrap`) to `bootstrap` in the
+    stack's Kafka credentials folder, where its clients' settings find their default bootstrap
+    (`streamledger.settings.local_kafka_bootstrap`): a service started with `serve` on a
+    three-node stack names all three, so one node down at its start does not stop it."""
+    path = settings.kafka_auth_dir / "bootstrap"
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not path.exists() or path.read_text().strip() != settings.kafka_bootstrap:
+        partial = path.with_name(f"bootstrap.{os.getpid()}")
+        partial.write_text(settings.kafka_bootstrap + "\n")
+        partial.replace(path)  # whole or not at all, for a client reading it meanwhile
+    return path
+
+
 class KafkaPart(Part):
     """One KRaft node: `kafka` when it is the only one, else `kafka-<node id>` of a cluster."""
 
@@ -310,14 +324,16 @@ class KafkaPart(Part):
             return False
 
     def settle(self) -> None:
-        """Secured: create every SCRAM user and exactly the ACL table's rules (when they changed
-        or the storage was formatted anew; once per cluster), then wait until the admin is answered."""
+        """Record the cluster's bootstrap for its clients (`record_bootstrap`). Secured: create every
+        SCRAM user and exactly the ACL table's rules (when they changed or the storage was formatted
+        anew; once per cluster), then wait until the admin is answered."""
         running_secured = "SASL_SSL" in (self.config.read_text() if self.config.exists() else "")
         if running_secured != self.settings.kafka_secure:
             raise InstallError(
                 f"Kafka on 127.0.0.1:{self.port} runs {'with' if running_secured else 'without'} authentication, "
                 f"but STREAMLEDGER_STACK_KAFKA_SECURE is {self.settings.kafka_secure}: restart it to switch "
                 "(`streamledger stack down`, then `streamledger stack up`; the data stays)")
+        record_bootstrap(self.settings)
         if not self.settings.kafka_secure:
             return
         if not self._provisioned():

@@ -66,6 +66,7 @@ def up(
     _show(statuses)
     if settings.kafka_brokers > 1:
         console.print(f"Kafka clients: STREAMLEDGER_KAFKA_BOOTSTRAP={settings.kafka_bootstrap}", highlight=False)
+        console.print(f"(their default, recorded in {settings.kafka_auth_dir / 'bootstrap'})", highlight=False)
     console.print(f"stack up in {time.monotonic() - started:.1f}s")
 
 
@@ -123,14 +124,17 @@ def demo(
 
 
 @app.command()
-def serve(service: str = typer.Argument(..., help=f"one of: {', '.join(SERVICES)}, or all")) -> None:
-    """Run one service (or `all` built ones, as child processes) until Ctrl-C."""
-    if service == "all":
-        _serve_all()
-        return
-    if service not in SERVICES:
+def serve(service: str = typer.Argument(..., help=f"one of: {', '.join(SERVICES)}, or all"),
+          replicas: int = typer.Option(1, "--replicas", min=1,
+                                       help="processes of each service that can have replicas (the dashboard runs "
+                                            "once); they share its ports (SO_REUSEPORT) and consumer groups")) -> None:
+    """Run one service (or `all` built ones, or several replicas, as child processes) until Ctrl-C."""
+    if service != "all" and service not in SERVICES:
         console.print(f"[red]unknown service {service!r}[/]; choose one of: {', '.join(SERVICES)}, all")
         raise typer.Exit(2)
+    if service == "all" or replicas > 1:
+        _serve_group(service, replicas)
+        return
     # On Kafka each service is its own principal (streamledger/kafka/acls.py) unless told otherwise.
     os.environ.setdefault("STREAMLEDGER_KAFKA_SASL_USERNAME", service)
     try:
@@ -143,18 +147,21 @@ def serve(service: str = typer.Argument(..., help=f"one of: {', '.join(SERVICES)
     module.main()
 
 
-def _serve_all() -> None:
+def _serve_group(service: str, replicas: int) -> None:
     from devstack.runner import ServiceGroup, built_services
 
     group = ServiceGroup()
-    names = built_services(SERVICES)
-    group.start(names)
-    console.print(f"running {', '.join(names)}; logs in {group.log_dir}/service-*.log; Ctrl-C stops them")
+    names = built_services(SERVICES if service == "all" else [service])
+    if not names:
+        console.print(f"[red]service {service!r} is not built yet[/] (no services/{service}/app.py)")
+        raise typer.Exit(2)
+    keys = group.start(names, replicas=replicas)
+    console.print(f"running {', '.join(keys)}; logs in {group.log_dir}/service-*.log; Ctrl-C stops them")
     try:
         while not group.exited():
             time.sleep(1)
-        for name, code in group.exited().items():
-            console.print(f"[red]{name} exited with {code}[/]:\n{group.log_tail(name)}")
+        for key, code in group.exited().items():
+            console.print(f"[red]{key} exited with {code}[/]:\n{group.log_tail(key)}")
         raise typer.Exit(1)
     except KeyboardInterrupt:
         pass

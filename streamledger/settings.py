@@ -11,7 +11,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODELS_FILE = Path(str(resources.files("streamledger") / "models.toml"))
@@ -25,9 +25,25 @@ def local_stack_home() -> Path:
 
 
 def local_kafka_auth_dir() -> Path:
-    """The local stack's Kafka credentials: `ca.crt` (the broker's TLS CA) and `users/NAME.password`
-    (one SCRAM password per principal, mode 0600), made by `streamledger stack up`."""
-    return local_stack_home() / "data" / "kafka-auth"
+    """The local stack's Kafka credentials: `ca.crt` (the broker's TLS CA), `users/NAME.password`
+    (one SCRAM password per principal, mode 0600) and `bootstrap` (every node's client address),
+    made by `streamledger stack up`: `STREAMLEDGER_KAFKA_AUTH_DIR`, by default the stack home's
+    `data/kafka-auth` (a test or drill running a Kafka cluster in a home of its own points its
+    services there while their Fabric identities stay the shared stack's)."""
+    return Path(os.environ.get("STREAMLEDGER_KAFKA_AUTH_DIR") or local_stack_home() / "data" / "kafka-auth")
+
+
+LOCAL_KAFKA_BOOTSTRAP = "127.0.0.1:9092"
+
+
+def local_kafka_bootstrap() -> str:
+    """The local stack's Kafka as `stack up` recorded it (`bootstrap` in `local_kafka_auth_dir`: all
+    nodes of a cluster, so a client starting while one is down still finds the others); without
+    that record, one broker on 127.0.0.1:9092."""
+    try:
+        return (local_kafka_auth_dir() / "bootstrap").read_text().strip() or LOCAL_KAFKA_BOOTSTRAP
+    except OSError:  # no local stack here (or not started yet)
+        return LOCAL_KAFKA_BOOTSTRAP
 
 
 LOCAL_PEERS = {"Org1MSP": "127.0.0.1:7051", "Org2MSP": "127.0.0.1:9051"}
@@ -45,8 +61,9 @@ class CommonSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="STREAMLEDGER_", extra="ignore")
 
-    kafka_bootstrap: str = "127.0.0.1:9092"
-    """Kafka bootstrap servers, comma-separated (`host:port,host:port`)."""
+    kafka_bootstrap: str = Field(default_factory=local_kafka_bootstrap)
+    """Kafka bootstrap servers, comma-separated (`host:port,host:port`); default: every node of the
+    local stack's Kafka (`local_kafka_bootstrap`)."""
     kafka_security_protocol: Literal["SASL_SSL", "PLAINTEXT"] = "SASL_SSL"
     """SASL_SSL: TLS to the broker and SCRAM authentication (the local stack's default);
     PLAINTEXT only for a cluster without authentication."""
@@ -70,6 +87,10 @@ class CommonSettings(BaseSettings):
     metrics_host: str = "127.0.0.1"
     """Address the `/metrics` endpoint listens on: loopback unless a scraper elsewhere must reach it
     (in a Kubernetes pod, `0.0.0.0`; the chart sets it)."""
+    share_port: bool = False
+    """Let replicas of this service on one machine listen on the same HTTP and gRPC ports (SO_REUSEPORT:
+    the kernel spreads new connections over them); off, a second process binding a port this one
+    holds fails. `streamledger serve all --replicas N` turns it on for the services it replicates."""
 
 
 class LedgerSettings(CommonSettings):

@@ -58,10 +58,12 @@ class AuditService(Loop):
                 log.error("ledger_unavailable", extra={"error": str(exc),
                                                        "msp_dir": str(self.ledger_settings.msp_dir(IDENTITY))})
             token = BearerToken(s.token())
-            grpc_server, self.grpc_port = build_grpc_server(auditor, token, s.audit_host, s.audit_grpc_port, tls)
+            grpc_server, self.grpc_port = build_grpc_server(auditor, token, s.audit_host, s.audit_grpc_port, tls,
+                                                            s.share_port)
             await grpc_server.start()
             opened.push_async_callback(grpc_server.stop, 5)  # grace: answers in flight land
-            http_server = EmbeddedHttpServer(build_http_app(auditor, token), s.audit_host, s.audit_http_port, tls)
+            http_server = EmbeddedHttpServer(build_http_app(auditor, token), s.audit_host, s.audit_http_port, tls,
+                                             share_port=s.share_port)
             self.http_port = await http_server.start()
             opened.push_async_callback(http_server.stop)
             self._opened = opened.pop_all()

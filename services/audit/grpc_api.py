@@ -20,6 +20,7 @@ from services.audit.metrics import observe
 from services.audit.ports import InvalidArgument
 from services.audit.trace import DEFAULT_LIMIT
 from streamledger.access import BearerToken, bearer
+from streamledger.listen import grpc_listen_options
 from streamledger.logging import get_logger
 from streamledger.protos import load
 from streamledger.tls import ServerTls, bind_grpc
@@ -86,9 +87,10 @@ class AuditServicer(audit_pb2_grpc.AuditServicer):
 
 
 def build_grpc_server(auditor: Auditor, token: BearerToken, host: str, port: int,
-                      tls: ServerTls | None = None) -> tuple[grpc.aio.Server, int]:
-    """The (not yet started) server and the port it bound (`port` 0 picks a free one); TLS only with `tls`."""
-    server = grpc.aio.server()
+                      tls: ServerTls | None = None, share_port: bool = False) -> tuple[grpc.aio.Server, int]:
+    """The (not yet started) server and the port it bound (`port` 0 picks a free one); TLS only with `tls`;
+    `share_port`: replicas on this machine share it (`streamledger.listen`)."""
+    server = grpc.aio.server(options=grpc_listen_options(share_port))
     audit_pb2_grpc.add_AuditServicer_to_server(AuditServicer(auditor, token), server)
     bound = bind_grpc(server, f"{host}:{port}", tls)
     if not bound:

@@ -82,7 +82,7 @@ class Inference(Loop):
             self.sink = await self.resources.enter_async_context(RecordSink(WriterHello.of(s), s.inference_queue_size))
             servicer = InferenceServicer(shelf, self.sink, ready, s.inference_predictions_sample, metering)
             self.server, self.port = protocol.server(servicer, f"{s.inference_host}:{s.inference_port}", credentials,
-                                                     s.inference_max_request_bytes)
+                                                     s.inference_max_request_bytes, s.share_port)
             self.following = asyncio.create_task(follow_snapshots(
                 s.kafka_bootstrap, s.inference_snapshot_topic, AvroCodec(SchemaRegistry.from_dir()), shelf, ready,
                 self.stopping, vouching))

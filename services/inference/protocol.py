@@ -25,6 +25,7 @@ import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from grpc_tools import protoc
 
+from streamledger.listen import grpc_listen_options
 from streamledger.protos import PROTO_DIR
 
 PROTO_FILE = "grpc_predict_v2.proto"
@@ -76,11 +77,13 @@ def add_servicer(server: grpc.aio.Server | grpc.Server, servicer: Any) -> None:
 
 
 def server(servicer: Any, address: str, credentials: grpc.ServerCredentials | None,
-           max_message_bytes: int) -> tuple[grpc.aio.Server, int]:
+           max_message_bytes: int, share_port: bool = False) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server of `servicer` on `address` (TLS with `credentials`, else plaintext) and the port
-    it bound; a larger message than `max_message_bytes` is refused with RESOURCE_EXHAUSTED."""
+    it bound; a larger message than `max_message_bytes` is refused with RESOURCE_EXHAUSTED. The port is
+    this process's alone unless `share_port` (replicas on one machine, see `streamledger.listen`)."""
     bound = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message_bytes),
-                                     ("grpc.max_send_message_length", max_message_bytes)])
+                                     ("grpc.max_send_message_length", max_message_bytes),
+                                     *grpc_listen_options(share_port)])
     add_servicer(bound, servicer)
     port = bound.add_secure_port(address, credentials) if credentials else bound.add_insecure_port(address)
     return bound, port

@@ -112,6 +112,9 @@ class RecordWriter:
         self._partitioner = DefaultPartitioner()
         self._deliveries: set[asyncio.Task] = set()
         self._redeliveries: set[asyncio.Task] = set()
+        self._giving_up = False
+        """Set `stop_seconds` after the end: usage not delivered by then is logged and counted failed,
+        including a batch whose first attempt fails only later (it is not sent again)."""
 
     async def run(self, frames: asyncio.Queue, linger: float, stop_seconds: float = 10.0) -> None:
         """Add each frame from `frames` (None ends), sending a wave `linger` after its first frame;
@@ -137,6 +140,7 @@ class RecordWriter:
         await self.send()
         if self._deliveries:
             await asyncio.wait(set(self._deliveries), timeout=stop_seconds)
+        self._giving_up = True
         for redelivery in list(self._redeliveries):
             redelivery.cancel()  # shutting down: its usage is logged and counted failed
         await asyncio.gather(*self._deliveries)
@@ -197,7 +201,7 @@ class RecordWriter:
                 sent[topic] += count
                 continue
             error = delivery.error or ("cancelled" if future.cancelled() else repr(future.exception()))
-            if topic == self._usage_topic:
+            if topic == self._usage_topic and not self._giving_up:
                 log.warning("usage_not_delivered_yet", extra={"topic": topic, "records": count, "error": error})
                 task = asyncio.create_task(self._redeliver(delivery))
                 self._redeliveries.add(task)
@@ -206,6 +210,9 @@ class RecordWriter:
                 continue
             wave.failed[topic] += count
             log.error("records_not_sent", extra={"topic": topic, "records": count, "error": error})
+            if topic == self._usage_topic:  # shutting down: not sent again
+                for _, value in delivery.records:
+                    log.error("usage_not_recorded", extra={"usage": self._decoded(value)})
         if redeliveries:
             await asyncio.wait([task for _, task in redeliveries])
         for delivery, task in redeliveries:

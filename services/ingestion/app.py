@@ -53,7 +53,7 @@ class IngestionService(Loop):
         self.grpc_server, self.grpc_port = build_grpc_server(intake, s, tls)
         await self.grpc_server.start()
         self.http_server = EmbeddedHttpServer(build_http_app(intake, s), s.ingestion_http_host, s.ingestion_http_port,
-                                              tls)
+                                              tls, share_port=s.share_port)
         self.http_port = await self.http_server.start()
         log.info("listening", extra={"http": f"{s.ingestion_http_host}:{self.http_port}",
                                      "grpc": f"{s.ingestion_http_host}:{self.grpc_port}",

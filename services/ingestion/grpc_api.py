@@ -19,6 +19,7 @@ from services.ingestion.intake import IngestResult, Intake
 from services.ingestion.metrics import REQUEST_SECONDS, REQUESTS
 from services.ingestion.settings import IngestionSettings
 from services.ingestion.sink import KafkaUnavailableError
+from streamledger.listen import grpc_listen_options
 from streamledger.logging import get_logger
 from streamledger.protos import load
 from streamledger.tls import ServerTls, bind_grpc
@@ -117,7 +118,8 @@ def build_grpc_server(intake: Intake, settings: IngestionSettings,
                       tls: ServerTls | None = None) -> tuple[grpc.aio.Server, int]:
     """The (not yet started) server and the port it bound (`ingestion_grpc_port` 0 picks a free one);
     TLS only with `tls`."""
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", settings.ingestion_max_body_bytes)])
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", settings.ingestion_max_body_bytes),
+                                      *grpc_listen_options(settings.share_port)])
     ingest_pb2_grpc.add_IngestionServicer_to_server(IngestionServicer(intake, settings), server)
     port = bind_grpc(server, f"{settings.ingestion_http_host}:{settings.ingestion_grpc_port}", tls)
     return server, port

@@ -96,8 +96,8 @@ class KafkaSecurity:
                 "sasl_plain_username": self.username, "sasl_plain_password": self.password}
 
 
-def local_password_file(username: str) -> Path:
-    return local_kafka_auth_dir() / "users" / f"{username}.password"
+def local_password_file(username: str, auth_dir: Path | None = None) -> Path:
+    return (auth_dir or local_kafka_auth_dir()) / "users" / f"{username}.password"
 
 
 def _read_secret(path: Path, what: str) -> str:
@@ -108,23 +108,31 @@ def _read_secret(path: Path, what: str) -> str:
                                     "_FILE, or run `streamledger stack up` for the local stack") from None
 
 
-def child_environment(settings: CommonSettings | None = None, username: str = "") -> dict[str, str]:
+def child_environment(settings: CommonSettings | None = None, username: str = "",
+                      auth_dir: Path | None = None) -> dict[str, str]:
     """The `STREAMLEDGER_KAFKA_*` variables that make a child process connect as this one does
     (or as `username`, with the local stack's password file): files by absolute path; a password
-    only when the settings hold one and no other user is asked for."""
+    only when the settings hold one and no other user is asked for.
+
+    `auth_dir`: another local stack's Kafka credentials folder (a cluster run in a home of its own):
+    its CA and `username`'s password file, and the child's `STREAMLEDGER_KAFKA_AUTH_DIR`, whatever
+    files the settings name."""
     s = settings or CommonSettings()
     env = {"STREAMLEDGER_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
            "STREAMLEDGER_KAFKA_SECURITY_PROTOCOL": s.kafka_security_protocol}
+    if auth_dir is not None:
+        env["STREAMLEDGER_KAFKA_AUTH_DIR"] = str(auth_dir)
     if s.kafka_security_protocol == "PLAINTEXT":
         return env
     user = username or s.kafka_sasl_username or ADMIN
+    cafile = auth_dir / "ca.crt" if auth_dir is not None else s.kafka_ssl_cafile or local_kafka_auth_dir() / "ca.crt"
     env.update({"STREAMLEDGER_KAFKA_SASL_MECHANISM": s.kafka_sasl_mechanism, "STREAMLEDGER_KAFKA_SASL_USERNAME": user,
-                "STREAMLEDGER_KAFKA_SSL_CAFILE": str(s.kafka_ssl_cafile or local_kafka_auth_dir() / "ca.crt")})
-    if not username and s.kafka_sasl_password.get_secret_value():
+                "STREAMLEDGER_KAFKA_SSL_CAFILE": str(cafile)})
+    if not username and auth_dir is None and s.kafka_sasl_password.get_secret_value():
         env["STREAMLEDGER_KAFKA_SASL_PASSWORD"] = s.kafka_sasl_password.get_secret_value()
     else:
-        env["STREAMLEDGER_KAFKA_SASL_PASSWORD_FILE"] = str(
-            (None if username else s.kafka_sasl_password_file) or local_password_file(user))
+        own_file = None if username or auth_dir is not None else s.kafka_sasl_password_file
+        env["STREAMLEDGER_KAFKA_SASL_PASSWORD_FILE"] = str(own_file or local_password_file(user, auth_dir))
     return env
 
 

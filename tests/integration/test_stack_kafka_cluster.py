@@ -1,9 +1,14 @@
 """A three-node Kafka cluster of the local stack (`stack up --kafka-brokers 3`), run by this module
-on its own home and ports (39092, 39192, 39292; the shared stack's Kafka on 9092 is never
+on its own home and ports (29092, 29192, 29292; the shared stack's Kafka on 9092 is never
 touched) and stopped at its end whatever happens: every topic the project creates gets 3
 replicas and `min.insync.replicas=2`; with one node killed (kill -9) producers and consumers go
-on; with two killed an acks=all producer gets no acknowledgement and the ingestion service answers
-503, and nothing acknowledged is lost once they are back."""
+on; with two killed an acks=all producer gets no acknowledgement, the ingestion service answers
+503, the inference service (paid mode: every call's usage record must reach Kafka) serves only
+as many calls as its record queue holds and then answers UNAVAILABLE, and nothing acknowledged
+(no event, no served call's usage) is lost once they are back.
+
+The inference service runs in this process on holds of a fake of our own `HoldSource` (as
+tests/integration/inference/test_inference_paid.py does): paid mode without Fabric."""
 
 from __future__ import annotations
 
@@ -15,37 +20,63 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
+import tritonclient.grpc.aio as triton
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from tritonclient.utils import InferenceServerException
 
 from devstack import Stack
 from devstack.kafka import KafkaPart, kafka_nodes
 from devstack.settings import StackSettings
+from services.inference.app import Inference
+from services.inference.authorization import Hold
+from services.inference.settings import InferenceSettings
 from services.ingestion.app import IngestionService
 from services.ingestion.auth import hash_key
 from services.ingestion.settings import IngestionSettings
 from streamledger import kafka
+from streamledger.core.receipts import HOLD_METADATA
 from streamledger.kafka import topics
-from streamledger.kafka.clients import KafkaSecurity
+from streamledger.kafka.clients import KafkaSecurity, child_environment
+from tests.integration.inference.support import (
+    MODELS,
+    PHISHING,
+    codec,
+    snapshot_record,
+    train,
+)
+from tests.integration.inference.test_inference_paid import FakeHolds, Issuer
 
 pytestmark = pytest.mark.integration
 
-PORTS = {"STREAMLEDGER_STACK_KAFKA_PORT": "39092", "STREAMLEDGER_STACK_KAFKA_CONTROLLER_PORT": "39093",
-         "STREAMLEDGER_STACK_KAFKA_INTERNAL_PORT": "39094"}
+PORT, CONTROLLER_PORT, INTERNAL_PORT = 29092, 29093, 29094
+"""Below Linux's ephemeral ports (32768-60999): a client still trying a stopped node of an earlier
+cluster (a process orphaned by a killed test) can connect a socket to itself when the port it tries
+is the one the kernel gave it, and then holds the port, so that the node cannot bind it."""
+PORTS = {"STREAMLEDGER_STACK_KAFKA_PORT": str(PORT), "STREAMLEDGER_STACK_KAFKA_CONTROLLER_PORT": str(CONTROLLER_PORT),
+         "STREAMLEDGER_STACK_KAFKA_INTERNAL_PORT": str(INTERNAL_PORT)}
 CLI = str(Path(sys.executable).with_name("streamledger"))
 TOPIC, GROUP = "events.raw.cluster-test", "streamledger-storage-cluster-test"
 TWO_DOWN_TOPIC, INGESTED_TOPIC = f"{TOPIC}-two-down", f"{TOPIC}-ingested"
 API_KEY = "key-cluster-test-0123456789"
+INFERENCE_TOPICS = {"snapshots": f"{topics.SNAPSHOTS}.cluster-test", "usage": f"{topics.USAGE}.cluster-test",
+                    "predictions": f"{topics.PREDICTIONS}.cluster-test"}
+"""Under the table's names: the inference principal reads and writes them."""
+RECORD_QUEUE = 5
+"""The inference service's record queue (`inference_queue_size`): usage records offered and not yet
+delivered; a paid call whose usage would not fit is refused with UNAVAILABLE."""
 
 
 class Cluster:
     def __init__(self, home: Path) -> None:
         self.env = {"STREAMLEDGER_STACK_HOME": str(home), **PORTS}
-        self.settings = StackSettings(home=home, kafka_brokers=3, kafka_port=39092, kafka_controller_port=39093,
-                                      kafka_internal_port=39094, start_timeout=90)
+        self.settings = StackSettings(home=home, kafka_brokers=3, kafka_port=PORT, kafka_controller_port=CONTROLLER_PORT,
+                                      kafka_internal_port=INTERNAL_PORT, start_timeout=90)
         self.nodes = kafka_nodes(self.settings)
         self.stack = Stack(self.settings, say=lambda _msg: None, parts=[n.name for n in self.nodes])
         self.bootstrap = self.settings.kafka_bootstrap
@@ -77,7 +108,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         print(f"three-node cluster up in {time.monotonic() - started:.1f}s")
         # The tests' own topics, made while every node runs (so each gets its three replicas).
         asyncio.run(kafka.provision(cluster.bootstrap, [topics.spec(topics.RAW, name, partitions=3)
-                                                        for name in (TOPIC, TWO_DOWN_TOPIC, INGESTED_TOPIC)],
+                                                        for name in (TOPIC, TWO_DOWN_TOPIC, INGESTED_TOPIC)]
+                                    + [topics.spec(role, INFERENCE_TOPICS[key]) for key, role in
+                                       (("snapshots", topics.SNAPSHOTS), ("usage", topics.USAGE),
+                                        ("predictions", topics.PREDICTIONS))],
                                     security=cluster.security))
         yield cluster
     finally:
@@ -190,6 +224,96 @@ async def ingestion(cluster: Cluster, monkeypatch: pytest.MonkeyPatch):
         yield service
 
 
+@dataclass
+class PaidInference:
+    """The inference service in paid mode and a client of it paying from one (fake) hold."""
+
+    service: Inference
+    client: triton.InferenceServerClient
+    served: list[str] = field(default_factory=list)
+    """Request ids of the calls answered (each must have its usage record on the topic)."""
+    refused: list[str] = field(default_factory=list)
+    """Request ids of the calls refused with UNAVAILABLE (none may have a usage record)."""
+
+    async def call(self) -> str:
+        """One paid call of one row; its status code ("OK", or the gRPC code it was refused with)."""
+        request_id = f"cluster-{len(self.served) + len(self.refused)}"
+        tensors = []
+        for name in sorted(PHISHING[0][0]):
+            tensor = triton.InferInput(name, [1], "FP64")
+            tensor.set_data_from_numpy(np.array([PHISHING[0][0][name]], dtype=np.float64))
+            tensors.append(tensor)
+        try:
+            await self.client.infer("phishing-logreg", tensors, request_id=request_id,
+                                    headers={HOLD_METADATA: "hold-cluster"}, client_timeout=30)
+        except InferenceServerException as exc:
+            assert exc.status() == "StatusCode.UNAVAILABLE", exc
+            assert "usage cannot be recorded right now" in exc.message(), exc.message()
+            self.refused.append(request_id)
+            return "UNAVAILABLE"
+        self.served.append(request_id)
+        return "OK"
+
+
+@pytest.fixture
+async def inference(cluster: Cluster, ingestion: IngestionService, tmp_path: Path,
+                    monkeypatch: pytest.MonkeyPatch):
+    """The inference service, in this process, on the cluster as its own principal, in paid mode with a
+    client's hold (a fake `HoldSource`) and a record queue of RECORD_QUEUE (predictions off)."""
+    models = tmp_path / "models.toml"
+    models.write_text(MODELS)
+    snapshot = snapshot_record("phishing-logreg", 1, train(models, "phishing-logreg", PHISHING[:300]))
+    async with kafka.producer(cluster.bootstrap, security=cluster.security, max_request_size=64 * 1024 * 1024) as out:
+        await out.send_and_wait(INFERENCE_TOPICS["snapshots"], codec.encode("ModelSnapshot", snapshot),
+                                key=b"phishing-logreg")
+    org1, server_ca = Issuer(tmp_path, "ca.org1", "Org1"), Issuer(tmp_path, "ca.server", "Provider")
+    server_cert, server_key, _ = server_ca.issue("localhost", server=True)
+    client_cert, client_key, subject = org1.issue("cluster-client")
+    holds = FakeHolds({"hold-cluster": Hold("hold-cluster", f"Org1MSP::{subject}", expires_at=time.time() + 3600,
+                                            amount=1_000_000, price_per_unit=1, client_cert=client_cert.read_text())})
+    # The service builds its Kafka clients as the environment says when it starts (its record writer
+    # process; its snapshot reader, once its task runs): the cluster's credentials of `inference` and the
+    # bootstrap that stack recorded (all three nodes) until its model is loaded. The ingestion service
+    # beside it goes on acting as itself.
+    with monkeypatch.context() as env:
+        auth_dir = cluster.nodes[0].auth.folder
+        for name, value in child_environment(username="inference", auth_dir=auth_dir).items():
+            env.setenv(name, value)
+        env.delenv("STREAMLEDGER_KAFKA_BOOTSTRAP")
+        settings = InferenceSettings(
+            inference_port=0, inference_host="localhost", inference_models_file=models,
+            inference_snapshot_topic=INFERENCE_TOPICS["snapshots"], inference_usage_topic=INFERENCE_TOPICS["usage"],
+            inference_predictions_topic=INFERENCE_TOPICS["predictions"], inference_predictions_sample=0.0,
+            inference_queue_size=RECORD_QUEUE, inference_mode="paid", inference_snapshot_ledger=False,
+            inference_credit_window_units=10_000, inference_tls_cert=server_cert, inference_tls_key=server_key,
+            inference_client_cas={"Org1MSP": org1.cert_file})
+        assert settings.kafka_bootstrap == cluster.bootstrap, "the default: every node of the cluster"
+        service = Inference(settings, hold_source=holds)
+        await service.__aenter__()
+        client = triton.InferenceServerClient(f"localhost:{service.port}", ssl=True,
+                                              root_certificates=str(server_ca.cert_file),
+                                              private_key=str(client_key), certificate_chain=str(client_cert))
+        try:
+            async with asyncio.timeout(30):  # the snapshot is loaded once its topic is read
+                while not await client.is_model_ready("phishing-logreg"):
+                    await asyncio.sleep(0.05)
+        except BaseException:
+            await client.close()
+            await service.__aexit__(None, None, None)
+            raise
+    try:
+        yield PaidInference(service, client)
+    finally:
+        await client.close()
+        await service.__aexit__(None, None, None)
+
+
+async def usage_request_ids(cluster: Cluster) -> list[str]:
+    """The request id of every usage record on the test's usage topic."""
+    return [codec.decode(value, reader="UsageRecord")["request_id"]
+            for value in await read_all(cluster, INFERENCE_TOPICS["usage"])]
+
+
 class Poster:
     """Posts batches of events to the ingestion service; keeps what it acknowledged."""
 
@@ -216,7 +340,7 @@ class Poster:
 
 
 async def test_with_two_nodes_killed_nothing_is_acknowledged_and_nothing_acknowledged_is_lost(
-        cluster: Cluster, ingestion: IngestionService) -> None:
+        cluster: Cluster, ingestion: IngestionService, inference: PaidInference) -> None:
     first, second, last = cluster.nodes
     if last.process.pid() is not None:  # run alone: the test above leaves the third node killed
         cluster.kill(last)
@@ -228,6 +352,9 @@ async def test_with_two_nodes_killed_nothing_is_acknowledged_and_nothing_acknowl
         acked = list(before)
         for _ in range(5):
             assert await poster.post() == 200
+        assert [await inference.call() for _ in range(3)] == ["OK"] * 3
+        async with asyncio.timeout(30):  # with one node down, usage is delivered
+            await inference.service.sink.drain()
 
         cluster.kill(second)
         killed = time.monotonic()
@@ -237,6 +364,13 @@ async def test_with_two_nodes_killed_nothing_is_acknowledged_and_nothing_acknowl
             await asyncio.gather(*(poster.post() for _ in range(4)))
         print(f"two nodes down: 4 requests answered {poster.statuses[killed_at:]} in {time.monotonic() - killed:.1f}s")
         assert set(poster.statuses[killed_at:]) == {503}
+        # A paid call is served while its usage record fits the record queue (the record writer sends it
+        # again until Kafka has it); then calls are refused, and nothing unmetered is served.
+        async with asyncio.timeout(30):
+            calls = [await inference.call() for _ in range(RECORD_QUEUE + 3)]
+        print(f"two nodes down: paid inference calls {calls}")
+        assert calls == ["OK"] * RECORD_QUEUE + ["UNAVAILABLE"] * 3
+        assert inference.service.sink.pending() == RECORD_QUEUE and inference.service.sink.alive
         done, _ = await asyncio.wait(pending, timeout=1)
         assert not [f for f in done if f.exception() is None], "acknowledged with two of three nodes down"
         assert first.process.pid() is not None
@@ -253,6 +387,13 @@ async def test_with_two_nodes_killed_nothing_is_acknowledged_and_nothing_acknowl
             while await poster.post() != 200:
                 await asyncio.sleep(1)  # honour Retry-After
         print(f"ingestion answers 200 again {time.monotonic() - back:.1f}s after the cluster is back")
+        async with asyncio.timeout(60):  # the record writer's redeliveries get through
+            await inference.service.sink.drain()
+        print(f"inference: usage held during the outage delivered {time.monotonic() - back:.1f}s after the "
+              "cluster is back")
+        assert await inference.call() == "OK"
+        async with asyncio.timeout(30):
+            await inference.service.sink.drain()
 
     read = await read_all(cluster, TWO_DOWN_TOPIC)
     print(f"producer: acknowledged {len(acked)}, read {len(read)} ({len(set(read))} distinct)")
@@ -263,3 +404,9 @@ async def test_with_two_nodes_killed_nothing_is_acknowledged_and_nothing_acknowl
     print(f"ingestion: {poster.statuses.count(200)} x 200, {poster.statuses.count(503)} x 503, "
           f"{len(poster.acknowledged)} events acknowledged, {len(landed)} on the topic")
     assert not poster.acknowledged - landed, "events the ingestion service acknowledged were lost"
+    usage = await usage_request_ids(cluster)
+    print(f"inference: {len(inference.served)} calls served, {len(inference.refused)} refused; {len(usage)} usage "
+          f"records ({len(set(usage))} distinct)")
+    assert not set(inference.served) - set(usage), "usage of served calls was lost"
+    assert not set(inference.refused) & set(usage), "a refused call was metered"
+    assert set(usage) == set(inference.served)

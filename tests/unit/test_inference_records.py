@@ -198,6 +198,34 @@ async def test_at_shutdown_usage_still_undelivered_is_logged_in_full_and_counted
         == [("h7", "r7", 1, 8, "sig7")]
 
 
+class TimingOut(Producer):
+    """A broker that is gone: every delivery fails, the first only `late` seconds after it was sent
+    (the producer's request timeout)."""
+
+    def __init__(self, late: float) -> None:
+        super().__init__()
+        self.late = late
+        self.attempts = 0
+
+    async def send_batch(self, batch: Batch, topic: str, *, partition: int) -> asyncio.Future:
+        self.attempts += 1
+        loop = asyncio.get_running_loop()
+        delivered = loop.create_future()
+        loop.call_later(self.late if self.attempts == 1 else 0, delivered.set_exception, KafkaTimeoutError("gone"))
+        return delivered
+
+
+async def test_usage_whose_first_delivery_fails_after_the_stop_deadline_is_not_sent_again(inference_log):
+    """The writer stops even when a batch's first attempt outlives `stop_seconds` (its server was killed
+    while the brokers were away): that usage is logged and counted failed, not retried for ever."""
+    producer = TimingOut(late=0.5)
+    acks = await write(producer, [(1, [(USAGE, usage(7))])], stop_seconds=0.2)
+    assert acks == [([1], {"usage": (0, 1)})]
+    assert producer.attempts == 1
+    lost = [r.usage for r in inference_log if r.getMessage() == "usage_not_recorded"]
+    assert [(u["hold_id"], u["request_id"]) for u in lost] == [("h7", "r7")]
+
+
 def sent_count(topic: str) -> float:
     return REGISTRY.get_sample_value("streamledger_inference_records_total", {"topic": topic}) or 0.0
 
