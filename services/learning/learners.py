@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import groupby
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from services.learning.fetched import Fetched
 from services.learning.prequential import Drift, OnlineModel, RejectedEvent

@@ -22,12 +22,20 @@ from __future__ import annotations
 from contextlib import AsyncExitStack
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
+from aiokafka.coordinator.assignors.sticky.sticky_assignor import (
+    StickyPartitionAssignor,
+)
 from aiokafka.structs import OffsetAndMetadata
 
 from services.learning.learners import LearnerSet
 from services.learning.settings import LearningSettings
-from services.learning.shards import ShardHolder, ShardMap, decode_positions, encode_positions, slowest
+from services.learning.shards import (
+    ShardHolder,
+    ShardMap,
+    decode_positions,
+    encode_positions,
+    slowest,
+)
 from streamledger import kafka
 from streamledger.logging import get_logger
 

@@ -153,7 +153,7 @@ class ShardHolder:
         async with self.lock:
             try:
                 await self._leave(shards)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - raised by the run loop, not lost in aiokafka's callback
                 self.failed = exc
 
     async def take_up(self) -> list[str]:

@@ -17,14 +17,13 @@ the same snapshot), so this fails when the models are not sharded.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
-from aiokafka import TopicPartition
 from river import datasets
 
 from services.learning.shards import ShardMap
@@ -202,7 +201,7 @@ async def test_two_replicas_learn_each_event_once_per_model_through_a_kill_and_r
         mine = sorted((r for r in records if r["model_id"] == model_id), key=lambda r: r["version"])
         versions = [r["version"] for r in mine]
         assert versions == list(range(1, len(mine) + 1)), f"{model_id}: versions {versions} (two writers?)"
-        for before, after in zip(mine, mine[1:]):
+        for before, after in pairwise(mine):
             learned = source.between(model_source, offsets_of(before), offsets_of(after))
             assert after["events_seen"] - before["events_seen"] == learned, (model_id, after["version"])
         final = mine[-1]

@@ -12,7 +12,14 @@ from services.learning import publisher as publisher_module
 from services.learning.learners import LearnerSet, TrackedModel
 from services.learning.publisher import Publisher
 from services.learning.settings import LearningSettings
-from services.learning.shards import ShardHolder, ShardMap, decode_positions, encode_positions, shard_of, slowest
+from services.learning.shards import (
+    ShardHolder,
+    ShardMap,
+    decode_positions,
+    encode_positions,
+    shard_of,
+    slowest,
+)
 from streamledger.avro import AvroCodec, SchemaRegistry
 from streamledger.core.models import parse_declaration
 from streamledger.core.records import Consumed
