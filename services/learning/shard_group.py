@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.sticky.sticky_assignor import (
     StickyPartitionAssignor,
 )
+from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from services.learning.learners import LearnerSet
@@ -103,17 +104,25 @@ class ShardGroup:
             if len(metadata) > MAX_METADATA:  # too many input partitions to say: no position, still a fence
                 metadata = ""
             offsets[TopicPartition(self.topic, shard)] = OffsetAndMetadata(0, metadata)
-        return await kafka.commit(self.member, offsets)
+        try:
+            return await kafka.commit(self.member, offsets)
+        except KafkaError as exc:  # unsure whether the group still counts this replica: write nothing
+            log.warning("shard_commit_failed", extra={"shards": sorted(shards), "error": repr(exc)})
+            return False
 
     async def commit_slowest(self) -> None:
         """As the holder of shard 0: commit, per input partition, the slowest shard's position under
         the learning group (what every model's snapshot reflects), for the lag display."""
         if self.holder is None or 0 not in self.holder.held:
             return
-        committed = await self.admin.list_consumer_group_offsets(self.group)
-        positions = {tp.partition: decode_positions(om.metadata) for tp, om in committed.items() if tp.topic == self.topic}
-        offsets = slowest(positions, self.shard_map.occupied())
-        await kafka.commit(self.committer, {TopicPartition(t, p): o for (t, p), o in offsets.items()})
+        try:
+            committed = await self.admin.list_consumer_group_offsets(self.group)
+            positions = {tp.partition: decode_positions(om.metadata) for tp, om in committed.items()
+                         if tp.topic == self.topic}
+            offsets = slowest(positions, self.shard_map.occupied())
+            await kafka.commit(self.committer, {TopicPartition(t, p): o for (t, p), o in offsets.items()})
+        except KafkaError as exc:  # only monitoring depends on it: the snapshots hold the truth
+            log.warning("commit_failed", extra={"error": repr(exc)})
 
 
 class _Callbacks(ConsumerRebalanceListener):
