@@ -53,6 +53,7 @@ EVENTS = metrics.counter("learning", "events", "Input records consumed")
 BATCH = metrics.seconds("learning", "batch", "Time to process one fetched batch")
 UNVERIFIED = metrics.gauge("learning", "snapshots_unverified",
                            "1: no ledger vouches for snapshots (STREAMLEDGER_LEARNING_LEDGER=false)")
+HELD = metrics.gauge("learning", "models_held", "Models this replica learns now (those of the shards the group gives it)")
 IDENTITY = "registry"
 """The local ledger identity that registers snapshots (deploy/fabric/identities.yaml): an operator."""
 
@@ -115,7 +116,9 @@ class Learning(Loop):
     async def _take_up(self) -> None:
         """Hold the models of the shards assigned now; the reader restarts from the offsets arriving
         models need, and stops when no model is left (an idle replica fetches nothing)."""
-        if await self.holder.take_up() or (self.reader is not None and not self.learners.models):
+        arrived = await self.holder.take_up()
+        HELD.set(len(self.learners.models))
+        if arrived or (self.reader is not None and not self.learners.models):
             if self.reader is not None:
                 reader, self.reader = self.reader, None
                 await reader.__aexit__(None, None, None)
