@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import Field
+
 from streamledger import kafka
 from streamledger.kafka import topics
 from streamledger.settings import DEFAULT_MODELS_FILE, CommonSettings
@@ -19,14 +21,14 @@ class LearningSettings(CommonSettings):
     """Consumer group the snapshot offsets are committed under (for lag monitoring only: the slowest
     model's, whichever replica holds it). The replicas share the models through the group
     `<this>-shards` on the topic `<this>-shards` (services/learning/shards.py)."""
-    learning_shards: int = 12
+    learning_shards: int = Field(default=12, ge=1)
     """Partitions of the shards topic when this service creates it: model m is learned by the replica
     the group gives shard crc32(m) % shards. Replicas beyond the shards holding models idle. An
     existing topic keeps its count (every replica reads it from the topic, so all agree)."""
-    learning_session_timeout_seconds: float = 30.0
+    learning_session_timeout_seconds: float = Field(default=30.0, gt=0)
     """A replica not heard from for this long leaves the group; its models resume on the others from
     their last snapshots."""
-    learning_rebalance_timeout_seconds: float = 120.0
+    learning_rebalance_timeout_seconds: float = Field(default=120.0, gt=0)
     """How long the group waits for a replica to hand its models over (finish the batch in hand, write
     a final snapshot of each, registered on the ledger) before it gives them to another anyway."""
     learning_snapshot_topic: str = topics.SNAPSHOTS
