@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import groupby
-from typing import Any, Callable
+from typing import Any
 
 from services.learning.fetched import Fetched
 from services.learning.prequential import Drift, OnlineModel, RejectedEvent
@@ -74,13 +75,41 @@ class Refusal:
 
 
 class LearnerSet:
-    """All declared models of one service instance."""
+    """The declared models one service instance holds: all of them, or those of the shards the
+    group gives this replica (`hold`, `drop`; services/learning/shards.py).
 
-    def __init__(self, declarations: list[ModelDeclaration], clock: Callable[[], float] = time.monotonic) -> None:
+    Undecodable records are dead-lettered as the first declared model passes them (they belong to
+    no model), so with the models spread over replicas exactly one replica reports each.
+    """
+
+    def __init__(self, declarations: list[ModelDeclaration], clock: Callable[[], float] = time.monotonic,
+                 holding: Iterable[str] | None = None) -> None:
         self.clock = clock
-        self.models: dict[str, TrackedModel] = {
-            d.model_id: TrackedModel(OnlineModel(d), last_snapshot_at=clock()) for d in declarations
-        }
+        self.declarations = {d.model_id: d for d in declarations}
+        self.reporter = declarations[0].model_id if declarations else None
+        """The model whose passing dead-letters undecodable records."""
+        self.models: dict[str, TrackedModel] = {}
+        """The models held, in declaration order."""
+        self.hold(self.declarations if holding is None else holding)
+
+    # -- which models --------------------------------------------------------------------------
+
+    def hold(self, model_ids: Iterable[str]) -> list[str]:
+        """Hold `model_ids` too (fresh: from the beginning, until `resume`d); returns those not held before."""
+        wanted = set(model_ids)
+        unknown = wanted - set(self.declarations)
+        if unknown:
+            raise KeyError(f"no declared model {', '.join(sorted(unknown))}")
+        new = [m for m in self.declarations if m in wanted and m not in self.models]
+        models = {m: self.models.get(m) or TrackedModel(OnlineModel(self.declarations[m]), last_snapshot_at=self.clock())
+                  for m in self.declarations if m in wanted or m in self.models}
+        self.models = models
+        return new
+
+    def drop(self, model_ids: Iterable[str]) -> None:
+        """Forget `model_ids` (another replica takes them over from their last snapshot)."""
+        for model_id in model_ids:
+            self.models.pop(model_id, None)
 
     # -- restart ---------------------------------------------------------------------------
 
@@ -140,6 +169,9 @@ class LearnerSet:
         outputs: list[Output] = []
         collected: dict[str, list[tuple[Fetched, int]]] = {}
         models = list(self.models.values())
+        if not models:
+            return outputs
+        reporter = self.models.get(self.reporter)
         for run in runs:
             offsets, events = run.offsets, run.events
             if not offsets:
@@ -147,7 +179,8 @@ class LearnerSet:
             tp = (run.topic, run.partition)
             begins = [bisect_left(offsets, tracked.offsets.get(tp, 0)) for tracked in models]
             undecodable = {i for i in range(min(begins), len(events)) if isinstance(events[i], Exception)}
-            for index in sorted(undecodable):
+            reported = len(events) if reporter is None else bisect_left(offsets, reporter.offsets.get(tp, 0))
+            for index in sorted(i for i in undecodable if i >= reported):
                 error = events[index]
                 outputs.append(self._dead_letter(run.consumed(index), getattr(error, "reason", "undecodable"),
                                                  str(error)))
@@ -268,12 +301,15 @@ class LearnerSet:
         tracked.writing = None
         tracked.retry_at = self.clock() + backoff_seconds
 
-    def committed_offsets(self) -> dict[Partition, int]:
-        """Per partition, the offset every model's latest durable snapshot reflects (safe to commit)."""
-        partitions = {tp for m in self.models.values() for tp in m.snapshot_offsets}
+    def committed_offsets(self, model_ids: Iterable[str] | None = None) -> dict[Partition, int]:
+        """Per partition, the offset every model's (or every one of `model_ids` held) latest durable
+        snapshot reflects (safe to commit)."""
+        models = list(self.models.values()) if model_ids is None else \
+            [self.models[m] for m in model_ids if m in self.models]
+        partitions = {tp for m in models for tp in m.snapshot_offsets}
         committed = {}
         for tp in partitions:
-            offsets = [m.snapshot_offsets.get(tp) for m in self.models.values()]
+            offsets = [m.snapshot_offsets.get(tp) for m in models]
             if all(o is not None for o in offsets):
                 committed[tp] = min(offsets)
         return committed

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -34,14 +35,31 @@ log = get_logger("learning")
 DEAD_LETTERS = metrics.counter("learning", "deadletters", "Records sent to the dead letters", ("reason",))
 SNAPSHOTS = metrics.counter("learning", "snapshots", "Model snapshots written", ("model_id",))
 DRIFTS = metrics.counter("learning", "drifts", "Concept drifts detected", ("model_id",))
+FENCED = metrics.counter("learning", "snapshots_fenced",
+                         "Snapshots not written: the group had given the model to another replica")
+
+
+class ShardPositions(Protocol):
+    """The replicas' group, as the publisher sees it (`shard_group.ShardGroup`)."""
+
+    async def fence(self, model_ids: list[str]) -> bool:
+        """Whether this replica still holds the shards of `model_ids` (the group says so)."""
+
+    async def record(self) -> None:
+        """Record what the held models' durable snapshots reflect."""
 
 
 class Publisher:
-    def __init__(self, producer: AIOKafkaProducer, committer: AIOKafkaConsumer, codec: AvroCodec,
-                 settings: LearningSettings, learners: LearnerSet, registry: ModelRegistry | None) -> None:
+    def __init__(self, producer: AIOKafkaProducer, committer: AIOKafkaConsumer | None, codec: AvroCodec,
+                 settings: LearningSettings, learners: LearnerSet, registry: ModelRegistry | None,
+                 shards: ShardPositions | None = None) -> None:
         self.producer = producer
         self.committer = committer
-        """A consumer of the learner's group that never fetches: it commits what snapshots reflect."""
+        """A consumer of the learner's group that never fetches: it commits what snapshots reflect
+        (when no `shards` group records them instead)."""
+        self.shards = shards
+        """With replicas: the group that fences a snapshot write off once this replica lost the
+        model, and records what the snapshots reflect."""
         self.codec = codec
         self.learners = learners
         self.registry = registry
@@ -99,6 +117,14 @@ class Publisher:
         await self._write_sealed([(tracked, self.learners.snapshot(tracked)) for tracked in due])
 
     async def _write_sealed(self, sealed: list[tuple[TrackedModel, Output]]) -> None:
+        if sealed and self.shards is not None and not await self.shards.fence([t.model_id for t, _ in sealed]):
+            # Another replica holds these models now (this one was out of the group): its lineage goes on.
+            for tracked, _ in sealed:
+                self.learners.snapshot_failed(tracked, self.retry_seconds)
+            FENCED.inc(len(sealed))
+            log.warning("snapshots_fenced", extra={"models": [t.model_id for t, _ in sealed],
+                                                   "why": "the group gave their shards to another replica"})
+            return
         for tracked, snapshot in sealed:
             await self._write_snapshot(tracked, snapshot)
         if sealed:
@@ -123,7 +149,11 @@ class Publisher:
         log.info("snapshot_written", extra={k: record[k] for k in ("model_id", "version", "sha256", "events_seen")})
 
     async def _commit(self) -> None:
-        """Commit what every model's snapshot reflects, so the group's lag shows the learner's real position."""
+        """Commit what every model's snapshot reflects, so the group's lag shows the learner's real position
+        (with replicas: record it per shard; `ShardGroup.commit_slowest` commits the slowest)."""
+        if self.shards is not None:
+            await self.shards.record()
+            return
         offsets = {TopicPartition(t, p): o for (t, p), o in self.learners.committed_offsets().items()}
         try:
             await kafka.commit(self.committer, offsets)

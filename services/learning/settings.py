@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import Field
+
 from streamledger import kafka
 from streamledger.kafka import topics
 from streamledger.settings import DEFAULT_MODELS_FILE, CommonSettings
@@ -16,7 +18,19 @@ class LearningSettings(CommonSettings):
     learning_input_topics: list[str] = [topics.CLEAN]
     """Topics of CleanEvents to learn from (a JSON list in the environment)."""
     learning_group_id: str = "streamledger-learning"
-    """Consumer group the snapshot offsets are committed under (for lag monitoring only)."""
+    """Consumer group the snapshot offsets are committed under (for lag monitoring only: the slowest
+    model's, whichever replica holds it). The replicas share the models through the group
+    `<this>-shards` on the topic `<this>-shards` (services/learning/shards.py)."""
+    learning_shards: int = Field(default=12, ge=1)
+    """Partitions of the shards topic when this service creates it: model m is learned by the replica
+    the group gives shard crc32(m) % shards. Replicas beyond the shards holding models idle. An
+    existing topic keeps its count (every replica reads it from the topic, so all agree)."""
+    learning_session_timeout_seconds: float = Field(default=30.0, gt=0)
+    """A replica not heard from for this long leaves the group; its models resume on the others from
+    their last snapshots."""
+    learning_rebalance_timeout_seconds: float = Field(default=120.0, gt=0)
+    """How long the group waits for a replica to hand its models over (finish the batch in hand, write
+    a final snapshot of each, registered on the ledger) before it gives them to another anyway."""
     learning_snapshot_topic: str = topics.SNAPSHOTS
     learning_metrics_topic: str = topics.MODEL_METRICS
     learning_deadletter_topic: str = topics.DEADLETTER
@@ -32,9 +46,16 @@ class LearningSettings(CommonSettings):
     name another; it must hold the operator role). false: no ledger (a machine without Fabric, or a
     test of learning alone); the service then warns at start that its snapshots are unverified."""
 
+    @property
+    def shards_group(self) -> str:
+        """The replicas' group and its topic (under the service's own `streamledger-learning` prefix)."""
+        return f"{self.learning_group_id}-shards"
+
     def topic_specs(self) -> list[kafka.TopicSpec]:
-        """The topics this service reads and writes, as the topic table describes them."""
+        """The topics this service reads and writes, as the topic table describes them, and its shards topic
+        (no records: its partitions are the shards, and the group's commits on them the shards' positions)."""
         return [*(kafka.spec(topics.CLEAN, name) for name in self.learning_input_topics),
                 kafka.spec(topics.MODEL_METRICS, self.learning_metrics_topic),
                 kafka.spec(topics.DEADLETTER, self.learning_deadletter_topic),
-                kafka.spec(topics.SNAPSHOTS, self.learning_snapshot_topic)]
+                kafka.spec(topics.SNAPSHOTS, self.learning_snapshot_topic),
+                kafka.TopicSpec(self.shards_group, partitions=self.learning_shards, compacted=True)]

@@ -21,14 +21,15 @@ REFUSED = metrics.counter("learning", "snapshots_refused", "Snapshots refused at
 
 
 async def resume(learners: LearnerSet, bootstrap: str, topic: str, codec: AvroCodec,
-                 registry: ModelRegistry | None) -> None:
-    """Load each model's newest snapshot that verifies (and, with a registry, that the ledger vouches
-    for: registered with exactly its hash by this service's account); log and count every refused one."""
+                 registry: ModelRegistry | None, model_ids: list[str] | None = None) -> None:
+    """Load each model's (or each of `model_ids`') newest snapshot that verifies (and, with a registry,
+    that the ledger vouches for: registered with exactly its hash by this service's account); log and
+    count every refused one."""
     found, undecodable = await read_snapshots(bootstrap, topic, codec)
     for error in undecodable:
         REFUSED.labels("", error.reason).inc()
         log.error("snapshot_refused", extra={"reason": error.reason, "error": str(error)})
-    for model_id in learners.models:
+    for model_id in learners.models if model_ids is None else model_ids:
         candidates = found.get(model_id, [])
         if registry is not None:
             vouched = []

@@ -156,6 +156,14 @@ def test_an_unknown_kind_fails_validation(validator: Path) -> None:
 
 
 def test_a_singleton_service_refuses_a_second_replica(helm: Path) -> None:
-    result = run([helm, "template", "sl", CHART, "--set", "services.learning.replicas=2"])
+    result = run([helm, "template", "sl", CHART, "--set", "services.ledgerAnchoring.replicas=2"])
     assert result.returncode != 0
-    assert "services.learning.replicas: learning runs as one replica" in result.stderr, result.stderr
+    assert "services.ledgerAnchoring.replicas: ledger-anchoring runs as one replica" in result.stderr, result.stderr
+
+
+def test_learning_runs_as_replicas_that_share_the_models(helm: Path, validator: Path) -> None:
+    manifests = render(helm, "-f", str(VALUE_SETS["minimal"]), "--set", "services.learning.replicas=3")
+    assert validate(validator, manifests).returncode == 0
+    learning = next(doc for doc in manifests.split("\n---\n")
+                    if "kind: Deployment" in doc and "name: sl-streamledger-learning\n" in doc)
+    assert "replicas: 3" in learning and "type: RollingUpdate" in learning, learning

@@ -79,7 +79,6 @@ learning:
   ports: []
   probe: {kind: exec}
   metricsPort: metrics
-  singleton: true
   models: true
   env:
     STREAMLEDGER_LEARNING_LEDGER: {{ $v.learning.ledger | toString | quote }}
