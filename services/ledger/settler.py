@@ -222,6 +222,7 @@ class Settler(ConsumerRebalanceListener):
                 "hint": "holds are settled at expiry; set STREAMLEDGER_LEDGER_SETTLE_MARGIN_SECONDS to the "
                         "peers' peer.authentication.timewindow"})
         self.book.open(terms, consumed.partition, time.time())
+        log.info("hold_opened", extra={"hold_id": hold_id, "partition": consumed.partition, "offset": consumed.offset})
         return True
 
     def _remember(self, hold_id: str, through: int) -> None:

@@ -28,7 +28,16 @@ from services.ledger.settings import LedgerServiceSettings
 from services.ledger.store import PlanTaken
 from streamledger.retry import RetryPolicy
 from tests.unit import test_ledger_settler as settling
-from tests.unit.test_ledger_anchorer import CODEC, OPERATOR, TOPIC, TP, Ledger, Producer, clean_event, message
+from tests.unit.test_ledger_anchorer import (
+    CODEC,
+    OPERATOR,
+    TOPIC,
+    TP,
+    Ledger,
+    Producer,
+    clean_event,
+    message,
+)
 
 
 class Log:

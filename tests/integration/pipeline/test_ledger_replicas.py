@@ -23,6 +23,7 @@ import asyncio
 import json
 import time
 import uuid
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -31,8 +32,25 @@ from streamledger import kafka
 from streamledger.core.merkle import verify_proof
 from streamledger.ledger import LedgerClient
 from tests.integration.conftest import identity
-from tests.integration.pipeline.conftest import ServiceProcess, caught_up, wait_until
-from tests.integration.pipeline.test_ledger_service import CODEC, clean_event, create_topic, read_all
+from tests.integration.pipeline.conftest import (
+    ServiceProcess,
+    acts_for,
+    balance_or_zero,
+    caught_up,
+    wait_until,
+)
+from tests.integration.pipeline.test_ledger_service import (
+    CODEC,
+    clean_event,
+    create_topic,
+    read_all,
+)
+from tests.integration.pipeline.test_ledger_settlement import (
+    parties,  # noqa: F401 (the fixture: Org1's Admin, the client User5, the `inference` server)
+    settled,
+    until_visible,
+    usage_record,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.fabric, pytest.mark.timeout(180)]
 
@@ -156,7 +174,7 @@ async def test_every_record_is_anchored_once_by_two_replicas_through_a_kill_9(
                         if bid.startswith(f"{clean_topic}:{partition}:"))
         offsets = sorted(o for p, o in sent.values() if p == partition)
         assert ranges and ranges[0][0] == offsets[0] and ranges[-1][1] == offsets[-1], (partition, ranges, offsets)
-        for (_, last), (first, _) in zip(ranges, ranges[1:]):
+        for (_, last), (first, _) in pairwise(ranges):
             assert first == last + 1, f"partition {partition}: batches {ranges} overlap or leave a gap"
     assert sum(x["count"] for x in on_ledger.values()) == len(events)
     # Each record's proof leads to the root of the one batch it is in.
@@ -172,3 +190,101 @@ async def test_every_record_is_anchored_once_by_two_replicas_through_a_kill_9(
     taken = len(logged(a, "plan_taken")) + len(logged(b, "plan_taken"))
     print(f"{len(events)} records, {len(on_ledger)} batches, {len(plans)} plans, {taken} plans taken by the other "
           f"replica, {time.monotonic() - started:.0f}s")
+
+
+HOLDS = 6
+REQUESTS = 8
+"""Usage records per hold, 3 units each, each carrying the client's receipt for all so far."""
+
+
+async def test_two_replicas_settle_each_hold_once_on_its_latest_receipt_through_a_kill_9(
+        bootstrap, mongo_db, ledger_env, tmp_path: Path, parties) -> None:  # noqa: F811
+    """Holds keyed by hold on a 4-partition usage topic, settled by two replicas: a is killed
+    -9 after it has opened holds of its partitions and before any is due, b takes them over and
+    reads their usage again from the commit, a comes back (the group rebalances again); each
+    hold is settled once, for all its usage: the latest receipt's units x price, and its outcome
+    counts every request once. A replica that settled a hold on part of its usage (its tally not
+    dropped with its partition, or not read again by the next owner) fails the units."""
+    started = time.monotonic()
+    admin, client, server = parties
+    usage_topic = ledger_env["STREAMLEDGER_LEDGER_USAGE_TOPIC"]
+    await create_topic(bootstrap, usage_topic, PARTITIONS)
+    ledger_env.update({"STREAMLEDGER_LEDGER_ANCHORING": "false", "STREAMLEDGER_LEDGER_SETTLE_GRACE_SECONDS": "1"})
+    replicas = {name: ServiceProcess("ledger", ledger_env, tmp_path / name) for name in ("a", "b")}
+    for replica in replicas.values():
+        replica.log_dir.mkdir()
+        replica.start()
+    a, b = replicas["a"], replicas["b"]
+
+    def logs() -> str:
+        return "\n".join(f"--- {name} ---\n{r.tail()}" for name, r in replicas.items())
+
+    def usage_assigned(replica: ServiceProcess) -> set[int]:
+        found: set[int] = set()
+        if replica.log_path.exists():
+            for line in replica.log_path.read_text(errors="replace").splitlines():
+                if '"usage_partitions_assigned"' in line:
+                    found = set(json.loads(line)["partitions"])
+        return found
+
+    async def both_assigned() -> bool:
+        assert a.alive() and b.alive(), logs()
+        return bool(usage_assigned(a)) and bool(usage_assigned(b))
+
+    provider_id = await acts_for(server)
+    before = await balance_or_zero(server, provider_id)
+    prices = [2 + i % 3 for i in range(HOLDS)]
+    try:
+        await wait_until(both_assigned, 60, "both replicas holding usage partitions", logs)
+        await admin.mint(client.account, 200 * HOLDS)
+        expires = int(time.time()) + 35  # time for a kill -9, the handover and a restart before any is due
+        holds = [(await client.freeze(provider_id, 200, price, expires))["hold_id"] for price in prices]
+        await until_visible(server, holds[-1])
+        for hold_id in holds:
+            await server.authorize(hold_id, 200)
+        records = {h: [usage_record(h, f"{h[:8]}-{n}", client.account, 3, price, client.receipt(h, 3 * (n + 1), n + 1))
+                       for n in range(REQUESTS)] for h, price in zip(holds, prices)}
+        async with kafka.producer(bootstrap) as producer:
+            async def produce(n_from: int, n_to: int) -> None:
+                for hold_id, values in records.items():
+                    for value in values[n_from:n_to]:
+                        await producer.send(usage_topic, key=hold_id.encode(), value=value)
+                await producer.flush()
+
+            await produce(0, REQUESTS // 2)
+            await a.logged('"event": "hold_opened"', timeout=30)
+            opened_by_a = {e["hold_id"] for e in logged(a, "hold_opened")}
+            a.kill9()
+            await produce(REQUESTS // 2, REQUESTS)
+            await produce(2, 3)  # the third request of every hold delivered twice: counted once
+
+            async def b_took_over() -> bool:  # b reads the usage of a's holds again, from the commit
+                assert b.alive(), logs()
+                return opened_by_a <= {e["hold_id"] for e in logged(b, "hold_opened")}
+            await wait_until(b_took_over, 30, f"b opening the holds a had opened: {sorted(opened_by_a)}", logs)
+            a.start()
+            await wait_until(both_assigned, 30, "both replicas holding usage partitions again", logs)
+        assert time.time() < expires, "the handover took past the holds' expiry: the test proves less than it says"
+        await wait_until(lambda: settled(mongo_db, *holds), 60, "every hold settled", logs)
+        outcomes = {d["_id"]: d async for d in mongo_db["settlements"].find({})}
+        pending = await mongo_db["settlement_plans"].count_documents({})
+        on_ledger = {h: await server.get_hold(h) for h in holds}
+        after = await balance_or_zero(server, provider_id)
+    finally:
+        for replica in replicas.values():
+            if replica.alive():
+                replica.stop()
+
+    assert opened_by_a, logs()
+    for hold_id, price in zip(holds, prices):
+        hold, outcome = on_ledger[hold_id], outcomes[hold_id]
+        assert (hold["status"], hold["charged"], hold["refunded"]) == \
+            ("SETTLED", 3 * REQUESTS * price, 200 - 3 * REQUESTS * price), hold
+        assert (hold["receipt"]["units"], hold["receipt"]["sequence"]) == (3 * REQUESTS, REQUESTS), hold
+        assert (outcome["status"], outcome["units"], outcome["usage_units"], outcome["usage_records"],
+                outcome["duplicates"]) == ("SETTLED", 3 * REQUESTS, 3 * REQUESTS, REQUESTS, 1), outcome
+    assert pending == 0
+    assert after - before == sum(3 * REQUESTS * price for price in prices)  # each hold paid once
+    settlers = {e["hold_id"]: name for name, r in replicas.items() for e in logged(r, "settled")}
+    print(f"{HOLDS} holds, {len(opened_by_a)} opened by a before its kill, settled by "
+          f"{sorted(settlers.items())}, {time.monotonic() - started:.0f}s")
