@@ -119,7 +119,6 @@ ledgerAnchoring:
   ports: []
   probe: {kind: exec}
   metricsPort: metrics
-  singleton: true
   env:
     STREAMLEDGER_LEDGER_SETTLEMENT: "false"
 ledgerSettlement:
@@ -131,7 +130,6 @@ ledgerSettlement:
   ports: []
   probe: {kind: exec}
   metricsPort: metrics
-  singleton: true
   env:
     STREAMLEDGER_LEDGER_ANCHORING: "false"
     STREAMLEDGER_LEDGER_SETTLE_MARGIN_SECONDS: {{ .Values.fabric.timewindowSeconds | toString | quote }}
