@@ -193,18 +193,20 @@ class Settler(ConsumerRebalanceListener):
         try:
             hold = await self.ports.retries.run("get_hold", lambda: self.ports.ledger.get_hold(hold_id))
         except EvaluateError as exc:  # refused, e.g. a malformed hold id (an outage is retried, then stops)
+            if self.generation != generation:
+                return False
             # FORBIDDEN: this identity is no party to the hold, so it pays another provider.
             reason = "other_provider" if isinstance(exc.contract_error, Forbidden) else "unknown_hold"
             await self.ports.letters.send(consumed, reason, f"hold {hold_id!r}: {exc.chaincode_message}")
             return False
+        if self.generation != generation:
+            return False  # revoked while the hold was read: the partition's next owner reads this record again
         if hold is None:
             await self.ports.letters.send(consumed, "unknown_hold", f"no hold {hold_id!r} on the ledger")
             return False
         if hold["provider"] != self.provider:
             await self.ports.letters.send(consumed, "other_provider", f"hold {hold_id!r} pays {hold['provider']!r}; "
                                                                       f"this service settles for {self.provider!r}")
-            return False
-        if self.generation != generation:
             return False
         if hold["status"] != "OPEN":
             # Settled by this service (maybe by another replica, its outcome not stored yet): the
