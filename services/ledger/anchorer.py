@@ -293,7 +293,9 @@ class Anchorer(ConsumerRebalanceListener):
             self.batcher.forget(partition)
             self.prepared.discard(partition)
             self.consumed[partition] = flight.batch.first_offset
-            self.consumer.seek(TopicPartition(self.topic, partition), flight.batch.first_offset)
+            tp = TopicPartition(self.topic, partition)
+            if tp in self.consumer.assignment():  # else being reassigned: read from the commit anyway
+                self.consumer.seek(tp, flight.batch.first_offset)
             log.info("reread", extra={"partition": partition, "from": flight.batch.first_offset})
         self.rewinds.clear()
 

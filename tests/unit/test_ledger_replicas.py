@@ -73,6 +73,9 @@ class Log:
             self.stop_event.set()
         return {}
 
+    def assignment(self) -> set[TopicPartition]:
+        return {TP}
+
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self.seeks.append(offset)
         self.position = offset
