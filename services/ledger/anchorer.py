@@ -14,13 +14,28 @@ A topic's anchors belong to the operator account that anchored its first batch (
 binds it, `GetTopic`); `operator` is the account this loop anchors as. A topic bound to another
 operator stops the loop at once with `TopicOwned` (checked before reading, and when the
 contract refuses a batch with FORBIDDEN "batch_id"): retrying cannot help.
+
+Replicas share the topic's partitions as one consumer group. A batch is never cut twice:
+  - a partition's plans are recorded in offset order, each only once the one before it is, and
+    keyed by the offset the batch starts at, so the first plan recorded from an offset is the
+    only batch anchored from there (`PlanTaken` for any other; store.py);
+  - whoever reads a partition (after a restart, or taking it over from another replica) first
+    plans again the batches recorded from its committed offset on (`_prepare`), and a batch of
+    its own that loses to a plan recorded since (by a replica that lost the partition but was
+    still cutting) is dropped, and the partition read again from its start (`_rewind`);
+  - aiokafka revokes every partition at each rebalance (it has no cooperative protocol), and
+    does so while this loop may be halfway through a fetch: `generation` counts revocations,
+    and records or batches of an earlier generation are dropped, never added to the new state
+    (the partitions are read again from their committed offsets). A batch already on its way
+    lands: its plan is recorded, so the partition's next reader anchors the same (a replayed
+    AnchorBatch is a no-op).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import (
@@ -34,6 +49,7 @@ from services.ledger.dead_letters import EMPTY_MESSAGE
 from services.ledger.offsets import OffsetCommitter
 from services.ledger.ports import Ports
 from services.ledger.settings import LedgerServiceSettings
+from services.ledger.store import PlanTaken
 from streamledger import metrics
 from streamledger.avro import CodecError
 from streamledger.core.contract_errors import Forbidden
@@ -49,6 +65,8 @@ ANCHORED = metrics.counter("ledger", "records_anchored", "Clean records anchored
 BATCHES = metrics.counter("ledger", "batches_anchored", "Batches anchored (one Fabric transaction each)")
 ANCHOR_SECONDS = metrics.seconds("ledger", "anchor", "From a batch closing to its anchor on the ledger")
 IN_FLIGHT = metrics.gauge("ledger", "batches_in_flight", "Batches being anchored")
+PLANS_TAKEN = metrics.counter("ledger", "plans_taken", "Batches dropped because another batch from the same "
+                                                       "offset was recorded first (by another replica)")
 
 
 class TopicOwned(StartError):
@@ -61,6 +79,14 @@ class Flight:
 
     batch: Batch
     closed_at: float
+    generation: int
+    """The anchorer's `generation` when the batch was cut."""
+    previous: Flight | None = None
+    """The partition's batch before it, if still on its way: its plan is recorded first."""
+    recorded: bool = False
+    """Its plan is the partition's plan from its first offset (not another's)."""
+    planned: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set once its plan is recorded, or cannot be (the next batch waits for it)."""
     done: bool = False
 
 
@@ -82,6 +108,10 @@ class Anchorer(ConsumerRebalanceListener):
         """Per partition, the next offset to read."""
         self.prepared: set[int] = set()
         """Partitions whose recorded batches are planned again (see `_prepare`)."""
+        self.generation = 0
+        """Revocations so far: what was fetched or cut before one belongs to no partition held now."""
+        self.rewinds: dict[int, Flight] = {}
+        """Per partition, its batch whose plan lost to another's: read again from its start."""
         self.tasks: set[asyncio.Task] = set()
         self.failures: list[BaseException] = []
         """Why batches could not be anchored (retries spent, or refused): the loop stops with the first."""
@@ -98,15 +128,19 @@ class Anchorer(ConsumerRebalanceListener):
         failed = True
         try:
             while not stop.is_set():
+                self._rewind()
                 polled = await self.consumer.getmany(timeout_ms=100, max_records=2000)
-                now = time.monotonic()
+                generation, now = self.generation, time.monotonic()
                 for tp, messages in polled.items():
-                    if not await self._prepare(tp, messages[0].offset):
+                    if not await self._prepare(tp, messages[0].offset, generation):
                         continue  # moved back to re-read a recorded batch: these records come again
                     for message in messages:
-                        await self._take(tp, message, now)
+                        if self.generation != generation:
+                            break  # revoked meanwhile: the rest is read again by the partition's owner
+                        await self._take(tp, message, now, generation)
+                generation = self.generation
                 for batch in self.batcher.due(time.monotonic()):
-                    await self._launch(batch)
+                    await self._launch(batch, generation)
                 self._raise_failures()
                 await self.committer.commit(self.safe_offsets())
             failed = False
@@ -127,7 +161,7 @@ class Anchorer(ConsumerRebalanceListener):
                           f"service anchors as {self.operator!r}: anchor a topic of its own "
                           f"(STREAMLEDGER_LEDGER_CLEAN_TOPIC), or act as that operator's identity")
 
-    async def _take(self, tp: TopicPartition, message: Any, now: float) -> None:
+    async def _take(self, tp: TopicPartition, message: Any, now: float, generation: int) -> None:
         """Add one record to its partition's batch, or dead-letter it: every record is one or the other."""
         self.consumed[tp.partition] = message.offset + 1
         consumed = Consumed(tp, message.topic, message.partition, message.offset, message.key, message.value)
@@ -142,17 +176,22 @@ class Anchorer(ConsumerRebalanceListener):
             await self.ports.letters.send(consumed, exc.reason, f"CleanEvent: {exc}")
             return
         if batch is not None:
-            await self._launch(batch)
+            await self._launch(batch, generation)
 
-    async def _prepare(self, tp: TopicPartition, offset: int) -> bool:
+    async def _prepare(self, tp: TopicPartition, offset: int, generation: int) -> bool:
         """Before a partition's first record: plan again the batches recorded from here on, so
-        they close where they did before a restart; False when the partition was moved back to
-        re-read a recorded batch. (Done here, not when the partition is assigned, because
-        records can arrive while an assignment callback still runs.)"""
+        they close where they did before a restart or on the replica that held the partition
+        before; False when the partition was moved back to re-read a recorded batch, or was
+        revoked meanwhile. (Done here, not when the partition is assigned, because aiokafka
+        fetches a new assignment while its assignment callback still runs.)"""
+        if self.generation != generation:
+            return False
         if tp.partition in self.prepared:
             return True
         store = self.ports.store
         plans = await self.ports.retries.run("plans", lambda: store.plans_from(self.topic, tp.partition, offset))
+        if self.generation != generation:
+            return False
         if plans and plans[0]["first_offset"] < offset:
             # The committed offset fell inside a recorded batch: re-read all of it.
             self.consumer.seek(tp, plans[0]["first_offset"])
@@ -165,10 +204,14 @@ class Anchorer(ConsumerRebalanceListener):
             log.info("replanned", extra={"partition": tp.partition, "batches": len(plans), "from_offset": offset})
         return True
 
-    async def _launch(self, batch: Batch) -> None:
+    async def _launch(self, batch: Batch, generation: int) -> None:
         await self.slots.acquire()  # all slots busy (the ledger is slow or down): reading waits
-        flight = Flight(batch, time.monotonic())
-        self.flights.setdefault(batch.partition, []).append(flight)
+        if self.generation != generation:  # cut from a partition revoked since: its owner cuts it
+            self.slots.release()
+            return
+        flights = self.flights.setdefault(batch.partition, [])
+        flight = Flight(batch, time.monotonic(), generation, previous=flights[-1] if flights else None)
+        flights.append(flight)
         task = asyncio.create_task(self._anchor(flight), name=f"anchor {batch.batch_id}")
         self.tasks.add(task)
         task.add_done_callback(self._landed)
@@ -177,10 +220,21 @@ class Anchorer(ConsumerRebalanceListener):
     async def _anchor(self, flight: Flight) -> None:
         batch = flight.batch
         try:
+            previous, flight.previous = flight.previous, None  # no chain of every batch ever cut
+            if previous is not None:
+                await previous.planned.wait()  # plans are recorded in offset order
+                if not previous.recorded:
+                    return  # the batch before lost its plan: this one is cut again from there
             tree = batch.tree()
             root = tree.root.hex()
             proofs = list(batch.proofs(tree))
-            await self.ports.retries.run("plan", lambda: self.ports.store.record_plan(batch, root))
+            try:
+                await self.ports.retries.run("plan", lambda: self.ports.store.record_plan(batch, root))
+            except PlanTaken as taken:
+                self._taken(flight, taken)
+                return
+            flight.recorded = True
+            flight.planned.set()
             await self.ports.retries.run("proofs", lambda: self.ports.store.write_proofs(proofs))
             try:
                 committed = await self.ports.retries.run("anchor", lambda: self.ports.ledger.anchor_batch(
@@ -213,8 +267,37 @@ class Anchorer(ConsumerRebalanceListener):
         except Stopped:
             pass  # not anchored: the offsets stay before it, and a restart anchors it
         finally:
+            flight.planned.set()
             self.slots.release()
             IN_FLIGHT.set(len(self.tasks) - 1)
+
+    def _taken(self, flight: Flight, taken: PlanTaken) -> None:
+        """Another replica recorded a different batch from this one's first offset: drop this
+        one, and read the partition again from there (if still held), planning that batch."""
+        PLANS_TAKEN.inc()
+        held = flight.generation == self.generation
+        log.warning("plan_taken", extra={"batch_id": flight.batch.batch_id, "recorded": taken.recorded["batch_id"],
+                                         "partition": flight.batch.partition, "reread": held})
+        if held:
+            self.rewinds.setdefault(flight.batch.partition, flight)
+
+    def _rewind(self) -> None:
+        """Read again each partition whose batch lost its plan, from that batch's first offset:
+        its batches from there on are dropped, and the plans recorded since are planned again."""
+        for partition, flight in self.rewinds.items():
+            if flight.generation != self.generation:
+                continue  # revoked since: its state is gone already
+            flights = self.flights.get(partition, [])
+            if flight in flights:
+                del flights[flights.index(flight):]
+            self.batcher.forget(partition)
+            self.prepared.discard(partition)
+            self.consumed[partition] = flight.batch.first_offset
+            tp = TopicPartition(self.topic, partition)
+            if tp in self.consumer.assignment():  # else being reassigned: read from the commit anyway
+                self.consumer.seek(tp, flight.batch.first_offset)
+            log.info("reread", extra={"partition": partition, "from": flight.batch.first_offset})
+        self.rewinds.clear()
 
     def _landed(self, task: asyncio.Task) -> None:
         # Kept here: a task leaves `tasks` as soon as it is done, before the loop could look at it.
@@ -260,6 +343,10 @@ class Anchorer(ConsumerRebalanceListener):
 
     # -- ConsumerRebalanceListener --
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        """Every partition, at each rebalance (aiokafka's protocol is eager): what was read of
+        them is dropped, and the partitions held after it are read again from their commits.
+        Batches on their way land; the next reader of their partition replays the same plans."""
+        self.generation += 1
         gone = {tp.partition for tp in revoked}
         for partition in gone:
             self.batcher.forget(partition)
@@ -269,4 +356,4 @@ class Anchorer(ConsumerRebalanceListener):
         self.committer.forget(gone)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        pass
+        log.info("partitions_assigned", extra={"partitions": sorted(tp.partition for tp in assigned)})

@@ -26,6 +26,15 @@ record is not counted), `usage_exceeds_hold` (usage beyond the amount frozen),
 `settlement_refused` (the contract refused `Settle`), and the reasons of records that are no
 usable UsageRecord. A duplicate record (a request id counted before) is counted once, not
 dead-lettered (delivery is at least once).
+
+Replicas share the usage topic's partitions as one consumer group; usage is keyed by hold, so
+each hold's records are on one partition and one replica tallies it. A replica that loses a
+partition drops its unsettled holds (the next owner reads their usage again from the commit);
+what is fetched or read while a rebalance revokes it (`generation`) is not tallied. A hold whose
+settlement is planned is settled on that plan by whoever submits it (the first plan recorded
+wins, a second Settle is refused as ALREADY_SETTLED and its outcome read from the ledger), so a
+hold is charged once even when the replica that planned it and the partition's next owner both
+submit.
 """
 
 from __future__ import annotations
@@ -99,6 +108,8 @@ class Settler(ConsumerRebalanceListener):
         """Holds no longer open -> the last usage offset their settlement counted (-1: none)."""
         self.slots = asyncio.Semaphore(16)
         self.warned_margin = False
+        self.generation = 0
+        """Revocations so far: usage read before one is not tallied after it."""
 
     async def run(self, stop: asyncio.Event) -> None:
         try:
@@ -113,9 +124,12 @@ class Settler(ConsumerRebalanceListener):
             next_tick = 0.0
             while not stop.is_set():
                 polled = await self.consumer.getmany(timeout_ms=200, max_records=2000)
+                generation = self.generation
                 for tp, messages in polled.items():
                     for message in messages:
-                        await self._take(tp, message)
+                        if self.generation != generation:
+                            break  # revoked meanwhile: the partition's owner reads the rest again
+                        await self._take(tp, message, generation)
                 if time.monotonic() >= next_tick:
                     await self._settle_due()
                     await self._record_receipts()
@@ -133,7 +147,7 @@ class Settler(ConsumerRebalanceListener):
             self._remember(plan["_id"], plan["through_offset"])
         await asyncio.gather(*(self._submit(plan) for plan in pending))
 
-    async def _take(self, tp: TopicPartition, message: Any) -> None:
+    async def _take(self, tp: TopicPartition, message: Any, generation: int) -> None:
         self.consumed[tp.partition] = message.offset + 1
         consumed = Consumed(tp, message.topic, message.partition, message.offset, message.key, message.value)
         if message.value is None:
@@ -148,8 +162,10 @@ class Settler(ConsumerRebalanceListener):
             return
         hold_id = record["hold_id"]
         if hold_id not in self.book:
-            if hold_id not in self.closed and not await self._open(hold_id, consumed):
+            if hold_id not in self.closed and not await self._open(hold_id, consumed, generation):
                 return
+            if self.generation != generation:
+                return  # revoked while the hold was read
             if hold_id in self.closed:
                 through = self.closed[hold_id]
                 if message.offset > through:
@@ -171,15 +187,20 @@ class Settler(ConsumerRebalanceListener):
             log.info("duplicate_usage", extra={"hold_id": hold_id, "request_id": record["request_id"],
                                                "offset": message.offset})
 
-    async def _open(self, hold_id: str, consumed: Consumed) -> bool:
-        """Start a tally for a hold seen for the first time; False when its usage cannot be settled."""
+    async def _open(self, hold_id: str, consumed: Consumed, generation: int) -> bool:
+        """Start a tally for a hold seen for the first time; False when its usage cannot be settled
+        (or the partition was revoked while the hold was read)."""
         try:
             hold = await self.ports.retries.run("get_hold", lambda: self.ports.ledger.get_hold(hold_id))
         except EvaluateError as exc:  # refused, e.g. a malformed hold id (an outage is retried, then stops)
+            if self.generation != generation:
+                return False
             # FORBIDDEN: this identity is no party to the hold, so it pays another provider.
             reason = "other_provider" if isinstance(exc.contract_error, Forbidden) else "unknown_hold"
             await self.ports.letters.send(consumed, reason, f"hold {hold_id!r}: {exc.chaincode_message}")
             return False
+        if self.generation != generation:
+            return False  # revoked while the hold was read: the partition's next owner reads this record again
         if hold is None:
             await self.ports.letters.send(consumed, "unknown_hold", f"no hold {hold_id!r} on the ledger")
             return False
@@ -188,7 +209,9 @@ class Settler(ConsumerRebalanceListener):
                                                                       f"this service settles for {self.provider!r}")
             return False
         if hold["status"] != "OPEN":
-            outcome = await self.ports.retries.run("settlement", lambda: self.ports.store.settlement(hold_id))
+            # Settled by this service (maybe by another replica, its outcome not stored yet): the
+            # usage its plan counted is not late; closed otherwise, all of it is.
+            outcome = await self.ports.retries.run("settlement", lambda: self.ports.store.settled_through(hold_id))
             through = outcome["through_offset"] if outcome and outcome["partition"] == consumed.partition else -1
             self._remember(hold_id, through)
             return True
@@ -201,6 +224,7 @@ class Settler(ConsumerRebalanceListener):
                 "hint": "holds are settled at expiry; set STREAMLEDGER_LEDGER_SETTLE_MARGIN_SECONDS to the "
                         "peers' peer.authentication.timewindow"})
         self.book.open(terms, consumed.partition, time.time())
+        log.info("hold_opened", extra={"hold_id": hold_id, "partition": consumed.partition, "offset": consumed.offset})
         return True
 
     def _remember(self, hold_id: str, through: int) -> None:
@@ -212,13 +236,16 @@ class Settler(ConsumerRebalanceListener):
         now = time.time()
         plans = []
         for tally in self.book.due(self.clock, now):
+            if not self._holds(tally):
+                continue  # its partition was revoked (while an earlier hold was settled): its next owner settles it
             if not tally.records:  # only records that were not counted (an invalid receipt): nothing to settle
                 self.book.pop(tally.hold_id)
                 continue
-            if not await self._refresh(tally):
+            if not await self._refresh(tally) or not self._holds(tally):
                 continue
             plan = await self._plan(tally, now)
-            self.book.pop(tally.hold_id)  # the plan is durable: a restart resumes it
+            if self._holds(tally):  # revoked meanwhile or not, the plan is durable: whoever submits it settles it
+                self.book.pop(tally.hold_id)
             self._remember(tally.hold_id, plan["through_offset"])
             if tally.excess:
                 summary = json.dumps({"hold_id": tally.hold_id, "usage_charge": tally.usage_charge,
@@ -229,6 +256,10 @@ class Settler(ConsumerRebalanceListener):
                                               f"than the {tally.terms.amount} frozen; {tally.excess} was not charged")
             plans.append(plan)
         await asyncio.gather(*(self._submit(plan) for plan in plans))
+
+    def _holds(self, tally: Tally) -> bool:
+        """Whether `tally` is still this loop's (not dropped with its partition)."""
+        return self.book.tallies.get(tally.hold_id) is tally
 
     async def _refresh(self, tally: Tally) -> bool:
         """Read the hold again before settling it: the receipt recorded since (by an inference
@@ -244,7 +275,8 @@ class Settler(ConsumerRebalanceListener):
             tally.recorded = receipt_from_ledger(hold.get("receipt"))
             tally.authorized = int(hold.get("authorized", 0))
             return True
-        self.book.pop(tally.hold_id)
+        if self._holds(tally):
+            self.book.pop(tally.hold_id)
         through = tally.last_offset if tally.last_offset is not None else -1
         self._remember(tally.hold_id, through)
         status = hold["status"] if hold is not None else "UNKNOWN"
@@ -349,6 +381,9 @@ class Settler(ConsumerRebalanceListener):
 
     # -- ConsumerRebalanceListener --
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        """Every partition, at each rebalance (aiokafka's protocol is eager): unsettled holds are
+        dropped, and the partitions held after it are read again from their commits."""
+        self.generation += 1
         gone = {tp.partition for tp in revoked}
         for hold_id in [h for h, t in self.book.tallies.items() if t.partition in gone]:
             self.book.pop(hold_id)  # unsettled: the partition's new owner re-reads its usage
@@ -357,7 +392,7 @@ class Settler(ConsumerRebalanceListener):
         self.committer.forget(gone)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        pass
+        log.info("usage_partitions_assigned", extra={"partitions": sorted(tp.partition for tp in assigned)})
 
 
 def _receipt_document(receipt: Receipt | None) -> dict[str, Any] | None:

@@ -1,8 +1,12 @@
 """What the ledger service keeps in MongoDB: anchoring plans, inclusion proofs, settlements.
 
-    anchor_plans      _id batch_id: topic, partition, first/last offset, count, merkle_root.
-                      Written before AnchorBatch, so a restart re-forms exactly the batches
-                      it may already have anchored (tx id and block go to ledger.anchors).
+    anchor_plans      _id `<topic>:<partition>:<first offset>` (`plan_key`): batch_id, topic,
+                      partition, first/last offset, count, merkle_root. Written before
+                      AnchorBatch, so a restart, or the replica that takes the partition
+                      over, re-forms exactly the batches that may already be anchored (tx id
+                      and block go to ledger.anchors). Keyed by where a batch starts, not by
+                      its id, so that of two replicas cutting the same records differently
+                      only the first to record its plan may anchor it (`PlanTaken`).
     proofs            _id scoped_id(tenant, event_id) (streamledger/core/scoped.py), as the
                       stored event: tenant, event_id, batch_id, index, size, content_hash,
                       offset, siblings (hex), topic, partition: what `streamledger audit
@@ -33,6 +37,20 @@ from services.ledger.anchoring import Batch
 _DUPLICATE_KEY = 11000
 
 
+class PlanTaken(Exception):
+    """Another batch starting at the same offset was recorded first: only that one may be anchored."""
+
+    def __init__(self, batch: Batch, recorded: dict[str, Any]) -> None:
+        self.recorded = recorded
+        super().__init__(f"batch {batch.batch_id} was not recorded: {recorded['batch_id']} starts at the same "
+                         f"offset and was recorded first")
+
+
+def plan_key(topic: str, partition: int, first_offset: int) -> str:
+    """The one plan a partition may have from `first_offset` on."""
+    return f"{topic}:{partition}:{first_offset}"
+
+
 class StoreUnavailable(RuntimeError):
     """MongoDB did not answer; the operation can be retried as is."""
 
@@ -54,19 +72,29 @@ class LedgerStore:
 
     # -- anchoring --
     async def plans_from(self, topic: str, partition: int, offset: int) -> list[dict[str, Any]]:
-        """The recorded batches of a partition that end at or after `offset`, in offset order."""
+        """The recorded batches of a partition that end at or after `offset`, in offset order
+        (one per range: plans recorded before they were keyed by first offset had their batch id
+        as key, so a range replanned since is there twice)."""
         cursor = self.plans.find({"topic": topic, "partition": partition, "last_offset": {"$gte": offset}})
-        return sorted([doc async for doc in cursor], key=lambda d: d["first_offset"])
+        ranges = {(d["first_offset"], d["last_offset"]): d async for d in cursor}
+        return [ranges[r] for r in sorted(ranges)]
 
     async def record_plan(self, batch: Batch, merkle_root: str) -> None:
-        document = {"_id": batch.batch_id, "topic": batch.topic, "partition": batch.partition,
+        """Record the batch about to be anchored; `PlanTaken` when another batch from the same
+        offset was recorded first (that one is anchored, this one must not be)."""
+        key = plan_key(batch.topic, batch.partition, batch.first_offset)
+        document = {"_id": key, "batch_id": batch.batch_id, "topic": batch.topic, "partition": batch.partition,
                     "first_offset": batch.first_offset, "last_offset": batch.last_offset,
                     "count": len(batch.records), "merkle_root": merkle_root, "state": "planned"}
         try:
             await self.plans.insert_one(document)
         except DuplicateKeyError:
-            stored = await self.plans.find_one({"_id": batch.batch_id})
-            if stored and stored["merkle_root"] != merkle_root:
+            stored = await self.plans.find_one({"_id": key})
+            if stored is None:
+                raise StoreUnavailable(f"plan {key} was refused as a duplicate but cannot be read") from None
+            if stored["last_offset"] != batch.last_offset:
+                raise PlanTaken(batch, stored) from None
+            if stored["merkle_root"] != merkle_root:
                 raise RuntimeError(f"batch {batch.batch_id} was planned before with root {stored['merkle_root']}, "
                                    f"now {merkle_root}: the input under that range changed") from None
 
@@ -87,6 +115,11 @@ class LedgerStore:
 
     async def settlement(self, hold_id: str) -> dict[str, Any] | None:
         return await self.settlements.find_one({"_id": hold_id})
+
+    async def settled_through(self, hold_id: str) -> dict[str, Any] | None:
+        """The settlement of a hold, or its plan while the outcome is not stored yet (another
+        replica may be settling it): either says which usage it counted (partition, through_offset)."""
+        return await self.settlement(hold_id) or await self.settlement_plans.find_one({"_id": hold_id})
 
     async def plan_settlement(self, plan: dict[str, Any]) -> dict[str, Any]:
         """Record a settlement about to be submitted; an earlier plan for the hold wins."""

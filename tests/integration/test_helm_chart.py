@@ -117,7 +117,7 @@ def test_full_values_render_valid_objects(helm: Path, validator: Path) -> None:
     assert kinds["Deployment"] == 9 and kinds["Service"] == 9
     assert kinds["HorizontalPodAutoscaler"] == 2  # ingestion and inference
     assert kinds["NetworkPolicy"] == 9 and kinds["ServiceMonitor"] == 9
-    assert kinds["PodDisruptionBudget"] == 5  # every service with more than one replica, none of the singletons
+    assert kinds["PodDisruptionBudget"] == 7  # every service with more than one replica (both ledger loops too)
     assert kinds["ConfigMap"] == 1  # the models file
 
 
@@ -155,15 +155,19 @@ def test_an_unknown_kind_fails_validation(validator: Path) -> None:
     assert result.returncode == 1 and "no Go type for apps/v1 StatefulSett" in result.stdout, result.stdout
 
 
-def test_a_singleton_service_refuses_a_second_replica(helm: Path) -> None:
-    result = run([helm, "template", "sl", CHART, "--set", "services.ledgerAnchoring.replicas=2"])
-    assert result.returncode != 0
-    assert "services.ledgerAnchoring.replicas: ledger-anchoring runs as one replica" in result.stderr, result.stderr
-
-
 def test_learning_runs_as_replicas_that_share_the_models(helm: Path, validator: Path) -> None:
     manifests = render(helm, "-f", str(VALUE_SETS["minimal"]), "--set", "services.learning.replicas=3")
     assert validate(validator, manifests).returncode == 0
     learning = next(doc for doc in manifests.split("\n---\n")
                     if "kind: Deployment" in doc and "name: sl-streamledger-learning\n" in doc)
     assert "replicas: 3" in learning and "type: RollingUpdate" in learning, learning
+
+
+def test_the_ledger_loops_take_replicas_rolled_over_one_at_a_time(helm: Path) -> None:
+    """Anchoring and settlement replicas share their topics' partitions (README, Ledger service)."""
+    manifests = render(helm, "--set", "services.ledgerAnchoring.replicas=2", "--set", "services.ledgerSettlement.replicas=2")
+    for loop in ("ledger-anchoring", "ledger-settlement"):
+        deployment = re.search(rf"kind: Deployment\nmetadata:\n  name: sl-streamledger-{loop}\n(?:.*\n)*?spec:\n"
+                               rf"  replicas: (\d+)\n(?:.*\n)*?    type: (\w+)", manifests)
+        assert deployment and deployment.groups() == ("2", "RollingUpdate"), loop
+        assert re.search(rf"kind: PodDisruptionBudget\nmetadata:\n  name: sl-streamledger-{loop}\n", manifests), loop

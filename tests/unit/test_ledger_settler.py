@@ -78,6 +78,9 @@ class Store:
     async def settlement(self, hold_id: str) -> dict | None:
         return self.outcomes.get(hold_id)
 
+    async def settled_through(self, hold_id: str) -> dict | None:
+        return self.outcomes.get(hold_id) or self.plans.get(hold_id)
+
     async def plan_settlement(self, plan: dict[str, Any]) -> dict[str, Any]:
         return self.plans.setdefault(plan["_id"], plan)
 

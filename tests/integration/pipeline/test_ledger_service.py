@@ -87,12 +87,12 @@ async def kill_while_a_recorded_batch_is_not_anchored(mongo_db, ledger, timeout:
     async with LedgerClient.connect(identity("audit")) as client:  # an auditor reads every anchor
         while time.monotonic() < deadline:
             for plan in [d async for d in mongo_db["anchor_plans"].find({})]:
-                if plan["_id"] in anchored:
+                if plan["batch_id"] in anchored:
                     continue
-                if await client.get_anchor(plan["_id"]) is None:
+                if await client.get_anchor(plan["batch_id"]) is None:
                     ledger.kill9()
                     return
-                anchored.add(plan["_id"])
+                anchored.add(plan["batch_id"])
             await asyncio.sleep(0.02)
     raise AssertionError(f"no batch was ever seen recorded and not yet anchored:\n{ledger.tail()}")
 
@@ -141,7 +141,7 @@ async def test_every_record_is_anchored_once_through_a_kill_9_and_a_restart(
 
     plans = [d async for d in mongo_db["anchor_plans"].find({})]
     async with LedgerClient.connect(identity("audit")) as client:
-        on_ledger = {p["_id"]: await client.get_anchor(p["_id"]) for p in plans}
+        on_ledger = {p["batch_id"]: await client.get_anchor(p["batch_id"]) for p in plans}
     # No record skipped or anchored twice: per partition the batches on the ledger tile the offsets.
     for partition in range(PARTITIONS):
         ranges = sorted((a["first_offset"], a["last_offset"]) for bid, a in on_ledger.items()

@@ -28,7 +28,6 @@ own settings. Probes: `http` GETs /healthz (ingestion and audit have it); `tcp` 
 port (inference and the dashboard: neither implements grpc.health.v1 nor an open health route, the
 dashboard answers 401 without its token and paid inference wants a client certificate); `exec`
 connects to the metrics port from inside the pod (the workers listen on no other port).
-`singleton`: must run as one replica (README "Running on a cluster").
 */}}
 {{- define "streamledger.components" -}}
 {{- $v := .Values.services -}}
@@ -118,7 +117,6 @@ ledgerAnchoring:
   ports: []
   probe: {kind: exec}
   metricsPort: metrics
-  singleton: true
   env:
     STREAMLEDGER_LEDGER_SETTLEMENT: "false"
 ledgerSettlement:
@@ -130,7 +128,6 @@ ledgerSettlement:
   ports: []
   probe: {kind: exec}
   metricsPort: metrics
-  singleton: true
   env:
     STREAMLEDGER_LEDGER_ANCHORING: "false"
     STREAMLEDGER_LEDGER_SETTLE_MARGIN_SECONDS: {{ .Values.fabric.timewindowSeconds | toString | quote }}
