@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import random
+import subprocess
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -45,6 +47,7 @@ from tritonclient.utils import InferenceServerException
 
 from devstack.demo import inference_tls
 from devstack.fabric import FabricNetwork
+from devstack.runner import ServiceGroup
 from devstack.settings import StackSettings
 from services.ingestion.auth import hash_key
 from streamledger import kafka
@@ -55,7 +58,7 @@ from streamledger.kafka import topics
 from streamledger.ledger import LedgerClient
 from tests.integration.conftest import identity
 from tests.integration.paying import issue_identity
-from tests.integration.pipeline.conftest import ServiceProcess, wait_until
+from tests.integration.pipeline.conftest import wait_until
 from tests.integration.test_ledger_seams import free_port
 from tests.integration.test_stack_kafka_cluster import Cluster, cluster  # noqa: F401 - the fixture
 
@@ -159,107 +162,94 @@ class Names:
         }
 
 
-@dataclass
-class Replica:
-    service: str
-    index: int
-    process: ServiceProcess
-    ports: dict[str, int] = field(default_factory=dict)
+class Replicas:
+    """The services' processes: `ServiceGroup` (what `streamledger serve all --replicas 2` runs),
+    its children connecting to the cluster with the cluster's credentials, each as its own
+    principal; the replicas of ingestion and inference share one port each (SO_REUSEPORT)."""
 
-    @property
-    def key(self) -> str:
-        return f"{self.service}-{self.index}"
+    def __init__(self, brokers: Cluster, common: dict[str, str], logs: Path) -> None:
+        self.ports = {"http": free_port(), "ingestion-grpc": free_port(), "inference": free_port()}
+        self.group = ServiceGroup(env={**common, "STREAMLEDGER_LOG_LEVEL": "INFO",
+                                       "STREAMLEDGER_INGESTION_HTTP_PORT": str(self.ports["http"]),
+                                       "STREAMLEDGER_INGESTION_GRPC_PORT": str(self.ports["ingestion-grpc"]),
+                                       "STREAMLEDGER_INFERENCE_PORT": str(self.ports["inference"])},
+                                  log_dir=logs, kafka_auth_dir=brokers.nodes[0].auth.folder)
 
+    def start(self) -> list[str]:
+        return self.group.start(SERVICES, replicas=REPLICAS)
 
-def replica_environment(cluster: Cluster, common: dict[str, str], service: str) -> dict[str, str]:
-    """`common` plus the connection to the cluster as `service`'s own principal."""
-    auth = cluster.nodes[0].auth
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("STREAMLEDGER_KAFKA_", "STREAMLEDGER_FABRIC_USER", "STREAMLEDGER_FABRIC_MSP"))}
-    env.update(common)
-    env.update({
-        "STREAMLEDGER_KAFKA_BOOTSTRAP": ",".join(f"127.0.0.1:{node.port}" for node in cluster.nodes),
-        "STREAMLEDGER_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
-        "STREAMLEDGER_KAFKA_SASL_MECHANISM": cluster.security.options()["sasl_mechanism"],
-        "STREAMLEDGER_KAFKA_SASL_USERNAME": service,
-        "STREAMLEDGER_KAFKA_SASL_PASSWORD_FILE": str(auth.password_file(service)),
-        "STREAMLEDGER_KAFKA_SSL_CAFILE": str(auth.ca_cert),
-        "STREAMLEDGER_LOG_LEVEL": "INFO",
-    })
-    return env
+    def starts(self, key: str) -> int:
+        """How many times `key` logged that it started."""
+        log = self.group.log_file(key)
+        return log.read_text(errors="replace").count('"event": "started"') if log.exists() else 0
 
+    def alive(self, key: str) -> bool:
+        return key in self.group.pids()
 
-def start_replicas(cluster: Cluster, common: dict[str, str], logs: Path) -> dict[str, Replica]:
-    replicas: dict[str, Replica] = {}
-    for service in SERVICES:
-        for index in range(1, (1 if service == "learning" else REPLICAS) + 1):
-            env = replica_environment(cluster, common, service)
-            ports: dict[str, int] = {}
-            if service == "ingestion":
-                ports = {"http": free_port(), "grpc": free_port()}
-                env.update({"STREAMLEDGER_INGESTION_HTTP_PORT": str(ports["http"]),
-                            "STREAMLEDGER_INGESTION_GRPC_PORT": str(ports["grpc"])})
-            elif service == "inference":
-                ports = {"grpc": free_port()}
-                env["STREAMLEDGER_INFERENCE_PORT"] = str(ports["grpc"])
-            folder = logs / f"{service}-{index}"
-            folder.mkdir(parents=True)
-            replica = Replica(service, index, ServiceProcess(service, env, folder), ports)
-            replicas[replica.key] = replica
-            replica.process.start()
-    return replicas
+    def tail(self, key: str) -> str:
+        return self.group.log_tail(key, 30)
+
+    def stop(self, key: str, timeout: float = 60) -> int:
+        """SIGTERM `key` and wait for its exit code."""
+        process = self.group.processes[key]
+        process.terminate()
+        try:
+            return process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise AssertionError(f"{key} did not stop within {timeout} s of SIGTERM:\n{self.tail(key)}") from None
 
 
-# -- reading the cluster ----------------------------------------------------------------------
+# -- reading the brokers ----------------------------------------------------------------------
 
-async def read_topic(cluster: Cluster, topic: str) -> list:
-    async with kafka.consumer(cluster.bootstrap, security=cluster.security,
+async def read_topic(brokers: Cluster, topic: str) -> list:
+    async with kafka.consumer(brokers.bootstrap, security=brokers.security,
                               max_fetch_bytes=topics.MAX_SNAPSHOT_BYTES) as reader:
-        return [r for batch in [b async for b in kafka.read_to_end(reader, cluster.bootstrap, topic,
-                                                                    security=cluster.security)] for r in batch]
+        return [r for batch in [b async for b in kafka.read_to_end(reader, brokers.bootstrap, topic,
+                                                                    security=brokers.security)] for r in batch]
 
 
-async def end_offsets(cluster: Cluster, topic: str) -> dict[TopicPartition, int]:
+async def end_offsets(brokers: Cluster, topic: str) -> dict[TopicPartition, int]:
     """Each partition's end offset, asked again while a node is down (the metadata may still name it)."""
     deadline = time.monotonic() + 60
     while True:
         try:
-            return await _end_offsets(cluster, topic)
+            return await _end_offsets(brokers, topic)
         except KafkaError:
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.5)
 
 
-async def _end_offsets(cluster: Cluster, topic: str) -> dict[TopicPartition, int]:
+async def _end_offsets(brokers: Cluster, topic: str) -> dict[TopicPartition, int]:
     partitions = [TopicPartition(t, p) for t, p in
-                  await kafka.partitions_of(cluster.bootstrap, [topic], security=cluster.security)]
-    async with kafka.consumer(cluster.bootstrap, security=cluster.security) as reader:
+                  await kafka.partitions_of(brokers.bootstrap, [topic], security=brokers.security)]
+    async with kafka.consumer(brokers.bootstrap, security=brokers.security) as reader:
         return await reader.end_offsets(partitions)
 
 
-async def committed_past(cluster: Cluster, group: str, ends: dict[TopicPartition, int]) -> bool:
+async def committed_past(brokers: Cluster, group: str, ends: dict[TopicPartition, int]) -> bool:
     """Whether `group` has committed every partition at least up to `ends` (not known yet while a
     node is down: False)."""
     with contextlib.suppress(KafkaError):
-        return await _committed_past(cluster, group, ends)
+        return await _committed_past(brokers, group, ends)
     return False
 
 
-async def _committed_past(cluster: Cluster, group: str, ends: dict[TopicPartition, int]) -> bool:
-    async with kafka.admin(cluster.bootstrap, security=cluster.security) as admin:
+async def _committed_past(brokers: Cluster, group: str, ends: dict[TopicPartition, int]) -> bool:
+    async with kafka.admin(brokers.bootstrap, security=brokers.security) as admin:
         committed = await admin.list_consumer_group_offsets(group)
     return all(end == 0 or (tp in committed and committed[tp].offset >= end) for tp, end in ends.items())
 
 
-async def fully_replicated(cluster: Cluster, names: list[str]) -> bool:
+async def fully_replicated(brokers: Cluster, names: list[str]) -> bool:
     with contextlib.suppress(KafkaError):
-        return await _fully_replicated(cluster, names)
+        return await _fully_replicated(brokers, names)
     return False
 
 
-async def _fully_replicated(cluster: Cluster, names: list[str]) -> bool:
-    async with kafka.admin(cluster.bootstrap, security=cluster.security) as admin:
+async def _fully_replicated(brokers: Cluster, names: list[str]) -> bool:
+    async with kafka.admin(brokers.bootstrap, security=brokers.security) as admin:
         described = await admin.describe_topics(names)
     return all(len(p["isr"]) == 3 for d in described for p in d["partitions"])
 
@@ -267,29 +257,27 @@ async def _fully_replicated(cluster: Cluster, names: list[str]) -> bool:
 # -- the load: events posted, paid calls ------------------------------------------------------
 
 class Poster:
-    """Posts the events in order, `POST` at a time at `RATE` per second, to the ingestion replicas
-    in turn; a request refused (503, a replica down) is sent again to the next replica, with the
-    same event ids."""
+    """Posts the events in order, `POST` at a time at `RATE` per second, to the ingestion replicas'
+    shared port (a connection each, so both are used); a request refused (503, a replica killed) is
+    sent again, with the same event ids."""
 
-    def __init__(self, replicas: list[Replica], api_key: str) -> None:
-        self.ports = [r.ports["http"] for r in replicas]
+    def __init__(self, port: int, api_key: str) -> None:
+        self.port = port
         self.headers = {"Authorization": f"Bearer {api_key}"}
         self.acknowledged: set[str] = set()
         self.resent = 0
 
     async def post_all(self, made: list[dict[str, Any]]) -> None:
         started = time.monotonic()
-        turn = 0
-        async with httpx.AsyncClient(timeout=15) as http:
+        limits = httpx.Limits(max_keepalive_connections=0)  # a new connection each: the kernel spreads them
+        async with httpx.AsyncClient(timeout=15, limits=limits) as http:
             for first in range(0, len(made), POST):
                 chunk = made[first:first + POST]
                 await asyncio.sleep(max(0.0, started + first / RATE - time.monotonic()))
                 deadline = time.monotonic() + 120
                 while True:
-                    turn += 1
-                    port = self.ports[turn % len(self.ports)]
                     with contextlib.suppress(httpx.HTTPError):
-                        answer = await http.post(f"http://127.0.0.1:{port}/v1/events", json=chunk, headers=self.headers)
+                        answer = await http.post(f"http://127.0.0.1:{self.port}/v1/events", json=chunk, headers=self.headers)
                         if answer.status_code == 200:
                             self.acknowledged.update(answer.json()["event_ids"])
                             break
@@ -300,10 +288,9 @@ class Poster:
 
 @dataclass
 class Payer:
-    """A paying client calling one inference replica: holds frozen as they run out (or expire),
-    a receipt signed every few rows; counts the rows received on each hold."""
+    """A paying client calling the inference replicas' shared port: holds frozen as they run out
+    (or expire), a receipt signed every few rows; counts the rows received on each hold."""
 
-    replica: Replica
     client: PaidInferenceClient
     provider: str
     received: Counter = field(default_factory=Counter)
@@ -327,7 +314,8 @@ class Payer:
 
 
 async def pay_while(payers: list[Payer], model_id: str, posting: asyncio.Task) -> None:
-    """Paid calls, each payer in turn, until posting is done."""
+    """Paid calls, each payer in turn (a connection each: the kernel spreads them over the
+    replicas), until posting is done."""
     while not posting.done():
         for payer in payers:
             await asyncio.to_thread(payer.call, model_id)
@@ -344,31 +332,31 @@ class Kill:
     recovered: str = ""
 
 
-async def kill_and_restart(kill: Kill, cluster: Cluster, replicas: dict[str, Replica], started: float,
-                           recovery) -> None:
+async def kill_and_restart(kill: Kill, brokers: Cluster, replicas: Replicas, started: float, recovery) -> None:
     await asyncio.sleep(max(0.0, started + kill.at - time.monotonic()))
     killed = time.monotonic()
     if kill.target == "broker":
-        node = cluster.nodes[1]
-        await asyncio.to_thread(cluster.kill, node)
+        await asyncio.to_thread(brokers.kill, brokers.nodes[1])
         await asyncio.sleep(kill.down)
-        await asyncio.to_thread(cluster.stack.up)
+        await asyncio.to_thread(brokers.stack.up)
+        kill.recovered = await recovery(kill.target, killed, 0)
     else:
-        replica = replicas[kill.target]
-        replica.process.kill9()
+        starts = replicas.starts(kill.target)
+        await asyncio.to_thread(replicas.group.kill, kill.target)
         await asyncio.sleep(kill.down)
-        replica.process.start()
-    kill.recovered = await recovery(kill.target, killed)
+        replicas.group.restart(kill.target)
+        kill.recovered = await recovery(kill.target, killed, starts)
 
 
 async def test_the_drill(network: FabricNetwork, cluster: Cluster, mongo_db, unique: str,  # noqa: F811
                          tmp_path: Path) -> None:
+    brokers = cluster
     seed = int(os.environ.get("DRILL_SEED") or random.randrange(1 << 30))
     rng = random.Random(seed)
     print(f"\ndrill seed {seed} (DRILL_SEED={seed} replays the kill schedule)")
     drill_started = time.monotonic()
     names = Names(unique)
-    await kafka.provision(cluster.bootstrap, names.specs(), security=cluster.security)
+    await kafka.provision(brokers.bootstrap, names.specs(), security=brokers.security)
     tls, paid = inference_tls()
     api_key = f"key-drill-{unique}"
     models = models_file(tmp_path, unique)
@@ -382,11 +370,16 @@ async def test_the_drill(network: FabricNetwork, cluster: Cluster, mongo_db, uni
         "STREAMLEDGER_INFERENCE_MODELS_FILE": str(models),
         **paid,
     }
-    replicas = start_replicas(cluster, common, tmp_path / "logs")
+    replicas = Replicas(brokers, common, tmp_path / "logs")
+    payers: list[Payer] = []
     try:
-        for replica in replicas.values():
-            await replica.process.logged('"event": "started"', timeout=120)
-        print(f"{len(replicas)} replicas started in {time.monotonic() - drill_started:.0f} s")
+        keys = replicas.start()
+
+        async def all_started() -> bool:
+            assert not replicas.group.exited(), {k: replicas.tail(k) for k in replicas.group.exited()}
+            return all(replicas.starts(k) for k in keys)
+        await wait_until(all_started, 180, "every replica to start")
+        print(f"{len(keys)} replicas started in {time.monotonic() - drill_started:.0f} s")
 
         # The paying client: issued for this run, granted the client role and credit.
         client_ledger = issue_identity(network, "Org2", f"drill-client-{unique}", tmp_path / "identities")
@@ -400,76 +393,82 @@ async def test_the_drill(network: FabricNetwork, cluster: Cluster, mongo_db, uni
         provider = network.account_of("provider", "Org1")
         async with LedgerClient.connect(identity("audit")) as auditor:
             provider_before = await auditor.balance(provider)
-        payers = [Payer(r, PaidInferenceClient(f"127.0.0.1:{r.ports['grpc']}", msp_dir=client_ledger.fabric_msp_dir,
-                                                msp_id="Org2MSP", server_ca=tls / "ca.crt", ledger=client_ledger,
-                                                refreeze=True, sign_every_units=4), provider)
-                  for r in replicas.values() if r.service == "inference"]
+        payers = [Payer(PaidInferenceClient(f"127.0.0.1:{replicas.ports['inference']}",
+                                            msp_dir=client_ledger.fabric_msp_dir, msp_id="Org2MSP",
+                                            server_ca=tls / "ca.crt", ledger=client_ledger, refreeze=True,
+                                            sign_every_units=4), provider)
+                  for _ in range(REPLICAS)]
 
         # The kills: one broker and one replica of each service, at random moments of the posting.
         span = EVENTS / RATE
         kills = [Kill("broker", rng.uniform(0.1, 0.7) * span, rng.uniform(5, 10))]
-        kills += [Kill(f"{s}-{rng.randint(1, 1 if s == 'learning' else REPLICAS)}", rng.uniform(0.1, 0.9) * span, rng.uniform(1, 4))
+        kills += [Kill(f"{s}-{rng.randint(1, REPLICAS)}", rng.uniform(0.1, 0.9) * span, rng.uniform(1, 4))
                   for s in SERVICES]
         input_of = {"cleaning": (names.topic(topics.RAW), names.group("cleaning")),
                     "storage": (names.topic(topics.CLEAN), names.group("storage")),
-                    "ledger": (names.topic(topics.CLEAN), names.group("ledger", "anchoring"))}
+                    "ledger": (names.topic(topics.CLEAN), names.group("ledger", "anchoring")),
+                    "learning": (names.topic(topics.CLEAN), names.group("learning"))}
 
-        async def recovery(target: str, killed: float) -> str:
+        async def recovery(target: str, killed: float, starts: int) -> str:
             """How long until the killed part is back and its work caught up: the broker's
-            partitions in sync again; a consumer's group past all its input had at the kill; an
-            ingestion or inference replica answering; learning started again."""
+            partitions all in sync again; a consumer started again and its group past all its input
+            had at the kill (learning: its slowest model's position); ingestion and inference
+            started again."""
             service = target.rsplit("-", 1)[0]
             if target == "broker":
-                condition = lambda: fully_replicated(cluster, [s.name for s in names.specs()])  # noqa: E731
-            elif service in input_of:
-                topic, group = input_of[service]
-                ends = await end_offsets(cluster, topic)
-                condition = lambda: committed_past(cluster, group, ends)  # noqa: E731
-            else:
-                replica = replicas[target]
+                await wait_until(lambda: fully_replicated(brokers, [s.name for s in names.specs()]), 300,
+                                 "the partitions in sync again")
+                return f"{time.monotonic() - killed:.1f} s"
+            ends = await end_offsets(brokers, input_of[service][0]) if service in input_of else {}
 
-                async def condition() -> bool:
-                    return replica.process.alive() and '"event": "started"' in replica.process.log_path.read_text()
-            await wait_until(condition, 300, f"{target} to recover", replicas[target].process.tail
-                             if target in replicas else lambda: "")
+            async def back() -> bool:
+                return replicas.alive(target) and replicas.starts(target) > starts
+            await wait_until(back, 180, f"{target} to start again", lambda: replicas.tail(target))
+            if ends:
+                await wait_until(lambda: committed_past(brokers, input_of[service][1], ends), 300,
+                                 f"{service} to catch up after the kill", lambda: replicas.tail(target))
             return f"{time.monotonic() - killed:.1f} s"
 
         made = events(unique)
-        poster = Poster([r for r in replicas.values() if r.service == "ingestion"], api_key)
+        poster = Poster(replicas.ports["http"], api_key)
         started = time.monotonic()
         posting = asyncio.create_task(poster.post_all(made))
         paying = asyncio.create_task(pay_while(payers, model_ids[0], posting))
-        await asyncio.gather(posting, paying, *(kill_and_restart(k, cluster, replicas, started, recovery)
+        await asyncio.gather(posting, paying, *(kill_and_restart(k, brokers, replicas, started, recovery)
                                                 for k in kills))
         print(f"{EVENTS} events posted in {time.monotonic() - started:.0f} s ({poster.resent} requests sent again)")
         for kill in sorted(kills, key=lambda k: k.at):
-            print(f"  kill -9 {kill.target:<12} at {kill.at:5.1f} s, down {kill.down:4.1f} s: recovered in {kill.recovered}")
+            print(f"  kill -9 {kill.target:<12} at {kill.at:5.1f} s, down {kill.down:4.1f} s: "
+                  f"recovered in {kill.recovered}")
         assert poster.acknowledged == {e["event_id"] for e in made}
+        assert not replicas.group.exited(), {k: replicas.tail(k) for k in replicas.group.exited()}
 
         # Everything stored, anchored and learned.
         async def stored_and_anchored() -> bool:
             return (await mongo_db["events"].count_documents({}) >= EVENTS
                     and await mongo_db["proofs"].count_documents({}) >= EVENTS)
         await wait_until(stored_and_anchored, 300, "every event stored and proven")
-        clean_ends = await end_offsets(cluster, names.topic(topics.CLEAN))
+        clean_ends = await end_offsets(brokers, names.topic(topics.CLEAN))
         for group in (names.group("storage"), names.group("ledger", "anchoring")):
-            await wait_until(lambda g=group: committed_past(cluster, g, clean_ends), 120, f"{group} to commit")
+            await wait_until(lambda g=group: committed_past(brokers, g, clean_ends), 120, f"{group} to commit")
         print(f"stored and anchored {time.monotonic() - started:.0f} s after the first post")
 
         # Learning: a last snapshot of every model at a clean stop, then its count against its input.
-        for replica in [r for r in replicas.values() if r.service in ("learning", "inference")]:
-            assert replica.process.stop(timeout=60) == 0, replica.process.tail()
+        for key in [k for k in keys if k.startswith(("learning-", "inference-"))]:
+            assert replicas.stop(key) == 0, replicas.tail(key)
         codec = AvroCodec(SchemaRegistry.from_dir())
-        clean = await read_topic(cluster, names.topic(topics.CLEAN))
+        clean = await read_topic(brokers, names.topic(topics.CLEAN))
         decoded = codec.decode_many([r.value for r in clean], reader="CleanEvent")
         learned_input = Counter(e["source"] for e in decoded)
-        snapshots: dict[str, dict] = {}
-        for record in await read_topic(cluster, names.topic(topics.SNAPSHOTS)):
+        snapshots: dict[str, list[dict]] = defaultdict(list)
+        for record in await read_topic(brokers, names.topic(topics.SNAPSHOTS)):
             if record.value is not None:
                 snapshot = codec.decode_many([record.value], reader="ModelSnapshot")[0]
-                if snapshot["version"] > snapshots.get(snapshot["model_id"], {"version": 0})["version"]:
-                    snapshots[snapshot["model_id"]] = snapshot
-        assert {m: snapshots[m]["events_seen"] for m in model_ids if m in snapshots} == \
+                snapshots[snapshot["model_id"]].append(snapshot)
+        for model_id, written in snapshots.items():
+            versions = [s["version"] for s in written]
+            assert versions == list(range(1, len(versions) + 1)), f"{model_id}: versions {versions}"
+        assert {m: snapshots[m][-1]["events_seen"] for m in model_ids if snapshots.get(m)} == \
             {f"drill-{unique}-{s}": learned_input[s] for s in SOURCES}
 
         # Stored exactly once; on the clean topic at least once; nothing dead-lettered.
@@ -479,19 +478,19 @@ async def test_the_drill(network: FabricNetwork, cluster: Cluster, mongo_db, uni
         assert set(copies) == set(stored)
         print(f"clean topic: {len(decoded)} records for {EVENTS} events "
               f"({sum(copies.values()) - len(copies)} copies re-sent after kills)")
-        assert await read_topic(cluster, names.topic(topics.DEADLETTER)) == []
+        assert await read_topic(brokers, names.topic(topics.DEADLETTER)) == []
 
         # Anchored in exactly one batch each, and every proof verifies on the ledger.
         plans = [d async for d in mongo_db["anchor_plans"].find({})]
         async with LedgerClient.connect(identity("audit")) as auditor:
-            on_ledger = {p["_id"]: await auditor.get_anchor(p["_id"]) for p in plans}
+            on_ledger = {p["batch_id"]: await auditor.get_anchor(p["batch_id"]) for p in plans}
             assert all(a is not None for a in on_ledger.values()), "a recorded batch never reached the ledger"
             clean_topic = names.topic(topics.CLEAN)
             for tp, end in clean_ends.items():
                 ranges = sorted((a["first_offset"], a["last_offset"]) for bid, a in on_ledger.items()
                                 if bid.startswith(f"{clean_topic}:{tp.partition}:"))
                 assert ranges and ranges[0][0] == 0 and ranges[-1][1] == end - 1, (tp, ranges, end)
-                for (_, last), (first, _) in zip(ranges, ranges[1:]):
+                for (_, last), (first, _) in itertools.pairwise(ranges):
                     assert first == last + 1, f"partition {tp.partition}: batches {ranges} overlap or leave a gap"
             proofs = [d async for d in mongo_db["proofs"].find({})]
             assert {p["event_id"] for p in proofs} == set(stored)
@@ -503,11 +502,11 @@ async def test_the_drill(network: FabricNetwork, cluster: Cluster, mongo_db, uni
             print(f"{len(on_ledger)} batches anchored, {len(proofs)} proofs verified")
 
             # Money: every hold settles; credit conserved; no hold charged beyond what was received.
-            received = Counter()
+            received: Counter = Counter()
             for payer in payers:
                 received.update(payer.received)
-                print(f"payer on {payer.replica.key}: {sum(payer.received.values())} rows on "
-                      f"{len(payer.received)} holds, refused {dict(payer.refused)}")
+            refused = sum((p.refused for p in payers), Counter())
+            print(f"paid calls: {sum(received.values())} rows on {len(received)} holds, refused {dict(refused)}")
             assert sum(received.values()) > 0, "no paid call was served"
             holds = await auditor.holds_of(account)
 
@@ -526,9 +525,6 @@ async def test_the_drill(network: FabricNetwork, cluster: Cluster, mongo_db, uni
                   f"{sum(received.values())} rows received; credit conserved")
         print(f"drill done in {time.monotonic() - drill_started:.0f} s")
     finally:
-        for replica in replicas.values():
-            if replica.process.alive():
-                replica.process.process.kill()
-                replica.process.process.wait(timeout=10)
-        for payer in locals().get("payers", []):
+        replicas.group.stop(grace=5)
+        for payer in payers:
             payer.client.close()
