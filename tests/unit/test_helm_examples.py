@@ -2,7 +2,7 @@
 
 - kafka-topics.yaml: every topic of the topic table (`streamledger.kafka.topics.TABLE`) as a
   KafkaTopic with the table's partitions, compaction, max.message.bytes and retention (replicated
-  3 times, min.insync.replicas 2), plus the cleaning service's dedup changelog, and nothing else;
+  3 times, min.insync.replicas 2), plus the cleaning service's dedup changelog and the learning service's shards topic, and nothing else;
 - kafka-users.yaml: one KafkaUser per service with exactly the ACLs of `ACCESS` below (who writes
   and reads each topic; the consumer groups of services/*/settings.py fall under the service's
   own `streamledger-<service>` prefix), and, once the topic table names its writers and readers
@@ -59,11 +59,13 @@ def kafka_topics() -> dict[str, dict]:
     return found
 
 
-def cleaning_topics() -> dict[str, topics.TopicSpec]:
-    """The topic the cleaning service keeps its dedup window in: a compacted changelog with the
-    raw topic's partitions."""
+def service_topics() -> dict[str, topics.TopicSpec]:
+    """The services' own topics: the cleaning service's dedup window (a compacted changelog with the
+    raw topic's partitions) and the learning service's shards topic, as each would create it."""
     name = CleaningSettings().changelog_topic
-    return {name: topics.TopicSpec(name, partitions=topics.TABLE[topics.RAW].partitions, compacted=True)}
+    shards = next(spec for spec in LearningSettings().topic_specs() if spec.name == LearningSettings().shards_group)
+    return {name: topics.TopicSpec(name, partitions=topics.TABLE[topics.RAW].partitions, compacted=True),
+            shards.name: shards}
 
 
 def acls(user: dict) -> set[tuple[str, str, str, str]]:
@@ -94,10 +96,10 @@ def test_every_topic_of_the_table_has_a_matching_kafka_topic(name: str) -> None:
     assert config == {**spec.configs(), "min.insync.replicas": "2"}
 
 
-def test_the_changelog_matches_the_cleaning_service_and_nothing_else_is_there() -> None:
+def test_the_services_own_topics_match_the_services_and_nothing_else_is_there() -> None:
     found = kafka_topics()
-    assert set(found) == set(topics.TABLE) | set(cleaning_topics())
-    for name, spec in cleaning_topics().items():
+    assert set(found) == set(topics.TABLE) | set(service_topics())
+    for name, spec in service_topics().items():
         assert found[name]["spec"]["partitions"] == spec.partitions, name
         assert {k: str(v) for k, v in found[name]["spec"]["config"].items()} == {**spec.configs(), "min.insync.replicas": "2"}
 
