@@ -437,7 +437,7 @@ async def measure(args: argparse.Namespace, brokers: Brokers, replicas: int, par
                       + ", ".join(f"{w}" for w in when))
                 for key, values in memory.items():
                     print(f"  {key:<12} " + "  ".join(f"{v:>8.0f}" for v in values))
-                expectations(args, result)
+                sizing(args, result)
                 return result
         finally:
             if follower is not None:
@@ -543,7 +543,7 @@ def ledger_tx_per_second(rate: float, partitions: int, batch_records: int, batch
     return partitions * min(per_partition, max(per_partition / batch_records, 1 / batch_seconds))
 
 
-def expectations(args: argparse.Namespace, result: Result | None = None) -> None:
+def expectations(args: argparse.Namespace) -> None:
     """Print what a real cluster needs at the ledger service's batch size (computed, not measured)."""
     ledger = LedgerServiceSettings()
     n, t, flight = ledger.ledger_batch_records, ledger.ledger_batch_seconds, ledger.ledger_batches_in_flight
@@ -575,15 +575,19 @@ def expectations(args: argparse.Namespace, result: Result | None = None) -> None
           f"raising partitions later moves keys; anchoring at {target:,.0f} events/s on those "
           f"{2 * args.plan_replicas} partitions needs "
           f"{ledger_tx_per_second(target, 2 * args.plan_replicas, n, t):,.1f} tx/s")
-    if result is not None:
-        print(f"  -> replicas of one core each for {target:,.0f} events/s, from this run's CPU per 1,000 events "
-              f"(before the servers; --target-rate):")
-        for stage in STAGES:
-            need = target * result.cpu_per_1k[stage] / 1000
-            print(f"     {SERVICE_OF[stage]:<10} {result.cpu_per_1k[stage]:.3f} CPU s per 1k -> {need:.2f} cores, "
-                  f"{max(1, math.ceil(need))} replica(s)"
-                  + ("  (one model learns on one replica: more replicas help only with more models)"
-                     if stage == "learned" else ""))
+
+
+def sizing(args: argparse.Namespace, result: Result) -> None:
+    """Print the replicas each service would need for `--target-rate`, from this run's CPU per 1,000 events."""
+    target = args.target_rate
+    print(f"sizing for {target:,.0f} events/s (--target-rate) from this run's CPU per 1,000 events, one core per "
+          f"replica, Kafka, MongoDB and Fabric not counted:")
+    for stage in STAGES:
+        need = target * result.cpu_per_1k[stage] / 1000
+        print(f"  {SERVICE_OF[stage]:<10} {result.cpu_per_1k[stage]:.3f} CPU s per 1k -> {need:.2f} cores, "
+              f"{max(1, math.ceil(need))} replica(s)"
+              + ("  (one model learns on one replica: more replicas help only with more models)"
+                 if stage == "learned" else ""))
 
 
 # -- the matrix --
@@ -615,6 +619,7 @@ async def main(args: argparse.Namespace) -> None:
         with ExitStack() as stack:
             brokers = stack.enter_context(three_brokers()) if args.brokers == 3 else shared_broker()
             await measure(args, brokers, args.replicas, partitions_for(args.replicas, args.partitions))
+        expectations(args)
         return
     results = []
     with ExitStack() as stack:
@@ -625,6 +630,7 @@ async def main(args: argparse.Namespace) -> None:
             brokers = cluster if broker_count == 3 else shared_broker()
             results.append(await measure(args, brokers, replicas, partitions_for(replicas, args.partitions)))
     print_matrix(results)
+    expectations(args)
 
 
 if __name__ == "__main__":
