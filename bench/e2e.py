@@ -438,6 +438,8 @@ async def measure(args: argparse.Namespace, brokers: Brokers, replicas: int, par
                 for key, values in memory.items():
                     print(f"  {key:<12} " + "  ".join(f"{v:>8.0f}" for v in values))
                 sizing(args, result)
+                for key, code in group.exited().items():  # a replica that died is a finding, not noise
+                    print(f"!! {key} exited with {code} during the run; its log's end:\n{group.log_tail(key, 20)}")
                 return result
         finally:
             if follower is not None:
