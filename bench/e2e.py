@@ -613,7 +613,8 @@ def print_matrix(results: list[Result]) -> None:
         print(f"  {name:<22} {r.partitions:>3} " + " ".join(f"{c:>16}" for c in cells)
               + "  " + " ".join(f"{r.lag_after_drain[stage]:>13,}" for stage in STAGES[1:]))
     print("  (events/s per stage over the load window; P = partitions of the raw and clean topics; with replicas the"
-          " topics get 2 per replica unless --partitions says)")
+          " topics get 2 per replica unless --partitions says. A ratio shows capacity only when 1 x 1 falls behind"
+          " the rate posted: below that every configuration just carries the load)")
 
 
 async def main(args: argparse.Namespace) -> None:
