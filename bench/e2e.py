@@ -69,6 +69,7 @@ sys.path.insert(0, str(REPO))
 from bench.brokers import Brokers, shared_broker, three_brokers
 from devstack.runner import ServiceGroup
 from services.ingestion.auth import hash_key
+from services.ledger.anchoring import Batcher
 from services.ledger.settings import LedgerServiceSettings
 from streamledger import kafka
 from streamledger.avro import AvroCodec, SchemaRegistry
@@ -530,19 +531,42 @@ def ledger_tx_per_second(rate: float, partitions: int, batch_records: int, batch
     over `partitions` (records are keyed by event id).
 
     services/ledger/anchoring.py `Batcher`: each partition has its own open batch; it opens with
-    its first record and closes when it holds `batch_records`, or when that first record has
-    waited `batch_seconds` (checked at each poll, every 100 ms at most); one transaction each.
-    A partition receiving r_p = rate / partitions records/s therefore closes
-      - full batches, r_p / batch_records a second, when r_p * batch_seconds >= batch_records;
-      - else one batch per batch_seconds (holding r_p * batch_seconds records), 1 / batch_seconds
-        a second; never more than one per record (r_p, when records are rarer than that).
-    Summed over the partitions: max(rate / batch_records, partitions / batch_seconds) while every
-    partition gets a record within each batch_seconds.
+    its first record and closes when it holds `batch_records`, or once that first record has
+    waited `batch_seconds` (checked after each poll: at once while records flow, every 100 ms at
+    most when idle); one transaction each. A partition receiving r_p = rate / partitions records/s:
+      - r_p * batch_seconds >= batch_records: full batches, r_p / batch_records a second;
+      - below: a batch closes batch_seconds after it opened, holding r_p * batch_seconds records,
+        and the next one opens with the next record, 1 / r_p later: batches of
+        r_p * batch_seconds + 1 records, r_p / (r_p * batch_seconds + 1) a second, just under
+        1 / batch_seconds (and about r_p, one record each, when records are rarer than that).
+    Summed over the partitions: about max(rate / batch_records, partitions / batch_seconds).
     """
     if rate <= 0:
         return 0.0
     per_partition = rate / partitions
-    return partitions * min(per_partition, max(per_partition / batch_records, 1 / batch_seconds))
+    return partitions * per_partition / min(batch_records, per_partition * batch_seconds + 1)
+
+
+def simulated_ledger_tx_per_second(rate: float, partitions: int, batch_records: int, batch_seconds: float,
+                                   seconds: float = 20.0, poll: float = 0.01) -> float:
+    """The same, by running the ledger service's own `Batcher` on simulated time: records arrive
+    evenly at `rate` on random partitions, and due batches are taken every `poll` seconds (the
+    loop checks after each poll). Each partition's rate is its batches between its first and its
+    last close, over that time (no boundary effects); summed over the partitions."""
+    batcher, rng = Batcher("bench", batch_records, batch_seconds), random.Random(0)
+    closes: dict[int, list[float]] = {p: [] for p in range(partitions)}
+    step, offsets, next_poll, now = 1 / rate, [0] * partitions, poll, 0.0
+    for _ in range(int(rate * seconds)):
+        now += step
+        while next_poll <= now:
+            for batch in batcher.due(next_poll):
+                closes[batch.partition].append(next_poll)
+            next_poll += poll
+        partition = rng.randrange(partitions)
+        offsets[partition] += 1
+        if batcher.add(partition, offsets[partition], "e", "00" * 32, now, tenant="t") is not None:
+            closes[partition].append(now)
+    return sum((len(times) - 1) / (times[-1] - times[0]) for times in closes.values() if len(times) > 1)
 
 
 def expectations(args: argparse.Namespace) -> None:
@@ -562,6 +586,11 @@ def expectations(args: argparse.Namespace) -> None:
             tx = ledger_tx_per_second(rate, p, n, t)
             cells.append(f"{tx:>6.1f} ({tx / rate * 1000:>5.2f})")
         print(f"  {rate:>10,} " + " ".join(f"{c:>15}" for c in cells))
+    print("  the same simulated on the ledger service's own Batcher (20 s of records on random partitions, due batches "
+          "taken every 10 ms):")
+    for rate in rates[:3]:
+        print(f"  {rate:>10,} " + " ".join(f"{simulated_ledger_tx_per_second(rate, p, n, t):>6.1f}{'':>9}"
+                                           for p in counts))
     full = n / t
     print(f"  -> a partition fills its batches from {full:,.0f} events/s on: below that each partition costs "
           f"{1 / t:g} tx/s whatever it carries, so keep partitions <= rate / {full:,.0f} for 1 tx/s per 1,000 "
@@ -576,7 +605,9 @@ def expectations(args: argparse.Namespace) -> None:
           f"so give each topic 2 x the replicas you plan (e.g. {2 * args.plan_replicas} for {args.plan_replicas}): "
           f"raising partitions later moves keys; anchoring at {target:,.0f} events/s on those "
           f"{2 * args.plan_replicas} partitions needs "
-          f"{ledger_tx_per_second(target, 2 * args.plan_replicas, n, t):,.1f} tx/s")
+          f"{ledger_tx_per_second(target, 2 * args.plan_replicas, n, t):,.1f} tx/s, i.e. "
+          f"{math.ceil(ledger_tx_per_second(target, 2 * args.plan_replicas, n, t) / (flight / commit))} anchoring "
+          f"replica(s) at {flight / commit:,.1f} tx/s each, within the network's own tx/s")
 
 
 def sizing(args: argparse.Namespace, result: Result) -> None:
