@@ -50,6 +50,7 @@ import math
 import os
 import random
 import secrets
+import shutil
 import socket
 import sys
 import tempfile
@@ -446,7 +447,12 @@ async def measure(args: argparse.Namespace, brokers: Brokers, replicas: int, par
             if follower is not None:
                 follower.cancel()
             await consumer.stop()
+            died = group.exited()  # before stopping: every process stopped has exited
             group.stop()
+            if died:  # keep the logs past the scratch folder's removal
+                kept = Path(tempfile.gettempdir()) / f"bench-e2e-logs-{run.run}"
+                shutil.copytree(group.log_dir, kept)
+                print(f"!! {', '.join(died)} exited during the run: logs kept in {kept}")
             client = mongo_client(settings.mongo_url)
             await client.drop_database(run.database)
             await client.close()
