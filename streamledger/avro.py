@@ -432,9 +432,16 @@ def _read_long(data: bytes, pos: int) -> tuple[int, int]:
 
 
 def _read_string(data: bytes, pos: int) -> tuple[str, int]:
-    size, pos = _read_long(data, pos)
+    size = data[pos]
+    if size < 0x80 and not size & 1:  # a length under 64, in one byte: the common case, inline
+        size >>= 1
+        pos += 1
+    else:
+        size, pos = _read_long(data, pos)
+        if size < 0:
+            raise _GiveUp
     end = pos + size
-    if size < 0 or end > len(data):
+    if end > len(data):
         raise _GiveUp
     return data[pos:end].decode(), end
 
@@ -483,10 +490,10 @@ def _compile_reader(schema: Any) -> _Reader | None:
         branches = tuple(_PRIMITIVE_READERS[branch] for branch in schema)
 
         def read_union(data: bytes, pos: int) -> tuple[Any, int]:
-            index, pos = _read_long(data, pos)
-            if index < 0:
+            index = data[pos]  # one byte: a zig-zag index under 64 (a longer varint is >= 64 here)
+            if index & 1:  # a negative index
                 raise _GiveUp
-            return branches[index](data, pos)  # IndexError past the last branch: give up
+            return branches[index >> 1](data, pos + 1)  # IndexError past the last branch: give up
         return read_union
     if schema == _TIMESTAMP_MILLIS:
         return _read_timestamp_millis
@@ -524,7 +531,12 @@ def _compile_reader(schema: Any) -> _Reader | None:
 
 
 def _write_long(n: int, out: bytearray) -> None:
-    if type(n) is not int or not _INT64[0] <= n <= _INT64[1]:
+    if type(n) is not int:
+        raise _GiveUp
+    if 0 <= n < 64:
+        out.append(n << 1)
+        return
+    if not _INT64[0] <= n <= _INT64[1]:
         raise _GiveUp
     n = (n << 1) ^ (n >> 63)
     while n >= 0x80:
@@ -543,7 +555,11 @@ def _write_string(text: str, out: bytearray) -> None:
     if type(text) is not str:
         raise _GiveUp
     data = text.encode()  # a lone surrogate raises: give up
-    _write_long(len(data), out)
+    size = len(data)
+    if size < 64:
+        out.append(size << 1)
+    else:
+        _write_long(size, out)
     out += data
 
 
@@ -587,15 +603,12 @@ def _compile_writer(schema: Any) -> _Writer | None:
             return None
         # fastavro writes the first branch the value validates against; for these four types
         # that is the branch of the value's exact type (a bool is not a double for it).
-        by_type = {_UNION_TYPES[branch]: (bytes([2 * index]), _PRIMITIVE_WRITERS[branch])
-                   for index, branch in enumerate(schema)}
+        by_type = {_UNION_TYPES[branch]: (2 * index, _PRIMITIVE_WRITERS[branch]) for index, branch in enumerate(schema)}
 
         def write_union(value: Any, out: bytearray) -> None:
-            branch = by_type.get(type(value))
-            if branch is None:
-                raise _GiveUp
-            out += branch[0]
-            branch[1](value, out)
+            tag, write = by_type[type(value)]  # KeyError for another type: give up
+            out.append(tag)
+            write(value, out)
         return write_union
     if schema == _TIMESTAMP_MILLIS:
         return _write_timestamp_millis
