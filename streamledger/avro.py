@@ -315,7 +315,6 @@ class AvroCodec:
                 out.append(exc)
         return out
 
-
     def _read_fast(self, fp: Fingerprint, writer: dict, data: bytes) -> dict | None:
         """The record as fastavro would read it with its writer schema, or None to ask fastavro."""
         fast = self._readers.get(fp, _NOT_COMPILED)
@@ -382,7 +381,8 @@ def _field_error(schema: dict, record: Mapping[str, Any], exc: Exception) -> str
 #
 # fastavro's generic reader and writer walk the schema for every message; for the common
 # shapes (records of strings, longs, doubles, booleans, timestamps, maps of and unions of
-# those) a reader or writer made once per schema from closures is about twice as fast. It is
+# those) a reader or writer made once per schema from closures is quicker (measured on the
+# bench's events: RawEvent read in ~3/4 of fastavro's time, CleanEvent written in ~2/3). It is
 # only a fast path: whatever it does not cover exactly (another type, a value of an unexpected
 # Python type, any malformed or unusual byte) makes it give up, and the message goes through
 # fastavro as before, which returns the same record or raises the same error. So it returns

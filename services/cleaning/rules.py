@@ -139,6 +139,11 @@ def normalise_value(value: Any, feature: str | None, rules: TenantRules) -> Any:
         return float(value)
     if not isinstance(value, str):
         raise Rejected("invalid_type", f"{_field(feature)} has type {type(value).__name__}, not double, string or boolean")
+    return _normalise_text(value, feature, rules)
+
+
+def _normalise_text(value: str, feature: str | None, rules: TenantRules) -> Any:
+    """`normalise_value` of a string."""
     text = (value if value.isascii() else unicodedata.normalize("NFC", value)).strip()
     if not text:
         return _MISSING
@@ -207,6 +212,8 @@ def clean_features(features: Mapping[str, Any], rules: TenantRules) -> dict[str,
             value = raw_value
         elif raw_value is None:
             continue
+        elif type(raw_value) is str:
+            value = _normalise_text(raw_value, name, rules)
         else:
             value = normalise_value(raw_value, name, rules)
         if isinstance(value, float):
