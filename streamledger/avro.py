@@ -28,7 +28,7 @@ import io
 import json
 import struct
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -238,17 +238,9 @@ class AvroCodec:
     def encode(self, name: str, record: Mapping[str, Any]) -> bytes:
         """One record as a single-object message, written with the latest schema of `name`."""
         fp = self.registry.fingerprint(name)
-        fast = self._writers.get(fp, _NOT_COMPILED)
-        if fast is _NOT_COMPILED:
-            fast = self._writers[fp] = _compile_writer(self.registry.writer(fp))
-        if fast is not None:
-            out = bytearray(MARKER)
-            out += fp
-            try:
-                fast(record, out)
-                return bytes(out)
-            except Exception:  # noqa: BLE001 - anything the fast path does not cover goes through fastavro
-                pass
+        data = self._write_fast(fp, record)
+        if data is not None:
+            return data
         schema = self.registry.writer(fp)
         buffer = io.BytesIO()
         buffer.write(MARKER)
@@ -314,6 +306,21 @@ class AvroCodec:
             except CodecError as exc:
                 out.append(exc)
         return out
+
+    def _write_fast(self, fp: Fingerprint, record: Mapping[str, Any]) -> bytes | None:
+        """The message as fastavro would write it, or None to ask fastavro."""
+        fast = self._writers.get(fp, _NOT_COMPILED)
+        if fast is _NOT_COMPILED:
+            fast = self._writers[fp] = _compile_writer(self.registry.writer(fp))
+        if fast is None:
+            return None
+        out = bytearray(MARKER)
+        out += fp
+        try:
+            fast(record, out)
+        except Exception:  # noqa: BLE001 - anything the fast path does not cover goes through fastavro
+            return None
+        return bytes(out)
 
     def _read_fast(self, fp: Fingerprint, writer: dict, data: bytes) -> dict | None:
         """The record as fastavro would read it with its writer schema, or None to ask fastavro."""
@@ -392,7 +399,7 @@ _Reader = Callable[[bytes, int], tuple[Any, int]]
 """(message, position) -> (value, position after it)."""
 _Writer = Callable[[Any, bytearray], None]
 _NOT_COMPILED = object()
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _DOUBLE = struct.Struct("<d")
 _INT32 = (-(2**31), 2**31 - 1)
 _INT64 = (-(2**63), 2**63 - 1)
