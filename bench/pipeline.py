@@ -2,6 +2,7 @@
 cleaning handler in-process, and a Quix Streams app running that same handler.
 
     .venv/bin/python bench/pipeline.py [--events 100000]     # `make bench-deps` first (Quix Streams)
+    .venv/bin/python bench/pipeline.py --handler-only [--profile]   # step 3 alone, no Kafka
 
 Needs the local stack (`streamledger stack up`). In one run, on fresh topics:
 1. produces N RawEvents, keyed by event id, to a raw topic of 4 partitions;
@@ -111,6 +112,31 @@ async def service_rate(services: list[subprocess.Popen], log: Path, progress: Ca
     return (count - first) / (time.perf_counter() - started)
 
 
+def handler_rate(values: list[bytes], topic: str) -> float:
+    """Events/s of `Cleaner.handle` over `values` in this process (decode, rules, hash, encode)."""
+    cleaner = Cleaner(CODEC, RuleBook(), DedupWindow({}, 3_600_000))
+    tp = (topic, 0)
+    started = time.perf_counter()
+    for i, value in enumerate(values):
+        cleaner.handle(Consumed(tp, topic, 0, i, None, value, timestamp_ms=0))
+    return len(values) / (time.perf_counter() - started)
+
+
+def handler_only(count: int, profile: bool) -> None:
+    """The in-process handler line alone (no Kafka), optionally under cProfile (top 25 by own time)."""
+    values = CODEC.encode_many("RawEvent", (raw_event(i) for i in range(count)))
+    if not profile:
+        print(line("Cleaner.handle in-process (no Kafka)", handler_rate(values, table.RAW)))
+        return
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    rate = profiler.runcall(handler_rate, values, table.RAW)
+    print(line("Cleaner.handle in-process, under cProfile", rate))
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+
+
 async def end_offset(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> int:
     return sum((await consumer.end_offsets(tps)).values())
 
@@ -160,12 +186,7 @@ async def measure(count: int, listener: Listener) -> dict[str, float]:
     bare_raw = rates["bare aiokafka loop, raw topic"] = await bare_consume(bootstrap, raw, count)
     print(line("bare aiokafka loop, raw topic", bare_raw))
 
-    cleaner = Cleaner(CODEC, RuleBook(), DedupWindow({}, 3_600_000))
-    tp = (raw, 0)
-    started = time.perf_counter()
-    for i, value in enumerate(values):
-        cleaner.handle(Consumed(tp, raw, 0, i, None, value, timestamp_ms=0))
-    handler = rates["Cleaner.handle in-process"] = count / (time.perf_counter() - started)
+    handler = rates["Cleaner.handle in-process"] = handler_rate(values, raw)
     print(line("Cleaner.handle in-process (no Kafka)", handler, bare_raw))
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMLEDGER_")}
@@ -252,5 +273,11 @@ if __name__ == "__main__":
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--plaintext-port", type=int, default=None,
                         help="the stack's bench-only PLAINTEXT listener (default: STREAMLEDGER_STACK_KAFKA_PLAINTEXT_PORT)")
+    parser.add_argument("--handler-only", action="store_true",
+                        help="only the in-process Cleaner.handle line (no Kafka, no services)")
+    parser.add_argument("--profile", action="store_true", help="with --handler-only: under cProfile, top 25 functions")
     arguments = parser.parse_args()
-    asyncio.run(main(arguments.events, arguments.plaintext_port))
+    if arguments.handler_only:
+        handler_only(arguments.events, arguments.profile)
+    else:
+        asyncio.run(main(arguments.events, arguments.plaintext_port))

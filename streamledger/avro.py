@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterable, Mapping
+import struct
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -228,12 +230,17 @@ class AvroCodec:
 
     def __init__(self, registry: SchemaRegistry) -> None:
         self.registry = registry
+        self._readers: dict[Fingerprint, _Reader | None] = {}  # the fast path's, by writer schema
+        self._writers: dict[Fingerprint, _Writer | None] = {}
 
     # -- encode ----------------------------------------------------------------------------
 
     def encode(self, name: str, record: Mapping[str, Any]) -> bytes:
         """One record as a single-object message, written with the latest schema of `name`."""
         fp = self.registry.fingerprint(name)
+        data = self._write_fast(fp, record)
+        if data is not None:
+            return data
         schema = self.registry.writer(fp)
         buffer = io.BytesIO()
         buffer.write(MARKER)
@@ -274,7 +281,13 @@ class AvroCodec:
     def decode(self, data: bytes, reader: str | None = None) -> dict:
         """The record in a single-object message, optionally resolved into the latest `reader` schema."""
         fp = _fingerprint(data)
-        return _read_body(data, self.registry.writer(fp), self._reader_for(fp, reader))
+        writer = self.registry.writer(fp)
+        resolved = self._reader_for(fp, reader)
+        if resolved is None:
+            record = self._read_fast(fp, writer, data)
+            if record is not None:
+                return record
+        return _read_body(data, writer, resolved)
 
     def decode_many(self, datas: Iterable[bytes], reader: str | None = None) -> list[dict | CodecError]:
         """Each message decoded, or the `CodecError` that says why it could not be."""
@@ -288,11 +301,39 @@ class AvroCodec:
                 pair = schemas.get(fp)
                 if pair is None:
                     pair = schemas[fp] = (self.registry.writer(fp), self._reader_for(fp, reader))
-                out.append(_read_body(data, *pair))
+                record = self._read_fast(fp, pair[0], data) if pair[1] is None else None
+                out.append(record if record is not None else _read_body(data, *pair))
             except CodecError as exc:
                 out.append(exc)
         return out
 
+    def _write_fast(self, fp: Fingerprint, record: Mapping[str, Any]) -> bytes | None:
+        """The message as fastavro would write it, or None to ask fastavro."""
+        fast = self._writers.get(fp, _NOT_COMPILED)
+        if fast is _NOT_COMPILED:
+            fast = self._writers[fp] = _compile_writer(self.registry.writer(fp))
+        if fast is None:
+            return None
+        out = bytearray(MARKER)
+        out += fp
+        try:
+            fast(record, out)
+        except Exception:  # noqa: BLE001 - anything the fast path does not cover goes through fastavro
+            return None
+        return bytes(out)
+
+    def _read_fast(self, fp: Fingerprint, writer: dict, data: bytes) -> dict | None:
+        """The record as fastavro would read it with its writer schema, or None to ask fastavro."""
+        fast = self._readers.get(fp, _NOT_COMPILED)
+        if fast is _NOT_COMPILED:
+            fast = self._readers[fp] = _compile_reader(writer)
+        if fast is None:
+            return None
+        try:
+            record, end = fast(data, HEADER_SIZE)
+        except Exception:  # noqa: BLE001 - malformed or unusual bytes: fastavro reads them, or says why not
+            return None
+        return record if end == len(data) else None
 
     def _reader_for(self, writer: Fingerprint, reader: str | None) -> dict | None:
         """The reader schema to resolve into; None when there is none, or it is the writer's own
@@ -341,3 +382,274 @@ def _field_error(schema: dict, record: Mapping[str, Any], exc: Exception) -> str
         lines = json.loads(str(detail))  # fastavro renders its error list as JSON
         return str(lines[0]) if lines else message
     return message
+
+
+# -- the compiled fast path ------------------------------------------------------------------
+#
+# fastavro's generic reader and writer walk the schema for every message; for the common
+# shapes (records of strings, longs, doubles, booleans, timestamps, maps of and unions of
+# those) a reader or writer made once per schema from closures is quicker (measured on the
+# bench's events: RawEvent read in ~3/4 of fastavro's time, CleanEvent written in ~2/3). It is
+# only a fast path: whatever it does not cover exactly (another type, a value of an unexpected
+# Python type, any malformed or unusual byte) makes it give up, and the message goes through
+# fastavro as before, which returns the same record or raises the same error. So it returns
+# exactly what fastavro would, or nothing.
+
+_Reader = Callable[[bytes, int], tuple[Any, int]]
+"""(message, position) -> (value, position after it)."""
+_Writer = Callable[[Any, bytearray], None]
+_NOT_COMPILED = object()
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_DOUBLE = struct.Struct("<d")
+_INT32 = (-(2**31), 2**31 - 1)
+_INT64 = (-(2**63), 2**63 - 1)
+_TIMESTAMP_MILLIS = {"type": "long", "logicalType": "timestamp-millis"}
+_UNION_TYPES = {"null": type(None), "boolean": bool, "double": float, "string": str}
+"""Union branches the fast path tells apart by exact Python type, as fastavro does for these."""
+
+
+class _GiveUp(Exception):
+    """The fast path does not handle this value or these bytes: use fastavro."""
+
+
+def _type_of(schema: Any) -> Any:
+    """A parsed schema's type without the decorations the fast path ignores (doc, name, ...)."""
+    if isinstance(schema, dict) and "logicalType" in schema:
+        timestamp = schema["type"] == "long" and schema["logicalType"] == "timestamp-millis"
+        return _TIMESTAMP_MILLIS if timestamp else None
+    return schema
+
+
+def _read_long(data: bytes, pos: int) -> tuple[int, int]:
+    """A zig-zag varint of at most 9 bytes (63 bits: fastavro reads those the same way)."""
+    byte = data[pos]
+    pos += 1
+    if byte < 0x80:
+        return (byte >> 1) ^ -(byte & 1), pos
+    n, shift = byte & 0x7F, 7
+    while True:
+        byte = data[pos]
+        pos += 1
+        n |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return (n >> 1) ^ -(n & 1), pos
+        shift += 7
+        if shift > 56:
+            raise _GiveUp
+
+
+def _read_string(data: bytes, pos: int) -> tuple[str, int]:
+    size = data[pos]
+    if size < 0x80 and not size & 1:  # a length under 64, in one byte: the common case, inline
+        size >>= 1
+        pos += 1
+    else:
+        size, pos = _read_long(data, pos)
+        if size < 0:
+            raise _GiveUp
+    end = pos + size
+    if end > len(data):
+        raise _GiveUp
+    return data[pos:end].decode(), end
+
+
+def _read_double(data: bytes, pos: int) -> tuple[float, int]:
+    return _DOUBLE.unpack_from(data, pos)[0], pos + 8
+
+
+def _read_boolean(data: bytes, pos: int) -> tuple[bool, int]:
+    byte = data[pos]
+    if byte > 1:
+        raise _GiveUp
+    return byte == 1, pos + 1
+
+
+def _read_null(data: bytes, pos: int) -> tuple[None, int]:
+    return None, pos
+
+
+def _read_int(data: bytes, pos: int) -> tuple[int, int]:
+    n, pos = _read_long(data, pos)
+    if not _INT32[0] <= n <= _INT32[1]:
+        raise _GiveUp
+    return n, pos
+
+
+def _read_timestamp_millis(data: bytes, pos: int) -> tuple[datetime, int]:
+    n, pos = _read_long(data, pos)
+    # fastavro's epoch + timedelta(microseconds=n * 1000), the same exact value (ints), the
+    # milliseconds passed by position (quicker); OverflowError out of datetime's range: give up.
+    return _EPOCH + timedelta(0, 0, 0, n), pos
+
+
+_PRIMITIVE_READERS: dict[str, _Reader] = {
+    "string": _read_string, "long": _read_long, "int": _read_int, "double": _read_double,
+    "boolean": _read_boolean, "null": _read_null,
+}
+
+
+def _compile_reader(schema: Any) -> _Reader | None:
+    """A reader for a parsed writer schema, or None if the fast path does not cover it."""
+    schema = _type_of(schema)
+    if isinstance(schema, str):
+        return _PRIMITIVE_READERS.get(schema)
+    if isinstance(schema, list):
+        if not schema or any(not isinstance(branch, str) or branch not in _UNION_TYPES for branch in schema) or len(set(schema)) < len(schema):
+            return None
+        branches = tuple(_PRIMITIVE_READERS[branch] for branch in schema)
+
+        def read_union(data: bytes, pos: int) -> tuple[Any, int]:
+            index = data[pos]  # one byte: a zig-zag index under 64 (a longer varint is >= 64 here)
+            if index & 1:  # a negative index
+                raise _GiveUp
+            return branches[index >> 1](data, pos + 1)  # IndexError past the last branch: give up
+        return read_union
+    if schema == _TIMESTAMP_MILLIS:
+        return _read_timestamp_millis
+    if not isinstance(schema, dict):
+        return None
+    if schema.get("type") == "map":
+        values = _compile_reader(schema["values"])
+        if values is None:
+            return None
+
+        def read_map(data: bytes, pos: int) -> tuple[dict, int]:
+            out = {}
+            while True:
+                count, pos = _read_long(data, pos)
+                if count == 0:
+                    return out, pos
+                if count < 0:  # a block with its byte size: rare, left to fastavro
+                    raise _GiveUp
+                for _ in range(count):
+                    key, pos = _read_string(data, pos)
+                    out[key], pos = values(data, pos)
+        return read_map
+    if schema.get("type") == "record":
+        fields = tuple((field["name"], _compile_reader(field["type"])) for field in schema["fields"])
+        if any(reader is None for _name, reader in fields):
+            return None
+
+        def read_record(data: bytes, pos: int) -> tuple[dict, int]:
+            out = {}
+            for name, reader in fields:
+                out[name], pos = reader(data, pos)
+            return out, pos
+        return read_record
+    return None
+
+
+def _write_long(n: int, out: bytearray) -> None:
+    if type(n) is not int:
+        raise _GiveUp
+    if 0 <= n < 64:
+        out.append(n << 1)
+        return
+    if not _INT64[0] <= n <= _INT64[1]:
+        raise _GiveUp
+    n = (n << 1) ^ (n >> 63)
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+
+
+def _write_int(n: int, out: bytearray) -> None:
+    if type(n) is not int or not _INT32[0] <= n <= _INT32[1]:
+        raise _GiveUp
+    _write_long(n, out)
+
+
+def _write_string(text: str, out: bytearray) -> None:
+    if type(text) is not str:
+        raise _GiveUp
+    data = text.encode()  # a lone surrogate raises: give up
+    size = len(data)
+    if size < 64:
+        out.append(size << 1)
+    else:
+        _write_long(size, out)
+    out += data
+
+
+def _write_double(x: float, out: bytearray) -> None:
+    if type(x) is not float:
+        raise _GiveUp
+    out += _DOUBLE.pack(x)
+
+
+def _write_boolean(flag: bool, out: bytearray) -> None:
+    if type(flag) is not bool:
+        raise _GiveUp
+    out.append(1 if flag else 0)
+
+
+def _write_null(value: None, out: bytearray) -> None:
+    if value is not None:
+        raise _GiveUp
+
+
+def _write_timestamp_millis(ts: int | datetime, out: bytearray) -> None:
+    if type(ts) is datetime and ts.tzinfo is not None:  # fastavro's own formula for an aware datetime
+        delta = ts - _EPOCH
+        ts = (delta.days * 24 * 3600 + delta.seconds) * 1000 + int(delta.microseconds / 1000)
+    _write_long(ts, out)
+
+
+_PRIMITIVE_WRITERS: dict[str, _Writer] = {
+    "string": _write_string, "long": _write_long, "int": _write_int, "double": _write_double,
+    "boolean": _write_boolean, "null": _write_null,
+}
+
+
+def _compile_writer(schema: Any) -> _Writer | None:
+    """A writer for a parsed schema, or None if the fast path does not cover it."""
+    schema = _type_of(schema)
+    if isinstance(schema, str):
+        return _PRIMITIVE_WRITERS.get(schema)
+    if isinstance(schema, list):
+        if not schema or any(not isinstance(branch, str) or branch not in _UNION_TYPES for branch in schema) or len(set(schema)) < len(schema):
+            return None
+        # fastavro writes the first branch the value validates against; for these four types
+        # that is the branch of the value's exact type (a bool is not a double for it).
+        by_type = {_UNION_TYPES[branch]: (2 * index, _PRIMITIVE_WRITERS[branch]) for index, branch in enumerate(schema)}
+
+        def write_union(value: Any, out: bytearray) -> None:
+            tag, write = by_type[type(value)]  # KeyError for another type: give up
+            out.append(tag)
+            write(value, out)
+        return write_union
+    if schema == _TIMESTAMP_MILLIS:
+        return _write_timestamp_millis
+    if not isinstance(schema, dict):
+        return None
+    if schema.get("type") == "map":
+        values = _compile_writer(schema["values"])
+        if values is None:
+            return None
+
+        def write_map(mapping: dict, out: bytearray) -> None:
+            if type(mapping) is not dict:
+                raise _GiveUp
+            if mapping:
+                _write_long(len(mapping), out)
+                for key, value in mapping.items():
+                    _write_string(key, out)
+                    values(value, out)
+            out.append(0)
+        return write_map
+    if schema.get("type") == "record":
+        fields = tuple((field["name"], _compile_writer(field["type"])) for field in schema["fields"])
+        if any(writer is None for _name, writer in fields):
+            return None
+        count = len(fields)
+
+        def write_record(record: dict, out: bytearray) -> None:
+            # Exactly the schema's fields: a missing one (fastavro may fill in its default) or
+            # an unknown one (fastavro's strict error) is fastavro's to handle.
+            if type(record) is not dict or len(record) != count:
+                raise _GiveUp
+            for name, writer in fields:
+                writer(record[name], out)  # KeyError: give up
+        return write_record
+    return None

@@ -137,20 +137,30 @@ def normalise_value(value: Any, feature: str | None, rules: TenantRules) -> Any:
         return value  # doubles are returned as the same object: bit-exact by construction
     if isinstance(value, int):  # not in the Avro union, but a dict from a test or JSON may hold one
         return float(value)
-    field = "label" if feature is None else f"feature {feature!r}"  # built here: only strings and errors need it
     if not isinstance(value, str):
-        raise Rejected("invalid_type", f"{field} has type {type(value).__name__}, not double, string or boolean")
+        raise Rejected("invalid_type", f"{_field(feature)} has type {type(value).__name__}, not double, string or boolean")
+    return _normalise_text(value, feature, rules)
+
+
+def _normalise_text(value: str, feature: str | None, rules: TenantRules) -> Any:
+    """`normalise_value` of a string."""
     text = (value if value.isascii() else unicodedata.normalize("NFC", value)).strip()
     if not text:
         return _MISSING
     if len(text) > rules.max_string_length:
         raise Rejected(
-            "string_too_long", f"{field} is a string of {len(text)} characters, over the limit of {rules.max_string_length}"
+            "string_too_long",
+            f"{_field(feature)} is a string of {len(text)} characters, over the limit of {rules.max_string_length}",
         )
     if _NUMBER.fullmatch(text) or _NON_FINITE.fullmatch(text):
         return float(text)
     boolean = _BOOLEANS.get(text.lower())
     return text if boolean is None else boolean
+
+
+def _field(feature: str | None) -> str:
+    """The value's name in an error (built only for one)."""
+    return "label" if feature is None else f"feature {feature!r}"
 
 
 def _apply_range(value: float, feature: str, rules: TenantRules) -> float | object:
@@ -180,15 +190,32 @@ def clean_features(features: Mapping[str, Any], rules: TenantRules) -> dict[str,
         )
     out: dict[str, float | str | bool] = {}
     original_of: dict[str, str] = {}
+    # The per-event loop of the cleaning service: the common cases (a cached name within the
+    # limit, a finite double inside its range, a null) are written out here; everything else,
+    # errors included, goes through the functions above.
+    max_name_length, ranges, default_range = rules.max_name_length, rules.ranges, rules.default_range
     for name, raw_value in features.items():
-        feature = normalise_name(name, rules)
+        feature = _normal_name(name) if type(name) is str else ""
+        if not feature or len(feature) > max_name_length:
+            feature = normalise_name(name, rules)
         if feature in original_of:
             raise Rejected(
                 "feature_name",
                 f"feature names {original_of[feature]!r} and {name!r} both normalise to {feature!r}",
             )
         original_of[feature] = name
-        value = normalise_value(raw_value, name, rules)
+        if type(raw_value) is float:
+            bounds = ranges.get(feature, default_range)
+            if raw_value - raw_value == 0.0 and bounds.low <= raw_value <= bounds.high:  # finite, in range
+                out[feature] = raw_value
+                continue
+            value = raw_value
+        elif raw_value is None:
+            continue
+        elif type(raw_value) is str:
+            value = _normalise_text(raw_value, name, rules)
+        else:
+            value = normalise_value(raw_value, name, rules)
         if isinstance(value, float):
             value = _apply_range(value, feature, rules)
         if value is not _MISSING:

@@ -48,11 +48,11 @@ def canonical_bytes(record: Mapping[str, Any]) -> bytes:
     if abs(ts) > _SAFE_INTEGER:
         raise CanonicalEncodingError(f"record has no canonical form: ts {ts} is beyond the IEEE-754 safe "
                                      f"integer range (±{_SAFE_INTEGER})")
-    features = _features(record["features"])
-    names = sorted(features) if all(name.isascii() for name in features) else sorted(features, key=_utf16)
+    features, ascii_names = _features(record["features"])
+    names = sorted(features) if ascii_names else sorted(features, key=_utf16)
     text = "".join((
         '{"event_id":', _quote(_text(record["event_id"], "event_id")),
-        ',"features":{', ",".join(_quote(name) + ":" + features[name] for name in names),
+        ',"features":{', ",".join([_quote(name) + ":" + features[name] for name in names]),
         '},"label":', _value(record["label"], "label", allow_null=True),
         ',"source":', _quote(_text(record["source"], "source")),
         ',"tenant":', _quote(_text(record["tenant"], "tenant")),
@@ -90,17 +90,31 @@ def _epoch_millis(ts: Any) -> int:
     raise CanonicalEncodingError(f"ts must be a datetime or epoch milliseconds, got {type(ts).__name__}")
 
 
-def _features(features: Any) -> dict[str, str]:
-    """Feature name (NFC) -> its value written as JCS writes it."""
+def _features(features: Any) -> tuple[dict[str, str], bool]:
+    """Feature name (NFC) -> its value written as JCS writes it; and whether every name is ASCII.
+
+    The common cases (an ASCII name; a finite double or an ASCII string) are written out here,
+    everything else goes through `_text` and `_value`."""
     if not isinstance(features, Mapping):
         raise CanonicalEncodingError(f"features must be a map, got {type(features).__name__}")
     out: dict[str, str] = {}
+    ascii_names = True
     for name, value in features.items():
-        key = _text(name, "feature name")
+        if type(name) is str and name.isascii():
+            key = name
+        else:
+            key = _text(name, "feature name")
+            ascii_names = ascii_names and key.isascii()
         if key in out:
             raise CanonicalEncodingError(f"features has two names that are equal after NFC: {key!r}")
-        out[key] = _value(value, "features", allow_null=False, name=name)
-    return out
+        kind = type(value)
+        if kind is float and value - value == 0.0:  # finite
+            out[key] = es_number(value)
+        elif kind is str and value.isascii():
+            out[key] = _quote(value)
+        else:
+            out[key] = _value(value, "features", allow_null=False, name=name)
+    return out, ascii_names
 
 
 def _value(value: Any, field: str, allow_null: bool, name: str | None = None) -> str:
