@@ -7,7 +7,9 @@
 
 Every service retries in exactly one place per operation with this loop: the libraries under
 it (the Fabric gateway client, the Kafka and MongoDB adapters) never retry on their own, so
-retries never nest. Only what `is_transient` accepts is retried; anything else propagates at
+retries never nest. One exception, in one place: the Kafka helpers called at start
+(`kafka.provision`, `kafka.partitions_of`) ask again while a node is down
+(`kafka.clients.admin_retried`), since nothing retries a service's start. Only what `is_transient` accepts is retried; anything else propagates at
 once. After `attempts` tries the last exception propagates unchanged, so a caller catches the
 same typed error whether or not it was retried. A set `stop` event ends a wait with `Stopped`.
 """

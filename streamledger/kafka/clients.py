@@ -25,23 +25,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import (
     CommitFailedError,
     IllegalStateError,
+    KafkaError,
     TopicAuthorizationFailedError,
 )
 
 from streamledger.logging import get_logger
+from streamledger.retry import RetryPolicy, retry
 from streamledger.settings import CommonSettings, local_kafka_auth_dir
 
 log = get_logger("kafka")
+T = TypeVar("T")
 
 ADMIN = "admin"
 """The local stack's super user (it creates topics, users and ACLs)."""
@@ -200,14 +203,39 @@ async def commit(consumer: AIOKafkaConsumer, offsets: Mapping[TopicPartition, in
     return True
 
 
+ADMIN_RETRY = RetryPolicy(attempts=10, initial_seconds=0.2, max_seconds=3.0)
+"""How the start-time admin calls (`provision`, `partitions_of`) ask again when a node is down:
+about 20 s in all, each try with a new admin client, so with fresh metadata."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A Kafka error that asking again may cure (a node down or moving: aiokafka's `retriable`)."""
+    return isinstance(exc, KafkaError) and exc.retriable
+
+
+async def admin_retried(call: Callable[[], Awaitable[T]]) -> T:
+    """`call` (an admin operation on a client of its own) asked again while a node it reached is
+    down: a service starting while one of three brokers is down must not refuse to start. The
+    one place the Kafka helpers retry: nothing calls these inside a retry of its own."""
+    return await retry(call, ADMIN_RETRY, is_transient=is_transient,
+                       on_retry=lambda attempt, exc, delay: log.warning(
+                           "kafka_admin_retry", extra={"attempt": attempt + 1, "error": repr(exc), "delay": delay}))
+
+
 async def partitions_of(bootstrap: str, topics: list[str], timeout_s: float = 30.0,
                         security: KafkaSecurity | None = None) -> list[tuple[str, int]]:
     """Every partition of `topics`, once the cluster describes each with at least one partition.
 
     A topic created a moment ago can be described before its partitions are ready, so this
     asks again until each has partitions or the timeout passes (then `TimeoutError`). A topic
-    the principal may not describe is a `TopicAuthorizationFailedError` naming it.
+    the principal may not describe is a `TopicAuthorizationFailedError` naming it. A node that
+    is down is asked around (`admin_retried`).
     """
+    return await admin_retried(lambda: _partitions_of(bootstrap, topics, timeout_s, security))
+
+
+async def _partitions_of(bootstrap: str, topics: list[str], timeout_s: float,
+                         security: KafkaSecurity | None) -> list[tuple[str, int]]:
     async with admin(bootstrap, security=security) as cluster, asyncio.timeout(timeout_s):
         while True:
             described = await cluster.describe_topics(list(topics))

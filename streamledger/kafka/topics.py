@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from aiokafka.admin import NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
-from streamledger.kafka.clients import KafkaSecurity, admin
+from streamledger.kafka.clients import KafkaSecurity, admin, admin_retried
 
 RAW = "events.raw"
 CLEAN = "events.clean"
@@ -127,9 +127,15 @@ async def provision(bootstrap: str, specs: Iterable[TopicSpec], replication_fact
     `min.insync.replicas`. A broker that is down when a topic is created is not counted: the
     topic gets one replica fewer (Kafka cannot place a replica on it).
     Existing topics are left as they are (another service may have created them a moment ago).
-    On a secured cluster a principal sees, and may create, only the topics its ACLs name.
+    On a secured cluster a principal sees, and may create, only the topics its ACLs name. A node
+    that is down is asked around (`admin_retried`).
     """
     wanted = {s.name: s for s in specs}
+    await admin_retried(lambda: _provision(bootstrap, wanted, replication_factor, security))
+
+
+async def _provision(bootstrap: str, wanted: dict[str, TopicSpec], replication_factor: int | None,
+                     security: KafkaSecurity | None) -> None:
     async with admin(bootstrap, security=security) as cluster:
         existing = set(await cluster.list_topics())
         missing = [s for name, s in wanted.items() if name not in existing]
