@@ -138,8 +138,9 @@ class StorageService(Loop):
         await self.send_dead_letters(plan.dead_letters + [
             dead_letter(r.source, "rejected_by_mongo", r.error, _now_ms(), service=documents.SERVICE) for r in rejected])
         await kafka.commit(self.inbox, plan.commit_offsets)  # only once MongoDB and Kafka acknowledged
+        assigned = self.inbox.assignment()  # a partition revoked while the batch was written has no highwater here
         for tp, next_offset in plan.commit_offsets.items():
-            if (highwater := self.inbox.highwater(tp)) is not None:
+            if tp in assigned and (highwater := self.inbox.highwater(tp)) is not None:
                 LAG.labels(tp.topic, str(tp.partition)).set(max(highwater - next_offset, 0))
 
     async def retried(self, write):
