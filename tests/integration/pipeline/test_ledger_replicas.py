@@ -27,6 +27,7 @@ import json
 import time
 import uuid
 from itertools import pairwise
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,18 @@ def logged(replica: ServiceProcess, event: str) -> list[dict]:
             if line.startswith("{") and f'"event": "{event}"' in line]
 
 
+def start_two(env: dict[str, str], folder: Path) -> tuple[ServiceProcess, ServiceProcess, Callable[[], str]]:
+    """Two `serve ledger` replicas, a and b, each logging in its own folder; and their logs' tails."""
+    replicas = {name: ServiceProcess("ledger", env, folder / name) for name in ("a", "b")}
+    for replica in replicas.values():
+        replica.log_dir.mkdir()
+        replica.start()
+
+    def logs() -> str:
+        return "\n".join(f"--- {name} ---\n{r.tail()}" for name, r in replicas.items())
+    return replicas["a"], replicas["b"], logs
+
+
 @REPLICA_JOIN_HANG
 async def test_every_record_is_anchored_once_by_two_replicas_through_a_kill_9(
         bootstrap, mongo_db, ledger_env, tmp_path: Path) -> None:
@@ -93,14 +106,8 @@ async def test_every_record_is_anchored_once_by_two_replicas_through_a_kill_9(
     # Small batches closed by time, so a batch's range is known only from its recorded plan.
     ledger_env.update({"STREAMLEDGER_LEDGER_SETTLEMENT": "false", "STREAMLEDGER_LEDGER_BATCH_RECORDS": "100",
                        "STREAMLEDGER_LEDGER_BATCH_SECONDS": "0.3"})
-    replicas = {name: ServiceProcess("ledger", ledger_env, tmp_path / name) for name in ("a", "b")}
-    for replica in replicas.values():
-        replica.log_dir.mkdir()
-        replica.start()
-    a, b = replicas["a"], replicas["b"]
-
-    def logs() -> str:
-        return "\n".join(f"--- {name} ---\n{r.tail()}" for name, r in replicas.items())
+    a, b, logs = start_two(ledger_env, tmp_path)
+    replicas = {"a": a, "b": b}
 
     async def both_assigned() -> bool:
         assert a.alive() and b.alive(), logs()
@@ -220,14 +227,8 @@ async def test_two_replicas_settle_each_hold_once_on_its_latest_receipt_through_
     usage_topic = ledger_env["STREAMLEDGER_LEDGER_USAGE_TOPIC"]
     await create_topic(bootstrap, usage_topic, PARTITIONS)
     ledger_env.update({"STREAMLEDGER_LEDGER_ANCHORING": "false", "STREAMLEDGER_LEDGER_SETTLE_GRACE_SECONDS": "1"})
-    replicas = {name: ServiceProcess("ledger", ledger_env, tmp_path / name) for name in ("a", "b")}
-    for replica in replicas.values():
-        replica.log_dir.mkdir()
-        replica.start()
-    a, b = replicas["a"], replicas["b"]
-
-    def logs() -> str:
-        return "\n".join(f"--- {name} ---\n{r.tail()}" for name, r in replicas.items())
+    a, b, logs = start_two(ledger_env, tmp_path)
+    replicas = {"a": a, "b": b}
 
     def usage_assigned(replica: ServiceProcess) -> set[int]:
         found: set[int] = set()
