@@ -26,8 +26,8 @@ import asyncio
 import json
 import time
 import uuid
-from itertools import pairwise
 from collections.abc import Callable
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
