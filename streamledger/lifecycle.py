@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
+import io
 import os
 import signal
 import sys
@@ -97,7 +99,7 @@ def serve(name: str, load_settings: Callable[[], S], build: Callable[[S], Servic
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors())
         _refuse(name, problems)
-    configure_logging(getattr(settings, "log_level", "INFO"))
+    configure_logging(getattr(settings, "log_level", "INFO"), getattr(settings, "kafka_log_level", "WARNING"))
     metrics.serve_metrics(getattr(settings, "metrics_port", 0), getattr(settings, "metrics_host", "127.0.0.1"))
     raise SystemExit(asyncio.run(_serve(name, settings, build)))
 
@@ -107,6 +109,10 @@ async def _serve(name: str, settings: S, build: Callable[[S], Service]) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # SIGUSR2 shows where a process is: its tasks logged by the loop, and (faulthandler, which works
+    # even while the loop is stuck) every thread's stack on stderr.
+    loop.add_signal_handler(signal.SIGUSR2, log_tasks)
+    faulthandler.register(signal.SIGUSR2, all_threads=True, chain=True)
     started = False
 
     def on_started() -> None:
@@ -123,6 +129,14 @@ async def _serve(name: str, settings: S, build: Callable[[S], Service]) -> int:
         return 1
     log.info("stopped", extra={"service": name})
     return 0
+
+
+def log_tasks() -> None:
+    """Log each task of the running loop with the stack it waits on."""
+    for task in asyncio.all_tasks():
+        stack = io.StringIO()
+        task.print_stack(file=stack)
+        log.warning("task", extra={"task": task.get_name(), "stack": stack.getvalue()})
 
 
 async def run_until(service: Service, stop: asyncio.Event, on_started: Callable[[], None] = lambda: None) -> None:

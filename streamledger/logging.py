@@ -34,15 +34,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def configure_logging(level: str = "INFO") -> None:
-    """Route all `streamledger.*` loggers to stderr as JSON lines (idempotent)."""
-    root = logging.getLogger("streamledger")
-    root.setLevel(level.upper())
-    if not any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(JsonFormatter())
-        root.addHandler(handler)
-    root.propagate = False
+def configure_logging(level: str = "INFO", kafka_level: str = "WARNING") -> None:
+    """Route all `streamledger.*` loggers, and the Kafka client's (`aiokafka.*`, at `kafka_level`),
+    to stderr as JSON lines (idempotent)."""
+    for name, at in (("streamledger", level), ("aiokafka", kafka_level)):
+        root = logging.getLogger(name)
+        root.setLevel(at.upper())
+        if not any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(JsonFormatter())
+            root.addHandler(handler)
+        root.propagate = False
 
 
 def get_logger(service: str) -> logging.Logger:

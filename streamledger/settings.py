@@ -82,6 +82,9 @@ class CommonSettings(BaseSettings):
     """MongoDB connection string (a replica set URI works unchanged)."""
     mongo_db: str = "streamledger"
     log_level: str = "INFO"
+    kafka_log_level: str = "WARNING"
+    """The level of the Kafka client's own logs (aiokafka: joins, assignments, heartbeats), as JSON
+    lines beside the service's; `INFO` shows each consumer group join and assignment."""
     metrics_port: int = 0
     """Port for the Prometheus `/metrics` endpoint; 0 leaves it off."""
     metrics_host: str = "127.0.0.1"

@@ -93,8 +93,8 @@ class CleaningService(Loop):
         await self.reader.start()
         self.inbox = kafka.consumer(s.kafka_bootstrap, group_id=s.cleaning_group, max_poll_records=s.cleaning_batch_size,
                                     session_timeout_ms=int(s.cleaning_session_timeout_seconds * 1000))
+        await self.inbox.start()  # before subscribing, so it does not wait for the group's first assignment
         self.inbox.subscribe([s.cleaning_raw_topic], listener=Rebalance(self))
-        await self.inbox.start()
         log.info("consuming", extra={"raw": s.cleaning_raw_topic, "group": s.cleaning_group})
 
     async def run(self, stopping: asyncio.Event) -> None:

@@ -22,9 +22,6 @@ from __future__ import annotations
 from contextlib import AsyncExitStack
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.coordinator.assignors.sticky.sticky_assignor import (
-    StickyPartitionAssignor,
-)
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
@@ -58,7 +55,7 @@ class ShardGroup:
         self.committer = committer
         """A group-less consumer assigned the input partitions: commits the slowest position."""
         self.member = kafka.consumer(
-            s.kafka_bootstrap, group_id=self.group, partition_assignment_strategy=(StickyPartitionAssignor,),
+            s.kafka_bootstrap, group_id=self.group,
             session_timeout_ms=int(s.learning_session_timeout_seconds * 1000),
             heartbeat_interval_ms=max(100, int(s.learning_session_timeout_seconds * 1000 / 10)),
             rebalance_timeout_ms=int(s.learning_rebalance_timeout_seconds * 1000))

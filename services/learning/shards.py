@@ -16,7 +16,7 @@ holding models, the extra ones idle (no reader, no fetching).
 
 Handing over. aiokafka rebalances eagerly: the group takes every shard from every member, waits
 for each member's revoke callback to return (up to `learning_rebalance_timeout_seconds`), then
-assigns them again (the sticky assignor gives members back what they had where it can).
+assigns them again (`kafka.assignor` gives members back what they had where balance allows).
 `hand_over` (in that callback) waits for the batch in hand, writes a final snapshot of every
 leaving model that moved, at exactly the offsets it learned (registered on the ledger first when
 there is one), waits until it is durable, then drops the models. `take_up` (in the run loop,

@@ -121,8 +121,10 @@ class Anchorer(ConsumerRebalanceListener):
             await self._check_owner()
         except Stopped:
             return
-        self.consumer.subscribe([self.topic], listener=self)
+        # Started before subscribing, so that start() returns at once rather than wait for the
+        # first assignment: the loop below sees `stop` while the group is still forming.
         await self.consumer.start()
+        self.consumer.subscribe([self.topic], listener=self)
         log.info("anchoring_started", extra={"topic": self.topic, "batch_records": self.batcher.max_records,
                                              "batch_seconds": self.batcher.max_seconds, "operator": self.operator})
         failed = True

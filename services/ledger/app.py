@@ -29,10 +29,6 @@ import asyncio
 from functools import partial
 
 from aiokafka import AIOKafkaConsumer
-from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
-from aiokafka.coordinator.assignors.sticky.sticky_assignor import (
-    StickyPartitionAssignor,
-)
 
 from services.ledger.anchorer import Anchorer
 from services.ledger.anchoring import check_topic
@@ -58,21 +54,12 @@ ROLES = {"anchoring": "operator", "settlement": "provider"}
 """Each loop's ledger identity (its local name, deploy/fabric/identities.yaml) -> the role it needs."""
 
 
-def sticky() -> type[StickyPartitionAssignor]:
-    """aiokafka's sticky assignor, as a class of its own: it keeps the member's last assignment
-    on the class, and the two loops' consumers (two groups) must not share it."""
-    return type("StickyPartitionAssignor", (StickyPartitionAssignor,), {"member_assignment": None})
-
-
 def consumer(settings: LedgerServiceSettings, group: str) -> AIOKafkaConsumer:
     # Committed by hand, once the ledger holds what was read; the ledger may be down a while
-    # (reading waits meanwhile), hence the long poll interval. Replicas share the partitions:
-    # sticky moves as few as it can when one comes or goes (aiokafka 0.14 has no cooperative
-    # protocol, so every rebalance still revokes all; round robin stays for a group whose
-    # members do not all offer sticky yet).
+    # (reading waits meanwhile), hence the long poll interval. Replicas share the partitions
+    # (`kafka.assignor`: each keeps what it held where balance allows).
     return kafka.consumer(settings.kafka_bootstrap, group_id=group, max_poll_records=2000,
-                          max_poll_interval_ms=600_000,
-                          partition_assignment_strategy=(sticky(), RoundRobinPartitionAssignor))
+                          max_poll_interval_ms=600_000)
 
 
 class LedgerService(Loop):

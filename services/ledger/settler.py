@@ -114,8 +114,8 @@ class Settler(ConsumerRebalanceListener):
     async def run(self, stop: asyncio.Event) -> None:
         try:
             await self._resume_pending()
+            await self.consumer.start()  # then subscribed: see `Anchorer.run`
             self.consumer.subscribe([self.topic], listener=self)
-            await self.consumer.start()
             s = self.settings
             log.info("settlement_started", extra={
                 "topic": self.topic, "provider": self.provider, "grace_s": s.ledger_settle_grace_seconds,

@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import (
     CommitFailedError,
     IllegalStateError,
@@ -39,6 +40,7 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
 )
 
+from streamledger.kafka.assignor import sticky_assignor
 from streamledger.logging import get_logger
 from streamledger.retry import RetryPolicy, retry
 from streamledger.settings import CommonSettings, local_kafka_auth_dir
@@ -164,11 +166,13 @@ def consumer(bootstrap: str, *topics: str, group_id: str | None = None, max_fetc
              security: KafkaSecurity | None = None, **overrides) -> AIOKafkaConsumer:
     """A consumer that commits only when told (`commit`), from the earliest offset of a new group.
 
-    `topics` subscribes (with `group_id`, the group balances partitions); none: assign by hand
-    (`read_to_end`). `max_fetch_bytes` raises the fetch limits for topics of large records.
+    `topics` subscribes (with `group_id`, the group balances partitions, sticky: see `assignor`);
+    none: assign by hand (`read_to_end`). `max_fetch_bytes` raises the fetch limits for topics of
+    large records.
     """
     options = dict(bootstrap_servers=bootstrap, **connection(security), group_id=group_id,
-                   enable_auto_commit=False, auto_offset_reset="earliest")
+                   enable_auto_commit=False, auto_offset_reset="earliest",
+                   partition_assignment_strategy=(sticky_assignor(), RoundRobinPartitionAssignor))
     if max_fetch_bytes is not None:
         options.update(fetch_max_bytes=max_fetch_bytes, max_partition_fetch_bytes=max_fetch_bytes)
     options.update(overrides)

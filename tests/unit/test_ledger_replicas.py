@@ -6,8 +6,8 @@ replica does between two steps of the loop.
   anchored on the recorded plans. Plans are recorded in offset order. Records fetched before a
   revocation and handled after it are not batched, and nothing past them is committed;
 - settlement: usage read while its partition is revoked is not tallied (its next owner settles
-  the hold), and usage counted by a plan another replica recorded is not dead-lettered as late;
-- assignment: each loop's consumer has a sticky assignor of its own.
+  the hold), and usage counted by a plan another replica recorded is not dead-lettered as late.
+(Each consumer's assignor of its own: tests/unit/test_kafka_assignor.py.)
 
 The stand-ins are those of tests/unit/test_ledger_anchorer.py and test_ledger_settler.py; the
 real replicas are driven in tests/integration/pipeline/test_ledger_replicas.py.
@@ -19,11 +19,9 @@ import asyncio
 from typing import Any
 
 from aiokafka import TopicPartition
-from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 
 from services.ledger.anchorer import Anchorer
 from services.ledger.anchoring import Batch
-from services.ledger.app import consumer
 from services.ledger.dead_letters import DeadLetters
 from services.ledger.ports import Ports
 from services.ledger.retries import Retries
@@ -219,17 +217,3 @@ async def test_usage_counted_by_another_replicas_plan_is_not_dead_lettered_as_la
 
     assert {o: d["reason"] for o, d in settling.letters_of(producer).items()} == {2: "hold_closed"}
     assert consumer.committed == {settling.TP: 3}
-
-
-async def test_each_loops_consumer_keeps_its_own_sticky_assignment(monkeypatch) -> None:
-    """aiokafka's sticky assignor keeps the member's last assignment on its class: the anchoring
-    and settlement consumers of one process (two groups) each get a class of their own, so one
-    never offers the other's partitions as its own."""
-    monkeypatch.setenv("STREAMLEDGER_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT")  # built, never started: no credentials
-    settings = LedgerServiceSettings()
-    anchoring, settlement = consumer(settings, "anchoring-group"), consumer(settings, "settlement-group")
-    (mine, fallback), (theirs, _) = (c._partition_assignment_strategy for c in (anchoring, settlement))
-    assert mine.name == theirs.name == "sticky" and fallback.name == "roundrobin"
-    mine.on_assignment(ConsumerProtocolMemberAssignment(0, [(TOPIC, [0, 1])], b""))
-    assert mine.member_assignment == [TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)]
-    assert theirs.member_assignment is None

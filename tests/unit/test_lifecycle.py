@@ -47,13 +47,16 @@ serve("demo", Settings, Demo)
 """
 
 
-def run(env: dict[str, str], terminate: bool = False) -> subprocess.CompletedProcess:
+def run(env: dict[str, str], terminate: bool = False, signals: tuple[int, ...] = ()) -> subprocess.CompletedProcess:
     process = subprocess.Popen([sys.executable, "-c", textwrap.dedent(SERVICE)], env={**_base_env(), **env},
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if terminate:
         assert process.stdout is not None
         assert process.stdout.readline().strip() == "ready"
         time.sleep(0.2)  # `started` is logged right after start returns; a signal before it is fine too
+        for sig in signals:
+            process.send_signal(sig)
+            time.sleep(0.2)
         process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=30)
     return subprocess.CompletedProcess(process.args, process.returncode, out, err)
@@ -94,3 +97,12 @@ def test_a_service_that_fails_while_running_is_logged_and_exits_1() -> None:
     assert done.stdout.split() == ["ready", "closed"]  # stopped all the same
     failed = [e for e in logged(done.stderr) if e["event"] == "failed"]
     assert len(failed) == 1 and failed[0]["errors"] == ["RuntimeError: input topic deleted"], done.stderr
+
+
+def test_sigusr2_shows_where_the_process_is_and_it_carries_on() -> None:
+    done = run({}, terminate=True, signals=(signal.SIGUSR2,))
+    assert done.returncode == 0, done.stderr
+    tasks = [e for e in logged(done.stderr) if e["event"] == "task"]
+    assert any(e["task"] == "Demo" and "line 26, in run" in e["stack"] for e in tasks), done.stderr  # where run waits
+    assert "Current thread" in done.stderr  # faulthandler: every thread's stack, even with the loop stuck
+    assert [e["event"] for e in logged(done.stderr) if e["event"] != "task"] == ["started", "stopped"]

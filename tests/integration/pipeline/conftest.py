@@ -68,9 +68,11 @@ class ServiceProcess:
             try:
                 return self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
+                self.process.send_signal(signal.SIGUSR2)  # `serve` logs where it is (its tasks, its threads)
+                time.sleep(2)
                 self.process.kill()
                 self.process.wait(timeout=10)
-                raise AssertionError(f"{self.name} did not stop within {timeout}s of SIGTERM:\n{self.tail()}")
+                raise AssertionError(f"{self.name} did not stop within {timeout}s of SIGTERM:\n{self.tail(150)}")
         return self.process.returncode
 
     async def logged(self, text: str, timeout: float = 60) -> None:
