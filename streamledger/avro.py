@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import struct
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -71,6 +72,9 @@ class UnknownFingerprintError(CodecError):
             f"unknown writer schema fingerprint {fingerprint.hex()}: not in schemas/ nor in the "
             f"{topics.SCHEMAS} topic"
         )
+
+
+_STREAM_REPR = re.compile(r"<_io\.BytesIO object at 0x[0-9a-f]+>")
 
 
 class MalformedBodyError(CodecError):
@@ -363,7 +367,10 @@ def _read_body(data: bytes, writer: dict, reader: dict | None) -> dict:
             f"writer {writer['name']} cannot be read as reader {reader['name'] if reader else '?'}: {exc}"
         ) from None
     except (EOFError, StopIteration, ValueError, TypeError, IndexError, OverflowError, MemoryError) as exc:
-        raise MalformedBodyError(f"{writer['name']} body does not decode: {type(exc).__name__}: {exc}") from None
+        # fastavro names the stream it read from by its address ("cannot read double from
+        # <_io.BytesIO object at 0x...>"): the message says "the body" instead, the same each time.
+        why = _STREAM_REPR.sub("the body", str(exc))
+        raise MalformedBodyError(f"{writer['name']} body does not decode: {type(exc).__name__}: {why}") from None
     if body.tell() != len(data):
         raise MalformedBodyError(
             f"{writer['name']} body has {len(data) - body.tell()} trailing bytes after the record"

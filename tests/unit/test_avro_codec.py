@@ -179,6 +179,20 @@ def test_truncated_garbage_and_trailing_bodies_are_malformed() -> None:
         assert info.value.reason == "malformed_body"
 
 
+def test_a_body_cut_short_gets_the_same_message_each_time() -> None:
+    """fastavro names the stream it read by its address; the message names "the body" instead."""
+    data = CODEC.encode("CleanEvent", SAMPLES["CleanEvent"] | {"label": 0.5, "features": {"x": 1.5}})
+
+    def message(cut: int) -> str:
+        with pytest.raises(MalformedBodyError) as info:
+            CODEC.decode(data[:cut])
+        return str(info.value)
+
+    cuts = range(HEADER_SIZE, len(data))
+    assert all(message(cut) == message(cut) and " at 0x" not in message(cut) for cut in cuts)
+    assert any("cannot read double from the body" in message(cut) for cut in cuts)
+
+
 def test_decode_many_returns_errors_in_place_without_raising() -> None:
     good = CODEC.encode("RawEvent", raw_event())
     results = CODEC.decode_many([good, b"junk", good[:2] + b"\x00" * 8 + good[10:], good[:-1], good])
