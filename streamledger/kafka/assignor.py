@@ -1,6 +1,6 @@
 """The partition assignor of every consumer group the project runs: balanced, and sticky.
 
-    consumer = AIOKafkaConsumer(..., partition_assignment_strategy=(sticky_assignor(), RoundRobinPartitionAssignor))
+    consumer = AIOKafkaConsumer(..., partition_assignment_strategy=(sticky_assignor(),))
 
 (`kafka.consumer` does this for every consumer with a group.) Each member says, in the metadata
 it joins with, the partitions it held last; the group's leader lets each member keep what it
@@ -16,8 +16,10 @@ consumer alone, and needs no generation: aiokafka's protocol is eager (every mem
 every partition before it rejoins), so a claim only says where a partition was, never who holds
 it now, and two claims on one partition are settled by member id.
 
-A group whose members do not all offer this assignor (a rolling upgrade) agrees on round robin,
-the next strategy each consumer offers.
+Consumers offer this assignor alone (see `kafka.consumer` for why never a list), so a group can
+only form among members that all run it: a group of an older version (round robin) is stopped
+before the new one starts (a member joining a group of the other kind is refused,
+InconsistentGroupProtocol).
 """
 
 from __future__ import annotations

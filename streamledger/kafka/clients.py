@@ -32,7 +32,6 @@ from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import (
     CommitFailedError,
     IllegalStateError,
@@ -172,7 +171,11 @@ def consumer(bootstrap: str, *topics: str, group_id: str | None = None, max_fetc
     """
     options = dict(bootstrap_servers=bootstrap, **connection(security), group_id=group_id,
                    enable_auto_commit=False, auto_offset_reset="earliest",
-                   partition_assignment_strategy=(sticky_assignor(), RoundRobinPartitionAssignor))
+                   # One assignor, never a list: aiokafka 0.14 sends a JoinGroup per assignor offered,
+                   # each naming one more, and every later one changes the member's metadata, which
+                   # makes the broker rebalance the group again; two members doing so can keep a
+                   # group rebalancing for ever (one replica of two never got its partitions).
+                   partition_assignment_strategy=(sticky_assignor(),))
     if max_fetch_bytes is not None:
         options.update(fetch_max_bytes=max_fetch_bytes, max_partition_fetch_bytes=max_fetch_bytes)
     options.update(overrides)
