@@ -422,12 +422,15 @@ def summarise_holds(console: Console, client: DemoClient) -> None:
 async def show_a_trace(console: Console, event_id: str) -> None:
     """What an auditor sees for the demo's first event: `streamledger audit trace demo EVENT_ID`
     (ingested, cleaned, proven, anchored and endorsed, the model versions that learned from it,
-    and the holds that paid for their predictions)."""
+    and the holds that paid for their predictions). Every version that learned from it is
+    asked for at once (the largest page): usage is counted for the page's versions, and those
+    that served the demo's client come last (models by name)."""
     from services.audit.command import run_audit
+    from services.audit.trace import MAX_LIMIT
 
-    console.print(f"\n[bold]$ streamledger audit trace {TENANT} {event_id}[/]")
-    await asyncio.to_thread(run_audit, "trace", {"tenant": TENANT, "event_id": event_id, "limit": 5, "page": 1},
-                            False, None, None, console)
+    console.print(f"\n[bold]$ streamledger audit trace {TENANT} {event_id} --limit {MAX_LIMIT}[/]")
+    await asyncio.to_thread(run_audit, "trace", {"tenant": TENANT, "event_id": event_id, "limit": MAX_LIMIT,
+                                                 "page": 1}, False, None, None, console)
 
 
 async def show_a_bill(console: Console, client: DemoClient) -> None:
