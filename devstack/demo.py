@@ -8,8 +8,9 @@
    as tenant "demo" with a fresh API key, plus a few malformed events to show rejections;
    the stack's Org2 identity `demo` pays for calls to the live model with signed receipts.
 4. A live table shows what each hop holds: topic offsets, stored documents, the models'
-   online metrics, paid calls and holds; Ctrl-C (or --seconds) stops the services and prints
-   the client's holds, one event's audit trace and one bill.
+   online metrics, paid calls and holds; Ctrl-C (or --seconds) ends the stream, prints the
+   client's holds, one event's audit trace and one bill, and stops the services (a second
+   Ctrl-C stops at once).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import itertools
 import json
 import random
 import secrets
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -342,6 +344,19 @@ def render(stream: DemoStream, client: DemoClient, sizes: dict[str, int], stored
     return Group(*parts)
 
 
+@contextlib.contextmanager
+def ctrl_c_ends(stop: asyncio.Event):
+    """While inside: Ctrl-C (SIGINT) sets `stop` rather than cancelling the demo (asyncio.run's
+    own handler would), so the demo ends as --seconds would and still prints its ending; once
+    left, Ctrl-C is Python's KeyboardInterrupt again (stop at once)."""
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    try:
+        yield stop
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+
+
 async def run_demo(settings: CommonSettings, console: Console, seconds: float | None, rate: float,
                    names: list[str]) -> None:
     """The demo with the services `names` (those built, in start order) as child processes."""
@@ -361,9 +376,9 @@ async def run_demo(settings: CommonSettings, console: Console, seconds: float | 
         caller = asyncio.create_task(client.run_forever()) if "inference" in names else None
         started = time.monotonic()
         async with PipelineView(settings) as view:
-            with Live(console=console, refresh_per_second=2) as live:
+            with ctrl_c_ends(asyncio.Event()) as interrupted, Live(console=console, refresh_per_second=2) as live:
                 for tick in itertools.count():
-                    if seconds is not None and time.monotonic() - started >= seconds:
+                    if interrupted.is_set() or seconds is not None and time.monotonic() - started >= seconds:
                         break
                     await view.poll_metrics()
                     if tick % 5 == 0:
@@ -407,12 +422,15 @@ def summarise_holds(console: Console, client: DemoClient) -> None:
 async def show_a_trace(console: Console, event_id: str) -> None:
     """What an auditor sees for the demo's first event: `streamledger audit trace demo EVENT_ID`
     (ingested, cleaned, proven, anchored and endorsed, the model versions that learned from it,
-    and the holds that paid for their predictions)."""
+    and the holds that paid for their predictions). Every version that learned from it is
+    asked for at once (the largest page): usage is counted for the page's versions, and those
+    that served the demo's client come last (models by name)."""
     from services.audit.command import run_audit
+    from services.audit.trace import MAX_LIMIT
 
-    console.print(f"\n[bold]$ streamledger audit trace {TENANT} {event_id}[/]")
-    await asyncio.to_thread(run_audit, "trace", {"tenant": TENANT, "event_id": event_id, "limit": 5, "page": 1},
-                            False, None, None, console)
+    console.print(f"\n[bold]$ streamledger audit trace {TENANT} {event_id} --limit {MAX_LIMIT}[/]")
+    await asyncio.to_thread(run_audit, "trace", {"tenant": TENANT, "event_id": event_id, "limit": MAX_LIMIT,
+                                                 "page": 1}, False, None, None, console)
 
 
 async def show_a_bill(console: Console, client: DemoClient) -> None:

@@ -116,7 +116,9 @@ def demo(
     from devstack.runner import built_services
     from streamledger.settings import CommonSettings
 
-    up(fabric=True)  # the whole system: the ledger service anchors the demo stream
+    # the whole system (the ledger service anchors the demo stream); a call, not the command line:
+    # every option is given (a default left out would be typer's OptionInfo, not its value)
+    up(fabric=True, kafka_brokers=None)
     try:
         asyncio.run(run_demo(CommonSettings(), console, seconds, rate, built_services(SERVICES)))
     except KeyboardInterrupt:

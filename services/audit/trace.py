@@ -334,9 +334,12 @@ async def _usage(trace: Trace, ledger: LedgerReader, lineage: Lineage, shown: Se
     trace.holds = sorted(holds.values(), key=lambda h: h["hold_id"])
     served = sum(m["predictions"] for m in trace.models)
     settled = sum(1 for h in trace.holds if h["status"] == "SETTLED")
+    page = trace.page
+    these = ("these versions" if page["pages"] == 1 else  # a page's usage is not all of it: say whose it is
+             f"the {len(trace.models)} versions of page {page['page']} of {page['pages']}")
     trace.links.append(_link(Link.USAGE, "PAID" if trace.holds and settled == len(trace.holds) else
                              "SERVED" if served else "NONE",
-                             f"{served} predictions by these versions, paid by {len(trace.holds)} holds "
+                             f"{served} predictions by {these}, paid by {len(trace.holds)} holds "
                              f"({settled} settled)", {"predictions": served, "holds": len(trace.holds),
                                                       "settled": settled, "skipped": 0}))
 

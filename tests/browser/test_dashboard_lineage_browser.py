@@ -1,7 +1,8 @@
 """The dashboard's issue-25 panels in a real headless Chromium: bills with their receipts, each
 model's versions, "–" for a model that learned nothing, the learning service's member-less group
 shown connected, and the lineage panel asking a real `streamledger serve audit` (an unknown event,
-a malformed one, an unknown hold's bill, then the audit API gone).
+a malformed one, an unknown hold's bill, then the audit API gone), and turning the pages of a long
+trace (the page's answers given by the browser itself: what is tested is the page's asking).
 
 Records go to the dashboard's own (unique) topics with the Avro codec; the audit API reads a
 fresh database and the local Fabric network.
@@ -15,6 +16,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import parse_qs, urlparse
 
 import httpx
 import pytest
@@ -141,3 +143,46 @@ async def test_the_lineage_panel_traces_through_the_real_audit_api_and_says_when
         if audit.poll() is None:
             audit.kill()
             audit.wait(timeout=10)
+
+
+def a_trace_page(page: int) -> dict:
+    """Page `page` of a VERIFIED trace of acme/e1 whose three covering versions come two a page."""
+    versions = {1: [1, 2], 2: [3]}[page]
+    holds = {1: ["hold-a"], 2: ["hold-b"]}[page]
+    return {"tenant": "acme", "event_id": "e1", "status": "VERIFIED", "detail": "on the ledger", "problems": [],
+            "notes": [], "links": [{"link": "usage", "verdict": "SERVED", "detail": f"page {page}'s usage"}],
+            "models": [{"model_id": "m", "version": v, "status": "MATCH", "predictions": 1, "units": 2,
+                        "holds": holds} for v in versions],
+            "holds": [{"hold_id": h, "requests": len(versions), "status": "SETTLED", "charged": 4} for h in holds],
+            "page": {"limit": 2, "page": page, "versions": 3, "pages": 2}}
+
+
+async def test_the_lineage_panel_turns_the_pages_of_a_long_trace(
+        chromium: BrowserContext, bootstrap: str, unique: str, tmp_path: Path) -> None:
+    asked: list[dict[str, list[str]]] = []
+    async with running_dashboard(bootstrap, unique, tmp_path) as dashboard:
+        page, errors = await open_page(chromium, dashboard.url)
+
+        async def answer(route) -> None:
+            query = parse_qs(urlparse(route.request.url).query)
+            asked.append(query)
+            await route.fulfill(json=a_trace_page(int(query["page"][0])))
+        await page.route("**/api/trace?*", answer)
+
+        await page.get_by_test_id("lineage-tenant").fill("acme")
+        await page.get_by_test_id("lineage-event").fill("e1")
+        await page.get_by_test_id("lineage-submit").click()
+        models = page.get_by_test_id("trace-model")
+        await expect(models).to_have_count(2, timeout=15_000)
+        await expect(page.get_by_test_id("trace-previous")).to_have_count(0)
+        await page.get_by_test_id("trace-next").click()
+        await expect(models).to_have_count(1)
+        await expect(models).to_contain_text("m v3")
+        await expect(page.get_by_test_id("trace-hold")).to_contain_text("hold-b")
+        await expect(page.get_by_test_id("trace-next")).to_have_count(0)
+        await page.get_by_test_id("trace-previous").click()
+        await expect(models).to_have_count(2)
+        await expect(page.get_by_test_id("trace-hold")).to_contain_text("hold-a")
+        assert errors == []
+    assert [(q["tenant"], q["event_id"], q["page"]) for q in asked] == [
+        (["acme"], ["e1"], ["1"]), (["acme"], ["e1"], ["2"]), (["acme"], ["e1"], ["1"])]

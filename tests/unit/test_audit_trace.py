@@ -159,6 +159,7 @@ async def test_a_verified_event_names_every_link_the_versions_that_learned_from_
     assert [(h["hold_id"], h["status"], h["requests"], h["versions"]) for h in trace.holds] == [
         ("hold-a", "SETTLED", 2, ["pos-model v2", "pos-model v3"]), ("hold-b", "OPEN", 1, ["pos-model v3"])]
     assert trace.page == {"limit": 20, "page": 1, "versions": 2, "pages": 1}
+    assert found["usage"]["detail"] == "3 predictions by these versions, paid by 2 holds (1 settled)"
     json.dumps(trace.as_dict(), allow_nan=False)
 
 
@@ -179,6 +180,8 @@ async def test_versions_are_paginated_and_usage_is_read_for_the_page_only() -> N
     past = await audit_trace(store, ledger, lineage, "acme", ids[0], limit=2, page=3)
     assert [m["version"] for m in first.models] == [1, 2] and [m["version"] for m in second.models] == [3]
     assert first.page == {"limit": 2, "page": 1, "versions": 3, "pages": 2}
+    assert links(first)["usage"]["detail"] == \
+        "2 predictions by the 2 versions of page 1 of 2, paid by 2 holds (1 settled)"  # this page's, not all
     assert past.models == [] and past.holds == []
     assert lineage.usage_asked[1][0] == [("pos-model", 3)]
     assert lineage.usage_asked[0][1] == int(CREATED.timestamp() * 1000) - 5 * 60 * 1000

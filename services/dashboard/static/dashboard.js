@@ -411,7 +411,8 @@ async function showBill(holdId) {
     ...(b.problems || []).map(p => el("div", { class: "error" }, `${p.reason}: ${p.detail}`)));
 }
 
-function drawTrace(t) {
+// `turn(page)` asks for another page of the trace's model versions (the usage counted is the page's).
+function drawTrace(t, turn) {
   const box = document.getElementById("lineage");
   if (t.error) { box.replaceChildren(auditError(t)); return; }
   const links = el("table", { "data-testid": "trace-links" },
@@ -431,6 +432,10 @@ function drawTrace(t) {
           el("td", {}, `${m.model_id} v${m.version}`), el("td", {}, verdictPill(m.status, "model-registration")),
           el("td", { class: "num" }, m.predictions), el("td", { class: "num" }, m.units),
           el("td", { class: "mono small" }, (m.holds || []).map(h => short(h, 12)).join(", ") || "–"))))));
+    const pager = [];
+    if (page.page > 1) pager.push(pageButton("trace-previous", `← page ${page.page - 1}`, () => turn(page.page - 1)));
+    if (page.page < page.pages) pager.push(pageButton("trace-next", `page ${page.page + 1} →`, () => turn(page.page + 1)));
+    if (pager.length) parts.push(el("div", { class: "small" }, ...pager));
   }
   if ((t.holds || []).length) {
     parts.push(el("h3", {}, "holds that paid for its predictions"),
@@ -446,13 +451,22 @@ function drawTrace(t) {
   box.replaceChildren(...parts);
 }
 
-document.getElementById("lineage-form").addEventListener("submit", async event => {
-  event.preventDefault();
-  const tenant = document.getElementById("lineage-tenant").value, eventId = document.getElementById("lineage-event").value;
+function pageButton(testid, text, onClick) {
+  const button = el("button", { class: "link", type: "button", "data-testid": testid }, text);
+  button.addEventListener("click", onClick);
+  return button;
+}
+
+async function showTrace(tenant, eventId, page) {
   const box = document.getElementById("lineage");
   box.replaceChildren(el("div", { class: "muted small", "data-testid": "trace-waiting" }, `tracing ${tenant} / ${eventId}…`));
-  const query = new URLSearchParams({ tenant, event_id: eventId });
-  drawTrace(await askAudit(`/api/trace?${query}`));
+  const query = new URLSearchParams({ tenant, event_id: eventId, page: String(page) });
+  drawTrace(await askAudit(`/api/trace?${query}`), next => showTrace(tenant, eventId, next));
+}
+
+document.getElementById("lineage-form").addEventListener("submit", event => {
+  event.preventDefault();
+  showTrace(document.getElementById("lineage-tenant").value, document.getElementById("lineage-event").value, 1);
 });
 
 const panels = [drawHeader, drawThroughput, drawGroups, drawModels, drawBills, drawAnchors, drawUsage, drawDeadLetters];
