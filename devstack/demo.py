@@ -6,7 +6,8 @@
    the dashboard read as `audit` and `dashboard`); inference runs in paid mode with mutual TLS.
 3. A demo producer posts River's Phishing dataset to the ingestion API, in small batches,
    as tenant "demo" with a fresh API key, plus a few malformed events to show rejections;
-   the stack's Org2 identity `demo` pays for calls to the live model with signed receipts.
+   the stack's Org2 identity `demo` pays for calls to the live model with signed receipts
+   (first releasing its holds an earlier run left open past their settlement window).
 4. A live table shows what each hop holds: topic offsets, stored documents, the models'
    online metrics, paid calls and holds; Ctrl-C (or --seconds) ends the stream, prints the
    client's holds, one event's audit trace and one bill, and stops the services (a second
@@ -40,6 +41,7 @@ from devstack.runner import ServiceGroup
 from devstack.settings import StackSettings
 from streamledger import kafka
 from streamledger.avro import AvroCodec, SchemaRegistry
+from streamledger.client.wallet import Wallet, WalletError
 from streamledger.core.contract_errors import NotFound
 from streamledger.fabric import EvaluateError
 from streamledger.kafka import topics
@@ -224,14 +226,56 @@ class DemoClient:
     async def refresh_holds(self) -> None:
         """The client's holds as the ledger has them (status, charged, refunded)."""
         if self.account:
-            async with LedgerClient.connect(LedgerSettings(fabric_msp_id="Org2MSP", fabric_user=DEMO_CLIENT)) as ledger:
+            async with LedgerClient.connect(client_settings()) as ledger:
                 self.holds = {h["hold_id"]: h for h in await ledger.holds_of(self.account)}
+
+
+def client_settings() -> LedgerSettings:
+    """The ledger settings of the demo's paying client, acting as itself."""
+    return LedgerSettings(fabric_msp_id="Org2MSP", fabric_user=DEMO_CLIENT)
+
+
+@dataclass
+class Leftovers:
+    """The demo client's holds an earlier run left OPEN past their settlement window, released."""
+
+    released: list[dict] = field(default_factory=list)
+    """Each released hold as the wallet shows it (status RELEASED, charged, refunded)."""
+    refused: dict[str, str] = field(default_factory=dict)
+    """Hold id -> why the ledger would not release it."""
+
+    def line(self) -> str:
+        said = (f"released {len(self.released)} holds of the demo client that an earlier run left open past their "
+                f"settlement window: {sum(h['charged'] or 0 for h in self.released):,} credit paid for their "
+                f"receipts, {sum(h['refunded'] or 0 for h in self.released):,} back to the client"
+                if self.released else "no hold of the demo client was left open past its settlement window")
+        if self.refused:
+            hold_id, why = next(iter(self.refused.items()))
+            said += f"; {len(self.refused)} could not be released ({hold_id}: {why})"
+        return said
+
+
+async def release_leftovers(wallet: Wallet, now: float | None = None) -> Leftovers:
+    """Release the holds `wallet`'s client froze that are still OPEN past their settlement window,
+    as `streamledger wallet release` does: an earlier demo run stopped before the ledger service
+    settled them, and from settle_by on the contract refuses to settle them (WINDOW_CLOSED), so
+    their credit would stay frozen for good. A release pays the provider what the client's
+    recorded receipt covers and returns the rest to the client."""
+    now = time.time() if now is None else now
+    leftovers = Leftovers()
+    for hold in (await wallet.holds())["holds"]:
+        if hold["role"] == "client" and hold["status"] == "OPEN" and hold["settle_by"] <= now:
+            try:
+                leftovers.released.append((await wallet.release(hold["hold_id"]))["hold"])
+            except WalletError as exc:  # e.g. closed meanwhile (HOLD_CLOSED)
+                leftovers.refused[hold["hold_id"]] = f"{exc.status}: {exc}"
+    return leftovers
 
 
 async def fund(account: str, amount: int) -> None:
     """Top the demo client's `account` up to `amount` credit (it reads its own balance), minted
     by Org1's admin (the stack's minter)."""
-    async with LedgerClient.connect(LedgerSettings(fabric_msp_id="Org2MSP", fabric_user=DEMO_CLIENT)) as own:
+    async with LedgerClient.connect(client_settings()) as own:
         try:
             balance = await own.balance(account)
         except EvaluateError as exc:
@@ -365,6 +409,8 @@ async def run_demo(settings: CommonSettings, console: Console, seconds: float | 
     await smoke_round_trip(settings, console)
     api_key = secrets.token_urlsafe(24)
     tls, paid = inference_tls()
+    async with Wallet.open(client_settings()) as wallet:  # credit an earlier run left frozen comes back
+        console.print((await release_leftovers(wallet)).line())
     group = ServiceGroup(env={"STREAMLEDGER_INGESTION_API_KEYS": json.dumps({TENANT: [hash_key(api_key)]}), **paid})
     console.print(f"starting services: {', '.join(names)} (logs in {group.log_dir}/service-*.log)")
     group.start(names)

@@ -83,3 +83,68 @@ def test_ctrl_c_ends_the_live_stream_so_the_ending_prints_and_a_second_one_stops
             demo.kill()
             demo.wait()
     assert (out, demo.returncode) == ("stopped\n", 0), err
+
+
+# -- the holds an earlier demo run left open --
+
+class FakeWallet:
+    """The two `Wallet` calls `release_leftovers` makes, on holds kept here; `refuse` names the holds
+    whose release the ledger refuses, and with what."""
+
+    def __init__(self, holds: list[dict], refuse: dict[str, str] | None = None) -> None:
+        self.rows = {h["hold_id"]: h for h in holds}
+        self.refuse = refuse or {}
+        self.released: list[str] = []
+
+    async def holds(self) -> dict:
+        return {"status": "OK", "account": "me", "holds": list(self.rows.values())}
+
+    async def release(self, hold_id: str) -> dict:
+        from streamledger.client.wallet import WalletError
+
+        if hold_id in self.refuse:
+            raise WalletError(self.refuse[hold_id], f"Release refused: hold {hold_id} is not open")
+        self.released.append(hold_id)
+        hold = self.rows[hold_id]
+        charged = hold["receipt_units"] or 0
+        hold.update(status="RELEASED", charged=charged, refunded=hold["amount"] - charged)
+        return {"status": "OK", "hold": hold}
+
+
+def hold(hold_id: str, *, status: str = "OPEN", settle_by: int = 1000, role: str = "client",
+         receipt_units: int | None = None) -> dict:
+    return {"hold_id": hold_id, "role": role, "status": status, "amount": 400, "settle_by": settle_by,
+            "receipt_units": receipt_units, "charged": 0, "refunded": 0}
+
+
+async def test_the_demo_releases_its_clients_holds_left_open_past_their_settlement_window() -> None:
+    from devstack.demo import release_leftovers
+
+    wallet = FakeWallet([hold("past", receipt_units=296), hold("past-unpaid"), hold("at-settle-by", settle_by=1500),
+                         hold("in-window", settle_by=1501), hold("settled", status="SETTLED"),
+                         hold("released", status="RELEASED"), hold("for-me-as-provider", role="provider")])
+    leftovers = await release_leftovers(wallet, now=1500)
+    assert wallet.released == ["past", "past-unpaid", "at-settle-by"]  # the contract releases from settle_by on
+    assert [h["status"] for h in leftovers.released] == ["RELEASED"] * 3 and not leftovers.refused
+    assert leftovers.line() == ("released 3 holds of the demo client that an earlier run left open past their "
+                                "settlement window: 296 credit paid for their receipts, 904 back to the client")
+
+
+async def test_a_hold_the_ledger_will_not_release_is_said_and_the_others_are_released() -> None:
+    from devstack.demo import release_leftovers
+
+    wallet = FakeWallet([hold("closed-meanwhile"), hold("past")], refuse={"closed-meanwhile": "HOLD_CLOSED"})
+    leftovers = await release_leftovers(wallet, now=2000)
+    assert wallet.released == ["past"]
+    assert leftovers.refused == {"closed-meanwhile": "HOLD_CLOSED: Release refused: hold closed-meanwhile is not open"}
+    assert leftovers.line().endswith("; 1 could not be released (closed-meanwhile: HOLD_CLOSED: Release refused: "
+                                     "hold closed-meanwhile is not open)")
+
+
+async def test_with_no_hold_left_open_the_demo_says_so() -> None:
+    from devstack.demo import release_leftovers
+
+    wallet = FakeWallet([hold("in-window", settle_by=3000), hold("settled", status="SETTLED")])
+    leftovers = await release_leftovers(wallet, now=2000)
+    assert wallet.released == [] and leftovers.released == []
+    assert leftovers.line() == "no hold of the demo client was left open past its settlement window"
