@@ -11,7 +11,8 @@ leaves a margin over that.
 
 The ledger keeps the demo client's holds from earlier runs (the same `demo` identity of Org2),
 and the demo's holds table lists them all: the holds this run froze are those the ledger did not
-have before it. No other test uses the services' default ports, the default topics the demo
+have before it, and those it had OPEN past their settlement window the demo releases first.
+No other test uses the services' default ports, the default topics the demo
 writes (events.raw, events.clean, usage, ...), the demo tenant or the `demo` identity, so where
 this test falls in the suite's order does not matter; it checks the ports are free first.
 Like every test that runs the services on their default ports, run it under
@@ -148,11 +149,11 @@ class Descendants:
         return left
 
 
-async def hold_ids_of_the_demo_client() -> set[str]:
-    """The holds the ledger has for the demo's paying client (Org2's `demo`), acting as it."""
+async def holds_of_the_demo_client() -> dict[str, dict]:
+    """The holds the ledger has for the demo's paying client (Org2's `demo`), acting as it, by id."""
     async with LedgerClient.connect(identity("demo", "Org2")) as ledger:
         me = await ledger.who_am_i()
-        return {h["hold_id"] for h in await ledger.holds_of(me["Account"])}
+        return {h["hold_id"]: h for h in await ledger.holds_of(me["Account"])}
 
 
 def run_the_demo(log: Path) -> tuple[int, str, Descendants, float]:
@@ -204,7 +205,8 @@ def cells(line: str) -> list[str]:
 def test_the_demo_shows_a_paid_call_settled_and_prints_a_verified_trace_and_bill(
         network: FabricNetwork, tmp_path: Path) -> None:
     assert not (taken := taken_ports()), f"the demo needs the services' default ports; taken: {taken}"
-    before = asyncio.run(hold_ids_of_the_demo_client())
+    before = asyncio.run(holds_of_the_demo_client())
+    left_open = {h for h, hold in before.items() if hold["status"] == "OPEN" and hold["settle_by"] <= time.time()}
 
     code, output, processes, took = run_the_demo(tmp_path / "demo.log")
     print(f"the demo ran {took:.0f}s (--seconds {SECONDS} --rate {RATE}); output in {tmp_path / 'demo.log'}")
@@ -223,6 +225,13 @@ def test_the_demo_shows_a_paid_call_settled_and_prints_a_verified_trace_and_bill
     assert not (taken := taken_ports()), shown(f"default ports still taken after the demo: {taken}")
     assert "services stopped" in output, shown("the demo did not say its services stopped")
     assert not re.search(r"^\S+ exited with", output, re.MULTILINE), shown("a service exited with an error")
+
+    # the holds an earlier run left open past their settlement window were released first
+    assert re.search(r"^(released \d+ holds|no hold) of the demo client", output, re.MULTILINE), \
+        shown("the demo did not say which holds an earlier run left open")
+    after = asyncio.run(holds_of_the_demo_client())
+    assert not (still := {h for h in left_open if after[h]["status"] == "OPEN"}), \
+        shown(f"holds left open past their settlement window by an earlier run are still open: {still}")
 
     # paid calls: some, none failed
     calls = re.search(r"paid inference calls to \S+ ok / failed\s*│\s*([\d,]+) / ([\d,]+)", output)
