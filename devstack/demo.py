@@ -165,7 +165,10 @@ class DemoClient:
     failed: int = 0
     last: str = "-"
     account: str = ""
+    frozen: set[str] = field(default_factory=set)
+    """The holds this run froze (a fresh one each time one runs out or expires)."""
     holds: dict[str, dict] = field(default_factory=dict)
+    """Those holds as the ledger has them (an earlier run's are not this run's to show or bill)."""
     stopping: threading.Event = field(default_factory=threading.Event)
 
     async def run_forever(self, rows: int = 8, every_s: float = 1.0) -> None:
@@ -201,7 +204,8 @@ class DemoClient:
             if self.stopping.is_set():
                 return
             names = [t.name for t in client.triton.get_model_metadata(self.model).inputs]
-            client.freeze(provider=provider, amount=self.hold_amount, price_per_unit=1, expires_in=self.hold_seconds)
+            self.frozen.add(client.freeze(provider=provider, amount=self.hold_amount, price_per_unit=1,
+                                          expires_in=self.hold_seconds))
             for start in itertools.cycle(range(0, len(samples), rows)):
                 if self.stopping.is_set():
                     return
@@ -221,13 +225,15 @@ class DemoClient:
                 except InferenceServerException as exc:
                     self.failed += 1
                     self.last = f"{exc.status()}: {exc.message()}"
+                self.frozen.add(client.hold_id)  # infer froze a fresh one when the last ran out
                 self.stopping.wait(every_s)
 
     async def refresh_holds(self) -> None:
-        """The client's holds as the ledger has them (status, charged, refunded)."""
+        """The holds this run froze as the ledger has them (status, charged, refunded)."""
         if self.account:
             async with LedgerClient.connect(client_settings()) as ledger:
-                self.holds = {h["hold_id"]: h for h in await ledger.holds_of(self.account)}
+                holds = await ledger.holds_of(self.account)
+            self.holds = {h["hold_id"]: h for h in holds if h["hold_id"] in self.frozen}
 
 
 def client_settings() -> LedgerSettings:
@@ -453,8 +459,9 @@ async def run_demo(settings: CommonSettings, console: Console, seconds: float | 
 
 
 def summarise_holds(console: Console, client: DemoClient) -> None:
-    """The paying client's holds as the ledger has them: terms, what was charged and refunded."""
-    table = Table(title=f"the demo client's holds on the ledger ({client.account.split('::')[0]})")
+    """The holds the paying client froze in this run as the ledger has them: terms, what was charged
+    and refunded."""
+    table = Table(title=f"the demo client's holds on the ledger, frozen in this run ({client.account.split('::')[0]})")
     for column in ("hold", "status", "amount", "price", "receipt (units #seq)", "charged", "refunded"):
         table.add_column(column)
     for hold in sorted(client.holds.values(), key=lambda h: h["created_at"]):
@@ -480,12 +487,13 @@ async def show_a_trace(console: Console, event_id: str) -> None:
 
 
 async def show_a_bill(console: Console, client: DemoClient) -> None:
-    """What an auditor sees for the latest settled hold: `streamledger audit bill HOLD`."""
+    """What an auditor sees for the latest hold of this run that was settled: `streamledger audit bill HOLD`."""
     from services.audit.command import run_audit
 
     settled = sorted((h for h in client.holds.values() if h["status"] == "SETTLED"), key=lambda h: h["closed_at"])
     if not settled:
-        console.print("no hold settled yet (a hold settles about 50 s after it was frozen): run the demo longer")
+        console.print("no hold of this run settled yet (a hold settles about 50 s after it was frozen): "
+                      "run the demo longer")
         return
     hold_id = settled[-1]["hold_id"]
     console.print(f"\n[bold]$ streamledger audit bill {hold_id}[/]")
