@@ -3,11 +3,11 @@ trace and a bill): the real `streamledger demo --seconds N --rate R` runs as a s
 shared stack, every service a child of it on its default ports and topics, and its output says
 what it showed.
 
-The demo's client freezes a hold as soon as the model answers; the hold expires 45 s later
-(`DemoClient.hold_seconds`) and the ledger service settles it 5 s after that
-(`ledger_settle_grace_seconds`, the local settlement window being longer than the peers'
-timewindow plus the lead), so the first settlement lands some 55-60 s into the run: `SECONDS`
-leaves a margin over that.
+The demo's client freezes a hold as soon as the model answers (some 10 s into the stream: the
+inference service is the slowest to start); the hold expires 45 s later (`DemoClient.hold_seconds`)
+and the ledger service settles it 5 s after that (`ledger_settle_grace_seconds`; the local
+settlement window, 30 s, is longer than the peers' timewindow plus the lead), so the first
+settlement lands 57-62 s into the stream (measured): `SECONDS` leaves a margin over that.
 
 The ledger keeps the demo client's holds from earlier runs (the same `demo` identity of Org2),
 and the demo's holds table lists them all: the holds this run froze are those the ledger did not
@@ -42,8 +42,8 @@ from services.ingestion.settings import IngestionSettings
 from streamledger.ledger import LedgerClient
 from tests.integration.conftest import identity
 
-SECONDS = 75
-"""How long the demo streams (the first hold settles some 55-60 s in; see the module doc)."""
+SECONDS = 80
+"""How long the demo streams (the first hold settles some 60 s in; see the module doc)."""
 RATE = 50
 """Events posted per second: enough for a model version learned from the first event to serve
 paid calls well within the run (learning snapshots every 30 s), light on a shared machine."""
