@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -89,6 +89,20 @@ class ServiceProcess:
         except OSError:
             return "(no log)"
 
+
+
+def stop_all(processes: Iterable[ServiceProcess]) -> None:
+    """Stop every process still running (SIGTERM, see `ServiceProcess.stop`), even when one of them
+    will not stop: its error is raised once the others are stopped, none is left running."""
+    errors = []
+    for process in processes:
+        if process.alive():
+            try:
+                process.stop()
+            except AssertionError as exc:
+                errors.append(exc)
+    if errors:
+        raise errors[0]
 
 @pytest.fixture
 def pipeline_env(unique: str, tmp_path: Path, settings) -> dict[str, str]:

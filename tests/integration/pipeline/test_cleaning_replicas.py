@@ -25,7 +25,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from streamledger import kafka
 from streamledger.avro import AvroCodec, SchemaRegistry
 from tests.integration.pipeline import reference
-from tests.integration.pipeline.conftest import ServiceProcess, caught_up, read_all, wait_until
+from tests.integration.pipeline.conftest import ServiceProcess, caught_up, read_all, stop_all, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.timeout(180)]
 
@@ -107,9 +107,7 @@ async def test_the_dedup_window_follows_partitions_between_replicas(bootstrap, p
                          logs)
         where = await cleaned()
     finally:
-        for replica in replicas.values():
-            if replica.alive():
-                replica.stop()
+        stop_all(replicas.values())
 
     fresh = {raw(n)[0].decode() for n in range(3 * WAVE)}
     assert set(where) == fresh

@@ -41,6 +41,7 @@ from tests.integration.pipeline.conftest import (
     acts_for,
     balance_or_zero,
     caught_up,
+    stop_all,
     wait_until,
 )
 from tests.integration.pipeline.test_ledger_service import (
@@ -169,9 +170,7 @@ async def test_every_record_is_anchored_once_by_two_replicas_through_a_kill_9(
             candidates = {p["batch_id"] for p in plans} | set(published)
             on_ledger = {bid: anchor for bid in candidates if (anchor := await auditor.get_anchor(bid)) is not None}
     finally:
-        for replica in replicas.values():
-            if replica.alive():
-                replica.stop()
+        stop_all(replicas.values())
 
     # The batch a recorded just before its kill is on the ledger, anchored from its plan.
     assert orphan["batch_id"] in on_ledger, f"a's last recorded batch {orphan['batch_id']} was never anchored"
@@ -287,9 +286,7 @@ async def test_two_replicas_settle_each_hold_once_on_its_latest_receipt_through_
         on_ledger = {h: await server.get_hold(h) for h in holds}
         after = await balance_or_zero(server, provider_id)
     finally:
-        for replica in replicas.values():
-            if replica.alive():
-                replica.stop()
+        stop_all(replicas.values())
 
     for hold_id, price in zip(holds, prices):
         hold, outcome = on_ledger[hold_id], outcomes[hold_id]
