@@ -113,7 +113,9 @@ class InferenceServicer:
         return pb.ServerReadyResponse(ready=self.ready.is_set() and self.sink.alive)
 
     async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return pb.ModelReadyResponse(ready=self.shelf.ready(request.name, request.version))
+        # Not before the snapshots present at start are loaded: until then the shelf holds older
+        # versions on their way to the latest, and a client told "ready" would be served by them.
+        return pb.ModelReadyResponse(ready=self.ready.is_set() and self.shelf.ready(request.name, request.version))
 
     async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return pb.ServerMetadataResponse(name="streamledger-inference", version=self.server_version, extensions=[])

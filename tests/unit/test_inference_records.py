@@ -301,6 +301,28 @@ async def test_the_server_is_not_ready_without_its_record_writer():
     assert (await servicer.ServerReady(pb.ServerReadyRequest(), None)).ready is False
 
 
+
+async def test_a_model_is_not_ready_before_the_snapshots_at_start_are_loaded() -> None:
+    """While the server reads the snapshots topic at start its shelf holds older versions on their
+    way to the latest: ModelReady says no until they are all loaded, as ServerReady does."""
+    from services.inference.protocol import pb
+    from services.inference.servicer import InferenceServicer
+
+    class Shelf:
+        def ready(self, name: str, version: str) -> bool:
+            return name == "phishing-logreg"
+
+    class LiveSink:
+        alive = True
+
+    caught_up = asyncio.Event()
+    servicer = InferenceServicer(Shelf(), LiveSink(), caught_up)
+    asked = pb.ModelReadyRequest(name="phishing-logreg")
+    assert (await servicer.ModelReady(asked, None)).ready is False
+    caught_up.set()
+    assert (await servicer.ModelReady(asked, None)).ready is True
+    assert (await servicer.ModelReady(pb.ModelReadyRequest(name="other"), None)).ready is False
+
 if __name__ == "__main__":
     async def _serve(hello: FakeWriterHello, parent: child.Parent) -> None:
         await record_writer.serve(hello, parent, Producer(log=hello.log, deliver=hello.deliver))
