@@ -9,7 +9,9 @@ Needs the local stack (`streamledger stack up`). In one run, on fresh topics:
 2. baseline: a bare aiokafka consumer reads that topic end to end (no decoding);
 3. in-process: `Cleaner.handle` over the same bytes (decode, rules, hash, encode; no Kafka);
 4. `streamledger serve cleaning` as a subprocess: raw -> clean; then two replicas of it (one
-   consumer group, two partitions each) on the same raw topic, to fresh output topics;
+   consumer group, two partitions each) on the same raw topic, to fresh output topics; then one
+   with `STREAMLEDGER_KAFKA_COMPRESSION=none`, from a copy of the raw topic written uncompressed
+   (as on one machine, where compressing buys nothing);
 5. the peer: `bench/quix_cleaner.py`, a plain Quix Streams app calling `Cleaner.handle`;
 6. baseline again on the clean topic, then `streamledger serve storage` as a subprocess:
    clean -> MongoDB, timed by its committed offsets.
@@ -28,13 +30,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -137,6 +140,20 @@ def handler_only(count: int, profile: bool) -> None:
     pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
 
 
+@contextlib.contextmanager
+def uncompressed() -> Iterator[None]:
+    """Producers made meanwhile in this process compress nothing (`STREAMLEDGER_KAFKA_COMPRESSION=none`)."""
+    before = os.environ.get("STREAMLEDGER_KAFKA_COMPRESSION")
+    os.environ["STREAMLEDGER_KAFKA_COMPRESSION"] = "none"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["STREAMLEDGER_KAFKA_COMPRESSION"]
+        else:
+            os.environ["STREAMLEDGER_KAFKA_COMPRESSION"] = before
+
+
 async def end_offset(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> int:
     return sum((await consumer.end_offsets(tps)).values())
 
@@ -175,12 +192,16 @@ async def measure(count: int, listener: Listener) -> dict[str, float]:
     rates: dict[str, float] = {}
     print(f"-- {listener.name} listener {listener.bootstrap}")
     raw = f"{table.RAW}.bench-{run}"
+    raw_plain = f"{raw}-uncompressed"
     outputs = {who: {"clean": f"{table.CLEAN}.bench-{run}-{who}", "dead": f"{table.DEADLETTER}.bench-{run}-{who}"}
-               for who in ("one", "two", "quix")}
-    await kafka.provision(bootstrap, [kafka.TopicSpec(raw, partitions=RAW_PARTITIONS)] +
+               for who in ("one", "two", "plain", "quix")}
+    await kafka.provision(bootstrap, [kafka.TopicSpec(raw, partitions=RAW_PARTITIONS),
+                                      kafka.TopicSpec(raw_plain, partitions=RAW_PARTITIONS)] +
                           [kafka.TopicSpec(name) for names in outputs.values() for name in names.values()])
     values = CODEC.encode_many("RawEvent", (raw_event(i) for i in range(count)))
     await produce(bootstrap, raw, values)
+    with uncompressed():  # as an ingestion service with STREAMLEDGER_KAFKA_COMPRESSION=none writes it
+        await produce(bootstrap, raw_plain, values)
     print(f"{count:,} RawEvents ({sum(map(len, values)) / count:.0f} bytes each) on {raw} ({RAW_PARTITIONS} partitions)\n")
 
     bare_raw = rates["bare aiokafka loop, raw topic"] = await bare_consume(bootstrap, raw, count)
@@ -204,10 +225,12 @@ async def measure(count: int, listener: Listener) -> dict[str, float]:
     await watcher.start()
     with tempfile.TemporaryDirectory() as scratch:
         try:
-            for who, replicas in (("one", 1), ("two", 2)):
+            for who, replicas, what in (("one", 1, ""), ("two", 2, ""), ("plain", 1, ", compression none")):
                 group_env = cleaning_env | {"STREAMLEDGER_CLEANING_CLEAN_TOPIC": outputs[who]["clean"],
                                             "STREAMLEDGER_CLEANING_DEADLETTER_TOPIC": outputs[who]["dead"],
                                             "STREAMLEDGER_CLEANING_GROUP": f"streamledger-cleaning-bench-{run}-{who}"}
+                if who == "plain":
+                    group_env |= {"STREAMLEDGER_CLEANING_RAW_TOPIC": raw_plain, "STREAMLEDGER_KAFKA_COMPRESSION": "none"}
                 logs = [Path(scratch) / f"cleaning-{who}-{n}.log" for n in range(replicas)]
                 clean_tps = [TopicPartition(outputs[who]["clean"], 0)]
                 processes = [serve("cleaning", group_env, log) for log in logs]
@@ -216,7 +239,7 @@ async def measure(count: int, listener: Listener) -> dict[str, float]:
                 finally:
                     for process in processes:
                         stop(process)
-                what = f"cleaning service, {replicas} replica{'s' * (replicas > 1)}, raw -> clean"
+                what = f"cleaning service, {replicas} replica{'s' * (replicas > 1)}{what}, raw -> clean"
                 rates[what] = rate
                 print(line(what, rate, bare_raw))
 
@@ -234,7 +257,9 @@ async def measure(count: int, listener: Listener) -> dict[str, float]:
         finally:
             await watcher.stop()
         one = rates["cleaning service, 1 replica, raw -> clean"]
+        plain = rates["cleaning service, 1 replica, compression none, raw -> clean"]
         print(f"\ncleaning service / handler in-process      {one / handler:8.2f}x   (goal >= 0.8)")
+        print(f"  the same, STREAMLEDGER_KAFKA_COMPRESSION=none (input written so too) {plain / handler:8.2f}x")
         print(f"cleaning service / Quix Streams app        {one / rates['Quix Streams app, same handler']:8.2f}x   (goal >= 1.0)")
         print(f"two replicas / one (4 partitions)          {rates['cleaning service, 2 replicas, raw -> clean'] / one:8.2f}x"
               f"   (goal >= 1.6; this machine has {os.cpu_count()} cores)\n")

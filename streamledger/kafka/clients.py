@@ -146,13 +146,15 @@ def connection(security: KafkaSecurity | None = None) -> dict[str, Any]:
 
 
 def producer(bootstrap: str, *, security: KafkaSecurity | None = None, **overrides) -> AIOKafkaProducer:
-    """An idempotent producer with acks=all, batching and compression (use it with `async with`)."""
+    """An idempotent producer with acks=all, batching and compression (`STREAMLEDGER_KAFKA_COMPRESSION`;
+    use it with `async with`)."""
+    compression = CommonSettings().kafka_compression
     options = dict(
         bootstrap_servers=bootstrap,
         **connection(security),
         acks="all",
         enable_idempotence=True,
-        compression_type="lz4",
+        compression_type=None if compression == "none" else compression,
         linger_ms=5,
         max_batch_size=256 * 1024,
         request_timeout_ms=30_000,

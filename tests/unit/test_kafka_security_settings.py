@@ -121,3 +121,25 @@ def test_a_running_broker_of_the_other_kind_is_an_error_saying_to_restart(tmp_pa
     part.config.write_text("listeners=PLAINTEXT://127.0.0.1:9092\n")  # started before security was on
     with pytest.raises(InstallError, match="STREAMLEDGER_STACK_KAFKA_SECURE"):
         part.settle()
+
+
+@pytest.mark.parametrize(("setting", "codec"), [(None, "lz4"), ("none", None), ("zstd", "zstd")])
+async def test_producers_compress_as_the_setting_says(monkeypatch: pytest.MonkeyPatch, setting: str | None,
+                                                      codec: str | None) -> None:
+    from aiokafka.producer.producer import AIOKafkaProducer
+
+    from streamledger import kafka
+
+    if setting is None:
+        monkeypatch.delenv("STREAMLEDGER_KAFKA_COMPRESSION", raising=False)
+    else:
+        monkeypatch.setenv("STREAMLEDGER_KAFKA_COMPRESSION", setting)
+    producer = kafka.producer("127.0.0.1:1", security=KafkaSecurity(protocol="PLAINTEXT"))  # built, never started
+    wanted = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1", compression_type=codec)
+    assert producer._compression_type == wanted._compression_type
+
+
+def test_an_unknown_compression_is_refused_naming_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMLEDGER_KAFKA_COMPRESSION", "brotli")
+    with pytest.raises(ValueError, match="kafka_compression"):
+        CommonSettings()
