@@ -5,8 +5,9 @@
 (`kafka.consumer` does this for every consumer with a group.) Each member says, in the metadata
 it joins with, the partitions it held last; the group's leader lets each member keep what it
 held, up to its fair share, and hands what is left to the members holding least. When a replica
-joins or leaves, only the partitions that must move do: a cleaning replica keeps its dedup
-window, a learning replica its models, a ledger replica its open batches.
+joins or leaves, only the partitions that must move do: a learning replica hands over only the
+models whose shards moved, a cleaning replica keeps using the dedup entries of partitions that
+came back to it.
 
 Why not aiokafka's `StickyPartitionAssignor`: in aiokafka 0.14 it keeps its state on the class
 (two consumers of one process overwrite each other's) and never learns its generation, so a
