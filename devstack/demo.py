@@ -453,6 +453,11 @@ async def run_demo(settings: CommonSettings, console: Console, seconds: float | 
                             if task is not None and task.done():
                                 task.result()  # surfaces the task's error
                         await asyncio.sleep(1.0)
+                    # The last frame stays on screen: with the holds as the ledger has them now
+                    # (they are read every fifth tick), so it agrees with the holds table below it.
+                    await client.refresh_holds()
+                    live.update(render(stream, client, await view.topic_sizes(), view.stored, view, group,
+                                       time.monotonic() - started))
             finally:
                 counter.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
