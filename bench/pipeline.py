@@ -30,14 +30,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -72,8 +71,8 @@ def raw_event(i: int) -> dict:
     }
 
 
-async def produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
-    async with kafka.producer(bootstrap) as producer:
+async def produce(bootstrap: str, topic: str, values: list[bytes], **overrides) -> None:
+    async with kafka.producer(bootstrap, **overrides) as producer:
         for i, value in enumerate(values):
             await producer.send(topic, key=f"bench-{i:08d}".encode(), value=value)
         await producer.flush()
@@ -140,20 +139,6 @@ def handler_only(count: int, profile: bool) -> None:
     pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
 
 
-@contextlib.contextmanager
-def uncompressed() -> Iterator[None]:
-    """Producers made meanwhile in this process compress nothing (`STREAMLEDGER_KAFKA_COMPRESSION=none`)."""
-    before = os.environ.get("STREAMLEDGER_KAFKA_COMPRESSION")
-    os.environ["STREAMLEDGER_KAFKA_COMPRESSION"] = "none"
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["STREAMLEDGER_KAFKA_COMPRESSION"]
-        else:
-            os.environ["STREAMLEDGER_KAFKA_COMPRESSION"] = before
-
-
 async def end_offset(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> int:
     return sum((await consumer.end_offsets(tps)).values())
 
@@ -200,8 +185,7 @@ async def measure(count: int, listener: Listener) -> dict[str, float]:
                           [kafka.TopicSpec(name) for names in outputs.values() for name in names.values()])
     values = CODEC.encode_many("RawEvent", (raw_event(i) for i in range(count)))
     await produce(bootstrap, raw, values)
-    with uncompressed():  # as an ingestion service with STREAMLEDGER_KAFKA_COMPRESSION=none writes it
-        await produce(bootstrap, raw_plain, values)
+    await produce(bootstrap, raw_plain, values, compression_type=None)  # as STREAMLEDGER_KAFKA_COMPRESSION=none writes it
     print(f"{count:,} RawEvents ({sum(map(len, values)) / count:.0f} bytes each) on {raw} ({RAW_PARTITIONS} partitions)\n")
 
     bare_raw = rates["bare aiokafka loop, raw topic"] = await bare_consume(bootstrap, raw, count)

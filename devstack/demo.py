@@ -441,32 +441,33 @@ async def run_demo(settings: CommonSettings, console: Console, seconds: float | 
             counter = asyncio.create_task(view.count_stored_forever())
             try:
                 with ctrl_c_ends(asyncio.Event()) as interrupted, Live(console=console, refresh_per_second=2) as live:
+                    async def draw() -> None:
+                        live.update(render(stream, client, await view.topic_sizes(), view.stored, view, group,
+                                           time.monotonic() - started))
                     for tick in itertools.count():
                         if interrupted.is_set() or seconds is not None and time.monotonic() - started >= seconds:
                             break
                         await view.poll_metrics()
                         if tick % 5 == 0:
                             await client.refresh_holds()
-                        live.update(render(stream, client, await view.topic_sizes(), view.stored, view, group,
-                                           time.monotonic() - started))
+                        await draw()
                         for task in (producer, caller, counter):
                             if task is not None and task.done():
                                 task.result()  # surfaces the task's error
                         await asyncio.sleep(1.0)
+                    producer.cancel()
+                    client.stopping.set()
+                    if caller is not None:
+                        await asyncio.wait_for(caller, timeout=30)
                     # The last frame stays on screen: with the holds as the ledger has them now
                     # (they are read every fifth tick), so it agrees with the holds table below it.
                     await client.refresh_holds()
-                    live.update(render(stream, client, await view.topic_sizes(), view.stored, view, group,
-                                       time.monotonic() - started))
+                    await draw()
             finally:
                 counter.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await counter
-        producer.cancel()
-        client.stopping.set()
         if caller is not None:
-            await asyncio.wait_for(caller, timeout=30)
-            await client.refresh_holds()
             summarise_holds(console, client)
             await show_a_trace(console, f"demo-{stream.run}-0")
             await show_a_bill(console, client)

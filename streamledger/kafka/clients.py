@@ -148,10 +148,11 @@ def connection(security: KafkaSecurity | None = None) -> dict[str, Any]:
 def producer(bootstrap: str, *, security: KafkaSecurity | None = None, **overrides) -> AIOKafkaProducer:
     """An idempotent producer with acks=all, batching and compression (`STREAMLEDGER_KAFKA_COMPRESSION`;
     use it with `async with`)."""
-    compression = CommonSettings().kafka_compression
+    settings = CommonSettings()
+    compression = settings.kafka_compression
     options = dict(
         bootstrap_servers=bootstrap,
-        **connection(security),
+        **(security or KafkaSecurity.from_settings(settings)).options(),
         acks="all",
         enable_idempotence=True,
         compression_type=None if compression == "none" else compression,
