@@ -10,8 +10,9 @@ Needs the local stack (`streamledger stack up`). In one run, on fresh topics:
 3. in-process: `Cleaner.handle` over the same bytes (decode, rules, hash, encode; no Kafka);
 4. `streamledger serve cleaning` as a subprocess: raw -> clean; then two replicas of it (one
    consumer group, two partitions each) on the same raw topic, to fresh output topics; then one
-   with `STREAMLEDGER_KAFKA_COMPRESSION=none`, from a copy of the raw topic written uncompressed
-   (as on one machine, where compressing buys nothing);
+   with `STREAMLEDGER_KAFKA_COMPRESSION=lz4` (aiokafka's level 9, the default before snappy),
+   and one with `none`, from a copy of the raw topic written uncompressed (as on one machine,
+   where compressing buys nothing);
 5. the peer: `bench/quix_cleaner.py`, a plain Quix Streams app calling `Cleaner.handle`;
 6. baseline again on the clean topic, then `streamledger serve storage` as a subprocess:
    clean -> MongoDB, timed by its committed offsets.
@@ -179,7 +180,7 @@ async def measure(count: int, listener: Listener) -> dict[str, float]:
     raw = f"{table.RAW}.bench-{run}"
     raw_plain = f"{raw}-uncompressed"
     outputs = {who: {"clean": f"{table.CLEAN}.bench-{run}-{who}", "dead": f"{table.DEADLETTER}.bench-{run}-{who}"}
-               for who in ("one", "two", "plain", "quix")}
+               for who in ("one", "two", "lz4", "plain", "quix")}
     await kafka.provision(bootstrap, [kafka.TopicSpec(raw, partitions=RAW_PARTITIONS),
                                       kafka.TopicSpec(raw_plain, partitions=RAW_PARTITIONS)] +
                           [kafka.TopicSpec(name) for names in outputs.values() for name in names.values()])
@@ -209,10 +210,13 @@ async def measure(count: int, listener: Listener) -> dict[str, float]:
     await watcher.start()
     with tempfile.TemporaryDirectory() as scratch:
         try:
-            for who, replicas, what in (("one", 1, ""), ("two", 2, ""), ("plain", 1, ", compression none")):
+            for who, replicas, what in (("one", 1, ""), ("two", 2, ""), ("lz4", 1, ", compression lz4"),
+                                        ("plain", 1, ", compression none")):
                 group_env = cleaning_env | {"STREAMLEDGER_CLEANING_CLEAN_TOPIC": outputs[who]["clean"],
                                             "STREAMLEDGER_CLEANING_DEADLETTER_TOPIC": outputs[who]["dead"],
                                             "STREAMLEDGER_CLEANING_GROUP": f"streamledger-cleaning-bench-{run}-{who}"}
+                if who == "lz4":
+                    group_env |= {"STREAMLEDGER_KAFKA_COMPRESSION": "lz4"}
                 if who == "plain":
                     group_env |= {"STREAMLEDGER_CLEANING_RAW_TOPIC": raw_plain, "STREAMLEDGER_KAFKA_COMPRESSION": "none"}
                 logs = [Path(scratch) / f"cleaning-{who}-{n}.log" for n in range(replicas)]
@@ -242,7 +246,10 @@ async def measure(count: int, listener: Listener) -> dict[str, float]:
             await watcher.stop()
         one = rates["cleaning service, 1 replica, raw -> clean"]
         plain = rates["cleaning service, 1 replica, compression none, raw -> clean"]
-        print(f"\ncleaning service / handler in-process      {one / handler:8.2f}x   (goal >= 0.8)")
+        lz4 = rates["cleaning service, 1 replica, compression lz4, raw -> clean"]
+        print(f"\ncleaning service / handler in-process      {one / handler:8.2f}x   (goal >= 0.8; "
+              f"compression {CommonSettings().kafka_compression})")
+        print(f"  the same, STREAMLEDGER_KAFKA_COMPRESSION=lz4 {lz4 / handler:8.2f}x")
         print(f"  the same, STREAMLEDGER_KAFKA_COMPRESSION=none (input written so too) {plain / handler:8.2f}x")
         print(f"cleaning service / Quix Streams app        {one / rates['Quix Streams app, same handler']:8.2f}x   (goal >= 1.0)")
         print(f"two replicas / one (4 partitions)          {rates['cleaning service, 2 replicas, raw -> clean'] / one:8.2f}x"

@@ -123,7 +123,7 @@ def test_a_running_broker_of_the_other_kind_is_an_error_saying_to_restart(tmp_pa
         part.settle()
 
 
-@pytest.mark.parametrize(("setting", "codec"), [(None, "lz4"), ("none", None), ("zstd", "zstd")])
+@pytest.mark.parametrize(("setting", "codec"), [(None, "snappy"), ("lz4", "lz4"), ("none", None), ("zstd", "zstd")])
 async def test_producers_compress_as_the_setting_says(monkeypatch: pytest.MonkeyPatch, setting: str | None,
                                                       codec: str | None) -> None:
     from aiokafka.producer.producer import AIOKafkaProducer
