@@ -20,7 +20,10 @@ where `events` may cover only the first part of `values`: the learner decodes th
 The reader's settings travel as its hello (`ReaderHello`); it says ready once positioned.
 
 The two processes balance themselves (`Balance`). The learner counts, in a word of
-shared memory, each time it found no batch and had to wait. When the count moved since
+shared memory, each time it found no batch and had to wait for one more than 2 ms (a batch
+a moment late, as when the reader was descheduled for another process, does not count: it
+says nothing about which process is slower, and counting it left a slow model decoding part
+of its input). When the count moved since
 the reader's previous batch, the reader is the slower one and leaves a larger share of
 each batch undecoded, for the learner to decode itself (the same `SlimReader`, so the same
 events);
@@ -58,9 +61,10 @@ _BUFFER_BYTES = 512 * 1024
 a batch or two ahead. Much more and the reader's sends would not block for a long while after
 the learner fell behind, so the balance would leave the learner decoding long after it should."""
 _BLOCKED = 0.002
-"""A send that took longer than this (seconds) waited for the learner to read."""
+"""A send that took longer than this (seconds) waited for the learner to read; a learner that
+waited longer than this for a batch waited for the reader."""
 _WAITS = struct.Struct("q")
-"""Shared by both processes: how many times the learner found no batch waiting."""
+"""Shared by both processes: how many times the learner waited for a batch."""
 
 
 class ReaderHello(Hello):
@@ -131,12 +135,14 @@ class EventReader:
         Raises `ChildDied` if the reader process ended.
         """
         assert self._child is not None and self._waits is not None, "next() outside `async with`"
-        if not self._child.poll():
-            _WAITS.pack_into(self._waits, 0, _WAITS.unpack_from(self._waits)[0] + 1)
+        started = None if self._child.poll() else time.perf_counter()
         try:
             topic, partition, offsets, keys, values, events, failures = await self._child.receive(timeout)
         except TimeoutError:
+            self._waited()
             return None
+        if started is not None and time.perf_counter() - started > _BLOCKED:
+            self._waited()  # a batch a moment late (the reader was descheduled) does not count
         if len(events) < len(values):  # the reader left the rest of the batch to decode here
             done = len(events)
             rest, rest_failures = self._slim.read(values[done:])
@@ -145,6 +151,10 @@ class EventReader:
         for index, (reason, error) in failures.items():
             events[index] = Undecodable(reason, error)
         return Fetched(topic, partition, offsets, keys, values, events)
+
+    def _waited(self) -> None:
+        """Tell the reader the learner waited for a batch (it then leaves more of each to decode here)."""
+        _WAITS.pack_into(self._waits, 0, _WAITS.unpack_from(self._waits)[0] + 1)
 
 
 # -- the child process ---------------------------------------------------------------------
