@@ -229,7 +229,7 @@ class Anchorer(ConsumerRebalanceListener):
                     return  # the batch before lost its plan: this one is cut again from there
             tree = batch.tree()
             root = tree.root.hex()
-            proofs = list(batch.proofs(tree))
+            proofs, tree_document = list(batch.proofs()), batch.tree_document()
             try:
                 await self.ports.retries.run("plan", lambda: self.ports.store.record_plan(batch, root))
             except PlanTaken as taken:
@@ -237,7 +237,7 @@ class Anchorer(ConsumerRebalanceListener):
                 return
             flight.recorded = True
             flight.planned.set()
-            await self.ports.retries.run("proofs", lambda: self.ports.store.write_proofs(proofs))
+            await self.ports.retries.run("proofs", lambda: self.ports.store.write_proofs(tree_document, proofs))
             try:
                 committed = await self.ports.retries.run("anchor", lambda: self.ports.ledger.anchor_batch(
                     batch.batch_id, root, len(batch.records), batch.first_offset, batch.last_offset))

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from streamledger.core.ids import RECORD_ID, batch_id
-from streamledger.core.merkle import MerkleTree
+from streamledger.core.merkle import MerkleTree, leaves_text
 from streamledger.core.scoped import scoped_id
 
 
@@ -75,15 +75,22 @@ class Batch:
     def tree(self) -> MerkleTree:
         return MerkleTree([r.content_hash for r in self.records])
 
-    def proofs(self, tree: MerkleTree) -> Iterator[dict]:
+    def proofs(self) -> Iterator[dict]:
         """One inclusion-proof document per record, for MongoDB, keyed like its stored event:
-        `scoped_id(tenant, event_id)`, since event ids are unique only within a tenant."""
+        `scoped_id(tenant, event_id)`, since event ids are unique only within a tenant. Its
+        siblings are not stored: they come from the batch's tree document (`tree_document`)."""
         for index, record in enumerate(self.records):
             yield {"_id": scoped_id(record.tenant, record.event_id), "tenant": record.tenant,
                    "event_id": record.event_id, "batch_id": self.batch_id, "topic": self.topic, "partition": self.partition,
                    "index": index, "size": len(self.records),
-                   "content_hash": record.content_hash.hex(), "offset": record.offset,
-                   "siblings": [s.hex() for s in tree.proof(index)]}
+                   "content_hash": record.content_hash.hex(), "offset": record.offset}
+
+    def tree_document(self) -> dict:
+        """The batch's whole Merkle tree, as its leaves (`leaves_text`): one document per batch, from
+        which every record's siblings are computed when its proof is read."""
+        return {"_id": self.batch_id, "topic": self.topic, "partition": self.partition,
+                "first_offset": self.first_offset, "size": len(self.records),
+                "leaves": leaves_text([r.content_hash for r in self.records])}
 
 
 class Batcher:

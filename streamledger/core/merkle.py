@@ -85,6 +85,30 @@ class MerkleTree:
         return path
 
 
+def leaves_text(leaves: Sequence[bytes]) -> str:
+    """`HASH_SIZE`-byte leaves as one string, each one's hex in order: how a batch's whole tree is
+    stored (one document per batch), so that no proof needs to store its siblings."""
+    for i, leaf in enumerate(leaves):
+        if len(leaf) != HASH_SIZE:
+            raise ValueError(f"leaf {i} is {len(leaf)} bytes, not {HASH_SIZE}")
+    return "".join(bytes(leaf).hex() for leaf in leaves)
+
+
+def tree_from_text(text: str) -> MerkleTree:
+    """The tree over the leaves `leaves_text` wrote; `ValueError` naming what is wrong if `text` is not
+    `HASH_SIZE`-byte hashes in hex."""
+    width = 2 * HASH_SIZE
+    if not isinstance(text, str):
+        raise ValueError(f"leaves must be a string of hex, got {type(text).__name__}")
+    if len(text) % width:
+        raise ValueError(f"leaves are {len(text)} hex digits, not a multiple of {width}")
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        raise ValueError("leaves are not hex") from None
+    return MerkleTree([raw[i:i + HASH_SIZE] for i in range(0, len(raw), HASH_SIZE)])
+
+
 def compute_root(leaf: bytes, index: int, size: int, proof: Sequence[bytes]) -> bytes:
     """The root that `proof` yields for `leaf` at `index` in a tree of `size` leaves.
 

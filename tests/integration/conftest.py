@@ -20,6 +20,7 @@ from pymongo import AsyncMongoClient
 from devstack import Stack
 from devstack.fabric import PART_NAMES, FabricNetwork
 from devstack.settings import StackSettings
+from streamledger.core.merkle import tree_from_text
 from streamledger.kafka.clients import ADMIN
 from streamledger.settings import CommonSettings, LedgerSettings
 
@@ -39,6 +40,16 @@ def identity(user: str, org: str = "Org1", **overrides: object) -> LedgerSetting
     service's role; `Admin` of either org only grants roles (and Org1's mints); Org1's
     User1..8 hold no role until a test grants one."""
     return LedgerSettings(fabric_msp_id=f"{org}MSP", fabric_user=user, **overrides)
+
+
+async def stored_proofs(db) -> list[dict]:
+    """Every proof document the ledger service stored, each with the siblings its batch's stored
+    tree (`proof_trees`) gives it, computed here independently of the audit's own reader."""
+    trees = {d["_id"]: tree_from_text(d["leaves"]) async for d in db["proof_trees"].find({})}
+    proofs = [d async for d in db["proofs"].find({})]
+    for proof in proofs:
+        proof["siblings"] = [s.hex() for s in trees[proof["batch_id"]].proof(proof["index"])]
+    return proofs
 
 
 @pytest.fixture(scope="session")

@@ -47,6 +47,7 @@ from services.storage import documents
 from services.storage.sink import MongoSink
 from streamledger.avro import AvroCodec, SchemaRegistry
 from streamledger.core.canonical import content_hash
+from streamledger.core.merkle import leaf_hash
 from streamledger.core.receipts import hold_id, sign_receipt
 from streamledger.core.scoped import scoped_id
 from streamledger.fabric import Committed
@@ -131,7 +132,8 @@ async def world(network, stack) -> AsyncIterator[World]:
         async with LedgerClient.connect(identity("anchoring")) as anchoring:
             committed = await anchoring.anchor_batch(batch.batch_id, tree.root.hex(), EVENTS, batch.first_offset,
                                                      batch.last_offset)
-        await db["proofs"].insert_many([{**p, "topic": topic, "partition": 0} for p in batch.proofs(tree)])
+        await db["proof_trees"].insert_one(batch.tree_document())
+        await db["proofs"].insert_many([{**p, "topic": topic, "partition": 0} for p in batch.proofs()])
 
         service = AuditService(AuditSettings(mongo_db=db_name, audit_http_port=0, audit_grpc_port=0), AUDITOR)
         async with service:  # started and stopped as `serve audit` does
@@ -246,22 +248,38 @@ async def test_editing_one_stored_record_makes_exactly_that_one_tampered(world: 
     assert (await http_verify(world, target)).json()["status"] == "VERIFIED"
 
 
-async def test_an_altered_sibling_in_a_stored_proof_is_tampered(world: World) -> None:
-    target = world.ids[12]
-    original = await world.db["proofs"].find_one({"_id": stored_id(target)})
-    sibling = original["siblings"][2]
-    altered = ("f" if sibling[0] != "f" else "e") + sibling[1:]
-    await world.db["proofs"].update_one({"_id": stored_id(target)}, {"$set": {"siblings.2": altered}})
+async def test_an_altered_leaf_in_a_stored_batch_tree_is_tampered(world: World) -> None:
+    """The proof's siblings come from the batch's stored tree: altering a neighbour's leaf there
+    breaks the target's path to the anchored root; the neighbour's own path does not use it."""
+    target, neighbour = world.ids[12], world.ids[13]  # leaves 12 and 13: each other's first sibling
+    original = await world.db["proof_trees"].find_one({"_id": world.batch_id})
+    leaves = original["leaves"]
+    start = 13 * 64
+    altered = leaves[:start] + ("f" if leaves[start] != "f" else "e") + leaves[start + 1:]
+    await world.db["proof_trees"].update_one({"_id": world.batch_id}, {"$set": {"leaves": altered}})
     try:
         answer = (await http_verify(world, target)).json()
         assert (answer["status"], answer["reason"]) == ("TAMPERED", "proof_mismatch")
-        assert answer["proof"]["siblings"][2] == altered
+        assert answer["proof"]["siblings"][0] == leaf_hash(bytes.fromhex(altered[start:start + 64])).hex()
         assert answer["computed_root"] != answer["anchor"]["merkle_root"]
-        assert (await http_verify(world, world.ids[13])).json()["status"] == "VERIFIED"
+        assert (await http_verify(world, neighbour)).json()["status"] == "VERIFIED"
         rc, answer = await cli_json(world, "verify", "--tenant", TENANT, target, "--api", world.http)
         assert (rc, answer["reason"]) == (1, "proof_mismatch")
     finally:
-        await world.db["proofs"].replace_one({"_id": stored_id(target)}, original)
+        await world.db["proof_trees"].replace_one({"_id": world.batch_id}, original)
+    assert (await http_verify(world, target)).json()["status"] == "VERIFIED"
+
+
+async def test_a_proof_whose_batch_tree_is_gone_does_not_verify(world: World) -> None:
+    target = world.ids[14]
+    original = await world.db["proof_trees"].find_one({"_id": world.batch_id})
+    await world.db["proof_trees"].delete_one({"_id": world.batch_id})
+    try:
+        answer = (await http_verify(world, target)).json()
+        assert (answer["status"], answer["reason"]) == ("TAMPERED", "proof_malformed"), answer
+        assert "no list of siblings" in answer["problems"][0]["detail"]
+    finally:
+        await world.db["proof_trees"].insert_one(original)
     assert (await http_verify(world, target)).json()["status"] == "VERIFIED"
 
 

@@ -58,7 +58,7 @@ from streamledger.client import PaidInferenceClient
 from streamledger.core.merkle import verify_proof
 from streamledger.kafka import topics
 from streamledger.ledger import LedgerClient
-from tests.integration.conftest import identity
+from tests.integration.conftest import identity, stored_proofs
 from tests.integration.paying import issue_identity
 from tests.integration.pipeline.conftest import wait_until
 from tests.integration.test_ledger_seams import free_port
@@ -502,7 +502,7 @@ async def test_the_drill(network: FabricNetwork, cluster: Cluster, mongo_db, uni
                 assert ranges and ranges[0][0] == 0 and ranges[-1][1] == end - 1, (tp, ranges, end)
                 for (_, last), (first, _) in itertools.pairwise(ranges):
                     assert first == last + 1, f"partition {tp.partition}: batches {ranges} overlap or leave a gap"
-            proofs = [d async for d in mongo_db["proofs"].find({})]
+            proofs = await stored_proofs(mongo_db)
             assert {p["event_id"] for p in proofs} == set(stored)
             for proof in proofs:
                 anchor = on_ledger[proof["batch_id"]]

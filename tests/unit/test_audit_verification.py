@@ -7,6 +7,7 @@ The fakes here (FakeStore, FakeLedger, anchored_batch) are shared by the other a
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from datetime import datetime, timezone
 from typing import Any
@@ -20,7 +21,7 @@ from services.audit.ports import InvalidArgument, LedgerUnreachable, StoreUnreac
 from services.audit.verification import Reason, Status, check_event_id, judge, verify
 from services.ledger.anchoring import Batcher
 from streamledger.core.canonical import content_hash
-from streamledger.core.merkle import MerkleTree
+from streamledger.core.merkle import MerkleTree, verify_proof
 from streamledger.core.scoped import scoped_id
 
 TOPIC = "events.clean"
@@ -129,8 +130,9 @@ def anchored_batch(store: FakeStore, ledger: FakeLedger, size: int, partition: i
                             tenant=record["tenant"])
     assert batch is not None
     tree = batch.tree()
-    for proof in batch.proofs(tree):
-        store.proofs[proof["event_id"]] = {**proof, "topic": TOPIC, "partition": partition}
+    for proof in batch.proofs():  # as the Mongo store returns them: siblings computed from the batch's tree
+        store.proofs[proof["event_id"]] = {**proof, "topic": TOPIC, "partition": partition,
+                                           "siblings": [s.hex() for s in tree.proof(proof["index"])]}
     tx_id = f"tx-{batch.batch_id}"
     ledger.anchors[batch.batch_id] = {
         "batch_id": batch.batch_id, "merkle_root": tree.root.hex(), "count": size,
@@ -398,11 +400,74 @@ async def test_the_mongo_store_reads_events_and_proofs_by_tenant_and_event_id() 
     ours, theirs = clean_event(1), {**clean_event(1), "tenant": "acme:evt"}
     theirs["_id"] = scoped_id("acme:evt", theirs["event_id"])
     db = {"events": Collection("events", [ours, theirs]), "proofs": Collection("proofs", []),
-          "models": Collection("models", [])}
+          "proof_trees": Collection("proof_trees", []), "models": Collection("models", [])}
     store = MongoEvidenceStore(db)  # type: ignore[arg-type]
     assert (await store.event("acme", "evt-1"))["tenant"] == "acme"
     assert (await store.event("acme:evt", "evt-1"))["tenant"] == "acme:evt"
     assert await store.event("acme:evt-1", "") is None and await store.proof("acme", "evt-1") is None
+
+
+class Documents:
+    """A collection read by `_id`, as the Mongo store reads it."""
+
+    def __init__(self, name: str, documents: list[dict[str, Any]]) -> None:
+        self.name, self.documents = name, {d["_id"]: d for d in documents}
+
+    async def find_one(self, query: dict[str, Any]) -> dict[str, Any] | None:
+        document = self.documents.get(query["_id"])
+        return None if document is None else dict(document)
+
+
+def stored_batch(size: int = 5) -> tuple[dict[str, Documents], list[dict[str, Any]], Any]:
+    batcher = Batcher(TOPIC, max_records=size)
+    for i in range(size):
+        record = clean_event(i)
+        batch = batcher.add(0, i, record["event_id"], record["content_hash"], now=0.0, tenant=record["tenant"])
+    proofs = list(batch.proofs())
+    db = {"events": Documents("events", []), "proofs": Documents("proofs", proofs),
+          "proof_trees": Documents("proof_trees", [batch.tree_document()]), "models": Documents("models", [])}
+    return db, proofs, batch.tree()
+
+
+async def test_the_mongo_store_computes_a_proofs_siblings_from_its_batchs_stored_tree() -> None:
+    db, proofs, tree = stored_batch()
+    store = MongoEvidenceStore(db)  # type: ignore[arg-type]
+    for proof in proofs:
+        read = await store.proof(proof["tenant"], proof["event_id"])
+        assert read["siblings"] == [s.hex() for s in tree.proof(proof["index"])]
+        assert verify_proof(bytes.fromhex(read["content_hash"]), read["index"], read["size"],
+                            [bytes.fromhex(s) for s in read["siblings"]], tree.root)
+
+
+async def test_an_edited_stored_tree_is_seen_at_once_whatever_was_read_before() -> None:
+    db, proofs, tree = stored_batch()
+    store = MongoEvidenceStore(db)  # type: ignore[arg-type]
+    first = proofs[0]
+    before = await store.proof(first["tenant"], first["event_id"])  # the tree is built and kept
+    stored = db["proof_trees"].documents[first["batch_id"]]
+    stored["leaves"] = "00" * 32 + stored["leaves"][64:]  # a leaf on its path altered
+    after = await store.proof(proofs[1]["tenant"], proofs[1]["event_id"])
+    assert after["siblings"][0] == hashlib.sha256(b"\x00" + bytes(32)).hexdigest() != before["siblings"][0]
+    assert not verify_proof(bytes.fromhex(after["content_hash"]), after["index"], after["size"],
+                            [bytes.fromhex(s) for s in after["siblings"]], tree.root)
+
+
+@pytest.mark.parametrize("damage", [lambda trees, key: trees.pop(key),
+                                    lambda trees, key: trees[key].update(leaves="zz"),
+                                    lambda trees, key: trees[key].pop("leaves")])
+async def test_a_proof_whose_tree_is_gone_or_unreadable_has_no_siblings_and_does_not_verify(damage) -> None:
+    db, proofs, _ = stored_batch()
+    damage(db["proof_trees"].documents, proofs[0]["batch_id"])
+    read = await MongoEvidenceStore(db).proof(proofs[0]["tenant"], proofs[0]["event_id"])  # type: ignore[arg-type]
+    assert "siblings" not in read  # verification then reports the proof malformed, naming "siblings" (above)
+
+
+async def test_a_proof_written_with_its_siblings_keeps_them() -> None:
+    db, proofs, tree = stored_batch()
+    old = {**proofs[0], "siblings": ["ab" * 32]}
+    db["proofs"].documents[old["_id"]] = old
+    read = await MongoEvidenceStore(db).proof(old["tenant"], old["event_id"])  # type: ignore[arg-type]
+    assert read["siblings"] == ["ab" * 32]
 
 
 def test_ids_that_ingestion_accepts_pass() -> None:

@@ -86,7 +86,7 @@ class Store:
     async def record_plan(self, batch, merkle_root: str) -> None:
         self.plans[batch.batch_id] = merkle_root
 
-    async def write_proofs(self, documents: list[dict]) -> None:
+    async def write_proofs(self, tree: dict, documents: list[dict]) -> None:
         self.proofs.update({d["_id"]: d for d in documents})
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from services.ledger.anchoring import AnchoringError, Batcher, check_topic
 from streamledger.core.ids import batch_id, parse_batch_id
-from streamledger.core.merkle import verify_proof
+from streamledger.core.merkle import tree_from_text, verify_proof
 
 
 def digest(i: int) -> str:
@@ -46,15 +46,25 @@ def test_the_same_input_gives_the_same_batches_and_roots() -> None:
                                          "events.clean:0:21-27", "events.clean:0:28-29"]
 
 
-def test_every_proof_document_verifies_against_the_batch_root() -> None:
+def test_every_proof_document_verifies_against_the_batch_root_through_the_stored_tree() -> None:
     batcher = Batcher("events.clean", max_records=1000, max_seconds=60)
     for i in range(13):
         batcher.add(0, i, f"e{i}", digest(i), now=0.0, tenant="acme")
     (batch,) = batcher.drain()
-    tree = batch.tree()
-    for doc in batch.proofs(tree):
-        siblings = [bytes.fromhex(s) for s in doc["siblings"]]
+    stored = batch.tree_document()
+    assert stored["_id"] == batch.batch_id and stored["size"] == 13 and len(stored["leaves"]) == 13 * 64
+    tree = tree_from_text(stored["leaves"])  # as the audit rebuilds it
+    assert tree.root == batch.tree().root
+    for doc in batch.proofs():
+        assert "siblings" not in doc  # one tree per batch, not ten hashes per proof
+        siblings = tree.proof(doc["index"])
         assert verify_proof(bytes.fromhex(doc["content_hash"]), doc["index"], doc["size"], siblings, tree.root)
+
+
+@pytest.mark.parametrize(("text", "named"), [("ab" * 31, "multiple of 64"), ("zz" * 32, "not hex"), (None, "string")])
+def test_an_unreadable_stored_tree_is_refused_naming_why(text, named) -> None:
+    with pytest.raises(ValueError, match=named):
+        tree_from_text(text)
 
 
 def test_proofs_are_keyed_by_tenant_and_event_id() -> None:
@@ -62,7 +72,7 @@ def test_proofs_are_keyed_by_tenant_and_event_id() -> None:
     batcher.add(0, 1, "e1", digest(1), now=0.0, tenant="acme")
     batcher.add(0, 2, "e1", digest(2), now=0.0, tenant="globex")
     (batch,) = batcher.drain()
-    assert [(d["_id"], d["tenant"], d["event_id"], d["index"]) for d in batch.proofs(batch.tree())] == [
+    assert [(d["_id"], d["tenant"], d["event_id"], d["index"]) for d in batch.proofs()] == [
         ("4:acme:e1", "acme", "e1", 0), ("6:globex:e1", "globex", "e1", 1)]
 
 

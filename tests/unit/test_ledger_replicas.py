@@ -111,7 +111,7 @@ class Plans:
             raise PlanTaken(batch, stored)
         self.order.append((batch.first_offset, batch.last_offset))
 
-    async def write_proofs(self, documents: list[dict]) -> None:
+    async def write_proofs(self, tree: dict, documents: list[dict]) -> None:
         self.proofs.update({d["_id"]: d for d in documents})
 
 

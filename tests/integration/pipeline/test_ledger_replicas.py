@@ -35,7 +35,7 @@ import pytest
 from streamledger import kafka
 from streamledger.core.merkle import verify_proof
 from streamledger.ledger import LedgerClient
-from tests.integration.conftest import identity
+from tests.integration.conftest import identity, stored_proofs
 from tests.integration.pipeline.conftest import (
     ServiceProcess,
     acts_for,
@@ -165,7 +165,7 @@ async def test_every_record_is_anchored_once_by_two_replicas_through_a_kill_9(
         await wait_until(lambda: caught_up(bootstrap, group, [clean_topic]), 30,
                          "the group committed to the end of every partition", logs)
         plans = [d async for d in mongo_db["anchor_plans"].find({})]
-        proofs = {d["event_id"]: d async for d in mongo_db["proofs"].find({})}
+        proofs = {d["event_id"]: d for d in await stored_proofs(mongo_db)}
         async with LedgerClient.connect(identity("audit")) as auditor:
             candidates = {p["batch_id"] for p in plans} | set(published)
             on_ledger = {bid: anchor for bid in candidates if (anchor := await auditor.get_anchor(bid)) is not None}

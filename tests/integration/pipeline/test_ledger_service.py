@@ -38,7 +38,7 @@ from streamledger.core.canonical import content_hash
 from streamledger.core.merkle import verify_proof
 from streamledger.core.scoped import scoped_id
 from streamledger.ledger import LedgerClient
-from tests.integration.conftest import identity
+from tests.integration.conftest import identity, stored_proofs
 from tests.integration.pipeline.conftest import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.fabric, pytest.mark.timeout(420)]
@@ -152,7 +152,7 @@ async def test_every_record_is_anchored_once_through_a_kill_9_and_a_restart(
             assert first == last + 1, f"partition {partition}: batches {ranges} overlap or leave a gap"
     assert all(a is not None for a in on_ledger.values()), "a recorded batch never reached the ledger"
 
-    proofs = {d["event_id"]: d async for d in mongo_db["proofs"].find({})}
+    proofs = {d["event_id"]: d for d in await stored_proofs(mongo_db)}
     assert set(proofs) == set(sent)
     assert all(d["_id"] == scoped_id("acme", d["event_id"]) for d in proofs.values())
     for event in events:
@@ -269,7 +269,7 @@ async def test_tombstones_and_records_that_are_no_clean_events_are_dead_lettered
     assert sum(a["count"] for a in published.values()) == len(events)
 
     # Every valid record: a proof in MongoDB that leads to its batch's root on the ledger.
-    proofs = {d["event_id"]: d async for d in mongo_db["proofs"].find({})}
+    proofs = {d["event_id"]: d for d in await stored_proofs(mongo_db)}
     assert set(proofs) == set(offsets)
     async with LedgerClient.connect(identity("audit")) as client:
         on_ledger = {batch_id: await client.get_anchor(batch_id) for batch_id in published}
