@@ -103,7 +103,8 @@ async def main(events: int, rate: float, verify_count: int, batch_records: int) 
            "STREAMLEDGER_LEDGER_BATCH_RECORDS": str(batch_records),
            "STREAMLEDGER_LEDGER_ANCHOR_GROUP": f"streamledger-ledger-anchoring-bench-{run}",
            "STREAMLEDGER_STORAGE_GROUP": f"streamledger-storage-bench-{run}",
-           **{f"STREAMLEDGER_{name.upper()}_TOPIC": topic for name, topic in topics.items()},
+           **{f"STREAMLEDGER_STORAGE_{name.upper()}_TOPIC": topics[name] for name in ("clean", "predictions", "anchors",
+                                                                                       "snapshots", "deadletter")},
            **{f"STREAMLEDGER_LEDGER_{name.upper()}_TOPIC": topics[name] for name in ("clean", "anchors", "usage",
                                                                                       "deadletter")}}
     await kafka.provision(common.kafka_bootstrap, [kafka.TopicSpec(name) for name in list(topics.values())])
