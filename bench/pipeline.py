@@ -210,15 +210,15 @@ async def measure(count: int, listener: Listener) -> dict[str, float]:
     await watcher.start()
     with tempfile.TemporaryDirectory() as scratch:
         try:
-            for who, replicas, what in (("one", 1, ""), ("two", 2, ""), ("lz4", 1, ", compression lz4"),
-                                        ("plain", 1, ", compression none")):
-                group_env = cleaning_env | {"STREAMLEDGER_CLEANING_CLEAN_TOPIC": outputs[who]["clean"],
-                                            "STREAMLEDGER_CLEANING_DEADLETTER_TOPIC": outputs[who]["dead"],
-                                            "STREAMLEDGER_CLEANING_GROUP": f"streamledger-cleaning-bench-{run}-{who}"}
-                if who == "lz4":
-                    group_env |= {"STREAMLEDGER_KAFKA_COMPRESSION": "lz4"}
-                if who == "plain":
-                    group_env |= {"STREAMLEDGER_CLEANING_RAW_TOPIC": raw_plain, "STREAMLEDGER_KAFKA_COMPRESSION": "none"}
+            for who, replicas, what, extra in (
+                    ("one", 1, "", {}), ("two", 2, "", {}),
+                    ("lz4", 1, ", compression lz4", {"STREAMLEDGER_KAFKA_COMPRESSION": "lz4"}),
+                    ("plain", 1, ", compression none", {"STREAMLEDGER_CLEANING_RAW_TOPIC": raw_plain,
+                                                        "STREAMLEDGER_KAFKA_COMPRESSION": "none"})):
+                group_env = cleaning_env | extra | {
+                    "STREAMLEDGER_CLEANING_CLEAN_TOPIC": outputs[who]["clean"],
+                    "STREAMLEDGER_CLEANING_DEADLETTER_TOPIC": outputs[who]["dead"],
+                    "STREAMLEDGER_CLEANING_GROUP": f"streamledger-cleaning-bench-{run}-{who}"}
                 logs = [Path(scratch) / f"cleaning-{who}-{n}.log" for n in range(replicas)]
                 clean_tps = [TopicPartition(outputs[who]["clean"], 0)]
                 processes = [serve("cleaning", group_env, log) for log in logs]

@@ -7,9 +7,8 @@ Events and proofs are read by `scoped_id(tenant, event_id)`, the `_id` storage a
 service give them (streamledger/core/scoped.py). A proof document carries no siblings: they are
 computed from its batch's tree (`proof_trees`, the batch's leaves, read every time; the last few
 trees built are kept with their leaves, so verifying many events of an unchanged batch hashes
-its tree once). A proof written before
-`proof_trees` existed keeps the siblings it carries; one whose tree is missing or unreadable is
-returned without siblings, which verification reports.
+its tree once). A proof written before `proof_trees` existed keeps the siblings it carries; one
+whose tree is missing or unreadable is returned without siblings, which verification reports.
 
 Any failure to read (server away, timeout, refused) is `StoreUnreachable`: the audit then
 says it could not read storage rather than guessing.

@@ -14,8 +14,8 @@
                       (documents written before proof_trees existed carry their `siblings`).
     proof_trees       _id batch_id: topic, partition, first_offset, size, and `leaves`, the
                       batch's content hashes in order as one hex string (merkle.leaves_text).
-                      One document per batch instead of ten hashes in every proof: the
-                      store writes about half as many bytes per event.
+                      One document per batch instead of ten hashes in every proof: a
+                      proof is about a third of the bytes it was.
     settlement_plans  _id hold_id: receipt (units, sequence, signature; null: settle on the
                       one recorded on the ledger), units and price it pays, amount expected,
                       usage_units, usage_records, duplicates, partition, through_offset,
