@@ -4,6 +4,7 @@ on the ledger.
 
     meter = CreditMeter(source, window_units=100, reserve_units=1000, check_seconds=0.02, provider=acts_for)
     charge = await meter.charge(hold_id, client, units=rows, receipt=header)  # or an AuthorizationError
+    charge = meter.charge_now(hold_id, client, rows, header)  # the same without waiting: None if it must wait
     ...                                                    # serve; if it fails: meter.refund(charge)
 
 Per hold, this server keeps a `CreditLine`:
@@ -53,6 +54,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
+from typing import NamedTuple
 
 from services.inference.authorization import (
     AuthorizationError,
@@ -96,8 +98,7 @@ MAX_LINES = 10_000
 """Credit lines kept before those of expired or closed holds are dropped."""
 
 
-@dataclass(frozen=True)
-class Charge:
+class Charge(NamedTuple):
     """A request's units charged to a hold, with the receipt the server had accepted when it served it."""
 
     hold_id: str
@@ -187,12 +188,26 @@ class CreditMeter:
     async def charge(self, hold_id: str | None, client: str, units: int, receipt: str | None = None) -> Charge:
         """Charge `units` to the hold for `client`, who sent `receipt` (a `streamledger-receipt`
         metadata value, or None); raise an `AuthorizationError` saying why not."""
+        while True:
+            charge = self.charge_now(hold_id, client, units, receipt)
+            if charge is not None:
+                return charge
+            line = self._lines.get(hold_id)
+            if line is None:
+                await self._open(hold_id)
+            else:
+                await self._reserve(line, units * line.hold.price_per_unit - line.unspent)
+
+    def charge_now(self, hold_id: str | None, client: str, units: int, receipt: str | None = None) -> Charge | None:
+        """`charge` without waiting: None when it must wait for the ledger first (the hold not read
+        yet, or credit to reserve), which `charge` does. A paid request's usual path: no coroutine."""
         if not hold_id:
             raise NoHold(f"no hold named: send the hold id in the {HOLD_METADATA!r} request metadata")
         line = self._lines.get(hold_id)
         if line is None:
-            line = await self._open(hold_id)
-        elif self.clock() - line.read_at >= self.cache_seconds:
+            return None
+        now = self.clock()
+        if now - line.read_at >= self.cache_seconds:
             self._refresh(line)
         hold = line.hold
         if hold.client != client:
@@ -201,19 +216,18 @@ class CreditMeter:
             raise NotHoldProvider(f"hold {hold_id!r} pays provider {hold.provider!r}, not this server ({self.provider!r})")
         if not hold.live:
             raise HoldClosed(f"hold {hold_id!r} is settled or released")
-        self._check_expiry(hold)
+        if now >= hold.expires_at:
+            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(hold.expires_at))
+            raise HoldExpired(f"hold {hold_id!r} expired at {when}")
         older = None
         if receipt is not None and receipt != line.header and receipt != line.pending_header:
             older = self._take(line, receipt)
-        cost = units * hold.price_per_unit
-        while True:
-            self._check_window(line, units, older)
-            if line.unspent >= cost:
-                break
-            await self._reserve(line, cost - line.unspent)
+        self._check_window(line, units, older)
+        if line.unspent < units * hold.price_per_unit:
+            return None
         line.served += units
         line.own_units += units
-        self._reserve_ahead(line)
+        self._reserve_ahead(line, now)
         return Charge(hold_id, client, units, hold.price_per_unit, line.receipt)
 
     def refund(self, charge: Charge) -> None:
@@ -270,11 +284,6 @@ class CreditMeter:
         now = self.clock()
         for hold_id in [h for h, line in self._lines.items() if not line.hold.live or now >= line.hold.expires_at]:
             del self._lines[hold_id]
-
-    def _check_expiry(self, hold: Hold) -> None:
-        if self.clock() >= hold.expires_at:
-            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(hold.expires_at))
-            raise HoldExpired(f"hold {hold.hold_id!r} expired at {when}")
 
     # -- receipts --
 
@@ -429,10 +438,10 @@ class CreditMeter:
         reserving = line.reserving or self._start_reserving(line, short)
         await asyncio.shield(reserving)
 
-    def _reserve_ahead(self, line: CreditLine) -> None:
+    def _reserve_ahead(self, line: CreditLine, now: float) -> None:
         hold = line.hold
         if (line.reserving is None and 2 * line.unspent < line.chunk_units * hold.price_per_unit
-                and hold.remaining > 0 and self.clock() < hold.expires_at):
+                and hold.remaining > 0 and now < hold.expires_at):
             self._start_reserving(line, 0)
 
     def _start_reserving(self, line: CreditLine, at_least: int) -> asyncio.Future:

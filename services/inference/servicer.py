@@ -78,7 +78,8 @@ class Metering:
                 self.clients.clear()
             self.clients[certificate_pem] = known
         identity, certificate = known
-        self.revocations.check(identity.split("::", 1)[0], certificate)
+        if self.revocations.crls:
+            self.revocations.check(identity.split("::", 1)[0], certificate)
         return identity
 
     @classmethod
@@ -207,15 +208,16 @@ class InferenceServicer:
 
     async def _charge(self, context: grpc.aio.ServicerContext, rows: int) -> tuple[str, Charge]:
         metering = self.metering
-        certificates = (context.auth_context() or {}).get("x509_pem_cert") or [None]
-        client = metering.client(certificates[0])
+        certificates = (context.auth_context() or {}).get("x509_pem_cert")
+        client = metering.client(certificates[0] if certificates else None)
         hold = receipt = None
         for key, value in context.invocation_metadata() or ():  # the last of each, as a dict would keep
             if key == HOLD_METADATA:
                 hold = value
             elif key == RECEIPT_METADATA:
                 receipt = value
-        return client, await metering.meter.charge(hold, client, rows, receipt)
+        meter = metering.meter
+        return client, meter.charge_now(hold, client, rows, receipt) or await meter.charge(hold, client, rows, receipt)
 
 
 def _installed_version() -> str:

@@ -22,6 +22,7 @@ import binascii
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -68,9 +69,10 @@ class Receipt:
         """Raise InvalidReceipt unless the certificate's key signed this receipt."""
         ReceiptKey(client_cert_pem).verify(self)
 
-    @property
+    @cached_property
     def header(self) -> str:
-        """The receipt as the `streamledger-receipt` metadata value of a paid request."""
+        """The receipt as the `streamledger-receipt` metadata value of a paid request (built once:
+        a client sends it with every call until the next receipt)."""
         return f"{self.hold_id},{self.units},{self.sequence},{self.signature}"
 
 

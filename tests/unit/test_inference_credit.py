@@ -427,3 +427,21 @@ async def test_a_forged_receipt_found_out_in_the_worker_thread_is_not_accepted()
     await credit.charge("h", ALICE, 1, receipt(5, 1, signer=MALLORY_KEY))
     await until(lambda: credit.line("h").forged is not None)
     assert credit.line("h").receipt is None and credit.line("h").pending is None
+
+
+async def test_charge_now_serves_without_waiting_or_says_it_must_wait():
+    """The usual paid request is charged with no coroutine; the first one (hold not read yet) and one
+    beyond the credit reserved get None: `charge` waits for the ledger, then charges as the rule says."""
+    ledger = FakeLedger(a_hold(amount=1_000, price=2))
+    credit = meter(ledger, window=500, reserve=100)
+    assert credit.charge_now("h", ALICE, 1) is None and ledger.reads == 0, "nothing read yet: the caller waits"
+    assert (await credit.charge("h", ALICE, 1)).cost == 2 and ledger.reserved == [("h", 200)]
+    charged = credit.charge_now("h", ALICE, 3, receipt(1, 1))
+    assert (charged.units, charged.price, charged.cost) == (3, 2, 6)
+    assert credit.charge_now("h", ALICE, 97) is None, "beyond the 200 reserved (8 spent): reserve first"
+    assert credit.line("h").served == 4, "nothing charged for a request that must wait"
+    with pytest.raises(NotHoldClient):
+        credit.charge_now("h", BOB, 1)
+    with pytest.raises(NoHold, match="no hold named"):
+        credit.charge_now(None, ALICE, 1)
+    assert (await credit.charge("h", ALICE, 97)).units == 97 and credit.line("h").served == 101
