@@ -200,7 +200,8 @@ class CreditMeter:
 
     def charge_now(self, hold_id: str | None, client: str, units: int, receipt: str | None = None) -> Charge | None:
         """`charge` without waiting: None when it must wait for the ledger first (the hold not read
-        yet, or credit to reserve), which `charge` does. A paid request's usual path: no coroutine."""
+        yet, or credit to reserve), which `charge` does. The usual paid request is charged here, without
+        the meter's coroutine."""
         if not hold_id:
             raise NoHold(f"no hold named: send the hold id in the {HOLD_METADATA!r} request metadata")
         line = self._lines.get(hold_id)
