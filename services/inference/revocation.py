@@ -84,6 +84,8 @@ class Revocations:
 
     def check(self, msp_id: str, certificate: x509.Certificate) -> None:
         """Raise RevokedClient if `msp_id`'s CRL lists `certificate`."""
+        if not self.crls:  # none configured: nothing listed, nothing to reload
+            return
         if self.clock() >= self._next_check:
             self._reload_changed()
         crl = self.crls.get(msp_id)

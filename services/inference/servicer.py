@@ -65,21 +65,21 @@ class Metering:
     meter: CreditMeter
     client_cas: dict[str, x509.Certificate]
     revocations: Revocations = field(default_factory=Revocations)
-    clients: dict[bytes, tuple[str, x509.Certificate]] = field(default_factory=dict)
-    """Client identity (and certificate) by TLS certificate (PEM) already named: a connection's
-    calls verify its issuer once; revocation is checked on every call."""
+    clients: dict[bytes, tuple[str, str, x509.Certificate]] = field(default_factory=dict)
+    """Client identity (its MSP id, its certificate) by TLS certificate (PEM) already named: a
+    connection's calls verify its issuer once; revocation is checked on every call."""
 
     def client(self, certificate_pem: bytes | None) -> str:
         """`client_identity` of a peer certificate (remembered, a few thousand at most), unless revoked."""
         known = self.clients.get(certificate_pem) if certificate_pem else None
         if known is None:
-            known = (client_identity(certificate_pem, self.client_cas), x509.load_pem_x509_certificate(certificate_pem))
+            identity = client_identity(certificate_pem, self.client_cas)
+            known = (identity, identity.split("::", 1)[0], x509.load_pem_x509_certificate(certificate_pem))
             if len(self.clients) >= 4096:
                 self.clients.clear()
             self.clients[certificate_pem] = known
-        identity, certificate = known
-        if self.revocations.crls:
-            self.revocations.check(identity.split("::", 1)[0], certificate)
+        identity, msp_id, certificate = known
+        self.revocations.check(msp_id, certificate)
         return identity
 
     @classmethod
@@ -216,8 +216,10 @@ class InferenceServicer:
                 hold = value
             elif key == RECEIPT_METADATA:
                 receipt = value
-        meter = metering.meter
-        return client, meter.charge_now(hold, client, rows, receipt) or await meter.charge(hold, client, rows, receipt)
+        charge = metering.meter.charge_now(hold, client, rows, receipt)
+        if charge is None:  # the hold not read yet, or credit to reserve first
+            charge = await metering.meter.charge(hold, client, rows, receipt)
+        return client, charge
 
 
 def _installed_version() -> str:
