@@ -275,8 +275,10 @@ class KafkaPart(Part):
         if (self.data / "meta.properties").exists():
             return  # formatted once; reformatting would throw the data away
         self.data.mkdir(parents=True, exist_ok=True)
+        # `--cluster-id=`: a random id begins with "-" one time in 64, which the tool would take for an option.
         result = subprocess.run(
-            [*self._java(*TOOL_JVM), "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.config)],
+            [*self._java(*TOOL_JVM), "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c",
+             str(self.config)],
             capture_output=True, text=True,
         )
         if result.returncode != 0:

@@ -83,6 +83,19 @@ def test_the_nodes_of_a_cluster_share_one_cluster_id(tmp_path: Path) -> None:
     assert alone._cluster_id() != nodes[0]._cluster_id()
 
 
+def test_a_cluster_id_beginning_with_a_dash_reaches_the_format_tool_as_its_value(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A random id begins with "-" one time in 64: passed as `-t ID`, the tool took it for an option."""
+    (node,) = kafka_nodes(StackSettings(home=tmp_path))
+    monkeypatch.setattr(node, "_cluster_id", lambda: "-Zk3mPq0RrS9vX2yW1aB4c")
+    ran: list[list[str]] = []
+    monkeypatch.setattr("devstack.kafka.subprocess.run", lambda argv, **_: ran.append(argv) or
+                        SimpleNamespace(returncode=0, stdout="", stderr=""))
+    node.prepare()
+    (argv,) = ran
+    assert argv[argv.index("format") + 1] == "--cluster-id=-Zk3mPq0RrS9vX2yW1aB4c"
+
+
 def test_the_broker_count_is_a_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("STREAMLEDGER_STACK_KAFKA_BROKERS", "3")
     assert [p.name for p in Stack(StackSettings(home=tmp_path)).parts] == ["kafka-1", "kafka-2", "kafka-3", "ferretdb"]
